@@ -1,0 +1,224 @@
+"""The bus: publish, recall, subscribe and drain, each on behalf of an identity.
+
+``Bus`` holds the connections; ``Agent`` is a bus bound to one identity, which is what user code
+passes around. Every door asks the gate first, so a permission engine plugs in without changing
+this API.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import anyio
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from membus.config import MembusConfig
+from membus.embedder import Embedder, HashingEmbedder, Vectors
+from membus.envelope import Event, validate_scope
+from membus.errors import InvalidInput, Unavailable
+from membus.feed import Change, follow
+from membus.gate import Gate, Identity, OpenGate
+from membus.keys import TenantKeys
+from membus.store import Hit, RecallFilter, Store
+from membus.streams import Redis, group_stats, idle, publish, tenants
+
+MAX_K = 1000
+
+
+class Draft(BaseModel):
+    """One observation to publish; the bus fills in identity, id and time."""
+
+    model_config = ConfigDict(extra="forbid")
+    content: str
+    scope: str
+    kind: str = "observation"
+    subject: str | None = None
+    key: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    causation_id: str | None = None
+    correlation_id: str | None = None
+
+
+class Receipt(BaseModel):
+    """What a publish returns: the event id (stable across redelivery) and its stream position."""
+
+    model_config = ConfigDict(frozen=True)
+    event_id: str
+    position: str
+    tenant: str
+    scope: str
+
+
+class Bus:
+    def __init__(
+        self,
+        redis: Redis,
+        store: Store,
+        embedder: Embedder,
+        config: MembusConfig | None = None,
+        gate: Gate | None = None,
+    ) -> None:
+        self.redis, self.store, self.embedder = redis, store, embedder
+        self.config = config or MembusConfig()
+        self.gate: Gate = gate or OpenGate()
+        self._log = structlog.get_logger("membus.bus")
+
+    def agent(self, name: str, tenant: str) -> Agent:
+        return Agent(self, Identity.model_validate({"tenant": tenant, "agent": name}))
+
+    # -- write path ---------------------------------------------------------------------------
+
+    async def publish_many(self, who: Identity, drafts: Sequence[Draft]) -> list[Receipt]:
+        """Validate all, check all, then XADD all in one pipelined round trip (all or nothing)."""
+        events = [
+            Event.build(tenant=who.tenant, agent=who.agent, **d.model_dump(exclude_none=True))
+            for d in drafts
+        ]
+        for e in events:
+            await self.gate.check(who, "publish", e.scope)
+        positions = await publish(self.redis, events)
+        for e in events:
+            self._log.debug("publish", tenant=e.tenant, agent=e.agent, scope=e.scope, event_id=e.id)
+        return [
+            Receipt(event_id=e.id, position=p, tenant=e.tenant, scope=e.scope)
+            for e, p in zip(events, positions, strict=True)
+        ]
+
+    async def publish(self, who: Identity, content: str, scope: str, **fields: Any) -> Receipt:
+        try:
+            draft = Draft(content=content, scope=scope, **fields)
+        except Exception as exc:  # pydantic.ValidationError for unknown/ill-typed fields
+            raise InvalidInput(f"invalid publish arguments: {exc}") from None
+        return (await self.publish_many(who, [draft]))[0]
+
+    # -- read path ----------------------------------------------------------------------------
+
+    async def _embed_query(self, text: str) -> Vectors:
+        if isinstance(self.embedder, HashingEmbedder):  # tens of µs: not worth a thread hop
+            return self.embedder.embed([text])[0]
+        return (await anyio.to_thread.run_sync(self.embedder.embed, [text]))[0]
+
+    async def recall(
+        self,
+        who: Identity,
+        query: str,
+        *,
+        k: int = 5,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[Hit]:
+        """Top-k memories by meaning, only within scopes ``who`` may read."""
+        if not 1 <= k <= MAX_K:
+            raise InvalidInput(f"k must be between 1 and {MAX_K}")
+        if not query.strip():
+            raise InvalidInput("query is blank")
+        for s in scopes or ():
+            validate_scope(s)
+        allowed = await self.gate.readable(who, "recall", scopes)
+        if allowed is not None and not allowed:
+            return []
+        flt = RecallFilter(
+            tenant=who.tenant,
+            scopes=allowed,
+            kinds=list(kinds) if kinds is not None else None,
+            subjects=list(subjects) if subjects is not None else None,
+            agents=list(agents) if agents is not None else None,
+            since=since,
+            until=until,
+        )
+        return await self.store.search(await self._embed_query(query), flt, k)
+
+    async def subscribe(
+        self,
+        who: Identity,
+        scopes: Sequence[str] | None = None,
+        *,
+        start: str = "$",
+        group: str | None = None,
+        consumer: str | None = None,
+    ) -> AsyncIterator[Change]:
+        """Follow committed changes in ``scopes`` from ``start`` ("$" = now, "0" = beginning)."""
+        for s in scopes or ():
+            validate_scope(s)
+        allowed = await self.gate.readable(who, "subscribe", scopes)
+        if allowed is not None and not allowed:
+            return
+        async for change in follow(
+            self.redis,
+            who.tenant,
+            allowed,
+            start=start,
+            group=group,
+            consumer=consumer or who.agent,
+        ):
+            yield change
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def drain(self, timeout_s: float = 60.0, poll_s: float = 0.01) -> None:
+        """Wait until writers have committed (or parked) everything published so far."""
+        deadline = time.monotonic() + timeout_s
+        group = self.config.worker.group
+        while True:
+            streams = [TenantKeys(t).events for t in await tenants(self.redis)]
+            if await idle(self.redis, streams, group):
+                return
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    f"writers did not drain within {timeout_s}s; are any running? "
+                    "(see `membus stats`)"
+                )
+            await anyio.sleep(poll_s)
+
+    async def stats(self) -> dict[str, Any]:
+        """Stream lengths, pending, lag and DLQ size per tenant and group."""
+        out: dict[str, Any] = {"tenants": {}, "memories": await self.store.count()}
+        for t in await tenants(self.redis):
+            keys = TenantKeys(t)
+            out["tenants"][t] = {
+                "events": await self.redis.xlen(keys.events),
+                "changes": await self.redis.xlen(keys.changes),
+                "dlq": await self.redis.xlen(keys.dlq),
+                "groups": [
+                    {"group": g.group, "pending": g.pending, "lag": g.lag, "consumers": g.consumers}
+                    for g in await group_stats(self.redis, keys.events)
+                ],
+            }
+        return out
+
+
+class Agent:
+    """A bus bound to one identity: what agent code holds."""
+
+    def __init__(self, bus: Bus, identity: Identity) -> None:
+        self.bus, self.identity = bus, identity
+
+    @property
+    def name(self) -> str:
+        return self.identity.agent
+
+    @property
+    def tenant(self) -> str:
+        return self.identity.tenant
+
+    async def publish(self, content: str, scope: str, **fields: Any) -> Receipt:
+        return await self.bus.publish(self.identity, content, scope, **fields)
+
+    async def publish_many(self, drafts: Sequence[Draft]) -> list[Receipt]:
+        return await self.bus.publish_many(self.identity, drafts)
+
+    async def recall(self, query: str, **kwargs: Any) -> list[Hit]:
+        return await self.bus.recall(self.identity, query, **kwargs)
+
+    def subscribe(
+        self, scopes: Sequence[str] | None = None, **kwargs: Any
+    ) -> AsyncIterator[Change]:
+        return self.bus.subscribe(self.identity, scopes, **kwargs)

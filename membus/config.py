@@ -1,0 +1,67 @@
+"""Typed configuration. Only the CLI/compose layer reads ``MEMBUS_*`` variables (see settings.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisConfig(_Config):
+    """Where the streams live. ``url=None`` means: start an embedded redis-server."""
+
+    url: str | None = None
+    socket_timeout_s: float = 10.0
+
+
+class StoreConfig(_Config):
+    """Where memories live: Qdrant Edge in process (default) or a Qdrant server."""
+
+    engine: Literal["edge", "qdrant"] = "edge"
+    path: Path | None = None  # edge: the shard directory
+    url: str | None = None  # qdrant: server URL, or ":memory:" for tests
+    api_key: str | None = None
+    collection: str = "membus_memories"
+    # HNSW is built off the request path once this many points arrived unindexed (edge only).
+    optimize_every: int = 20_000
+
+
+class EmbedderConfig(_Config):
+    name: Literal["hashing", "minilm"] = "hashing"
+    dim: int = Field(default=384, ge=16, le=4096)
+
+
+class WorkerConfig(_Config):
+    group: str = "writers"
+    batch_size: int = Field(default=256, ge=1, le=10_000)
+    block_ms: int = Field(default=200, ge=1)
+    # An entry pending this long on a consumer is presumed orphaned by a dead worker.
+    min_idle_ms: int = Field(default=30_000, ge=100)
+    reclaim_every_s: float = Field(default=5.0, gt=0)
+    # After this many deliveries an entry is parked in the dead-letter stream.
+    max_deliveries: int = Field(default=5, ge=1)
+    tenants_refresh_s: float = Field(default=1.0, gt=0)
+
+
+class RetentionConfig(_Config):
+    """Trimming never removes an entry some group has not acknowledged; these bound the rest."""
+
+    events_max_age_s: float = 7 * 24 * 3600
+    changes_max_age_s: float = 7 * 24 * 3600
+    dlq_max_age_s: float = 30 * 24 * 3600
+    every_s: float = 60.0
+
+
+class MembusConfig(_Config):
+    redis: RedisConfig = RedisConfig()
+    store: StoreConfig = StoreConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    worker: WorkerConfig = WorkerConfig()
+    retention: RetentionConfig = RetentionConfig()
+    # In-process writer tasks (embedded default); 0 when separate worker processes run.
+    writers: int = Field(default=1, ge=0, le=64)

@@ -1,0 +1,206 @@
+"""The event envelope: what an agent publishes, versioned and strictly validated at the door.
+
+Identifiers are restricted to a small ASCII alphabet on purpose: scopes are matched by the
+permission layer and used in Redis keys, so ``team/a/../b``, ``team/a*``, trailing slashes or
+unicode look-alikes are rejected here rather than interpreted anywhere later.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from ulid import ULID
+
+from membus.errors import InvalidInput
+
+SCHEMA_VERSION: Final = 1
+
+MAX_CONTENT_BYTES: Final = 16 * 1024
+MAX_METADATA_BYTES: Final = 8 * 1024
+MAX_METADATA_DEPTH: Final = 4
+MAX_SCOPE_SEGMENTS: Final = 8
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+# Control characters other than tab and newline have no business in agent text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            "must be 1-64 chars of lowercase ASCII letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _check_scope(value: str) -> str:
+    segments = value.split("/")
+    if len(segments) > MAX_SCOPE_SEGMENTS:
+        raise ValueError(f"has more than {MAX_SCOPE_SEGMENTS} segments")
+    for seg in segments:
+        if not _NAME.fullmatch(seg):
+            raise ValueError(
+                "must be '/'-separated segments of lowercase ASCII letters, digits, '_' or '-' "
+                f"(no empty, '.', '..', wildcard or non-ASCII segments); bad segment {seg!r}"
+            )
+    return value
+
+
+def _check_ref(value: str) -> str:
+    if not _REF.fullmatch(value):
+        raise ValueError("must be 1-128 chars of ASCII letters, digits, '_', '.', ':' or '-'")
+    return value
+
+
+def _check_text(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("contains control characters")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Scope = Annotated[str, AfterValidator(_check_scope)]
+Ref = Annotated[str, AfterValidator(_check_ref)]
+
+
+def scope_ancestors(scope: str) -> list[str]:
+    """``team/support/tier1`` -> ``[team, team/support, team/support/tier1]`` (for subtree filters)."""
+    parts = scope.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def new_event_id() -> str:
+    """ULIDs sort by creation time, so ids double as a coarse order."""
+    return str(ULID())
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if isinstance(value, dict):
+        return max([_depth(v, level + 1) for v in value.values()], default=level + 1)
+    if isinstance(value, list):
+        return max([_depth(v, level + 1) for v in value], default=level + 1)
+    return level
+
+
+class Event(BaseModel):
+    """One observation published to the bus."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+    v: int = Field(default=SCHEMA_VERSION, description="schema version")
+    id: Annotated[str, Field(default_factory=new_event_id, pattern=r"^[0-9A-HJKMNP-TV-Z]{26}$")]
+    tenant: Name
+    scope: Scope
+    agent: Name
+    kind: Annotated[str, Field(default="observation", pattern=_KIND.pattern)]
+    content: Annotated[str, Field(min_length=1), AfterValidator(_check_text)]
+    subject: Annotated[str, Field(max_length=256), AfterValidator(_check_text)] | None = None
+    key: Annotated[str, Field(max_length=128), AfterValidator(_check_text)] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    causation_id: Ref | None = None
+    correlation_id: Ref | None = None
+
+    @field_validator("v")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"unsupported schema version {v}; this build reads {SCHEMA_VERSION}")
+        return v
+
+    @field_validator("content")
+    @classmethod
+    def _content_size(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("is blank")
+        if len(v.encode("utf-8", "surrogatepass")) > MAX_CONTENT_BYTES:
+            raise ValueError(f"exceeds {MAX_CONTENT_BYTES} bytes")
+        return v
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("must be timezone-aware")
+        return v.astimezone(UTC)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            raw = orjson.dumps(v)
+        except TypeError as exc:
+            raise ValueError(f"must be JSON-serialisable ({exc})") from None
+        if len(raw) > MAX_METADATA_BYTES:
+            raise ValueError(f"exceeds {MAX_METADATA_BYTES} bytes as JSON")
+        if _depth(v) > MAX_METADATA_DEPTH:
+            raise ValueError(f"nests deeper than {MAX_METADATA_DEPTH} levels")
+        for k in v:
+            if len(k) > 64:
+                raise ValueError(f"key {k[:20]!r}… is longer than 64 chars")
+        return v
+
+    # -- wire format -------------------------------------------------------------------------
+
+    def to_json(self) -> bytes:
+        """Canonical JSON (sorted keys, compact): stable bytes for signing and dedup."""
+        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Event:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"event is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidInput("event must be a JSON object")
+        return cls.build(**data)
+
+    @classmethod
+    def build(cls, **fields: Any) -> Event:
+        """Validate, turning pydantic's error into our typed ``InvalidInput``."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise invalid_from(exc, "event") from None
+
+    @property
+    def ancestors(self) -> list[str]:
+        return scope_ancestors(self.scope)
+
+
+def invalid_from(exc: ValidationError, what: str) -> InvalidInput:
+    problems = [
+        {"field": ".".join(str(p) for p in err["loc"]) or what, "reason": err["msg"]}
+        for err in exc.errors(include_url=False)
+    ]
+    summary = "; ".join(f"{p['field']}: {p['reason']}" for p in problems)
+    return InvalidInput(f"invalid {what}: {summary}", problems)
+
+
+def validate_name(value: str, field: str) -> str:
+    try:
+        return _check_name(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{field}: {exc}", [{"field": field, "reason": str(exc)}]) from None
+
+
+def validate_scope(value: str, field: str = "scope") -> str:
+    try:
+        return _check_scope(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{field}: {exc}", [{"field": field, "reason": str(exc)}]) from None

@@ -1,0 +1,50 @@
+"""One error root with a short tree, so callers can catch by what they must do about it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MembusError(Exception):
+    """Root of every error membus raises on purpose. ``code`` is stable for machines."""
+
+    code = "membus_error"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": str(self)}
+
+
+class InvalidInput(MembusError):
+    """The caller sent something we will not accept; ``problems`` names each field and why."""
+
+    code = "invalid_input"
+
+    def __init__(self, message: str, problems: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems: list[dict[str, str]] = problems or []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "problems": self.problems}
+
+
+class PermissionDenied(MembusError):
+    """The acting agent may not do this; names agent, action and scope."""
+
+    code = "permission_denied"
+
+    def __init__(self, agent: str, action: str, scope: str, tenant: str = "") -> None:
+        where = f" in tenant {tenant!r}" if tenant else ""
+        super().__init__(f"agent {agent!r} may not {action} scope {scope!r}{where}")
+        self.agent, self.action, self.scope, self.tenant = agent, action, scope, tenant
+
+
+class Unavailable(MembusError):
+    """A backing service (Redis, Qdrant, an embedder) cannot be reached or timed out. Retry."""
+
+    code = "unavailable"
+
+
+class Conflict(MembusError):
+    """The request clashes with existing state (e.g. a store built for another embedder)."""
+
+    code = "conflict"

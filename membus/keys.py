@@ -1,0 +1,49 @@
+"""Redis key layout.
+
+Every per-tenant key carries the tenant as a hash tag (``membus:{acme}:…``) so all of one tenant's
+streams live in one Redis Cluster slot: a worker can XACK an event and XADD its change event in one
+MULTI, and the layout needs no change when moving from one Redis to a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "membus"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantKeys:
+    tenant: str
+
+    @property
+    def _base(self) -> str:
+        return f"{PREFIX}:{{{self.tenant}}}"
+
+    @property
+    def events(self) -> str:
+        """The write path: observations published by agents, consumed by writer groups."""
+        return f"{self._base}:events"
+
+    @property
+    def changes(self) -> str:
+        """The change feed: one entry per committed memory change."""
+        return f"{self._base}:changes"
+
+    @property
+    def dlq(self) -> str:
+        """Dead letters: events a writer could not process, with the reason."""
+        return f"{self._base}:dlq"
+
+
+def tenants_key() -> str:
+    """A set of every tenant that ever published, so workers know which streams to read."""
+    return f"{PREFIX}:tenants"
+
+
+def tenant_of(stream_key: str) -> str:
+    """Inverse of the layout: ``membus:{acme}:events`` -> ``acme``."""
+    start, end = stream_key.find("{"), stream_key.find("}")
+    if start < 0 or end < start:
+        raise ValueError(f"not a membus tenant key: {stream_key!r}")
+    return stream_key[start + 1 : end]

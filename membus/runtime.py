@@ -1,0 +1,119 @@
+"""Assembling a running bus: ``membus.open()`` (async) and the pieces the CLI reuses.
+
+The embedded default needs no servers: a redis-server child on a unix socket, a Qdrant Edge store
+and writer tasks, all under one directory and owned by this process. Pointing ``config.redis.url``
+or ``config.store`` elsewhere connects to external services instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import anyio
+import redis.asyncio as aioredis
+import structlog
+
+from membus.bus import Bus
+from membus.config import MembusConfig, WorkerConfig
+from membus.embedded import EmbeddedRedis
+from membus.embedder import Embedder, make_embedder
+from membus.gate import Gate
+from membus.store import Store, StoreMeta
+from membus.worker import Writer, consumer_name
+
+DEFAULT_PATH = Path(".membus")
+# In the embedded default every writer lives in this process, so an entry pending longer than a
+# couple of seconds is a failed attempt, not a busy peer: retry and park poison quickly.
+EMBEDDED_WORKER = WorkerConfig(min_idle_ms=1000, reclaim_every_s=1.0, max_deliveries=3)
+
+
+def make_store(config: MembusConfig, root: Path) -> Store:
+    if config.store.engine == "edge":
+        from membus.store_edge import EdgeStore
+
+        return EdgeStore(config.store.path or root / "store", config.store.optimize_every)
+    from membus.store_qdrant import QdrantStore
+
+    return QdrantStore(
+        url=config.store.url or "http://localhost:6333",
+        api_key=config.store.api_key,
+        collection=config.store.collection,
+    )
+
+
+@asynccontextmanager
+async def connect(
+    config: MembusConfig, root: Path, embedder: Embedder | None = None
+) -> AsyncIterator[tuple[aioredis.Redis, Store, Embedder]]:
+    """Open store, Redis (embedded unless configured) and embedder; close them in reverse."""
+    async with AsyncExitStack() as stack:
+        embedder = embedder or make_embedder(config.embedder.name, config.embedder.dim)
+        store = make_store(config, root)
+        # the store first: its lock is what tells a second process this directory is taken
+        await store.open(StoreMeta(embedder=embedder.name, dim=embedder.dim))
+        stack.push_async_callback(store.close)
+        url = config.redis.url
+        if url is None:
+            server = EmbeddedRedis(root / "redis")
+            url = await anyio.to_thread.run_sync(server.start)
+            stack.callback(server.stop)
+        client = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=config.redis.socket_timeout_s
+        )
+        stack.push_async_callback(client.aclose)
+        yield client, store, embedder
+
+
+async def _maintain(store: Store, writers: list[Writer], stop: anyio.Event) -> None:
+    """Index builds block the process, so run them only after writers have been quiet a while."""
+    last_total, quiet_since = -1, time.monotonic()
+    while not stop.is_set():
+        with anyio.move_on_after(2.0):
+            await stop.wait()
+        total = sum(w.processed for w in writers)
+        if total != last_total:
+            last_total, quiet_since = total, time.monotonic()
+        elif time.monotonic() - quiet_since > 5.0:
+            await store.maintain()
+
+
+@asynccontextmanager
+async def open(
+    path: str | Path = DEFAULT_PATH,
+    config: MembusConfig | None = None,
+    *,
+    embedder: Embedder | None = None,
+    gate: Gate | None = None,
+) -> AsyncIterator[Bus]:
+    """Open a bus; on the embedded default, everything lives under ``path``."""
+    config = config or MembusConfig(worker=EMBEDDED_WORKER)
+    root = Path(path)
+    log = structlog.get_logger("membus.runtime")
+    async with connect(config, root, embedder) as (client, store, emb):
+        bus = Bus(client, store, emb, config, gate)
+        stop = anyio.Event()
+        writers = [
+            Writer(
+                client,
+                store,
+                emb,
+                config.worker,
+                consumer=consumer_name(n),
+                retention=config.retention if n == 0 else None,
+            )
+            for n in range(config.writers)
+        ]
+        async with anyio.create_task_group() as tg:
+            for w in writers:
+                tg.start_soon(w.run, stop)
+            if writers:
+                tg.start_soon(_maintain, store, writers, stop)
+            log.info("bus.open", path=str(root), writers=len(writers))
+            try:
+                yield bus
+            finally:
+                stop.set()
+        log.info("bus.closed", path=str(root))

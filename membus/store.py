@@ -1,0 +1,144 @@
+"""The store port: where consolidated memories live, engine-neutral.
+
+Layout (see README, "Architecture"): one physical collection per embedding space. Tenants are a
+payload field indexed with ``is_tenant`` (Qdrant co-locates a tenant's points and plans filtered
+search per tenant), scopes are a keyword field plus the list of their ancestors (so a subtree
+``team/support`` matches ``team/support/tier1`` with one indexed condition). Thousands of tenants
+or scopes therefore cost payload-index entries, not collections.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from membus.embedder import Vectors
+from membus.envelope import Event, scope_ancestors
+
+# Fixed namespace: point ids are uuid5(namespace, tenant/event id), identical in every process,
+# which is what makes redelivered events overwrite rather than duplicate.
+POINT_NAMESPACE = uuid.UUID("5b0f7a52-4c8e-4c59-9d6b-6d1f0c7f3a10")
+
+INDEXED_KEYWORDS = ("scope", "scope_path", "kind", "subject", "key", "agents")
+
+
+class StoreMeta(BaseModel):
+    """Recorded with the collection so a store built for one embedder refuses another."""
+
+    model_config = ConfigDict(frozen=True)
+    embedder: str
+    dim: int
+    layout: int = 1
+
+
+class Memory(BaseModel):
+    """A committed memory and its provenance."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    tenant: str
+    scope: str
+    kind: str
+    content: str
+    subject: str | None = None
+    key: str | None = None
+    agents: list[str] = Field(default_factory=list)
+    source_events: list[str] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def from_event(cls, event: Event) -> Memory:
+        return cls(
+            id=point_id(event.tenant, event.id),
+            tenant=event.tenant,
+            scope=event.scope,
+            kind=event.kind,
+            content=event.content,
+            subject=event.subject,
+            key=event.key,
+            agents=[event.agent],
+            source_events=[event.id],
+            created_at=event.created_at,
+            updated_at=datetime.now(UTC),
+            metadata=event.metadata,
+        )
+
+    def to_payload(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["scope_path"] = scope_ancestors(self.scope)
+        # numeric timestamps: range filters work the same on every engine
+        data["created_ts"] = self.created_at.timestamp()
+        data["updated_ts"] = self.updated_at.timestamp()
+        return data
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Memory:
+        fields = {k: v for k, v in payload.items() if k in cls.model_fields}
+        return cls.model_validate(fields)
+
+
+def point_id(tenant: str, event_id: str) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{tenant}/{event_id}"))
+
+
+class Hit(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    memory: Memory
+    score: float
+
+
+class RecallFilter(BaseModel):
+    """What a search may see. ``tenant`` and ``scopes`` always apply; the rest only narrow."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str
+    scopes: list[str] | None = None  # None: every scope of the tenant
+    include_subscopes: bool = True
+    kinds: list[str] | None = None
+    subjects: list[str] | None = None
+    agents: list[str] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Engines implement this and pass tests/conformance.py."""
+
+    async def open(self, meta: StoreMeta) -> None:
+        """Create the collection or check it matches ``meta``; raise ``Conflict`` if not."""
+        ...
+
+    async def upsert(self, memories: Sequence[Memory], vectors: Vectors) -> None:
+        """Insert or overwrite by id: idempotent."""
+        ...
+
+    async def search(self, vector: Vectors, flt: RecallFilter, k: int) -> list[Hit]: ...
+
+    async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]: ...
+
+    async def delete(self, tenant: str, ids: Sequence[str]) -> int:
+        """Delete by id within the tenant; returns how many existed."""
+        ...
+
+    async def count(self, tenant: str | None = None) -> int: ...
+
+    async def scroll(
+        self, tenant: str, limit: int = 256, offset: str | None = None
+    ) -> tuple[list[Memory], str | None]:
+        """Page through a tenant's memories in id order; returns (page, next offset)."""
+        ...
+
+    async def maintain(self) -> None:
+        """Background housekeeping (index builds); never call on a request path."""
+        ...
+
+    async def close(self) -> None: ...

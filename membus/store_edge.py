@@ -1,0 +1,224 @@
+"""Qdrant Edge engine: a real Qdrant shard (HNSW, payload indexes, filters) inside this process.
+
+Edge allows one process per shard, and a second opener breaks the first one's next flush, so we
+take our own exclusive file lock before opening. Edge calls are synchronous and hold the GIL;
+they run in a worker thread behind one lock. ``optimize()`` (the HNSW build) also holds the GIL
+for its whole run, so it is never called on a request path: ``maintain()`` runs it only when asked
+(idle time in the embedded runtime, or ``membus optimize``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import qdrant_edge as q
+
+from membus.embedder import Vectors
+from membus.errors import Conflict, Unavailable
+from membus.store import INDEXED_KEYWORDS, Hit, Memory, RecallFilter, StoreMeta
+
+T = TypeVar("T")
+_VECTOR = "dense"
+_META_FILE = "membus-store.json"
+
+
+def _filter(flt: RecallFilter) -> q.Filter:
+    must: list[Any] = [q.FieldCondition("tenant", match=q.MatchValue(flt.tenant))]
+    if flt.scopes is not None:
+        scope_field = "scope_path" if flt.include_subscopes else "scope"
+        must.append(q.FieldCondition(scope_field, match=q.MatchAny(list(flt.scopes))))
+    for field, values in (("kind", flt.kinds), ("subject", flt.subjects), ("agents", flt.agents)):
+        if values is not None:
+            must.append(q.FieldCondition(field, match=q.MatchAny(list(values))))
+    if flt.since is not None or flt.until is not None:
+        must.append(
+            q.FieldCondition(
+                "created_ts",
+                range=q.RangeFloat(
+                    gte=flt.since.timestamp() if flt.since else None,
+                    lte=flt.until.timestamp() if flt.until else None,
+                ),
+            )
+        )
+    return q.Filter(must=must)
+
+
+def _tenant(tenant: str) -> q.Filter:
+    return q.Filter(must=[q.FieldCondition("tenant", match=q.MatchValue(tenant))])
+
+
+class EdgeStore:
+    def __init__(self, path: Path, optimize_every: int = 20_000) -> None:
+        self._path = Path(path)
+        self._optimize_every = optimize_every
+        self._shard: Any = None
+        self._lock = threading.Lock()
+        self._lock_fd: int | None = None
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                if self._shard is None:
+                    raise Unavailable("edge store is closed")
+                return fn()
+
+        return await anyio.to_thread.run_sync(locked)
+
+    def _take_file_lock(self) -> None:
+        self._path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path / ".membus.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Conflict(
+                f"store {self._path} is open in another process; Qdrant Edge allows one process "
+                "per store (run several writer processes against a Qdrant server instead)"
+            ) from None
+        self._lock_fd = fd
+
+    async def open(self, meta: StoreMeta) -> None:
+        self._take_file_lock()
+        meta_path = self._path / _META_FILE
+        shard_dir = self._path / "shard"
+        try:
+            if meta_path.exists():
+                found = StoreMeta.model_validate_json(meta_path.read_text())
+                if found != meta:
+                    raise Conflict(
+                        f"store {self._path} holds vectors of embedder {found.embedder!r} "
+                        f"(dim {found.dim}); refusing embedder {meta.embedder!r} (dim {meta.dim})"
+                    )
+                shard = await anyio.to_thread.run_sync(q.EdgeShard.load, str(shard_dir))
+            else:
+                config = q.EdgeConfig(
+                    vectors={
+                        _VECTOR: q.EdgeVectorParams(size=meta.dim, distance=q.Distance.Cosine)
+                    },
+                    hnsw_config=q.HnswIndexConfig(
+                        m=16, ef_construct=64, full_scan_threshold=10_000
+                    ),
+                )
+                shard = await anyio.to_thread.run_sync(q.EdgeShard.create, str(shard_dir), config)
+                shard.update(
+                    q.UpdateOperation.create_field_index(
+                        "tenant", q.KeywordIndexParams(is_tenant=True)
+                    )
+                )
+                for field in INDEXED_KEYWORDS:
+                    shard.update(
+                        q.UpdateOperation.create_field_index(field, q.PayloadSchemaType.Keyword)
+                    )
+                shard.update(
+                    q.UpdateOperation.create_field_index("created_ts", q.PayloadSchemaType.Float)
+                )
+                shard.flush()
+                # written last: a crash before this leaves no meta and the next open recreates
+                tmp = meta_path.with_suffix(".tmp")
+                tmp.write_text(meta.model_dump_json())
+                tmp.replace(meta_path)
+        except BaseException:
+            self._release_file_lock()
+            raise
+        self._shard = shard
+
+    async def upsert(self, memories: Sequence[Memory], vectors: Vectors) -> None:
+        if not memories:
+            return
+        rows = vectors.tolist()
+        points = [
+            q.Point(m.id, {_VECTOR: row}, m.to_payload())
+            for m, row in zip(memories, rows, strict=True)
+        ]
+        await self._run(lambda: self._shard.update(q.UpdateOperation.upsert_points(points)))
+
+    async def search(self, vector: Vectors, flt: RecallFilter, k: int) -> list[Hit]:
+        request = q.QueryRequest(
+            limit=k,
+            query=q.Query.Nearest(vector.reshape(-1).tolist(), using=_VECTOR),
+            filter=_filter(flt),
+            with_payload=True,
+        )
+        found = await self._run(lambda: self._shard.query(request))
+        return [Hit(memory=Memory.from_payload(p.payload or {}), score=p.score) for p in found]
+
+    async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]:
+        if not ids:
+            return []
+        recs = await self._run(
+            lambda: self._shard.retrieve([uuid.UUID(i) for i in ids], True, False)
+        )
+        out = [Memory.from_payload(r.payload or {}) for r in recs]
+        return [m for m in out if m.tenant == tenant]
+
+    async def delete(self, tenant: str, ids: Sequence[str]) -> int:
+        existing = await self.get(tenant, ids)
+        if existing:
+            doomed = [m.id for m in existing]
+            await self._run(lambda: self._shard.update(q.UpdateOperation.delete_points(doomed)))
+        return len(existing)
+
+    async def count(self, tenant: str | None = None) -> int:
+        req = q.CountRequest(filter=_tenant(tenant) if tenant else None, exact=True)
+        return int(await self._run(lambda: self._shard.count(req)))
+
+    async def scroll(
+        self, tenant: str, limit: int = 256, offset: str | None = None
+    ) -> tuple[list[Memory], str | None]:
+        req = q.ScrollRequest(
+            offset=uuid.UUID(offset) if offset else None,
+            limit=limit,
+            filter=_tenant(tenant),
+            with_payload=True,
+        )
+        recs, nxt = await self._run(lambda: self._shard.scroll(req))
+        page = [Memory.from_payload(r.payload or {}) for r in recs]
+        return page, (str(nxt) if nxt is not None else None)
+
+    def unindexed(self) -> int:
+        info = self._shard.info()
+        return int(info.points_count - info.indexed_vectors_count)
+
+    async def maintain(self) -> None:
+        """Build HNSW for what arrived since the last build. Blocks this process while it runs."""
+        if self._shard is None or self.unindexed() < self._optimize_every:
+            return
+        await self.optimize()
+
+    async def optimize(self) -> None:
+        await self._run(lambda: self._shard.optimize())
+
+    async def flush(self) -> None:
+        await self._run(lambda: self._shard.flush())
+
+    async def close(self) -> None:
+        if self._shard is not None:
+            shard = self._shard
+
+            def shut() -> None:
+                with self._lock:
+                    shard.flush()
+                    shard.close()
+
+            await anyio.to_thread.run_sync(shut)
+            self._shard = None
+        self._release_file_lock()
+
+    def _release_file_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """What ``membus stats`` shows about an edge store without opening it."""
+    meta = Path(path) / _META_FILE
+    return json.loads(meta.read_text()) if meta.exists() else {}

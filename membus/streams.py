@@ -1,0 +1,162 @@
+"""Redis stream operations shared by the bus, the writers and the CLI.
+
+Retention never trims an entry a consumer group has not acknowledged: the trim point is the
+oldest pending id of every group (or, with nothing pending, just past what each group was
+delivered), capped by the configured age/length limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from membus.envelope import Event
+from membus.errors import Unavailable
+from membus.keys import TenantKeys, tenants_key
+
+Redis = aioredis.Redis
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def unavailable(exc: BaseException) -> Unavailable:
+    return Unavailable(f"redis unavailable: {exc}")
+
+
+async def publish(redis: Redis, events: Sequence[Event]) -> list[str]:
+    """XADD every event (pipelined, one round trip) and register its tenant."""
+    if not events:
+        return []
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for tenant in {e.tenant for e in events}:
+                pipe.sadd(tenants_key(), tenant)
+            for e in events:
+                pipe.xadd(TenantKeys(e.tenant).events, {"e": e.to_json()})
+            res = await pipe.execute()
+    except REDIS_DOWN as exc:
+        raise unavailable(exc) from exc
+    return [str(x) for x in res[-len(events) :]]
+
+
+async def ensure_group(redis: Redis, stream: str, group: str, start: str = "0") -> None:
+    try:
+        await redis.xgroup_create(stream, group, id=start, mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def tenants(redis: Redis) -> list[str]:
+    return sorted(await redis.smembers(tenants_key()))
+
+
+def _id_tuple(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _next_id(stream_id: str) -> str:
+    ms, seq = _id_tuple(stream_id)
+    return f"{ms}-{seq + 1}"
+
+
+async def safe_trim_point(redis: Redis, stream: str) -> str | None:
+    """The lowest id still needed by some group; None when there are no groups (keep all)."""
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:
+        return None
+    if not groups:
+        return None
+    floor: tuple[int, int] | None = None
+    for g in groups:
+        name = g["name"]
+        if int(g["pending"]) > 0:
+            summary = await redis.xpending(stream, name)
+            needed = _id_tuple(summary["min"])
+        else:
+            needed = _id_tuple(_next_id(g["last-delivered-id"]))
+        floor = needed if floor is None or needed < floor else floor
+    assert floor is not None
+    return f"{floor[0]}-{floor[1]}"
+
+
+async def trim(
+    redis: Redis, stream: str, max_age_s: float | None, now_ms: int, *, require_group: bool = True
+) -> int:
+    """Trim entries every group has acknowledged and that are older than ``max_age_s``.
+
+    An events stream with no group yet keeps everything (no writer has read it). A change feed
+    without groups is read by plain XREAD subscribers, so age alone bounds it.
+    """
+    point = await safe_trim_point(redis, stream)
+    if point is None:
+        if require_group or max_age_s is None:
+            return 0
+        point = f"{max(0, now_ms - int(max_age_s * 1000))}-0"
+    elif max_age_s is not None:
+        cutoff = (max(0, now_ms - int(max_age_s * 1000)), 0)
+        point_t = min(_id_tuple(point), cutoff)
+        point = f"{point_t[0]}-{point_t[1]}"
+    return int(await redis.xtrim(stream, minid=point, approximate=False))
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    stream: str
+    group: str
+    pending: int
+    lag: int
+    consumers: int
+
+
+async def group_stats(redis: Redis, stream: str) -> list[GroupStats]:
+    """Pending and lag per group; lag is computed by hand when Redis < 7 does not report it."""
+    try:
+        groups = await redis.xinfo_groups(stream)
+        info = await redis.xinfo_stream(stream)
+    except ResponseError:
+        return []
+    last = info.get("last-generated-id") or "0-0"
+    out = []
+    for g in groups:
+        lag = g.get("lag")
+        if lag is None:
+            delivered = g["last-delivered-id"]
+            lag = 0
+            if _id_tuple(delivered) < _id_tuple(last):
+                lag = len(
+                    await redis.xrange(stream, min=_next_id(delivered), max="+", count=100_000)
+                )
+        out.append(GroupStats(stream, g["name"], int(g["pending"]), int(lag), int(g["consumers"])))
+    return out
+
+
+async def idle(redis: Redis, streams: Sequence[str], group: str) -> bool:
+    """True when ``group`` has consumed and acknowledged everything in every stream."""
+    for stream in streams:
+        if not await redis.exists(stream):
+            continue
+        stats = [s for s in await group_stats(redis, stream) if s.group == group]
+        if not stats:
+            if await redis.xlen(stream):
+                return False
+            continue
+        if stats[0].pending or stats[0].lag:
+            return False
+    return True
+
+
+def decode_fields(fields: dict[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else str(k)): (
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+        )
+        for k, v in fields.items()
+    }

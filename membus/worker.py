@@ -1,0 +1,306 @@
+"""Memory-writer workers: consumer groups over every tenant's events stream.
+
+One batch goes: read -> validate -> embed the batch -> upsert -> (XADD change events + XACK) in one
+MULTI. The store write comes before the acknowledgement and point ids are deterministic, so a
+writer killed at any instant leaves its entries pending; another writer reclaims them
+(XAUTOCLAIM after ``min_idle_ms``) and the rewrite overwrites instead of duplicating. An entry
+that fails on its own ``max_deliveries`` times, or cannot be parsed at all, is parked in the
+tenant's dead-letter stream with the reason, and the writer carries on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import structlog
+from redis.exceptions import ResponseError
+
+from membus.config import RetentionConfig, WorkerConfig
+from membus.embedder import Embedder
+from membus.envelope import Event
+from membus.errors import InvalidInput, MembusError, Unavailable
+from membus.feed import Change
+from membus.keys import TenantKeys, tenant_of
+from membus.store import Memory, Store
+from membus.streams import REDIS_DOWN, Redis, ensure_group, tenants, trim
+
+Entry = tuple[str, dict[str, str] | None]
+
+
+def consumer_name(n: int = 0) -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{n}"
+
+
+class Writer:
+    def __init__(
+        self,
+        redis: Redis,
+        store: Store,
+        embedder: Embedder,
+        config: WorkerConfig | None = None,
+        *,
+        consumer: str | None = None,
+        retention: RetentionConfig | None = None,
+    ) -> None:
+        self.redis, self.store, self.embedder = redis, store, embedder
+        self.config = config or WorkerConfig()
+        self.retention = retention
+        self.consumer = consumer or consumer_name()
+        self._streams: list[str] = []
+        self._tenants_at = 0.0
+        self._reclaim_at = 0.0
+        self._trim_at = time.monotonic()
+        self._log = structlog.get_logger("membus.worker").bind(consumer=self.consumer)
+        self.processed = 0
+        self.parked = 0
+
+    # -- loop ---------------------------------------------------------------------------------
+
+    async def run(self, stop: anyio.Event) -> None:
+        """Consume until ``stop`` is set; the batch in hand is finished first."""
+        self._log.info("writer.start", group=self.config.group)
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                await self.step()
+                backoff = 0.1
+            except (Unavailable, *REDIS_DOWN) as exc:
+                self._log.warning("writer.unavailable", error=str(exc), retry_in_s=backoff)
+                with anyio.move_on_after(backoff):
+                    await stop.wait()
+                backoff = min(backoff * 2, 5.0)
+        self._log.info("writer.stop", processed=self.processed, parked=self.parked)
+
+    async def step(self) -> int:
+        """One read (and, when due, one reclaim and one trim). Returns entries handled."""
+        now = time.monotonic()
+        if now >= self._tenants_at:
+            await self._refresh_streams()
+            self._tenants_at = now + self.config.tenants_refresh_s
+        handled = 0
+        if now >= self._reclaim_at:
+            handled += await self.reclaim()
+            self._reclaim_at = now + self.config.reclaim_every_s
+        if self.retention is not None and now >= self._trim_at:
+            await self.trim()
+            self._trim_at = now + self.retention.every_s
+        if not self._streams:
+            await anyio.sleep(self.config.block_ms / 1000)
+            return handled
+        try:
+            batch = await self.redis.xreadgroup(
+                self.config.group,
+                self.consumer,
+                dict.fromkeys(self._streams, ">"),
+                count=self.config.batch_size,
+                block=self.config.block_ms,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._log.warning("writer.group_missing", error=str(exc))
+            await self._refresh_streams(recreate=True)
+            return handled
+        for stream, entries in batch or []:
+            handled += await self.process(stream, entries)
+        return handled
+
+    async def _refresh_streams(self, recreate: bool = False) -> None:
+        known = set(self._streams)
+        streams = [TenantKeys(t).events for t in await tenants(self.redis)]
+        for s in streams:
+            if recreate or s not in known:
+                await ensure_group(self.redis, s, self.config.group)
+        self._streams = streams
+
+    # -- processing ---------------------------------------------------------------------------
+
+    async def process(self, stream: str, entries: Sequence[Entry]) -> int:
+        tenant = tenant_of(stream)
+        keys = TenantKeys(tenant)
+        events: list[tuple[str, Event]] = []
+        invalid: list[tuple[str, dict[str, str], str]] = []
+        gone: list[str] = []
+        for entry_id, fields in entries:
+            if not fields:  # trimmed or deleted while pending
+                gone.append(entry_id)
+                continue
+            try:
+                event = Event.from_json(fields.get("e", ""))
+                if event.tenant != tenant:
+                    raise InvalidInput(f"event tenant {event.tenant!r} on stream of {tenant!r}")
+                events.append((entry_id, event))
+            except InvalidInput as exc:
+                invalid.append((entry_id, fields, str(exc)))
+        if invalid:
+            await self._park(keys, stream, invalid, reason="invalid")
+        if gone:
+            await self.redis.xack(stream, self.config.group, *gone)
+        if not events:
+            return len(entries)
+        try:
+            await self._commit(keys, stream, events)
+        except (Unavailable, *REDIS_DOWN):
+            raise
+        except Exception as exc:
+            self._log.warning("writer.batch_failed", tenant=tenant, error=repr(exc))
+            for one in events:
+                try:
+                    await self._commit(keys, stream, [one])
+                except (Unavailable, *REDIS_DOWN):
+                    raise
+                except Exception as exc1:
+                    # left pending: reclaimed later, parked after max_deliveries
+                    await self._note_error(keys, one[0], exc1)
+                    self._log.warning(
+                        "writer.event_failed", tenant=tenant, event_id=one[1].id, error=repr(exc1)
+                    )
+        return len(entries)
+
+    async def _commit(self, keys: TenantKeys, stream: str, events: list[tuple[str, Event]]) -> None:
+        memories = [Memory.from_event(e) for _, e in events]
+        vectors = await anyio.to_thread.run_sync(self.embedder.embed, [m.content for m in memories])
+        await self.store.upsert(memories, vectors)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for m in memories:
+                pipe.xadd(keys.changes, Change.upsert(m, m.source_events).to_fields())
+            pipe.xack(stream, self.config.group, *[eid for eid, _ in events])
+            await pipe.execute()
+        self.processed += len(events)
+
+    def _errors_key(self, keys: TenantKeys) -> str:
+        return keys.dlq + ":errors"
+
+    async def _note_error(self, keys: TenantKeys, entry_id: str, exc: BaseException) -> None:
+        key = self._errors_key(keys)
+        await self.redis.hset(key, entry_id, f"{type(exc).__name__}: {exc}"[:2000])
+        await self.redis.expire(key, 7 * 24 * 3600)
+
+    async def _park(
+        self,
+        keys: TenantKeys,
+        stream: str,
+        items: Sequence[tuple[str, dict[str, str], str]],
+        *,
+        reason: str,
+        deliveries: dict[str, int] | None = None,
+    ) -> None:
+        now = datetime.now(UTC).isoformat()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for entry_id, fields, error in items:
+                record: dict[str, Any] = {
+                    "origin_id": entry_id,
+                    "origin_stream": stream,
+                    "group": self.config.group,
+                    "reason": reason,
+                    "error": error[:4000],
+                    "deliveries": (deliveries or {}).get(entry_id, 1),
+                    "parked_at": now,
+                    **{f"f:{k}": v for k, v in fields.items()},
+                }
+                pipe.xadd(keys.dlq, record)
+                pipe.hdel(self._errors_key(keys), entry_id)
+            pipe.xack(stream, self.config.group, *[i[0] for i in items])
+            await pipe.execute()
+        self.parked += len(items)
+        for entry_id, _, error in items:
+            self._log.warning(
+                "writer.parked", tenant=keys.tenant, entry=entry_id, reason=reason, error=error
+            )
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    async def reclaim(self) -> int:
+        """Take over entries idle on dead consumers; park those delivered too often."""
+        handled = 0
+        for stream in list(self._streams):
+            cursor = "0-0"
+            while True:
+                try:
+                    res = await self.redis.xautoclaim(
+                        stream,
+                        self.config.group,
+                        self.consumer,
+                        min_idle_time=self.config.min_idle_ms,
+                        start_id=cursor,
+                        count=self.config.batch_size,
+                    )
+                except ResponseError as exc:
+                    if "NOGROUP" in str(exc):
+                        await ensure_group(self.redis, stream, self.config.group)
+                        break
+                    raise
+                cursor, claimed = res[0], res[1]
+                deleted = res[2] if len(res) > 2 else []
+                if deleted:
+                    await self.redis.xack(stream, self.config.group, *deleted)
+                if claimed:
+                    handled += await self._retry(stream, claimed)
+                if cursor in ("0-0", b"0-0"):
+                    break
+        return handled
+
+    async def _retry(self, stream: str, claimed: list[Entry]) -> int:
+        keys = TenantKeys(tenant_of(stream))
+        ids = [eid for eid, _ in claimed]
+        pending = await self.redis.xpending_range(
+            stream,
+            self.config.group,
+            min=ids[0],
+            max=ids[-1],
+            count=len(ids) * 2,
+            consumername=self.consumer,
+        )
+        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        over = [
+            (eid, f) for eid, f in claimed if f and counts.get(eid, 1) > self.config.max_deliveries
+        ]
+        if over:
+            errors = await self.redis.hmget(self._errors_key(keys), [eid for eid, _ in over])
+            await self._park(
+                keys,
+                stream,
+                [
+                    (eid, f, err or "failed repeatedly")
+                    for (eid, f), err in zip(over, errors, strict=True)
+                ],
+                reason="poison",
+                deliveries=counts,
+            )
+        over_ids = {eid for eid, _ in over}
+        rest = [(eid, f) for eid, f in claimed if eid not in over_ids]
+        if rest:
+            await self.process(stream, rest)
+        return len(claimed)
+
+    async def trim(self) -> int:
+        """Retention: drop what every group acknowledged and aged out. Never anything pending."""
+        if self.retention is None:
+            return 0
+        now_ms = int(time.time() * 1000)
+        removed = 0
+        try:
+            for t in await tenants(self.redis):
+                keys = TenantKeys(t)
+                removed += await trim(
+                    self.redis, keys.events, self.retention.events_max_age_s, now_ms
+                )
+                removed += await trim(
+                    self.redis,
+                    keys.changes,
+                    self.retention.changes_max_age_s,
+                    now_ms,
+                    require_group=False,
+                )
+                removed += await trim(
+                    self.redis, keys.dlq, self.retention.dlq_max_age_s, now_ms, require_group=False
+                )
+        except MembusError:
+            raise
+        return removed
