@@ -99,8 +99,8 @@ class Bus:
 
     async def _embed_query(self, text: str) -> Vectors:
         if isinstance(self.embedder, HashingEmbedder):  # tens of µs: not worth a thread hop
-            return self.embedder.embed([text])[0]
-        return (await anyio.to_thread.run_sync(self.embedder.embed, [text]))[0]
+            return self.embedder.embed([text])
+        return await anyio.to_thread.run_sync(self.embedder.embed, [text])
 
     async def recall(
         self,

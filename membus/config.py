@@ -1,4 +1,4 @@
-"""Typed configuration. Only the CLI/compose layer reads ``MEMBUS_*`` variables (see settings.py)."""
+"""Typed configuration. Only the CLI layer (settings.py) reads ``MEMBUS_*`` variables."""
 
 from __future__ import annotations
 

@@ -94,12 +94,11 @@ class HashingEmbedder:
                 flat_idx.append(np.fromiter((i + base for i, _ in pairs), np.int64, len(pairs)))
                 flat_val.append(np.fromiter((s for _, s in pairs), np.float32, len(pairs)))
         size = len(texts) * dim
+        summed: npt.NDArray[np.float64] = np.zeros(size)
         if flat_idx:
             summed = np.bincount(
                 np.concatenate(flat_idx), weights=np.concatenate(flat_val), minlength=size
-            )
-        else:
-            summed = np.zeros(size)
+            ).astype(np.float64, copy=False)
         out = summed.reshape(len(texts), dim).astype(np.float32)
         # sublinear tf keeps one repeated word from dominating
         out = np.sign(out) * np.log1p(np.abs(out))
@@ -114,7 +113,8 @@ def make_embedder(name: str, dim: int = 384) -> Embedder:
     if name == "minilm":
         from membus.semantic import MiniLMEmbedder
 
-        return MiniLMEmbedder()
+        embedder: Embedder = MiniLMEmbedder()
+        return embedder
     from membus.errors import InvalidInput
 
     raise InvalidInput(f"unknown embedder {name!r}; choose 'hashing' or 'minilm'")

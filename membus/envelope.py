@@ -78,7 +78,7 @@ Ref = Annotated[str, AfterValidator(_check_ref)]
 
 
 def scope_ancestors(scope: str) -> list[str]:
-    """``team/support/tier1`` -> ``[team, team/support, team/support/tier1]`` (for subtree filters)."""
+    """``team/s/t1`` -> ``[team, team/s, team/s/t1]``: lets one indexed field match a subtree."""
     parts = scope.split("/")
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -98,7 +98,7 @@ async def follow(
     while True:
         try:
             if group is None:
-                batch = await redis.xread({stream: last}, count=count, block=block_ms)
+                batch: Any = await redis.xread({stream: last}, count=count, block=block_ms)
             else:
                 batch = await redis.xreadgroup(
                     group, consumer, {stream: ">"}, count=count, block=block_ms

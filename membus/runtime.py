@@ -37,11 +37,12 @@ def make_store(config: MembusConfig, root: Path) -> Store:
         return EdgeStore(config.store.path or root / "store", config.store.optimize_every)
     from membus.store_qdrant import QdrantStore
 
-    return QdrantStore(
+    store: Store = QdrantStore(
         url=config.store.url or "http://localhost:6333",
         api_key=config.store.api_key,
         collection=config.store.collection,
     )
+    return store
 
 
 @asynccontextmanager

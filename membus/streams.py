@@ -53,7 +53,8 @@ async def ensure_group(redis: Redis, stream: str, group: str, start: str = "0") 
 
 
 async def tenants(redis: Redis) -> list[str]:
-    return sorted(await redis.smembers(tenants_key()))
+    members: set[str] = await redis.smembers(tenants_key())  # type: ignore[assignment]
+    return sorted(members)
 
 
 def _id_tuple(stream_id: str) -> tuple[int, int]:
@@ -131,9 +132,10 @@ async def group_stats(redis: Redis, stream: str) -> list[GroupStats]:
             delivered = g["last-delivered-id"]
             lag = 0
             if _id_tuple(delivered) < _id_tuple(last):
-                lag = len(
-                    await redis.xrange(stream, min=_next_id(delivered), max="+", count=100_000)
+                rest: list[Any] = await redis.xrange(  # type: ignore[assignment]
+                    stream, min=_next_id(delivered), max="+", count=100_000
                 )
+                lag = len(rest)
         out.append(GroupStats(stream, g["name"], int(g["pending"]), int(lag), int(g["consumers"])))
     return out
 

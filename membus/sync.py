@@ -46,7 +46,9 @@ class SyncAgent:
                 except StopAsyncIteration:
                     return
         finally:
-            self._portal.call(agen.aclose)
+            aclose = getattr(agen, "aclose", None)
+            if aclose is not None:
+                self._portal.call(aclose)
 
 
 class SyncBus:

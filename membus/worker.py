@@ -94,7 +94,7 @@ class Writer:
             await anyio.sleep(self.config.block_ms / 1000)
             return handled
         try:
-            batch = await self.redis.xreadgroup(
+            batch: Any = await self.redis.xreadgroup(
                 self.config.group,
                 self.consumer,
                 dict.fromkeys(self._streams, ">"),
@@ -169,7 +169,7 @@ class Writer:
         await self.store.upsert(memories, vectors)
         async with self.redis.pipeline(transaction=True) as pipe:
             for m in memories:
-                pipe.xadd(keys.changes, Change.upsert(m, m.source_events).to_fields())
+                pipe.xadd(keys.changes, Change.upsert(m, m.source_events).to_fields())  # type: ignore[arg-type]
             pipe.xack(stream, self.config.group, *[eid for eid, _ in events])
             await pipe.execute()
         self.processed += len(events)
@@ -204,7 +204,7 @@ class Writer:
                     "parked_at": now,
                     **{f"f:{k}": v for k, v in fields.items()},
                 }
-                pipe.xadd(keys.dlq, record)
+                pipe.xadd(keys.dlq, record)  # type: ignore[arg-type]
                 pipe.hdel(self._errors_key(keys), entry_id)
             pipe.xack(stream, self.config.group, *[i[0] for i in items])
             await pipe.execute()
@@ -249,7 +249,7 @@ class Writer:
     async def _retry(self, stream: str, claimed: list[Entry]) -> int:
         keys = TenantKeys(tenant_of(stream))
         ids = [eid for eid, _ in claimed]
-        pending = await self.redis.xpending_range(
+        pending: list[dict[str, Any]] = await self.redis.xpending_range(
             stream,
             self.config.group,
             min=ids[0],
@@ -262,7 +262,9 @@ class Writer:
             (eid, f) for eid, f in claimed if f and counts.get(eid, 1) > self.config.max_deliveries
         ]
         if over:
-            errors = await self.redis.hmget(self._errors_key(keys), [eid for eid, _ in over])
+            errors: list[str | None] = await self.redis.hmget(  # type: ignore[assignment]
+                self._errors_key(keys), [eid for eid, _ in over]
+            )
             await self._park(
                 keys,
                 stream,
