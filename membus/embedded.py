@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from membus.errors import Unavailable
 
@@ -65,7 +67,9 @@ class EmbeddedRedis:
 
     def _ping(self) -> bool:
         try:
-            client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
+            client = redis.Redis(
+                unix_socket_path=str(self.socket), socket_timeout=1, retry=Retry(NoBackoff(), 0)
+            )
             try:
                 return bool(client.ping())
             finally:
@@ -111,23 +115,21 @@ class EmbeddedRedis:
         raise Unavailable(f"embedded redis-server did not answer within {timeout_s}s")
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """SHUTDOWN fsyncs the AOF; fall back to signals if the server does not go."""
-        try:
-            client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=2)
-            client.shutdown(nosave=True)  # nosave: no RDB; the AOF is flushed regardless
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            pass
-        except redis.ResponseError:
-            pass
-        if self._proc is not None:
+        """Redis handles SIGTERM like SHUTDOWN: fsync the AOF, then exit."""
+        if self._proc is None:  # adopted: not our child, ask it over the socket
+            try:
+                client = redis.Redis(
+                    unix_socket_path=str(self.socket), socket_timeout=2, retry=Retry(NoBackoff(), 0)
+                )
+                client.shutdown(nosave=True)  # nosave: no RDB; the AOF is flushed regardless
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError):
+                pass
+        else:
+            self._proc.terminate()
             try:
                 self._proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
+                self._proc.kill()
+                self._proc.wait()
             self._proc = None
         self.socket.unlink(missing_ok=True)
