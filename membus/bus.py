@@ -81,8 +81,6 @@ class Bus:
         for e in events:
             await self.gate.check(who, "publish", e.scope)
         positions = await publish(self.redis, events)
-        for e in events:
-            self._log.debug("publish", tenant=e.tenant, agent=e.agent, scope=e.scope, event_id=e.id)
         return [
             Receipt(event_id=e.id, position=p, tenant=e.tenant, scope=e.scope)
             for e, p in zip(events, positions, strict=True)

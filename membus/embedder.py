@@ -43,6 +43,7 @@ class HashingEmbedder:
     def __init__(self, dim: int = 384, cache_size: int = 200_000) -> None:
         self._dim = dim
         self._cache: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = {}
+        self._bigrams: dict[str, tuple[int, float]] = {}
         self._cache_size = cache_size
 
     @property
@@ -56,6 +57,15 @@ class HashingEmbedder:
     def _bucket(self, feature: str) -> tuple[int, float]:
         h = zlib.crc32(feature.encode("utf-8", "surrogatepass"))
         return h % self._dim, (1.0 if (h >> 31) & 1 else -1.0)
+
+    def _bigram(self, a: str, b: str) -> tuple[int, float]:
+        key = f"{a} {b}"
+        hit = self._bigrams.get(key)
+        if hit is None:
+            if len(self._bigrams) >= self._cache_size:
+                self._bigrams.clear()
+            hit = self._bigrams[key] = self._bucket("b:" + key)
+        return hit
 
     def _word_features(self, word: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         hit = self._cache.get(word)
@@ -78,26 +88,37 @@ class HashingEmbedder:
         return feats
 
     def embed(self, texts: Sequence[str]) -> Vectors:
-        # Gather every (row, bucket, weight) of the batch, then one bincount builds the matrix.
+        # Collect cached per-word feature arrays and bigram buckets for the whole batch, then one
+        # concatenate + one bincount builds the matrix (per-word numpy ops would dominate).
         dim = self._dim
-        flat_idx: list[npt.NDArray[np.int64]] = []
-        flat_val: list[npt.NDArray[np.float32]] = []
+        parts_idx: list[npt.NDArray[np.int64]] = []
+        parts_val: list[npt.NDArray[np.float32]] = []
+        parts_base: list[int] = []
+        parts_len: list[int] = []
+        bi_idx: list[int] = []
+        bi_val: list[float] = []
         for row, text in enumerate(texts):
             words = _WORD.findall(text.lower())
             base = row * dim
             for w in words:
                 idx, val = self._word_features(w)
-                flat_idx.append(idx + base)
-                flat_val.append(val)
-            if len(words) > 1:
-                pairs = [self._bucket(f"b:{a} {b}") for a, b in itertools.pairwise(words)]
-                flat_idx.append(np.fromiter((i + base for i, _ in pairs), np.int64, len(pairs)))
-                flat_val.append(np.fromiter((s for _, s in pairs), np.float32, len(pairs)))
+                parts_idx.append(idx)
+                parts_val.append(val)
+                parts_base.append(base)
+                parts_len.append(len(idx))
+            for a, b in itertools.pairwise(words):
+                i, sign = self._bigram(a, b)
+                bi_idx.append(i + base)
+                bi_val.append(sign)
         size = len(texts) * dim
         summed: npt.NDArray[np.float64] = np.zeros(size)
-        if flat_idx:
+        if parts_idx or bi_idx:
+            offsets = np.repeat(np.asarray(parts_base, np.int64), np.asarray(parts_len, np.int64))
+            idx_all = np.concatenate([*parts_idx, np.zeros(0, np.int64)]) + offsets
             summed = np.bincount(
-                np.concatenate(flat_idx), weights=np.concatenate(flat_val), minlength=size
+                np.concatenate([idx_all, np.asarray(bi_idx, np.int64)]),
+                weights=np.concatenate([*parts_val, np.asarray(bi_val, np.float32)]),
+                minlength=size,
             ).astype(np.float64, copy=False)
         out = summed.reshape(len(texts), dim).astype(np.float32)
         # sublinear tf keeps one repeated word from dominating
