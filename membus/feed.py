@@ -41,18 +41,7 @@ class Change(BaseModel):
 
     @classmethod
     def upsert(cls, memory: Memory, event_ids: Sequence[str]) -> Change:
-        return cls(
-            op="upsert",
-            memory_id=memory.id,
-            tenant=memory.tenant,
-            scope=memory.scope,
-            kind=memory.kind,
-            content=memory.content,
-            subject=memory.subject,
-            key=memory.key,
-            agents=memory.agents,
-            event_ids=list(event_ids),
-        )
+        return cls.model_validate(orjson.loads(upsert_fields(memory, event_ids)["c"]))
 
     def to_fields(self) -> dict[str, bytes]:
         return {"c": orjson.dumps(self.model_dump(mode="json", exclude={"position"}))}
@@ -60,6 +49,27 @@ class Change(BaseModel):
     @classmethod
     def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Change:
         return cls.model_validate({**orjson.loads(fields["c"]), "position": entry_id})
+
+
+def upsert_fields(memory: Memory, event_ids: Sequence[str]) -> dict[str, bytes]:
+    """The stream entry for an upsert, built without a model round trip (writer hot path)."""
+    return {
+        "c": orjson.dumps(
+            {
+                "op": "upsert",
+                "memory_id": memory.id,
+                "tenant": memory.tenant,
+                "scope": memory.scope,
+                "kind": memory.kind,
+                "content": memory.content,
+                "subject": memory.subject,
+                "key": memory.key,
+                "agents": memory.agents,
+                "event_ids": list(event_ids),
+                "at": datetime.now(UTC),
+            }
+        )
+    }
 
 
 def in_scopes(scope: str, scopes: Sequence[str]) -> bool:

@@ -25,7 +25,7 @@ from membus.config import RetentionConfig, WorkerConfig
 from membus.embedder import Embedder
 from membus.envelope import Event
 from membus.errors import InvalidInput, MembusError, Unavailable
-from membus.feed import Change
+from membus.feed import upsert_fields
 from membus.keys import TenantKeys, tenant_of
 from membus.store import Memory, Store
 from membus.streams import REDIS_DOWN, Redis, ensure_group, tenants, trim
@@ -169,7 +169,7 @@ class Writer:
         await self.store.upsert(memories, vectors)
         async with self.redis.pipeline(transaction=True) as pipe:
             for m in memories:
-                pipe.xadd(keys.changes, Change.upsert(m, m.source_events).to_fields())  # type: ignore[arg-type]
+                pipe.xadd(keys.changes, upsert_fields(m, m.source_events))  # type: ignore[arg-type]
             pipe.xack(stream, self.config.group, *[eid for eid, _ in events])
             await pipe.execute()
         self.processed += len(events)
