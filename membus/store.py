@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from membus.embedder import Vectors
 from membus.envelope import Event, scope_ancestors
+from membus.errors import InvalidInput
 
 # Fixed namespace: point ids are uuid5(namespace, tenant/event id), identical in every process,
 # which is what makes redelivered events overwrite rather than duplicate.
@@ -86,6 +87,41 @@ class Memory(BaseModel):
 
 def point_id(tenant: str, event_id: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, f"{tenant}/{event_id}"))
+
+
+# Input checks shared by every engine, so they all refuse the same things the same way.
+
+
+def check_ids(ids: Sequence[str]) -> list[str]:
+    """Canonical UUID strings without repeats (so deletes count each once), or ``InvalidInput``."""
+    out: dict[str, None] = {}
+    bad: list[dict[str, str]] = []
+    for i in ids:
+        try:
+            out[str(uuid.UUID(i))] = None
+        except (ValueError, TypeError, AttributeError):
+            bad.append({"field": "ids", "value": str(i), "problem": "not a UUID"})
+    if bad:
+        raise InvalidInput(f"{len(bad)} malformed memory id(s); ids are UUIDs", bad)
+    return list(out)
+
+
+def check_batch(memories: Sequence[Memory], vectors: Vectors, dim: int) -> None:
+    check_ids([mem.id for mem in memories])
+    if vectors.ndim != 2 or vectors.shape[0] != len(memories) or vectors.shape[1] != dim:
+        raise InvalidInput(
+            f"vectors of shape {tuple(vectors.shape)} do not fit {len(memories)} memories "
+            f"of dim {dim}"
+        )
+
+
+def check_query(vector: Vectors, k: int, dim: int) -> list[float]:
+    if k < 1:
+        raise InvalidInput(f"k must be at least 1, got {k}")
+    flat = vector.reshape(-1)
+    if flat.shape[0] != dim:
+        raise InvalidInput(f"query vector has dim {flat.shape[0]}, the store holds dim {dim}")
+    return [float(x) for x in flat]
 
 
 class Hit(BaseModel):

@@ -22,8 +22,17 @@ import anyio
 import qdrant_edge as q
 
 from membus.embedder import Vectors
-from membus.errors import Conflict, Unavailable
-from membus.store import INDEXED_KEYWORDS, Hit, Memory, RecallFilter, StoreMeta
+from membus.errors import Conflict, InvalidInput, Unavailable
+from membus.store import (
+    INDEXED_KEYWORDS,
+    Hit,
+    Memory,
+    RecallFilter,
+    StoreMeta,
+    check_batch,
+    check_ids,
+    check_query,
+)
 
 T = TypeVar("T")
 _VECTOR = "dense"
@@ -62,6 +71,7 @@ class EdgeStore:
         self._shard: Any = None
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
+        self._dim = 0
 
     async def _run(self, fn: Callable[[], T]) -> T:
         def locked() -> T:
@@ -128,11 +138,12 @@ class EdgeStore:
         except BaseException:
             self._release_file_lock()
             raise
-        self._shard = shard
+        self._shard, self._dim = shard, meta.dim
 
     async def upsert(self, memories: Sequence[Memory], vectors: Vectors) -> None:
         if not memories:
             return
+        check_batch(memories, vectors, self._dim)
         rows = vectors.tolist()
         points = [
             q.Point(m.id, {_VECTOR: row}, m.to_payload())
@@ -141,9 +152,10 @@ class EdgeStore:
         await self._run(lambda: self._shard.update(q.UpdateOperation.upsert_points(points)))
 
     async def search(self, vector: Vectors, flt: RecallFilter, k: int) -> list[Hit]:
+        query = check_query(vector, k, self._dim)
         request = q.QueryRequest(
             limit=k,
-            query=q.Query.Nearest(vector.reshape(-1).tolist(), using=_VECTOR),
+            query=q.Query.Nearest(query, using=_VECTOR),
             filter=_filter(flt),
             with_payload=True,
         )
@@ -151,18 +163,17 @@ class EdgeStore:
         return [Hit(memory=Memory.from_payload(p.payload or {}), score=p.score) for p in found]
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]:
-        if not ids:
+        wanted = [uuid.UUID(i) for i in check_ids(ids)]
+        if not wanted:
             return []
-        recs = await self._run(
-            lambda: self._shard.retrieve([uuid.UUID(i) for i in ids], True, False)
-        )
+        recs = await self._run(lambda: self._shard.retrieve(wanted, True, False))
         out = [Memory.from_payload(r.payload or {}) for r in recs]
         return [m for m in out if m.tenant == tenant]
 
     async def delete(self, tenant: str, ids: Sequence[str]) -> int:
         existing = await self.get(tenant, ids)
         if existing:
-            doomed = [m.id for m in existing]
+            doomed: list[int | uuid.UUID | str] = [m.id for m in existing]
             await self._run(lambda: self._shard.update(q.UpdateOperation.delete_points(doomed)))
         return len(existing)
 
@@ -173,8 +184,11 @@ class EdgeStore:
     async def scroll(
         self, tenant: str, limit: int = 256, offset: str | None = None
     ) -> tuple[list[Memory], str | None]:
+        if limit < 1:
+            raise InvalidInput(f"limit must be at least 1, got {limit}")
+        start = uuid.UUID(check_ids([offset])[0]) if offset is not None else None
         req = q.ScrollRequest(
-            offset=uuid.UUID(offset) if offset else None,
+            offset=start,
             limit=limit,
             filter=_tenant(tenant),
             with_payload=True,

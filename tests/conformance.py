@@ -1,0 +1,358 @@
+"""The one behaviour every ``Store`` engine must show, written once and run on each engine.
+
+Subclass ``StoreConformance`` and override the ``make`` fixture: it returns a callable that builds
+a new, unopened store handle over the *same* backing data on every call (so reopen can be tested).
+Set ``persists = False`` if a closed store cannot be reopened with its data.
+
+Vectors are small hand-made unit vectors so rankings are exact, not approximate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import pytest
+
+from membus.embedder import Vectors
+from membus.errors import Conflict, InvalidInput, Unavailable
+from membus.store import Memory, RecallFilter, Store, StoreMeta, point_id
+
+DIM = 8
+META = StoreMeta(embedder="conformance-v1", dim=DIM)
+T0 = datetime(2025, 1, 1, 12, tzinfo=UTC)
+TENANT = "acme"
+
+StoreFactory = Callable[[], Store]
+
+
+def unit(i: int) -> Vectors:
+    v = np.zeros(DIM, dtype=np.float32)
+    v[i] = 1.0
+    return v
+
+
+def ray(i: int) -> Vectors:
+    """Unit vectors whose cosine to ``unit(0)`` strictly falls as ``i`` grows: a known ranking."""
+    v = unit(0) + unit(1) * (0.25 * i)
+    out: Vectors = (v / np.linalg.norm(v)).astype(np.float32)
+    return out
+
+
+def rows(vectors: Sequence[Vectors]) -> Vectors:
+    if not vectors:
+        return np.zeros((0, DIM), dtype=np.float32)
+    return np.stack(vectors).astype(np.float32)
+
+
+def mem(
+    n: int,
+    *,
+    tenant: str = TENANT,
+    scope: str = "team/support",
+    kind: str = "fact",
+    subject: str | None = None,
+    agents: Sequence[str] = ("alice",),
+    content: str | None = None,
+    at: datetime | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Memory:
+    created = at or T0 + timedelta(hours=n)
+    return Memory(
+        id=point_id(tenant, f"ev-{n}"),
+        tenant=tenant,
+        scope=scope,
+        kind=kind,
+        content=content or f"memory {n}",
+        subject=subject,
+        agents=list(agents),
+        source_events=[f"ev-{n}"],
+        created_at=created,
+        updated_at=created,
+        metadata=metadata or {},
+    )
+
+
+def flt(**kw: Any) -> RecallFilter:
+    return RecallFilter(tenant=kw.pop("tenant", TENANT), **kw)
+
+
+async def ids_of(store: Store, vector: Vectors, f: RecallFilter, k: int = 50) -> set[str]:
+    return {h.memory.id for h in await store.search(vector, f, k)}
+
+
+async def fill(store: Store, memories: Sequence[Memory]) -> list[Memory]:
+    await store.upsert(memories, rows([ray(i % 6) for i in range(len(memories))]))
+    return list(memories)
+
+
+class StoreConformance:
+    persists = True
+
+    @pytest.fixture
+    def make(self) -> StoreFactory:
+        raise NotImplementedError("each engine's test class overrides the `make` fixture")
+
+    @pytest.fixture
+    async def store(self, make: StoreFactory, anyio_backend: str) -> AsyncIterator[Store]:
+        s = make()
+        await s.open(META)
+        yield s
+        await s.close()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @pytest.mark.anyio
+    async def test_implements_the_protocol(self, store: Store) -> None:
+        assert isinstance(store, Store)
+
+    @pytest.mark.anyio
+    async def test_open_creates_an_empty_store(self, store: Store) -> None:
+        assert await store.count() == 0
+        assert await store.count(TENANT) == 0
+        assert await store.scroll(TENANT) == ([], None)
+        assert await store.search(unit(0), flt(), 5) == []
+        await store.maintain()  # harmless on an empty store
+
+    @pytest.mark.anyio
+    async def test_reopen_finds_the_data(self, store: Store, make: StoreFactory) -> None:
+        if not self.persists:
+            pytest.skip("engine does not persist across close")
+        saved = await fill(store, [mem(i) for i in range(3)])
+        await store.close()
+        again = make()
+        await again.open(META)
+        try:
+            assert await again.count(TENANT) == 3
+            got = await again.get(TENANT, [m.id for m in saved])
+            assert sorted(got, key=lambda m: m.id) == sorted(saved, key=lambda m: m.id)
+        finally:
+            await again.close()
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize(
+        "other",
+        [StoreMeta(embedder="another-model", dim=DIM), StoreMeta(embedder=META.embedder, dim=16)],
+        ids=["other-embedder", "other-dim"],
+    )
+    async def test_reopen_with_another_embedder_is_refused(
+        self, store: Store, make: StoreFactory, other: StoreMeta
+    ) -> None:
+        await fill(store, [mem(0)])
+        await store.close()
+        wrong = make()
+        with pytest.raises(Conflict, match="refusing embedder"):
+            await wrong.open(other)
+        await wrong.close()
+        # a refused open leaves nothing held: the right embedder still opens and sees the data
+        right = make()
+        await right.open(META)
+        try:
+            assert await right.count(TENANT) == 1
+        finally:
+            await right.close()
+
+    @pytest.mark.anyio
+    async def test_closed_store_is_unavailable(self, store: Store) -> None:
+        await store.close()
+        with pytest.raises(Unavailable):
+            await store.count()
+        await store.close()  # closing twice is fine
+
+    # --- writes ----------------------------------------------------------------------------
+
+    @pytest.mark.anyio
+    async def test_upsert_is_idempotent_and_overwrites(self, store: Store) -> None:
+        batch = [mem(i) for i in range(3)]
+        await fill(store, batch)
+        await fill(store, batch)
+        assert await store.count(TENANT) == 3
+        changed = batch[1].model_copy(update={"content": "rewritten", "agents": ["alice", "bob"]})
+        await store.upsert([changed], rows([ray(1)]))
+        assert await store.count(TENANT) == 3
+        (got,) = await store.get(TENANT, [changed.id])
+        assert got.content == "rewritten"
+        assert got.agents == ["alice", "bob"]
+
+    @pytest.mark.anyio
+    async def test_empty_upsert_is_a_no_op(self, store: Store) -> None:
+        await store.upsert([], rows([]))
+        assert await store.count() == 0
+
+    @pytest.mark.anyio
+    async def test_upsert_refuses_vectors_that_do_not_fit(self, store: Store) -> None:
+        with pytest.raises(InvalidInput):
+            await store.upsert([mem(0)], np.ones((1, DIM + 1), dtype=np.float32))
+        with pytest.raises(InvalidInput):
+            await store.upsert([mem(0), mem(1)], rows([ray(0)]))
+        with pytest.raises(InvalidInput):
+            await store.upsert([mem(0).model_copy(update={"id": "not-a-uuid"})], rows([ray(0)]))
+        assert await store.count() == 0
+
+    # --- search ----------------------------------------------------------------------------
+
+    @pytest.mark.anyio
+    async def test_search_ranks_the_nearest_first(self, store: Store) -> None:
+        batch = [mem(i) for i in range(5)]
+        await store.upsert(batch[::-1], rows([ray(i) for i in range(5)][::-1]))
+        hits = await store.search(unit(0), flt(), 3)
+        assert [h.memory.id for h in hits] == [m.id for m in batch[:3]]
+        scores = [h.score for h in hits]
+        assert scores == sorted(scores, reverse=True)
+        assert math.isclose(scores[0], 1.0, abs_tol=1e-4)
+        assert math.isclose(scores[1], float(ray(1) @ unit(0)), abs_tol=1e-4)
+
+    @pytest.mark.anyio
+    async def test_hits_and_gets_carry_full_provenance(self, store: Store) -> None:
+        original = Memory(
+            id=point_id(TENANT, "ev-full"),
+            tenant=TENANT,
+            scope="team/support/t1",
+            kind="decision",
+            content="refunds over 100 EUR need a second approver",
+            subject="refunds",
+            key="policy/refund-limit",
+            agents=["alice", "bob"],
+            source_events=["ev-full", "ev-earlier"],
+            created_at=datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=timezone(timedelta(hours=2))),
+            updated_at=datetime(2025, 3, 2, 8, 0, tzinfo=UTC),
+            metadata={"ticket": 4711, "tags": ["billing", "vip"], "nested": {"ok": True, "x": 1.5}},
+        )
+        await store.upsert([original], rows([unit(3)]))
+        (hit,) = await store.search(unit(3), flt(), 5)
+        (got,) = await store.get(TENANT, [original.id])
+        for found in (hit.memory, got):
+            assert found == original
+            assert found.created_at.tzinfo is not None
+            assert found.created_at.utcoffset() is not None
+            assert found.metadata == original.metadata
+
+    @pytest.mark.anyio
+    async def test_k_larger_than_the_data_returns_everything(self, store: Store) -> None:
+        await fill(store, [mem(i) for i in range(4)])
+        assert len(await store.search(unit(0), flt(), 100)) == 4
+
+    @pytest.mark.anyio
+    async def test_bad_queries_are_invalid_input(self, store: Store) -> None:
+        with pytest.raises(InvalidInput):
+            await store.search(unit(0), flt(), 0)
+        with pytest.raises(InvalidInput):
+            await store.search(np.ones(DIM + 2, dtype=np.float32), flt(), 3)
+
+    # --- isolation and filters -------------------------------------------------------------
+
+    @pytest.mark.anyio
+    async def test_tenants_never_see_each_other(self, store: Store) -> None:
+        mine = await fill(store, [mem(i, tenant="a") for i in range(3)])
+        theirs = await fill(store, [mem(i, tenant="b") for i in range(2)])
+        their_ids = [m.id for m in theirs]
+        assert await ids_of(store, unit(0), flt(tenant="a")) == {m.id for m in mine}
+        assert await ids_of(store, unit(0), flt(tenant="b")) == set(their_ids)
+        assert await store.get("a", their_ids) == []
+        assert await store.delete("a", their_ids) == 0
+        assert (await store.count("a"), await store.count("b"), await store.count()) == (3, 2, 5)
+        page, _ = await store.scroll("a", limit=100)
+        assert {m.id for m in page} == {m.id for m in mine}
+        assert await ids_of(store, unit(0), flt(tenant="nobody")) == set()
+
+    @pytest.mark.anyio
+    async def test_scope_filter_exact_vs_subtree(self, store: Store) -> None:
+        scopes = ["team/support", "team/support/t1", "team/supportive", "team/sales", "other"]
+        batch = await fill(store, [mem(i, scope=s) for i, s in enumerate(scopes)])
+        by_scope = {m.scope: m.id for m in batch}
+
+        async def seen(scope_list: list[str] | None, sub: bool = True) -> set[str]:
+            f = flt(scopes=scope_list, include_subscopes=sub)
+            return {s for s, i in by_scope.items() if i in await ids_of(store, unit(0), f)}
+
+        assert await seen(["team/support"], sub=False) == {"team/support"}
+        assert await seen(["team/support"]) == {"team/support", "team/support/t1"}
+        assert await seen(["team"]) == set(scopes) - {"other"}
+        assert await seen(["team"], sub=False) == set()
+        assert await seen(["team/sales", "other"], sub=False) == {"team/sales", "other"}
+        assert await seen(None) == set(scopes)  # None: the whole tenant
+        assert await seen([]) == set()  # an empty grant sees nothing, never everything
+
+    @pytest.mark.anyio
+    async def test_kind_subject_and_agent_filters_narrow(self, store: Store) -> None:
+        batch = await fill(
+            store,
+            [
+                mem(0, kind="fact", subject="refunds", agents=["alice"]),
+                mem(1, kind="decision", subject="refunds", agents=["bob", "carol"]),
+                mem(2, kind="fact", subject="shipping", agents=["carol"]),
+                mem(3, kind="note", agents=["dave"]),
+            ],
+        )
+        ids = [m.id for m in batch]
+        assert await ids_of(store, unit(0), flt(kinds=["fact"])) == {ids[0], ids[2]}
+        assert await ids_of(store, unit(0), flt(kinds=["fact", "note"])) == {ids[0], ids[2], ids[3]}
+        assert await ids_of(store, unit(0), flt(subjects=["refunds"])) == {ids[0], ids[1]}
+        assert await ids_of(store, unit(0), flt(agents=["carol"])) == {ids[1], ids[2]}
+        narrowed = flt(kinds=["fact"], subjects=["refunds"], agents=["alice", "bob"])
+        assert await ids_of(store, unit(0), narrowed) == {ids[0]}
+
+    @pytest.mark.anyio
+    async def test_since_and_until_bound_created_at_inclusively(self, store: Store) -> None:
+        batch = await fill(store, [mem(i) for i in range(5)])  # created at T0 + i hours
+        ids = [m.id for m in batch]
+        hour = timedelta(hours=1)
+        assert await ids_of(store, unit(0), flt(since=T0 + 2 * hour)) == set(ids[2:])
+        assert await ids_of(store, unit(0), flt(until=T0 + hour)) == set(ids[:2])
+        window = flt(since=T0 + hour, until=T0 + 3 * hour)
+        assert await ids_of(store, unit(0), window) == set(ids[1:4])
+        # the bound is an instant, whatever zone it is written in
+        cet = timezone(timedelta(hours=1))
+        assert await ids_of(store, unit(0), flt(since=(T0 + 4 * hour).astimezone(cet))) == {ids[4]}
+
+    # --- get / delete / scroll -------------------------------------------------------------
+
+    @pytest.mark.anyio
+    async def test_delete_counts_what_existed(self, store: Store) -> None:
+        batch = await fill(store, [mem(i) for i in range(4)])
+        missing = point_id(TENANT, "never-written")
+        assert await store.delete(TENANT, [batch[0].id, batch[1].id, batch[1].id, missing]) == 2
+        assert await store.delete(TENANT, [batch[0].id]) == 0
+        assert await store.delete(TENANT, []) == 0
+        assert await store.count(TENANT) == 2
+        assert await store.get(TENANT, [batch[0].id, batch[1].id]) == []
+        assert {m.id for m in await store.get(TENANT, [m.id for m in batch])} == {
+            batch[2].id,
+            batch[3].id,
+        }
+
+    @pytest.mark.anyio
+    async def test_malformed_ids_are_invalid_input(self, store: Store) -> None:
+        await fill(store, [mem(0)])
+        with pytest.raises(InvalidInput):
+            await store.get(TENANT, ["not-a-uuid"])
+        with pytest.raises(InvalidInput):
+            await store.delete(TENANT, [mem(0).id, "42; drop"])
+        with pytest.raises(InvalidInput):
+            await store.scroll(TENANT, offset="nope")
+        assert await store.count(TENANT) == 1
+        assert await store.get(TENANT, []) == []
+
+    @pytest.mark.anyio
+    async def test_scroll_pages_through_everything_exactly_once(self, store: Store) -> None:
+        batch = await fill(store, [mem(i) for i in range(23)])
+        await fill(store, [mem(i, tenant="other") for i in range(4)])
+        seen: list[str] = []
+        offset: str | None = None
+        pages = 0
+        while True:
+            page, offset = await store.scroll(TENANT, limit=5, offset=offset)
+            assert len(page) <= 5
+            seen += [m.id for m in page]
+            pages += 1
+            if offset is None:
+                break
+            assert pages < 20, "scroll does not terminate"
+        assert sorted(seen) == sorted(m.id for m in batch)
+        assert len(seen) == len(set(seen)) == 23
+        assert seen == sorted(seen)  # id order, as the protocol promises
+        with pytest.raises(InvalidInput):
+            await store.scroll(TENANT, limit=0)
