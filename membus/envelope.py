@@ -164,17 +164,21 @@ class Event(BaseModel):
     def from_json(cls, raw: bytes | str) -> Event:
         try:
             data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+        except (orjson.JSONDecodeError, UnicodeError) as exc:
             raise InvalidInput(f"event is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise InvalidInput("event must be a JSON object")
-        return cls.build(**data)
+        return cls.validate_dict(data)
 
     @classmethod
     def build(cls, **fields: Any) -> Event:
         """Validate, turning pydantic's error into our typed ``InvalidInput``."""
+        return cls.validate_dict(fields)
+
+    @classmethod
+    def validate_dict(cls, data: dict[str, Any]) -> Event:
         try:
-            return cls(**fields)
+            return cls.model_validate(data)
         except ValidationError as exc:
             raise invalid_from(exc, "event") from None
 

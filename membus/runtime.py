@@ -22,6 +22,7 @@ from membus.embedded import EmbeddedRedis
 from membus.embedder import Embedder, make_embedder
 from membus.gate import Gate
 from membus.store import Store, StoreMeta
+from membus.streams import redis_client
 from membus.worker import Writer, consumer_name
 
 DEFAULT_PATH = Path(".membus")
@@ -61,9 +62,7 @@ async def connect(
             server = EmbeddedRedis(root / "redis")
             url = await anyio.to_thread.run_sync(server.start)
             stack.callback(server.stop)
-        client = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=config.redis.socket_timeout_s
-        )
+        client = redis_client(url, config.redis.socket_timeout_s)
         stack.push_async_callback(client.aclose)
         yield client, store, embedder
 

@@ -24,6 +24,17 @@ Redis = aioredis.Redis
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+def redis_client(url: str, socket_timeout_s: float = 10.0) -> Redis:
+    """The one way membus connects. ``surrogateescape`` lets a non-UTF-8 entry decode (and be
+    written back to the dead-letter stream byte for byte) instead of crashing the reader."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        encoding_errors="surrogateescape",
+        socket_timeout=socket_timeout_s,
+    )
+
+
 def unavailable(exc: BaseException) -> Unavailable:
     return Unavailable(f"redis unavailable: {exc}")
 
