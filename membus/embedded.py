@@ -56,7 +56,8 @@ def socket_path(directory: Path) -> Path:
 
 class EmbeddedRedis:
     def __init__(self, directory: Path, binary: str | None = None) -> None:
-        self.directory = Path(directory)
+        # absolute: redis-server chdirs into --dir before opening its log and socket
+        self.directory = Path(directory).absolute()
         self.binary = binary or redis_server_binary()
         self.socket = socket_path(self.directory)
         self._proc: subprocess.Popen[bytes] | None = None

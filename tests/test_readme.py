@@ -1,0 +1,34 @@
+"""The README is part of the product: its opening example runs and CI runs its test command."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_opening_example_runs_and_is_short(tmp_path: Path) -> None:
+    """The first code block is a complete program of at most ~20 lines that works as written."""
+    block = re.search(r"```python\n(.*?)```", README, re.S)
+    assert block is not None
+    code = block.group(1)
+    assert len(code.strip().splitlines()) <= 20
+    env = {**os.environ, "CI": "true"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "customer prefers email" in out.stdout
+    assert "upsert The customer prefers email" in out.stdout
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_cmd = next(line for line in ci.splitlines() if "pytest" in line)
+    assert test_cmd.strip() in README
