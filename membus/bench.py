@@ -1,0 +1,445 @@
+"""``membus bench``: end-to-end figures beside their raw-engine counterparts, from one run.
+
+Everything runs on a fresh embedded bus in a temp directory: raw Redis (pipelined XADD,
+XREADGROUP+XACK) on the bus's own redis-server under separate keys, raw Qdrant Edge upsert and
+filtered search, then ingest through ``Bus.publish_many`` until ``drain()``, recall through
+``Agent.recall`` after an explicit HNSW build, and publish->visible latency at a paced rate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from membus import bench_raw as raw
+from membus import runtime
+from membus.bus import Bus, Draft
+from membus.config import EmbedderConfig, MembusConfig
+from membus.errors import InvalidInput
+from membus.keys import TenantKeys
+from membus.streams import group_stats
+
+PUBLISH_BATCH = 100
+RECALL_K = 5
+TARGET_INGEST_RATIO = 0.60
+TARGET_RECALL_P50_MS = 3.0
+TARGET_VISIBLE_P50_MS = 50.0
+WARMUP_TEXT = "warm-up: writers have discovered the bench tenant"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    memories: int
+    small: int  # the "10k" recall point (smaller for tiny runs)
+    trial: int  # events per writers=1/2 trial
+    queries: int
+    paced_rate: int
+    paced_s: float
+    floor_n: int
+    quick: bool = False
+
+    @classmethod
+    def of(cls, memories: int, quick: bool) -> Sizes:
+        if quick:
+            n = min(memories, 2_000)
+            return cls(n, n // 2, 500, 100, 1_000, 1.0, 50, quick=True)
+        if memories < 1_000:
+            raise InvalidInput("memories must be at least 1000 (use quick=True for a smoke run)")
+        small = 10_000 if memories >= 20_000 else memories // 2
+        return cls(memories, small, min(10_000, memories // 5), 500, 1_000, 5.0, 300)
+
+
+def run_bench(
+    memories: int = 100_000, *, json_output: bool, embedder: str = "hashing", quick: bool = False
+) -> dict[str, Any]:
+    """Run the benchmark; print a table (or exactly one JSON object) to stdout; return the dict."""
+    try:
+        emb = EmbedderConfig.model_validate({"name": embedder})
+    except ValidationError as exc:
+        raise InvalidInput(f"unknown embedder {embedder!r}: choose 'hashing' or 'minilm'") from exc
+    sizes = Sizes.of(memories, quick)
+    stdout = sys.stdout
+    # Anything else that prints (logs, libraries) goes to stderr: stdout carries only the result.
+    with (
+        _quiet_logs(),
+        contextlib.redirect_stdout(sys.stderr),
+        tempfile.TemporaryDirectory(prefix="membus-bench-") as tmp,
+        _progress() as progress,
+    ):
+        result = anyio.run(_bench, Path(tmp), sizes, emb, progress)
+    if json_output:
+        print(json.dumps(result), file=stdout, flush=True)
+    else:
+        Console(file=stdout).print(report_table(result))
+    return result
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Warnings and up, to stderr, for the run only: log rendering is not what we measure."""
+    saved = structlog.get_config()
+    was_configured = structlog.is_configured()
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield
+    finally:
+        if was_configured:
+            structlog.configure(**saved)
+        else:
+            structlog.reset_defaults()
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description:<34}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _open(path: Path, writers: int, emb: EmbedderConfig) -> AsyncIterator[Bus]:
+    config = MembusConfig(worker=runtime.EMBEDDED_WORKER, writers=writers, embedder=emb)
+    async with runtime.open(path, config) as bus:
+        # Writers find a new tenant's stream on their next refresh (``tenants_refresh_s``): pay
+        # that once here so ingest measures steady state, not discovery.
+        await bus.agent("bench-warmup", raw.TENANT).publish(WARMUP_TEXT, raw.LIVE_SCOPE)
+        await bus.drain()
+        yield bus
+
+
+# -- phases ---------------------------------------------------------------------------------------
+
+
+async def _ingest(bus: Bus, drafts: Sequence[Draft], progress: Progress, label: str) -> float:
+    """Publish everything (pipelined batches) and wait for ``drain()``. Returns events/s."""
+    agent = bus.agent("bench-writer", raw.TENANT)
+    stream, group = TenantKeys(raw.TENANT).events, bus.config.worker.group
+    task = progress.add_task(label, total=len(drafts))
+    done = anyio.Event()
+
+    async def watch() -> None:  # committed = published - (pending + not yet delivered)
+        while not done.is_set():
+            stats = [s for s in await group_stats(bus.redis, stream) if s.group == group]
+            published = await bus.redis.xlen(stream)
+            behind = stats[0].pending + stats[0].lag if stats else published
+            progress.update(task, completed=max(0, published - behind - base))
+            with anyio.move_on_after(0.25):
+                await done.wait()
+
+    base = await bus.redis.xlen(stream) if await bus.redis.exists(stream) else 0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        t0 = time.perf_counter()
+        for start in range(0, len(drafts), PUBLISH_BATCH):
+            await agent.publish_many(drafts[start : start + PUBLISH_BATCH])
+        await bus.drain(timeout_s=120 + len(drafts) / 100, poll_s=0.005)
+        elapsed = time.perf_counter() - t0
+        done.set()
+    progress.remove_task(task)
+    return len(drafts) / elapsed
+
+
+async def _optimize(bus: Bus, progress: Progress, label: str) -> float:
+    task = progress.add_task(label, total=None)
+    t0 = time.perf_counter()
+    await bus.store.optimize()  # type: ignore[attr-defined]
+    elapsed = time.perf_counter() - t0
+    progress.remove_task(task)
+    return elapsed
+
+
+async def _recall(bus: Bus, sizes: Sizes, progress: Progress, label: str) -> dict[str, float]:
+    """Agent.recall latency and raw filtered search on the same indexed shard."""
+    qs = raw.queries(sizes.queries)
+    requests = raw.search_requests(bus.embedder.embed(qs), RECALL_K, raw.RECALL_SCOPE)
+    raw_lat = raw.raw_search(raw.edge_shard(bus.store), requests)
+    agent = bus.agent("bench-reader", raw.TENANT)
+    for text in qs[:10]:  # warm-up
+        await agent.recall(text, k=RECALL_K, scopes=[raw.RECALL_SCOPE])
+    task = progress.add_task(label, total=len(qs))
+    lat: list[float] = []
+    hits = 0
+    for text in qs:
+        t0 = time.perf_counter()
+        found = await agent.recall(text, k=RECALL_K, scopes=[raw.RECALL_SCOPE])
+        lat.append(time.perf_counter() - t0)
+        hits += len(found)
+        progress.advance(task)
+    progress.remove_task(task)
+    p50, p99 = raw.percentiles(lat)
+    r50, r99 = raw.percentiles(raw_lat)
+    return {"p50": p50, "p99": p99, "raw_p50": r50, "raw_p99": r99, "hits": hits / len(qs)}
+
+
+async def _visible(bus: Bus, sizes: Sizes, progress: Progress) -> dict[str, float]:
+    """Publish one event at a time at ``paced_rate`` while a subscriber times each change."""
+    agent = bus.agent("bench-live", raw.TENANT)
+    arrivals: dict[str, float] = {}
+    sent: dict[str, float] = {}
+    n = int(sizes.paced_rate * sizes.paced_s)
+    texts = [d.content for d in raw.drafts(n, seed=21)]
+
+    waiting: set[str] = set()  # filled once publishing ends: sent but not yet seen
+    all_seen, publishing_done = anyio.Event(), anyio.Event()
+
+    async def listen() -> None:
+        async for change in agent.subscribe([raw.LIVE_SCOPE], start="$"):
+            now = time.perf_counter()
+            for eid in change.event_ids:
+                arrivals.setdefault(eid, now)
+                waiting.discard(eid)
+            if publishing_done.is_set() and not waiting:
+                all_seen.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listen)
+        # "$" resolves on the subscriber's first read: publish until it demonstrably sees one
+        with anyio.fail_after(30):
+            while not arrivals:
+                await agent.publish("warm-up: the subscriber is listening", raw.LIVE_SCOPE)
+                await anyio.sleep(0.05)
+        task = progress.add_task(f"visible @ {sizes.paced_rate}/s", total=n)
+        t_start = time.perf_counter()
+        for i, text in enumerate(texts):
+            delay = t_start + i / sizes.paced_rate - time.perf_counter()
+            if delay > 0:
+                await anyio.sleep(delay)
+            t0 = time.perf_counter()
+            receipt = await agent.publish(text, raw.LIVE_SCOPE)
+            sent[receipt.event_id] = t0
+            if i % 100 == 0:
+                progress.update(task, completed=i)
+        achieved = n / (time.perf_counter() - t_start)
+        waiting.update(sent.keys() - arrivals.keys())
+        publishing_done.set()
+        if not waiting:
+            all_seen.set()
+        with anyio.move_on_after(15):
+            await all_seen.wait()
+        tg.cancel_scope.cancel()
+    progress.remove_task(task)
+    lat = [arrivals[e] - t for e, t in sent.items() if e in arrivals]
+    p50, p99 = raw.percentiles(lat)
+    return {"p50": p50, "p99": p99, "rate": achieved, "missing": len(sent) - len(lat)}
+
+
+async def _raw_phase(bus: Bus, root: Path, sizes: Sizes, progress: Progress) -> dict[str, float]:
+    n = sizes.memories
+    task = progress.add_task("raw redis: XADD, XREADGROUP+XACK", total=None)
+    try:
+        xadd = await raw.raw_xadd(bus.redis, n)
+        read_ack = await raw.raw_read_ack(bus.redis, n)
+    finally:
+        await raw.cleanup(bus.redis)
+    progress.remove_task(task)
+    store = await raw.RawStore.open(root / "raw-store", bus.embedder.name, bus.embedder.dim)
+    try:
+        task = progress.add_task("raw edge: upsert", total=n)
+        upsert = store.upsert(n, bus.config.worker.batch_size, lambda k: progress.advance(task, k))
+        progress.remove_task(task)
+        floor = raw.raw_visible_floor(bus.redis, store, sizes.floor_n)
+        floor_p50, floor_p99 = raw.percentiles(await floor)
+    finally:
+        await raw.cleanup(bus.redis)
+        await store.close()
+    return {
+        "xadd": xadd,
+        "read_ack": read_ack,
+        "upsert": upsert,
+        "floor_p50": floor_p50,
+        "floor_p99": floor_p99,
+    }
+
+
+async def _bench(
+    root: Path, sizes: Sizes, emb: EmbedderConfig, progress: Progress
+) -> dict[str, Any]:
+    trial: dict[int, float] = {}
+    for w in (1, 2):
+        async with _open(root / f"trial-{w}", w, emb) as bus:
+            trial[w] = await _ingest(
+                bus, raw.drafts(sizes.trial, seed=10 + w), progress, f"trial: writers={w}"
+            )
+    writers = max(trial, key=lambda w: trial[w])
+    everything = raw.drafts(sizes.memories)
+    async with _open(root / "main", writers, emb) as bus:
+        rawf = await _raw_phase(bus, root, sizes, progress)
+        small, rest = everything[: sizes.small], everything[sizes.small :]
+        t_small = sizes.small / await _ingest(bus, small, progress, f"ingest 0..{sizes.small}")
+        build_small = await _optimize(bus, progress, f"index build @ {sizes.small}")
+        rec_small = await _recall(bus, sizes, progress, f"recall @ {sizes.small}")
+        t_rest = len(rest) / await _ingest(bus, rest, progress, f"ingest ..{sizes.memories}")
+        build = await _optimize(bus, progress, f"index build @ {sizes.memories}")
+        committed = await bus.store.count(raw.TENANT) - 1  # minus the warm-up event
+        rec = await _recall(bus, sizes, progress, f"recall @ {sizes.memories}")
+        vis = await _visible(bus, sizes, progress)
+    ingest = sizes.memories / (t_small + t_rest)
+    return _result(sizes, emb, writers, trial, rawf, ingest, committed, build, build_small,
+                   rec_small, rec, vis)  # fmt: skip
+
+
+def _result(
+    sizes: Sizes,
+    emb: EmbedderConfig,
+    writers: int,
+    trial: dict[int, float],
+    rawf: dict[str, float],
+    ingest: float,
+    committed: int,
+    build: float,
+    build_small: float,
+    rec_small: dict[str, float],
+    rec: dict[str, float],
+    vis: dict[str, float],
+) -> dict[str, Any]:
+    def r(x: float, nd: int = 3) -> float:
+        return round(float(x), nd)
+
+    ratio = ingest / rawf["upsert"]
+    rate_reached = vis["rate"] >= 0.9 * sizes.paced_rate
+    recall_ratio = rec["p50"] / rec["raw_p50"] if rec["raw_p50"] else 0.0
+    return {
+        "memories": sizes.memories,
+        "memories_committed": committed,
+        "quick": sizes.quick,
+        "embedder": emb.name,
+        "writers": writers,
+        "writers_trial_events_per_s": {str(w): r(v, 1) for w, v in trial.items()},
+        "ingest_events_per_s": r(ingest, 1),
+        "raw_upsert_points_per_s": r(rawf["upsert"], 1),
+        "ingest_ratio": r(ratio),
+        "raw_xadd_per_s": r(rawf["xadd"], 1),
+        "raw_xreadgroup_ack_per_s": r(rawf["read_ack"], 1),
+        "index_build_s": r(build),
+        "index_build_10k_s": r(build_small),
+        "recall_10k_memories": sizes.small,
+        "recall_10k_p50_ms": r(rec_small["p50"]),
+        "recall_10k_p99_ms": r(rec_small["p99"]),
+        "raw_search_10k_p50_ms": r(rec_small["raw_p50"]),
+        "raw_search_10k_p99_ms": r(rec_small["raw_p99"]),
+        "recall_p50_ms": r(rec["p50"]),
+        "recall_p99_ms": r(rec["p99"]),
+        "raw_search_p50_ms": r(rec["raw_p50"]),
+        "raw_search_p99_ms": r(rec["raw_p99"]),
+        "recall_ratio": r(recall_ratio),
+        "recall_hits_per_query": r(rec["hits"], 2),
+        "visible_p50_ms": r(vis["p50"]),
+        "visible_p99_ms": r(vis["p99"]),
+        "visible_target_rate_per_s": sizes.paced_rate,
+        "visible_rate_per_s": r(vis["rate"], 1),
+        "visible_missing": int(vis["missing"]),
+        "raw_visible_floor_p50_ms": r(rawf["floor_p50"]),
+        "raw_visible_floor_p99_ms": r(rawf["floor_p99"]),
+        "visible_ratio": r(vis["p50"] / rawf["floor_p50"]) if rawf["floor_p50"] else 0.0,
+        "targets": {
+            "ingest_ratio_ge_0_60": ratio >= TARGET_INGEST_RATIO,
+            "recall_p50_le_3ms": rec["p50"] <= TARGET_RECALL_P50_MS,
+            # only met if the paced rate was actually sustained, not just a low p50
+            "visible_p50_le_50ms": vis["p50"] <= TARGET_VISIBLE_P50_MS and rate_reached,
+        },
+        "raw_clients": "redis.asyncio+hiredis on the bus's pool; qdrant-edge shard called directly",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "membus_version": _version(),
+    }
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("membus")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def report_table(res: dict[str, Any]) -> Table:
+    n, small, t = res["memories"], res["recall_10k_memories"], res["targets"]
+
+    def ok(flag: bool) -> str:
+        return "[green]pass[/]" if flag else "[red]FAIL[/]"
+
+    table = Table(
+        title=f"membus bench: {n:,} memories, embedder {res['embedder']}, "
+        f"writers={res['writers']}, {res['machine']['cpus']} cpus"
+    )
+    for col in ("metric", "membus", "raw engine", "ratio", "target", ""):
+        table.add_column(col, justify="left" if col in ("metric", "target") else "right")
+    table.add_row(
+        "ingest, events/s (vs Edge upsert pts/s)",
+        f"{res['ingest_events_per_s']:,.0f}",
+        f"{res['raw_upsert_points_per_s']:,.0f}",
+        f"{res['ingest_ratio']:.0%}",
+        ">= 60% of raw",
+        ok(t["ingest_ratio_ge_0_60"]),
+    )
+    for at, pre in ((small, "recall_10k_"), (n, "recall_")):
+        rp = "raw_search_10k_" if pre == "recall_10k_" else "raw_search_"
+        for pct in ("p50", "p99"):
+            main = pct == "p50" and at == n
+            mine, base = res[f"{pre}{pct}_ms"], res[f"{rp}{pct}_ms"]
+            table.add_row(
+                f"recall {pct} @ {at:,}, ms (vs filtered search)",
+                f"{mine:.2f}",
+                f"{base:.2f}",
+                f"{mine / base:.1f}x" if base else "-",
+                "<= 3 ms" if main else "",
+                ok(t["recall_p50_le_3ms"]) if main else "",
+            )
+    for pct in ("p50", "p99"):
+        mine, base = res[f"visible_{pct}_ms"], res[f"raw_visible_floor_{pct}_ms"]
+        table.add_row(
+            f"visible {pct} @ {res['visible_rate_per_s']:,.0f}/s, ms (vs raw chain)",
+            f"{mine:.2f}",
+            f"{base:.2f}",
+            f"{mine / base:.1f}x" if base else "-",
+            f"<= 50 ms @ {res['visible_target_rate_per_s']:,}/s" if pct == "p50" else "",
+            ok(t["visible_p50_le_50ms"]) if pct == "p50" else "",
+        )
+    table.add_row("raw XADD (pipelined x100), events/s", "", f"{res['raw_xadd_per_s']:,.0f}")
+    table.add_row("raw XREADGROUP(100)+XACK, msg/s", "", f"{res['raw_xreadgroup_ack_per_s']:,.0f}")
+    table.add_row(
+        f"HNSW build @ {small:,} / {n:,}, s",
+        f"{res['index_build_10k_s']:.1f} / {res['index_build_s']:.1f}",
+    )
+    trial = ", ".join(f"{w}: {v:,.0f}/s" for w, v in res["writers_trial_events_per_s"].items())
+    table.add_row("writers trial", trial)
+    return table
