@@ -14,11 +14,11 @@ from typing import Any
 
 import anyio
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from membus.config import MembusConfig
 from membus.embedder import Embedder, HashingEmbedder, Vectors
-from membus.envelope import Event, validate_scope
+from membus.envelope import Event, invalid_from, validate_scope
 from membus.errors import InvalidInput, Unavailable
 from membus.feed import Change, follow
 from membus.gate import Gate, Identity, OpenGate
@@ -68,7 +68,11 @@ class Bus:
         self._log = structlog.get_logger("membus.bus")
 
     def agent(self, name: str, tenant: str) -> Agent:
-        return Agent(self, Identity.model_validate({"tenant": tenant, "agent": name}))
+        try:
+            identity = Identity.model_validate({"tenant": tenant, "agent": name})
+        except ValidationError as exc:
+            raise invalid_from(exc, "identity") from None
+        return Agent(self, identity)
 
     # -- write path ---------------------------------------------------------------------------
 

@@ -39,10 +39,17 @@ from membus.bus import Bus, Draft, Receipt
 from membus.dlq import drop, list_dead, replay
 from membus.embedder import HashingEmbedder, Vectors, make_embedder
 from membus.envelope import Event, invalid_from, validate_name
-from membus.errors import Conflict, InvalidInput, MembusError, PermissionDenied, Unavailable
+from membus.errors import (
+    Conflict,
+    InvalidInput,
+    MembusError,
+    PermissionDenied,
+    StoreLocked,
+    Unavailable,
+)
 from membus.feed import Change
 from membus.gate import Identity
-from membus.runtime import _maintain, connect, make_store
+from membus.runtime import connect, maintain_loop, make_store
 from membus.runtime import open as open_bus
 from membus.settings import Settings
 from membus.store import Hit, Memory, RecallFilter, StoreMeta
@@ -206,7 +213,7 @@ async def _redis_only(state: State) -> AsyncIterator[Bus]:
 
 def _with_hint(exc: Conflict, settings: Settings) -> Conflict:
     """The edge store's lock is how a second process learns the embedded directory is taken."""
-    if settings.embedded and "another process" in str(exc):
+    if settings.embedded and isinstance(exc, StoreLocked):
         return Conflict(_SHARED_HINT.format(path=settings.data_dir))
     return exc
 
@@ -315,7 +322,7 @@ def worker(
                 async with anyio.create_task_group() as tg:
                     for w in writers:
                         tg.start_soon(w.run, stop)
-                    tg.start_soon(_maintain, store, writers, stop)
+                    tg.start_soon(maintain_loop, store, writers, stop)
                 outer.cancel_scope.cancel()
         return {
             "processed": sum(w.processed for w in writers),

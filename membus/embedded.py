@@ -117,20 +117,15 @@ class EmbeddedRedis:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Redis handles SIGTERM like SHUTDOWN: fsync the AOF, then exit."""
-        if self._proc is None:  # adopted: not our child, ask it over the socket
-            try:
-                client = redis.Redis(
-                    unix_socket_path=str(self.socket), socket_timeout=2, retry=Retry(NoBackoff(), 0)
-                )
-                client.shutdown(nosave=True)  # nosave: no RDB; the AOF is flushed regardless
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError):
-                pass
-        else:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
+        if self._proc is None:
+            # adopted, not ours: another process may still use it (e.g. two processes sharing a
+            # data dir's Redis with a Qdrant server store), so leave it running
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
         self.socket.unlink(missing_ok=True)

@@ -48,3 +48,9 @@ class Conflict(MembusError):
     """The request clashes with existing state (e.g. a store built for another embedder)."""
 
     code = "conflict"
+
+
+class StoreLocked(Conflict):
+    """An embedded store is owned by another process (Qdrant Edge allows one per store)."""
+
+    code = "store_locked"

@@ -67,7 +67,7 @@ async def connect(
         yield client, store, embedder
 
 
-async def _maintain(store: Store, writers: list[Writer], stop: anyio.Event) -> None:
+async def maintain_loop(store: Store, writers: list[Writer], stop: anyio.Event) -> None:
     """Index builds block the process, so run them only after writers have been quiet a while."""
     last_total, quiet_since = -1, time.monotonic()
     while not stop.is_set():
@@ -110,7 +110,7 @@ async def open(
             for w in writers:
                 tg.start_soon(w.run, stop)
             if writers:
-                tg.start_soon(_maintain, store, writers, stop)
+                tg.start_soon(maintain_loop, store, writers, stop)
             log.info("bus.open", path=str(root), writers=len(writers))
             try:
                 yield bus

@@ -22,7 +22,7 @@ import anyio
 import qdrant_edge as q
 
 from membus.embedder import Vectors
-from membus.errors import Conflict, InvalidInput, Unavailable
+from membus.errors import Conflict, InvalidInput, StoreLocked, Unavailable
 from membus.store import (
     INDEXED_KEYWORDS,
     Hit,
@@ -89,7 +89,7 @@ class EdgeStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise Conflict(
+            raise StoreLocked(
                 f"store {self._path} is open in another process; Qdrant Edge allows one process "
                 "per store (run several writer processes against a Qdrant server instead)"
             ) from None
