@@ -134,6 +134,11 @@ def make_embedder(name: str, dim: int = 384) -> Embedder:
     if name == "minilm":
         from membus.semantic import MiniLMEmbedder
 
+        if dim != 384:
+            from membus.errors import InvalidInput
+
+            raise InvalidInput(f"minilm embeds 384-d vectors; got embedder dim {dim}")
+
         embedder: Embedder = MiniLMEmbedder()
         return embedder
     from membus.errors import InvalidInput
