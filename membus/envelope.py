@@ -7,6 +7,7 @@ unicode look-alikes are rejected here rather than interpreted anywhere later.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
@@ -96,6 +97,16 @@ def _depth(value: Any, level: int = 0) -> int:
     return level
 
 
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(x) for x in value.values())
+    if isinstance(value, list | tuple):
+        return any(_non_finite(x) for x in value)
+    return False
+
+
 class Event(BaseModel):
     """One observation published to the bus."""
 
@@ -106,7 +117,8 @@ class Event(BaseModel):
     tenant: Name
     scope: Scope
     agent: Name
-    kind: Annotated[str, Field(default="observation", pattern=_KIND.pattern)]
+    # anchored: pydantic searches a pattern rather than full-matching it
+    kind: Annotated[str, Field(default="observation", pattern=rf"^{_KIND.pattern}$")]
     content: Annotated[str, Field(min_length=1), AfterValidator(_check_text)]
     subject: Annotated[str, Field(max_length=256), AfterValidator(_check_text)] | None = None
     key: Annotated[str, Field(max_length=128), AfterValidator(_check_text)] | None = None
@@ -145,6 +157,8 @@ class Event(BaseModel):
             raw = orjson.dumps(v)
         except TypeError as exc:
             raise ValueError(f"must be JSON-serialisable ({exc})") from None
+        if _non_finite(v):
+            raise ValueError("contains NaN or Infinity, which JSON cannot carry")
         if len(raw) > MAX_METADATA_BYTES:
             raise ValueError(f"exceeds {MAX_METADATA_BYTES} bytes as JSON")
         if _depth(v) > MAX_METADATA_DEPTH:
@@ -152,7 +166,9 @@ class Event(BaseModel):
         for k in v:
             if len(k) > 64:
                 raise ValueError(f"key {k[:20]!r}… is longer than 64 chars")
-        return v
+        # keep what the wire carries (tuples -> lists, datetimes -> strings), so it round-trips
+        canonical: dict[str, Any] = orjson.loads(raw)
+        return canonical
 
     # -- wire format -------------------------------------------------------------------------
 
