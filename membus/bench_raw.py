@@ -271,3 +271,15 @@ def raw_search(shard: Any, requests: Sequence[Any], warmup: int = 10) -> list[fl
         shard.query(r)
         out.append(time.perf_counter() - t0)
     return out
+
+
+async def redis_phase(redis: Redis, store: RawStore, n: int, floor_n: int) -> dict[str, float]:
+    """Raw XADD and XREADGROUP+XACK over ``n`` entries, then the publish->visible floor."""
+    try:
+        xadd = await raw_xadd(redis, n)
+        read_ack = await raw_read_ack(redis, n)
+        await cleanup(redis)
+        floor_p50, floor_p99 = percentiles(await raw_visible_floor(redis, store, floor_n))
+    finally:
+        await cleanup(redis)
+    return {"xadd": xadd, "read_ack": read_ack, "floor_p50": floor_p50, "floor_p99": floor_p99}
