@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ import structlog
 from redis.exceptions import ResponseError
 
 from membus.config import RetentionConfig, WorkerConfig
-from membus.embedder import Embedder
+from membus.embedder import Embedder, HashingEmbedder, Vectors
 from membus.envelope import Event
 from membus.errors import InvalidInput, MembusError, Unavailable
 from membus.feed import upsert_fields
@@ -31,6 +32,22 @@ from membus.store import Memory, Store
 from membus.streams import REDIS_DOWN, Redis, ensure_group, tenants, trim
 
 Entry = tuple[str, dict[str, str] | None]
+
+
+class _BatchFailed(Exception):
+    """The batch cannot be written as one; the writer retries its events one by one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A batch read from one stream: parsed, embedded, not yet written or acknowledged."""
+
+    keys: TenantKeys
+    stream: str
+    size: int
+    events: list[tuple[str, Event]]
+    memories: list[Memory]
+    vectors: Vectors | None
 
 
 def consumer_name(n: int = 0) -> str:
@@ -78,21 +95,31 @@ class Writer:
         self._log.info("writer.stop", processed=self.processed, parked=self.parked)
 
     async def step(self) -> int:
-        """One read (and, when due, one reclaim and one trim). Returns entries handled."""
+        """One read and its commit (and, when due, reclaim and trim). Returns entries handled.
+
+        Sequential on purpose: overlapping the next batch's parsing with this batch's store
+        write measured no gain (the Python halves of both contend for the GIL).
+        """
+        handled = 0
+        for prepared in await self._read_stage():
+            handled += await self._write(prepared)
+        return handled
+
+    async def _read_stage(self) -> list[Prepared]:
+        """Housekeeping when due, then one read, parsed and embedded, ready to commit."""
         now = time.monotonic()
         if now >= self._tenants_at:
             await self._refresh_streams()
             self._tenants_at = now + self.config.tenants_refresh_s
-        handled = 0
         if now >= self._reclaim_at:
-            handled += await self.reclaim()
+            await self.reclaim()
             self._reclaim_at = now + self.config.reclaim_every_s
         if self.retention is not None and now >= self._trim_at:
             await self.trim()
             self._trim_at = now + self.retention.every_s
         if not self._streams:
             await anyio.sleep(self.config.block_ms / 1000)
-            return handled
+            return []
         try:
             batch: Any = await self.redis.xreadgroup(
                 self.config.group,
@@ -106,10 +133,8 @@ class Writer:
                 raise
             self._log.warning("writer.group_missing", error=str(exc))
             await self._refresh_streams(recreate=True)
-            return handled
-        for stream, entries in batch or []:
-            handled += await self.process(stream, entries)
-        return handled
+            return []
+        return [await self._prepare(stream, entries) for stream, entries in batch or []]
 
     async def _refresh_streams(self, recreate: bool = False) -> None:
         known = set(self._streams)
@@ -122,6 +147,11 @@ class Writer:
     # -- processing ---------------------------------------------------------------------------
 
     async def process(self, stream: str, entries: Sequence[Entry]) -> int:
+        """Parse, embed and commit ``entries`` of ``stream``; returns how many were handled."""
+        return await self._write(await self._prepare(stream, entries))
+
+    async def _prepare(self, stream: str, entries: Sequence[Entry]) -> Prepared:
+        """Validate (parking what cannot be parsed) and embed; nothing is acknowledged yet."""
         tenant = tenant_of(stream)
         keys = TenantKeys(tenant)
         events: list[tuple[str, Event]] = []
@@ -142,10 +172,31 @@ class Writer:
             await self._park(keys, stream, invalid, reason="invalid")
         if gone:
             await self.redis.xack(stream, self.config.group, *gone)
+        memories = [Memory.from_event(e) for _, e in events]
+        vectors = None
+        if memories:
+            try:
+                vectors = await self._embed([m.content for m in memories])
+            except (Unavailable, *REDIS_DOWN):
+                raise
+            except Exception as exc:  # one bad text must not sink the batch: see _write
+                self._log.warning("writer.batch_embed_failed", tenant=tenant, error=repr(exc))
+        return Prepared(keys, stream, len(entries), events, memories, vectors)
+
+    async def _embed(self, texts: list[str]) -> Vectors:
+        if isinstance(self.embedder, HashingEmbedder):  # ~30 µs a text: not worth a thread hop
+            return self.embedder.embed(texts)
+        return await anyio.to_thread.run_sync(self.embedder.embed, texts)
+
+    async def _write(self, p: Prepared) -> int:
+        """Commit a prepared batch; if it fails as a whole, isolate the poison event(s)."""
+        keys, stream, events, tenant = p.keys, p.stream, p.events, p.keys.tenant
         if not events:
-            return len(entries)
+            return p.size
         try:
-            await self._commit(keys, stream, events)
+            if p.vectors is None:
+                raise _BatchFailed("embedding the batch failed")
+            await self._commit(keys, stream, events, p.memories, p.vectors)
         except (Unavailable, *REDIS_DOWN):
             raise
         except Exception as exc:
@@ -161,11 +212,19 @@ class Writer:
                     self._log.warning(
                         "writer.event_failed", tenant=tenant, event_id=one[1].id, error=repr(exc1)
                     )
-        return len(entries)
+        return p.size
 
-    async def _commit(self, keys: TenantKeys, stream: str, events: list[tuple[str, Event]]) -> None:
-        memories = [Memory.from_event(e) for _, e in events]
-        vectors = await anyio.to_thread.run_sync(self.embedder.embed, [m.content for m in memories])
+    async def _commit(
+        self,
+        keys: TenantKeys,
+        stream: str,
+        events: list[tuple[str, Event]],
+        memories: list[Memory] | None = None,
+        vectors: Vectors | None = None,
+    ) -> None:
+        if memories is None or vectors is None:
+            memories = [Memory.from_event(e) for _, e in events]
+            vectors = await self._embed([m.content for m in memories])
         await self.store.upsert(memories, vectors)
         async with self.redis.pipeline(transaction=True) as pipe:
             for m in memories:
