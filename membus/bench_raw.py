@@ -23,6 +23,7 @@ from membus.bus import Draft
 from membus.envelope import Event
 from membus.errors import InvalidInput
 from membus.feed import Change
+from membus.filters import spec
 from membus.store import Memory, RecallFilter, StoreMeta
 from membus.store_edge import EdgeStore, _filter
 from membus.streams import Redis
@@ -249,7 +250,7 @@ async def raw_visible_floor(redis: Redis, raw: RawStore, n: int) -> list[float]:
 
 def search_requests(vectors: np.ndarray[Any, Any], k: int, scope: str) -> list[Any]:
     """The same request ``EdgeStore.search`` builds for a tenant + scope recall."""
-    flt = _filter(RecallFilter(tenant=TENANT, scopes=[scope]))
+    flt = _filter(spec(RecallFilter(tenant=TENANT, scopes=[scope])))
     return [
         q.QueryRequest(
             limit=k,

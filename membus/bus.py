@@ -124,12 +124,13 @@ class Bus:
             raise InvalidInput("query is blank")
         for s in scopes or ():
             validate_scope(s)
-        allowed = await self.gate.readable(who, "recall", scopes)
-        if allowed is not None and not allowed:
+        grant = await self.gate.grant(who, "recall", scopes)
+        if grant.empty:
             return []
         flt = RecallFilter(
             tenant=who.tenant,
-            scopes=allowed,
+            scopes=list(scopes) if scopes is not None else None,
+            grant=grant,
             kinds=list(kinds) if kinds is not None else None,
             subjects=list(subjects) if subjects is not None else None,
             agents=list(agents) if agents is not None else None,
@@ -150,13 +151,18 @@ class Bus:
         """Follow committed changes in ``scopes`` from ``start`` ("$" = now, "0" = beginning)."""
         for s in scopes or ():
             validate_scope(s)
-        allowed = await self.gate.readable(who, "subscribe", scopes)
-        if allowed is not None and not allowed:
-            return
+        gate = self.gate
+
+        async def admit(change: Change) -> bool:
+            # asked per change: a revoked grant stops delivery at once (the gate caches by
+            # policy version, so this is a dictionary lookup until the policy changes)
+            grant = await gate.grant(who, "subscribe", scopes)
+            return grant.admits(change.scope, change.sensitivity)
+
         async for change in follow(
             self.redis,
             who.tenant,
-            allowed,
+            admit,
             start=start,
             group=group,
             consumer=consumer or who.agent,

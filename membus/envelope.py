@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import orjson
 from pydantic import (
@@ -26,6 +26,10 @@ from ulid import ULID
 from membus.errors import InvalidInput
 
 SCHEMA_VERSION: Final = 1
+
+Label = Literal["public", "internal", "confidential", "restricted"]
+# Sensitivity order: an agent recalls a memory only if its clearance reaches the label.
+LABELS: Final[dict[str, int]] = {"public": 0, "internal": 1, "confidential": 2, "restricted": 3}
 
 MAX_CONTENT_BYTES: Final = 16 * 1024
 MAX_METADATA_BYTES: Final = 8 * 1024
@@ -123,6 +127,7 @@ class Event(BaseModel):
     subject: Annotated[str, Field(max_length=256), AfterValidator(_check_text)] | None = None
     key: Annotated[str, Field(max_length=128), AfterValidator(_check_text)] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    label: Label = "public"
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     causation_id: Ref | None = None
     correlation_id: Ref | None = None

@@ -7,7 +7,7 @@ plus ``event_ids`` identify it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -15,7 +15,6 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ResponseError
 
-from membus.envelope import scope_ancestors
 from membus.keys import TenantKeys
 from membus.store import Memory
 from membus.streams import REDIS_DOWN, Redis, ensure_group, unavailable
@@ -36,6 +35,7 @@ class Change(BaseModel):
     key: str | None = None
     agents: list[str] = Field(default_factory=list)
     event_ids: list[str] = Field(default_factory=list)
+    sensitivity: int = 0
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     position: str | None = None  # the change stream id, set when read
 
@@ -66,22 +66,17 @@ def upsert_fields(memory: Memory, event_ids: Sequence[str]) -> dict[str, bytes]:
                 "key": memory.key,
                 "agents": memory.agents,
                 "event_ids": list(event_ids),
+                "sensitivity": memory.sensitivity,
                 "at": datetime.now(UTC),
             }
         )
     }
 
 
-def in_scopes(scope: str, scopes: Sequence[str]) -> bool:
-    """Whether ``scope`` is one of ``scopes`` or below one of them."""
-    wanted = set(scopes)
-    return any(a in wanted for a in scope_ancestors(scope))
-
-
 async def follow(
     redis: Redis,
     tenant: str,
-    scopes: Sequence[str] | None,
+    admit: Callable[[Change], Awaitable[bool]] | None,
     *,
     start: str = "$",
     group: str | None = None,
@@ -89,7 +84,7 @@ async def follow(
     block_ms: int = 1000,
     count: int = 100,
 ) -> AsyncIterator[Change]:
-    """Yield changes in ``scopes`` (all if None) from ``start``, forever.
+    """Yield the changes ``admit`` lets through (all if None) from ``start``, forever.
 
     With ``group`` the subscription load-balances across consumers of that group: each change
     goes to one of them, and is acknowledged when the caller asks for the next one.
@@ -119,7 +114,7 @@ async def follow(
             for entry_id, fields in entries:
                 last = entry_id
                 change = Change.from_entry(entry_id, fields)
-                if scopes is None or in_scopes(change.scope, scopes):
+                if admit is None or await admit(change):
                     yield change
                 if group is not None:
                     await redis.xack(stream, group, entry_id)

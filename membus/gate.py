@@ -9,11 +9,43 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from membus.envelope import Name
+from membus.envelope import Name, scope_ancestors
 
 Action = Literal["publish", "recall", "subscribe", "forget", "admin"]
+
+
+class ReadGrant(BaseModel):
+    """What an agent may read, shaped for a store filter (see membus/filters.py).
+
+    Readable: ``scope`` under an ``include`` root or equal to an ``exact`` scope, and not under
+    an ``exclude`` root nor equal to an ``exclude_exact`` scope, and sensitivity <= clearance.
+    ``all_scopes`` lifts the scope part (the open gate); nothing included means nothing readable.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    include: list[str] = Field(default_factory=list)
+    exact: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    exclude_exact: list[str] = Field(default_factory=list)
+    clearance: int = Field(default=3, ge=0, le=3)
+    all_scopes: bool = False
+    rules: list[str] = Field(default_factory=list)  # the policy lines that shaped it (audit)
+
+    @property
+    def empty(self) -> bool:
+        return not self.all_scopes and not self.include and not self.exact
+
+    def covers(self, scope: str) -> bool:
+        """The scope part of the filter, in Python (for the change feed)."""
+        anc = scope_ancestors(scope)
+        if scope in self.exclude_exact or any(a in self.exclude for a in anc):
+            return False
+        return self.all_scopes or scope in self.exact or any(a in self.include for a in anc)
+
+    def admits(self, scope: str, sensitivity: int) -> bool:
+        return sensitivity <= self.clearance and self.covers(scope)
 
 
 class Identity(BaseModel):
@@ -30,23 +62,18 @@ class Gate(Protocol):
         """Raise ``PermissionDenied`` unless ``who`` may ``action`` on ``scope``."""
         ...
 
-    async def readable(
-        self, who: Identity, action: Action, scopes: Sequence[str] | None
-    ) -> list[str] | None:
-        """The scopes ``who`` may read among ``scopes`` (None: every scope it may read).
-
-        Returns None only when nothing restricts the caller within its tenant.
-        """
+    async def grant(self, who: Identity, action: Action, scopes: Sequence[str] | None) -> ReadGrant:
+        """What ``who`` may read for ``action`` (recall/subscribe), narrowed to ``scopes``."""
         ...
 
 
 class OpenGate:
     """No policy: every agent may do everything inside its own tenant."""
 
+    async def grant(self, who: Identity, action: Action, scopes: Sequence[str] | None) -> ReadGrant:
+        if scopes is None:
+            return ReadGrant(all_scopes=True)
+        return ReadGrant(include=list(scopes))
+
     async def check(self, who: Identity, action: Action, scope: str) -> None:
         return None
-
-    async def readable(
-        self, who: Identity, action: Action, scopes: Sequence[str] | None
-    ) -> list[str] | None:
-        return list(scopes) if scopes is not None else None

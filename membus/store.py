@@ -18,14 +18,16 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from membus.embedder import Vectors
-from membus.envelope import Event, scope_ancestors
+from membus.envelope import LABELS, Event, scope_ancestors
 from membus.errors import InvalidInput
+from membus.filters import RecallFilter as RecallFilter  # re-exported for engines and callers
 
 # Fixed namespace: point ids are uuid5(namespace, tenant/event id), identical in every process,
 # which is what makes redelivered events overwrite rather than duplicate.
 POINT_NAMESPACE = uuid.UUID("5b0f7a52-4c8e-4c59-9d6b-6d1f0c7f3a10")
 
 INDEXED_KEYWORDS = ("scope", "scope_path", "kind", "subject", "key", "agents")
+INDEXED_NUMBERS = ("created_ts", "sensitivity")
 
 
 class StoreMeta(BaseModel):
@@ -54,6 +56,7 @@ class Memory(BaseModel):
     created_at: datetime
     updated_at: datetime
     metadata: dict[str, Any] = Field(default_factory=dict)
+    sensitivity: int = Field(default=0, ge=0, le=3)  # LABELS value of the source event
 
     @classmethod
     def from_event(cls, event: Event) -> Memory:
@@ -71,6 +74,7 @@ class Memory(BaseModel):
             created_at=event.created_at,
             updated_at=datetime.now(UTC),
             metadata=event.metadata,
+            sensitivity=LABELS[event.label],
         )
 
     def to_payload(self) -> dict[str, Any]:
@@ -85,6 +89,7 @@ class Memory(BaseModel):
             "scope_path": scope_ancestors(self.scope),
             "kind": self.kind,
             "agents": self.agents,
+            "sensitivity": self.sensitivity,
             # numeric timestamps: range filters work the same on every engine
             "created_ts": self.created_at.timestamp(),
             "doc": orjson.dumps(
@@ -117,6 +122,7 @@ class Memory(BaseModel):
                 "agents": payload["agents"],
                 "subject": payload.get("subject"),
                 "key": payload.get("key"),
+                "sensitivity": payload.get("sensitivity", 0),
             }
         )
 
@@ -164,21 +170,6 @@ class Hit(BaseModel):
     model_config = ConfigDict(frozen=True)
     memory: Memory
     score: float
-
-
-class RecallFilter(BaseModel):
-    """What a search may see. ``tenant`` and ``scopes`` always apply; the rest only narrow."""
-
-    model_config = ConfigDict(frozen=True)
-
-    tenant: str
-    scopes: list[str] | None = None  # None: every scope of the tenant
-    include_subscopes: bool = True
-    kinds: list[str] | None = None
-    subjects: list[str] | None = None
-    agents: list[str] | None = None
-    since: datetime | None = None
-    until: datetime | None = None
 
 
 @runtime_checkable

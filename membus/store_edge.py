@@ -23,6 +23,7 @@ import qdrant_edge as q
 
 from membus.embedder import Vectors
 from membus.errors import Conflict, InvalidInput, StoreLocked, Unavailable
+from membus.filters import Cond, FilterSpec, spec, tenant_spec
 from membus.store import (
     INDEXED_KEYWORDS,
     Hit,
@@ -39,29 +40,19 @@ _VECTOR = "dense"
 _META_FILE = "membus-store.json"
 
 
-def _filter(flt: RecallFilter) -> q.Filter:
-    must: list[Any] = [q.FieldCondition("tenant", match=q.MatchValue(flt.tenant))]
-    if flt.scopes is not None:
-        scope_field = "scope_path" if flt.include_subscopes else "scope"
-        must.append(q.FieldCondition(scope_field, match=q.MatchAny(list(flt.scopes))))
-    for field, values in (("kind", flt.kinds), ("subject", flt.subjects), ("agents", flt.agents)):
-        if values is not None:
-            must.append(q.FieldCondition(field, match=q.MatchAny(list(values))))
-    if flt.since is not None or flt.until is not None:
-        must.append(
-            q.FieldCondition(
-                "created_ts",
-                range=q.RangeFloat(
-                    gte=flt.since.timestamp() if flt.since else None,
-                    lte=flt.until.timestamp() if flt.until else None,
-                ),
-            )
-        )
-    return q.Filter(must=must)
+def _cond(c: Cond) -> Any:
+    if c.value is not None:
+        return q.FieldCondition(c.field, match=q.MatchValue(c.value))
+    if c.any is not None:
+        return q.FieldCondition(c.field, match=q.MatchAny(list(c.any)))
+    return q.FieldCondition(c.field, range=q.RangeFloat(gte=c.gte, lte=c.lte))
 
 
-def _tenant(tenant: str) -> q.Filter:
-    return q.Filter(must=[q.FieldCondition("tenant", match=q.MatchValue(tenant))])
+def _filter(fs: FilterSpec) -> q.Filter:
+    must = [_cond(c) for c in fs.must]
+    if fs.should:
+        must.append(q.Filter(should=[_cond(c) for c in fs.should]))
+    return q.Filter(must=must, must_not=[_cond(c) for c in fs.must_not] or None)
 
 
 class EdgeStore:
@@ -130,6 +121,9 @@ class EdgeStore:
                 shard.update(
                     q.UpdateOperation.create_field_index("created_ts", q.PayloadSchemaType.Float)
                 )
+                shard.update(
+                    q.UpdateOperation.create_field_index("sensitivity", q.PayloadSchemaType.Integer)
+                )
                 shard.flush()
                 # written last: a crash before this leaves no meta and the next open recreates
                 tmp = meta_path.with_suffix(".tmp")
@@ -156,10 +150,13 @@ class EdgeStore:
 
     async def search(self, vector: Vectors, flt: RecallFilter, k: int) -> list[Hit]:
         query = check_query(vector, k, self._dim)
+        fs = spec(flt)
+        if fs.nothing:
+            return []
         request = q.QueryRequest(
             limit=k,
             query=q.Query.Nearest(query, using=_VECTOR),
-            filter=_filter(flt),
+            filter=_filter(fs),
             with_payload=True,
         )
         found = await self._run(lambda: self._shard.query(request))
@@ -181,7 +178,7 @@ class EdgeStore:
         return len(existing)
 
     async def count(self, tenant: str | None = None) -> int:
-        req = q.CountRequest(filter=_tenant(tenant) if tenant else None, exact=True)
+        req = q.CountRequest(filter=_filter(tenant_spec(tenant)) if tenant else None, exact=True)
         return int(await self._run(lambda: self._shard.count(req)))
 
     async def scroll(
@@ -193,7 +190,7 @@ class EdgeStore:
         req = q.ScrollRequest(
             offset=start,
             limit=limit,
-            filter=_tenant(tenant),
+            filter=_filter(tenant_spec(tenant)),
             with_payload=True,
         )
         recs, nxt = await self._run(lambda: self._shard.scroll(req))

@@ -20,6 +20,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from membus.embedder import Vectors
 from membus.errors import Conflict, InvalidInput, Unavailable
+from membus.filters import Cond, FilterSpec, spec
 from membus.store import (
     INDEXED_KEYWORDS,
     Hit,
@@ -37,25 +38,20 @@ _META_KEY = "membus"
 log = structlog.get_logger(__name__)
 
 
-def _filter(flt: RecallFilter) -> m.Filter:
-    must: list[m.Condition] = [m.FieldCondition(key="tenant", match=m.MatchValue(value=flt.tenant))]
-    if flt.scopes is not None:
-        scope_field = "scope_path" if flt.include_subscopes else "scope"
-        must.append(m.FieldCondition(key=scope_field, match=m.MatchAny(any=list(flt.scopes))))
-    for field, values in (("kind", flt.kinds), ("subject", flt.subjects), ("agents", flt.agents)):
-        if values is not None:
-            must.append(m.FieldCondition(key=field, match=m.MatchAny(any=list(values))))
-    if flt.since is not None or flt.until is not None:
-        must.append(
-            m.FieldCondition(
-                key="created_ts",
-                range=m.Range(
-                    gte=flt.since.timestamp() if flt.since else None,
-                    lte=flt.until.timestamp() if flt.until else None,
-                ),
-            )
-        )
-    return m.Filter(must=must)
+def _cond(c: Cond) -> m.FieldCondition:
+    if c.value is not None:
+        return m.FieldCondition(key=c.field, match=m.MatchValue(value=c.value))
+    if c.any is not None:
+        return m.FieldCondition(key=c.field, match=m.MatchAny(any=list(c.any)))
+    return m.FieldCondition(key=c.field, range=m.Range(gte=c.gte, lte=c.lte))
+
+
+def _filter(fs: FilterSpec) -> m.Filter:
+    must: list[m.Condition] = [_cond(c) for c in fs.must]
+    if fs.should:
+        must.append(m.Filter(should=[_cond(c) for c in fs.should]))
+    must_not: list[m.Condition] = [_cond(c) for c in fs.must_not]
+    return m.Filter(must=must, must_not=must_not or None)
 
 
 def _tenant(tenant: str) -> m.Filter:
@@ -204,6 +200,9 @@ class QdrantStore:
             await client.create_payload_index(
                 self._collection, "created_ts", m.PayloadSchemaType.FLOAT
             )
+            await client.create_payload_index(
+                self._collection, "sensitivity", m.PayloadSchemaType.INTEGER
+            )
 
     async def upsert(self, memories: Sequence[Memory], vectors: Vectors) -> None:
         if not memories:
@@ -218,12 +217,15 @@ class QdrantStore:
 
     async def search(self, vector: Vectors, flt: RecallFilter, k: int) -> list[Hit]:
         query = check_query(vector, k, self._dim)
+        fs = spec(flt)
+        if fs.nothing:
+            return []
         async with self._guard("search"):
             found = await self._c.query_points(
                 self._collection,
                 query=query,
                 using=_VECTOR,
-                query_filter=_filter(flt),
+                query_filter=_filter(fs),
                 limit=k,
                 with_payload=True,
             )

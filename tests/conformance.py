@@ -19,6 +19,7 @@ import pytest
 
 from membus.embedder import Vectors
 from membus.errors import Conflict, InvalidInput, Unavailable
+from membus.gate import ReadGrant
 from membus.store import Memory, RecallFilter, Store, StoreMeta, point_id
 
 DIM = 8
@@ -275,6 +276,44 @@ class StoreConformance:
         assert await seen(["team/sales", "other"], sub=False) == {"team/sales", "other"}
         assert await seen(None) == set(scopes)  # None: the whole tenant
         assert await seen([]) == set()  # an empty grant sees nothing, never everything
+
+    @pytest.mark.anyio
+    async def test_read_grant_includes_excludes_and_caps_sensitivity(self, store: Store) -> None:
+        """The permission gate's grant is enforced by the store: roots, holes, exact, clearance."""
+        layout = [
+            ("team/support", 0),
+            ("team/support/secret", 0),
+            ("team/support/t1", 2),
+            ("team/sales", 0),
+            ("org", 1),
+            ("agent/bob", 0),
+        ]
+        batch = await fill(
+            store, [mem(i, scope=s).model_copy(update={"sensitivity": lvl})
+                    for i, (s, lvl) in enumerate(layout)]
+        )  # fmt: skip
+        by_scope = {m.scope: m.id for m in batch}
+
+        async def seen(grant: ReadGrant, scopes: list[str] | None = None) -> set[str]:
+            f = flt(grant=grant, scopes=scopes)
+            return {s for s, i in by_scope.items() if i in await ids_of(store, unit(0), f)}
+
+        g = ReadGrant(include=["team/support"], exact=["org"], exclude=["team/support/secret"])
+        assert await seen(g) == {"team/support", "team/support/t1", "org"}
+        capped = g.model_copy(update={"clearance": 1})
+        assert await seen(capped) == {"team/support", "org"}  # t1 is confidential (2)
+        assert await seen(capped.model_copy(update={"clearance": 0})) == {"team/support"}
+        hole = ReadGrant(include=["team"], exclude_exact=["team/sales"])
+        assert await seen(hole) == {"team/support", "team/support/secret", "team/support/t1"}
+        # a caller's own scopes only narrow what the grant allows
+        assert await seen(g, scopes=["team"]) == {"team/support", "team/support/t1"}
+        assert await seen(g, scopes=["agent/bob"]) == set()
+        assert await seen(ReadGrant()) == set()  # an empty grant sees nothing
+        assert await seen(ReadGrant(all_scopes=True, clearance=0)) == {
+            "team/support", "team/support/secret", "team/sales", "agent/bob"
+        }  # fmt: skip
+        for hit in await store.search(unit(0), flt(), 50):
+            assert hit.memory.sensitivity == dict(layout)[hit.memory.scope]  # round-trips
 
     @pytest.mark.anyio
     async def test_kind_subject_and_agent_filters_narrow(self, store: Store) -> None:

@@ -1,0 +1,91 @@
+"""What a search may see, as one engine-neutral spec that every store engine only translates.
+
+The tenant condition is always there. The caller's requested scopes narrow. The read grant from
+the permission gate (include/exact roots, exclude/exclude_exact holes, clearance) is applied on
+top, so whatever filter a caller passes can only narrow what the policy allows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from membus.gate import ReadGrant
+
+MAX_SENSITIVITY = 3
+
+
+class RecallFilter(BaseModel):
+    """A search's scope: the tenant, the grant, and narrowing options."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str
+    scopes: list[str] | None = None  # requested subtree roots; None: whatever the grant allows
+    include_subscopes: bool = True
+    grant: ReadGrant = Field(default_factory=lambda: ReadGrant(all_scopes=True))
+    kinds: list[str] | None = None
+    subjects: list[str] | None = None
+    agents: list[str] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cond:
+    """One payload condition: equal to ``value``, any of ``any``, or within [gte, lte]."""
+
+    field: str
+    value: str | None = None
+    any: tuple[str, ...] | None = None
+    gte: float | None = None
+    lte: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FilterSpec:
+    must: list[Cond] = field(default_factory=list)
+    should: list[Cond] = field(default_factory=list)  # at least one, when not empty
+    must_not: list[Cond] = field(default_factory=list)
+    nothing: bool = False  # the grant allows nothing: engines return no hits without asking
+
+
+def spec(flt: RecallFilter) -> FilterSpec:
+    g = flt.grant
+    if g.empty or flt.scopes == []:
+        return FilterSpec(nothing=True)
+    must = [Cond("tenant", value=flt.tenant)]
+    if flt.scopes is not None:
+        field_ = "scope_path" if flt.include_subscopes else "scope"
+        must.append(Cond(field_, any=tuple(flt.scopes)))
+    should: list[Cond] = []
+    if not g.all_scopes:
+        if g.include:
+            should.append(Cond("scope_path", any=tuple(g.include)))
+        if g.exact:
+            should.append(Cond("scope", any=tuple(g.exact)))
+    must_not: list[Cond] = []
+    if g.exclude:
+        must_not.append(Cond("scope_path", any=tuple(g.exclude)))
+    if g.exclude_exact:
+        must_not.append(Cond("scope", any=tuple(g.exclude_exact)))
+    if g.clearance < MAX_SENSITIVITY:
+        must.append(Cond("sensitivity", lte=float(g.clearance)))
+    for name, values in (("kind", flt.kinds), ("subject", flt.subjects), ("agents", flt.agents)):
+        if values is not None:
+            must.append(Cond(name, any=tuple(values)))
+    if flt.since is not None or flt.until is not None:
+        must.append(
+            Cond(
+                "created_ts",
+                gte=flt.since.timestamp() if flt.since else None,
+                lte=flt.until.timestamp() if flt.until else None,
+            )
+        )
+    return FilterSpec(must, should, must_not)
+
+
+def tenant_spec(tenant: str) -> FilterSpec:
+    return FilterSpec(must=[Cond("tenant", value=tenant)])
