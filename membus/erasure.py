@@ -1,0 +1,439 @@
+"""Erasure: ``forget`` memories and everything that carries their content, following provenance.
+
+A memory is matched by id, subject, agent and/or scope subtree (every criterion given must hold).
+From the matched memories we follow ``source_events`` to the events that made them, and match
+events that no writer has consumed yet (or that sit in the dead-letter stream) by the same
+criteria; then every place holding their content is cleaned: the store, the events stream
+(pending and undelivered entries included, with their PEL ids acknowledged away in every group),
+the dead-letter stream, the writer's error notes, and the change feed.
+
+Order matters because writers keep running: tombstones are written first (the writer checks them,
+see ``commit_unless_erased``), then stream entries and memories are deleted, then the change feed
+is scanned; the whole pass runs twice, the second only over what arrived since the first, so
+anything a writer committed while the first pass ran is caught.
+
+Tombstones (``membus:{tenant}:tombstones``, id -> erased-at) are kept forever: a redelivered or
+replayed event with an erased id is dropped rather than written again.
+
+Not covered here: Redis's append-only file still holds deleted entries on disk until it is
+rewritten, so ``forget`` asks for ``BGREWRITEAOF`` (best effort; skipped when AOF is off); RDB
+snapshots and replicas follow their own schedules. A store engine may keep deleted payloads in
+its segment files until it compacts (Qdrant: the vacuum optimizer). Entries that are not valid
+JSON cannot be attributed to a subject or agent and are left to ``membus dlq drop``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError, WatchError
+
+from membus.envelope import validate_name, validate_scope
+from membus.errors import InvalidInput
+from membus.feed import Change
+from membus.keys import PREFIX, TenantKeys
+from membus.store import Memory, Store, check_ids, point_id
+from membus.streams import REDIS_DOWN, Redis, decode_fields, unavailable
+
+_PAGE = 500
+_PASSES = 2
+
+
+def tombstones_key(tenant: str) -> str:
+    return f"{PREFIX}:{{{tenant}}}:tombstones"
+
+
+def errors_key(tenant: str) -> str:
+    """The writer's per-entry error notes (``Writer._note_error``)."""
+    return TenantKeys(tenant).dlq + ":errors"
+
+
+class ErasureReport(BaseModel):
+    """What ``forget`` removed, per place, and the ids it erased (ids only, never content)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str
+    memories: int = 0  # store points deleted
+    events: int = 0  # events-stream entries deleted
+    pending: int = 0  # of those, PEL entries acknowledged away (summed over groups)
+    dlq: int = 0  # dead-letter entries deleted
+    changes: int = 0  # change-feed entries deleted
+    errors: int = 0  # writer error notes deleted
+    tombstones: int = 0  # new tombstones written
+    notices: int = 0  # "delete" changes published for subscribers
+    memory_ids: list[str] = Field(default_factory=list)
+    event_ids: list[str] = Field(default_factory=list)
+    aof_rewrite: str = "off"  # started | in_progress | off | failed
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass
+class _Criteria:
+    """Every criterion given must hold."""
+
+    tenant: str
+    memory_ids: frozenset[str] | None
+    subject: str | None
+    agent: str | None
+    scope: str | None
+    within: Callable[[str], bool] | None
+
+    def holds(self, memory_id: str | None, scope: Any, subject: Any, agents: Iterable[Any]) -> bool:
+        return (
+            (self.within is None or (isinstance(scope, str) and self.within(scope)))
+            and (self.memory_ids is None or memory_id in self.memory_ids)
+            and (self.subject is None or subject == self.subject)
+            and (self.agent is None or self.agent in agents)
+            and (
+                self.scope is None
+                or (isinstance(scope, str) and (scope + "/").startswith(self.scope + "/"))
+            )
+        )
+
+    def memory(self, m: Memory) -> bool:
+        return self.holds(m.id, m.scope, m.subject, m.agents)
+
+    def event(self, d: Mapping[str, Any]) -> bool:
+        eid = d.get("id")
+        mid = point_id(self.tenant, eid) if isinstance(eid, str) else None
+        return self.holds(mid, d.get("scope"), d.get("subject"), [d.get("agent")])
+
+
+@dataclass
+class _State:
+    """What one forget has found so far; carried from pass to pass."""
+
+    memories: set[str] = field(default_factory=set)
+    events: set[str] = field(default_factory=set)
+    deleted: dict[str, Memory] = field(default_factory=dict)  # for the delete notices
+    cursors: dict[str, str] = field(default_factory=dict)  # stream -> last id examined
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, n: int) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+
+def _json(raw: str | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        got = orjson.loads(raw)
+    except (orjson.JSONDecodeError, UnicodeError):
+        return None
+    return got if isinstance(got, dict) else None
+
+
+def _strs(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+async def _scan(redis: Redis, key: str, st: _State) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """Entries of ``key`` after the cursor of the previous pass (all of them on the first), read
+    a page at a time so a long stream is never held in memory whole."""
+    start = st.cursors.get(key, "-")
+    while True:
+        raw: Any = await redis.xrange(key, min=start, max="+", count=_PAGE)
+        for eid, f in raw:
+            yield str(eid), decode_fields(f or {})
+        if raw:
+            start = st.cursors[key] = "(" + str(raw[-1][0])
+        if len(raw) < _PAGE:
+            return
+
+
+async def _groups(redis: Redis, stream: str) -> list[str]:
+    try:
+        return [str(g["name"]) for g in await redis.xinfo_groups(stream)]
+    except ResponseError:  # no such stream
+        return []
+
+
+async def _delete_entries(
+    redis: Redis, stream: str, ids: Sequence[str], groups: Sequence[str]
+) -> tuple[int, int]:
+    """XDEL ``ids`` and XACK them in ``groups`` (XDEL leaves PEL ids behind); (deleted, acked)."""
+    deleted = acked = 0
+    for n in range(0, len(ids), _PAGE):
+        chunk = ids[n : n + _PAGE]
+        async with redis.pipeline(transaction=True) as pipe:
+            for g in groups:
+                pipe.xack(stream, g, *chunk)
+            pipe.xdel(stream, *chunk)
+            res = await pipe.execute()
+        acked += sum(int(x) for x in res[:-1])
+        deleted += int(res[-1])
+    return deleted, acked
+
+
+async def _memories(store: Store, crit: _Criteria) -> list[Memory]:
+    if crit.memory_ids is not None:
+        return [m for m in await store.get(crit.tenant, sorted(crit.memory_ids)) if crit.memory(m)]
+    found: list[Memory] = []
+    offset: str | None = None
+    while True:
+        page, offset = await store.scroll(crit.tenant, 256, offset)
+        found.extend(m for m in page if crit.memory(m))
+        if offset is None:
+            return found
+
+
+async def _tombstone(redis: Redis, tenant: str, st: _State) -> None:
+    ids = st.events | st.memories
+    if ids:
+        now = datetime.now(UTC).isoformat()
+        added = await redis.hset(tombstones_key(tenant), mapping=dict.fromkeys(sorted(ids), now))
+        st.add("tombstones", int(added))
+
+
+async def _delete_memories(store: Store, tenant: str, st: _State) -> None:
+    """Delete every known memory still stored (fetched first: notices need scope and kind)."""
+    if st.memories:
+        gone = await store.get(tenant, sorted(st.memories))
+        st.deleted.update((m.id, m) for m in gone)
+        st.add("memories", await store.delete(tenant, [m.id for m in gone]))
+
+
+async def _pass(redis: Redis, store: Store, crit: _Criteria, st: _State, group: str | None) -> None:
+    tenant, keys = crit.tenant, TenantKeys(crit.tenant)
+    # 1. find: memories, then events (unconsumed and dead-lettered ones too) by criteria or
+    #    provenance; read-only so far
+    for m in await _memories(store, crit):
+        st.memories.add(m.id)
+        st.events.update(m.source_events)
+
+    def event_hit(d: dict[str, Any] | None) -> bool:
+        if d is None or not (crit.event(d) or d.get("id") in st.events):
+            return False
+        if isinstance(d.get("id"), str):
+            st.events.add(d["id"])
+            st.memories.add(point_id(tenant, d["id"]))
+        return True
+
+    doomed_events = [
+        eid async for eid, f in _scan(redis, keys.events, st) if event_hit(_json(f.get("e")))
+    ]
+    doomed_dlq, origins = [], []
+    async for eid, f in _scan(redis, keys.dlq, st):
+        if event_hit(_json(f.get("f:e"))):
+            doomed_dlq.append(eid)
+            origins.append(f.get("origin_id", ""))
+    known_events, known_memories = len(st.events), len(st.memories)
+    # 2. tombstones first: from here on a writer's guarded commit refuses these ids
+    await _tombstone(redis, tenant, st)
+    # 3. stream entries, their PEL ids and error notes
+    groups = [g for g in await _groups(redis, keys.events) if group is None or g == group]
+    deleted, acked = await _delete_entries(redis, keys.events, doomed_events, groups)
+    st.add("events", deleted)
+    st.add("pending", acked)
+    st.add("dlq", (await _delete_entries(redis, keys.dlq, doomed_dlq, []))[0])
+    notes = [i for i in [*doomed_events, *origins] if i]
+    if notes:
+        st.add("errors", int(await redis.hdel(errors_key(tenant), *notes)))
+    # 4. memories
+    await _delete_memories(store, tenant, st)
+    # 5. the change feed, last: a writer that committed during this pass is already visible
+    doomed_changes: list[str] = []
+    async for eid, f in _scan(redis, keys.changes, st):
+        c = _json(f.get("c"))
+        if c is None or c.get("op") == "delete":  # delete notices carry no content
+            continue
+        mid = c.get("memory_id")
+        if (
+            mid in st.memories
+            or not st.events.isdisjoint(_strs(c.get("event_ids")))
+            or crit.holds(mid, c.get("scope"), c.get("subject"), _strs(c.get("agents")))
+        ):
+            doomed_changes.append(eid)
+            st.events.update(_strs(c.get("event_ids")))
+            if isinstance(mid, str):
+                st.memories.add(mid)
+    if len(st.events) > known_events or len(st.memories) > known_memories:
+        # provenance found only in the feed: bury it now, and let a next pass read the event
+        # streams from the start
+        await _tombstone(redis, tenant, st)
+        await _delete_memories(store, tenant, st)
+        st.cursors.pop(keys.events, None)
+        st.cursors.pop(keys.dlq, None)
+    changes_groups = await _groups(redis, keys.changes)
+    st.add(
+        "changes", (await _delete_entries(redis, keys.changes, doomed_changes, changes_groups))[0]
+    )
+
+
+async def _notify(redis: Redis, tenant: str, memories: Iterable[Memory]) -> int:
+    """One ``delete`` change per erased memory: ids, scope and kind only (no content, subject)."""
+    rows = [
+        Change(
+            op="delete",
+            memory_id=m.id,
+            tenant=tenant,
+            scope=m.scope,
+            kind=m.kind,
+            sensitivity=m.sensitivity,
+        ).to_fields()
+        for m in memories
+    ]
+    if rows:
+        async with redis.pipeline(transaction=False) as pipe:
+            for r in rows:
+                pipe.xadd(TenantKeys(tenant).changes, r)  # type: ignore[arg-type]
+            await pipe.execute()
+    return len(rows)
+
+
+async def _rewrite_aof(redis: Redis) -> str:
+    """Best effort: the AOF on disk still holds what was just deleted until it is rewritten."""
+    try:
+        conf = await redis.config_get("appendonly")
+        if conf.get("appendonly") == "no":
+            return "off"
+    except ResponseError:
+        pass  # CONFIG disabled (managed Redis): try anyway
+    try:
+        await redis.bgrewriteaof()
+        return "started"
+    except ResponseError as exc:
+        return "in_progress" if "in progress" in str(exc) else "failed"
+
+
+async def forget(
+    redis: Redis,
+    store: Store,
+    tenant: str,
+    *,
+    memory_ids: Sequence[str] | None = None,
+    subject: str | None = None,
+    agent: str | None = None,
+    scope: str | None = None,
+    within: Callable[[str], bool] | None = None,
+    group: str | None = None,
+    notify: bool = True,
+) -> ErasureReport:
+    """Erase what matches every criterion given (``scope``: that scope and below).
+
+    ``within``: only scopes it accepts are touched (e.g. ``grant.covers`` of the caller's
+    ``forget`` grant, so a forget by subject cannot reach scopes the caller may not forget in).
+    ``group``: the consumer group whose PEL to clear (None: every group on the stream).
+    ``notify``: publish a content-free ``delete`` change per erased memory so subscribers can
+    drop cached copies.
+    """
+    validate_name(tenant, "tenant")
+    if memory_ids is None and subject is None and agent is None and scope is None:
+        raise InvalidInput(
+            "forget needs at least one criterion: memory_ids, subject, agent or scope"
+        )
+    crit = _Criteria(
+        tenant=tenant,
+        memory_ids=frozenset(check_ids(memory_ids)) if memory_ids is not None else None,
+        subject=subject,
+        agent=validate_name(agent, "agent") if agent is not None else None,
+        scope=validate_scope(scope) if scope is not None else None,
+        within=within,
+    )
+    log = structlog.get_logger("membus.erasure").bind(tenant=tenant)
+    st = _State()
+    try:
+        for _ in range(_PASSES):
+            await _pass(redis, store, crit, st, group)
+        notices = await _notify(redis, tenant, st.deleted.values()) if notify else 0
+        aof = await _rewrite_aof(redis)
+    except REDIS_DOWN as exc:
+        raise unavailable(exc) from exc
+    report = ErasureReport(
+        tenant=tenant,
+        **st.counts,
+        notices=notices,
+        memory_ids=sorted(st.memories),
+        event_ids=sorted(st.events),
+        aof_rewrite=aof,
+    )
+    log.info(
+        "erasure.done",
+        **report.model_dump(include={"memories", "events", "pending", "dlq", "changes", "errors"}),
+    )
+    return report
+
+
+# -- the writer's side --------------------------------------------------------------------------
+
+
+async def _tombstoned(redis: Redis | Pipeline, tenant: str, ids: Sequence[str]) -> set[str]:
+    if not ids:
+        return set()
+    found: Any = await redis.hmget(tombstones_key(tenant), list(ids))
+    return {i for i, v in zip(ids, found, strict=True) if v is not None}
+
+
+async def tombstoned(redis: Redis, tenant: str, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` (event or memory ids, as given) were erased: one HMGET."""
+    try:
+        return await _tombstoned(redis, tenant, list(dict.fromkeys(ids)))
+    except REDIS_DOWN as exc:
+        raise unavailable(exc) from exc
+
+
+async def is_tombstoned(redis: Redis, tenant: str, event_id: str) -> bool:
+    return bool(await tombstoned(redis, tenant, [event_id]))
+
+
+async def erased(redis: Redis, tenant: str, event_ids: Sequence[str]) -> set[str]:
+    """The writer's check before it writes: which events were erased, by their own id or by
+    the id of the memory they would make. One HMGET for the batch."""
+    mids = {e: point_id(tenant, e) for e in event_ids}
+    dead = await tombstoned(redis, tenant, [*mids, *mids.values()])
+    return {e for e, m in mids.items() if e in dead or m in dead}
+
+
+async def commit_unless_erased(
+    redis: Redis,
+    tenant: str,
+    stream: str,
+    group: str,
+    entries: Sequence[tuple[str, str]],
+    changes: Sequence[tuple[Memory, Mapping[str, bytes]]],
+) -> set[str]:
+    """The writer's commit: in one MULTI, XADD each memory's change entry and XACK every
+    ``(entry id, event id)`` of the batch, except that erased ones are not written: a memory
+    whose id or source event is tombstoned gets no change entry, and the stream entries of
+    erased events are deleted (a replayed copy must not linger either).
+
+    The tombstones key is WATCHed from the check to EXEC, so a forget landing in between makes
+    EXEC fail and the check run again. Returns the ids of the memories skipped: the caller
+    deletes them from the store (it upserted them before this call, and forget may have swept
+    the store already).
+    """
+    keys = TenantKeys(tenant)
+    ids = sorted(
+        {i for e_id, ev in entries for i in (ev, point_id(tenant, ev))}
+        | {i for m, _ in changes for i in (m.id, *m.source_events)}
+    )
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(tombstones_key(tenant))
+                dead = await _tombstoned(pipe, tenant, ids)
+                skipped = {
+                    m.id for m, _ in changes if m.id in dead or not dead.isdisjoint(m.source_events)
+                }
+                gone = dead | {e for m, _ in changes if m.id in skipped for e in m.source_events}
+                drop = [eid for eid, ev in entries if ev in gone or point_id(tenant, ev) in dead]
+                pipe.multi()  # type: ignore[no-untyped-call]
+                for m, fields in changes:
+                    if m.id not in skipped:
+                        pipe.xadd(keys.changes, dict(fields))  # type: ignore[arg-type]
+                if entries:
+                    pipe.xack(stream, group, *[eid for eid, _ in entries])
+                if drop:
+                    pipe.xdel(stream, *drop)
+                await pipe.execute()
+                return skipped
+            except WatchError:
+                continue  # a forget wrote tombstones meanwhile: check again

@@ -1,0 +1,417 @@
+"""Erasure on a real Redis and a real store: after ``forget`` no trace of a canary string remains
+in any Redis key (every stream entry, hash, set, string) or store point, whatever the criterion,
+while memories outside the criteria survive untouched and tombstones stop the erased ids."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+import membus
+from membus.bus import Bus
+from membus.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.embedder import HashingEmbedder, Vectors
+from membus.envelope import Event, new_event_id
+from membus.erasure import (
+    commit_unless_erased,
+    erased,
+    errors_key,
+    forget,
+    is_tombstoned,
+    tombstoned,
+    tombstones_key,
+)
+from membus.errors import InvalidInput
+from membus.feed import upsert_fields
+from membus.keys import TenantKeys, tenants_key
+from membus.store import Memory, StoreMeta, point_id
+from membus.store_edge import EdgeStore
+from membus.streams import Redis, ensure_group, publish, redis_client
+from membus.worker import Writer
+
+pytestmark = pytest.mark.anyio
+
+CANARY = "zq-canary-7f3e1d"
+TENANT = "acme"
+FAST = WorkerConfig(
+    min_idle_ms=200, reclaim_every_s=0.2, max_deliveries=2, block_ms=50, tenants_refresh_s=0.1
+)
+
+
+def config(url: str, writers: int) -> MembusConfig:
+    return MembusConfig(redis=RedisConfig(url=url), worker=FAST, writers=writers)
+
+
+@dataclass
+class World:
+    bus: Bus
+    canary_events: list[str]  # every event id that carries the canary
+    committed: list[str]  # the canary events that became memories
+    keeper_events: list[str]
+    beta_events: list[str]
+
+
+def leaky_fields(i: int) -> dict[str, Any]:
+    return {
+        "scope": "team/secret/deep" if i == 0 else "team/secret",
+        "subject": f"subj-{CANARY}",
+        "metadata": {"note": f"card of {CANARY}", "i": i},
+    }
+
+
+@pytest.fixture
+async def world(redis_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    """Canary events in every place: committed (memory + change entry + acked stream entry), an
+    invalid one parked in the DLQ, an error note, one pending on a consumer, one undelivered."""
+    path, keys = tmp_path / "bus", TenantKeys(TENANT)
+    canary: list[str] = []
+    async with membus.open(path, config(redis_url, writers=1)) as bus:
+        leaky, keeper = bus.agent("leaky", TENANT), bus.agent("keeper", TENANT)
+        committed = [
+            (await leaky.publish(f"{CANARY} said the card is 4111", **leaky_fields(i))).event_id
+            for i in range(3)
+        ]
+        keepers = [
+            (await keeper.publish(f"ordinary note {i}", scope="team/open", subject="other"))
+            for i in range(3)
+        ]
+        beta = [(await bus.agent("keeper", "beta").publish("beta note", scope="team/secret"))]
+        bad_id = new_event_id()
+        bad = {"id": bad_id, "tenant": TENANT, "agent": "leaky", "content": f"{CANARY} again"}
+        bad |= leaky_fields(1) | {"label": "not-a-label"}
+        await bus.redis.xadd(keys.events, {"e": orjson.dumps(bad)})
+        await bus.drain(timeout_s=15)
+        # a writer's error note on an entry (it failed once, then went through)
+        noted = await leaky.publish(f"{CANARY} flaky", **leaky_fields(2))
+        await bus.drain(timeout_s=15)
+        await bus.redis.hset(errors_key(TENANT), noted.position, f"ValueError: {CANARY}")
+        committed.append(noted.event_id)
+        canary = [*committed, bad_id]
+    async with membus.open(path, config(redis_url, writers=0)) as bus:
+        leaky, keeper = bus.agent("leaky", TENANT), bus.agent("keeper", TENANT)
+        unconsumed = [
+            (await leaky.publish(f"{CANARY} late news", **leaky_fields(i))).event_id
+            for i in range(2)
+        ]
+        await keeper.publish("ordinary late note", scope="team/open", subject="other")
+        # the first unconsumed one is delivered to a consumer that never acks it
+        await bus.redis.xreadgroup("writers", "ghost", {keys.events: ">"}, count=1)
+        yield World(
+            bus,
+            canary + unconsumed,
+            committed,
+            [r.event_id for r in keepers],
+            [r.event_id for r in beta],
+        )
+
+
+async def traces(redis: Redis, needle: str) -> list[str]:
+    """Every key whose name or value (any type, every stream entry and group) holds ``needle``."""
+    found: list[str] = []
+    async for raw_key in redis.scan_iter(count=1000):
+        key, kind = str(raw_key), str(await redis.type(raw_key))
+        value: Any
+        if kind == "stream":
+            value = [await redis.xrange(key), await redis.xinfo_groups(key)]
+        elif kind == "hash":
+            value = await redis.hgetall(key)
+        elif kind == "set":
+            value = await redis.smembers(key)
+        elif kind == "zset":
+            value = await redis.zrange(key, 0, -1, withscores=True)
+        elif kind == "list":
+            value = await redis.lrange(key, 0, -1)
+        else:
+            value = await redis.get(key)
+        if needle in key or needle in repr(value):
+            found.append(f"{key} ({kind})")
+    return found
+
+
+async def store_traces(bus: Bus, needle: str) -> list[str]:
+    """Every store point (all tenants) holding ``needle``; also proves no tenant was missed."""
+    found: list[str] = []
+    seen = 0
+    members: Any = await bus.redis.smembers(tenants_key())
+    for tenant in members:
+        offset: str | None = None
+        while True:
+            page, offset = await bus.store.scroll(tenant, 256, offset)
+            seen += len(page)
+            found += [m.id for m in page if needle in m.model_dump_json()]
+            if offset is None:
+                break
+    assert seen == await bus.store.count()
+    return found
+
+
+async def entries(redis: Redis, key: str) -> list[tuple[str, dict[str, str]]]:
+    raw: Any = await redis.xrange(key)
+    return [(str(i), dict(f)) for i, f in raw]
+
+
+CRITERIA: dict[str, Callable[[World], dict[str, Any]]] = {
+    "subject": lambda w: {"subject": f"subj-{CANARY}"},
+    "agent": lambda w: {"agent": "leaky"},
+    "scope": lambda w: {"scope": "team/secret"},
+    "memory_ids": lambda w: {"memory_ids": [point_id(TENANT, e) for e in w.canary_events]},
+}
+
+
+@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+async def test_forget_leaves_no_trace_of_the_canary_anywhere(world: World, criterion: str) -> None:
+    """By each criterion: store, events (acked, pending, undelivered), DLQ, error notes and the
+    change feed lose every canary; other memories, events and tenants stay; counts add up."""
+    bus, keys = world.bus, TenantKeys(TENANT)
+    assert await traces(bus.redis, CANARY)  # the world really is contaminated
+    assert await store_traces(bus, CANARY)
+    before = await bus.store.count(TENANT)
+
+    report = await forget(bus.redis, bus.store, TENANT, **CRITERIA[criterion](world))
+
+    assert await traces(bus.redis, CANARY) == []
+    assert await store_traces(bus, CANARY) == []
+    assert report.memories == len(world.committed) == 4
+    assert report.events == 7  # 4 committed + the invalid one (parked, still in stream) + 2 late
+    assert (report.dlq, report.changes, report.errors, report.pending) == (1, 4, 1, 1)
+    assert report.notices == 4
+    assert sorted(report.event_ids) == sorted(world.canary_events)
+    assert set(report.memory_ids) == {point_id(TENANT, e) for e in world.canary_events}
+    assert report.tombstones == 14  # 7 event ids + 7 memory ids
+    assert report.aof_rewrite in ("started", "in_progress")
+    # survivors untouched
+    assert await bus.store.count(TENANT) == before - 4
+    kept = await bus.store.get(TENANT, [point_id(TENANT, e) for e in world.keeper_events])
+    assert [m.content for m in kept] == [f"ordinary note {i}" for i in range(3)]
+    assert len(await bus.store.get("beta", [point_id("beta", e) for e in world.beta_events])) == 1
+    remaining = [orjson.loads(f["e"])["agent"] for _, f in await entries(bus.redis, keys.events)]
+    assert remaining == ["keeper"] * 4
+    # no PEL id lingers; subscribers get content-free delete notices
+    assert (await bus.redis.xpending(keys.events, "writers"))["pending"] == 0
+    feed = [orjson.loads(f["c"]) for _, f in await entries(bus.redis, keys.changes)]
+    notices = [c for c in feed if c["op"] == "delete"]
+    assert {c["memory_id"] for c in notices} == {point_id(TENANT, e) for e in world.committed}
+    assert all(c["content"] is None and c["subject"] is None for c in notices)
+    # tombstones
+    assert await tombstoned(bus.redis, TENANT, [*world.canary_events, *world.keeper_events]) == set(
+        world.canary_events
+    )
+    assert await erased(bus.redis, TENANT, [*world.canary_events, *world.keeper_events]) == set(
+        world.canary_events
+    )
+    assert await is_tombstoned(bus.redis, TENANT, world.canary_events[0])
+    assert not await is_tombstoned(bus.redis, TENANT, world.keeper_events[0])
+    assert not await is_tombstoned(bus.redis, "beta", world.canary_events[0])
+
+
+async def test_criteria_combine_and_a_second_forget_finds_nothing(world: World) -> None:
+    """Every criterion given must hold (subject AND scope subtree, and the ``within`` fence);
+    forget is idempotent."""
+    bus = world.bus
+    narrow = await forget(
+        bus.redis, bus.store, TENANT, subject=f"subj-{CANARY}", scope="team/secret/deep"
+    )
+    # the committed #0 and the late #0 sit in team/secret/deep
+    assert (narrow.memories, narrow.events, narrow.changes, narrow.pending) == (1, 2, 1, 1)
+    assert len(await bus.store.get(TENANT, [point_id(TENANT, e) for e in world.committed])) == 3
+    # ``within`` fences a forget to the scopes the caller may forget in
+    fenced = await forget(
+        bus.redis, bus.store, TENANT, agent="leaky", within=lambda s: s.startswith("elsewhere")
+    )
+    assert fenced.memories == fenced.events == fenced.tombstones == 0
+    full = await forget(bus.redis, bus.store, TENANT, agent="leaky")
+    assert (full.memories, full.events, full.dlq) == (3, 5, 1)
+    again = await forget(bus.redis, bus.store, TENANT, agent="leaky")
+    assert again.model_dump(include={"memories", "events", "dlq", "changes", "tombstones"}) == {
+        "memories": 0,
+        "events": 0,
+        "dlq": 0,
+        "changes": 0,
+        "tombstones": 0,
+    }
+    assert again.event_ids == []
+
+
+async def test_forget_refuses_no_criterion_and_malformed_ones(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with membus.open(tmp_path, config(redis_url, writers=0)) as bus:
+        with pytest.raises(InvalidInput, match="at least one criterion"):
+            await forget(bus.redis, bus.store, TENANT)
+        with pytest.raises(InvalidInput):
+            await forget(bus.redis, bus.store, TENANT, memory_ids=["not-a-uuid"])
+        with pytest.raises(InvalidInput):
+            await forget(bus.redis, bus.store, TENANT, scope="team/../x")
+        with pytest.raises(InvalidInput):
+            await forget(bus.redis, bus.store, "Bad Tenant", agent="leaky")
+
+
+def _memory(content: str) -> tuple[Memory, dict[str, bytes]]:
+    event = Event.build(tenant=TENANT, agent="a", scope="s", content=content)
+    m = Memory.from_event(event)
+    return m, upsert_fields(m, m.source_events)
+
+
+async def test_guarded_commit_skips_tombstoned_memories_even_when_forget_lands_mid_commit(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's commit: changes of erased events are not written, the batch is acked; a
+    tombstone written between the check and EXEC makes the commit look again (WATCH)."""
+    import membus.erasure as erasure
+
+    redis, other = redis_client(redis_url), redis_client(redis_url)
+    keys = TenantKeys(TENANT)
+    try:
+        await ensure_group(redis, keys.events, "writers")
+        (a, fa), (b, fb), (c, fc) = _memory("one"), _memory("two"), _memory("three")
+        ids = [
+            (str(await redis.xadd(keys.events, {"e": "x"})), m.source_events[0]) for m in (a, b, c)
+        ]
+        await redis.xreadgroup("writers", "w", {keys.events: ">"})
+        await redis.hset(tombstones_key(TENANT), a.source_events[0], "t")
+
+        real = erasure._tombstoned
+        calls = 0
+
+        async def racing(r: Any, tenant: str, wanted: Any) -> set[str]:
+            nonlocal calls
+            calls += 1
+            got = await real(r, tenant, wanted)
+            if calls == 1:  # a forget erases c's memory right after the writer's check
+                await other.hset(tombstones_key(TENANT), c.id, "t")
+            return got
+
+        monkeypatch.setattr(erasure, "_tombstoned", racing)
+        skipped = await commit_unless_erased(
+            redis, TENANT, keys.events, "writers", ids, [(a, fa), (b, fb), (c, fc)]
+        )
+        assert skipped == {a.id, c.id} and calls == 2
+        feed = [orjson.loads(f["c"])["memory_id"] for _, f in await entries(redis, keys.changes)]
+        assert feed == [b.id]
+        assert (await redis.xpending(keys.events, "writers"))["pending"] == 0
+        # the entries of the erased events are gone; b's stays (acked)
+        assert [i for i, _ in await entries(redis, keys.events)] == [ids[1][0]]
+    finally:
+        await redis.aclose()
+        await other.aclose()
+
+
+class GuardedWriter(Writer):
+    """The writer as the integration is meant to commit: drop tombstoned events before the
+    upsert, commit through ``commit_unless_erased``, delete what it skipped. ``pause`` lets a
+    test run a forget between the upsert and the commit."""
+
+    pause: Callable[[], Awaitable[None]] | None = None
+
+    async def _commit(
+        self,
+        keys: TenantKeys,
+        stream: str,
+        events: list[tuple[str, Event]],
+        memories: list[Memory] | None = None,
+        vectors: Vectors | None = None,
+    ) -> None:
+        if memories is None or vectors is None:
+            memories = [Memory.from_event(e) for _, e in events]
+            vectors = await self._embed([m.content for m in memories])
+        dead = await erased(self.redis, keys.tenant, [e.id for _, e in events])
+        live = [i for i, (_, e) in enumerate(events) if e.id not in dead]
+        memories = [memories[i] for i in live]
+        if memories:
+            await self.store.upsert(memories, vectors[live])
+        if self.pause is not None:
+            await self.pause()
+        skipped = await commit_unless_erased(
+            self.redis,
+            keys.tenant,
+            stream,
+            self.config.group,
+            [(eid, e.id) for eid, e in events],
+            [(m, upsert_fields(m, m.source_events)) for m in memories],
+        )
+        if skipped:
+            await self.store.delete(keys.tenant, sorted(skipped))
+        self.processed += len(events)
+
+
+async def test_a_writer_mid_commit_cannot_bring_an_erased_memory_back(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Forget runs after a writer upserted a batch but before it committed: the tombstones stop
+    the commit, the writer removes what it wrote, and no trace remains; a replay of the erased
+    event is dropped and acknowledged. (The intended worker integration, exercised here.)"""
+    redis, keys = redis_client(redis_url), TenantKeys(TENANT)
+    embedder = HashingEmbedder(64)
+    store = EdgeStore(tmp_path / "store")
+    await store.open(StoreMeta(embedder=embedder.name, dim=embedder.dim))
+    writer = GuardedWriter(redis, store, embedder, WorkerConfig(block_ms=10), consumer="w1")
+    upserted, go = anyio.Event(), anyio.Event()
+
+    async def pause() -> None:
+        upserted.set()
+        await go.wait()
+
+    try:
+        secret = [
+            Event.build(tenant=TENANT, agent="leaky", content=f"{CANARY} {i}", **leaky_fields(i))
+            for i in range(3)
+        ]
+        keep = Event.build(tenant=TENANT, agent="keeper", scope="team/open", content="fine")
+        await publish(redis, [*secret, keep])
+        (prepared,) = await writer._read_stage()
+        writer.pause = pause
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer._write, prepared)
+            await upserted.wait()
+            assert len(await store.get(TENANT, [point_id(TENANT, e.id) for e in secret])) == 3
+            report = await forget(redis, store, TENANT, agent="leaky")
+            go.set()
+        assert report.memories == 3 and report.pending == 3
+        assert await traces(redis, CANARY) == []
+        assert [m.content for (m,) in [await store.get(TENANT, [point_id(TENANT, keep.id)])]] == [
+            "fine"
+        ]
+        assert await store.count(TENANT) == 1
+        # a replay of an erased event (same id) is dropped and acknowledged, never written
+        writer.pause = None
+        await publish(redis, [secret[0]])
+        assert await writer.step() == 1
+        assert await traces(redis, CANARY) == []  # the replayed entry was deleted, too
+        assert await store.count(TENANT) == 1
+        assert (await redis.xpending(keys.events, "writers"))["pending"] == 0
+    finally:
+        await store.close()
+        await redis.aclose()
+
+
+async def test_long_streams_are_paged_through(redis_url: str, tmp_path: Path) -> None:
+    """More entries than one page (and more doomed ids than one XDEL chunk), spread through the
+    stream: every doomed one goes, every other one stays."""
+    redis, keys = redis_client(redis_url), TenantKeys(TENANT)
+    store = EdgeStore(tmp_path / "store")
+    await store.open(StoreMeta(embedder="hashing", dim=64))
+    try:
+        events = [
+            Event.build(
+                tenant=TENANT,
+                agent="leaky" if i % 3 else "keeper",
+                scope="team/x",
+                content=f"{CANARY} {i}" if i % 3 else f"fine {i}",
+            )
+            for i in range(1500)
+        ]
+        await publish(redis, events)
+        report = await forget(redis, store, TENANT, agent="leaky")
+        assert report.events == 1000 and report.tombstones == 2000
+        assert await traces(redis, CANARY) == []
+        kept = [orjson.loads(f["e"])["content"] for _, f in await entries(redis, keys.events)]
+        assert kept == [f"fine {i}" for i in range(0, 1500, 3)]
+    finally:
+        await store.close()
+        await redis.aclose()
