@@ -68,7 +68,8 @@ class AuditRecord(BaseModel):
     tenant: str
     agent: str
     action: str  # publish | recall | subscribe | forget | admin
-    scope: str  # the scope acted on ("*" when a call spans whatever the grant allows)
+    scope: str  # the scope acted on; "*" when a call spans several (see ``scopes``)
+    scopes: list[str] = Field(default_factory=list)  # requested roots of a multi-scope call
     decision: Decision
     rule: str | None = None  # the policy line that decided (None: nothing allowed it)
     result_count: int | None = None
@@ -92,8 +93,8 @@ class AuditRecord(BaseModel):
         return rec.model_copy(update={"position": entry_id})
 
     def under(self, scope: str) -> bool:
-        """The record's scope is ``scope`` or inside its subtree."""
-        return self.scope == scope or self.scope.startswith(scope + "/")
+        """The record's scope (or one of its ``scopes``) is ``scope`` or inside its subtree."""
+        return any(s == scope or s.startswith(scope + "/") for s in (self.scope, *self.scopes))
 
 
 def _ms(t: datetime) -> int:

@@ -60,7 +60,7 @@ async def test_query_filters_by_agent_scope_action_decision(redis: Redis) -> Non
             rec("alice", "team/a"),
             rec("bob", "team/a/x", decision="deny", reason="no rule"),
             rec("alice", "team/ab", action="publish", event_ids=["e1"]),
-            rec("carol", "private/carol", action="subscribe"),
+            rec("carol", "*", action="subscribe", scopes=["private/carol", "team/b"]),
             rec("alice", "team/a", tenant="other"),
         ]
     )
@@ -72,6 +72,7 @@ async def test_query_filters_by_agent_scope_action_decision(redis: Redis) -> Non
     assert await agents(scope="team/a") == ["alice:team/a", "bob:team/a/x"]  # subtree, not prefix
     assert await agents(scope="team/a/x") == ["bob:team/a/x"]
     assert await agents(action="publish") == ["alice:team/ab"]
+    assert await agents(scope="team/b") == ["carol:*"]  # a multi-scope call, by one of its roots
     assert await agents(decision="deny") == ["bob:team/a/x"]
     assert await agents(agent="alice", action="recall") == ["alice:team/a"]
     assert len(await log.query("other")) == 1  # tenants never mix
