@@ -1,0 +1,332 @@
+"""Event signing, key rotation/revocation and replay detection against a real redis-server.
+
+Entries go through a real stream (XADD then XRANGE, decoded as writers decode them), so these
+tests also protect "verify what is stored": no re-serialisation drift between sign and verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+from ulid import ULID
+
+from membus.envelope import Event
+from membus.errors import InvalidInput
+from membus.keys import TenantKeys
+from membus.signing import (
+    KeyRegistry,
+    ReplayGuard,
+    SignatureInvalid,
+    SigningKey,
+    keys_key,
+    sign,
+    signed_fields,
+    verify,
+)
+from membus.streams import Redis, redis_client
+
+pytestmark = pytest.mark.anyio
+TENANT = "acme"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = redis_client(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def other_redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A second connection: stands in for another process sharing the Redis."""
+    client = redis_client(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def registry(redis: Redis, clock: Clock) -> KeyRegistry:
+    return KeyRegistry(redis, clock=clock)
+
+
+def event(agent: str = "alice", content: str = "the build is green ✓ — café", **kw: Any) -> Event:
+    return Event.build(tenant=TENANT, scope="team/a", agent=agent, content=content, **kw)
+
+
+async def roundtrip(redis: Redis, fields: dict[Any, Any]) -> dict[str, str]:
+    """XADD and read back, the way a writer sees the entry."""
+    stream = TenantKeys(TENANT).events
+    entry_id = await redis.xadd(stream, fields)
+    entries: list[tuple[str, dict[str, str]]] = await redis.xrange(  # type: ignore[assignment]
+        stream, min=entry_id, max=entry_id
+    )
+    [(_, stored)] = entries
+    return stored
+
+
+async def reason_of(fields: dict[str, str], registry: KeyRegistry) -> str:
+    with pytest.raises(SignatureInvalid) as info:
+        await verify(fields, Event.from_json(fields["e"]), registry)
+    assert info.value.code == "signature_invalid"
+    return info.value.reason
+
+
+# -- sign / verify -----------------------------------------------------------------------------
+
+
+async def test_signed_event_verifies_from_the_stream(redis: Redis, registry: KeyRegistry) -> None:
+    e = event(metadata={"n": 1.5, "tags": ["ü", "x"]})
+    key = await registry.current(TENANT, "alice")
+    stored = await roundtrip(redis, signed_fields(e, key))
+    assert stored["kid"] == key.kid
+    await verify(stored, Event.from_json(stored["e"]), registry)
+    # sign() gives the same fields for the bytes the bus XADDs itself
+    assert sign(e, key) == {"kid": stored["kid"], "sig": stored["sig"]}
+
+
+async def test_each_failure_names_its_reason(redis: Redis, registry: KeyRegistry) -> None:
+    """Tampering, foreign keys, unknown/revoked keys and missing signatures are told apart."""
+    alice = await registry.current(TENANT, "alice")
+    await registry.current(TENANT, "bob")
+    good = await roundtrip(redis, signed_fields(event(), alice))
+
+    def tampered(old: str, new: str) -> dict[str, str]:
+        assert old in good["e"]
+        return {**good, "e": good["e"].replace(old, new)}
+
+    bob_event = event(agent="bob").to_json()
+    alice_signs_for_bob = {
+        "e": bob_event,
+        "kid": alice.kid,
+        "sig": hmac.new(alice.secret, bob_event, hashlib.sha256).hexdigest(),
+    }
+    forged_sig = {**good, "sig": hmac.new(b"x" * 32, good["e"].encode(), "sha256").hexdigest()}
+    cases = {
+        "content": tampered("green", "red"),
+        "scope": tampered('"team/a"', '"team/b"'),
+        "forged_sig": forged_sig,
+        "foreign_key": await roundtrip(redis, alice_signs_for_bob),
+        "unknown_kid": {**good, "kid": "00" * 8},
+        "garbage_kid": {**good, "kid": "../../etc"},
+        "unsigned": {"e": good["e"]},
+        "empty_sig": {**good, "sig": ""},
+        "non_ascii_sig": {**good, "sig": "é" * 64},
+    }
+    reasons = {name: await reason_of(fields, registry) for name, fields in cases.items()}
+    await registry.revoke(TENANT, "alice", alice.kid)
+    reasons["revoked"] = await reason_of(good, registry)
+    assert reasons == {
+        "content": "bad_signature",
+        "scope": "bad_signature",
+        "forged_sig": "bad_signature",
+        "foreign_key": "agent_mismatch",
+        "unknown_kid": "unknown_key",
+        "garbage_kid": "unknown_key",
+        "unsigned": "unsigned",
+        "empty_sig": "unsigned",
+        "non_ascii_sig": "bad_signature",
+        "revoked": "key_revoked",
+    }
+
+
+async def test_signing_with_another_agents_key_is_refused(registry: KeyRegistry) -> None:
+    bob = await registry.current(TENANT, "bob")
+    with pytest.raises(InvalidInput):
+        sign(event(agent="alice"), bob)
+
+
+async def test_key_material_stays_out_of_reprs_and_errors(
+    redis: Redis, registry: KeyRegistry
+) -> None:
+    key = await registry.current(TENANT, "alice")
+    record = await registry.record(TENANT, key.kid)
+    assert record is not None and record.secret == key.secret
+    secret_hex = key.secret.hex()
+    err = SignatureInvalid("bad_signature", TENANT, "alice", key.kid)
+    for text in (repr(key), str(key), repr(record), str(err), str(err.to_dict())):
+        assert secret_hex not in text and repr(key.secret) not in text
+
+
+# -- lifecycle -----------------------------------------------------------------------------------
+
+
+async def test_current_key_is_stable_and_per_agent(registry: KeyRegistry) -> None:
+    a1, a2 = await registry.current(TENANT, "alice"), await registry.current(TENANT, "alice")
+    b = await registry.current(TENANT, "bob")
+    assert a1 == a2 and a1.kid != b.kid and len(a1.secret) == 32
+    assert await registry.lookup(TENANT, "alice", a1.kid) == a1.secret
+    assert await registry.lookup(TENANT, "bob", a1.kid) is None  # kid belongs to alice
+
+
+async def test_processes_racing_to_create_a_key_agree_on_one(
+    redis: Redis, other_redis: Redis
+) -> None:
+    regs = [KeyRegistry(redis), KeyRegistry(other_redis), KeyRegistry(redis)]
+    keys: list[SigningKey] = []
+
+    async def take(reg: KeyRegistry) -> None:
+        keys.append(await reg.current(TENANT, "carol"))
+
+    async with anyio.create_task_group() as tg:
+        for reg in regs:
+            tg.start_soon(take, reg)
+    assert len(keys) == 3 and keys[0] == keys[1] == keys[2]
+    stored: dict[str, str] = await redis.hgetall(keys_key(TENANT))  # type: ignore[assignment]
+    assert len([f for f in stored if f.startswith("k:")]) == 1
+
+
+async def test_rotation_keeps_old_events_valid_through_grace(
+    redis: Redis, registry: KeyRegistry, clock: Clock
+) -> None:
+    """Rotation without downtime: in-flight events verify until the grace ends, then fail."""
+    old = await registry.current(TENANT, "alice")
+    in_flight = await roundtrip(redis, signed_fields(event(), old))
+    new = await registry.rotate(TENANT, "alice", grace_s=60)
+    assert new.kid != old.kid
+    assert await registry.current(TENANT, "alice") == new
+    after = await roundtrip(redis, signed_fields(event(content="after"), new))
+    assert after["kid"] == new.kid
+
+    clock.t += 59
+    await verify(in_flight, Event.from_json(in_flight["e"]), registry)
+    await verify(after, Event.from_json(after["e"]), registry)
+    clock.t += 2
+    assert await reason_of(in_flight, registry) == "key_expired"
+    assert await registry.lookup(TENANT, "alice", old.kid) is None
+    await verify(after, Event.from_json(after["e"]), registry)
+
+
+async def test_rotation_prunes_tombstones_past_retention(
+    redis: Redis, registry: KeyRegistry, clock: Clock
+) -> None:
+    first = await registry.current(TENANT, "alice")
+    await registry.rotate(TENANT, "alice", grace_s=0)
+    clock.t += registry.retain_s + 1
+    await registry.rotate(TENANT, "alice", grace_s=0)
+    assert await redis.hget(keys_key(TENANT), f"k:{first.kid}") is None
+
+
+async def test_revoking_the_current_key_makes_a_new_one(registry: KeyRegistry) -> None:
+    old = await registry.current(TENANT, "alice")
+    await registry.revoke(TENANT, "alice", old.kid)
+    new = await registry.current(TENANT, "alice")
+    assert new.kid != old.kid and await registry.lookup(TENANT, "alice", old.kid) is None
+    with pytest.raises(InvalidInput):
+        await registry.revoke(TENANT, "bob", new.kid)  # not bob's key
+    with pytest.raises(InvalidInput):
+        await registry.revoke(TENANT, "alice", "nope")
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within_s: float) -> float:
+    start = time.monotonic()
+    while not await check():
+        assert time.monotonic() - start < within_s, f"not visible within {within_s}s"
+        await anyio.sleep(0.05)
+    return time.monotonic() - start
+
+
+async def test_another_process_sees_revocation_and_rotation_within_a_second(
+    redis: Redis, other_redis: Redis
+) -> None:
+    here, there = KeyRegistry(redis), KeyRegistry(other_redis)
+    key = await here.current(TENANT, "alice")
+    stored = await roundtrip(redis, signed_fields(event(), key))
+    await verify(stored, Event.from_json(stored["e"]), there)  # warms there's cache
+    assert await there.current(TENANT, "alice") == key
+
+    await here.revoke(TENANT, "alice", key.kid)
+
+    async def revoked() -> bool:
+        try:
+            await verify(stored, Event.from_json(stored["e"]), there)
+        except SignatureInvalid as exc:
+            return exc.reason == "key_revoked"
+        return False
+
+    assert await eventually(revoked, within_s=1.5) <= 1.5
+    new = await here.rotate(TENANT, "alice")
+
+    async def rotated() -> bool:
+        return (await there.current(TENANT, "alice")).kid == new.kid
+
+    await eventually(rotated, within_s=1.5)
+
+
+# -- replay ------------------------------------------------------------------------------------
+
+
+def ulid_at(seconds: float) -> str:
+    return str(ULID.from_timestamp(seconds))
+
+
+async def test_replay_guard_verdicts(redis: Redis) -> None:
+    guard = ReplayGuard(redis, window_s=3600)
+    eid = ulid_at(time.time())
+    assert await guard.check(TENANT, eid, "1-0") == "new"
+    assert await guard.check(TENANT, eid, "1-0") == "redelivery"  # reclaimed: process again
+    assert await guard.check(TENANT, eid, "9-0") == "replay"  # same event, new entry
+    assert await guard.check(TENANT, ulid_at(time.time() - 3700), "2-0") == "stale"
+    assert await guard.check(TENANT, ulid_at(time.time() + 2 * 3600), "3-0") == "stale"
+    key, _ = guard.slot(TENANT, eid)
+    assert await redis.ttl(key) > 3600  # remembered at least until the event turns stale
+    await guard.forget(TENANT, eid)  # an operator re-publishing from the DLQ
+    assert await guard.check(TENANT, eid, "9-0") == "new"
+    with pytest.raises(InvalidInput):
+        await guard.check(TENANT, "not-a-ulid", "1-0")
+
+
+async def test_racing_writers_never_see_their_own_entry_as_a_replay(
+    redis: Redis, other_redis: Redis
+) -> None:
+    guards = [ReplayGuard(redis), ReplayGuard(other_redis)]
+
+    async def race(eid: str, entry: str) -> list[str]:
+        verdicts: list[str] = []
+
+        async def one(g: ReplayGuard) -> None:
+            verdicts.append(await g.check(TENANT, eid, entry))
+
+        async with anyio.create_task_group() as tg:
+            for g in guards * 2:
+                tg.start_soon(one, g)
+        return sorted(verdicts)
+
+    for n in range(20):
+        verdicts = await race(ulid_at(time.time()), f"{n}-0")
+        assert verdicts == ["new", "redelivery", "redelivery", "redelivery"]
+
+
+async def test_a_captured_signed_entry_reinjected_is_caught_as_replay(
+    redis: Redis, registry: KeyRegistry
+) -> None:
+    """The signature stays valid on a copy; only the replay guard tells the copy apart."""
+    guard = ReplayGuard(redis)
+    fields = signed_fields(event(), await registry.current(TENANT, "alice"))
+    stream = TenantKeys(TENANT).events
+    first, copy = await redis.xadd(stream, fields), await redis.xadd(stream, fields)
+    entries: list[tuple[str, dict[str, str]]] = await redis.xrange(stream)  # type: ignore[assignment]
+    verdicts = []
+    for entry_id, stored in entries:
+        e = Event.from_json(stored["e"])
+        await verify(stored, e, registry)
+        verdicts.append((entry_id, await guard.check(TENANT, e.id, entry_id)))
+    assert verdicts == [(first, "new"), (copy, "replay")]
