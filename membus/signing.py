@@ -24,7 +24,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, TypeVar, cast
 
@@ -406,26 +406,45 @@ class ReplayGuard:
         return seen_key(tenant, self._ms(event_id) // 3_600_000), event_id
 
     async def check(self, tenant: str, event_id: str, entry_id: str) -> Verdict:
+        return (await self.check_many(tenant, [(event_id, entry_id)]))[0]
+
+    async def check_many(self, tenant: str, items: Sequence[tuple[str, str]]) -> list[Verdict]:
+        """Verdicts for ``(event_id, entry_id)`` pairs in one round trip, in order (so a copy
+        in the same batch as its original is the ``replay``)."""
         validate_name(tenant, "tenant")
-        ms = self._ms(event_id)
         now = self._clock()
-        if ms / 1000 < now - self.window_s or ms / 1000 > now + self.max_future_s:
-            return "stale"
-        hour = ms // 3_600_000
-        key = seen_key(tenant, hour)
-        # the record outlives the moment its event turns stale, so no replay slips in between
-        expire_at = (hour + 1) * 3600 + int(self.window_s) + 3600
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
+        verdicts: list[Verdict | None] = []
+        expiries: dict[str, int] = {}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for event_id, entry_id in items:
+                try:
+                    ms = self._ms(event_id)
+                except InvalidInput:  # envelope-valid yet overflowing ids must not sink a batch
+                    ms = -1
+                if ms < 0 or ms / 1000 < now - self.window_s or ms / 1000 > now + self.max_future_s:
+                    verdicts.append("stale")
+                    continue
+                verdicts.append(None)
+                hour = ms // 3_600_000
+                key = seen_key(tenant, hour)
                 pipe.hsetnx(key, event_id, entry_id)
                 pipe.hget(key, event_id)
-                pipe.expireat(key, expire_at)
-                created, holder, _ = await pipe.execute()
-        except REDIS_DOWN as exc:
-            raise unavailable(exc) from exc
-        if created:
-            return "new"
-        return "redelivery" if holder == entry_id else "replay"
+                # the record outlives the moment its event turns stale: no replay slips between
+                expiries[key] = (hour + 1) * 3600 + int(self.window_s) + 3600
+            for key, at in expiries.items():
+                pipe.expireat(key, at)
+            try:
+                replies = await pipe.execute() if expiries else []
+            except REDIS_DOWN as exc:
+                raise unavailable(exc) from exc
+        out: list[Verdict] = []
+        pairs = iter(zip(replies[0::2], replies[1::2], strict=False))
+        for (_, entry_id), verdict in zip(items, verdicts, strict=True):
+            if verdict is None:
+                created, holder = next(pairs)
+                verdict = "new" if created else "redelivery" if holder == entry_id else "replay"
+            out.append(verdict)
+        return out
 
     async def forget(self, tenant: str, event_id: str) -> None:
         """Drop the record, e.g. before an operator re-publishes the event from the DLQ."""

@@ -290,8 +290,22 @@ async def test_replay_guard_verdicts(redis: Redis) -> None:
     assert await redis.ttl(key) > 3600  # remembered at least until the event turns stale
     await guard.forget(TENANT, eid)  # an operator re-publishing from the DLQ
     assert await guard.check(TENANT, eid, "9-0") == "new"
+    # the envelope admits ids whose timestamp overflows; they are outside every window
+    assert await guard.check(TENANT, "8" + "Z" * 25, "1-0") == "stale"
     with pytest.raises(InvalidInput):
-        await guard.check(TENANT, "not-a-ulid", "1-0")
+        guard.slot(TENANT, "not-a-ulid")
+
+
+async def test_batch_check_is_ordered_and_matches_single_checks(redis: Redis) -> None:
+    guard = ReplayGuard(redis, window_s=3600)
+    seen, fresh, old = ulid_at(time.time() - 1800), ulid_at(time.time()), ulid_at(0)
+    assert await guard.check(TENANT, seen, "1-0") == "new"
+    verdicts = await guard.check_many(
+        TENANT, [(seen, "1-0"), (fresh, "2-0"), (old, "3-0"), (fresh, "4-0"), (seen, "5-0")]
+    )
+    assert verdicts == ["redelivery", "new", "stale", "replay", "replay"]
+    assert await guard.check_many(TENANT, [(old, "6-0")]) == ["stale"]
+    assert await guard.check_many(TENANT, []) == []
 
 
 async def test_racing_writers_never_see_their_own_entry_as_a_replay(
