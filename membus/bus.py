@@ -16,10 +16,13 @@ import anyio
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from membus import erasure
+from membus.audit import AuditLog, AuditRecord
 from membus.config import MembusConfig
 from membus.embedder import Embedder, HashingEmbedder, Vectors
 from membus.envelope import Event, invalid_from, validate_scope
-from membus.errors import InvalidInput, Unavailable
+from membus.erasure import ErasureReport
+from membus.errors import InvalidInput, PermissionDenied, Unavailable
 from membus.feed import Change, follow
 from membus.gate import Gate, Identity, OpenGate
 from membus.keys import TenantKeys
@@ -61,10 +64,13 @@ class Bus:
         embedder: Embedder,
         config: MembusConfig | None = None,
         gate: Gate | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.redis, self.store, self.embedder = redis, store, embedder
         self.config = config or MembusConfig()
         self.gate: Gate = gate or OpenGate()
+        # writes straight through when no flusher runs (CLI one-shots); runtime.open runs one
+        self.audit = audit or AuditLog(redis)
         self._log = structlog.get_logger("membus.bus")
 
     def agent(self, name: str, tenant: str) -> Agent:
@@ -82,9 +88,15 @@ class Bus:
             Event.build(tenant=who.tenant, agent=who.agent, **d.model_dump(exclude_none=True))
             for d in drafts
         ]
+        records = []
         for e in events:
-            await self.gate.check(who, "publish", e.scope)
+            d = await self.gate.decision(who, "publish", e.scope)
+            records.append(_record(who, "publish", e.scope, d.allowed, d.rule, event_ids=[e.id]))
+            if not d.allowed:
+                await self.audit.record_many(records[-1:])  # the deny; nothing was published
+                raise PermissionDenied(who.agent, "publish", e.scope, who.tenant)
         positions = await publish(self.redis, events)
+        await self.audit.record_many(records)
         return [
             Receipt(event_id=e.id, position=p, tenant=e.tenant, scope=e.scope)
             for e, p in zip(events, positions, strict=True)
@@ -126,6 +138,9 @@ class Bus:
             validate_scope(s)
         grant = await self.gate.grant(who, "recall", scopes)
         if grant.empty:
+            await self.audit.record(_scoped(who, "recall", scopes, False, grant.rules))
+            if scopes:  # asked for scopes it may not read at all: say so
+                raise PermissionDenied(who.agent, "recall", ", ".join(scopes), who.tenant)
             return []
         flt = RecallFilter(
             tenant=who.tenant,
@@ -137,7 +152,13 @@ class Bus:
             since=since,
             until=until,
         )
-        return await self.store.search(await self._embed_query(query), flt, k)
+        hits = await self.store.search(await self._embed_query(query), flt, k)
+        rec = _scoped(who, "recall", scopes, True, grant.rules)
+        ids = [h.memory.id for h in hits]
+        await self.audit.record(
+            rec.model_copy(update={"result_count": len(hits), "memory_ids": ids})
+        )
+        return hits
 
     async def subscribe(
         self,
@@ -152,6 +173,10 @@ class Bus:
         for s in scopes or ():
             validate_scope(s)
         gate = self.gate
+        first = await gate.grant(who, "subscribe", scopes)
+        await self.audit.record(_scoped(who, "subscribe", scopes, not first.empty, first.rules))
+        if first.empty:
+            raise PermissionDenied(who.agent, "subscribe", ", ".join(scopes or ["*"]), who.tenant)
 
         async def admit(change: Change) -> bool:
             # asked per change: a revoked grant stops delivery at once (the gate caches by
@@ -168,6 +193,40 @@ class Bus:
             consumer=consumer or who.agent,
         ):
             yield change
+
+    async def forget(
+        self,
+        who: Identity,
+        *,
+        memory_ids: Sequence[str] | None = None,
+        subject: str | None = None,
+        agent: str | None = None,
+        scope: str | None = None,
+    ) -> ErasureReport:
+        """Erase what matches every criterion given, within the scopes ``who`` may forget in:
+        memories, their source events (consumed or not, dead-lettered too), change entries,
+        leaving tombstones so a redelivered event cannot bring a memory back."""
+        if scope is not None:
+            validate_scope(scope)
+        grant = await self.gate.grant(who, "forget", [scope] if scope else None)
+        if grant.empty:
+            await self.audit.record(_scoped(who, "forget", [scope] if scope else None, False, []))
+            raise PermissionDenied(who.agent, "forget", scope or "*", who.tenant)
+        report = await erasure.forget(
+            self.redis, self.store, who.tenant, memory_ids=memory_ids, subject=subject,
+            agent=agent, scope=scope, within=grant.covers,
+        )  # fmt: skip
+        rec = _scoped(who, "forget", [scope] if scope else None, True, grant.rules)
+        await self.audit.record(
+            rec.model_copy(
+                update={
+                    "result_count": report.memories,
+                    "memory_ids": report.memory_ids,
+                    "event_ids": report.event_ids,
+                }
+            )
+        )
+        return report
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -201,6 +260,24 @@ class Bus:
                 ],
             }
         return out
+
+
+def _record(
+    who: Identity, action: str, scope: str, allowed: bool, rule: str | None, **extra: Any
+) -> AuditRecord:
+    return AuditRecord(
+        tenant=who.tenant, agent=who.agent, action=action, scope=scope,
+        decision="allow" if allowed else "deny", rule=rule, **extra,
+    )  # fmt: skip
+
+
+def _scoped(
+    who: Identity, action: str, scopes: Sequence[str] | None, allowed: bool, rules: list[str]
+) -> AuditRecord:
+    """A record for a call over several scopes (recall, subscribe, forget)."""
+    one = scopes[0] if scopes and len(scopes) == 1 else "*"
+    rec = _record(who, action, one, allowed, "; ".join(rules) or None)
+    return rec.model_copy(update={"scopes": list(scopes or [])})
 
 
 class Agent:

@@ -57,11 +57,22 @@ class RetentionConfig(_Config):
     every_s: float = 60.0
 
 
+class PolicyConfig(_Config):
+    """Casbin policy. None of it set: the open gate (everything within one's own tenant)."""
+
+    file: Path | None = None  # a policy csv (see policies/README.md)
+    # shared: lines live in Redis (seeded from ``file`` on first boot) so every process, API or
+    # worker, follows one policy; changes announced over pub/sub reach them within a second
+    shared: bool = False
+    resync_s: float = Field(default=30.0, gt=0)
+
+
 class MembusConfig(_Config):
     redis: RedisConfig = RedisConfig()
     store: StoreConfig = StoreConfig()
     embedder: EmbedderConfig = EmbedderConfig()
     worker: WorkerConfig = WorkerConfig()
     retention: RetentionConfig = RetentionConfig()
+    policy: PolicyConfig = PolicyConfig()
     # In-process writer tasks (embedded default); 0 when separate worker processes run.
     writers: int = Field(default=1, ge=0, le=64)

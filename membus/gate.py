@@ -11,9 +11,18 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from membus.envelope import Name, scope_ancestors
+from membus.envelope import Name, scope_ancestors, validate_scope
+from membus.errors import InvalidInput
 
 Action = Literal["publish", "recall", "subscribe", "forget", "admin"]
+
+
+class Decision(BaseModel):
+    """One answer, with the policy line that decided it (None: nothing allowed it)."""
+
+    model_config = ConfigDict(frozen=True)
+    allowed: bool
+    rule: str | None = None
 
 
 class ReadGrant(BaseModel):
@@ -39,6 +48,10 @@ class ReadGrant(BaseModel):
 
     def covers(self, scope: str) -> bool:
         """The scope part of the filter, in Python (for the change feed)."""
+        try:
+            validate_scope(scope)
+        except InvalidInput:
+            return False  # confusing strings never match anything
         anc = scope_ancestors(scope)
         if scope in self.exclude_exact or any(a in self.exclude for a in anc):
             return False
@@ -58,6 +71,10 @@ class Identity(BaseModel):
 
 @runtime_checkable
 class Gate(Protocol):
+    async def decision(self, who: Identity, action: Action, scope: str) -> Decision:
+        """Whether ``who`` may ``action`` on ``scope``, and the rule that decided (for audit)."""
+        ...
+
     async def check(self, who: Identity, action: Action, scope: str) -> None:
         """Raise ``PermissionDenied`` unless ``who`` may ``action`` on ``scope``."""
         ...
@@ -74,6 +91,9 @@ class OpenGate:
         if scopes is None:
             return ReadGrant(all_scopes=True)
         return ReadGrant(include=list(scopes))
+
+    async def decision(self, who: Identity, action: Action, scope: str) -> Decision:
+        return Decision(allowed=True, rule="open gate: no policy configured")
 
     async def check(self, who: Identity, action: Action, scope: str) -> None:
         return None

@@ -26,11 +26,9 @@ import anyio
 import casbin
 import structlog
 from anyio.abc import TaskStatus
-from pydantic import BaseModel, ConfigDict, Field
 
-from membus.envelope import scope_ancestors
 from membus.errors import MembusError, PermissionDenied
-from membus.gate import Action, Identity
+from membus.gate import Action, Decision, Identity, ReadGrant
 from membus.policy_watch import (
     ACTIONS,
     ANY,
@@ -53,47 +51,6 @@ _QUIET = logging.Logger("membus.policy.casbin", level=logging.CRITICAL + 1)
 
 def default_model_path() -> Path:
     return _PACKAGED_MODEL if _PACKAGED_MODEL.exists() else _REPO_MODEL
-
-
-class Decision(BaseModel):
-    """One answer, with the policy line that decided it (None: nothing allowed it)."""
-
-    model_config = ConfigDict(frozen=True)
-    allowed: bool
-    rule: str | None = None
-
-
-class ReadGrant(BaseModel):
-    """What an agent may read, shaped for a store filter.
-
-    should: ``scope_path`` MatchAny ``include`` or ``scope`` MatchAny ``exact``;
-    must_not: ``scope_path`` MatchAny ``exclude`` or ``scope`` MatchAny ``exclude_exact``;
-    must: sensitivity <= ``clearance``. Nothing in include and exact: nothing readable.
-    """
-
-    model_config = ConfigDict(frozen=True)
-    include: list[str] = Field(default_factory=list)  # subtree roots
-    exact: list[str] = Field(default_factory=list)  # single scopes (exact-pattern allows)
-    exclude: list[str] = Field(default_factory=list)  # denied subtrees inside include
-    exclude_exact: list[str] = Field(default_factory=list)  # denied single scopes
-    clearance: int = Field(default=0, ge=0, le=3)
-    rules: list[str] = Field(default_factory=list)  # the lines that shaped this grant
-
-    @property
-    def empty(self) -> bool:
-        return not self.include and not self.exact
-
-    def covers(self, scope: str) -> bool:
-        """Whether ``scope`` is readable under this grant (the filter, in Python)."""
-        if not valid_scope(scope):
-            return False
-        anc = scope_ancestors(scope)
-        if scope in self.exclude_exact or any(a in self.exclude for a in anc):
-            return False
-        return scope in self.exact or any(a in self.include for a in anc)
-
-    def admits(self, scope: str, sensitivity: int) -> bool:
-        return sensitivity <= self.clearance and self.covers(scope)
 
 
 # -- roles ---------------------------------------------------------------------------------------
@@ -414,12 +371,6 @@ class CasbinGate:
 
     async def grant(self, who: Identity, action: Action, scopes: Sequence[str] | None) -> ReadGrant:
         return (await self._current()).tenant(who.tenant).grant(who.agent, action, scopes)
-
-    async def readable(
-        self, who: Identity, action: Action, scopes: Sequence[str] | None
-    ) -> list[str] | None:
-        """``grant().include`` only: callers must still apply exclude, exact and clearance."""
-        return (await self.grant(who, action, scopes)).include
 
     async def clearance(self, who: Identity) -> int:
         return (await self._current()).tenant(who.tenant).view(who.agent, "recall").clearance

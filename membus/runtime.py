@@ -16,11 +16,14 @@ import anyio
 import redis.asyncio as aioredis
 import structlog
 
+from membus.audit import AuditLog
 from membus.bus import Bus
-from membus.config import MembusConfig, WorkerConfig
+from membus.config import MembusConfig, PolicyConfig, WorkerConfig
 from membus.embedded import EmbeddedRedis
 from membus.embedder import Embedder, make_embedder
-from membus.gate import Gate
+from membus.gate import Gate, OpenGate
+from membus.policy import CasbinGate
+from membus.policy_watch import FileSource, PolicySource, PolicyWatcher, RedisSource
 from membus.store import Store, StoreMeta
 from membus.streams import redis_client
 from membus.worker import Writer, consumer_name
@@ -44,6 +47,24 @@ def make_store(config: MembusConfig, root: Path) -> Store:
         collection=config.store.collection,
     )
     return store
+
+
+async def make_gate(policy: PolicyConfig, redis: aioredis.Redis) -> Gate:
+    """The casbin gate when a policy is configured, else the open gate."""
+    if policy.file is None and not policy.shared:
+        return OpenGate()
+    watcher = PolicyWatcher(redis, resync_s=policy.resync_s)
+    source: PolicySource
+    if policy.shared:
+        source = RedisSource(redis)
+        if policy.file is not None:
+            await source.seed(policy.file.read_text())
+    else:
+        assert policy.file is not None
+        source = FileSource(policy.file)
+    gate = CasbinGate(source, watcher=watcher)
+    await gate.reload()  # warm now: the first request must not build role graphs
+    return gate
 
 
 @asynccontextmanager
@@ -93,7 +114,9 @@ async def open(
     root = Path(path)
     log = structlog.get_logger("membus.runtime")
     async with connect(config, root, embedder) as (client, store, emb):
-        bus = Bus(client, store, emb, config, gate)
+        gate = gate or await make_gate(config.policy, client)
+        audit = AuditLog(client)
+        bus = Bus(client, store, emb, config, gate, audit)
         stop = anyio.Event()
         writers = [
             Writer(
@@ -107,6 +130,9 @@ async def open(
             for n in range(config.writers)
         ]
         async with anyio.create_task_group() as tg:
+            await tg.start(audit.run)
+            if isinstance(gate, CasbinGate):
+                await tg.start(gate.watch)
             for w in writers:
                 tg.start_soon(w.run, stop)
             if writers:
@@ -116,4 +142,6 @@ async def open(
                 yield bus
             finally:
                 stop.set()
+                await audit.aclose()  # flushes what is buffered; ends its flusher
+                tg.cancel_scope.cancel()  # the policy watcher runs until cancelled
         log.info("bus.closed", path=str(root))

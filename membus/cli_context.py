@@ -1,0 +1,63 @@
+"""What every command runs with: its settings and output mode, shared options, error handling."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, TypeVar
+
+import anyio
+import anyio.abc
+import typer
+
+from membus.cli_output import fail
+from membus.envelope import validate_name
+from membus.errors import MembusError
+from membus.gate import Identity
+from membus.settings import Settings
+
+T = TypeVar("T")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+AgentOpt = Annotated[str, typer.Option("--agent", "-a", help="Acting agent name.")]
+TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant.")]
+
+
+@dataclass(frozen=True)
+class State:
+    settings: Settings
+    json: bool
+
+
+def command_state(ctx: typer.Context, json_flag: bool = False) -> State:
+    """``--json`` counts both before the command (global) and after it."""
+    state: State = ctx.obj
+    return State(state.settings, state.json or json_flag)
+
+
+def run(state: State, fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return anyio.run(fn)
+    except MembusError as exc:
+        fail(exc, state.json)
+
+
+def identity(agent: str, tenant: str) -> Identity:
+    return Identity(tenant=validate_name(tenant, "tenant"), agent=validate_name(agent, "agent"))
+
+
+async def on_signals(
+    stop: anyio.Event | None,
+    scope: anyio.CancelScope,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """First SIGTERM/SIGINT sets ``stop`` (finish the batch in hand); the next one cancels."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for _ in signals:
+            if stop is None or stop.is_set():
+                scope.cancel()
+                return
+            stop.set()

@@ -1,0 +1,63 @@
+"""``demo`` and ``bench``: optional showcases, imported by name only when asked for."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+
+from membus.cli_context import JsonFlag, command_state, run
+from membus.cli_output import fail
+from membus.errors import MembusError, Unavailable
+
+
+def _load(module: str, name: str) -> Callable[..., Any]:
+    # imported by name: optional pieces that pull in more than the core needs
+    try:
+        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError) as exc:
+        raise Unavailable(f"{module}.{name} is not available: {exc}") from None
+
+
+def _finish(result: Any) -> None:
+    """run_demo/run_bench print their own report (or one JSON object); only await if needed."""
+    if inspect.isawaitable(result):
+        anyio.run(lambda: result)
+
+
+def demo(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
+    """A support team of agents sharing memory, end to end (in a temp dir unless --path)."""
+    state = command_state(ctx, json_flag)
+
+    async def go(path: Path) -> Any:
+        run_demo = _load("agents.demo", "run_demo")
+        return await run_demo(path, json_output=state.json)
+
+    if state.settings.path is not None:
+        run(state, lambda: go(state.settings.data_dir))
+        return
+    with tempfile.TemporaryDirectory(prefix="membus-demo-", ignore_cleanup_errors=True) as tmp:
+        run(state, lambda: go(Path(tmp)))
+
+
+def bench(
+    ctx: typer.Context,
+    memories: Annotated[int, typer.Option("--memories", min=1)] = 100_000,
+    embedder: Annotated[str, typer.Option("--embedder")] = "hashing",
+    quick: Annotated[bool, typer.Option("--quick", help="A small, fast run.")] = False,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Measure publish-to-recall throughput and latency."""
+    state = command_state(ctx, json_flag)
+    try:
+        run_bench = _load("membus.bench", "run_bench")
+        result = run_bench(memories, json_output=state.json, embedder=embedder, quick=quick)
+        _finish(result)
+    except MembusError as exc:
+        fail(exc, state.json)
