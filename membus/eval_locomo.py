@@ -251,9 +251,11 @@ def recall_table(
 
 
 def render(result: dict[str, Any], counts: dict[str, int], ks: Sequence[int]) -> Table:
-    cols = [f"membus @{k}" for k in ks] + [f"BM25 @{k}" for k in ks]
+    # short headers: the table must fit an 80-column terminal
     table = Table(
-        "category", "questions", *cols,
+        "category", "n",
+        *[f"{'membus' if i == 0 else ''}@{k}" for i, k in enumerate(ks)],
+        *[f"{'bm25' if i == 0 else ''}@{k}" for i, k in enumerate(ks)],
         title="LoCoMo retrieval recall (%)",
         caption=(
             f"embedder {result['embedder']} · memories {result['memories']} / observations "
@@ -261,6 +263,10 @@ def render(result: dict[str, Any], counts: dict[str, int], ks: Sequence[int]) ->
             f"{result['dropped_evidence']}"
         ),
     )  # fmt: skip
+    for col in table.columns:
+        col.no_wrap = True
+    for col in table.columns[1:]:
+        col.justify = "right"
 
     def cell(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
@@ -288,6 +294,11 @@ def _logs_to_stderr() -> Iterator[None]:
             structlog.configure(**saved)
         else:
             structlog.reset_defaults()
+
+
+def _progress() -> Progress:
+    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn())
+    return Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True)
 
 
 async def _run(
@@ -327,22 +338,18 @@ def run_eval(
         # a reused bus would hold a previous run's turns under new event ids: double counting
         raise InvalidInput(f"{path} is not empty; evaluation needs a fresh bus directory")
     convs, dropped = load(resolve_dataset(dataset), limit_conversations)
-    log = structlog.get_logger("membus.eval").bind(dataset=str(dataset), embedder=embedder)
     stdout = sys.stdout
     with contextlib.ExitStack() as stack:
         stack.enter_context(_logs_to_stderr())
         stack.enter_context(contextlib.redirect_stdout(sys.stderr))
         root = path or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="membus-eval-")))
-        progress = stack.enter_context(
-            Progress(
-                TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), console=Console(stderr=True), transient=True,
-            )  # fmt: skip
-        )
+        progress = stack.enter_context(_progress())
         observations, memories, ingest_s, emb_name, rows = anyio.run(
             _run, root, convs, emb, max(ks), progress
         )
-        log.info("eval.done", questions=len(rows), observations=observations)
+        if memories != observations:  # e.g. events parked in the dead-letter stream
+            log = structlog.get_logger("membus.eval").bind(dataset=str(dataset))
+            log.warning("eval.memories_missing", memories=memories, observations=observations)
     result: dict[str, Any] = {
         **recall_table([(q, ours) for q, ours, _ in rows], ks),
         "bm25": recall_table([(q, theirs) for q, _, theirs in rows], ks),

@@ -1,0 +1,122 @@
+"""`membus eval locomo`: dataset parsing/repair, the BM25 baseline and the end-to-end harness.
+
+The fixture is a hand-written, LoCoMo-shaped toy (no dataset text): two conversations of ten
+turns, questions in every category, a split ("D2:2; D2:4"), a repaired ("D:2:01"), a dangling
+("D7:7") and a bare ("D") evidence reference, and one question without evidence.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from membus.bm25 import BM25, tokenize
+from membus.errors import InvalidInput
+from membus.eval_locomo import (
+    REPORT_ORDER,
+    dia_ids,
+    first_turns,
+    load,
+    parse_date,
+    resolve_dataset,
+    run_eval,
+    sanitize,
+    split_evidence,
+)
+from membus.store import Memory
+
+FIXTURE = Path(__file__).parent / "fixtures" / "locomo_tiny.json"
+
+
+def test_malformed_evidence_is_split_and_repaired() -> None:
+    assert split_evidence("D8:6; D9:17") == ["D8:6", "D9:17"]
+    assert split_evidence("D9:1 D4:4 D4:6") == ["D9:1", "D4:4", "D4:6"]
+    assert split_evidence("D:11:26") == ["D11:26"]
+    assert split_evidence("D30:05") == ["D30:5"]
+    assert split_evidence("D") == [None]
+
+
+def test_session_dates_parse_as_utc() -> None:
+    assert parse_date("1:56 pm on 8 May, 2023") == datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+    assert parse_date("12:45 am on 8 May, 2022").hour == 0
+    with pytest.raises(InvalidInput):
+        parse_date("yesterday")
+
+
+def test_names_are_sanitised_to_envelope_rules() -> None:
+    assert sanitize("Ramona Diaz") == "ramona-diaz"
+    assert sanitize("conv-26") == "conv-26"
+    with pytest.raises(InvalidInput):
+        sanitize("  ")
+
+
+def test_fixture_loads_with_dangling_evidence_dropped() -> None:
+    convs, dropped = load(FIXTURE)
+    assert dropped == 2  # "D7:7" names no turn; "D" names nothing at all
+    assert [c.tenant for c in convs] == ["locomo-tiny-1", "locomo-tiny-2"]
+    assert sum(len(c.turns) for c in convs) == 20
+    # the question without evidence is not scored
+    assert sum(len(c.questions) for c in convs) == 7
+    multi = next(q for q in convs[0].questions if q.category == "multi-hop")
+    assert multi.evidence == {"D2:2", "D2:4"}
+    captioned = next(t for t in convs[0].turns if t.dia_id == "D1:4")
+    assert captioned.text.endswith("[image: a cello leaning against a wooden chair]")
+
+
+def test_a_merged_memory_maps_to_all_its_turns() -> None:
+    now = datetime.now(UTC)
+    base = {"id": "x", "tenant": "t", "scope": "s", "kind": "observation", "content": "c"}
+    merged = Memory(**base, created_at=now, updated_at=now, metadata={"dia_ids": ["D1:1", "D1:2"]})
+    single = Memory(**base, created_at=now, updated_at=now, metadata={"dia_id": "D1:3"})
+    assert dia_ids(merged) == ["D1:1", "D1:2"]
+    assert dia_ids(single) == ["D1:3"]
+    # the k budget counts turns, not memories, so merging cannot inflate recall@k
+    assert first_turns([["D1:1", "D1:2"], ["D1:2", "D1:3"]], 2) == ["D1:1", "D1:2"]
+
+
+def test_bm25_ranks_the_turn_sharing_rare_terms_first() -> None:
+    docs = ["the cat sat on the mat", "a corgi named Pickle", "the dog and the cat"]
+    assert tokenize("Pickle's corgi!") == ["pickle", "s", "corgi"]
+    assert BM25(docs).rank("What is the corgi called?", 1) == [1]
+    assert BM25(docs).rank("zebra", 3) == [0, 1, 2]  # no match: document order, reproducible
+
+
+def test_missing_dataset_names_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="not found"):
+        resolve_dataset(tmp_path / "nope.json")
+
+
+def test_run_eval_end_to_end_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both retrievers run over the same turns; stdout carries exactly the one JSON object."""
+    result = run_eval(FIXTURE, json_output=True, path=tmp_path / "bus")
+    out = capsys.readouterr().out
+    assert json.loads(out) == result
+    assert out.count("\n") == 1
+
+    assert set(result) == {
+        "recall@5", "recall@10", "recall@25", "bm25", "memories", "observations",
+        "dropped_evidence", "questions", "ingest_s", "embedder",
+    }  # fmt: skip
+    assert set(result["bm25"]) == {"recall@5", "recall@10", "recall@25"}
+    for table in (result, result["bm25"]):
+        for k in ("recall@5", "recall@10", "recall@25"):
+            assert list(table[k]) == list(REPORT_ORDER)
+            assert all(isinstance(v, float) for v in table[k].values())
+    assert result["observations"] == result["memories"] == 20
+    assert result["questions"] == 7
+    assert result["dropped_evidence"] == 2
+    assert result["embedder"].startswith("hashing")
+    for table in (result, result["bm25"]):
+        # the single-hop questions repeat their turn's words: both must find them at once
+        assert table["recall@5"]["single-hop"] == 100.0
+        # 10 turns a conversation < 25: everything retrieved, so every (repaired) id maps back
+        assert table["recall@25"]["overall"] == 100.0
+
+
+def test_run_eval_refuses_a_used_directory(tmp_path: Path) -> None:
+    (tmp_path / "leftover").write_text("x")
+    with pytest.raises(InvalidInput, match="not empty"):
+        run_eval(FIXTURE, json_output=True, path=tmp_path)
