@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from membus.keys import TenantKeys
@@ -44,8 +45,13 @@ class Limits(BaseModel):
 # -- body size --------------------------------------------------------------------------------
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` mid-body. An HTTPException because FastAPI re-raises those from
+    body parsing (anything else it turns into a 400); the app maps it to ``TooLarge``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds {limit} bytes")
+        self.limit = limit
 
 
 class BodyLimit:
@@ -76,7 +82,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _BodyTooLarge
+                    raise BodyTooLarge(self.limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -86,7 +92,7 @@ class BodyLimit:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             if not started:
                 await self._reject(send)
 

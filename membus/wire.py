@@ -211,3 +211,15 @@ class ErrorResponse(BaseModel):
     """Every error the service returns has this shape."""
 
     error: ErrorDetail
+
+
+_ERR: Final[dict[str, Any]] = {"model": ErrorResponse}
+# for OpenAPI: what each status means on this API
+ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    400: {**_ERR, "description": "invalid_input: a field is missing, unknown or ill-formed"},
+    401: {**_ERR, "description": "unauthenticated: missing or unknown API key"},
+    403: {**_ERR, "description": "permission_denied: the gate refused this agent"},
+    413: {**_ERR, "description": "too_large: the request body exceeds the limit"},
+    429: {**_ERR, "description": "rate_limited: retry after the Retry-After seconds"},
+    503: {**_ERR, "description": "unavailable: backpressure or Redis down; see Retry-After"},
+}
