@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import NoReturn, TypeVar
 
-import redis.asyncio as aioredis
-
 from membus.bus import Bus
 from membus.cli_context import State
 from membus.embedder import HashingEmbedder, Vectors
@@ -19,7 +17,7 @@ from membus.errors import Conflict, StoreLocked, Unavailable
 from membus.runtime import open as open_bus
 from membus.settings import Settings
 from membus.store import Hit, Memory, RecallFilter, StoreMeta
-from membus.streams import REDIS_DOWN, unavailable
+from membus.streams import REDIS_DOWN, redis_client, unavailable
 
 T = TypeVar("T")
 
@@ -90,9 +88,8 @@ async def _redis_only(state: State) -> AsyncIterator[Bus]:
     """A bus over Redis alone, for commands that never touch the store."""
     config = state.settings.to_config()
     assert config.redis.url is not None
-    client = aioredis.Redis.from_url(
-        config.redis.url, decode_responses=True, socket_timeout=config.redis.socket_timeout_s
-    )
+    # the shared client: a non-UTF-8 dead letter must list and replay, not crash the decoder
+    client = redis_client(config.redis.url, config.redis.socket_timeout_s)
     try:
         try:
             await client.ping()

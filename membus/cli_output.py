@@ -46,8 +46,28 @@ def _line(text: str) -> None:
     sys.stdout.flush()
 
 
+def _escaped(obj: Any) -> Any:
+    """Redis hands non-UTF-8 bytes over as surrogate escapes (see ``streams.redis_client``);
+    shown as ``\\xff`` they print and serialise instead of crashing the encoder."""
+    if isinstance(obj, str):
+        try:
+            raw = obj.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = obj.encode("utf-8", "backslashreplace")
+        return raw.decode("utf-8", "backslashreplace")
+    if isinstance(obj, dict):
+        return {_escaped(k): _escaped(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_escaped(v) for v in obj]
+    return obj
+
+
 def emit_json(obj: Any) -> None:
-    _line(orjson.dumps(obj, default=str).decode())
+    try:
+        text = orjson.dumps(obj, default=str)
+    except orjson.JSONEncodeError:  # only a surrogate-escaped string gets here
+        text = orjson.dumps(_escaped(obj), default=str)
+    _line(text.decode())
 
 
 def say(as_json: bool, message: str) -> None:
@@ -117,7 +137,7 @@ def print_dead_letters(letters: Sequence[DeadLetter]) -> None:
     for d in letters:
         content = str((d.event or {}).get("content", d.fields.get("e", "")))
         table.add_row(
-            d.id, d.reason, str(d.deliveries), d.parked_at.strftime("%Y-%m-%d %H:%M:%S"),
-            d.error[:60], content[:40],
+            d.id, _escaped(d.reason), str(d.deliveries), d.parked_at.strftime("%Y-%m-%d %H:%M:%S"),
+            _escaped(d.error[:60]), _escaped(content[:40]),
         )  # fmt: skip
     Console().print(table)
