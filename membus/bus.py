@@ -20,14 +20,16 @@ from membus import erasure
 from membus.audit import AuditLog, AuditRecord
 from membus.config import MembusConfig
 from membus.embedder import Embedder, HashingEmbedder, Vectors
-from membus.envelope import Event, invalid_from, validate_scope
+from membus.envelope import Event, invalid_from, scope_ancestors, validate_scope
 from membus.erasure import ErasureReport
 from membus.errors import InvalidInput, PermissionDenied, Unavailable
 from membus.feed import Change, follow
 from membus.gate import Gate, Identity, OpenGate
 from membus.keys import TenantKeys
+from membus.redact import PiiRedactor, Redactor, needs_redaction, redact_event
+from membus.signing import KeyRegistry, publish_signed
 from membus.store import Hit, RecallFilter, Store
-from membus.streams import Redis, group_stats, idle, publish, tenants
+from membus.streams import Redis, group_stats, idle, tenants
 
 MAX_K = 1000
 
@@ -71,6 +73,9 @@ class Bus:
         self.gate: Gate = gate or OpenGate()
         # writes straight through when no flusher runs (CLI one-shots); runtime.open runs one
         self.audit = audit or AuditLog(redis)
+        self.keys = KeyRegistry(redis)
+        self._redact_roots = set(self.config.policy.redact_scopes)
+        self.redactor: Redactor = PiiRedactor()
         self._log = structlog.get_logger("membus.bus")
 
     def agent(self, name: str, tenant: str) -> Agent:
@@ -95,7 +100,9 @@ class Bus:
             if not d.allowed:
                 await self.audit.record_many(records[-1:])  # the deny; nothing was published
                 raise PermissionDenied(who.agent, "publish", e.scope, who.tenant)
-        positions = await publish(self.redis, events)
+        events = [self._redact(e) for e in events]
+        # signed here, checked by writers: the stream itself is not trusted
+        positions = await publish_signed(self.redis, self.keys, events)
         await self.audit.record_many(records)
         return [
             Receipt(event_id=e.id, position=p, tenant=e.tenant, scope=e.scope)
@@ -108,6 +115,14 @@ class Bus:
         except Exception as exc:  # pydantic.ValidationError for unknown/ill-typed fields
             raise InvalidInput(f"invalid publish arguments: {exc}") from None
         return (await self.publish_many(who, [draft]))[0]
+
+    def _redact(self, event: Event) -> Event:
+        """Mask PII before it leaves the author's private scope, where policy asks for it."""
+        if not self._redact_roots or not needs_redaction(event.agent, event.scope):
+            return event
+        if not any(a in self._redact_roots for a in scope_ancestors(event.scope)):
+            return event
+        return redact_event(event, self.redactor).event
 
     # -- read path ----------------------------------------------------------------------------
 

@@ -46,6 +46,11 @@ class WorkerConfig(_Config):
     # After this many deliveries an entry is parked in the dead-letter stream.
     max_deliveries: int = Field(default=5, ge=1)
     tenants_refresh_s: float = Field(default=1.0, gt=0)
+    # The stream is not trusted: each event's HMAC is checked against its agent's key.
+    verify_signatures: bool = True
+    # An event id seen within this window under another stream entry is a replay; older ones
+    # are stale. Keep it >= the longest writer outage you ride out (stale events are parked).
+    replay_window_s: float = Field(default=7 * 24 * 3600, gt=0)
 
 
 class RetentionConfig(_Config):
@@ -65,6 +70,10 @@ class PolicyConfig(_Config):
     # worker, follows one policy; changes announced over pub/sub reach them within a second
     shared: bool = False
     resync_s: float = Field(default=30.0, gt=0)
+    # Redaction: events published into these scope subtrees (when wider than the author's own
+    # agent/<self> scope) have e-mails, phone and card numbers masked before they enter the
+    # stream. Empty: off.
+    redact_scopes: list[str] = Field(default_factory=list)
 
 
 class MembusConfig(_Config):

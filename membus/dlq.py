@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -205,3 +205,38 @@ async def drop(redis: Redis, tenant: str, ids: Sequence[str] | None) -> int:
         return dropped
     except REDIS_DOWN as exc:
         raise unavailable(exc) from exc
+
+
+async def park(
+    redis: Redis,
+    keys: TenantKeys,
+    stream: str,
+    group: str,
+    items: Sequence[tuple[str, dict[str, str], str]],
+    *,
+    reason: str,
+    deliveries: dict[str, int] | None = None,
+) -> None:
+    """Move ``(entry id, fields, error)`` items to the dead-letter stream and acknowledge them,
+    in one MULTI (both keys share the tenant's slot): an entry is either pending or parked.
+
+    Reasons: invalid, poison (failed ``max_deliveries`` times), unsigned, unknown_key,
+    agent_mismatch, key_revoked, key_expired, bad_signature, replay, stale, denied.
+    """
+    now = datetime.now(UTC).isoformat()
+    async with redis.pipeline(transaction=True) as pipe:
+        for entry_id, fields, error in items:
+            record: dict[str, Any] = {
+                "origin_id": entry_id,
+                "origin_stream": stream,
+                "group": group,
+                "reason": reason,
+                "error": error[:4000],
+                "deliveries": (deliveries or {}).get(entry_id, 1),
+                "parked_at": now,
+                **{f"f:{k}": v for k, v in fields.items()},
+            }
+            pipe.xadd(keys.dlq, record)  # type: ignore[arg-type]
+            pipe.hdel(keys.dlq_errors, entry_id)
+        pipe.xack(stream, group, *[i[0] for i in items])
+        await pipe.execute()

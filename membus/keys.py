@@ -35,6 +35,11 @@ class TenantKeys:
         """Dead letters: events a writer could not process, with the reason."""
         return f"{self._base}:dlq"
 
+    @property
+    def dlq_errors(self) -> str:
+        """Last error per pending entry id, so a poison entry is parked with its cause."""
+        return f"{self._base}:dlq:errors"
+
 
 def tenants_key() -> str:
     """A set of every tenant that ever published, so workers know which streams to read."""

@@ -126,6 +126,8 @@ async def open(
                 config.worker,
                 consumer=consumer_name(n),
                 retention=config.retention if n == 0 else None,
+                gate=gate,
+                keys=bus.keys,
             )
             for n in range(config.writers)
         ]

@@ -460,3 +460,12 @@ class ReplayGuard:
             return ULID.from_str(event_id).milliseconds
         except ValueError:
             raise InvalidInput(f"event id {event_id!r} is not a ULID") from None
+
+
+async def publish_signed(redis: Redis, registry: KeyRegistry, events: Sequence[Event]) -> list[str]:
+    """XADD events signed with each agent's current key (what ``Bus.publish_many`` does)."""
+    from membus.streams import publish
+
+    keys = {(t, a): await registry.current(t, a) for t, a in {(e.tenant, e.agent) for e in events}}
+    fields = [signed_fields(e, keys[(e.tenant, e.agent)]) for e in events]
+    return await publish(redis, events, fields)

@@ -39,16 +39,22 @@ def unavailable(exc: BaseException) -> Unavailable:
     return Unavailable(f"redis unavailable: {exc}")
 
 
-async def publish(redis: Redis, events: Sequence[Event]) -> list[str]:
-    """XADD every event (pipelined, one round trip) and register its tenant."""
+async def publish(
+    redis: Redis, events: Sequence[Event], fields: Sequence[dict[Any, Any]] | None = None
+) -> list[str]:
+    """XADD every event (pipelined, one round trip) and register its tenant.
+
+    ``fields``: the stream entry per event (e.g. signed: ``{"e", "kid", "sig"}``); default
+    ``{"e": event JSON}``.
+    """
     if not events:
         return []
     try:
         async with redis.pipeline(transaction=False) as pipe:
             for tenant in {e.tenant for e in events}:
                 pipe.sadd(tenants_key(), tenant)
-            for e in events:
-                pipe.xadd(TenantKeys(e.tenant).events, {"e": e.to_json()})
+            for i, e in enumerate(events):
+                pipe.xadd(TenantKeys(e.tenant).events, fields[i] if fields else {"e": e.to_json()})
             res = await pipe.execute()
     except REDIS_DOWN as exc:
         raise unavailable(exc) from exc

@@ -15,23 +15,40 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import structlog
 from redis.exceptions import ResponseError
 
+from membus.admission import Admission, Parsed
+from membus.audit import AuditLog, AuditRecord
 from membus.config import RetentionConfig, WorkerConfig
+from membus.dlq import park
 from membus.embedder import Embedder, HashingEmbedder, Vectors
 from membus.envelope import Event
+from membus.erasure import commit_unless_erased
 from membus.errors import InvalidInput, MembusError, Unavailable
 from membus.feed import upsert_fields
+from membus.gate import Gate, OpenGate
 from membus.keys import TenantKeys, tenant_of
+from membus.signing import KeyRegistry, ReplayGuard
 from membus.store import Memory, Store
 from membus.streams import REDIS_DOWN, Redis, ensure_group, tenants, trim
 
 Entry = tuple[str, dict[str, str] | None]
+
+
+def _rejected(tenant: str, event: Event, reason: str) -> AuditRecord:
+    return AuditRecord(
+        tenant=tenant,
+        agent=event.agent,
+        action="publish",
+        scope=event.scope,
+        decision="deny",
+        reason=f"writer: {reason}",
+        event_ids=[event.id],
+    )
 
 
 class _BatchFailed(Exception):
@@ -64,9 +81,19 @@ class Writer:
         *,
         consumer: str | None = None,
         retention: RetentionConfig | None = None,
+        gate: Gate | None = None,
+        keys: KeyRegistry | None = None,
     ) -> None:
         self.redis, self.store, self.embedder = redis, store, embedder
         self.config = config or WorkerConfig()
+        self.admission = Admission(
+            redis,
+            gate or OpenGate(),
+            keys or KeyRegistry(redis),
+            ReplayGuard(redis, self.config.replay_window_s),
+            verify_signatures=self.config.verify_signatures,
+        )
+        self._audit = AuditLog(redis)
         self.retention = retention
         self.consumer = consumer or consumer_name()
         self._streams: list[str] = []
@@ -154,7 +181,7 @@ class Writer:
         """Validate (parking what cannot be parsed) and embed; nothing is acknowledged yet."""
         tenant = tenant_of(stream)
         keys = TenantKeys(tenant)
-        events: list[tuple[str, Event]] = []
+        parsed: list[Parsed] = []
         invalid: list[tuple[str, dict[str, str], str]] = []
         gone: list[str] = []
         for entry_id, fields in entries:
@@ -165,13 +192,24 @@ class Writer:
                 event = Event.from_json(fields.get("e", ""))
                 if event.tenant != tenant:
                     raise InvalidInput(f"event tenant {event.tenant!r} on stream of {tenant!r}")
-                events.append((entry_id, event))
+                parsed.append((entry_id, fields, event))
             except InvalidInput as exc:
                 invalid.append((entry_id, fields, str(exc)))
+        screened = await self.admission.screen(tenant, parsed)
         if invalid:
             await self._park(keys, stream, invalid, reason="invalid")
+        for reason in sorted({r[2] for r in screened.rejected}):
+            rejected = [r for r in screened.rejected if r[2] == reason]
+            await self._park(keys, stream, [(r[0], r[1], r[3]) for r in rejected], reason=reason)
+            await self._audit.record_many([_rejected(tenant, r[4], reason) for r in rejected])
+        if screened.erased:  # erased while in flight: leave no trace, not even a dead letter
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xack(stream, self.config.group, *screened.erased)
+                pipe.xdel(stream, *screened.erased)
+                await pipe.execute()
         if gone:
             await self.redis.xack(stream, self.config.group, *gone)
+        events = screened.admitted
         memories = [Memory.from_event(e) for _, e in events]
         vectors = None
         if memories:
@@ -226,18 +264,19 @@ class Writer:
             memories = [Memory.from_event(e) for _, e in events]
             vectors = await self._embed([m.content for m in memories])
         await self.store.upsert(memories, vectors)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for m in memories:
-                pipe.xadd(keys.changes, upsert_fields(m, m.source_events))  # type: ignore[arg-type]
-            pipe.xack(stream, self.config.group, *[eid for eid, _ in events])
-            await pipe.execute()
+        # change entries + XACK in one MULTI, WATCHing tombstones: a forget that lands between
+        # our check and here makes us skip (and un-write) what it erased
+        skipped = await commit_unless_erased(
+            self.redis, keys.tenant, stream, self.config.group,
+            [(eid, e.id) for eid, e in events],
+            [(m, upsert_fields(m, m.source_events)) for m in memories],
+        )  # fmt: skip
+        if skipped:
+            await self.store.delete(keys.tenant, sorted(skipped))
         self.processed += len(events)
 
-    def _errors_key(self, keys: TenantKeys) -> str:
-        return keys.dlq + ":errors"
-
     async def _note_error(self, keys: TenantKeys, entry_id: str, exc: BaseException) -> None:
-        key = self._errors_key(keys)
+        key = keys.dlq_errors
         await self.redis.hset(key, entry_id, f"{type(exc).__name__}: {exc}"[:2000])
         await self.redis.expire(key, 7 * 24 * 3600)
 
@@ -250,23 +289,9 @@ class Writer:
         reason: str,
         deliveries: dict[str, int] | None = None,
     ) -> None:
-        now = datetime.now(UTC).isoformat()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for entry_id, fields, error in items:
-                record: dict[str, Any] = {
-                    "origin_id": entry_id,
-                    "origin_stream": stream,
-                    "group": self.config.group,
-                    "reason": reason,
-                    "error": error[:4000],
-                    "deliveries": (deliveries or {}).get(entry_id, 1),
-                    "parked_at": now,
-                    **{f"f:{k}": v for k, v in fields.items()},
-                }
-                pipe.xadd(keys.dlq, record)  # type: ignore[arg-type]
-                pipe.hdel(self._errors_key(keys), entry_id)
-            pipe.xack(stream, self.config.group, *[i[0] for i in items])
-            await pipe.execute()
+        await park(
+            self.redis, keys, stream, self.config.group, items, reason=reason, deliveries=deliveries
+        )
         self.parked += len(items)
         for entry_id, _, error in items:
             self._log.warning(
@@ -322,7 +347,7 @@ class Writer:
         ]
         if over:
             errors: list[str | None] = await self.redis.hmget(  # type: ignore[assignment]
-                self._errors_key(keys), [eid for eid, _ in over]
+                keys.dlq_errors, [eid for eid, _ in over]
             )
             await self._park(
                 keys,

@@ -35,13 +35,14 @@ class RedisProcess:
     def start(self) -> RedisProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         binary = shutil.which("redis-server") or redis_server_binary()
+        args = [
+            binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--appendonly", "yes",
+            "--appendfsync", self.appendfsync, "--save", "",
+            "--logfile", str(self.directory / "redis.log"),
+        ]  # fmt: skip
         self.proc = subprocess.Popen(
-            [
-                binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.directory), "--appendonly", "yes",
-                "--appendfsync", self.appendfsync, "--save", "",
-                "--logfile", str(self.directory / "redis.log"),
-            ],  # fmt: skip
+            args,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

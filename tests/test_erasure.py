@@ -30,9 +30,10 @@ from membus.erasure import (
 from membus.errors import InvalidInput
 from membus.feed import upsert_fields
 from membus.keys import TenantKeys, tenants_key
+from membus.signing import KeyRegistry, publish_signed
 from membus.store import Memory, StoreMeta, point_id
 from membus.store_edge import EdgeStore
-from membus.streams import Redis, ensure_group, publish, redis_client
+from membus.streams import Redis, ensure_group, redis_client
 from membus.worker import Writer
 
 pytestmark = pytest.mark.anyio
@@ -363,7 +364,7 @@ async def test_a_writer_mid_commit_cannot_bring_an_erased_memory_back(
             for i in range(3)
         ]
         keep = Event.build(tenant=TENANT, agent="keeper", scope="team/open", content="fine")
-        await publish(redis, [*secret, keep])
+        await publish_signed(redis, KeyRegistry(redis), [*secret, keep])
         (prepared,) = await writer._read_stage()
         writer.pause = pause
         async with anyio.create_task_group() as tg:
@@ -380,7 +381,7 @@ async def test_a_writer_mid_commit_cannot_bring_an_erased_memory_back(
         assert await store.count(TENANT) == 1
         # a replay of an erased event (same id) is dropped and acknowledged, never written
         writer.pause = None
-        await publish(redis, [secret[0]])
+        await publish_signed(redis, KeyRegistry(redis), [secret[0]])
         assert await writer.step() == 1
         assert await traces(redis, CANARY) == []  # the replayed entry was deleted, too
         assert await store.count(TENANT) == 1
@@ -406,7 +407,7 @@ async def test_long_streams_are_paged_through(redis_url: str, tmp_path: Path) ->
             )
             for i in range(1500)
         ]
-        await publish(redis, events)
+        await publish_signed(redis, KeyRegistry(redis), events)
         report = await forget(redis, store, TENANT, agent="leaky")
         assert report.events == 1000 and report.tombstones == 2000
         assert await traces(redis, CANARY) == []

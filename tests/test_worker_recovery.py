@@ -26,9 +26,10 @@ from membus.config import MembusConfig, RedisConfig, WorkerConfig
 from membus.embedder import Embedder, HashingEmbedder, Vectors
 from membus.envelope import Event
 from membus.keys import TenantKeys, tenants_key
+from membus.signing import KeyRegistry, publish_signed
 from membus.store import Memory, Store, StoreMeta, point_id
 from membus.store_edge import EdgeStore
-from membus.streams import ensure_group, group_stats, idle, publish
+from membus.streams import ensure_group, group_stats, idle
 from membus.worker import Writer
 from tests.redis_proc import RedisProcess
 
@@ -78,7 +79,7 @@ def make_events(tenant: str, n: int, marker_at: int | None = None) -> list[Event
 
 async def publish_in_chunks(redis: aioredis.Redis, events: Sequence[Event]) -> None:
     for i in range(0, len(events), 500):
-        await publish(redis, events[i : i + 500])
+        await publish_signed(redis, KeyRegistry(redis), events[i : i + 500])
 
 
 async def wait_until(
@@ -261,7 +262,7 @@ async def test_crash_between_upsert_and_ack_is_redone_without_duplicates(
     emb = HashingEmbedder()
     try:
         events = make_events(tenant, n)
-        await publish(redis, events)
+        await publish_signed(redis, KeyRegistry(redis), events)
         await ensure_group(redis, keys.events, GROUP)
         entries = await xreadgroup(redis, "doomed", keys.events, n)
         doomed = Writer(redis, CrashAfterUpsert(store), emb, FAST, consumer="doomed")
@@ -294,7 +295,7 @@ async def test_slow_writer_committing_after_reclaim_duplicates_changes_not_memor
     emb = HashingEmbedder()
     try:
         events = make_events(tenant, n)
-        await publish(redis, events)
+        await publish_signed(redis, KeyRegistry(redis), events)
         await ensure_group(redis, keys.events, GROUP)
         entries = await xreadgroup(redis, "slow", keys.events, n)
         await anyio.sleep(FAST.min_idle_ms / 1000 + 0.05)
