@@ -20,7 +20,7 @@ from membus import erasure
 from membus.audit import AuditLog, AuditRecord
 from membus.config import MembusConfig
 from membus.embedder import Embedder, HashingEmbedder, Vectors
-from membus.envelope import Event, invalid_from, scope_ancestors, validate_scope
+from membus.envelope import Event, Label, invalid_from, scope_ancestors, validate_scope
 from membus.erasure import ErasureReport
 from membus.errors import InvalidInput, PermissionDenied, Unavailable
 from membus.feed import Change, follow
@@ -44,6 +44,8 @@ class Draft(BaseModel):
     subject: str | None = None
     key: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    label: Label = "public"
+    created_at: datetime | None = None  # when it was observed (default: now)
     causation_id: str | None = None
     correlation_id: str | None = None
 

@@ -10,6 +10,7 @@ operator to look at rather than looped over.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from redis.exceptions import WatchError
 from membus.envelope import invalid_from, validate_name
 from membus.errors import Conflict, InvalidInput
 from membus.keys import TenantKeys
+from membus.signing import ReplayGuard
 from membus.streams import REDIS_DOWN, Redis, decode_fields, unavailable
 
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
@@ -178,7 +180,14 @@ async def _replay_one(redis: Redis, keys: TenantKeys, entry_id: str) -> str:
                 pipe.multi()  # type: ignore[no-untyped-call]
                 pipe.xadd(keys.events, original)
                 pipe.xdel(keys.dlq, entry_id)
-                position, _ = await pipe.execute()
+                event_id = (letter.event or {}).get("id")
+                if isinstance(event_id, str):
+                    # the writer remembers event ids to spot replays; an operator's replay of a
+                    # dead letter is deliberate, so the new entry must read as a first sight
+                    with contextlib.suppress(InvalidInput):  # not a ULID: never remembered
+                        seen, field = ReplayGuard(redis).slot(keys.tenant, event_id)
+                        pipe.hdel(seen, field)
+                position, *_ = await pipe.execute()
                 return str(position)
             except WatchError:
                 continue  # the DLQ changed under us (a writer parked something): look again

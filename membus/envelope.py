@@ -37,6 +37,7 @@ MAX_METADATA_DEPTH: Final = 4
 MAX_SCOPE_SEGMENTS: Final = 8
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 # Control characters other than tab and newline have no business in agent text.
@@ -117,7 +118,8 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
 
     v: int = Field(default=SCHEMA_VERSION, description="schema version")
-    id: Annotated[str, Field(default_factory=new_event_id, pattern=r"^[0-9A-HJKMNP-TV-Z]{26}$")]
+    # a ULID: Crockford base32, first char 0-7 (an 8 or above would overflow the timestamp)
+    id: Annotated[str, Field(default_factory=new_event_id, pattern=_ULID.pattern)]
     tenant: Name
     scope: Scope
     agent: Name

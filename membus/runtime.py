@@ -140,10 +140,17 @@ async def open(
             if writers:
                 tg.start_soon(maintain_loop, store, writers, stop)
             log.info("bus.open", path=str(root), writers=len(writers))
+            raised: Exception | None = None
             try:
                 yield bus
+            except Exception as exc:
+                # kept aside and re-raised below: inside the task group it would surface as an
+                # ExceptionGroup, and callers should catch InvalidInput, not a group of one
+                raised = exc
             finally:
                 stop.set()
                 await audit.aclose()  # flushes what is buffered; ends its flusher
                 tg.cancel_scope.cancel()  # the policy watcher runs until cancelled
         log.info("bus.closed", path=str(root))
+        if raised is not None:
+            raise raised
