@@ -1,4 +1,10 @@
-"""The demo's support team: three roles, what each one publishes and what each one asks.
+"""The demo's support team: three agents, what each one publishes and what each one asks.
+
+The agents are the ones ``policies/example.csv`` describes for tenant ``acme``, so the casbin gate
+decides their accesses for real: alice and bob hold ``role:support`` (publish, recall, subscribe
+in ``team/support/*``), carol is the support lead (also reads bob's ``agent/bob/handover``), and
+bob is a contractor kept out of ``team/support/billing/*`` by the policy's one explicit deny. Every
+agent may use its own ``agent/<self>/*`` and nothing else of another agent's.
 
 The scenario is scripted (no model calls) so the demo runs offline and gives the same shape of
 output every time; only event ids and timestamps differ between runs. Each step names the earlier
@@ -7,18 +13,40 @@ step it reacts to, which becomes the event's ``causation_id`` once that step has
 
 from __future__ import annotations
 
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+import membus
+from membus.errors import Unavailable
+
 TENANT: Final = "acme"
 TEAM_SCOPE: Final = "team/support"
+BILLING_SCOPE: Final = "team/support/billing"  # inside the team scope; denied to bob
 TICKET: Final = "T-1042"  # doubles as the correlation id tying the whole conversation together
+_POLICY: Final = Path("policies") / "example.csv"
+
+Where = Literal["team", "billing", "private", "handover"]
 
 
 def private_scope(agent: str) -> str:
-    """Each agent's own notebook; the permission layer will make it readable by its owner only."""
+    """Each agent's own notebook: readable by its owner only (the gate's built-in rule)."""
     return f"agent/{agent}"
+
+
+def handover_scope(agent: str) -> str:
+    """Part of an agent's own subtree that the policy opens to support leads, exactly."""
+    return f"{private_scope(agent)}/handover"
+
+
+def step_scope(agent: str, where: Where) -> str:
+    return {
+        "team": TEAM_SCOPE,
+        "billing": BILLING_SCOPE,
+        "private": private_scope(agent),
+        "handover": handover_scope(agent),
+    }[where]
 
 
 class Step(BaseModel):
@@ -28,7 +56,7 @@ class Step(BaseModel):
 
     ref: str  # name other steps use to point at this one
     content: str
-    private: bool = False  # True: the agent's own scope, else the team scope
+    where: Where = "team"
     kind: str = "observation"
     subject: str | None = None
     key: str | None = None
@@ -48,15 +76,17 @@ class Question(BaseModel):
 class Role(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    name: str
+    name: str  # the agent name the policy knows
+    job: str  # what it does on this ticket
     duty: str
     steps: tuple[Step, ...]
     question: Question
 
 
-INTAKE = Role(
-    name="intake",
-    duty="triages incoming tickets and records what the customer reported",
+ALICE = Role(
+    name="alice",
+    job="intake",
+    duty="role:support: triages tickets, records what the customer reported",
     steps=(
         Step(
             ref="report",
@@ -80,8 +110,20 @@ INTAKE = Role(
             caused_by="report",
         ),
         Step(
-            ref="intake-note",
-            private=True,
+            ref="credit",
+            where="billing",
+            kind="decision",
+            subject="customer:globex",
+            key="credit",
+            content=(
+                "Billing: Globex gets a 10% credit on the March invoice for the export outage, "
+                "approved by finance."
+            ),
+            caused_by="report",
+        ),
+        Step(
+            ref="alice-note",
+            where="private",
             kind="note",
             subject=f"ticket:{TICKET}",
             content=(
@@ -94,9 +136,10 @@ INTAKE = Role(
     question=Question(query="what caused the invoice export timeout?", expect="root-cause"),
 )
 
-RESEARCHER = Role(
-    name="researcher",
-    duty="searches logs and changelogs to find the root cause",
+BOB = Role(
+    name="bob",
+    job="researcher",
+    duty="role:support, contractor (no billing): digs the root cause out of logs",
     steps=(
         Step(
             ref="log-search",
@@ -122,23 +165,35 @@ RESEARCHER = Role(
             caused_by="log-search",
         ),
         Step(
-            ref="researcher-note",
-            private=True,
+            ref="bob-note",
+            where="private",
             kind="note",
             subject="release:4.2.0",
             content=(
                 "Checked the status page and the changelog: the 4.2.0 notes mention an export "
-                "refactor. Ask the platform team whether other customers are affected."
+                "refactor. My contract ends Friday; keep the platform team thread warm."
             ),
             caused_by="log-search",
+        ),
+        Step(
+            ref="handover",
+            where="handover",
+            kind="note",
+            subject=f"ticket:{TICKET}",
+            content=(
+                "Handover: the platform team owns the 4.2.0 export refactor; hotfix 4.2.1 with "
+                "pagination is due Thursday, ask them whether other customers are affected."
+            ),
+            caused_by="root-cause",
         ),
     ),
     question=Question(query="how does the customer want to be contacted?", expect="contact"),
 )
 
-RESOLVER = Role(
-    name="resolver",
-    duty="decides the fix or workaround and closes the loop with the customer",
+CAROL = Role(
+    name="carol",
+    job="resolver",
+    duty="role:support-lead: decides the workaround, closes the loop with the customer",
     steps=(
         Step(
             ref="workaround",
@@ -164,8 +219,8 @@ RESOLVER = Role(
             caused_by="workaround",
         ),
         Step(
-            ref="resolver-note",
-            private=True,
+            ref="carol-note",
+            where="private",
             kind="note",
             subject=f"ticket:{TICKET}",
             content=(
@@ -175,14 +230,52 @@ RESOLVER = Role(
             caused_by="workaround",
         ),
     ),
-    question=Question(
-        query="when should I follow up on the export ticket?", expect="resolver-note"
-    ),
+    question=Question(query="when should I follow up on the export ticket?", expect="carol-note"),
 )
 
-TEAM: Final[tuple[Role, ...]] = (INTAKE, RESEARCHER, RESOLVER)
+TEAM: Final[tuple[Role, ...]] = (ALICE, BOB, CAROL)
+
+
+class Permissions(BaseModel):
+    """The two accesses the demo shows the gate deciding, both as ``example.csv`` says."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # carol (support lead) reads bob's handover notes: ``agent/bob/handover`` is opened to leads
+    share_reader: str = CAROL.name
+    share_owner: str = BOB.name
+    share_query: str = "handover notes for the export ticket"
+    share_expect: str = "handover"
+    # bob (contractor) asks for the billing notes: the explicit deny beats role:support's allow
+    denied_agent: str = BOB.name
+    denied_scope: str = BILLING_SCOPE
+    denied_query: str = "what credit does Globex get on the invoice?"
+
+
+PERMISSIONS: Final = Permissions()
 
 
 def team_step_count(team: tuple[Role, ...] = TEAM) -> int:
-    """How many changes the team feed should carry once everything is committed."""
-    return sum(1 for role in team for step in role.steps if not step.private)
+    """How many changes the team feed (``team/support`` and below) carries once committed."""
+    return sum(1 for role in team for step in role.steps if step.where in ("team", "billing"))
+
+
+def demo_policy() -> Path:
+    """``example.csv``, the one policy the README documents, wherever this install keeps it.
+
+    Looked up relative to the packages (never the cwd), so ``membus demo`` works from anywhere:
+    beside ``membus`` (where a wheel would carry it, as ``membus.policy`` looks for its model)
+    or in the source tree above ``agents`` (an editable install or a checkout).
+    """
+    candidates = (
+        Path(membus.__file__).resolve().parent / _POLICY,
+        Path(__file__).resolve().parent.parent / _POLICY,
+    )
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise Unavailable(
+        f"the demo policy {_POLICY} was not found (looked in "
+        f"{', '.join(str(c.parent) for c in candidates)}); run the demo from a source checkout "
+        "or an editable install"
+    )
