@@ -208,21 +208,31 @@ class TenantPolicy:
         exact = {r: t for r, t in exact.items() if not _covered(r, include)}
         exclude: dict[str, str] = {}
         exclude_exact: dict[str, str] = {}
+        decisive: set[str] = set()  # deny lines that removed something: the audit names them
         for root, subtree, text in v.deny:
             if subtree:
                 gone = [r for r in include if under(r, root)]
                 for r in gone:
                     del include[r]
-                for r in [r for r in exact if under(r, root)]:
+                gone_exact = [r for r in exact if under(r, root)]
+                for r in gone_exact:
                     del exact[r]
+                if gone or gone_exact:
+                    decisive.add(text)
                 if gone or _covered(root, include):
                     exclude.setdefault(root, text)
             else:
-                if exact.pop(root, None) is not None or _covered(root, include):
+                if exact.pop(root, None) is not None:
+                    decisive.add(text)
+                    exclude_exact.setdefault(root, text)
+                elif _covered(root, include):
                     exclude_exact.setdefault(root, text)
         exclude = {r: t for r, t in exclude.items() if _covered(r, include)}
         exclude_exact = {r: t for r, t in exclude_exact.items() if _covered(r, include)}
-        rules = {*include.values(), *exact.values(), *exclude.values(), *exclude_exact.values()}
+        rules = {
+            *include.values(), *exact.values(), *exclude.values(), *exclude_exact.values(),
+            *decisive,
+        }  # fmt: skip
         return ReadGrant(
             include=sorted(include),
             exact=sorted(exact),
