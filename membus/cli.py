@@ -7,8 +7,9 @@ its lifetime, in-process writers included; with a Redis URL, commands that only 
 so they run beside ``membus worker``.
 
 This module is the typer app: global options and the command table. The commands live in
-``cli_feed`` (publish/recall/tail), ``cli_ops`` (worker/stats/optimize/dlq) and ``cli_showcase``
-(demo/bench); they are registered here, not by decorators there, so ``python -m membus.cli`` and
+``cli_feed`` (publish/recall/tail), ``cli_ops`` (worker/stats/optimize/dlq), ``cli_admin``
+(audit/forget/policy), ``cli_serve`` (serve/keys) and ``cli_showcase`` (demo/bench/eval); they
+are registered here, not by decorators there, so ``python -m membus.cli`` and
 ``import membus.cli`` build the same single app.
 """
 
@@ -19,11 +20,13 @@ from typing import Annotated
 
 import typer
 
+from membus.cli_admin import audit, forget, policy_check, policy_reload
 from membus.cli_context import JsonFlag, State
 from membus.cli_feed import publish, recall, tail
 from membus.cli_ops import dlq_drop, dlq_list, dlq_replay, optimize, stats, worker
 from membus.cli_output import configure_logging, fail
-from membus.cli_showcase import bench, demo
+from membus.cli_serve import keys_new, serve
+from membus.cli_showcase import bench, demo, eval_locomo
 from membus.errors import MembusError
 from membus.settings import Settings
 
@@ -37,14 +40,21 @@ app = typer.Typer(
 dlq_app = typer.Typer(
     help="Dead letters: events the writers could not process.", no_args_is_help=True
 )
+policy_app = typer.Typer(help="Permissions: reload the policy, ask what it allows.",
+                         no_args_is_help=True)  # fmt: skip
+keys_app = typer.Typer(help="API keys for `membus serve`.", no_args_is_help=True)
+eval_app = typer.Typer(help="Retrieval quality on public benchmarks.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(policy_app, name="policy")
+app.add_typer(keys_app, name="keys")
+app.add_typer(eval_app, name="eval")
 
 
 @app.callback()
 def _global(
     ctx: typer.Context,
     path: Annotated[
-        Path | None, typer.Option("--path", help="Data directory [env MEMBUS_PATH; ./.membus].")
+        Path | None, typer.Option("--path", help="Data directory (env MEMBUS_PATH; ./.membus).")
     ] = None,
     redis_url: Annotated[
         str | None, typer.Option("--redis-url", help="Redis URL; unset: embedded redis-server.")
@@ -55,12 +65,17 @@ def _global(
     store_url: Annotated[
         str | None, typer.Option("--store-url", help="Qdrant server URL (engine qdrant).")
     ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", help="Casbin policy csv (env MEMBUS_POLICY_FILE; none: open)."),
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     try:
         settings = Settings.load(
-            path=path, redis_url=redis_url, store_engine=store_engine, store_url=store_url
-        )
+            path=path, redis_url=redis_url, store_engine=store_engine, store_url=store_url,
+            policy_file=policy,
+        )  # fmt: skip
     except MembusError as exc:
         fail(exc, json_output)
     configure_logging(settings, json_output)
@@ -77,8 +92,15 @@ app.command()(optimize)
 dlq_app.command("list")(dlq_list)
 dlq_app.command("replay")(dlq_replay)
 dlq_app.command("drop")(dlq_drop)
+app.command()(forget)
+app.command()(audit)
+policy_app.command("check")(policy_check)
+policy_app.command("reload")(policy_reload)
+app.command()(serve)
+keys_app.command("new")(keys_new)
 app.command()(demo)
 app.command()(bench)
+eval_app.command("locomo")(eval_locomo)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from membus.bus import Bus
 from membus.cli_context import State
 from membus.embedder import HashingEmbedder, Vectors
 from membus.errors import Conflict, StoreLocked, Unavailable
+from membus.runtime import make_gate
 from membus.runtime import open as open_bus
 from membus.settings import Settings
 from membus.store import Hit, Memory, RecallFilter, StoreMeta
@@ -95,7 +96,9 @@ async def _redis_only(state: State) -> AsyncIterator[Bus]:
             await client.ping()
         except REDIS_DOWN as exc:
             raise unavailable(exc) from exc
-        yield Bus(client, _NoStore(), HashingEmbedder(config.embedder.dim), config)
+        # the configured policy applies here too: a Redis-only door is still a door
+        gate = await make_gate(config.policy, client)
+        yield Bus(client, _NoStore(), HashingEmbedder(config.embedder.dim), config, gate)
     finally:
         await client.aclose()
 

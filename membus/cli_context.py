@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -10,12 +11,18 @@ from typing import Annotated, TypeVar
 import anyio
 import anyio.abc
 import typer
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from membus.cli_output import fail
 from membus.envelope import validate_name
 from membus.errors import MembusError
 from membus.gate import Identity
 from membus.settings import Settings
+from membus.streams import unavailable
+
+# not streams.REDIS_DOWN: that includes OSError, and a missing file is no outage
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 
 T = TypeVar("T")
 
@@ -41,6 +48,33 @@ def run(state: State, fn: Callable[[], Awaitable[T]]) -> T:
         return anyio.run(fn)
     except MembusError as exc:
         fail(exc, state.json)
+    except _REDIS_DOWN as exc:
+        # a library call that did not translate its connection error: still "try again later"
+        fail(unavailable(exc), state.json)
+    except BaseExceptionGroup as group:
+        only = _sole(group)
+        if isinstance(only, MembusError):
+            fail(only, state.json)
+        if isinstance(only, _REDIS_DOWN):
+            fail(unavailable(only), state.json)
+        if isinstance(only, SystemExit):  # e.g. uvicorn's exit on a failed startup, logged
+            raise only from None
+        raise
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one real error inside (nested) task-group wrapping, ignoring cancellations."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        elif not isinstance(exc, asyncio.CancelledError):  # anyio.run runs asyncio
+            leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else None
 
 
 def identity(agent: str, tenant: str) -> Identity:

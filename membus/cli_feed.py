@@ -115,7 +115,7 @@ def recall(
     until: Annotated[str | None, typer.Option("--until", help="ISO time or 30m/2h/7d.")] = None,
     wait: Annotated[
         bool | None,
-        typer.Option("--wait/--no-wait", help="Drain pending events first [default: embedded]."),
+        typer.Option("--wait/--no-wait", help="Drain pending events first (default: embedded)."),
     ] = None,
     json_flag: JsonFlag = False,
 ) -> None:

@@ -17,7 +17,9 @@ from membus.cli_output import emit_json, print_dead_letters, print_stats, say
 from membus.dlq import DeadLetter, drop, list_dead, replay
 from membus.embedder import make_embedder
 from membus.errors import Conflict, InvalidInput
-from membus.runtime import connect, maintain_loop, make_store
+from membus.policy import CasbinGate
+from membus.runtime import connect, maintain_loop, make_gate, make_store
+from membus.signing import KeyRegistry
 from membus.store import StoreMeta
 from membus.streams import Redis
 from membus.worker import Writer, consumer_name
@@ -46,6 +48,9 @@ def worker(
                 stack, connect(config, settings.data_dir), settings
             )
             stop = anyio.Event()
+            # writers re-ask the gate for every event, so they follow the same policy as the doors
+            gate = await make_gate(config.policy, redis)
+            keys = KeyRegistry(redis)
             writers = [
                 Writer(
                     redis,
@@ -54,11 +59,15 @@ def worker(
                     config.worker,
                     consumer=consumer_name(n),
                     retention=config.retention if n == 0 else None,
+                    gate=gate,
+                    keys=keys,
                 )
                 for n in range(concurrency)
             ]
             async with anyio.create_task_group() as outer:
                 await outer.start(on_signals, stop, outer.cancel_scope)
+                if isinstance(gate, CasbinGate):
+                    await outer.start(gate.watch)  # policy changes from other processes
                 say(
                     state.json,
                     f"membus worker: {concurrency} writer(s) running; SIGTERM/Ctrl-C stops",

@@ -1,4 +1,4 @@
-"""``demo`` and ``bench``: optional showcases, imported by name only when asked for."""
+"""``demo``, ``bench`` and ``eval locomo``: optional showcases, imported by name when asked for."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import inspect
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import typer
@@ -59,5 +59,34 @@ def bench(
         run_bench = _load("membus.bench", "run_bench")
         result = run_bench(memories, json_output=state.json, embedder=embedder, quick=quick)
         _finish(result)
+    except MembusError as exc:
+        fail(exc, state.json)
+
+
+def eval_locomo(
+    ctx: typer.Context,
+    dataset: Annotated[
+        Path | None, typer.Option("--dataset", help="LoCoMo JSON (default: the shared copy).")
+    ] = None,
+    embedder: Annotated[
+        Literal["hashing", "minilm"], typer.Option("--embedder", help="hashing|minilm.")
+    ] = "hashing",
+    limit_conversations: Annotated[
+        int | None, typer.Option("--limit-conversations", min=1, help="Only the first N.")
+    ] = None,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Retrieval recall@k on LoCoMo per question category, beside a BM25 baseline
+    (in a fresh temp bus; prints a table, or one JSON object with --json)."""
+    state = command_state(ctx, json_flag)
+    # imported here: the evaluation is core, but nothing else needs it at startup
+    from membus.eval_locomo import DEFAULT_DATASET, run_eval
+
+    try:
+        # run_eval prints its own report; the returned dict is not printed again
+        run_eval(
+            dataset or DEFAULT_DATASET, embedder=embedder, json_output=state.json,
+            limit_conversations=limit_conversations,
+        )  # fmt: skip
     except MembusError as exc:
         fail(exc, state.json)

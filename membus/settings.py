@@ -8,20 +8,22 @@ CLI flags are passed as init arguments, which pydantic-settings ranks above the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from membus.config import (
     EmbedderConfig,
     MembusConfig,
+    PolicyConfig,
     RedisConfig,
     RetentionConfig,
     StoreConfig,
     WorkerConfig,
 )
-from membus.envelope import invalid_from
+from membus.envelope import invalid_from, validate_scope
+from membus.errors import InvalidInput
 from membus.runtime import DEFAULT_PATH, EMBEDDED_WORKER
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -53,12 +55,29 @@ class Settings(BaseSettings):
     writers: int | None = None
     log_level: LogLevel = "warning"
     log_json: bool = False
+    # permissions: a casbin policy csv, and/or lines shared through Redis (seeded from the file)
+    policy_file: Path | None = None
+    policy_shared: bool = False
+    policy_resync_s: float = 30.0
+    # NoDecode: a comma-separated list ("team,org"), not the JSON pydantic-settings expects
+    policy_redact_scopes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # `membus serve`: where to listen and the API keys file (`membus keys new` writes it)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    api_keys: Path | None = None
 
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @field_validator("policy_redact_scopes", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
         return v
 
     @field_validator("log_level", mode="before")
@@ -83,7 +102,15 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         return self.redis_url is None
 
+    def _checked_policy(self) -> None:
+        # caught here, not at the first request: a typo must not look like an outage (exit 4)
+        if self.policy_file is not None and not self.policy_file.is_file():
+            raise InvalidInput(f"policy file {self.policy_file} does not exist")
+        for scope in self.policy_redact_scopes:
+            validate_scope(scope)
+
     def to_config(self) -> MembusConfig:
+        self._checked_policy()
         # With embedded Redis every writer lives in one process, so start from the embedded
         # runtime's quick-retry defaults; explicitly set MEMBUS_WORKER__* fields still win.
         base = EMBEDDED_WORKER if self.embedded else WorkerConfig()
@@ -104,6 +131,12 @@ class Settings(BaseSettings):
                 embedder=EmbedderConfig(name=self.embedder, dim=self.embedder_dim),
                 worker=worker,
                 retention=self.retention,
+                policy=PolicyConfig(
+                    file=self.policy_file,
+                    shared=self.policy_shared,
+                    resync_s=self.policy_resync_s,
+                    redact_scopes=self.policy_redact_scopes,
+                ),
                 writers=self.writers if self.writers is not None else int(self.embedded),
             )
         except ValidationError as exc:

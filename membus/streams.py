@@ -70,7 +70,10 @@ async def ensure_group(redis: Redis, stream: str, group: str, start: str = "0") 
 
 
 async def tenants(redis: Redis) -> list[str]:
-    members: set[str] = await redis.smembers(tenants_key())  # type: ignore[assignment]
+    try:
+        members: set[str] = await redis.smembers(tenants_key())  # type: ignore[assignment]
+    except REDIS_DOWN as exc:
+        raise unavailable(exc) from exc
     return sorted(members)
 
 
@@ -141,6 +144,8 @@ async def group_stats(redis: Redis, stream: str) -> list[GroupStats]:
         info = await redis.xinfo_stream(stream)
     except ResponseError:
         return []
+    except REDIS_DOWN as exc:
+        raise unavailable(exc) from exc
     last = info.get("last-generated-id") or "0-0"
     out = []
     for g in groups:
@@ -149,9 +154,12 @@ async def group_stats(redis: Redis, stream: str) -> list[GroupStats]:
             delivered = g["last-delivered-id"]
             lag = 0
             if _id_tuple(delivered) < _id_tuple(last):
-                rest: list[Any] = await redis.xrange(  # type: ignore[assignment]
-                    stream, min=_next_id(delivered), max="+", count=100_000
-                )
+                try:
+                    rest: list[Any] = await redis.xrange(  # type: ignore[assignment]
+                        stream, min=_next_id(delivered), max="+", count=100_000
+                    )
+                except REDIS_DOWN as exc:
+                    raise unavailable(exc) from exc
                 lag = len(rest)
         out.append(GroupStats(stream, g["name"], int(g["pending"]), int(lag), int(g["consumers"])))
     return out
