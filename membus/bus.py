@@ -29,7 +29,7 @@ from membus.keys import TenantKeys
 from membus.redact import PiiRedactor, Redactor, needs_redaction, redact_event
 from membus.signing import KeyRegistry, publish_signed
 from membus.store import Hit, RecallFilter, Store
-from membus.streams import Redis, group_stats, idle, tenants
+from membus.streams import REDIS_DOWN, Redis, group_stats, idle, tenants, unavailable
 
 MAX_K = 1000
 
@@ -265,17 +265,30 @@ class Bus:
     async def stats(self) -> dict[str, Any]:
         """Stream lengths, pending, lag and DLQ size per tenant and group."""
         out: dict[str, Any] = {"tenants": {}, "memories": await self.store.count()}
-        for t in await tenants(self.redis):
-            keys = TenantKeys(t)
-            out["tenants"][t] = {
-                "events": await self.redis.xlen(keys.events),
-                "changes": await self.redis.xlen(keys.changes),
-                "dlq": await self.redis.xlen(keys.dlq),
-                "groups": [
-                    {"group": g.group, "pending": g.pending, "lag": g.lag, "consumers": g.consumers}
-                    for g in await group_stats(self.redis, keys.events)
-                ],
-            }
+        try:
+            for t in await tenants(self.redis):
+                keys = TenantKeys(t)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    lengths = (
+                        await pipe.xlen(keys.events).xlen(keys.changes).xlen(keys.dlq).execute()
+                    )
+                groups = await group_stats(self.redis, keys.events)
+                out["tenants"][t] = {
+                    "events": lengths[0],
+                    "changes": lengths[1],
+                    "dlq": lengths[2],
+                    "groups": [
+                        {
+                            "group": g.group,
+                            "pending": g.pending,
+                            "lag": g.lag,
+                            "consumers": g.consumers,
+                        }
+                        for g in groups
+                    ],
+                }
+        except REDIS_DOWN as exc:
+            raise unavailable(exc) from exc
         return out
 
 
