@@ -269,9 +269,9 @@ class Bus:
             for t in await tenants(self.redis):
                 keys = TenantKeys(t)
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    lengths = (
-                        await pipe.xlen(keys.events).xlen(keys.changes).xlen(keys.dlq).execute()
-                    )
+                    for key in (keys.events, keys.changes, keys.dlq):
+                        pipe.xlen(key)
+                    lengths = await pipe.execute()
                 groups = await group_stats(self.redis, keys.events)
                 out["tenants"][t] = {
                     "events": lengths[0],
