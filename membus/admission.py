@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from membus.envelope import Event
 from membus.erasure import erased
 from membus.gate import Gate, Identity
-from membus.signing import KeyRegistry, ReplayGuard, SignatureInvalid, verify
+from membus.replay import ReplayGuard
+from membus.signing import KeyRegistry, SignatureInvalid, verify
 from membus.streams import Redis
 
 Parsed = tuple[str, dict[str, str], Event]  # (entry id, stream fields, event)

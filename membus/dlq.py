@@ -24,7 +24,7 @@ from redis.exceptions import WatchError
 from membus.envelope import invalid_from, validate_name
 from membus.errors import Conflict, InvalidInput
 from membus.keys import TenantKeys
-from membus.signing import ReplayGuard
+from membus.replay import ReplayGuard
 from membus.streams import REDIS_DOWN, Redis, decode_fields, unavailable
 
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")

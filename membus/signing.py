@@ -32,7 +32,6 @@ import orjson
 import structlog
 from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
-from ulid import ULID
 
 from membus.envelope import Event, validate_name
 from membus.errors import Conflict, InvalidInput, MembusError
@@ -44,7 +43,6 @@ T = TypeVar("T")
 Reason = Literal[
     "unsigned", "unknown_key", "agent_mismatch", "key_revoked", "key_expired", "bad_signature"
 ]
-Verdict = Literal["new", "redelivery", "replay", "stale"]
 
 DEFAULT_GRACE_S: Final = 24 * 3600.0
 _KID = re.compile(r"[0-9a-f]{16,64}")
@@ -56,11 +54,6 @@ _CACHE_MAX: Final = 10_000
 def keys_key(tenant: str) -> str:
     """The tenant's key registry hash (same ``{tenant}`` hash tag as its streams)."""
     return f"{PREFIX}:{{{tenant}}}:keys"
-
-
-def seen_key(tenant: str, hour: int) -> str:
-    """One hour-bucket of event ids a writer has seen (bucketed so whole hours expire at once)."""
-    return f"{PREFIX}:{{{tenant}}}:seen:{hour}"
 
 
 class SignatureInvalid(MembusError):
@@ -376,90 +369,6 @@ async def verify(fields: dict[str, str], event: Event, registry: KeyRegistry) ->
 
 
 # -- replay ------------------------------------------------------------------------------------
-
-
-class ReplayGuard:
-    """Tells a writer whether an entry's event was seen before, and under which stream entry.
-
-    A reclaimed entry (same entry id) is a ``redelivery`` and must be processed; the same event
-    under a new entry id is a ``replay`` (someone re-XADDed a captured event). Ids are remembered
-    in hour buckets until the event falls out of ``window_s``; older events are ``stale`` since
-    their record may be gone. Verify the signature first: a forged entry must not claim an id.
-    """
-
-    def __init__(
-        self,
-        redis: Redis,
-        window_s: float = 24 * 3600.0,
-        *,
-        max_future_s: float = 3600.0,
-        clock: Clock = time.time,
-    ) -> None:
-        self.redis = redis
-        self.window_s = window_s
-        # ids are minted by bus processes; one dated far ahead would outlive its seen record
-        self.max_future_s = max_future_s
-        self._clock = clock
-
-    def slot(self, tenant: str, event_id: str) -> tuple[str, str]:
-        """(hash key, field) remembering ``event_id``: for HDEL inside another MULTI."""
-        return seen_key(tenant, self._ms(event_id) // 3_600_000), event_id
-
-    async def check(self, tenant: str, event_id: str, entry_id: str) -> Verdict:
-        return (await self.check_many(tenant, [(event_id, entry_id)]))[0]
-
-    async def check_many(self, tenant: str, items: Sequence[tuple[str, str]]) -> list[Verdict]:
-        """Verdicts for ``(event_id, entry_id)`` pairs in one round trip, in order (so a copy
-        in the same batch as its original is the ``replay``)."""
-        validate_name(tenant, "tenant")
-        now = self._clock()
-        verdicts: list[Verdict | None] = []
-        expiries: dict[str, int] = {}
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for event_id, entry_id in items:
-                try:
-                    ms = self._ms(event_id)
-                except InvalidInput:  # envelope-valid yet overflowing ids must not sink a batch
-                    ms = -1
-                if ms < 0 or ms / 1000 < now - self.window_s or ms / 1000 > now + self.max_future_s:
-                    verdicts.append("stale")
-                    continue
-                verdicts.append(None)
-                hour = ms // 3_600_000
-                key = seen_key(tenant, hour)
-                pipe.hsetnx(key, event_id, entry_id)
-                pipe.hget(key, event_id)
-                # the record outlives the moment its event turns stale: no replay slips between
-                expiries[key] = (hour + 1) * 3600 + int(self.window_s) + 3600
-            for key, at in expiries.items():
-                pipe.expireat(key, at)
-            try:
-                replies = await pipe.execute() if expiries else []
-            except REDIS_DOWN as exc:
-                raise unavailable(exc) from exc
-        out: list[Verdict] = []
-        pairs = iter(zip(replies[0::2], replies[1::2], strict=False))
-        for (_, entry_id), verdict in zip(items, verdicts, strict=True):
-            if verdict is None:
-                created, holder = next(pairs)
-                verdict = "new" if created else "redelivery" if holder == entry_id else "replay"
-            out.append(verdict)
-        return out
-
-    async def forget(self, tenant: str, event_id: str) -> None:
-        """Drop the record, e.g. before an operator re-publishes the event from the DLQ."""
-        key, fld = self.slot(tenant, event_id)
-        try:
-            await self.redis.hdel(key, fld)
-        except REDIS_DOWN as exc:
-            raise unavailable(exc) from exc
-
-    @staticmethod
-    def _ms(event_id: str) -> int:
-        try:
-            return ULID.from_str(event_id).milliseconds
-        except ValueError:
-            raise InvalidInput(f"event id {event_id!r} is not a ULID") from None
 
 
 async def publish_signed(redis: Redis, registry: KeyRegistry, events: Sequence[Event]) -> list[str]:

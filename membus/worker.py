@@ -32,9 +32,10 @@ from membus.errors import InvalidInput, MembusError, Unavailable
 from membus.feed import upsert_fields
 from membus.gate import Gate, OpenGate
 from membus.keys import TenantKeys, tenant_of
-from membus.signing import KeyRegistry, ReplayGuard
+from membus.replay import ReplayGuard
+from membus.signing import KeyRegistry
 from membus.store import Memory, Store
-from membus.streams import REDIS_DOWN, Redis, ensure_group, tenants, trim
+from membus.streams import REDIS_DOWN, Redis, ensure_group, is_cluster, tenants, trim
 
 Entry = tuple[str, dict[str, str] | None]
 
@@ -97,6 +98,8 @@ class Writer:
         self.retention = retention
         self.consumer = consumer or consumer_name()
         self._streams: list[str] = []
+        self._cluster = is_cluster(redis)
+        self._turn = 0  # on a cluster: the stream the next idle read blocks on
         self._tenants_at = 0.0
         self._reclaim_at = 0.0
         self._trim_at = time.monotonic()
@@ -148,12 +151,16 @@ class Writer:
             await anyio.sleep(self.config.block_ms / 1000)
             return []
         try:
-            batch: Any = await self.redis.xreadgroup(
-                self.config.group,
-                self.consumer,
-                dict.fromkeys(self._streams, ">"),
-                count=self.config.batch_size,
-                block=self.config.block_ms,
+            batch: Any = (
+                await self._read_cluster()
+                if self._cluster
+                else await self.redis.xreadgroup(
+                    self.config.group,
+                    self.consumer,
+                    dict.fromkeys(self._streams, ">"),
+                    count=self.config.batch_size,
+                    block=self.config.block_ms,
+                )
             )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -162,6 +169,29 @@ class Writer:
             await self._refresh_streams(recreate=True)
             return []
         return [await self._prepare(stream, entries) for stream, entries in batch or []]
+
+    async def _read_cluster(self) -> list[Any]:
+        """XREADGROUP over every stream on a cluster, where one call may only name one slot.
+
+        One non-blocking read per stream, pipelined (one round trip per node); when all come
+        back empty, one blocking read on a single stream (the next in turn) waits for work, so
+        an idle writer sleeps in Redis. An event for another tenant waits at most ``block_ms``
+        then, as it would behind a long batch anyway.
+        """
+        group, consumer, count = self.config.group, self.consumer, self.config.batch_size
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in self._streams:
+                pipe.xreadgroup(group, consumer, {stream: ">"}, count=count)
+            replies: list[Any] = await pipe.execute()
+        batch = [r[0] for r in replies if r]
+        if batch:
+            return batch
+        self._turn = (self._turn + 1) % len(self._streams)
+        res: Any = await self.redis.xreadgroup(
+            group, consumer, {self._streams[self._turn]: ">"}, count=count,
+            block=self.config.block_ms,
+        )  # fmt: skip
+        return list(res or [])
 
     async def _refresh_streams(self, recreate: bool = False) -> None:
         known = set(self._streams)

@@ -19,9 +19,9 @@ from ulid import ULID
 from membus.envelope import Event
 from membus.errors import InvalidInput
 from membus.keys import TenantKeys
+from membus.replay import ReplayGuard
 from membus.signing import (
     KeyRegistry,
-    ReplayGuard,
     SignatureInvalid,
     SigningKey,
     keys_key,
