@@ -1,0 +1,238 @@
+"""``membus mcp``: the MCP tools act as the connection's identity only, through the gate, with
+provenance in their structured results, and committed changes are announced to subscribers."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+import membus
+from membus.config import MembusConfig, RedisConfig
+from membus.gate import Gate
+from membus.policy import CasbinGate
+from membus.policy_watch import MemorySource
+from membus.port import AgentPort
+
+mcp = pytest.importorskip("mcp")
+
+from mcp import Client  # noqa: E402
+from mcp_types import CallToolResult  # noqa: E402
+
+from membus.mcp_server import CHANGES_URI, build_server  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+TENANT = "acme"
+
+
+@asynccontextmanager
+async def connected(
+    tmp_path: Path, redis_url: str, *, gate: Gate | None = None, mode: str = "auto", **kw: Any
+) -> AsyncIterator[tuple[membus.Bus, Client]]:
+    cfg = MembusConfig(redis=RedisConfig(url=redis_url))
+    async with membus.open(tmp_path / "bus", cfg, gate=gate) as bus:
+        server = build_server(AgentPort(bus.agent("alice", TENANT)))
+        async with Client(server, mode=mode, cache=None, **kw) as client:
+            yield bus, client
+
+
+async def call(client: Client, tool: str, **args: Any) -> CallToolResult:
+    result = await client.call_tool(tool, args)
+    assert isinstance(result, CallToolResult)
+    return result
+
+
+def ok(result: CallToolResult) -> dict[str, Any]:
+    assert not result.is_error, result.content
+    body = result.structured_content
+    assert isinstance(body, dict)
+    return body
+
+
+async def test_tools_declare_no_identity_arguments(tmp_path: Path, redis_url: str) -> None:
+    """No tool lets the caller name an agent or tenant, and none accepts undeclared arguments."""
+    async with connected(tmp_path, redis_url) as (_, client):
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert set(tools) == {"remember", "recall", "forget", "list_scopes"}
+        for tool in tools.values():
+            props = tool.input_schema.get("properties", {})
+            assert not {"agent", "tenant"} & set(props), tool.name
+            assert tool.input_schema.get("additionalProperties") is False, tool.name
+
+
+async def test_remember_then_recall_returns_provenance(tmp_path: Path, redis_url: str) -> None:
+    """remember publishes as the bound agent; after drain, recall finds it with its source."""
+    async with connected(tmp_path, redis_url) as (bus, client):
+        receipt = ok(
+            await call(
+                client, "remember", content="Refunds over 500 EUR need a lead's approval.",
+                scope="team/support", kind="fact", subject="refunds",
+            )
+        )  # fmt: skip
+        assert receipt["tenant"] == TENANT and receipt["scope"] == "team/support"
+        await bus.drain(10)
+        found = ok(await call(client, "recall", query="refund approval", scopes=["team/support"]))
+        [mem] = found["memories"]
+        assert mem["content"].startswith("Refunds over 500 EUR")
+        assert (mem["kind"], mem["subject"]) == ("fact", "refunds")
+        assert mem["provenance"]["agents"] == ["alice"]
+        assert mem["provenance"]["source_events"] == [receipt["event_id"]]
+        # the text content carries the same JSON for hosts that ignore structured content
+        assert orjson.loads(found_text(await call(client, "recall", query="refund"))) == ok(
+            await call(client, "recall", query="refund")
+        )
+        assert ok(await call(client, "list_scopes")) == {"scopes": ["team/support"]}
+
+
+def found_text(result: CallToolResult) -> str:
+    block = result.content[0]
+    assert block.type == "text"
+    return block.text
+
+
+async def test_forged_agent_or_tenant_is_refused(tmp_path: Path, redis_url: str) -> None:
+    """Arguments naming an agent or tenant are refused outright and nothing is published;
+    so is any undeclared argument."""
+    async with connected(tmp_path, redis_url) as (bus, client):
+        for forged in ({"agent": "bob"}, {"tenant": "globex"}, {"agent_id": "bob"}):
+            res = await call(client, "remember", content="I am bob", scope="team/x", **forged)
+            assert res.is_error
+            assert "alice@acme" in found_text(res) and "refused" in found_text(res)
+        res = await call(client, "recall", query="x", tenant="globex")
+        assert res.is_error
+        res = await call(client, "remember", content="x", scope="team/x", bogus=1)
+        assert res.is_error and "InvalidInput" in found_text(res)
+        stats = await bus.stats()
+        assert stats["tenants"].get(TENANT, {}).get("events", 0) == 0
+        assert "globex" not in stats["tenants"]
+
+
+async def test_forget_erases_a_memory(tmp_path: Path, redis_url: str) -> None:
+    """forget by memory id removes it; recall no longer finds it; no criterion is an error."""
+    async with connected(tmp_path, redis_url) as (_, client):
+        ok(await call(client, "remember", content="temp door code 4711", scope="team/ops",
+                      wait=True))  # fmt: skip
+        [mem] = ok(await call(client, "recall", query="door code"))["memories"]
+        gone = ok(await call(client, "forget", memory_id=mem["id"]))
+        assert gone == {"forgotten": 1, "memory_ids": [mem["id"]]}
+        assert ok(await call(client, "recall", query="door code"))["memories"] == []
+        assert (await call(client, "forget")).is_error
+
+
+async def test_the_gate_applies_to_tools(tmp_path: Path, redis_url: str) -> None:
+    """Where the policy does not let the bound agent write or read, the tool returns an error
+    result naming the denial, not a protocol failure."""
+    gate = CasbinGate(MemorySource("p, alice, acme, team/support/*, publish|recall, allow\n"))
+    async with connected(tmp_path, redis_url, gate=gate) as (_, client):
+        denied = await call(client, "remember", content="reorg plan", scope="org/plans")
+        assert denied.is_error
+        assert denied.structured_content is not None
+        assert denied.structured_content["error"] == "PermissionDenied"
+        assert "org/plans" in found_text(denied)
+        assert (await call(client, "recall", query="plan", scopes=["org"])).is_error
+        ok(await call(client, "remember", content="queue is long", scope="team/support"))
+        assert (await call(client, "forget", scope="team/support")).is_error
+
+
+async def test_changes_are_announced_to_listeners(tmp_path: Path, redis_url: str) -> None:
+    """A 2026-07-28 client listening on membus://changes hears of a committed memory and reads
+    it from the resource."""
+    async with connected(tmp_path, redis_url) as (bus, client):
+        async with client.listen(resource_subscriptions=[CHANGES_URI]) as sub:
+            ok(await call(client, "remember", content="deploy at noon", scope="team/ops"))
+            await bus.drain(10)
+            with anyio.fail_after(10):
+                async for event in sub:
+                    assert getattr(event, "uri", None) == CHANGES_URI
+                    break
+        body = await client.read_resource(CHANGES_URI)
+        text = body.contents[0].text  # type: ignore[union-attr]
+        changes = orjson.loads(text)["changes"]
+        assert [c["content"] for c in changes] == ["deploy at noon"]
+
+
+async def test_legacy_resource_subscribers_are_notified(tmp_path: Path, redis_url: str) -> None:
+    """A pre-2026 client using resources/subscribe gets notifications/resources/updated."""
+    updated = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        root = getattr(message, "root", message)
+        if getattr(root, "method", None) == "notifications/resources/updated":
+            updated.set()
+
+    legacy = connected(tmp_path, redis_url, mode="legacy", message_handler=on_message)
+    async with legacy as (bus, client):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # resources/subscribe is deprecated in 2026-07-28
+            await client.subscribe_resource(CHANGES_URI)
+        ok(await call(client, "remember", content="pager rotation changed", scope="team/ops"))
+        await bus.drain(10)
+        with anyio.fail_after(10):
+            await updated.wait()
+
+
+async def test_over_the_service_client(tmp_path: Path, redis_url: str) -> None:
+    """The same server over ClientPort (an API key against the HTTP service): the key is the
+    identity, remember(wait) is read-your-write, and forging is refused the same way."""
+    import httpx
+
+    from membus.client import Client as HttpClient
+    from membus.port import ClientPort
+    from membus.service import create_app
+    from membus.service_auth import ApiKeys
+
+    key = "mcp-key-0123456789abcdef"
+    cfg = MembusConfig(redis=RedisConfig(url=redis_url))
+    async with membus.open(tmp_path / "bus", cfg) as bus:
+        app = create_app(bus, ApiKeys.from_keys({key: ("acme", "carol")}))
+        transport = httpx.ASGITransport(app=app)
+        http = HttpClient("http://membus", key, transport=transport)
+        async with http, Client(build_server(ClientPort(http)), cache=None) as client:
+            ok(await call(client, "remember", content="cutover friday", scope="team/ops",
+                          wait=True))  # fmt: skip
+            [mem] = ok(await call(client, "recall", query="cutover"))["memories"]
+            assert mem["provenance"]["agents"] == ["carol"]
+            forged = await call(client, "recall", query="x", agent="alice")
+            assert forged.is_error and "carol@acme" in found_text(forged)
+            # no scope listing over HTTP yet: a clear error result, not a crash
+            listed = await call(client, "list_scopes")
+            assert listed.is_error and "Unavailable" in found_text(listed)
+
+
+async def test_api_key_binds_the_identity(tmp_path: Path, redis_url: str) -> None:
+    """`membus mcp` with MEMBUS_API_KEY on an embedded bus: the service's key file maps the key
+    to its agent; an unknown key fails at start."""
+    from membus.mcp_server import open_port
+    from membus.service_auth import hash_key
+    from membus.wire import Unauthenticated
+
+    key = "mbk_" + "k" * 32
+    keys = tmp_path / "keys.json"
+    keys.write_bytes(orjson.dumps({"keys": [{"sha256": hash_key(key), "agent": "dana",
+                                             "tenant": "acme"}]}))  # fmt: skip
+    cfg = MembusConfig(redis=RedisConfig(url=redis_url))
+    async with open_port(cfg, key, path=tmp_path / "bus", api_keys_file=keys) as port:
+        who = await port.whoami()
+        assert (who.agent, who.tenant) == ("dana", "acme")
+    with pytest.raises(Unauthenticated):
+        async with open_port(cfg, "mbk_wrong", path=tmp_path / "bus", api_keys_file=keys):
+            pass
+
+
+async def test_the_example_runs(tmp_path: Path) -> None:
+    """agents/mcp_example.py works offline: remember, notification, recall, refusal, scopes."""
+    from agents.mcp_example import run_example
+
+    out = await run_example(tmp_path / "example")
+    assert out["tools"] == ["forget", "list_scopes", "recall", "remember"]
+    assert out["notified"] == CHANGES_URI
+    assert out["recall"][0]["provenance"]["agents"] == ["alice"]
+    assert out["forged_refused"] is True
+    assert out["scopes"] == {"scopes": ["team/ops"]}
