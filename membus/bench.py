@@ -3,7 +3,9 @@
 Everything runs on a fresh embedded bus in a temp directory: raw Redis (pipelined XADD,
 XREADGROUP+XACK) on the bus's own redis-server under separate keys, raw Qdrant Edge upsert and
 filtered search, then ingest through ``Bus.publish_many`` until ``drain()``, recall through
-``Agent.recall`` after an explicit HNSW build, and publish->visible latency at a paced rate.
+``Agent.recall`` after an explicit HNSW build (at full size also with a casbin gate and over
+HTTP, interleaved: membus/bench_gate.py, membus/bench_http.py), publish->visible latency at a
+paced rate, and publish in process beside publish over HTTP.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ from rich.table import Table
 
 from membus import bench_raw as raw
 from membus import runtime
+from membus.bench_gate import (
+    TARGET_GATE_OVERHEAD_MS,
+    agent_door,
+    bench_gate,
+    recall_figures,
+    recall_phase,
+    recall_rows,
+)
+from membus.bench_http import http_figures, http_rows, publish_phase, recall_door, serve
 from membus.bus import Bus, Draft
 from membus.config import EmbedderConfig, MembusConfig
 from membus.errors import InvalidInput
@@ -45,7 +56,6 @@ from membus.keys import TenantKeys
 from membus.streams import group_stats
 
 PUBLISH_BATCH = 100
-RECALL_K = 5
 TARGET_INGEST_RATIO = 0.60
 TARGET_RECALL_P50_MS = 3.0
 TARGET_VISIBLE_P50_MS = 50.0
@@ -61,17 +71,18 @@ class Sizes:
     paced_rate: int
     paced_s: float
     floor_n: int
+    publish_batches: int  # per door (in process, HTTP), of bench_http.BATCH drafts each
     quick: bool = False
 
     @classmethod
     def of(cls, memories: int, quick: bool) -> Sizes:
         if quick:
             n = min(memories, 2_000)
-            return cls(n, n // 2, 500, 100, 1_000, 1.0, 50, quick=True)
+            return cls(n, n // 2, 500, 100, 1_000, 1.0, 50, 20, quick=True)
         if memories < 1_000:
             raise InvalidInput("memories must be at least 1000 (use quick=True for a smoke run)")
         small = 10_000 if memories >= 20_000 else memories // 2
-        return cls(memories, small, min(10_000, memories // 5), 500, 1_000, 5.0, 300)
+        return cls(memories, small, min(10_000, memories // 5), 500, 1_000, 5.0, 300, 100)
 
 
 def run_bench(
@@ -182,29 +193,6 @@ async def _optimize(bus: Bus, progress: Progress, label: str) -> float:
     return elapsed
 
 
-async def _recall(bus: Bus, sizes: Sizes, progress: Progress, label: str) -> dict[str, float]:
-    """Agent.recall latency and raw filtered search on the same indexed shard."""
-    qs = raw.queries(sizes.queries)
-    requests = raw.search_requests(bus.embedder.embed(qs), RECALL_K, raw.RECALL_SCOPE)
-    raw_lat = raw.raw_search(raw.edge_shard(bus.store), requests)
-    agent = bus.agent("bench-reader", raw.TENANT)
-    for text in qs[:10]:  # warm-up
-        await agent.recall(text, k=RECALL_K, scopes=[raw.RECALL_SCOPE])
-    task = progress.add_task(label, total=len(qs))
-    lat: list[float] = []
-    hits = 0
-    for text in qs:
-        t0 = time.perf_counter()
-        found = await agent.recall(text, k=RECALL_K, scopes=[raw.RECALL_SCOPE])
-        lat.append(time.perf_counter() - t0)
-        hits += len(found)
-        progress.advance(task)
-    progress.remove_task(task)
-    p50, p99 = raw.percentiles(lat)
-    r50, r99 = raw.percentiles(raw_lat)
-    return {"p50": p50, "p99": p99, "raw_p50": r50, "raw_p99": r99, "hits": hits / len(qs)}
-
-
 async def _visible(bus: Bus, sizes: Sizes, progress: Progress) -> dict[str, float]:
     """Publish one event at a time at ``paced_rate`` while a subscriber times each change."""
     agent = bus.agent("bench-live", raw.TENANT)
@@ -291,17 +279,24 @@ async def _bench(
             small, rest = everything[: sizes.small], everything[sizes.small :]
             t_small = sizes.small / await _ingest(bus, small, progress, f"ingest 0..{sizes.small}")
             build_small = await _optimize(bus, progress, f"index build @ {sizes.small}")
-            rec_small = await _recall(bus, sizes, progress, f"recall @ {sizes.small}")
+            rec_small = await recall_phase(bus, sizes.queries, progress, f"recall @ {sizes.small}")
             t_rest = len(rest) / await _ingest(bus, rest, progress, f"ingest ..{sizes.memories}")
             build = await _optimize(bus, progress, f"index build @ {sizes.memories}")
             committed = await bus.store.count(raw.TENANT) - 1  # minus the warm-up event
-            rec = await _recall(bus, sizes, progress, f"recall @ {sizes.memories}")
-            vis = await _visible(bus, sizes, progress)
+            async with serve(bus) as client:
+                more = {"gated": agent_door(bus, await bench_gate()),
+                        "http": recall_door(client, bus, bus.gate)}  # fmt: skip
+                label = f"recall @ {sizes.memories}: open/casbin/HTTP"
+                rec = await recall_phase(bus, sizes.queries, progress, label, more)
+                vis = await _visible(bus, sizes, progress)
+                pub = await publish_phase(
+                    bus, client, sizes.queries, sizes.publish_batches, progress
+                )
     finally:
         await store.close()  # idempotent
     ingest = sizes.memories / (t_small + t_rest)
     return _result(sizes, emb, writers, trial, rawf, ingest, committed, build, build_small,
-                   rec_small, rec, vis)  # fmt: skip
+                   rec_small, rec, vis, pub)  # fmt: skip
 
 
 def _result(
@@ -314,16 +309,17 @@ def _result(
     committed: int,
     build: float,
     build_small: float,
-    rec_small: dict[str, float],
-    rec: dict[str, float],
+    rec_small: dict[str, Any],
+    rec: dict[str, Any],
     vis: dict[str, float],
+    pub: dict[str, float],
 ) -> dict[str, Any]:
     def r(x: float, nd: int = 3) -> float:
         return round(float(x), nd)
 
     ratio = ingest / rawf["upsert"]
     rate_reached = vis["rate"] >= 0.9 * sizes.paced_rate
-    recall_ratio = rec["p50"] / rec["raw_p50"] if rec["raw_p50"] else 0.0
+    recall = recall_figures(sizes.small, rec_small, rec)
     return {
         "memories": sizes.memories,
         "memories_committed": committed,
@@ -338,15 +334,8 @@ def _result(
         "raw_xreadgroup_ack_per_s": r(rawf["read_ack"], 1),
         "index_build_s": r(build),
         "index_build_10k_s": r(build_small),
-        "recall_10k_memories": sizes.small,
-        **{
-            f"{name}{at}{pct}_ms": r(src[key])
-            for at, src in (("10k_", rec_small), ("", rec))
-            for pct in ("p50", "p99")
-            for name, key in (("recall_", pct), ("raw_search_", f"raw_{pct}"))
-        },
-        "recall_ratio": r(recall_ratio),
-        "recall_hits_per_query": r(rec["hits"], 2),
+        **recall,
+        **http_figures(rec, pub),
         "visible_p50_ms": r(vis["p50"]),
         "visible_p99_ms": r(vis["p99"]),
         "visible_target_rate_per_s": sizes.paced_rate,
@@ -358,6 +347,7 @@ def _result(
         "targets": {
             "ingest_ratio_ge_0_60": ratio >= TARGET_INGEST_RATIO,
             "recall_p50_le_3ms": rec["p50"] <= TARGET_RECALL_P50_MS,
+            "gate_overhead_le_1ms": recall["gate_overhead_p50_ms"] <= TARGET_GATE_OVERHEAD_MS,
             # only met if the paced rate was actually sustained, not just a low p50
             "visible_p50_le_50ms": vis["p50"] <= TARGET_VISIBLE_P50_MS and rate_reached,
         },
@@ -401,19 +391,7 @@ def report_table(res: dict[str, Any]) -> Table:
         ">= 60% of raw",
         ok(t["ingest_ratio_ge_0_60"]),
     )
-    for at, pre in ((small, "recall_10k_"), (n, "recall_")):
-        rp = "raw_search_10k_" if pre == "recall_10k_" else "raw_search_"
-        for pct in ("p50", "p99"):
-            main = pct == "p50" and at == n
-            mine, base = res[f"{pre}{pct}_ms"], res[f"{rp}{pct}_ms"]
-            table.add_row(
-                f"recall {pct} @ {at:,}, ms (vs filtered search)",
-                f"{mine:.2f}",
-                f"{base:.2f}",
-                f"{mine / base:.1f}x" if base else "-",
-                "<= 3 ms" if main else "",
-                ok(t["recall_p50_le_3ms"]) if main else "",
-            )
+    recall_rows(table, res, ok)
     for pct in ("p50", "p99"):
         mine, base = res[f"visible_{pct}_ms"], res[f"raw_visible_floor_{pct}_ms"]
         table.add_row(
@@ -430,6 +408,7 @@ def report_table(res: dict[str, Any]) -> Table:
         f"HNSW build @ {small:,} / {n:,}, s",
         f"{res['index_build_10k_s']:.1f} / {res['index_build_s']:.1f}",
     )
+    http_rows(table, res)
     trial = ", ".join(f"{w}: {v:,.0f}/s" for w, v in res["writers_trial_events_per_s"].items())
     table.add_row("writers trial", trial)
     return table

@@ -1,9 +1,12 @@
 """``membus bench`` smoke run: the quick benchmark completes on a real embedded bus and reports
-every figure the CLI and the README quote, as one JSON object on stdout."""
+every figure the CLI and the README quote, as one JSON object on stdout: among them the casbin
+gate's overhead on recall (permission issue) and the HTTP row beside in-process (enterprise
+issue)."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -23,6 +26,18 @@ POSITIVE = (
     "raw_search_p50_ms",
     "recall_ratio",
     "recall_10k_p50_ms",
+    # the casbin gate, interleaved with the open gate on the same queries and store state
+    "recall_gated_p50_ms",
+    "recall_gated_p99_ms",
+    # the service over the same bus on localhost, each figure beside its in-process one
+    "http_publish_events_per_s",
+    "publish_events_per_s",
+    "http_publish_ratio",
+    "http_publish_p50_ms",
+    "publish_p50_ms",
+    "http_recall_p50_ms",
+    "http_recall_p99_ms",
+    "http_recall_ratio",
 )
 PRESENT = ("index_build_s", "embedder", "machine", "membus_version", "targets")
 
@@ -45,3 +60,10 @@ def test_quick_bench_reports_every_figure_as_one_json_object(
     assert result["visible_missing"] == 0
     assert result["machine"]["cpus"] >= 1 and result["machine"]["python"]
     assert result["embedder"] == "hashing"
+    # a difference of two p50s: may be <= 0 on a noisy machine, but always a number
+    overhead = result["gate_overhead_p50_ms"]
+    assert isinstance(overhead, float) and math.isfinite(overhead)
+    assert isinstance(result["targets"]["gate_overhead_le_1ms"], bool)
+    # the policy lets the reader see all of the bench scope; the HTTP door finds the same
+    assert result["recall_gated_hits_per_query"] == result["recall_hits_per_query"]
+    assert result["http_recall_hits_per_query"] == result["recall_hits_per_query"]
