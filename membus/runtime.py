@@ -81,7 +81,10 @@ async def connect(
         url = config.redis.url
         if url is None:
             server = EmbeddedRedis(root / "redis")
-            url = await anyio.to_thread.run_sync(server.start)
+            # On the event loop's thread, not a worker thread: PR_SET_PDEATHSIG fires when the
+            # *thread* that forked the child exits, and anyio retires idle worker threads after
+            # 10 s, which killed the embedded redis-server under a long-running bus.
+            url = server.start()
             stack.callback(server.stop)
         client = redis_client(url, config.redis.socket_timeout_s)
         stack.push_async_callback(client.aclose)

@@ -3,6 +3,7 @@ under one directory; closing and reopening (even after the host is SIGKILLed) lo
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -114,3 +115,18 @@ async def test_host_process_sigkilled_after_publish_loses_nothing(tmp_path: Path
     async with membus.open(tmp_path, WRITERS) as bus:
         await bus.drain(timeout_s=15)
         assert await bus.store.count("acme") == n
+
+
+@pytest.mark.anyio
+async def test_embedded_redis_outlives_retired_worker_threads(tmp_path: Path) -> None:
+    """The death signal of the redis child is bound to the forking thread: it must not be a
+    worker thread that anyio retires after 10 s idle (that killed long-running buses)."""
+    async with membus.open(tmp_path / "bus") as bus:
+        agent = bus.agent("a", tenant="t")
+        # several worker threads exist, then all go idle past anyio's 10 s retirement
+        await asyncio.gather(*[anyio.to_thread.run_sync(time.sleep, 0.05) for _ in range(4)])
+        await anyio.sleep(11)
+        await anyio.to_thread.run_sync(time.sleep, 0.01)
+        await agent.publish("still here", scope="team/x")
+        await bus.drain(timeout_s=10)
+        assert [h.memory.content for h in await agent.recall("still here")] == ["still here"]
