@@ -41,7 +41,9 @@ _FIELD = "a"  # the one stream field (the script below writes it too)
 _PAGE = 500
 _CHUNK = 1000  # records per script call: bounds how long one call holds Redis
 # One script call appends a tenant's whole batch: redis-py costs ~20 µs per pipelined command in
-# Python, the script ~3 µs per record. ARGV[1] is the MINID trim point ('' = not due).
+# Python, the script ~3 µs per record. ARGV[1] is the MINID trim point ('' = not due). Sent with
+# EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT, and on a cluster each master would
+# need the script loaded (and loses it on restart); Redis caches the compiled script anyway.
 _APPEND = """
 for i = 2, #ARGV do
   redis.call('XADD', KEYS[1], '*', 'a', ARGV[i])
@@ -136,7 +138,6 @@ class AuditLog:
         self.written = 0
         self.dropped = 0
         self._buffer: list[tuple[str, bytes]] = []
-        self._append = redis.register_script(_APPEND)
         # created by run(): anyio events need a running event loop
         self._wake: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
@@ -189,9 +190,7 @@ class AuditLog:
                 for key, docs in by_key.items():
                     for n in range(0, len(docs), _CHUNK):
                         trim = cutoff if key in due and n == 0 else ""
-                        await self._append(
-                            keys=[key], args=[trim, *docs[n : n + _CHUNK]], client=pipe
-                        )
+                        pipe.eval(_APPEND, 1, key, trim, *docs[n : n + _CHUNK])
                 await pipe.execute()
         except REDIS_DOWN as exc:
             self._failing = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Config(BaseModel):
@@ -17,6 +17,14 @@ class RedisConfig(_Config):
 
     url: str | None = None
     socket_timeout_s: float = 10.0
+    # url names one node of a Redis Cluster (the client discovers the others); needs url
+    cluster: bool = False
+
+    @model_validator(mode="after")
+    def _cluster_needs_url(self) -> RedisConfig:
+        if self.cluster and self.url is None:
+            raise ValueError("cluster=True needs url (the embedded redis-server is not a cluster)")
+        return self
 
 
 class StoreConfig(_Config):

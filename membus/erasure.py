@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
-from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError, WatchError
 
 from membus.envelope import validate_name, validate_scope
@@ -40,7 +40,7 @@ from membus.errors import InvalidInput
 from membus.feed import Change
 from membus.keys import PREFIX, TenantKeys
 from membus.store import Memory, Store, check_ids, point_id
-from membus.streams import REDIS_DOWN, Redis, decode_fields, unavailable
+from membus.streams import REDIS_DOWN, Pipe, Redis, decode_fields, unavailable
 
 _PAGE = 500
 _PASSES = 2
@@ -289,16 +289,22 @@ async def _notify(redis: Redis, tenant: str, memories: Iterable[Memory]) -> int:
     return len(rows)
 
 
-async def _rewrite_aof(redis: Redis) -> str:
-    """Best effort: the AOF on disk still holds what was just deleted until it is rewritten."""
+async def _rewrite_aof(redis: Redis, tenant: str) -> str:
+    """Best effort: the AOF on disk still holds what was just deleted until it is rewritten.
+
+    On a cluster only the master owning the tenant's slot held its keys, so only it rewrites.
+    """
+    target: dict[str, Any] = {}
+    if isinstance(redis, RedisCluster):
+        target["target_nodes"] = redis.get_node_from_key(tombstones_key(tenant))
     try:
-        conf = await redis.config_get("appendonly")
+        conf = await redis.config_get("appendonly", **target)
         if conf.get("appendonly") == "no":
             return "off"
     except ResponseError:
         pass  # CONFIG disabled (managed Redis): try anyway
     try:
-        await redis.bgrewriteaof()
+        await redis.execute_command("BGREWRITEAOF", **target)
         return "started"
     except ResponseError as exc:
         return "in_progress" if "in progress" in str(exc) else "failed"
@@ -344,7 +350,7 @@ async def forget(
         for _ in range(_PASSES):
             await _pass(redis, store, crit, st, group)
         notices = await _notify(redis, tenant, st.deleted.values()) if notify else 0
-        aof = await _rewrite_aof(redis)
+        aof = await _rewrite_aof(redis, tenant)
     except REDIS_DOWN as exc:
         raise unavailable(exc) from exc
     report = ErasureReport(
@@ -365,7 +371,7 @@ async def forget(
 # -- the writer's side --------------------------------------------------------------------------
 
 
-async def _tombstoned(redis: Redis | Pipeline, tenant: str, ids: Sequence[str]) -> set[str]:
+async def _tombstoned(redis: Redis | Pipe, tenant: str, ids: Sequence[str]) -> set[str]:
     if not ids:
         return set()
     found: Any = await redis.hmget(tombstones_key(tenant), list(ids))

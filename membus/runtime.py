@@ -15,6 +15,8 @@ from pathlib import Path
 import anyio
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from membus.audit import AuditLog
 from membus.bus import Bus
@@ -25,7 +27,7 @@ from membus.gate import Gate, OpenGate
 from membus.policy import CasbinGate
 from membus.policy_watch import FileSource, PolicySource, PolicyWatcher, RedisSource
 from membus.store import Store, StoreMeta
-from membus.streams import redis_client
+from membus.streams import REDIS_DOWN, Redis, redis_client, unavailable
 from membus.worker import Writer, consumer_name
 
 DEFAULT_PATH = Path(".membus")
@@ -70,7 +72,7 @@ async def make_gate(policy: PolicyConfig, redis: aioredis.Redis) -> Gate:
 @asynccontextmanager
 async def connect(
     config: MembusConfig, root: Path, embedder: Embedder | None = None
-) -> AsyncIterator[tuple[aioredis.Redis, Store, Embedder]]:
+) -> AsyncIterator[tuple[Redis, Store, Embedder]]:
     """Open store, Redis (embedded unless configured) and embedder; close them in reverse."""
     async with AsyncExitStack() as stack:
         embedder = embedder or make_embedder(config.embedder.name, config.embedder.dim)
@@ -86,8 +88,15 @@ async def connect(
             # 10 s, which killed the embedded redis-server under a long-running bus.
             url = server.start()
             stack.callback(server.stop)
-        client = redis_client(url, config.redis.socket_timeout_s)
+        client = redis_client(url, config.redis.socket_timeout_s, cluster=config.redis.cluster)
         stack.push_async_callback(client.aclose)
+        if isinstance(client, RedisCluster):
+            # learn the slot map now: an unreachable cluster fails here, typed, and pub/sub
+            # (the policy watcher) needs the map before any other command has loaded it
+            try:
+                await client.initialize()
+            except (RedisClusterException, *REDIS_DOWN) as exc:
+                raise unavailable(exc) from exc
         yield client, store, embedder
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import anyio
 import structlog
-from redis.exceptions import ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import AskError, MovedError, ResponseError
 
 from membus.admission import Admission, Parsed
 from membus.audit import AuditLog, AuditRecord
@@ -35,7 +36,14 @@ from membus.keys import TenantKeys, tenant_of
 from membus.replay import ReplayGuard
 from membus.signing import KeyRegistry
 from membus.store import Memory, Store
-from membus.streams import REDIS_DOWN, Redis, ensure_group, is_cluster, tenants, trim
+from membus.streams import (
+    REDIS_DOWN,
+    NodeClients,
+    Redis,
+    ensure_group,
+    tenants,
+    trim,
+)
 
 Entry = tuple[str, dict[str, str] | None]
 
@@ -98,7 +106,9 @@ class Writer:
         self.retention = retention
         self.consumer = consumer or consumer_name()
         self._streams: list[str] = []
-        self._cluster = is_cluster(redis)
+        # on a cluster the commit MULTI goes straight to the slot's master (see NodeClients)
+        self._nodes = NodeClients(redis) if isinstance(redis, RedisCluster) else None
+        self._cluster = self._nodes is not None
         self._turn = 0  # on a cluster: the stream the next idle read blocks on
         self._tenants_at = 0.0
         self._reclaim_at = 0.0
@@ -113,15 +123,20 @@ class Writer:
         """Consume until ``stop`` is set; the batch in hand is finished first."""
         self._log.info("writer.start", group=self.config.group)
         backoff = 0.1
-        while not stop.is_set():
-            try:
-                await self.step()
-                backoff = 0.1
-            except (Unavailable, *REDIS_DOWN) as exc:
-                self._log.warning("writer.unavailable", error=str(exc), retry_in_s=backoff)
-                with anyio.move_on_after(backoff):
-                    await stop.wait()
-                backoff = min(backoff * 2, 5.0)
+        try:
+            while not stop.is_set():
+                try:
+                    await self.step()
+                    backoff = 0.1
+                except (Unavailable, *REDIS_DOWN) as exc:
+                    self._log.warning("writer.unavailable", error=str(exc), retry_in_s=backoff)
+                    with anyio.move_on_after(backoff):
+                        await stop.wait()
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            if self._nodes is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._nodes.aclose()
         self._log.info("writer.stop", processed=self.processed, parked=self.parked)
 
     async def step(self) -> int:
@@ -296,11 +311,21 @@ class Writer:
         await self.store.upsert(memories, vectors)
         # change entries + XACK in one MULTI, WATCHing tombstones: a forget that lands between
         # our check and here makes us skip (and un-write) what it erased
-        skipped = await commit_unless_erased(
-            self.redis, keys.tenant, stream, self.config.group,
-            [(eid, e.id) for eid, e in events],
-            [(m, upsert_fields(m, m.source_events)) for m in memories],
-        )  # fmt: skip
+        entries = [(eid, e.id) for eid, e in events]
+        changes = [(m, upsert_fields(m, m.source_events)) for m in memories]
+        via: Redis = self._nodes.for_key(stream) if self._nodes is not None else self.redis
+        try:
+            skipped = await commit_unless_erased(
+                via, keys.tenant, stream, self.config.group, entries, changes
+            )
+        except (MovedError, AskError):
+            assert self._nodes is not None  # only a cluster redirects
+            # nothing was applied (MOVED/ASK come before EXEC runs anything): learn the new
+            # slot map and let the cluster pipeline, which follows redirections, commit
+            await self._nodes.refresh()
+            skipped = await commit_unless_erased(
+                self.redis, keys.tenant, stream, self.config.group, entries, changes
+            )
         if skipped:
             await self.store.delete(keys.tenant, sorted(skipped))
         self.processed += len(events)
