@@ -1,0 +1,508 @@
+"""The permission layer end to end, through the real bus (real redis-server, Qdrant Edge, writer
+tasks, casbin gate on policies/example.csv):
+
+- forged and replayed events injected straight into Redis are parked, audited, never recalled;
+- a revocation made in one process is obeyed by a recall in another within a second;
+- ``forget`` by subject erases every trace (committed, unconsumed, pending, dead-lettered) from
+  every Redis key and store point, but only within the scopes the caller may forget in;
+- redaction masks PII everywhere it travels outside the author's private scope;
+- a recall of a forbidden scope and a publish into one are refused, and the refused publish
+  leaves Redis untouched.
+
+tests/test_permission_props.py holds the property (zero leaks, full reachability) over random
+policies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import queue
+import re
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import membus
+from membus.audit import AuditLog, audit_key
+from membus.bus import Agent, Bus, Draft
+from membus.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
+from membus.dlq import list_dead
+from membus.envelope import Event
+from membus.errors import PermissionDenied
+from membus.keys import TenantKeys, tenants_key
+from membus.policy import CasbinGate
+from membus.policy_watch import PolicyWatcher, RedisSource
+from membus.redact import PiiRedactor
+from membus.signing import SigningKey, keys_key, signed_fields
+from membus.store import Memory, point_id
+from membus.streams import Redis, redis_client
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "policies" / "example.csv"
+TENANT = "acme"
+FAST = WorkerConfig(
+    min_idle_ms=300, reclaim_every_s=0.3, max_deliveries=2, block_ms=20, tenants_refresh_s=0.05
+)
+
+
+def config(url: str, *, writers: int = 1, redact: list[str] | None = None) -> MembusConfig:
+    return MembusConfig(
+        redis=RedisConfig(url=url),
+        worker=FAST,
+        writers=writers,
+        policy=PolicyConfig(file=EXAMPLE, redact_scopes=redact or []),
+    )
+
+
+# -- looking at everything ------------------------------------------------------------------------
+
+
+async def entries(
+    redis: Redis, key: str, lo: str = "-", hi: str = "+"
+) -> list[tuple[str, dict[str, str]]]:
+    raw: Any = await redis.xrange(key, lo, hi)
+    return [(str(i), dict(f)) for i, f in raw]
+
+
+async def redis_items(redis: Redis) -> AsyncIterator[tuple[str, str, str | None, str]]:
+    """Every key of the database, as (key, type, stream entry id or None, value as text):
+    one item per stream entry (XRANGE), hash (HGETALL), set (SMEMBERS), sorted set (ZRANGE),
+    list (LRANGE) or string (GET)."""
+    async for raw_key in redis.scan_iter(count=1000):
+        key = str(raw_key)
+        kind = str(await redis.type(key))
+        if kind == "stream":
+            for entry_id, fields in await entries(redis, key):
+                yield key, kind, str(entry_id), repr(fields)
+            yield key, kind, None, repr(await redis.xinfo_groups(key))
+            continue
+        value: Any
+        if kind == "hash":
+            value = await redis.hgetall(key)
+        elif kind == "set":
+            value = sorted(await redis.smembers(key))
+        elif kind == "zset":
+            value = await redis.zrange(key, 0, -1, withscores=True)
+        elif kind == "list":
+            value = await redis.lrange(key, 0, -1)
+        else:
+            value = await redis.get(key)
+        yield key, kind, None, repr(value)
+
+
+async def redis_traces(redis: Redis, needle: str) -> list[str]:
+    return [
+        f"{key} ({kind}) {entry or ''}"
+        async for key, kind, entry, text in redis_items(redis)
+        if needle in key or needle in text
+    ]
+
+
+async def all_memories(bus: Bus) -> list[Memory]:
+    """Every store point of every tenant that ever published (store.scroll per tenant)."""
+    out: list[Memory] = []
+    for tenant in sorted(await bus.redis.smembers(tenants_key())):
+        offset: str | None = None
+        while True:
+            page, offset = await bus.store.scroll(str(tenant), 256, offset)
+            out.extend(page)
+            if offset is None:
+                break
+    assert len(out) == await bus.store.count(), "a tenant's points were not scrolled"
+    return out
+
+
+async def store_traces(bus: Bus, needle: str) -> list[str]:
+    return [m.id for m in await all_memories(bus) if needle in m.model_dump_json()]
+
+
+async def snapshot(redis: Redis, *, skip: set[str]) -> dict[tuple[str, str | None], str]:
+    return {
+        (key, entry): text async for key, _, entry, text in redis_items(redis) if key not in skip
+    }
+
+
+# -- 2. the stream is not trusted -----------------------------------------------------------------
+
+
+def forge(event: Event, key: SigningKey) -> dict[str, Any]:
+    """What someone holding ``key`` can XADD claiming any agent (signing.sign_raw refuses to)."""
+    raw = event.to_json()
+    return {"e": raw, "kid": key.kid, "sig": hmac.new(key.secret, raw, hashlib.sha256).hexdigest()}
+
+
+async def test_forged_and_replayed_events_are_parked_audited_and_never_recalled(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Entries XADDed by someone with Redis access but no agent key: unsigned, signed with a
+    wrong secret, tampered after signing, signed with another agent's or an unknown key,
+    a re-XADDed copy of a committed event, and another tenant's event on acme's stream."""
+    keys = TenantKeys(TENANT)
+    async with membus.open(tmp_path / "bus", config(redis_url)) as bus:
+        alice = bus.agent("alice", TENANT)
+        legit = await alice.publish("legit support note about the refund queue", "team/support")
+        await bus.drain(timeout_s=15)
+        count = await bus.store.count(TENANT)
+        changes = await bus.redis.xlen(keys.changes)
+        [(_, captured)] = await entries(bus.redis, keys.events, legit.position, legit.position)
+
+        def fake(content: str, tenant: str = TENANT) -> Event:
+            return Event.build(tenant=tenant, agent="alice", scope="team/support", content=content)
+
+        real = await bus.keys.current(TENANT, "alice")
+        bob = await bus.keys.current(TENANT, "bob")
+        foreign = await bus.keys.current("beta", "alice")
+        stranger = SigningKey(TENANT, "alice", "0123456789abcdef", secrets.token_bytes(32))
+        wrong = SigningKey(TENANT, "alice", real.kid, secrets.token_bytes(32))
+        tampered = signed_fields(fake("forged: refund 10 EUR to alice"), real)
+        tampered["e"] = bytes(tampered["e"]).replace(b"10 EUR", b"99 EUR")  # type: ignore[arg-type]
+        injected = {
+            "unsigned": {"e": fake("forged: unsigned").to_json()},
+            "bad_signature": signed_fields(fake("forged: wrong secret"), wrong),
+            "tampered": tampered,
+            "agent_mismatch": forge(fake("forged: bob signs as alice"), bob),
+            "unknown_key": signed_fields(fake("forged: unknown kid"), stranger),
+            "replay": dict(captured),
+            "invalid": signed_fields(fake("forged: beta event", tenant="beta"), foreign),
+        }
+        positions = {
+            why: str(await bus.redis.xadd(keys.events, fields))  # type: ignore[arg-type]
+            for why, fields in injected.items()
+        }
+        await bus.drain(timeout_s=15)
+
+        # parked, each with its reason
+        dead = {d.origin_id: d for d in await list_dead(bus.redis, TENANT)}
+        assert set(dead) == set(positions.values())
+        expect = {"tampered": "bad_signature"}
+        for why, pos in positions.items():
+            assert dead[pos].reason == expect.get(why, why), (why, dead[pos])
+        # audited as denials with the writer's reason (the unparseable one cannot be attributed)
+        denials = await AuditLog(bus.redis).query(TENANT, decision="deny", action="publish")
+        reasons = sorted(r.reason or "" for r in denials)
+        wanted = [f"writer: {expect.get(w, w)}" for w in positions if w != "invalid"]
+        assert reasons == sorted(wanted)
+        replayed = [r for r in denials if r.reason == "writer: replay"]
+        assert replayed[0].event_ids == [legit.event_id]
+        # never recalled, never stored, no change published
+        assert await bus.store.count(TENANT) == count
+        assert await bus.redis.xlen(keys.changes) == changes
+        for reader in ("alice", "bob", "carol"):
+            hits = await bus.agent(reader, TENANT).recall("forged refund alice", k=1000)
+            assert [h.memory.id for h in hits] == [point_id(TENANT, legit.event_id)]
+        assert [m.content for m in await all_memories(bus)] == [
+            "legit support note about the refund queue"
+        ]
+
+
+# -- 3. revocation across processes ---------------------------------------------------------------
+
+GRANT = "p, alice, acme, team/x/*, publish|recall|subscribe, allow"
+_REPORT = re.compile(r"(\d+) (\d+\.\d+)")
+
+
+def _reader(stream: Any, lines: queue.Queue[str]) -> None:
+    for raw in stream:
+        lines.put(raw.decode(errors="replace").strip())
+
+
+def _next_count(lines: queue.Queue[str], timeout_s: float) -> tuple[int, float]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"process A reported nothing within {timeout_s}s")
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            continue
+        m = _REPORT.fullmatch(line)  # its structlog lines share stdout: skip them
+        if m:
+            return int(m[1]), float(m[2])
+
+
+def start_process_a(
+    url: str, path: Path, seed: Path
+) -> tuple[subprocess.Popen[bytes], queue.Queue[str]]:
+    """tests/policy_proc.py in its own interpreter; its stdout lines arrive on the queue."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.policy_proc", url, str(path), str(seed)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
+    return proc, lines
+
+
+async def test_revocation_in_one_process_is_obeyed_by_a_recall_in_another_within_a_second(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Process A owns the embedded store and recalls every 50 ms; this process (B) only
+    touches the shared policy in Redis: removes A's grant and announces the change."""
+    seed = tmp_path / "seed.csv"
+    seed.write_text(EXAMPLE.read_text() + GRANT + "\n")
+    proc, lines = start_process_a(redis_url, tmp_path / "a", seed)
+    redis: Redis = redis_client(redis_url)
+    try:
+        seen, _ = _next_count(lines, 60)
+        assert seen == 1, "process A could not recall its team/x memory before the revocation"
+        gate = CasbinGate(RedisSource(redis), watcher=PolicyWatcher(redis))
+        revoked_at = time.time()
+        await gate.remove_policy(GRANT)
+        gone, observed_at = _next_count(lines, 5)
+        delay = observed_at - revoked_at
+        print(f"revocation obeyed by the other process after {delay * 1000:.0f} ms")
+        assert gone == 0
+        assert delay < 1.0
+    finally:
+        await redis.aclose()
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0
+
+
+# -- 4. erasure through the bus -------------------------------------------------------------------
+
+CANARY = "zq-canary-51c0ffee"
+SUBJECT = "customer-42"
+
+
+def canary_draft(i: int, scope: str = "team/support") -> Draft:
+    return Draft(
+        content=f"{CANARY} asked for a refund, note {i}",
+        scope=scope,
+        subject=SUBJECT,
+        metadata={"note": f"call back {CANARY}", "i": i},
+    )
+
+
+async def test_forget_by_subject_leaves_no_trace_within_the_callers_scopes(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """carol (support lead) forgets a customer: committed memories, their events and change
+    entries, a dead-lettered replay copy, an undelivered and a pending event all go; dana's
+    note about the same customer in ``org`` (outside carol's forget grant) stays; alice (no
+    forget right on team/support) is refused and erases nothing."""
+    path, keys = tmp_path / "bus", TenantKeys(TENANT)
+    async with membus.open(path, config(redis_url)) as bus:
+        alice, bob = bus.agent("alice", TENANT), bus.agent("bob", TENANT)
+        committed = await alice.publish_many([canary_draft(0), canary_draft(1)])
+        await bob.publish_many([canary_draft(2, "team/support/tier1")])
+        keeper = await alice.publish("ordinary queue note", "team/support", subject="other")
+        outside = await bus.agent("dana", TENANT).publish(
+            "org-wide: customer-42 is a key account", "org/accounts", subject=SUBJECT
+        )
+        await bus.drain(timeout_s=15)
+        # a dead-lettered copy: the exact fields of a committed canary event, re-XADDed
+        first = committed[0].position
+        [(_, fields)] = await entries(bus.redis, keys.events, first, first)
+        await bus.redis.xadd(keys.events, dict(fields))  # type: ignore[arg-type]
+        await bus.drain(timeout_s=15)
+        assert [d.reason for d in await list_dead(bus.redis, TENANT)] == ["replay"]
+    async with membus.open(path, config(redis_url, writers=0)) as bus:
+        alice, carol = bus.agent("alice", TENANT), bus.agent("carol", TENANT)
+        await alice.publish_many([canary_draft(3), canary_draft(4)])  # no writer: unconsumed
+        # one of them delivered to a consumer that dies without acknowledging
+        await bus.redis.xreadgroup("writers", "ghost", {keys.events: ">"}, count=1)
+        assert await redis_traces(bus.redis, CANARY)
+        assert await store_traces(bus, CANARY)
+
+        skip = {audit_key(TENANT)}
+        before = await snapshot(bus.redis, skip=skip)
+        with pytest.raises(PermissionDenied) as denied:
+            await bus.forget(alice.identity, subject=SUBJECT, scope="team/support")
+        assert (denied.value.agent, denied.value.action) == ("alice", "forget")
+        assert denied.value.scope == "team/support"
+        # without a scope alice may forget only in agent/alice: nothing of team/support goes
+        report = await bus.forget(alice.identity, subject=SUBJECT)
+        assert (report.memories, report.events, report.dlq) == (0, 0, 0)
+        after = await snapshot(bus.redis, skip=skip)
+        # the only change a refused/empty forget may leave: an AOF rewrite, no data
+        assert after == before
+
+        report = await bus.forget(carol.identity, subject=SUBJECT)
+        assert report.memories == 3
+        assert report.dlq == 1
+        assert report.events >= 5  # 3 committed + 2 unconsumed stream entries
+        assert report.pending >= 1
+        assert await redis_traces(bus.redis, CANARY) == []
+        assert await store_traces(bus, CANARY) == []
+        left = {m.id for m in await all_memories(bus)}
+        assert left == {point_id(TENANT, keeper.event_id), point_id(TENANT, outside.event_id)}
+        await bus.audit.flush()
+        forgets = await AuditLog(bus.redis).query(TENANT, action="forget", newest_first=False)
+        assert [(r.agent, r.decision) for r in forgets] == [
+            ("alice", "deny"),
+            ("alice", "allow"),
+            ("carol", "allow"),
+        ]
+        assert forgets[-1].result_count == 3
+        assert forgets[0].scopes == ["team/support"]
+    # a writer starting afterwards finds nothing to bring back
+    async with membus.open(path, config(redis_url)) as bus:
+        await bus.drain(timeout_s=15)
+        assert await redis_traces(bus.redis, CANARY) == []
+        assert await store_traces(bus, CANARY) == []
+        assert await bus.store.count(TENANT) == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AttributeError,
+    reason="bug: membus.bus.Agent has no forget(); README documents `await agent.forget(...)`",
+)
+async def test_agent_forget_is_the_documented_door(redis_url: str, tmp_path: Path) -> None:
+    async with membus.open(tmp_path / "bus", config(redis_url)) as bus:
+        carol = bus.agent("carol", TENANT)
+        await carol.publish(f"{CANARY} lead note", "team/support", subject=SUBJECT)
+        await bus.drain(timeout_s=15)
+        report = await carol.forget(subject=SUBJECT)  # type: ignore[attr-defined]
+        assert report.memories == 1
+        assert await redis_traces(bus.redis, CANARY) == []
+
+
+# -- 5. redaction ---------------------------------------------------------------------------------
+
+EMAIL, CARD, PHONE = "jane.doe@example.com", "4111 1111 1111 1111", "+1 415 555 0132"
+PII_TEXT = f"Customer Jane: mail {EMAIL}, card {CARD}, phone {PHONE}."
+
+
+async def test_pii_is_masked_everywhere_outside_the_authors_private_scope(
+    redis_url: str, tmp_path: Path
+) -> None:
+    assert [f.kind for f in PiiRedactor().findings(PII_TEXT)] == ["email", "card", "phone"]
+    async with membus.open(tmp_path / "bus", config(redis_url, redact=["team"])) as bus:
+        alice = bus.agent("alice", TENANT)
+        extra: dict[str, Any] = {"subject": f"jane {EMAIL}", "metadata": {"contact": PHONE}}
+        shared = await alice.publish(PII_TEXT, "team/support", **extra)
+        private = await alice.publish(PII_TEXT, "agent/alice/notes", **extra)
+        await bus.drain(timeout_s=15)
+
+        [team] = await bus.store.get(TENANT, [point_id(TENANT, shared.event_id)])
+        assert team.content == "Customer Jane: mail [email], card [card], phone [phone]."
+        assert team.subject == "jane [email]"
+        assert team.metadata == {"contact": "[phone]"}
+        [mine] = await bus.store.get(TENANT, [point_id(TENANT, private.event_id)])
+        assert (mine.content, mine.subject, mine.metadata) == (
+            PII_TEXT,
+            extra["subject"],
+            extra["metadata"],
+        )
+        # what readers get: carol reads the team copy masked; alice her own copy as written
+        [hit] = await bus.agent("carol", TENANT).recall("customer jane", k=10)
+        assert hit.memory.id == team.id and EMAIL not in hit.memory.content
+        own = await alice.recall("customer jane", k=10, scopes=["agent/alice"])
+        assert [h.memory.content for h in own] == [PII_TEXT]
+
+        # raw PII in Redis only where the private event and its memory travel; the team event
+        # (events stream, change feed, anything else) holds masks only
+        private_ids = {private.event_id, mine.id}
+        for key, kind, entry, text in [x async for x in redis_items(bus.redis)]:
+            raw = [p for p in (EMAIL, CARD, PHONE, "4111111111111111") if p in text]
+            if not raw:
+                continue
+            where = f"{key} ({kind}) {entry}: {raw}"
+            assert kind == "stream" and entry is not None, where
+            assert any(i in text for i in private_ids), where
+            assert shared.event_id not in text and team.id not in text, where
+        events = await entries(bus.redis, TenantKeys(TENANT).events)
+        shared_entry = [f for _, f in events if shared.event_id in f["e"]]
+        assert len(shared_entry) == 1
+        assert orjson.loads(shared_entry[0]["e"])["content"] == team.content
+
+
+# -- 6. refusals ----------------------------------------------------------------------------------
+
+
+async def test_recall_of_a_forbidden_scope_is_refused_by_name(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with membus.open(tmp_path / "bus", config(redis_url)) as bus:
+        carol = bus.agent("carol", TENANT)
+        await carol.publish("leads only: reorg plan", "team/support-leads")
+        await carol.publish("billing: refund limits", "team/support/billing")
+        await bus.drain(timeout_s=15)
+        for agent, scope in [
+            ("bob", "team/support/billing"),  # the explicit deny inside his allowed subtree
+            ("alice", "team/support-leads"),  # a sibling that only shares a name prefix
+            ("alice", "agent/bob/handover"),  # someone else's private scope
+        ]:
+            with pytest.raises(PermissionDenied) as denied:
+                await bus.agent(agent, TENANT).recall("plan", scopes=[scope])
+            exc = denied.value
+            assert (exc.agent, exc.action, exc.scope, exc.tenant) == (
+                agent,
+                "recall",
+                scope,
+                TENANT,
+            )
+            assert agent in str(exc) and "recall" in str(exc) and scope in str(exc)
+        # a mix with a readable scope is narrowed, not refused, and leaks nothing
+        hits = await bus.agent("alice", TENANT).recall(
+            "plan", k=100, scopes=["team/support", "team/support-leads"]
+        )
+        assert all(h.memory.scope.startswith("team/support/") for h in hits)
+        assert not any("leads only" in h.memory.content for h in hits)
+        await bus.audit.flush()
+        denials = await AuditLog(bus.redis).query(TENANT, action="recall", decision="deny")
+        assert {(r.agent, r.scope) for r in denials} == {
+            ("bob", "team/support/billing"),
+            ("alice", "team/support-leads"),
+            ("alice", "agent/bob/handover"),
+        }
+
+
+async def test_publish_to_a_forbidden_scope_is_refused_before_redis(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with membus.open(tmp_path / "bus", config(redis_url)) as bus:
+        alice, erin = bus.agent("alice", TENANT), bus.agent("erin", TENANT)
+        await alice.publish("allowed note", "team/support")
+        await bus.drain(timeout_s=15)
+        await bus.audit.flush()
+        skip = {audit_key(TENANT)}
+        before = await snapshot(bus.redis, skip=skip)
+        refusals: list[tuple[Agent, Callable[[], Awaitable[Any]]]] = [
+            (alice, lambda: alice.publish("lead stuff", "team/support-leads/plan")),
+            (alice, lambda: alice.publish("org news", "org")),
+            (erin, lambda: erin.publish("hello", "team/support")),  # no key may be minted
+            (
+                alice,  # all or nothing: the allowed draft does not slip through either
+                lambda: alice.publish_many(
+                    [
+                        Draft(content="fine", scope="team/support"),
+                        Draft(content="not fine", scope="agent/bob/handover"),
+                    ]
+                ),
+            ),
+        ]
+        for who, attempt in refusals:
+            with pytest.raises(PermissionDenied) as denied:
+                await attempt()
+            assert (denied.value.agent, denied.value.action) == (who.name, "publish")
+        assert await snapshot(bus.redis, skip=skip) == before
+        assert not await bus.redis.hexists(keys_key(TENANT), "c:erin")
+        await bus.audit.flush()
+        denials = await AuditLog(bus.redis).query(TENANT, action="publish", decision="deny")
+        assert sorted(r.scope for r in denials) == sorted(
+            ["team/support-leads/plan", "org", "team/support", "agent/bob/handover"]
+        )
