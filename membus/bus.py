@@ -337,3 +337,16 @@ class Agent:
         self, scopes: Sequence[str] | None = None, **kwargs: Any
     ) -> AsyncIterator[Change]:
         return self.bus.subscribe(self.identity, scopes, **kwargs)
+
+    async def forget(
+        self,
+        *,
+        memory_ids: Sequence[str] | None = None,
+        subject: str | None = None,
+        agent: str | None = None,
+        scope: str | None = None,
+    ) -> ErasureReport:
+        """Erase what matches every criterion given, within this agent's forget grant."""
+        return await self.bus.forget(
+            self.identity, memory_ids=memory_ids, subject=subject, agent=agent, scope=scope
+        )

@@ -18,14 +18,13 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
-from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from membus.envelope import invalid_from, validate_name
 from membus.errors import Conflict, InvalidInput
 from membus.keys import TenantKeys
 from membus.replay import ReplayGuard
-from membus.streams import REDIS_DOWN, Redis, decode_fields, unavailable
+from membus.streams import REDIS_DOWN, Pipe, Redis, decode_fields, unavailable
 
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _FIELD_PREFIX = "f:"
@@ -110,7 +109,7 @@ def _check_ids(ids: Sequence[str]) -> list[str]:
 
 
 async def _xrange(
-    redis: Redis | Pipeline, key: str, start: str, end: str, count: int | None = None
+    redis: Redis | Pipe, key: str, start: str, end: str, count: int | None = None
 ) -> list[tuple[str, dict[str, str]]]:
     raw: Any = await redis.xrange(key, min=start, max=end, count=count)
     return [(str(eid), decode_fields(fields or {})) for eid, fields in raw or []]

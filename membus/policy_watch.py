@@ -38,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from membus.envelope import validate_name, validate_scope
 from membus.errors import InvalidInput, Unavailable
+from membus.streams import Redis
 
 ACTIONS: Final = ("publish", "recall", "subscribe", "forget", "admin")
 LEVELS: Final = {"public": 0, "internal": 1, "confidential": 2, "restricted": 3}
@@ -45,7 +46,8 @@ SELF: Final = "{self}"
 ROLE: Final = "role:"
 ANY: Final = "*"
 DEFAULT_CHANNEL = "membus:policy:changed"
-DEFAULT_KEY = "membus:policy"
+# hash tag: lines and revision share a cluster slot, so one MULTI can bump both
+DEFAULT_KEY = "membus:{policy}"
 
 
 def canonical_line(line: str) -> str:
@@ -295,7 +297,7 @@ class MemorySource:
 class RedisSource:
     """Lines in a Redis set ``<key>:lines``, a counter ``<key>:rev`` bumped in the same MULTI."""
 
-    def __init__(self, redis: aioredis.Redis, key: str = DEFAULT_KEY) -> None:
+    def __init__(self, redis: Redis, key: str = DEFAULT_KEY) -> None:
         self.redis = redis
         self.lines_key, self.rev_key = f"{key}:lines", f"{key}:rev"
 
@@ -338,7 +340,7 @@ class PolicyWatcher:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: Redis,
         channel: str = DEFAULT_CHANNEL,
         resync_s: float = 30.0,
     ) -> None:

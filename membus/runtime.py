@@ -13,7 +13,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import anyio
-import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
@@ -51,7 +50,7 @@ def make_store(config: MembusConfig, root: Path) -> Store:
     return store
 
 
-async def make_gate(policy: PolicyConfig, redis: aioredis.Redis) -> Gate:
+async def make_gate(policy: PolicyConfig, redis: Redis) -> Gate:
     """The casbin gate when a policy is configured, else the open gate."""
     if policy.file is None and not policy.shared:
         return OpenGate()

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     path: Path | None = None  # the data directory; None: ./.membus (demo: a temp dir)
     redis_url: str | None = None  # None: an embedded redis-server under the data directory
     redis_socket_timeout_s: float = 10.0
+    redis_cluster: bool = False  # the URL names one node of a Redis Cluster
     store_engine: Literal["edge", "qdrant"] = "edge"
     store_path: Path | None = None
     store_url: str | None = None
@@ -119,7 +120,11 @@ class Settings(BaseSettings):
         )
         try:
             return MembusConfig(
-                redis=RedisConfig(url=self.redis_url, socket_timeout_s=self.redis_socket_timeout_s),
+                redis=RedisConfig(
+                    url=self.redis_url,
+                    socket_timeout_s=self.redis_socket_timeout_s,
+                    cluster=self.redis_cluster,
+                ),
                 store=StoreConfig(
                     engine=self.store_engine,
                     path=self.store_path,

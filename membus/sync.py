@@ -12,6 +12,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from membus.bus import Agent, Bus, Draft, Receipt
 from membus.config import MembusConfig
 from membus.embedder import Embedder
+from membus.erasure import ErasureReport
 from membus.feed import Change
 from membus.gate import Gate
 from membus.runtime import DEFAULT_PATH
@@ -35,6 +36,9 @@ class SyncAgent:
 
     def recall(self, query: str, **kwargs: Any) -> list[Hit]:
         return self._portal.call(lambda: self._agent.recall(query, **kwargs))
+
+    def forget(self, **criteria: Any) -> ErasureReport:
+        return self._portal.call(lambda: self._agent.forget(**criteria))
 
     def subscribe(self, scopes: Sequence[str] | None = None, **kwargs: Any) -> Iterator[Change]:
         """Blocking iterator over the change feed; close it (or break) to stop following."""

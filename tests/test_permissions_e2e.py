@@ -365,17 +365,12 @@ async def test_forget_by_subject_leaves_no_trace_within_the_callers_scopes(
         assert await bus.store.count(TENANT) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="bug: membus.bus.Agent has no forget(); README documents `await agent.forget(...)`",
-)
 async def test_agent_forget_is_the_documented_door(redis_url: str, tmp_path: Path) -> None:
     async with membus.open(tmp_path / "bus", config(redis_url)) as bus:
         carol = bus.agent("carol", TENANT)
         await carol.publish(f"{CANARY} lead note", "team/support", subject=SUBJECT)
         await bus.drain(timeout_s=15)
-        report = await carol.forget(subject=SUBJECT)  # type: ignore[attr-defined]
+        report = await carol.forget(subject=SUBJECT)
         assert report.memories == 1
         assert await redis_traces(bus.redis, CANARY) == []
 
