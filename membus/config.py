@@ -48,6 +48,8 @@ class WorkerConfig(_Config):
     group: str = "writers"
     batch_size: int = Field(default=256, ge=1, le=10_000)
     block_ms: int = Field(default=200, ge=1)
+    # After a short read, wait this long once for more before committing (0: never).
+    linger_ms: int = Field(default=3, ge=0, le=1000)
     # An entry pending this long on a consumer is presumed orphaned by a dead worker.
     min_idle_ms: int = Field(default=30_000, ge=100)
     reclaim_every_s: float = Field(default=5.0, gt=0)

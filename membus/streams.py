@@ -19,6 +19,7 @@ from redis.exceptions import ClusterDownError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from membus.config import RetentionConfig
 from membus.envelope import Event
 from membus.errors import InvalidInput, Unavailable
 from membus.keys import TenantKeys, tenants_key
@@ -258,3 +259,15 @@ def decode_fields(fields: dict[Any, Any]) -> dict[str, str]:
         )
         for k, v in fields.items()
     }
+
+
+async def retain(redis: Redis, retention: RetentionConfig, now_ms: int) -> int:
+    """Apply retention to every tenant's streams; returns how many entries went."""
+    removed = 0
+    for t in await tenants(redis):
+        keys = TenantKeys(t)
+        removed += await trim(redis, keys.events, retention.events_max_age_s, now_ms)
+        for stream, age in ((keys.changes, retention.changes_max_age_s),
+                            (keys.dlq, retention.dlq_max_age_s)):  # fmt: skip
+            removed += await trim(redis, stream, age, now_ms, require_group=False)
+    return removed

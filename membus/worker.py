@@ -29,21 +29,15 @@ from membus.dlq import park
 from membus.embedder import Embedder, HashingEmbedder, Vectors
 from membus.envelope import Event
 from membus.erasure import commit_unless_erased
-from membus.errors import InvalidInput, MembusError, Unavailable
+from membus.errors import InvalidInput, Unavailable
 from membus.feed import upsert_fields
 from membus.gate import Gate, OpenGate
 from membus.keys import TenantKeys, tenant_of
+from membus.reading import BatchReader
 from membus.replay import ReplayGuard
 from membus.signing import KeyRegistry
 from membus.store import Memory, Store
-from membus.streams import (
-    REDIS_DOWN,
-    NodeClients,
-    Redis,
-    ensure_group,
-    tenants,
-    trim,
-)
+from membus.streams import REDIS_DOWN, NodeClients, Redis, ensure_group, retain, tenants
 
 Entry = tuple[str, dict[str, str] | None]
 
@@ -109,7 +103,7 @@ class Writer:
         # on a cluster the commit MULTI goes straight to the slot's master (see NodeClients)
         self._nodes = NodeClients(redis) if isinstance(redis, RedisCluster) else None
         self._cluster = self._nodes is not None
-        self._turn = 0  # on a cluster: the stream the next idle read blocks on
+        self._reader = BatchReader(redis, self.config, self.consumer, cluster=self._cluster)
         self._tenants_at = 0.0
         self._reclaim_at = 0.0
         self._trim_at = time.monotonic()
@@ -166,47 +160,14 @@ class Writer:
             await anyio.sleep(self.config.block_ms / 1000)
             return []
         try:
-            batch: Any = (
-                await self._read_cluster()
-                if self._cluster
-                else await self.redis.xreadgroup(
-                    self.config.group,
-                    self.consumer,
-                    dict.fromkeys(self._streams, ">"),
-                    count=self.config.batch_size,
-                    block=self.config.block_ms,
-                )
-            )
+            batch = await self._reader.read(self._streams)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             self._log.warning("writer.group_missing", error=str(exc))
             await self._refresh_streams(recreate=True)
             return []
-        return [await self._prepare(stream, entries) for stream, entries in batch or []]
-
-    async def _read_cluster(self) -> list[Any]:
-        """XREADGROUP over every stream on a cluster, where one call may only name one slot.
-
-        One non-blocking read per stream, pipelined (one round trip per node); when all come
-        back empty, one blocking read on a single stream (the next in turn) waits for work, so
-        an idle writer sleeps in Redis. An event for another tenant waits at most ``block_ms``
-        then, as it would behind a long batch anyway.
-        """
-        group, consumer, count = self.config.group, self.consumer, self.config.batch_size
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for stream in self._streams:
-                pipe.xreadgroup(group, consumer, {stream: ">"}, count=count)
-            replies: list[Any] = await pipe.execute()
-        batch = [r[0] for r in replies if r]
-        if batch:
-            return batch
-        self._turn = (self._turn + 1) % len(self._streams)
-        res: Any = await self.redis.xreadgroup(
-            group, consumer, {self._streams[self._turn]: ">"}, count=count,
-            block=self.config.block_ms,
-        )  # fmt: skip
-        return list(res or [])
+        return [await self._prepare(stream, entries) for stream, entries in batch]
 
     async def _refresh_streams(self, recreate: bool = False) -> None:
         known = set(self._streams)
@@ -424,24 +385,4 @@ class Writer:
         """Retention: drop what every group acknowledged and aged out. Never anything pending."""
         if self.retention is None:
             return 0
-        now_ms = int(time.time() * 1000)
-        removed = 0
-        try:
-            for t in await tenants(self.redis):
-                keys = TenantKeys(t)
-                removed += await trim(
-                    self.redis, keys.events, self.retention.events_max_age_s, now_ms
-                )
-                removed += await trim(
-                    self.redis,
-                    keys.changes,
-                    self.retention.changes_max_age_s,
-                    now_ms,
-                    require_group=False,
-                )
-                removed += await trim(
-                    self.redis, keys.dlq, self.retention.dlq_max_age_s, now_ms, require_group=False
-                )
-        except MembusError:
-            raise
-        return removed
+        return await retain(self.redis, self.retention, int(time.time() * 1000))
