@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from membus.envelope import Event
-from membus.erasure import erased
 from membus.gate import Gate, Identity
 from membus.replay import ReplayGuard
 from membus.signing import KeyRegistry, SignatureInvalid, verify
 from membus.streams import Redis
+from membus.tombstones import erased
 
 Parsed = tuple[str, dict[str, str], Event]  # (entry id, stream fields, event)
 

@@ -103,15 +103,10 @@ class ListScopesArgs(_Args):
 def memory_json(hit: Hit) -> dict[str, Any]:
     """A hit as the structured content a tool returns: the memory with its provenance."""
     m = hit.memory
+    shown = ("id", "content", "scope", "kind", "subject", "key", "metadata")
     return {
-        "id": m.id,
-        "content": m.content,
-        "scope": m.scope,
-        "kind": m.kind,
-        "subject": m.subject,
-        "key": m.key,
+        **{name: getattr(m, name) for name in shown},
         "score": hit.score,
-        "metadata": m.metadata,
         "provenance": {
             "agents": m.agents,
             "source_events": m.source_events,

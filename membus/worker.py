@@ -28,7 +28,6 @@ from membus.config import RetentionConfig, WorkerConfig
 from membus.dlq import park
 from membus.embedder import Embedder, HashingEmbedder, Vectors
 from membus.envelope import Event
-from membus.erasure import commit_unless_erased
 from membus.errors import InvalidInput, Unavailable
 from membus.feed import upsert_fields
 from membus.gate import Gate, OpenGate
@@ -38,6 +37,7 @@ from membus.replay import ReplayGuard
 from membus.signing import KeyRegistry
 from membus.store import Memory, Store
 from membus.streams import REDIS_DOWN, NodeClients, Redis, ensure_group, retain, tenants
+from membus.tombstones import commit_unless_erased
 
 Entry = tuple[str, dict[str, str] | None]
 

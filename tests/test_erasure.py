@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 import membus
+from membus import tombstones
 from membus.bus import Bus
 from membus.config import MembusConfig, RedisConfig, WorkerConfig
 from membus.embedder import HashingEmbedder, Vectors
@@ -264,7 +265,6 @@ async def test_guarded_commit_skips_tombstoned_memories_even_when_forget_lands_m
 ) -> None:
     """The writer's commit: changes of erased events are not written, the batch is acked; a
     tombstone written between the check and EXEC makes the commit look again (WATCH)."""
-    import membus.erasure as erasure
 
     redis, other = redis_client(redis_url), redis_client(redis_url)
     keys = TenantKeys(TENANT)
@@ -277,7 +277,7 @@ async def test_guarded_commit_skips_tombstoned_memories_even_when_forget_lands_m
         await redis.xreadgroup("writers", "w", {keys.events: ">"})
         await redis.hset(tombstones_key(TENANT), a.source_events[0], "t")
 
-        real = erasure._tombstoned
+        real = tombstones._tombstoned
         calls = 0
 
         async def racing(r: Any, tenant: str, wanted: Any) -> set[str]:
@@ -288,7 +288,7 @@ async def test_guarded_commit_skips_tombstoned_memories_even_when_forget_lands_m
                 await other.hset(tombstones_key(TENANT), c.id, "t")
             return got
 
-        monkeypatch.setattr(erasure, "_tombstoned", racing)
+        monkeypatch.setattr(tombstones, "_tombstoned", racing)
         skipped = await commit_unless_erased(
             redis, TENANT, keys.events, "writers", ids, [(a, fa), (b, fb), (c, fc)]
         )
