@@ -4,10 +4,10 @@ while memories outside the criteria survive untouched and tombstones stop the er
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import orjson
@@ -32,7 +32,7 @@ from membus.errors import InvalidInput
 from membus.feed import upsert_fields
 from membus.keys import TenantKeys, tenants_key
 from membus.signing import KeyRegistry, publish_signed
-from membus.store import Memory, StoreMeta, point_id
+from membus.store import Memory, Store, StoreMeta, point_id
 from membus.store_edge import EdgeStore
 from membus.streams import Redis, ensure_group, redis_client
 from membus.worker import Writer
@@ -303,42 +303,21 @@ async def test_guarded_commit_skips_tombstoned_memories_even_when_forget_lands_m
         await other.aclose()
 
 
-class GuardedWriter(Writer):
-    """The writer as the integration is meant to commit: drop tombstoned events before the
-    upsert, commit through ``commit_unless_erased``, delete what it skipped. ``pause`` lets a
-    test run a forget between the upsert and the commit."""
+class PausingStore:
+    """The real store, but after an upsert it waits for the test: a forget lands in the gap
+    between the writer's store write and its commit."""
 
-    pause: Callable[[], Awaitable[None]] | None = None
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.pause: Callable[[], Awaitable[None]] | None = None
 
-    async def _commit(
-        self,
-        keys: TenantKeys,
-        stream: str,
-        events: list[tuple[str, Event]],
-        memories: list[Memory] | None = None,
-        vectors: Vectors | None = None,
-    ) -> None:
-        if memories is None or vectors is None:
-            memories = [Memory.from_event(e) for _, e in events]
-            vectors = await self._embed([m.content for m in memories])
-        dead = await erased(self.redis, keys.tenant, [e.id for _, e in events])
-        live = [i for i, (_, e) in enumerate(events) if e.id not in dead]
-        memories = [memories[i] for i in live]
-        if memories:
-            await self.store.upsert(memories, vectors[live])
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def upsert(self, memories: Sequence[Memory], vectors: Vectors) -> None:
+        await self._store.upsert(memories, vectors)
         if self.pause is not None:
             await self.pause()
-        skipped = await commit_unless_erased(
-            self.redis,
-            keys.tenant,
-            stream,
-            self.config.group,
-            [(eid, e.id) for eid, e in events],
-            [(m, upsert_fields(m, m.source_events)) for m in memories],
-        )
-        if skipped:
-            await self.store.delete(keys.tenant, sorted(skipped))
-        self.processed += len(events)
 
 
 async def test_a_writer_mid_commit_cannot_bring_an_erased_memory_back(
@@ -346,12 +325,13 @@ async def test_a_writer_mid_commit_cannot_bring_an_erased_memory_back(
 ) -> None:
     """Forget runs after a writer upserted a batch but before it committed: the tombstones stop
     the commit, the writer removes what it wrote, and no trace remains; a replay of the erased
-    event is dropped and acknowledged. (The intended worker integration, exercised here.)"""
+    event is dropped and acknowledged. The real Writer, with only its store slowed down."""
     redis, keys = redis_client(redis_url), TenantKeys(TENANT)
     embedder = HashingEmbedder(64)
     store = EdgeStore(tmp_path / "store")
     await store.open(StoreMeta(embedder=embedder.name, dim=embedder.dim))
-    writer = GuardedWriter(redis, store, embedder, WorkerConfig(block_ms=10), consumer="w1")
+    paused = PausingStore(store)
+    writer = Writer(redis, cast(Store, paused), embedder, WorkerConfig(block_ms=10), consumer="w1")
     upserted, go = anyio.Event(), anyio.Event()
 
     async def pause() -> None:
@@ -366,7 +346,7 @@ async def test_a_writer_mid_commit_cannot_bring_an_erased_memory_back(
         keep = Event.build(tenant=TENANT, agent="keeper", scope="team/open", content="fine")
         await publish_signed(redis, KeyRegistry(redis), [*secret, keep])
         (prepared,) = await writer._read_stage()
-        writer.pause = pause
+        paused.pause = pause
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer._write, prepared)
             await upserted.wait()
@@ -380,7 +360,7 @@ async def test_a_writer_mid_commit_cannot_bring_an_erased_memory_back(
         ]
         assert await store.count(TENANT) == 1
         # a replay of an erased event (same id) is dropped and acknowledged, never written
-        writer.pause = None
+        paused.pause = None
         await publish_signed(redis, KeyRegistry(redis), [secret[0]])
         assert await writer.step() == 1
         assert await traces(redis, CANARY) == []  # the replayed entry was deleted, too
