@@ -25,7 +25,7 @@ from membus.cli_context import JsonFlag, State
 from membus.cli_feed import publish, recall, tail
 from membus.cli_ops import dlq_drop, dlq_list, dlq_replay, optimize, stats, worker
 from membus.cli_output import configure_logging, fail
-from membus.cli_serve import keys_new, serve
+from membus.cli_serve import keys_new, mcp, serve
 from membus.cli_showcase import bench, demo, eval_locomo
 from membus.errors import MembusError
 from membus.settings import Settings
@@ -97,6 +97,7 @@ app.command()(audit)
 policy_app.command("check")(policy_check)
 policy_app.command("reload")(policy_reload)
 app.command()(serve)
+app.command()(mcp)
 keys_app.command("new")(keys_new)
 app.command()(demo)
 app.command()(bench)

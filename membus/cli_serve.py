@@ -184,3 +184,46 @@ def _append(path: Path, entry: KeyEntry) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise InvalidInput(f"cannot write API keys file {path}: {exc.strerror}") from None
+
+
+def mcp(
+    ctx: typer.Context,
+    agent: Annotated[
+        str | None, typer.Option("--agent", help="Embedded: act as this agent (with --tenant).")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Embedded: its tenant.")] = None,
+    url: Annotated[
+        str | None, typer.Option("--url", help="Talk to a membus service instead (env MEMBUS_URL).")
+    ] = None,
+) -> None:
+    """Serve MCP tools (remember, recall, forget, list_scopes) over stdio for ONE identity.
+
+    The identity is bound here, from --agent/--tenant (embedded) or the MEMBUS_API_KEY variable
+    (with --url, or checked against MEMBUS_API_KEYS), never from tool arguments.
+    """
+    state = command_state(ctx)
+    settings = state.settings
+    from membus.gate import Identity
+    from membus.mcp_server import main as serve_mcp
+
+    key = os.environ.get("MEMBUS_API_KEY")
+    who: Identity | str
+    if agent and tenant:
+        try:
+            who = Identity.model_validate({"agent": agent, "tenant": tenant})
+        except ValidationError as exc:
+            fail(invalid_from(exc, "identity"), state.json)
+    elif key:
+        who = key
+    else:
+        fail(InvalidInput("mcp needs --agent and --tenant, or MEMBUS_API_KEY"), state.json)
+    try:
+        serve_mcp(
+            settings.to_config(),
+            who,
+            path=settings.data_dir,
+            url=url or os.environ.get("MEMBUS_URL"),
+            api_keys_file=settings.api_keys,
+        )
+    except MembusError as exc:
+        fail(exc, state.json)

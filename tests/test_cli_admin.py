@@ -316,3 +316,19 @@ def test_policy_and_service_settings_come_from_env_and_flags(
     monkeypatch.setenv("MEMBUS_POLICY_FILE", str(POLICY))
     monkeypatch.setenv("MEMBUS_POLICY_REDACT_SCOPES", "team/../x")
     assert CliRunner().invoke(app, ["--redis-url", "redis://127.0.0.1:1/0", "stats"]).exit_code == 2
+
+
+def test_mcp_command_binds_identity_from_flags_or_refuses(tmp_path: Path) -> None:
+    """`membus mcp` serves stdio for one identity given at start; without one it refuses."""
+    exe = [sys.executable, "-m", "membus.cli"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MEMBUS_API_KEY", "MEMBUS_URL")}
+    ok = subprocess.run(
+        [*exe, "--path", str(tmp_path / "d"), "mcp", "--agent", "alice", "--tenant", "acme"],
+        input="", capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr  # stdin closed: the session ends, the bus closes
+    refused = subprocess.run(
+        [*exe, "mcp"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        env=env,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "--agent and --tenant" in refused.stderr
