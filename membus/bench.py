@@ -13,19 +13,17 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
-import logging
 import os
 import platform
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
@@ -52,6 +50,7 @@ from membus.bus import Bus, Draft
 from membus.config import EmbedderConfig, MembusConfig
 from membus.errors import InvalidInput
 from membus.keys import TenantKeys
+from membus.logs import warnings_to_stderr
 from membus.streams import group_stats
 
 PUBLISH_BATCH = 100
@@ -96,7 +95,7 @@ def run_bench(
     stdout = sys.stdout
     # Anything else that prints (logs, libraries) goes to stderr: stdout carries only the result.
     with (
-        _quiet_logs(),
+        warnings_to_stderr(),
         contextlib.redirect_stdout(sys.stderr),
         tempfile.TemporaryDirectory(prefix="membus-bench-") as tmp,
         _progress() as progress,
@@ -107,25 +106,6 @@ def run_bench(
     else:
         Console(file=stdout).print(report_table(result))
     return result
-
-
-@contextlib.contextmanager
-def _quiet_logs() -> Iterator[None]:
-    """Warnings and up, to stderr, for the run only: log rendering is not what we measure."""
-    saved = structlog.get_config()
-    was_configured = structlog.is_configured()
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
-    try:
-        yield
-    finally:
-        if was_configured:
-            structlog.configure(**saved)
-        else:
-            structlog.reset_defaults()
 
 
 def _progress() -> Progress:

@@ -18,11 +18,10 @@ from membus.dlq import DeadLetter, drop, list_dead, replay
 from membus.embedder import make_embedder
 from membus.errors import Conflict, InvalidInput
 from membus.policy import CasbinGate
-from membus.runtime import connect, maintain_loop, make_gate, make_store
+from membus.runtime import connect, maintain_loop, make_gate, make_store, make_writers
 from membus.signing import KeyRegistry
 from membus.store import StoreMeta
 from membus.streams import Redis
-from membus.worker import Writer, consumer_name
 
 T = TypeVar("T")
 
@@ -51,19 +50,7 @@ def worker(
             # writers re-ask the gate for every event, so they follow the same policy as the doors
             gate = await make_gate(config.policy, redis)
             keys = KeyRegistry(redis)
-            writers = [
-                Writer(
-                    redis,
-                    store,
-                    embedder,
-                    config.worker,
-                    consumer=consumer_name(n),
-                    retention=config.retention if n == 0 else None,
-                    gate=gate,
-                    keys=keys,
-                )
-                for n in range(concurrency)
-            ]
+            writers = make_writers(redis, store, embedder, config, concurrency, gate, keys)
             async with anyio.create_task_group() as outer:
                 await outer.start(on_signals, stop, outer.cancel_scope)
                 if isinstance(gate, CasbinGate):

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from membus.bm25 import BM25
 from membus.bus import Bus, Draft
 from membus.config import EmbedderConfig, MembusConfig
 from membus.errors import InvalidInput
+from membus.logs import warnings_to_stderr
 from membus.store import Memory
 
 DEFAULT_DATASET = Path("../shared/datasets/locomo/locomo10.json")
@@ -278,24 +279,6 @@ def render(result: dict[str, Any], counts: dict[str, int], ks: Sequence[int]) ->
     return table
 
 
-@contextlib.contextmanager
-def _logs_to_stderr() -> Iterator[None]:
-    """Warnings and up, to stderr, for the run only: stdout carries the result alone."""
-    saved, was_configured = structlog.get_config(), structlog.is_configured()
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(30),  # logging.WARNING
-        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
-    try:
-        yield
-    finally:
-        if was_configured:
-            structlog.configure(**saved)
-        else:
-            structlog.reset_defaults()
-
-
 def _progress() -> Progress:
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn())
     return Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True)
@@ -340,7 +323,7 @@ def run_eval(
     convs, dropped = load(resolve_dataset(dataset), limit_conversations)
     stdout = sys.stdout
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_logs_to_stderr())
+        stack.enter_context(warnings_to_stderr())
         stack.enter_context(contextlib.redirect_stdout(sys.stderr))
         root = path or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="membus-eval-")))
         progress = stack.enter_context(_progress())

@@ -25,6 +25,7 @@ from membus.embedder import Embedder, make_embedder
 from membus.gate import Gate, OpenGate
 from membus.policy import CasbinGate
 from membus.policy_watch import FileSource, PolicySource, PolicyWatcher, RedisSource
+from membus.signing import KeyRegistry
 from membus.store import Store, StoreMeta
 from membus.streams import REDIS_DOWN, Redis, redis_client, unavailable
 from membus.worker import Writer, consumer_name
@@ -48,6 +49,31 @@ def make_store(config: MembusConfig, root: Path) -> Store:
         collection=config.store.collection,
     )
     return store
+
+
+def make_writers(
+    redis: Redis,
+    store: Store,
+    embedder: Embedder,
+    config: MembusConfig,
+    n: int,
+    gate: Gate,
+    keys: KeyRegistry,
+) -> list[Writer]:
+    """``n`` writers for this process; the first also applies retention (one is enough)."""
+    return [
+        Writer(
+            redis,
+            store,
+            embedder,
+            config.worker,
+            consumer=consumer_name(i),
+            retention=config.retention if i == 0 else None,
+            gate=gate,
+            keys=keys,
+        )
+        for i in range(n)
+    ]
 
 
 async def make_gate(policy: PolicyConfig, redis: Redis) -> Gate:
@@ -129,19 +155,7 @@ async def open(
         audit = AuditLog(client)
         bus = Bus(client, store, emb, config, gate, audit)
         stop = anyio.Event()
-        writers = [
-            Writer(
-                client,
-                store,
-                emb,
-                config.worker,
-                consumer=consumer_name(n),
-                retention=config.retention if n == 0 else None,
-                gate=gate,
-                keys=bus.keys,
-            )
-            for n in range(config.writers)
-        ]
+        writers = make_writers(client, store, emb, config, config.writers, gate, bus.keys)
         async with anyio.create_task_group() as tg:
             await tg.start(audit.run)
             if isinstance(gate, CasbinGate):
