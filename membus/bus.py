@@ -145,8 +145,10 @@ class Bus:
         agents: Sequence[str] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        as_of: datetime | None = None,
     ) -> list[Hit]:
-        """Top-k memories by meaning, only within scopes ``who`` may read."""
+        """Top-k memories by meaning, only within scopes ``who`` may read; ``as_of`` recalls
+        what held at a past time (superseded versions of keyed facts included)."""
         if not 1 <= k <= MAX_K:
             raise InvalidInput(f"k must be between 1 and {MAX_K}")
         if not query.strip():
@@ -168,8 +170,9 @@ class Bus:
             agents=list(agents) if agents is not None else None,
             since=since,
             until=until,
+            as_of=as_of,
         )
-        hits = await self.store.search(await self._embed_query(query), flt, k)
+        hits = await self.store.search(await self._embed_query(query), flt, k, text=query)
         rec = _scoped(who, "recall", scopes, True, grant.rules)
         ids = [h.memory.id for h in hits]
         await self.audit.record(

@@ -7,6 +7,7 @@ top, so whatever filter a caller passes can only narrow what the policy allows.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from membus.gate import ReadGrant
 
 MAX_SENSITIVITY = 3
+_EPSILON_S = 1e-3  # finer than any two versions' ordering needs, coarser than float rounding
 
 
 class RecallFilter(BaseModel):
@@ -31,6 +33,9 @@ class RecallFilter(BaseModel):
     agents: list[str] | None = None
     since: datetime | None = None
     until: datetime | None = None
+    # None: what holds now (current versions, not expired); a time: what held then, superseded
+    # versions of keyed facts included
+    as_of: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,11 @@ def spec(flt: RecallFilter) -> FilterSpec:
                 lte=flt.until.timestamp() if flt.until else None,
             )
         )
+    # valid_to is exclusive: a version superseded at t no longer holds at t
+    at = flt.as_of.timestamp() if flt.as_of is not None else time.time()
+    must.append(Cond("valid_to_ts", gte=at + _EPSILON_S))
+    if flt.as_of is not None:
+        must.append(Cond("valid_from_ts", lte=at))
     return FilterSpec(must, should, must_not)
 
 

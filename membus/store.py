@@ -26,8 +26,13 @@ from membus.filters import RecallFilter as RecallFilter  # re-exported for engin
 # which is what makes redelivered events overwrite rather than duplicate.
 POINT_NAMESPACE = uuid.UUID("5b0f7a52-4c8e-4c59-9d6b-6d1f0c7f3a10")
 
-INDEXED_KEYWORDS = ("scope", "scope_path", "kind", "subject", "key", "agents")
-INDEXED_NUMBERS = ("created_ts", "sensitivity")
+INDEXED_KEYWORDS = ("scope", "scope_path", "kind", "subject", "key", "agents", "slot")
+# float payload fields with a range index; ``sensitivity`` is an integer index of its own
+INDEXED_FLOATS = ("created_ts", "valid_from_ts", "valid_to_ts")
+INDEXED_NUMBERS = (*INDEXED_FLOATS, "sensitivity")
+# ``valid_to_ts`` of a memory that is neither superseded nor expiring: recall's default filter is
+# ``valid_to_ts > now``, one range condition for "current and not expired"
+OPEN_END = 1e12
 
 
 class StoreMeta(BaseModel):
@@ -36,7 +41,7 @@ class StoreMeta(BaseModel):
     model_config = ConfigDict(frozen=True)
     embedder: str
     dim: int
-    layout: int = 1
+    layout: int = 2  # 2: validity interval and slot fields (consolidation)
 
 
 class Memory(BaseModel):
@@ -57,6 +62,12 @@ class Memory(BaseModel):
     updated_at: datetime
     metadata: dict[str, Any] = Field(default_factory=dict)
     sensitivity: int = Field(default=0, ge=0, le=3)  # LABELS value of the source event
+    # consolidation: the ledger slot this memory materialises, and when it held (valid_to None:
+    # current; a superseded version or an expiring memory has one)
+    slot: str | None = None
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    history: bool = False  # a superseded version of a keyed fact
 
     @classmethod
     def from_event(cls, event: Event) -> Memory:
@@ -92,6 +103,8 @@ class Memory(BaseModel):
             "sensitivity": self.sensitivity,
             # numeric timestamps: range filters work the same on every engine
             "created_ts": self.created_at.timestamp(),
+            "valid_from_ts": (self.valid_from or self.created_at).timestamp(),
+            "valid_to_ts": self.valid_to.timestamp() if self.valid_to else OPEN_END,
             "doc": orjson.dumps(
                 {
                     "id": self.id,
@@ -100,6 +113,9 @@ class Memory(BaseModel):
                     "created_at": self.created_at,
                     "updated_at": self.updated_at,
                     "metadata": self.metadata,
+                    "valid_from": self.valid_from,
+                    "valid_to": self.valid_to,
+                    "history": self.history,
                 },
                 option=orjson.OPT_UTC_Z,
             ).decode(),
@@ -108,6 +124,8 @@ class Memory(BaseModel):
             payload["subject"] = self.subject
         if self.key is not None:
             payload["key"] = self.key
+        if self.slot is not None:
+            payload["slot"] = self.slot
         return payload
 
     @classmethod
@@ -123,6 +141,7 @@ class Memory(BaseModel):
                 "subject": payload.get("subject"),
                 "key": payload.get("key"),
                 "sensitivity": payload.get("sensitivity", 0),
+                "slot": payload.get("slot"),
             }
         )
 
@@ -184,7 +203,12 @@ class Store(Protocol):
         """Insert or overwrite by id: idempotent."""
         ...
 
-    async def search(self, vector: Vectors, flt: RecallFilter, k: int) -> list[Hit]: ...
+    async def search(
+        self, vector: Vectors, flt: RecallFilter, k: int, *, text: str | None = None
+    ) -> list[Hit]:
+        """Top-k by ``vector`` within ``flt``; ``text`` (the query) lets a hybrid engine fuse a
+        lexical ranking in; engines without one ignore it."""
+        ...
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]: ...
 

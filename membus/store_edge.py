@@ -25,6 +25,7 @@ from membus.embedder import Vectors
 from membus.errors import Conflict, InvalidInput, StoreLocked, Unavailable
 from membus.filters import Cond, FilterSpec, spec, tenant_spec
 from membus.store import (
+    INDEXED_FLOATS,
     INDEXED_KEYWORDS,
     Hit,
     Memory,
@@ -118,9 +119,10 @@ class EdgeStore:
                     shard.update(
                         q.UpdateOperation.create_field_index(field, q.PayloadSchemaType.Keyword)
                     )
-                shard.update(
-                    q.UpdateOperation.create_field_index("created_ts", q.PayloadSchemaType.Float)
-                )
+                for field in INDEXED_FLOATS:
+                    shard.update(
+                        q.UpdateOperation.create_field_index(field, q.PayloadSchemaType.Float)
+                    )
                 shard.update(
                     q.UpdateOperation.create_field_index("sensitivity", q.PayloadSchemaType.Integer)
                 )
@@ -148,7 +150,9 @@ class EdgeStore:
         ]
         await self._run(lambda: self._shard.update(q.UpdateOperation.upsert_points(points)))
 
-    async def search(self, vector: Vectors, flt: RecallFilter, k: int) -> list[Hit]:
+    async def search(
+        self, vector: Vectors, flt: RecallFilter, k: int, *, text: str | None = None
+    ) -> list[Hit]:
         query = check_query(vector, k, self._dim)
         fs = spec(flt)
         if fs.nothing:

@@ -22,6 +22,7 @@ from membus.embedder import Vectors
 from membus.errors import Conflict, InvalidInput, Unavailable
 from membus.filters import Cond, FilterSpec, spec
 from membus.store import (
+    INDEXED_FLOATS,
     INDEXED_KEYWORDS,
     Hit,
     Memory,
@@ -197,9 +198,10 @@ class QdrantStore:
                 await client.create_payload_index(
                     self._collection, field, m.PayloadSchemaType.KEYWORD
                 )
-            await client.create_payload_index(
-                self._collection, "created_ts", m.PayloadSchemaType.FLOAT
-            )
+            for field in INDEXED_FLOATS:
+                await client.create_payload_index(
+                    self._collection, field, m.PayloadSchemaType.FLOAT
+                )
             await client.create_payload_index(
                 self._collection, "sensitivity", m.PayloadSchemaType.INTEGER
             )
@@ -215,7 +217,9 @@ class QdrantStore:
         async with self._guard("upsert"):
             await self._c.upsert(self._collection, points, wait=True)
 
-    async def search(self, vector: Vectors, flt: RecallFilter, k: int) -> list[Hit]:
+    async def search(
+        self, vector: Vectors, flt: RecallFilter, k: int, *, text: str | None = None
+    ) -> list[Hit]:
         query = check_query(vector, k, self._dim)
         fs = spec(flt)
         if fs.nothing:
