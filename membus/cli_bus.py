@@ -43,7 +43,9 @@ class _NoStore:
     async def upsert(self, memories: Sequence[Memory], vectors: Vectors) -> None:
         self._no()
 
-    async def search(self, vector: Vectors, flt: RecallFilter, k: int) -> list[Hit]:
+    async def search(
+        self, vector: Vectors, flt: RecallFilter, k: int, *, text: str | None = None
+    ) -> list[Hit]:
         self._no()
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]:
