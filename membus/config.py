@@ -86,6 +86,24 @@ class PolicyConfig(_Config):
     redact_scopes: list[str] = Field(default_factory=list)
 
 
+class ConsolidationConfig(_Config):
+    """How writers fold observations into memories; every rule stays within one scope."""
+
+    # exact repeats and keyed facts go through the ledger; off: one memory per event
+    enabled: bool = True
+    # near-duplicates (same scope and kind, cosine >= this) merge in a background pass; None: off
+    near_duplicate: float | None = Field(default=0.9, gt=0, le=1)
+    # two agents asserting different values for one key this close in time: a conflict event
+    conflict_window_s: float = Field(default=5.0, ge=0)
+    # expiry: seconds a memory lives, by kind and by scope subtree (the shortest applies)
+    ttl_by_kind: dict[str, float] = Field(default_factory=dict)
+    ttl_by_scope: dict[str, float] = Field(default_factory=dict)
+
+
+class RankingConfig(_Config):
+    """How recall orders hits beyond similarity (see membus/ranking.py)."""
+
+
 class MembusConfig(_Config):
     redis: RedisConfig = RedisConfig()
     store: StoreConfig = StoreConfig()
@@ -93,5 +111,7 @@ class MembusConfig(_Config):
     worker: WorkerConfig = WorkerConfig()
     retention: RetentionConfig = RetentionConfig()
     policy: PolicyConfig = PolicyConfig()
+    consolidation: ConsolidationConfig = ConsolidationConfig()
+    ranking: RankingConfig = RankingConfig()
     # In-process writer tasks (embedded default); 0 when separate worker processes run.
     writers: int = Field(default=1, ge=0, le=64)

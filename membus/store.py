@@ -189,6 +189,8 @@ class Hit(BaseModel):
     model_config = ConfigDict(frozen=True)
     memory: Memory
     score: float
+    # from the events stream, not yet consolidated (working memory): unverified by a writer
+    working: bool = False
 
 
 @runtime_checkable
