@@ -16,7 +16,8 @@ import anyio
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from membus import erasure
+from membus import erasure, ranking
+from membus.access import Access, bump_access, read_access
 from membus.audit import AuditLog, AuditRecord
 from membus.config import MembusConfig
 from membus.embedder import Embedder, HashingEmbedder, Vectors
@@ -28,8 +29,9 @@ from membus.gate import Gate, Identity, OpenGate
 from membus.keys import TenantKeys
 from membus.redact import PiiRedactor, Redactor, needs_redaction, redact_event
 from membus.signing import KeyRegistry, publish_signed
-from membus.store import Hit, RecallFilter, Store
+from membus.store import Hit, RecallFilter, Store, check_ids
 from membus.streams import REDIS_DOWN, Redis, group_stats, idle, tenants, unavailable
+from membus.working import with_working
 
 MAX_K = 1000
 
@@ -128,10 +130,10 @@ class Bus:
 
     # -- read path ----------------------------------------------------------------------------
 
-    async def _embed_query(self, text: str) -> Vectors:
+    async def _embed(self, texts: list[str]) -> Vectors:
         if isinstance(self.embedder, HashingEmbedder):  # tens of µs: not worth a thread hop
-            return self.embedder.embed([text])
-        return await anyio.to_thread.run_sync(self.embedder.embed, [text])
+            return self.embedder.embed(texts)
+        return await anyio.to_thread.run_sync(self.embedder.embed, texts)
 
     async def recall(
         self,
@@ -146,9 +148,12 @@ class Bus:
         since: datetime | None = None,
         until: datetime | None = None,
         as_of: datetime | None = None,
+        working: bool = False,
     ) -> list[Hit]:
         """Top-k memories by meaning, only within scopes ``who`` may read; ``as_of`` recalls
-        what held at a past time (superseded versions of keyed facts included)."""
+        what held at a past time (superseded versions of keyed facts included); ``working``
+        adds what was just published and not yet consolidated (``Hit.working``), within the
+        same grant and filters. Scores are similarity reranked by ``config.ranking``."""
         if not 1 <= k <= MAX_K:
             raise InvalidInput(f"k must be between 1 and {MAX_K}")
         if not query.strip():
@@ -172,13 +177,36 @@ class Bus:
             until=until,
             as_of=as_of,
         )
-        hits = await self.store.search(await self._embed_query(query), flt, k, text=query)
-        rec = _scoped(who, "recall", scopes, True, grant.rules)
-        ids = [h.memory.id for h in hits]
-        await self.audit.record(
-            rec.model_copy(update={"result_count": len(hits), "memory_ids": ids})
+        vector = await self._embed([query])
+        hits = await self.store.search(
+            vector, flt, ranking.candidates(k, self.config.ranking), text=query
         )
+        if working:
+            verify = self.keys if self.config.worker.verify_signatures else None
+            hits = await with_working(self.redis, flt, vector, self._embed, self.config,
+                                      verify, hits)  # fmt: skip
+        hits = await ranking.rank(self.redis, who.tenant, hits, k, self.config.ranking, as_of)
+        rec = _scoped(who, "recall", scopes, True, grant.rules)
+        await self.audit.record(rec.model_copy(update={
+            "result_count": len(hits), "memory_ids": [h.memory.id for h in hits],
+            "event_ids": [h.memory.source_events[0] for h in hits if h.working]}))  # fmt: skip
+        # best effort: a failure is logged, the recall still answers
+        await bump_access(self.redis, who.tenant, [h.memory.id for h in hits if not h.working])
         return hits
+
+    async def access(self, who: Identity, memory_ids: Sequence[str]) -> dict[str, Access]:
+        """How often recall returned each memory and when last; only memories ``who`` may
+        recall are answered (others are left out, as if they did not exist)."""
+        if len(memory_ids) > MAX_K:
+            raise InvalidInput(f"at most {MAX_K} memory ids")
+        ids = check_ids(memory_ids)
+        grant = await self.gate.grant(who, "recall", None)
+        found = await self.store.get(who.tenant, ids) if ids and not grant.empty else []
+        visible = [m.id for m in found if grant.admits(m.scope, m.sensitivity)]
+        rec = _scoped(who, "recall", None, not grant.empty, grant.rules)
+        await self.audit.record(rec.model_copy(update={"result_count": len(visible),
+                                                       "memory_ids": visible}))  # fmt: skip
+        return await read_access(self.redis, who.tenant, visible)
 
     async def subscribe(
         self,
@@ -335,6 +363,10 @@ class Agent:
 
     async def recall(self, query: str, **kwargs: Any) -> list[Hit]:
         return await self.bus.recall(self.identity, query, **kwargs)
+
+    async def access(self, memory_ids: Sequence[str]) -> dict[str, Access]:
+        """Recall statistics of memories this agent may recall (see ``Bus.access``)."""
+        return await self.bus.access(self.identity, memory_ids)
 
     def subscribe(
         self, scopes: Sequence[str] | None = None, **kwargs: Any

@@ -101,7 +101,54 @@ class ConsolidationConfig(_Config):
 
 
 class RankingConfig(_Config):
-    """How recall orders hits beyond similarity (see membus/ranking.py)."""
+    """How recall orders hits beyond similarity, and how far back working memory reads.
+
+    The rerank (membus/ranking.py) multiplies a positive similarity by a factor in
+    ``[1 - sum(weights), 1]``::
+
+        final = sim * (1 - wr - wi - wh + wr*R + wi*I + wh*H)      (sim <= 0: left as is)
+        R = 0.5 ** (age / recency_half_life_s)   age: created_at to now (or to as_of)
+        I = metadata["importance"] clamped to [0, 1], else importance_default
+        H = n / (n + heat_saturation)            n: times the memory was returned by recall
+        sim: the engine's score (a cosine, or a hybrid engine's fused RRF score)
+
+    Multiplicative on purpose: a signal can only reorder memories whose similarities are close
+    (within a factor of ``1 - sum(weights)``), never lift an unrelated one above a relevant one,
+    and it keeps working whatever scale an engine's scores have (cosine, or a hybrid fusion).
+    A weight of 0 turns its signal off; ``enabled=False`` turns the rerank off entirely.
+
+    Defaults are gentle: recency can cost a memory at most 10 %, importance 10 % (only when
+    events carry it: without ``importance`` in metadata every memory gets the same I, which
+    reorders nothing). On a benchmark whose memories are all old (LoCoMo) every R is ~0 and on
+    one ingested all at once every R is ~1: a uniform factor, so similarity order stands. Heat is
+    off: it feeds recall's own output back into recall (rich get richer) and would make a
+    benchmark's answers depend on the order its questions were asked. On the hybrid engines the
+    top fused scores are 20-30 % apart rank to rank, so at these weights the signals mostly
+    reorder below the first few hits; overturning a top rank takes weights near 0.5.
+    """
+
+    enabled: bool = True
+    recency_weight: float = Field(default=0.1, ge=0, le=1)
+    recency_half_life_s: float = Field(default=30 * 24 * 3600, gt=0)
+    importance_weight: float = Field(default=0.1, ge=0, le=1)
+    importance_default: float = Field(default=0.5, ge=0, le=1)
+    heat_weight: float = Field(default=0.0, ge=0, le=1)
+    heat_saturation: float = Field(default=10.0, gt=0)
+    # the rerank looks at factor * k candidates from the store (at most max_candidates, never
+    # fewer than k): enough for a boosted memory just below the top k to move up
+    candidate_factor: int = Field(default=3, ge=1, le=10)
+    max_candidates: int = Field(default=300, ge=1, le=10_000)
+    # working memory (recall(working=True)): how many of the newest events stream entries are
+    # read, and how old an uncommitted entry may be; bounds the cost of one recall
+    working_tail: int = Field(default=256, ge=1, le=10_000)
+    working_max_age_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _weights_leave_similarity_a_share(self) -> RankingConfig:
+        # at 1 a stale, unimportant memory would score 0 whatever its similarity
+        if self.recency_weight + self.importance_weight + self.heat_weight >= 1:
+            raise ValueError("recency_weight + importance_weight + heat_weight must be < 1")
+        return self
 
 
 class MembusConfig(_Config):

@@ -40,6 +40,13 @@ class TenantKeys:
         """Last error per pending entry id, so a poison entry is parked with its cause."""
         return f"{self._base}:dlq:errors"
 
+    @property
+    def access(self) -> str:
+        """A hash of recall statistics per memory: ``n:<id>`` times returned by recall,
+        ``t:<id>`` when last (epoch ms). One key per tenant, so one pipelined round trip bumps a
+        whole result and erasure drops a memory's fields with one HDEL."""
+        return f"{self._base}:access"
+
 
 def tenants_key() -> str:
     """A set of every tenant that ever published, so workers know which streams to read."""

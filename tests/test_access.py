@@ -1,0 +1,151 @@
+"""Access statistics on a real redis-server: recall bumps what it returns (best effort), agents
+read them only for memories they may recall, heat can rank by them, erasure drops them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+import membus
+from membus import ranking
+from membus.access import Access, bump_access, forget_access, read_access
+from membus.bus import Bus
+from membus.config import MembusConfig, RankingConfig, RedisConfig, WorkerConfig
+from membus.errors import InvalidInput
+from membus.keys import TenantKeys
+from membus.policy import CasbinGate
+from membus.policy_watch import MemorySource
+from membus.store import point_id
+from membus.streams import redis_client
+from tests.redis_proc import RedisProcess
+
+pytestmark = pytest.mark.anyio
+
+FAST = WorkerConfig(
+    min_idle_ms=200, reclaim_every_s=0.2, max_deliveries=2, block_ms=50, tenants_refresh_s=0.1
+)
+IDS = [f"00000000-0000-0000-0000-00000000000{i}" for i in range(3)]
+
+
+def config(url: str, **ranking: float) -> MembusConfig:
+    return MembusConfig(
+        redis=RedisConfig(url=url), worker=FAST, ranking=RankingConfig(**ranking)
+    )  # fmt: skip
+
+
+async def test_bump_read_and_forget_round_trip(redis_url: str) -> None:
+    redis = redis_client(redis_url)
+    try:
+        at = int(datetime(2026, 1, 2, tzinfo=UTC).timestamp() * 1000)
+        assert await bump_access(redis, "acme", [IDS[0], IDS[1], IDS[0]], at)  # repeats count once
+        assert await bump_access(redis, "acme", [IDS[0]], at + 1000)
+        assert await bump_access(redis, "other", [IDS[2]], at)
+        got = await read_access(redis, "acme", IDS)
+        assert got[IDS[0]] == Access(count=2, last_at=datetime(2026, 1, 2, 0, 0, 1, tzinfo=UTC))
+        assert got[IDS[1]].count == 1
+        assert got[IDS[2]] == Access()  # tenants never mix
+        assert await forget_access(redis, "acme", [IDS[0], IDS[2]]) == 2
+        assert (await read_access(redis, "acme", [IDS[0]]))[IDS[0]] == Access()
+        assert (await read_access(redis, "acme", [IDS[1]]))[IDS[1]].count == 1
+        assert await forget_access(redis, "acme", []) == 0
+        # one hash-tagged key per tenant: same cluster slot as the tenant's streams
+        assert set(await redis.keys("membus:*:access")) == {
+            TenantKeys("acme").access, TenantKeys("other").access,
+        }  # fmt: skip
+        assert TenantKeys("acme").access == "membus:{acme}:access"
+    finally:
+        await redis.aclose()
+
+
+async def test_bump_is_best_effort_when_redis_is_gone() -> None:
+    redis = redis_client("redis://127.0.0.1:1/0", socket_timeout_s=0.5)
+    try:
+        assert await bump_access(redis, "acme", IDS) is False
+    finally:
+        await redis.aclose()
+
+
+async def test_recall_bumps_what_it_returns_and_only_that(redis_url: str, tmp_path: Path) -> None:
+    async with membus.open(tmp_path, config(redis_url)) as bus:
+        alice = bus.agent("alice", "acme")
+        kept = await alice.publish("the printer on floor 3 is out of toner", scope="team/a")
+        other = await alice.publish("lunch is at noon", scope="team/a")
+        await bus.drain(10)
+        before = datetime.now(UTC) - timedelta(seconds=1)
+        for _ in range(3):
+            [h] = await alice.recall("printer toner floor 3", k=1)
+        assert h.memory.id == point_id("acme", kept.event_id)
+        stats = await alice.access([h.memory.id, point_id("acme", other.event_id)])
+        assert stats[h.memory.id].count == 3
+        last = stats[h.memory.id].last_at
+        assert last is not None and last >= before
+        assert stats[point_id("acme", other.event_id)] == Access()
+
+
+async def test_access_answers_only_for_memories_the_caller_may_recall(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Statistics are about memories: a memory the caller may not recall is left out, as if it
+    did not exist (its id says nothing). Malformed ids are refused like everywhere else."""
+    gate = CasbinGate(MemorySource("p, *, acme, team/*, publish|recall, allow\n"))
+    async with membus.open(tmp_path, config(redis_url), gate=gate) as bus:
+        alice, bob = bus.agent("alice", "acme"), bus.agent("bob", "acme")
+        private = await alice.publish("alice's diary: the launch slips", scope="agent/alice/notes")
+        shared = await alice.publish("the launch slips a week", scope="team/launch")
+        await bus.drain(10)
+        mine, ours = point_id("acme", private.event_id), point_id("acme", shared.event_id)
+        await alice.recall("launch slips", k=5)
+        assert {m: a.count for m, a in (await alice.access([mine, ours])).items()} == {
+            mine: 1, ours: 1,
+        }  # fmt: skip
+        assert set(await bob.access([mine, ours])) == {ours}
+        with pytest.raises(InvalidInput):
+            await bob.access(["not-a-uuid"])
+
+
+async def test_recall_survives_a_redis_that_refuses_the_bump(
+    fresh_redis: RedisProcess, tmp_path: Path
+) -> None:
+    """A user without HINCRBY (an old ACL file): the recall answers, the failure is only logged."""
+    admin = fresh_redis.client()
+    admin.acl_setuser(
+        "nobump", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+        commands=["+@all", "-hincrby"],
+    )  # fmt: skip
+    admin.close()
+    async with membus.open(tmp_path, config(fresh_redis.url)) as bus:
+        await bus.agent("alice", "acme").publish("the wifi password changed", scope="team/a")
+        await bus.drain(10)
+        url = f"redis://nobump:pw@127.0.0.1:{fresh_redis.port}/0"
+        limited = Bus(redis_client(url), bus.store, bus.embedder, bus.config)
+        try:
+            [h] = await limited.agent("alice", "acme").recall("wifi password", k=1)
+        finally:
+            await limited.redis.aclose()
+        assert h.memory.content == "the wifi password changed"
+        # not a transaction: what Redis accepted (the last time) stays, the count did not move
+        assert (await bus.agent("alice", "acme").access([h.memory.id]))[h.memory.id].count == 0
+
+
+async def test_heat_ranks_often_recalled_memories_up_when_weighted(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The same text in two scopes: the memory recalled more often wins once heat has a weight
+    (strong enough to overturn one rank of a hybrid engine's fusion); by default heat is off."""
+    assert not ranking.uses_heat(RankingConfig())
+    cfg = config(
+        redis_url, heat_weight=0.6, heat_saturation=1, recency_weight=0, importance_weight=0
+    )
+    async with membus.open(tmp_path, cfg) as bus:
+        alice = bus.agent("alice", "acme")
+        text = "standup moved to 9:30"
+        await alice.publish(text, scope="team/a")
+        await alice.publish(text, scope="team/b")
+        await bus.drain(10)
+        for _ in range(5):
+            await alice.recall("standup time", k=1, scopes=["team/b"])
+        hits = await alice.recall("when is standup", k=2)
+        assert [h.memory.scope for h in hits] == ["team/b", "team/a"]
+        assert hits[0].score > hits[1].score
