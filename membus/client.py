@@ -25,6 +25,7 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
+from membus.access import Access
 from membus.bus import Draft, Receipt
 from membus.envelope import invalid_from
 from membus.erasure import ErasureReport
@@ -32,6 +33,7 @@ from membus.errors import MembusError, Unavailable
 from membus.feed import Change
 from membus.store import Hit
 from membus.wire import (
+    AccessStats,
     Hits,
     Receipts,
     WhoAmI,
@@ -62,6 +64,8 @@ def _recall_body(query: str, k: int, **filters: Any) -> dict[str, Any]:
             continue
         if isinstance(value, datetime):
             body[name] = value.isoformat()
+        elif isinstance(value, bool):  # working: a flag, not a list
+            body[name] = value
         elif isinstance(value, str):  # a lone scope is a list of one, never a list of chars
             body[name] = [value]
         else:
@@ -204,9 +208,15 @@ class Client:
         return Receipts.model_validate(raw).receipts
 
     async def recall(self, query: str, *, k: int = 5, **filters: Any) -> list[Hit]:
-        """Same filters as ``Agent.recall``: scopes, kinds, subjects, agents, since, until."""
+        """Same options as ``Agent.recall``: scopes, kinds, subjects, agents, since, until,
+        as_of, working."""
         raw = await self._call("POST", "/v1/recall", _recall_body(query, k, **filters))
         return Hits.model_validate(raw).hits
+
+    async def access(self, memory_ids: Sequence[str]) -> dict[str, Access]:
+        """Recall statistics (count, last time) of memories this agent may recall."""
+        raw = await self._call("POST", "/v1/access", {"memory_ids": list(memory_ids)})
+        return AccessStats.model_validate(raw).access
 
     async def forget(self, **criteria: Any) -> ErasureReport:
         """memory_ids, subject, agent and/or scope; within what this agent may forget."""
@@ -314,6 +324,10 @@ class SyncClient:
     def recall(self, query: str, *, k: int = 5, **filters: Any) -> list[Hit]:
         raw = self._call("POST", "/v1/recall", _recall_body(query, k, **filters))
         return Hits.model_validate(raw).hits
+
+    def access(self, memory_ids: Sequence[str]) -> dict[str, Access]:
+        raw = self._call("POST", "/v1/access", {"memory_ids": list(memory_ids)})
+        return AccessStats.model_validate(raw).access
 
     def forget(self, **criteria: Any) -> ErasureReport:
         body = {k: v for k, v in criteria.items() if v is not None}

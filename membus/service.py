@@ -47,6 +47,8 @@ from membus.service_sse import ChangeStream, check_start, resolve_start
 from membus.streams import REDIS_DOWN
 from membus.wire import (
     ERRORS,
+    AccessRequest,
+    AccessStats,
     Backpressure,
     ForgetRequest,
     Hits,
@@ -211,9 +213,16 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
             hits = await bus.recall(
                 who.identity, req.query, k=req.k, scopes=req.scopes, kinds=req.kinds,
                 subjects=req.subjects, agents=req.agents, since=req.since, until=req.until,
+                as_of=req.as_of, working=req.working,
             )  # fmt: skip
         svc.metrics.recalls.labels(who.tenant).inc()
         return Hits(hits=hits)
+
+    @app.post("/v1/access", responses=ERRORS, tags=["read"])
+    async def access(req: AccessRequest, who: Caller) -> AccessStats:
+        """How often recall returned each memory and when last; memories this agent may not
+        recall are left out."""
+        return AccessStats(access=await bus.access(who.identity, req.memory_ids))
 
     @app.get(
         "/v1/changes",

@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from membus.access import Access
 from membus.bus import MAX_K, Draft, Receipt
 from membus.errors import (
     Conflict,
@@ -180,10 +181,28 @@ class RecallRequest(_Body):
     agents: list[str] | None = None
     since: datetime | None = None
     until: datetime | None = None
+    as_of: datetime | None = Field(
+        default=None, description="what held at this past time (superseded versions included)"
+    )
+    working: bool = Field(
+        default=False,
+        description="also recall what was just published and is not consolidated yet "
+        "(hits flagged working)",
+    )
 
 
 class Hits(BaseModel):
     hits: list[Hit]
+
+
+class AccessRequest(_Body):
+    """Recall statistics of these memories (only those the caller may recall are answered)."""
+
+    memory_ids: list[str] = Field(min_length=1, max_length=MAX_K)
+
+
+class AccessStats(BaseModel):
+    access: dict[str, Access]
 
 
 class ForgetRequest(_Body):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 import membus
+from membus.access import Access
 from membus.client import Client, SyncClient
 from membus.errors import Conflict, InvalidInput, PermissionDenied, StoreLocked, Unavailable
 from membus.policy import CasbinGate
@@ -29,6 +31,12 @@ from membus.wire import (
 from tests.test_service import ALICE, BOB, KEYS, opened, running
 
 pytestmark = pytest.mark.anyio
+
+
+def same_hits(a: list[membus.Hit], b: list[membus.Hit]) -> bool:
+    return [(h.memory, h.working) for h in a] == [(h.memory, h.working) for h in b] and all(
+        x.score == pytest.approx(y.score, rel=1e-6) for x, y in zip(a, b, strict=True)
+    )
 
 
 async def test_async_client_mirrors_the_in_process_agent(tmp_path: Path, redis_url: str) -> None:
@@ -51,7 +59,8 @@ async def test_async_client_mirrors_the_in_process_agent(tmp_path: Path, redis_u
             query: dict[str, Any] = {"scopes": ["team/billing"], "kinds": ["fact", "observation"]}
             via_http = await remote.recall("when do invoices go out", k=10, **query)
             in_process = await local.recall("when do invoices go out", k=10, **query)
-            assert via_http == in_process and len(via_http) == 4
+            # scores carry recency, measured at each call: equal up to the clock
+            assert same_hits(via_http, in_process) and len(via_http) == 4
             assert all(isinstance(h, membus.Hit) for h in via_http)
             assert {a for h in via_http for a in h.memory.agents} == {"alice"}
 
@@ -128,7 +137,7 @@ async def test_sync_client_round_trip(tmp_path: Path, redis_url: str) -> None:
         assert sorted(h.memory.content for h in hits) == ["Sync one.", "Sync two."]
         assert [c.content for c in changes] == ["Sync one.", "Sync two."]
         local = await bus.agent("alice", "acme").recall("sync", k=5, scopes=["team/sync"])
-        assert hits == local
+        assert same_hits(hits, local)
 
 
 async def test_retries_wait_out_a_rate_limit(tmp_path: Path, redis_url: str) -> None:
@@ -179,3 +188,35 @@ def test_errors_round_trip_through_the_wire(exc: membus.MembusError) -> None:
     assert type(back) is type(exc)
     assert (back.code, str(back)) == (exc.code, str(exc))
     assert back.to_dict() == exc.to_dict()
+
+
+async def test_clients_pass_recall_options_and_read_access(tmp_path: Path, redis_url: str) -> None:
+    """working, as_of and access() through both clients, same answers as in process."""
+    async with opened(tmp_path, redis_url, writers=0) as bus:
+        transport = httpx.ASGITransport(app=create_app(bus, KEYS))
+        local = bus.agent("alice", "acme")
+        await local.publish("the coffee order goes out at 10", "team/office")
+        async with Client("http://membus", ALICE, transport=transport) as remote:
+            assert await remote.recall("coffee order") == []
+            [h] = await remote.recall("coffee order", working=True, scopes="team/office")
+            assert h.working and h.memory.content == "the coffee order goes out at 10"
+            past = datetime.now(UTC) - timedelta(days=1)
+            assert await remote.recall("coffee order", working=True, as_of=past) == []
+            assert await remote.access([h.memory.id]) == {}  # not a memory yet
+
+    async with opened(tmp_path, redis_url) as bus:
+        await bus.drain(10)
+        app = create_app(bus, KEYS)
+        async with running(app) as url:
+
+            def work() -> tuple[list[membus.Hit], dict[str, Access]]:
+                with SyncClient(url, ALICE) as agent:
+                    hits = agent.recall("coffee order", working=True)
+                    return hits, agent.access([x.memory.id for x in hits])
+
+            hits, stats = await anyio.to_thread.run_sync(work)
+        assert [(x.memory.content, x.working) for x in hits] == [
+            ("the coffee order goes out at 10", False)
+        ]
+        assert stats == await bus.agent("alice", "acme").access([hits[0].memory.id])
+        assert stats[hits[0].memory.id].count == 1

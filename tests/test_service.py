@@ -430,3 +430,49 @@ async def test_sse_follows_changes_and_resumes_from_a_position(
                     events = await read_events(resp, 2)
                 assert [membus.Change.model_validate_json(d).content
                         for e, _, d in events if e == "change"] == ["c1", "c2"]  # fmt: skip
+
+
+async def test_recall_options_and_access_over_http(tmp_path: Path, redis_url: str) -> None:
+    """working and as_of reach the bus; /v1/access answers only for memories the key's agent
+    may recall."""
+    gate = CasbinGate(MemorySource("p, *, acme, team/*, publish|recall, allow\n"))
+    async with service(tmp_path, redis_url, writers=0, gate=gate) as (bus, http):
+        body = {"content": "the fire drill is on tuesday", "scope": "team/safety"}
+        assert (await http.post("/v1/publish", json=body, headers=auth(ALICE))).status_code == 201
+        private = {"content": "alice: skip the fire drill", "scope": "agent/alice/notes"}
+        assert (
+            await http.post("/v1/publish", json=private, headers=auth(ALICE))
+        ).status_code == 201
+        q: dict[str, Any] = {"query": "fire drill", "k": 5}
+        r = await http.post("/v1/recall", json=q, headers=auth(BOB))
+        assert r.status_code == 200 and r.json()["hits"] == []  # nothing consolidated yet
+        r = await http.post("/v1/recall", json={**q, "working": True}, headers=auth(BOB))
+        hits = [membus.Hit.model_validate(h) for h in r.json()["hits"]]
+        assert [(h.memory.content, h.working) for h in hits] == [
+            ("the fire drill is on tuesday", True)
+        ]
+        past = {**q, "working": True, "as_of": "2020-01-01T00:00:00Z"}
+        r = await http.post("/v1/recall", json=past, headers=auth(BOB))
+        assert r.status_code == 200 and r.json()["hits"] == []
+        r = await http.post("/v1/recall", json={**q, "working": "maybe"}, headers=auth(BOB))
+        assert r.status_code == 400 and error(r)["code"] == "invalid_input"
+
+    async with service(tmp_path, redis_url, writers=1, gate=gate) as (bus, http):
+        await bus.drain(10)
+        r = await http.post("/v1/recall", json={**q, "k": 5}, headers=auth(ALICE))
+        ids = {h["memory"]["scope"]: h["memory"]["id"] for h in r.json()["hits"]}
+        assert set(ids) == {"team/safety", "agent/alice/notes"}
+        ask = {"memory_ids": list(ids.values())}
+        r = await http.post("/v1/access", json=ask, headers=auth(ALICE))
+        assert r.status_code == 200, r.text
+        assert {m: a["count"] for m, a in r.json()["access"].items()} == dict.fromkeys(
+            ids.values(), 1
+        )
+        r = await http.post("/v1/access", json=ask, headers=auth(BOB))
+        assert set(r.json()["access"]) == {ids["team/safety"]}
+        r = await http.post("/v1/access", json={"memory_ids": ["nope"]}, headers=auth(BOB))
+        assert r.status_code == 400
+        spec = (await http.get("/openapi.json")).json()
+        assert "/v1/access" in spec["paths"]
+        recall_body = spec["components"]["schemas"]["RecallRequest"]["properties"]
+        assert {"as_of", "working"} <= set(recall_body)
