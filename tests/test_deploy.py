@@ -204,8 +204,10 @@ async def test_api_and_worker_users_run_the_whole_flow(
             await bus.redis.xadd(TenantKeys("acme").events, {"e": "{not json"})  # poison
             await bus.drain(timeout_s=20)
 
-            hits = await carol.recall("tea release")
+            # working=True: the stream tail too (XREVRANGE, XINFO); recall bumps access (HINCRBY)
+            hits = await carol.recall("tea release", working=True)
             assert [h.memory.content for h in hits] == ["carol prefers tea on release days"]
+            assert (await carol.access([hits[0].memory.id]))[hits[0].memory.id].count == 1
             with anyio.fail_after(5):
                 async for change in carol.subscribe([scope], start="0"):
                     assert change.op == "upsert"
