@@ -42,6 +42,9 @@ class StoreMeta(BaseModel):
     embedder: str
     dim: int
     layout: int = 2  # 2: validity interval and slot fields (consolidation)
+    # the lexical sparse vector's encoder (``membus.sparse.NAME``) for hybrid recall; None: the
+    # store holds dense vectors only. A store recorded before this field existed has none.
+    sparse: str | None = "bm25-en-snowball-v1"
 
 
 class Memory(BaseModel):
