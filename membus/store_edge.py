@@ -5,6 +5,12 @@ take our own exclusive file lock before opening. Edge calls are synchronous and 
 they run in a worker thread behind one lock. ``optimize()`` (the HNSW build) also holds the GIL
 for its whole run, so it is never called on a request path: ``maintain()`` runs it only when asked
 (idle time in the embedded runtime, or ``membus optimize``).
+
+Hybrid recall (``membus.sparse``): every point also carries a BM25 sparse vector of its content,
+declared with Edge's IDF modifier. A search with ``text`` runs a dense and a lexical prefetch,
+each under the full filter (the filter carries the read grant: a branch without it would leak
+memories outside the grant), and Edge fuses them with weighted RRF. Hit scores are then fused
+RRF scores, not cosine similarities.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any, TypeVar
 import anyio
 import qdrant_edge as q
 
+from membus import sparse
 from membus.embedder import Vectors
 from membus.errors import Conflict, InvalidInput, StoreLocked, Unavailable
 from membus.filters import Cond, FilterSpec, spec, tenant_spec
@@ -64,6 +71,7 @@ class EdgeStore:
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
         self._dim = 0
+        self._lexical = False
 
     async def _run(self, fn: Callable[[], T]) -> T:
         def locked() -> T:
@@ -93,18 +101,21 @@ class EdgeStore:
         shard_dir = self._path / "shard"
         try:
             if meta_path.exists():
-                found = StoreMeta.model_validate_json(meta_path.read_text())
-                if found != meta:
-                    raise Conflict(
-                        f"store {self._path} holds vectors of embedder {found.embedder!r} "
-                        f"(dim {found.dim}); refusing embedder {meta.embedder!r} (dim {meta.dim})"
-                    )
+                found = sparse.recorded_meta(json.loads(meta_path.read_text()))
+                why = sparse.meta_conflict(f"store {self._path}", found, meta)
+                if why:
+                    raise Conflict(why)
                 shard = await anyio.to_thread.run_sync(q.EdgeShard.load, str(shard_dir))
             else:
                 config = q.EdgeConfig(
                     vectors={
                         _VECTOR: q.EdgeVectorParams(size=meta.dim, distance=q.Distance.Cosine)
                     },
+                    sparse_vectors=(
+                        {sparse.VECTOR: q.EdgeSparseVectorParams(modifier=q.Modifier.Idf)}
+                        if meta.sparse
+                        else None
+                    ),
                     hnsw_config=q.HnswIndexConfig(
                         m=16, ef_construct=64, full_scan_threshold=10_000
                     ),
@@ -134,7 +145,7 @@ class EdgeStore:
         except BaseException:
             self._release_file_lock()
             raise
-        self._shard, self._dim = shard, meta.dim
+        self._shard, self._dim, self._lexical = shard, meta.dim, meta.sparse is not None
 
     async def upsert(self, memories: Sequence[Memory], vectors: Vectors) -> None:
         if not memories:
@@ -145,10 +156,16 @@ class EdgeStore:
         # thread; only update(), which releases the GIL, goes to the worker thread. Rows are
         # converted one by one: one big ``tolist()`` is ~4x slower per row.
         points = [
-            q.Point(m.id, {_VECTOR: vectors[i].tolist()}, m.to_payload())
+            q.Point(m.id, self._vectors(m, vectors[i].tolist()), m.to_payload())
             for i, m in enumerate(memories)
         ]
         await self._run(lambda: self._shard.update(q.UpdateOperation.upsert_points(points)))
+
+    def _vectors(self, memory: Memory, dense: list[float]) -> dict[str, Any]:
+        if not self._lexical:
+            return {_VECTOR: dense}
+        lex = sparse.document(memory.content)
+        return {_VECTOR: dense, sparse.VECTOR: q.SparseVector(lex.indices, lex.values)}
 
     async def search(
         self, vector: Vectors, flt: RecallFilter, k: int, *, text: str | None = None
@@ -157,14 +174,47 @@ class EdgeStore:
         fs = spec(flt)
         if fs.nothing:
             return []
-        request = q.QueryRequest(
-            limit=k,
-            query=q.Query.Nearest(query, using=_VECTOR),
-            filter=_filter(fs),
-            with_payload=True,
-        )
+        where = _filter(fs)
+        terms = sparse.query(text) if text and self._lexical else None
+        if terms:
+            request = self._hybrid(query, terms, where, k)
+        else:  # no text, a dense-only store, or a query of stop words only: dense as before
+            request = q.QueryRequest(
+                limit=k,
+                query=q.Query.Nearest(query, using=_VECTOR),
+                filter=where,
+                with_payload=True,
+            )
         found = await self._run(lambda: self._shard.query(request))
         return [Hit(memory=Memory.from_payload(p.payload or {}), score=p.score) for p in found]
+
+    @staticmethod
+    def _hybrid(
+        dense: list[float], terms: sparse.SparseVec, where: q.Filter, k: int
+    ) -> q.QueryRequest:
+        limit = sparse.prefetch_limit(k)
+        # every branch carries the filter, and so does the fusion on top of them
+        branches = [
+            q.Prefetch(limit=limit, query=q.Query.Nearest(dense, using=_VECTOR), filter=where),
+            q.Prefetch(
+                limit=limit,
+                query=q.Query.Nearest(
+                    q.SparseVector(terms.indices, terms.values), using=sparse.VECTOR
+                ),
+                filter=where,
+                # IDF over what this search may see: per tenant, and blind to hidden memories
+                params=q.SearchParams(idf=q.IdfParams(corpus=where)),
+            ),
+        ]
+        weights = [sparse.DENSE_WEIGHT, sparse.LEXICAL_WEIGHT]
+        fusion: Any = q.Fusion.Rrf(k=sparse.RRF_K, weights=weights)  # the stub omits Fusion.Rrf
+        return q.QueryRequest(
+            limit=k,
+            prefetches=branches,
+            query=fusion,
+            filter=where,
+            with_payload=True,
+        )
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]:
         wanted = [uuid.UUID(i) for i in check_ids(ids)]

@@ -4,6 +4,11 @@ Use it when several writer processes share one store (Edge allows one process pe
 ``url=":memory:"`` runs qdrant-client's local mode, which is what the tests use. The store's
 ``StoreMeta`` lives in the collection's own ``metadata`` (Qdrant >= 1.16), so it cannot drift
 from the vectors it describes.
+
+Hybrid recall (``membus.sparse``): each point also carries a BM25 sparse vector declared with the
+IDF modifier; a search with ``text`` prefetches a dense and a lexical branch, each under the full
+filter (it carries the read grant), with IDF computed over that same filter (per-tenant IDF needs
+Qdrant >= 1.19), and the server fuses them with weighted RRF. Hit scores are then RRF scores.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as m
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from membus import sparse
 from membus.embedder import Vectors
 from membus.errors import Conflict, InvalidInput, Unavailable
 from membus.filters import Cond, FilterSpec, spec
@@ -69,6 +75,24 @@ def _ids_in_tenant(tenant: str, ids: Sequence[str]) -> m.Filter:
     )
 
 
+def _branches(
+    dense: list[float], terms: sparse.SparseVec, where: m.Filter, limit: int
+) -> list[m.Prefetch]:
+    """The dense and lexical branches of a hybrid search, every one under the full filter."""
+    lexical = m.SparseVector(indices=terms.indices, values=terms.values)
+    return [
+        m.Prefetch(query=dense, using=_VECTOR, filter=where, limit=limit),
+        m.Prefetch(
+            query=lexical,
+            using=sparse.VECTOR,
+            filter=where,
+            limit=limit,
+            # IDF over what this search may see: per tenant, and blind to hidden memories
+            params=m.SearchParams(idf=m.IdfCorpusParams(corpus=where)),
+        ),
+    ]
+
+
 class QdrantStore:
     def __init__(
         self,
@@ -86,6 +110,7 @@ class QdrantStore:
         self._given = client
         self._client: AsyncQdrantClient | None = None
         self._dim = 0
+        self._lexical = False
         self._log = log.bind(collection=collection, url=url if url == ":memory:" else "server")
 
     @asynccontextmanager
@@ -141,7 +166,7 @@ class QdrantStore:
             if self._given is None:
                 await client.close()
             raise
-        self._client, self._dim = client, meta.dim
+        self._client, self._dim, self._lexical = client, meta.dim, meta.sparse is not None
 
     async def _check(self, client: AsyncQdrantClient, meta: StoreMeta) -> None:
         info = await client.get_collection(self._collection)
@@ -152,20 +177,29 @@ class QdrantStore:
                 "else, or by a Qdrant server older than 1.16 (which drops collection metadata); "
                 "use another collection name or upgrade the server"
             )
-        found = StoreMeta.model_validate(raw)
+        found = sparse.recorded_meta(raw)
         vectors = info.config.params.vectors
         size = vectors[_VECTOR].size if isinstance(vectors, dict) and _VECTOR in vectors else None
-        if found != meta or size != meta.dim:
-            raise Conflict(
-                f"collection {self._collection!r} holds vectors of embedder {found.embedder!r} "
-                f"(dim {size}); refusing embedder {meta.embedder!r} (dim {meta.dim})"
-            )
+        lexical = sparse.VECTOR in (info.config.params.sparse_vectors or {})
+        where = f"collection {self._collection!r}"
+        # the collection's own schema outranks its metadata: trust what the vectors really are
+        actual = found.model_copy(
+            update={"dim": size or 0, "sparse": found.sparse if lexical else None}
+        )
+        why = sparse.meta_conflict(where, actual, meta)
+        if why:
+            raise Conflict(why)
 
     async def _create(self, client: AsyncQdrantClient, meta: StoreMeta) -> None:
         try:
             await client.create_collection(
                 self._collection,
                 vectors_config={_VECTOR: m.VectorParams(size=meta.dim, distance=m.Distance.COSINE)},
+                sparse_vectors_config=(
+                    {sparse.VECTOR: m.SparseVectorParams(modifier=m.Modifier.IDF)}
+                    if meta.sparse
+                    else None
+                ),
                 hnsw_config=m.HnswConfigDiff(m=16, ef_construct=64, full_scan_threshold=10_000),
                 metadata={_META_KEY: meta.model_dump(mode="json")},
             )
@@ -211,11 +245,20 @@ class QdrantStore:
             return
         check_batch(memories, vectors, self._dim)
         points = [
-            m.PointStruct(id=mem.id, vector={_VECTOR: row}, payload=mem.to_payload())
+            m.PointStruct(id=mem.id, vector=self._vectors(mem, row), payload=mem.to_payload())
             for mem, row in zip(memories, vectors.tolist(), strict=True)
         ]
         async with self._guard("upsert"):
             await self._c.upsert(self._collection, points, wait=True)
+
+    def _vectors(self, mem: Memory, dense: list[float]) -> dict[str, m.Vector]:
+        if not self._lexical:
+            return {_VECTOR: dense}
+        lex = sparse.document(mem.content)
+        return {
+            _VECTOR: dense,
+            sparse.VECTOR: m.SparseVector(indices=lex.indices, values=lex.values),
+        }
 
     async def search(
         self, vector: Vectors, flt: RecallFilter, k: int, *, text: str | None = None
@@ -224,15 +267,31 @@ class QdrantStore:
         fs = spec(flt)
         if fs.nothing:
             return []
+        where = _filter(fs)
+        terms = sparse.query(text) if text and self._lexical else None
         async with self._guard("search"):
-            found = await self._c.query_points(
-                self._collection,
-                query=query,
-                using=_VECTOR,
-                query_filter=_filter(fs),
-                limit=k,
-                with_payload=True,
-            )
+            if terms:
+                found = await self._c.query_points(
+                    self._collection,
+                    prefetch=_branches(query, terms, where, sparse.prefetch_limit(k)),
+                    query=m.RrfQuery(
+                        rrf=m.Rrf(
+                            k=sparse.RRF_K, weights=[sparse.DENSE_WEIGHT, sparse.LEXICAL_WEIGHT]
+                        )
+                    ),
+                    query_filter=where,
+                    limit=k,
+                    with_payload=True,
+                )
+            else:  # no text, a dense-only store, or a query of stop words only: dense as before
+                found = await self._c.query_points(
+                    self._collection,
+                    query=query,
+                    using=_VECTOR,
+                    query_filter=where,
+                    limit=k,
+                    with_payload=True,
+                )
         return [
             Hit(memory=Memory.from_payload(p.payload or {}), score=p.score) for p in found.points
         ]

@@ -395,3 +395,95 @@ class StoreConformance:
         assert seen == sorted(seen)  # id order, as the protocol promises
         with pytest.raises(InvalidInput):
             await store.scroll(TENANT, limit=0)
+
+    # --- hybrid recall (dense + lexical, fused in the engine) --------------------------------
+
+    @pytest.mark.anyio
+    async def test_hybrid_finds_a_rare_term_that_dense_misses(self, store: Store) -> None:
+        near = [mem(i, content=f"routine note number {i} about the weekly sync") for i in range(5)]
+        rare = mem(9, content="the zanzibar gateway rejected card payments overnight")
+        await store.upsert([*near, rare], rows([*(ray(i) for i in range(5)), unit(5)]))
+        dense = await store.search(unit(0), flt(), 3)
+        assert rare.id not in {h.memory.id for h in dense}  # its vector points elsewhere
+        hybrid = await store.search(unit(0), flt(), 3, text="what happened at Zanzibar?")
+        assert hybrid[0].memory.id == rare.id
+        assert hybrid[0].memory == rare  # full provenance through the fused path too
+        assert len(hybrid) == 3
+        assert [h.score for h in hybrid] == sorted((h.score for h in hybrid), reverse=True)
+
+    @pytest.mark.anyio
+    async def test_hybrid_never_returns_a_lexical_match_outside_the_grant(
+        self, store: Store
+    ) -> None:
+        """The filter carries the read grant: the lexical branch honours it like the dense one."""
+        word = "quetzalcoatl"
+        visible = mem(0, scope="team/support", content="an ordinary support note")
+        hidden = [
+            mem(1, scope="team/secret", content=f"{word} {word} launch codes"),
+            mem(2, scope="team/support/vault", content=f"{word} private"),
+            mem(3, scope="team/support", content=f"{word} confidential").model_copy(
+                update={"sensitivity": 3}
+            ),
+            mem(4, tenant="other", scope="team/support", content=f"{word} other tenant"),
+            mem(5, scope="team/support", kind="decision", content=f"{word} wrong kind"),
+        ]
+        # every hidden memory is also the dense branch's best match
+        await store.upsert([visible, *hidden], rows([unit(7), *(unit(0) for _ in hidden)]))
+        grant = ReadGrant(include=["team/support"], exclude=["team/support/vault"], clearance=2)
+        f = flt(grant=grant, kinds=["fact"])
+        for text in (word, f"tell me about {word}", None):
+            hits = await store.search(unit(0), f, 10, text=text)
+            assert [h.memory.id for h in hits] == [visible.id], text
+
+    @pytest.mark.anyio
+    async def test_no_text_or_no_terms_ranks_by_the_dense_vector_alone(self, store: Store) -> None:
+        batch = [mem(i, content=f"alpha {i}") for i in range(5)]
+        lexical = mem(9, content="beta gamma")
+        await store.upsert([*batch, lexical], rows([*(ray(i) for i in range(5)), unit(5)]))
+        expected = [m.id for m in batch[:3]]
+        for text in (None, "", "the of and is"):  # stop words only leave no terms to match
+            hits = await store.search(unit(0), flt(), 3, text=text)
+            assert [h.memory.id for h in hits] == expected, text
+            assert math.isclose(hits[0].score, 1.0, abs_tol=1e-4)  # cosine, not a fused score
+
+    @pytest.mark.anyio
+    async def test_a_dense_only_store_ignores_text(self, make: StoreFactory) -> None:
+        dense_only = META.model_copy(update={"sparse": None})
+        store = make()
+        await store.open(dense_only)
+        try:
+            rare = mem(9, content="zanzibar")
+            await store.upsert([mem(0), rare], rows([unit(0), unit(5)]))
+            hits = await store.search(unit(0), flt(), 1, text="zanzibar")
+            assert [h.memory.id for h in hits] == [mem(0).id]
+        finally:
+            await store.close()
+
+    @pytest.mark.anyio
+    async def test_reopen_with_another_lexical_setting_is_refused(self, make: StoreFactory) -> None:
+        if not self.persists:
+            pytest.skip("engine does not persist across close")
+        store = make()
+        await store.open(META.model_copy(update={"sparse": None}))
+        await fill(store, [mem(0)])
+        await store.close()
+        hybrid = make()
+        with pytest.raises(Conflict, match="lexical vectors"):
+            await hybrid.open(META)
+        await hybrid.close()
+
+    @pytest.mark.anyio
+    async def test_hidden_lexical_matches_do_not_crowd_out_visible_ones(self, store: Store) -> None:
+        """Each branch is filtered before it is cut to its prefetch limit: many strong matches
+        outside the grant must not fill the lexical branch and push the visible match out."""
+        word = "ouroboros"
+        filler = [mem(i, content=f"filler {i}") for i in range(60)]  # dense favourites
+        target = mem(100, content=f"a long note that mentions {word} once among many words")
+        hidden = [mem(200 + i, scope="team/secret", content=f"{word} {word}") for i in range(60)]
+        batch = [*filler, target, *hidden]
+        vectors = [*(ray(1) for _ in filler), unit(5), *(unit(5) for _ in hidden)]
+        await store.upsert(batch, rows(vectors))
+        f = flt(grant=ReadGrant(include=["team/support"]))
+        hits = await store.search(unit(0), f, 5, text=word)
+        assert target.id in {h.memory.id for h in hits}
+        assert all(h.memory.scope == "team/support" for h in hits)

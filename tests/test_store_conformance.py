@@ -18,7 +18,7 @@ from membus.store_edge import EdgeStore
 from membus.store_qdrant import QdrantStore
 from tests.conformance import META, StoreConformance, StoreFactory
 
-QDRANT_IMAGE = "qdrant/qdrant:v1.16.2"  # collection metadata needs >= 1.16
+QDRANT_IMAGE = "qdrant/qdrant:v1.19.0"  # metadata needs >= 1.16, per-tenant IDF >= 1.19
 
 
 class TestEdgeStore(StoreConformance):
