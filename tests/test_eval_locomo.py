@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from membus import sparse
 from membus.bm25 import BM25, tokenize
 from membus.errors import InvalidInput
 from membus.eval_locomo import (
@@ -21,6 +22,7 @@ from membus.eval_locomo import (
     first_turns,
     load,
     parse_date,
+    render_turn,
     resolve_dataset,
     run_eval,
     sanitize,
@@ -66,15 +68,30 @@ def test_fixture_loads_with_dangling_evidence_dropped() -> None:
     assert captioned.text.endswith("[image: a cello leaning against a wooden chair]")
 
 
-def test_a_merged_memory_maps_to_all_its_turns() -> None:
+def test_a_merged_memory_maps_to_all_its_turns_through_its_source_events() -> None:
     now = datetime.now(UTC)
     base = {"id": "x", "tenant": "t", "scope": "s", "kind": "observation", "content": "c"}
-    merged = Memory(**base, created_at=now, updated_at=now, metadata={"dia_ids": ["D1:1", "D1:2"]})
-    single = Memory(**base, created_at=now, updated_at=now, metadata={"dia_id": "D1:3"})
-    assert dia_ids(merged) == ["D1:1", "D1:2"]
-    assert dia_ids(single) == ["D1:3"]
+    turn_of = {"ev-1": "D1:1", "ev-2": "D1:2", "ev-3": "D1:3"}
+    folded = Memory(**base, created_at=now, updated_at=now, source_events=["ev-1", "ev-2"])
+    # metadata plays no part: the mapping is the eval's own, from the publish receipts
+    single = Memory(
+        **base, created_at=now, updated_at=now, source_events=["ev-3"], metadata={"dia_id": "D9:9"}
+    )
+    stranger = Memory(**base, created_at=now, updated_at=now, source_events=["not-ours"])
+    assert dia_ids(folded, turn_of) == ["D1:1", "D1:2"]
+    assert dia_ids(single, turn_of) == ["D1:3"]
+    assert dia_ids(stranger, turn_of) == []
     # the k budget counts turns, not memories, so merging cannot inflate recall@k
     assert first_turns([["D1:1", "D1:2"], ["D1:2", "D1:3"]], 2) == ["D1:1", "D1:2"]
+
+
+def test_turns_are_published_as_the_transcript_shows_them() -> None:
+    when = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+    assert render_turn("Caroline", "Hi!", when) == "Caroline (8 May 2023): Hi!"
+    assert render_turn("Mel", "Look", when, "a dog") == "Mel (8 May 2023): Look [image: a dog]"
+    convs, _ = load(FIXTURE)
+    first = convs[0].turns[0]
+    assert first.text.startswith(f"{first.speaker} (")
 
 
 def test_bm25_ranks_the_turn_sharing_rare_terms_first() -> None:
@@ -98,7 +115,7 @@ def test_run_eval_end_to_end_json(tmp_path: Path, capsys: pytest.CaptureFixture[
 
     assert set(result) == {
         "recall@5", "recall@10", "recall@25", "bm25", "memories", "observations",
-        "dropped_evidence", "questions", "ingest_s", "embedder",
+        "dropped_evidence", "questions", "ingest_s", "embedder", "lexical",
     }  # fmt: skip
     assert set(result["bm25"]) == {"recall@5", "recall@10", "recall@25"}
     for table in (result, result["bm25"]):
@@ -109,6 +126,7 @@ def test_run_eval_end_to_end_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert result["questions"] == 7
     assert result["dropped_evidence"] == 2
     assert result["embedder"].startswith("hashing")
+    assert result["lexical"] == sparse.NAME  # hybrid retrieval by default
     for table in (result, result["bm25"]):
         # the single-hop questions repeat their turn's words: both must find them at once
         assert table["recall@5"]["single-hop"] == 100.0
