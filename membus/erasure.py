@@ -39,6 +39,7 @@ from membus.envelope import validate_name, validate_scope
 from membus.errors import InvalidInput
 from membus.feed import Change
 from membus.keys import TenantKeys
+from membus.ledger import drop_variants, find_variants
 from membus.store import Memory, Store, check_ids, point_id
 from membus.streams import REDIS_DOWN, Redis, decode_fields, unavailable
 from membus.tombstones import commit_unless_erased as commit_unless_erased
@@ -68,6 +69,7 @@ class ErasureReport(BaseModel):
     dlq: int = 0  # dead-letter entries deleted
     changes: int = 0  # change-feed entries deleted
     errors: int = 0  # writer error notes deleted
+    ledger: int = 0  # consolidation ledger entries deleted
     tombstones: int = 0  # new tombstones written
     notices: int = 0  # "delete" changes published for subscribers
     memory_ids: list[str] = Field(default_factory=list)
@@ -221,6 +223,15 @@ async def _pass(redis: Redis, store: Store, crit: _Criteria, st: _State, group: 
     doomed_events = [
         eid async for eid, f in _scan(redis, keys.events, st) if event_hit(_json(f.get("e")))
     ]
+    in_ledger = await find_variants(
+        redis,
+        tenant,
+        lambda v: (
+            v.event_id in st.events
+            or crit.holds(point_id(tenant, v.event_id), v.scope, v.subject, [v.agent])
+        ),
+    )
+    st.events.update(eid for _, eid in in_ledger)
     doomed_dlq, origins = [], []
     async for eid, f in _scan(redis, keys.dlq, st):
         if event_hit(_json(f.get("f:e"))):
@@ -235,6 +246,7 @@ async def _pass(redis: Redis, store: Store, crit: _Criteria, st: _State, group: 
     st.add("events", deleted)
     st.add("pending", acked)
     st.add("dlq", (await _delete_entries(redis, keys.dlq, doomed_dlq, []))[0])
+    st.add("ledger", await drop_variants(redis, in_ledger))
     notes = [i for i in [*doomed_events, *origins] if i]
     if notes:
         st.add("errors", int(await redis.hdel(errors_key(tenant), *notes)))

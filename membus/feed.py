@@ -19,7 +19,9 @@ from membus.keys import TenantKeys
 from membus.store import Memory
 from membus.streams import REDIS_DOWN, Redis, ensure_group, unavailable
 
-Op = Literal["upsert", "delete"]
+# conflict: two agents asserted different values for one key at nearly the same time; the
+# change names the winner (current) and, in ``detail``, the superseded value and its agents
+Op = Literal["upsert", "delete", "conflict"]
 
 
 class Change(BaseModel):
@@ -37,11 +39,29 @@ class Change(BaseModel):
     event_ids: list[str] = Field(default_factory=list)
     sensitivity: int = 0
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    detail: dict[str, Any] | None = None
     position: str | None = None  # the change stream id, set when read
 
     @classmethod
     def upsert(cls, memory: Memory, event_ids: Sequence[str]) -> Change:
         return cls.model_validate(orjson.loads(upsert_fields(memory, event_ids)["c"]))
+
+    @classmethod
+    def of(cls, op: Op, memory: Memory, event_ids: Sequence[str], **extra: Any) -> Change:
+        return cls(
+            op=op,
+            memory_id=memory.id,
+            tenant=memory.tenant,
+            scope=memory.scope,
+            kind=memory.kind,
+            content=memory.content if op != "delete" else None,
+            subject=memory.subject,
+            key=memory.key,
+            agents=memory.agents,
+            event_ids=list(event_ids),
+            sensitivity=memory.sensitivity,
+            **extra,
+        )
 
     def to_fields(self) -> dict[str, bytes]:
         return {"c": orjson.dumps(self.model_dump(mode="json", exclude={"position"}))}

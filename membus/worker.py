@@ -24,20 +24,20 @@ from redis.exceptions import AskError, MovedError, ResponseError
 
 from membus.admission import Admission, Parsed
 from membus.audit import AuditLog, AuditRecord
-from membus.config import RetentionConfig, WorkerConfig
+from membus.config import ConsolidationConfig, RetentionConfig, WorkerConfig
+from membus.consolidating import Consolidator
 from membus.dlq import park
 from membus.embedder import Embedder, HashingEmbedder, Vectors
 from membus.envelope import Event
 from membus.errors import InvalidInput, Unavailable
-from membus.feed import upsert_fields
 from membus.gate import Gate, OpenGate
 from membus.keys import TenantKeys, tenant_of
+from membus.ledger import Item
 from membus.reading import BatchReader
 from membus.replay import ReplayGuard
 from membus.signing import KeyRegistry
-from membus.store import Memory, Store
+from membus.store import Store
 from membus.streams import REDIS_DOWN, NodeClients, Redis, ensure_group, retain, tenants
-from membus.tombstones import commit_unless_erased
 
 Entry = tuple[str, dict[str, str] | None]
 
@@ -66,8 +66,8 @@ class Prepared:
     stream: str
     size: int
     events: list[tuple[str, Event]]
-    memories: list[Memory]
-    vectors: Vectors | None
+    items: list[Item]  # each event's ledger write
+    vectors: Vectors | None  # each event's content, embedded
 
 
 def consumer_name(n: int = 0) -> str:
@@ -86,9 +86,13 @@ class Writer:
         retention: RetentionConfig | None = None,
         gate: Gate | None = None,
         keys: KeyRegistry | None = None,
+        consolidation: ConsolidationConfig | None = None,
     ) -> None:
         self.redis, self.store, self.embedder = redis, store, embedder
         self.config = config or WorkerConfig()
+        folding = consolidation or ConsolidationConfig()
+        self._fold = folding.enabled
+        self.consolidator = Consolidator(redis, store, self._embed, folding, self.config.group)
         self.admission = Admission(
             redis,
             gate or OpenGate(),
@@ -215,17 +219,33 @@ class Writer:
                 await pipe.execute()
         if gone:
             await self.redis.xack(stream, self.config.group, *gone)
-        events = screened.admitted
-        memories = [Memory.from_event(e) for _, e in events]
+        events, items = await self._items(keys, stream, screened.admitted)
         vectors = None
-        if memories:
+        if events:
             try:
-                vectors = await self._embed([m.content for m in memories])
+                vectors = await self._embed([e.content for _, e in events])
             except (Unavailable, *REDIS_DOWN):
                 raise
             except Exception as exc:  # one bad text must not sink the batch: see _write
                 self._log.warning("writer.batch_embed_failed", tenant=tenant, error=repr(exc))
-        return Prepared(keys, stream, len(entries), events, memories, vectors)
+        return Prepared(keys, stream, len(entries), events, items, vectors)
+
+    async def _items(
+        self, keys: TenantKeys, stream: str, events: list[tuple[str, Event]]
+    ) -> tuple[list[tuple[str, Event]], list[Item]]:
+        """Each event's ledger write; a retraction naming no target of its scope is parked."""
+        kept: list[tuple[str, Event]] = []
+        items: list[Item] = []
+        bad: list[tuple[str, dict[str, str], str]] = []
+        for entry_id, event in events:
+            try:
+                items.append(Item.of(event, fold=self._fold))
+                kept.append((entry_id, event))
+            except InvalidInput as exc:
+                bad.append((entry_id, {"e": event.to_json().decode()}, str(exc)))
+        if bad:
+            await self._park(keys, stream, bad, reason="invalid")
+        return kept, items
 
     async def _embed(self, texts: list[str]) -> Vectors:
         if isinstance(self.embedder, HashingEmbedder):  # ~30 µs a text: not worth a thread hop
@@ -240,14 +260,15 @@ class Writer:
         try:
             if p.vectors is None:
                 raise _BatchFailed("embedding the batch failed")
-            await self._commit(keys, stream, events, p.memories, p.vectors)
+            known = {e.content: p.vectors[i] for i, (_, e) in enumerate(events)}
+            await self._commit(keys, stream, events, p.items, known)
         except (Unavailable, *REDIS_DOWN):
             raise
         except Exception as exc:
             self._log.warning("writer.batch_failed", tenant=tenant, error=repr(exc))
-            for one in events:
+            for n, one in enumerate(events):
                 try:
-                    await self._commit(keys, stream, [one])
+                    await self._commit(keys, stream, [one], [p.items[n]])
                 except (Unavailable, *REDIS_DOWN):
                     raise
                 except Exception as exc1:
@@ -263,32 +284,16 @@ class Writer:
         keys: TenantKeys,
         stream: str,
         events: list[tuple[str, Event]],
-        memories: list[Memory] | None = None,
-        vectors: Vectors | None = None,
+        items: list[Item],
+        known: dict[str, Any] | None = None,
     ) -> None:
-        if memories is None or vectors is None:
-            memories = [Memory.from_event(e) for _, e in events]
-            vectors = await self._embed([m.content for m in memories])
-        await self.store.upsert(memories, vectors)
-        # change entries + XACK in one MULTI, WATCHing tombstones: a forget that lands between
-        # our check and here makes us skip (and un-write) what it erased
-        entries = [(eid, e.id) for eid, e in events]
-        changes = [(m, upsert_fields(m, m.source_events)) for m in memories]
         via: Redis = self._nodes.for_key(stream) if self._nodes is not None else self.redis
         try:
-            skipped = await commit_unless_erased(
-                via, keys.tenant, stream, self.config.group, entries, changes
-            )
+            await self.consolidator.commit(via, keys, stream, events, items, known)
         except (MovedError, AskError):
             assert self._nodes is not None  # only a cluster redirects
-            # nothing was applied (MOVED/ASK come before EXEC runs anything): learn the new
-            # slot map and let the cluster pipeline, which follows redirections, commit
-            await self._nodes.refresh()
-            skipped = await commit_unless_erased(
-                self.redis, keys.tenant, stream, self.config.group, entries, changes
-            )
-        if skipped:
-            await self.store.delete(keys.tenant, sorted(skipped))
+            await self._nodes.refresh()  # nothing was applied: EXEC never ran
+            await self.consolidator.commit(self.redis, keys, stream, events, items, known)
         self.processed += len(events)
 
     async def _note_error(self, keys: TenantKeys, entry_id: str, exc: BaseException) -> None:

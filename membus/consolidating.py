@@ -1,0 +1,138 @@
+"""The writer's commit when consolidation is on: ledger first, then the store, then the ack.
+
+Per batch: add every event to its slot (``Ledger.add``; erased events are refused there,
+atomically with erasure's tombstones); WATCH the tombstones and the touched slots; read the slots
+back; materialise them (``consolidate.materialize``); write the store (upserts, then deletes of
+points that must no longer exist); and in one MULTI, XADD the change entries and XACK the batch.
+If a slot or the tombstones changed before EXEC, the whole read-materialise-write runs again, so
+the store always ends holding what the ledger says (see ``membus/ledger.py``).
+
+A writer killed anywhere in this leaves its entries pending; the redelivery adds nothing new to
+the ledger (HSETNX) and rewrites the same memories under the same ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import numpy as np
+import structlog
+from redis.exceptions import WatchError
+
+from membus.config import ConsolidationConfig
+from membus.consolidate import Plan, materialize
+from membus.embedder import Vectors
+from membus.envelope import Event
+from membus.feed import Change, upsert_fields
+from membus.keys import TenantKeys
+from membus.ledger import Item, Ledger, slot_key
+from membus.store import Memory, Store
+from membus.streams import Redis
+from membus.tombstones import tombstones_key
+
+Embed = Callable[[list[str]], Awaitable[Vectors]]
+# each round that fails lost a race to another writer that committed: progress is made
+_MAX_ROUNDS = 50
+
+
+def changes_for(
+    plans: Sequence[Plan], existed: Sequence[Memory], batch: set[str]
+) -> list[dict[str, bytes]]:
+    """Change entries for what this batch changed: memories it fed, the versions they
+    superseded, points that existed and are gone, and conflicts it took part in."""
+    out: list[dict[str, bytes]] = []
+    for plan in plans:
+        touched = {i for i, m in enumerate(plan.upserts) if not batch.isdisjoint(m.source_events)}
+        touched |= {i - 1 for i in touched if i > 0}  # its predecessor got a valid_to
+        for i in sorted(touched):
+            m = plan.upserts[i]
+            out.append(upsert_fields(m, m.source_events))
+        for c in plan.conflicts:
+            if batch.isdisjoint(c.winner.source_events) and batch.isdisjoint(c.loser.source_events):
+                continue
+            detail = {
+                "superseded": c.loser.id,
+                "superseded_content": c.loser.content,
+                "superseded_agents": c.loser.agents,
+                "rule": "newest version wins (created_at, then event id)",
+            }
+            change = Change.of("conflict", c.winner, c.winner.source_events, detail=detail)
+            sens = max(c.winner.sensitivity, c.loser.sensitivity)
+            out.append(change.model_copy(update={"sensitivity": sens}).to_fields())
+    caused = sorted(batch)
+    out += [Change.of("delete", m, caused).to_fields() for m in existed]
+    return out
+
+
+class Consolidator:
+    def __init__(
+        self, redis: Redis, store: Store, embed: Embed, config: ConsolidationConfig, group: str
+    ) -> None:
+        self.redis, self.store, self.embed, self.config = redis, store, embed, config
+        self.group = group
+        self.ledger = Ledger(redis)
+        self.rounds = 0  # read-materialise-write rounds run (more than commits: contention)
+        self._log = structlog.get_logger("membus.consolidate")
+
+    async def commit(
+        self,
+        via: Redis,
+        keys: TenantKeys,
+        stream: str,
+        events: Sequence[tuple[str, Event]],
+        items: Sequence[Item],
+        vectors: dict[str, np.ndarray] | None = None,
+    ) -> int:
+        """Commit ``events`` (entry id, event) with their ledger ``items``; returns how many
+        memories were written. ``vectors`` maps contents already embedded to their vector."""
+        tenant = keys.tenant
+        known = dict(vectors or {})
+        batch = {e.id for _, e in events}
+        for _ in range(_MAX_ROUNDS):
+            self.rounds += 1
+            resolved = await self.ledger.add(tenant, items)
+            refused = {items[i].event_id for i, r in enumerate(resolved) if r is None}
+            # in publish order, so the change feed follows it
+            slots = list(dict.fromkeys(r for r in resolved if r is not None))
+            watched = [tombstones_key(tenant), *(slot_key(tenant, s) for s in slots)]
+            async with via.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(*watched)
+                    states = await self.ledger.read(tenant, slots)
+                    plans = [materialize(tenant, states[s], self.config) for s in slots]
+                    existed = await self._write(tenant, plans, known)
+                    entries = changes_for(plans, existed, batch - refused)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    for fields in entries:
+                        pipe.xadd(keys.changes, fields)  # type: ignore[arg-type]
+                    for slot, plan in zip(slots, plans, strict=True):
+                        if plan.withdrawn:  # the cut-off keeps refusing them: drop the text
+                            pipe.hdel(slot_key(tenant, slot), *[f"e:{w}" for w in plan.withdrawn])
+                    pipe.xack(stream, self.group, *[eid for eid, _ in events])
+                    drop = [eid for eid, e in events if e.id in refused]
+                    if drop:  # erased while in flight: no trace in the stream either
+                        pipe.xdel(stream, *drop)
+                    await pipe.execute()
+                    return sum(len(p.upserts) for p in plans)
+                except WatchError:
+                    continue  # a slot or a tombstone moved under us: read and write again
+        raise WatchError(f"slots of tenant {tenant!r} kept changing for {_MAX_ROUNDS} rounds")
+
+    async def _write(
+        self, tenant: str, plans: Sequence[Plan], known: dict[str, np.ndarray]
+    ) -> list[Memory]:
+        """Upsert what the plans keep, delete what they drop; returns the deleted that existed."""
+        upserts = [m for p in plans for m in p.upserts]
+        if upserts:
+            missing = sorted({m.content for m in upserts} - known.keys())
+            if missing:
+                fresh = await self.embed(missing)
+                known.update(zip(missing, fresh, strict=True))
+            await self.store.upsert(upserts, np.stack([known[m.content] for m in upserts]))
+        deletes = sorted({i for p in plans for i in p.deletes})
+        if not deletes:
+            return []
+        existed = await self.store.get(tenant, deletes)
+        if existed:
+            await self.store.delete(tenant, [m.id for m in existed])
+        return existed

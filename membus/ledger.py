@@ -1,0 +1,181 @@
+"""The consolidation ledger: per slot, every event that fed it, in one Redis hash.
+
+``membus:{tenant}:slot:<slot>`` holds ``e:<event id>`` -> the event as a ``Variant``, ``ret`` ->
+the latest retraction cut-off (fixed-width ISO time, so Lua compares it as a string) and ``into``
+-> the slot it was merged into. The hash is the source of truth for a slot's memories; the store
+holds their materialisation (``consolidate.materialize``).
+
+Why Redis and not the store: adding to a slot must be atomic across any number of writer
+processes, and Qdrant has no compare-and-set. A writer adds its events (one script call, which
+also refuses tombstoned events), WATCHes the slots, reads them, writes the store, and commits its
+acknowledgement in a MULTI; if anyone touched those slots meanwhile, EXEC fails and it reads and
+writes again. So the last successful commit of a slot always wrote that slot's whole state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from membus.consolidate import RETRACTION, SlotState, Variant, parse_state, slot_of
+from membus.envelope import Event
+from membus.keys import PREFIX
+from membus.streams import Redis
+from membus.tombstones import tombstones_key
+
+# KEYS: tombstones, dirty set, then one slot key per item; ARGV: the slot-key prefix, then per
+# item (op, event id, value). ``a``: assert (unkeyed, marked dirty for the near-duplicate pass),
+# ``k``: assert keyed, ``e``: an event of its own (no folding), ``r``: retract with cut-off
+# ``value``. Merged slots are followed.
+# Returns per item the slot key written, or false when the event is tombstoned (erased).
+_ADD = """
+local out = {}
+for i = 3, #KEYS do
+  local j = (i - 3) * 3 + 2
+  local op, eid, val = ARGV[j], ARGV[j + 1], ARGV[j + 2]
+  local key = KEYS[i]
+  local hops = 0
+  local into = redis.call('HGET', key, 'into')
+  while into and hops < 16 do
+    key = ARGV[1] .. into
+    into = redis.call('HGET', key, 'into')
+    hops = hops + 1
+  end
+  if redis.call('HEXISTS', KEYS[1], eid) == 1 then
+    out[#out + 1] = false
+  else
+    if op == 'r' then
+      local cur = redis.call('HGET', key, 'ret')
+      if (not cur) or val > cur then redis.call('HSET', key, 'ret', val) end
+      redis.call('HSETNX', key, 'r:' .. eid, val)
+    else
+      redis.call('HSETNX', key, 'e:' .. eid, val)
+      if op == 'a' then redis.call('ZADD', KEYS[2], 0, string.sub(key, #ARGV[1] + 1)) end
+    end
+    out[#out + 1] = key
+  end
+end
+return out
+"""
+
+# KEYS: tombstones, then slot keys. Per slot: its fields flattened, and the tombstoned event ids
+# among them (erasure may have tombstoned an event after it entered the ledger).
+_READ = """
+local out = {}
+for i = 2, #KEYS do
+  local flat = redis.call('HGETALL', KEYS[i])
+  local dead = {}
+  for j = 1, #flat, 2 do
+    local f = flat[j]
+    if string.sub(f, 1, 2) == 'e:' and redis.call('HEXISTS', KEYS[1], string.sub(f, 3)) == 1 then
+      dead[#dead + 1] = string.sub(f, 3)
+    end
+  end
+  out[#out + 1] = {flat, dead}
+end
+return out
+"""
+
+
+def slot_prefix(tenant: str) -> str:
+    return f"{PREFIX}:{{{tenant}}}:slot:"
+
+
+def slot_key(tenant: str, slot: str) -> str:
+    return slot_prefix(tenant) + slot
+
+
+def dirty_key(tenant: str) -> str:
+    """Unkeyed slots written since the near-duplicate pass last looked."""
+    return f"{PREFIX}:{{{tenant}}}:slots:dirty"
+
+
+def cutoff(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One event's write to the ledger."""
+
+    slot: str
+    op: str
+    event_id: str
+    value: bytes | str
+
+    @classmethod
+    def of(cls, event: Event, *, fold: bool = True) -> Item:
+        """Raises ``InvalidInput`` for a retraction that names no target of its own scope.
+        ``fold=False``: every event its own slot (one memory per event, nothing merges)."""
+        if event.kind == RETRACTION:
+            return cls(slot_of(event), "r", event.id, cutoff(event.created_at))
+        value = Variant.of(event).to_json()
+        if not fold:
+            return cls(f"{event.scope}:e{event.id}", "e", event.id, value)
+        keyed = event.subject is not None and event.key is not None
+        return cls(slot_of(event), "k" if keyed else "a", event.id, value)
+
+
+class Ledger:
+    def __init__(self, redis: Redis) -> None:
+        # plain EVAL (no EVALSHA/SCRIPT LOAD): the ACL users get no SCRIPT command at all
+        self.redis = redis
+
+    async def add(self, tenant: str, items: Sequence[Item]) -> list[str | None]:
+        """Write ``items``; returns each one's slot (after merges), None where it was erased."""
+        if not items:
+            return []
+        keys = [
+            tombstones_key(tenant),
+            dirty_key(tenant),
+            *(slot_key(tenant, i.slot) for i in items),
+        ]
+        args: list[Any] = [slot_prefix(tenant)]
+        for i in items:
+            args += [i.op, i.event_id, i.value]
+        found: list[Any] = await self.redis.eval(_ADD, len(keys), *keys, *args)
+        cut = len(slot_prefix(tenant))
+        return [_text(k)[cut:] if k else None for k in found]
+
+    async def read(self, tenant: str, slots: Sequence[str]) -> dict[str, SlotState]:
+        if not slots:
+            return {}
+        keys = [tombstones_key(tenant), *(slot_key(tenant, s) for s in slots)]
+        found: list[Any] = await self.redis.eval(_READ, len(keys), *keys)
+        out: dict[str, SlotState] = {}
+        for slot, (flat, dead) in zip(slots, found, strict=True):
+            fields = {_text(flat[j]): _text(flat[j + 1]) for j in range(0, len(flat), 2)}
+            out[slot] = parse_state(slot, fields, [_text(d) for d in dead])
+        return out
+
+
+async def find_variants(
+    redis: Redis, tenant: str, match: Callable[[Variant], bool]
+) -> list[tuple[str, str]]:
+    """Erasure's scan: (slot key, event id) of every variant ``match`` accepts. A full scan of
+    the tenant's slots, like erasure's scans of its streams."""
+    found: list[tuple[str, str]] = []
+    async for raw in redis.scan_iter(match=slot_prefix(tenant) + "*", count=1000):
+        key = _text(raw)
+        fields: Any = await redis.hgetall(key)
+        for f, v in fields.items():
+            name = _text(f)
+            if name.startswith("e:") and match(Variant.from_json(name[2:], _text(v))):
+                found.append((key, name[2:]))
+    return found
+
+
+async def drop_variants(redis: Redis, found: Sequence[tuple[str, str]]) -> int:
+    """Erasure: delete these variants (their content must not linger in the ledger)."""
+    if not found:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for key, event_id in found:
+            pipe.hdel(key, f"e:{event_id}")
+        return sum(int(x) for x in await pipe.execute())
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
