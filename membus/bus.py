@@ -20,6 +20,7 @@ from membus import erasure, ranking
 from membus.access import Access, bump_access, read_access
 from membus.audit import AuditLog, AuditRecord
 from membus.config import MembusConfig
+from membus.consolidate import RETRACTION
 from membus.embedder import Embedder, HashingEmbedder, Vectors
 from membus.envelope import Event, Label, invalid_from, scope_ancestors, validate_scope
 from membus.erasure import ErasureReport
@@ -99,11 +100,13 @@ class Bus:
         ]
         records = []
         for e in events:
-            d = await self.gate.decision(who, "publish", e.scope)
-            records.append(_record(who, "publish", e.scope, d.allowed, d.rule, event_ids=[e.id]))
-            if not d.allowed:
-                await self.audit.record_many(records[-1:])  # the deny; nothing was published
-                raise PermissionDenied(who.agent, "publish", e.scope, who.tenant)
+            # withdrawing a fact (possibly another agent's) takes the forget right as well
+            for action in ("publish", "forget") if e.kind == RETRACTION else ("publish",):
+                d = await self.gate.decision(who, action, e.scope)
+                records.append(_record(who, action, e.scope, d.allowed, d.rule, event_ids=[e.id]))
+                if not d.allowed:
+                    await self.audit.record_many(records[-1:])  # the deny; nothing published
+                    raise PermissionDenied(who.agent, action, e.scope, who.tenant)
         events = [self._redact(e) for e in events]
         # signed here, checked by writers: the stream itself is not trusted
         positions = await publish_signed(self.redis, self.keys, events)

@@ -5,10 +5,11 @@ so the permission policy on scopes governs what a graph may read and write. An i
 memory of kind ``item``: subject and key are the item key, the content is a text rendering of
 the value (what gets embedded), and the value itself rides as JSON in the metadata.
 
-Until consolidation merges keyed facts, the bus keeps one memory per put: ``get`` returns the
-newest version of (namespace, key), ``search`` returns an item only where it matched its newest
-version, and ``delete`` forgets every version. ``put`` returns once the write is searchable
-(read-your-writes). Needs ``pip install 'membus[langgraph]'``.
+Keyed facts consolidate: (namespace, key) has one current memory, earlier values are kept as
+history (recallable ``as_of`` a past time), so ``get`` and ``search`` see the current value;
+``delete`` publishes a retraction of the key, which withdraws every version. ``put`` and
+``delete`` return once the change is searchable (read-your-writes). Needs
+``pip install 'membus[langgraph]'``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import anyio
 import orjson
 
 from membus.bus import MAX_K, Draft
+from membus.consolidate import RETRACTION
 from membus.envelope import validate_scope
 from membus.errors import InvalidInput
 from membus.port import DEFAULT_WAIT_S, MemoryPort
@@ -211,14 +213,14 @@ class MembusStore(AsyncBatchedBaseStore):
                     metadata={VALUE_FIELD: orjson.dumps(dict(op.value), default=str).decode()},
                 )
             )
-        if drafts:
-            await self.port.remember(drafts, wait_s=self.wait_s)
         for scope, key in deletes:
-            versions = await self._versions(scope, key)
-            if versions:
-                # the scope makes the gate judge this namespace: without it a forget outside
-                # the caller's forget grant would quietly erase nothing
-                await self.port.forget(memory_ids=[m.id for m in versions], scope=scope)
+            if await self._versions(scope, key):
+                drafts.append(
+                    Draft(content=f"delete {key}", scope=scope, kind=RETRACTION, subject=key,
+                          key=key)
+                )  # fmt: skip
+        if drafts:  # in put order: a delete after a put of the same key withdraws it
+            await self.port.remember(drafts, wait_s=self.wait_s)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -235,7 +237,7 @@ class MembusStore(AsyncBatchedBaseStore):
         return Item(
             value=_value(last), key=last.key if last.kind == ITEM_KIND and last.key else last.id,
             namespace=namespace_of(last.scope),
-            created_at=first.created_at, updated_at=last.created_at,
+            created_at=first.created_at, updated_at=last.updated_at,
         )  # fmt: skip
 
     async def _get(self, op: GetOp) -> Item | None:

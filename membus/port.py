@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
 from membus.bus import MAX_K, Agent, Draft, Receipt
 from membus.client import Client
+from membus.consolidate import RETRACTION
 from membus.erasure import ErasureReport
 from membus.errors import Unavailable
 from membus.feed import Change
 from membus.gate import Identity
-from membus.store import Hit, point_id
+from membus.keys import TenantKeys
+from membus.store import Hit
 
 DEFAULT_WAIT_S = 30.0
 _POLL_S = 0.05
@@ -88,9 +90,11 @@ class AgentPort:
         await bus.drain(timeout_s=wait_s)
         # drained also means "parked": a write the writers refused (see `membus dlq`) is not
         # there, and the caller asked to read it back, so say so rather than return silently
-        ids = [point_id(r.tenant, r.event_id) for r in receipts]
-        found = {m.id for m in await bus.store.get(self.agent.tenant, ids)}
-        missing = [r.event_id for r, i in zip(receipts, ids, strict=True) if i not in found]
+        # a parked entry names its stream position: look only at what was parked since publish
+        since = min(r.position for r in receipts)
+        raw: Any = await bus.redis.xrange(TenantKeys(self.agent.tenant).dlq, min=since)
+        positions = {r.position: r.event_id for r in receipts}
+        missing = [positions[f["origin_id"]] for _, f in raw if f.get("origin_id") in positions]
         if missing:
             raise Unavailable(
                 f"{len(missing)} write(s) were not committed (dead-lettered? see `membus dlq`): "
@@ -176,7 +180,11 @@ class ClientPort:
                     draft.content, k=10, scopes=[draft.scope], kinds=[draft.kind],
                     subjects=[draft.subject] if draft.subject is not None else None,
                 )  # fmt: skip
-                if point_id(r.tenant, r.event_id) not in {h.memory.id for h in hits}:
+                if draft.kind == RETRACTION:  # done when the withdrawn key is gone
+                    done = not any(h.memory.key == draft.key for h in hits)
+                else:  # a repeat folds into an earlier memory: look for it in provenance
+                    done = any(r.event_id in h.memory.source_events for h in hits)
+                if not done:
                     left.append((draft, r))
             todo = left
             if todo and time.monotonic() > deadline:
