@@ -88,14 +88,16 @@ def sentence(rng: random.Random) -> tuple[int, str]:
 
 
 def drafts(n: int, seed: int = 1) -> list[Draft]:
-    """Varied, realistic observations over several scopes and kinds."""
+    """Varied, realistic observations over several scopes and kinds, each about its own case:
+    no two are exact repeats, so every event makes one memory (consolidation would fold
+    repeats, and the bench sizes the store by memories)."""
     rng = random.Random(seed)
     out = []
-    for _ in range(n):
+    for case in range(n):
         i, text = sentence(rng)
         out.append(
             Draft(
-                content=text,
+                content=f"{text} (case {seed}-{case})",
                 scope=rng.choice(SCOPES),
                 kind=_KINDS.get(i, "observation"),
                 subject=rng.choice(_PEOPLE) if i in (1, 4) else None,

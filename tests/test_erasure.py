@@ -76,7 +76,7 @@ async def world(redis_url: str, tmp_path: Path) -> AsyncIterator[World]:
     async with membus.open(path, config(redis_url, writers=1)) as bus:
         leaky, keeper = bus.agent("leaky", TENANT), bus.agent("keeper", TENANT)
         committed = [
-            (await leaky.publish(f"{CANARY} said the card is 4111", **leaky_fields(i))).event_id
+            (await leaky.publish(f"{CANARY} said card {i} is 4111", **leaky_fields(i))).event_id
             for i in range(3)
         ]
         keepers = [

@@ -372,7 +372,7 @@ async def run_example(bus: Bus, w: World, n: int) -> list[str]:
     # decoys: the same agent names publish into the same scopes of another tenant
     decoys = set()
     for name, scope in sorted({(m.author, m.scope) for m in w.memories}):
-        r = await bus.agent(name, other).publish(f"{QUERY} decoy in {scope}", scope)
+        r = await bus.agent(name, other).publish(f"{QUERY} decoy by {name} in {scope}", scope)
         decoys.add(point_id(other, r.event_id))
     await bus.drain(timeout_s=30)
 
