@@ -29,6 +29,7 @@ from membus.feed import Change, follow
 from membus.gate import Gate, Identity, OpenGate
 from membus.keys import TenantKeys
 from membus.redact import PiiRedactor, Redactor, needs_redaction, redact_event
+from membus.retract import retract
 from membus.signing import KeyRegistry, publish_signed
 from membus.store import Hit, RecallFilter, Store, check_ids
 from membus.streams import REDIS_DOWN, Redis, group_stats, idle, tenants, unavailable
@@ -388,3 +389,8 @@ class Agent:
         return await self.bus.forget(
             self.identity, memory_ids=memory_ids, subject=subject, agent=agent, scope=scope
         )
+
+    async def retract(self, **target: Any) -> Receipt:
+        """Withdraw a memory (``memory_id=``) or a key (``scope=, subject=, key=``); see
+        ``membus.retract``."""
+        return await retract(self.bus, self.identity, **target)

@@ -208,11 +208,12 @@ def _groups(live: Sequence[Variant]) -> list[list[Variant]]:
 def materialize(tenant: str, state: SlotState, config: ConsolidationConfig) -> Plan:
     """The memories ``state`` makes, and the point ids of its events that must not exist."""
     plan = Plan()
+    variants = list({v.event_id: v for v in state.variants}.values())  # a set, whatever came in
     every = {point_id(tenant, e) for e in state.erased}
-    every |= {point_id(tenant, v.event_id) for v in state.variants}
+    every |= {point_id(tenant, v.event_id) for v in variants}
     cut = state.retracted_at
-    live = [v for v in state.variants if cut is None or v.created_at > cut]
-    plan.withdrawn = sorted(v.event_id for v in state.variants if cut is not None and v not in live)
+    live = [v for v in variants if cut is None or v.created_at > cut]
+    plan.withdrawn = sorted(v.event_id for v in variants if cut is not None and v.created_at <= cut)
     if state.merged_into is not None or not live:  # merged away, withdrawn or erased
         plan.deletes = sorted(every)
         return plan

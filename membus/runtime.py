@@ -71,6 +71,7 @@ def make_writers(
             retention=config.retention if i == 0 else None,
             gate=gate,
             keys=keys,
+            consolidation=config.consolidation,
         )
         for i in range(n)
     ]

@@ -1,0 +1,162 @@
+"""Unit tests of the consolidation rules (membus/consolidate.py): pure functions of a slot's
+events, so each rule is checked without Redis or a store."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from membus.config import ConsolidationConfig
+from membus.consolidate import (
+    RETRACTION,
+    SlotState,
+    Variant,
+    keyed_slot,
+    materialize,
+    normalise,
+    parse_state,
+    retraction_target,
+    slot_of,
+)
+from membus.envelope import Event
+from membus.errors import InvalidInput
+from membus.store import point_id
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+CFG = ConsolidationConfig()
+
+
+def ev(n: int, content: str, *, agent: str = "a", at: float = 0, **kw: object) -> Event:
+    return Event.build(
+        id=f"01J{n:023d}",
+        tenant="acme",
+        agent=agent,
+        scope=kw.pop("scope", "team/s"),
+        content=content,
+        created_at=T0 + timedelta(seconds=at),
+        **kw,
+    )
+
+
+def state(*events: Event, ret: datetime | None = None) -> SlotState:
+    slots = {slot_of(e) for e in events}
+    assert len(slots) == 1, "these events do not share a slot"
+    return SlotState(slots.pop(), [Variant.of(e) for e in events], retracted_at=ret)
+
+
+def test_exact_repeats_share_a_slot_and_fold_with_the_union_of_provenance() -> None:
+    """Case, spacing and closing punctuation do not make a new memory; the newest wording
+    wins; provenance lists every event and agent; the id is the earliest event's."""
+    a = ev(1, "The customer prefers email", agent="x", at=0)
+    b = ev(2, "the customer  prefers EMAIL.", agent="y", at=5)
+    assert normalise(a.content) == normalise(b.content)
+    plan = materialize("acme", state(b, a), CFG)
+    [m] = plan.upserts
+    assert m.id == point_id("acme", a.id) and m.content == b.content
+    assert m.agents == ["x", "y"] and m.source_events == [a.id, b.id]
+    assert plan.deletes == [point_id("acme", b.id)]  # its own point, if ever written, goes
+
+
+def test_slots_never_cross_scope_kind_subject_or_label() -> None:
+    """The same text in another scope (private vs shared), kind, subject or label is another
+    memory: a merge can never move private text into a shared memory."""
+    base = ev(1, "likes tea")
+    others = [
+        ev(2, "likes tea", scope="agent/a"),
+        ev(3, "likes tea", kind="fact"),
+        ev(4, "likes tea", subject="c1"),
+        ev(5, "likes tea", label="restricted"),
+    ]
+    slots = {slot_of(e) for e in [base, *others]}
+    assert len(slots) == 5
+    assert all(s.startswith(e.scope + ":") for s, e in zip(map(slot_of, others), others))
+
+
+def test_keyed_versions_keep_history_with_validity_intervals() -> None:
+    """One current memory per (scope, subject, key); earlier values are history, each valid
+    until the next one; a repeated value folds into its version."""
+    v1 = ev(1, "email", subject="c1", key="contact", at=0)
+    v1b = ev(2, "Email.", subject="c1", key="contact", agent="b", at=10)
+    v2 = ev(3, "phone", subject="c1", key="contact", at=100)
+    plan = materialize("acme", state(v2, v1b, v1), CFG)
+    old, cur = plan.upserts
+    assert (old.content, old.history, old.valid_to) == ("Email.", True, v2.created_at)
+    assert old.source_events == [v1.id, v1b.id] and old.valid_from == v1.created_at
+    assert (cur.content, cur.history, cur.valid_to) == ("phone", False, None)
+    # the current value says when the key was first recorded and when it last changed
+    assert cur.created_at == v1.created_at and cur.updated_at == v2.created_at
+    assert plan.conflicts == []  # far apart in time: a change of mind, not a conflict
+
+
+def test_a_tie_in_time_is_broken_by_event_id_and_reported_as_a_conflict() -> None:
+    """Two agents, different values, within the window: version order (created_at, then event
+    id) picks the winner, whichever order they are given in; the pair is a conflict."""
+    x = ev(1, "email", subject="c1", key="contact", agent="x", at=0)
+    y = ev(2, "phone", subject="c1", key="contact", agent="y", at=0)
+    for order in ([x, y], [y, x]):
+        plan = materialize("acme", state(*order), CFG)
+        [c] = plan.conflicts
+        assert (c.winner.content, c.loser.content) == ("phone", "email")
+    same_agent = ev(3, "sms", subject="c1", key="contact", agent="x", at=1)
+    assert len(materialize("acme", state(x, same_agent), CFG).conflicts) == 0
+
+
+def test_a_retraction_withdraws_what_came_before_it_and_not_after() -> None:
+    """The cut-off deletes every version created at or before it (late copies included) and
+    lets a later assertion stand."""
+    v1 = ev(1, "email", subject="c1", key="contact", at=0)
+    v2 = ev(2, "phone", subject="c1", key="contact", at=10)
+    cut = T0 + timedelta(seconds=10)
+    gone = materialize("acme", state(v1, v2, ret=cut), CFG)
+    assert gone.upserts == [] and set(gone.deletes) == {point_id("acme", e.id) for e in (v1, v2)}
+    assert gone.withdrawn == sorted([v1.id, v2.id])
+    v3 = ev(3, "post", subject="c1", key="contact", at=20)
+    back = materialize("acme", state(v1, v2, v3, ret=cut), CFG)
+    assert [m.content for m in back.upserts] == ["post"]
+
+
+def test_retraction_targets_stay_in_their_scope() -> None:
+    """A retraction names a key, or a slot of its own scope: never another scope's memory."""
+    r = ev(9, "withdraw", kind=RETRACTION, subject="c1", key="contact")
+    assert retraction_target(r) == keyed_slot("team/s", "c1", "contact")
+    own = slot_of(ev(1, "likes tea"))
+    assert retraction_target(ev(9, "x", kind=RETRACTION, metadata={"retracts": own})) == own
+    foreign = slot_of(ev(1, "likes tea", scope="agent/boss"))
+    with pytest.raises(InvalidInput, match="another scope"):
+        retraction_target(ev(9, "x", kind=RETRACTION, metadata={"retracts": foreign}))
+    with pytest.raises(InvalidInput, match="needs subject and key"):
+        retraction_target(ev(9, "x", kind=RETRACTION))
+
+
+def test_ttl_by_kind_and_scope_sets_valid_to_from_the_newest_event() -> None:
+    """The shortest TTL applies, counted from the newest event, and a repeat refreshes it."""
+    cfg = ConsolidationConfig(ttl_by_kind={"observation": 3600}, ttl_by_scope={"team": 60})
+    a, b = ev(1, "deploy running", at=0), ev(2, "deploy running", at=30)
+    [m] = materialize("acme", state(a, b), cfg).upserts
+    assert m.valid_to == b.created_at + timedelta(seconds=60)
+
+
+def test_the_result_depends_on_the_set_not_the_order() -> None:
+    """Shuffled and duplicated variants materialise to the same memories."""
+    evs = [ev(i, c, subject="c1", key="k", agent=a, at=t) for i, (c, a, t) in enumerate(
+        [("a", "x", 0), ("b", "y", 1), ("a", "y", 2), ("c", "x", 50), ("c", "y", 51)]
+    )]  # fmt: skip
+    want = materialize("acme", state(*evs), CFG)
+    rng = random.Random(4)
+    for _ in range(20):
+        mixed = evs + rng.sample(evs, 2)
+        rng.shuffle(mixed)
+        got = materialize("acme", state(*mixed), CFG)
+        assert got.upserts == want.upserts and got.deletes == want.deletes
+
+
+def test_ledger_fields_round_trip_and_tombstoned_events_are_left_out() -> None:
+    a, b = ev(1, "likes tea"), ev(2, "likes tea", agent="b")
+    fields = {f"e:{e.id}": Variant.of(e).to_json().decode() for e in (a, b)}
+    parsed = parse_state(slot_of(a), fields, dead=[b.id])
+    assert [v.event_id for v in parsed.variants] == [a.id] and parsed.erased == [b.id]
+    plan = materialize("acme", parsed, CFG)
+    assert plan.upserts[0].source_events == [a.id]
+    assert point_id("acme", b.id) in plan.deletes

@@ -1,0 +1,276 @@
+"""Consolidation end to end on a real Redis and Qdrant Edge: repeats fold, keyed facts keep
+history (recall ``as_of``), retractions stay withdrawn on redelivery, conflicts reach the change
+feed, and the final memory state does not depend on delivery order, duplicates or writer count."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+from anyio.from_thread import start_blocking_portal
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import membus
+from membus.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.consolidate import RETRACTION
+from membus.embedder import HashingEmbedder
+from membus.envelope import Event, new_event_id
+from membus.errors import PermissionDenied
+from membus.feed import Change
+from membus.keys import TenantKeys
+from membus.policy import CasbinGate
+from membus.policy_watch import MemorySource
+from membus.store import StoreMeta
+from membus.store_edge import EdgeStore
+from membus.worker import Writer
+
+pytestmark = pytest.mark.anyio
+
+FAST = WorkerConfig(
+    min_idle_ms=200, reclaim_every_s=0.2, max_deliveries=2, block_ms=50, tenants_refresh_s=0.1
+)
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+Entries = list[tuple[str, dict[str, str]]]
+
+
+def config(url: str, writers: int = 1) -> MembusConfig:
+    return MembusConfig(redis=RedisConfig(url=url), worker=FAST, writers=writers)
+
+
+async def changes(bus: membus.Bus, tenant: str) -> list[Change]:
+    raw = cast(Entries, await bus.redis.xrange(TenantKeys(tenant).changes))
+    return [Change.from_entry(i, f) for i, f in raw]
+
+
+async def test_repeats_from_two_agents_fold_into_one_memory(redis_url: str, tmp_path: Path) -> None:
+    """The same observation from two agents is one memory listing both agents and events."""
+    async with membus.open(tmp_path, config(redis_url)) as bus:
+        x, y = bus.agent("x", "acme"), bus.agent("y", "acme")
+        r1 = await x.publish("The VPN drops every hour.", "team/ops")
+        r2 = await y.publish("the vpn drops every hour", "team/ops")
+        r3 = await y.publish("the vpn drops every hour", "team/other")  # another scope
+        await bus.drain(10)
+        hits = await x.recall("vpn drops", k=5)
+        by_scope = {h.memory.scope: h.memory for h in hits}
+        assert len(hits) == 2 and await bus.store.count("acme") == 2
+        assert by_scope["team/ops"].agents == ["x", "y"]
+        assert by_scope["team/ops"].source_events == sorted([r1.event_id, r2.event_id])
+        assert by_scope["team/ops"].content == "the vpn drops every hour"  # the newer wording
+        assert by_scope["team/other"].source_events == [r3.event_id]
+
+
+async def test_keyed_facts_keep_history_recallable_as_of(redis_url: str, tmp_path: Path) -> None:
+    """A newer value supersedes the older one, which stays recallable as of its time."""
+    async with membus.open(tmp_path, config(redis_url)) as bus:
+        a = bus.agent("a", "acme")
+        key = {"subject": "customer:42", "key": "contact"}
+        now = datetime.now(UTC)
+        await a.publish(
+            "Customer 42 prefers email.", "team/s", created_at=now - timedelta(hours=2), **key
+        )
+        await a.publish("Customer 42 prefers phone calls.", "team/s", created_at=now - timedelta(hours=1), **key)  # fmt: skip
+        await bus.drain(10)
+        [cur] = await a.recall("how to contact customer 42", k=5)
+        assert cur.memory.content == "Customer 42 prefers phone calls." and not cur.memory.history
+        [then] = await a.recall(
+            "how to contact customer 42", k=5, as_of=now - timedelta(minutes=90)
+        )
+        assert then.memory.content == "Customer 42 prefers email." and then.memory.history
+        assert then.memory.valid_to == cur.memory.valid_from
+        assert await a.recall("contact", k=5, as_of=now - timedelta(hours=3)) == []
+
+
+async def test_retraction_withdraws_a_key_and_survives_redelivery(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A retracted key is gone; redelivering its old events does not bring it back; a later
+    assertion stands. Withdrawing needs the forget right as well as publish."""
+    gate = CasbinGate(
+        MemorySource(
+            "p, a, acme, team/*, publish|recall|forget, allow\n"
+            "p, b, acme, team/*, publish|recall, allow\n"
+        )
+    )
+    async with membus.open(tmp_path, config(redis_url), gate=gate) as bus:
+        a, b = bus.agent("a", "acme"), bus.agent("b", "acme")
+        key = {"subject": "build", "key": "status"}
+        await a.publish("build is green", "team/ci", created_at=T0, **key)
+        await b.publish("build is red", "team/ci", created_at=T0 + timedelta(minutes=1), **key)
+        await bus.drain(10)
+        with pytest.raises(PermissionDenied):
+            await b.retract(scope="team/ci", subject="build", key="status")
+        await a.retract(scope="team/ci", subject="build", key="status")
+        await bus.drain(10)
+        assert await a.recall("build status", k=5) == []
+        assert await bus.store.count("acme") == 0
+        # redelivery of every entry (the retraction's too), by another writer
+        stream = TenantKeys("acme").events
+        entries = cast(Entries, await bus.redis.xrange(stream))
+        again = Writer(bus.redis, bus.store, bus.embedder, FAST, consumer="again", gate=gate)
+        await again.process(stream, entries)
+        assert await bus.store.count("acme") == 0
+        await b.publish("build is green again", "team/ci", **key)
+        await bus.drain(10)
+        assert [h.memory.content for h in await a.recall("build", k=5)] == ["build is green again"]
+
+
+async def test_retracting_one_memory_by_id(redis_url: str, tmp_path: Path) -> None:
+    """``retract(memory_id=…)`` withdraws that memory and its repeats, nothing else."""
+    async with membus.open(tmp_path, config(redis_url)) as bus:
+        a = bus.agent("a", "acme")
+        await a.publish("the printer is on floor 3", "team/s")
+        await a.publish("The printer is on floor 3.", "team/s")
+        await a.publish("the kitchen is on floor 2", "team/s")
+        await bus.drain(10)
+        [printer] = await a.recall("printer", k=1)
+        await a.retract(memory_id=printer.memory.id, reason="it moved")
+        await bus.drain(10)
+        left = [h.memory.content for h in await a.recall("floor", k=5)]
+        assert left == ["the kitchen is on floor 2"]
+        deleted = [c for c in await changes(bus, "acme") if c.op == "delete"]
+        assert [c.memory_id for c in deleted] == [printer.memory.id]
+
+
+async def test_conflicting_values_from_two_agents_reach_the_feed(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Two agents, one key, different values, same moment: the newer (then the higher event id)
+    is current and subscribers get a conflict change naming the superseded value."""
+    async with membus.open(tmp_path, config(redis_url)) as bus:
+        x, y = bus.agent("x", "acme"), bus.agent("y", "acme")
+        key = {"subject": "ticket:7", "key": "owner"}
+        await x.publish("owner is dana", "team/s", created_at=T0, **key)
+        await y.publish("owner is lee", "team/s", created_at=T0 + timedelta(seconds=1), **key)
+        await bus.drain(10)
+        [c] = [c for c in await changes(bus, "acme") if c.op == "conflict"]
+        assert c.content == "owner is lee" and c.detail is not None
+        assert c.detail["superseded_content"] == "owner is dana"
+        assert c.detail["superseded_agents"] == ["x"]
+        got = [ch async for ch in _take(x.subscribe(["team"], start="0"), 3)]
+        assert "conflict" in {ch.op for ch in got}
+
+
+async def _take(feed: AsyncIterator[Change], n: int) -> AsyncIterator[Change]:
+    with anyio.fail_after(10):
+        async for ch in feed:
+            yield ch
+            n -= 1
+            if n == 0:
+                return
+
+
+# -- order independence -----------------------------------------------------------------------
+
+CONTENTS = ["likes tea", "Likes tea.", "likes coffee", "prefers email", "prefers phone"]
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[Event]:
+    n = draw(st.integers(3, 14))
+    out = []
+    for _ in range(n):
+        keyed = draw(st.booleans())
+        retract = keyed and draw(st.integers(0, 5)) == 0
+        extra: dict[str, Any] = {"subject": "c1", "key": "pref"} if keyed else {}
+        out.append(
+            Event.build(
+                id=new_event_id(),
+                tenant="t",
+                agent=draw(st.sampled_from(["x", "y"])),
+                scope=draw(st.sampled_from(["team/a", "team/b"])),
+                kind=RETRACTION if retract else "observation",
+                content=draw(st.sampled_from(CONTENTS)),
+                created_at=T0 + timedelta(seconds=draw(st.integers(0, 8))),
+                **extra,
+            )
+        )
+    return out
+
+
+@asynccontextmanager
+async def edge(path: Path) -> AsyncIterator[EdgeStore]:
+    emb = HashingEmbedder()
+    store = EdgeStore(path)
+    await store.open(StoreMeta(embedder=emb.name, dim=emb.dim))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def deliver(
+    redis: aioredis.Redis, store: EdgeStore, tenant: str, events: Sequence[Event], writers: int,
+    seed: int,
+) -> set[tuple[Any, ...]]:  # fmt: skip
+    """XADD the events, then hand them to ``writers`` writers at once in a shuffled order, a
+    third of them twice; returns the tenant's memories as comparable tuples."""
+    stream = TenantKeys(tenant).events
+    for e in events:
+        await redis.xadd(stream, {"e": e.model_copy(update={"tenant": tenant}).to_json()})
+    entries = cast(Entries, await redis.xrange(stream))
+    rng = random.Random(seed)
+    order = entries + rng.sample(entries, len(entries) // 3)
+    rng.shuffle(order)
+    cfg = FAST.model_copy(update={"verify_signatures": False})
+    crew = [Writer(redis, store, HashingEmbedder(), cfg, consumer=f"w{i}") for i in range(writers)]
+
+    async def work(i: int) -> None:
+        mine = order[i::writers]
+        while mine:
+            size = rng.randint(1, 4)
+            await crew[i].process(stream, mine[:size])
+            mine = mine[size:]
+
+    async with anyio.create_task_group() as tg:
+        for i in range(writers):
+            tg.start_soon(work, i)
+    memories, offset = [], None
+    while True:
+        page, offset = await store.scroll(tenant, 256, offset)
+        memories += page
+        if offset is None:
+            break
+    return {
+        (m.scope, m.kind, m.content, m.subject, m.key, tuple(m.agents), tuple(m.source_events),
+         m.valid_from, m.valid_to, m.history)
+        for m in memories
+    }  # fmt: skip
+
+
+def test_final_state_is_independent_of_order_duplicates_and_writer_count(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """1 writer in publish order vs 4 concurrent writers with shuffled, duplicated deliveries:
+    the same memories, with the same provenance and validity."""
+    counter = iter(range(10_000))
+    with start_blocking_portal(backend="asyncio") as portal:
+        redis = portal.call(lambda: _client(redis_url))
+        store_cm = portal.wrap_async_context_manager(edge(tmp_path / "store"))
+        with store_cm as store:
+
+            @settings(
+                max_examples=25,
+                deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture],
+            )
+            @given(events=histories(), seed=st.integers(0, 1000))
+            def check(events: list[Event], seed: int) -> None:
+                n = next(counter)
+                one = portal.call(deliver, redis, store, f"one{n}", events, 1, seed)
+                four = portal.call(deliver, redis, store, f"four{n}", events, 4, seed + 1)
+                assert one == four
+
+            check()
+        portal.call(redis.aclose)
+
+
+async def _client(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(url, decode_responses=True)
