@@ -71,7 +71,9 @@ def test_slots_never_cross_scope_kind_subject_or_label() -> None:
     ]
     slots = {slot_of(e) for e in [base, *others]}
     assert len(slots) == 5
-    assert all(s.startswith(e.scope + ":") for s, e in zip(map(slot_of, others), others))
+    assert all(
+        s.startswith(e.scope + ":") for s, e in zip(map(slot_of, others), others, strict=True)
+    )
 
 
 def test_keyed_versions_keep_history_with_validity_intervals() -> None:

@@ -76,7 +76,8 @@ async def test_keyed_facts_keep_history_recallable_as_of(redis_url: str, tmp_pat
         await a.publish(
             "Customer 42 prefers email.", "team/s", created_at=now - timedelta(hours=2), **key
         )
-        await a.publish("Customer 42 prefers phone calls.", "team/s", created_at=now - timedelta(hours=1), **key)  # fmt: skip
+        later = now - timedelta(hours=1)
+        await a.publish("Customer 42 prefers phone calls.", "team/s", created_at=later, **key)
         await bus.drain(10)
         [cur] = await a.recall("how to contact customer 42", k=5)
         assert cur.memory.content == "Customer 42 prefers phone calls." and not cur.memory.history
