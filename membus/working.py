@@ -33,6 +33,7 @@ import structlog
 from redis.exceptions import ResponseError
 
 from membus.config import MembusConfig
+from membus.consolidate import RETRACTION
 from membus.embedder import Vectors
 from membus.envelope import LABELS, Event, scope_ancestors
 from membus.errors import InvalidInput
@@ -97,6 +98,8 @@ def admits(event: Event, flt: RecallFilter) -> bool:
     """The recall filter in Python: tenant, the read grant (scope + sensitivity), the caller's
     scopes, kinds, subjects, agents, time range; ``as_of`` sees only what was observed by then."""
     if event.tenant != flt.tenant:  # a forged entry naming another tenant
+        return False
+    if event.kind == RETRACTION:  # an instruction to writers, never a memory of its own
         return False
     if not flt.grant.admits(event.scope, LABELS[event.label]):
         return False

@@ -91,6 +91,7 @@ def contents(hits: Sequence[Hit]) -> set[str]:
         (ReadGrant(all_scopes=True), event(), {"as_of": T0 - timedelta(seconds=1)}, False),
         (ReadGrant(all_scopes=True), event(), {"as_of": T0}, True),
         (ReadGrant(all_scopes=True), event(tenant="other"), {}, False),  # forged tenant
+        (ReadGrant(all_scopes=True), event(kind="retraction"), {}, False),
     ],
 )
 def test_admits_mirrors_the_store_filter(
@@ -301,3 +302,12 @@ async def test_stream_without_events_or_group(redis_url: str, tmp_path: Path) ->
     async with membus.open(tmp_path, config(redis_url)) as bus:
         assert await bus.agent("alice", "nobody").recall("anything", working=True) == []
         assert isinstance(bus, Bus)
+
+
+async def test_a_pending_retraction_is_not_working_memory(redis_url: str, tmp_path: Path) -> None:
+    async with membus.open(tmp_path, config(redis_url)) as bus:
+        alice = bus.agent("alice", "acme")
+        await alice.publish("the wiki moved to notion", "team/docs", subject="wiki", key="home")
+        await alice.retract(scope="team/docs", subject="wiki", key="home", reason="moved back")
+        hits = await alice.recall("where is the wiki", k=10, working=True)
+        assert [h.memory.kind for h in hits] == ["observation"]
