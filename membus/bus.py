@@ -28,6 +28,7 @@ from membus.errors import InvalidInput, PermissionDenied, Unavailable
 from membus.feed import Change, follow
 from membus.gate import Gate, Identity, OpenGate
 from membus.keys import TenantKeys
+from membus.ledger import dirty_key
 from membus.redact import PiiRedactor, Redactor, needs_redaction, redact_event
 from membus.retract import retract
 from membus.signing import KeyRegistry, publish_signed
@@ -283,12 +284,16 @@ class Bus:
     # -- operations ---------------------------------------------------------------------------
 
     async def drain(self, timeout_s: float = 60.0, poll_s: float = 0.01) -> None:
-        """Wait until writers have committed (or parked) everything published so far."""
+        """Wait until writers committed (or parked) all published so far and, with near-duplicate
+        merging on, their idle pass looked at it."""
         deadline = time.monotonic() + timeout_s
         group = self.config.worker.group
+        merging = self.config.consolidation.near_duplicate is not None
         while True:
-            streams = [TenantKeys(t).events for t in await tenants(self.redis)]
-            if await idle(self.redis, streams, group):
+            names = await tenants(self.redis)
+            if await idle(self.redis, [TenantKeys(t).events for t in names], group) and not (
+                merging and any([await self.redis.zcard(dirty_key(t)) for t in names])
+            ):
                 return
             if time.monotonic() > deadline:
                 raise Unavailable(

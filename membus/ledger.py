@@ -26,9 +26,9 @@ from membus.streams import Redis
 from membus.tombstones import tombstones_key
 
 # KEYS: tombstones, dirty set, then one slot key per item; ARGV: the slot-key prefix, then per
-# item (op, event id, value). ``a``: assert (unkeyed, marked dirty for the near-duplicate pass),
-# ``k``: assert keyed, ``e``: an event of its own (no folding), ``r``: retract with cut-off
-# ``value``. Merged slots are followed.
+# item (op, event id, value). ``a``: assert (unkeyed, queued for the near-duplicate pass), ``u``:
+# assert unkeyed, ``k``: assert keyed, ``e``: an event of its own (no folding), ``r``: retract
+# with cut-off ``value``. Merged slots are followed.
 # Returns per item the slot key written, or false when the event is tombstoned (erased).
 _ADD = """
 local out = {}
@@ -106,16 +106,17 @@ class Item:
     value: bytes | str
 
     @classmethod
-    def of(cls, event: Event, *, fold: bool = True) -> Item:
+    def of(cls, event: Event, *, fold: bool = True, queue: bool = True) -> Item:
         """Raises ``InvalidInput`` for a retraction that names no target of its own scope.
-        ``fold=False``: every event its own slot (one memory per event, nothing merges)."""
+        ``fold=False``: every event its own slot (one memory per event, nothing merges);
+        ``queue``: an unkeyed slot is queued for the near-duplicate pass."""
         if event.kind == RETRACTION:
             return cls(slot_of(event), "r", event.id, cutoff(event.created_at))
         value = Variant.of(event).to_json()
         if not fold:
             return cls(f"{event.scope}:e{event.id}", "e", event.id, value)
         keyed = event.subject is not None and event.key is not None
-        return cls(slot_of(event), "k" if keyed else "a", event.id, value)
+        return cls(slot_of(event), "k" if keyed else "a" if queue else "u", event.id, value)
 
 
 class Ledger:

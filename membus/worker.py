@@ -33,6 +33,7 @@ from membus.errors import InvalidInput, Unavailable
 from membus.gate import Gate, OpenGate
 from membus.keys import TenantKeys, tenant_of
 from membus.ledger import Item
+from membus.neardup import NearDuplicates
 from membus.reading import BatchReader
 from membus.replay import ReplayGuard
 from membus.signing import KeyRegistry
@@ -91,8 +92,9 @@ class Writer:
         self.redis, self.store, self.embedder = redis, store, embedder
         self.config = config or WorkerConfig()
         folding = consolidation or ConsolidationConfig()
-        self._fold = folding.enabled
+        self._fold, self._queue = folding.enabled, folding.near_duplicate is not None
         self.consolidator = Consolidator(redis, store, self._embed, folding, self.config.group)
+        self.neardup = NearDuplicates(self.consolidator, folding)
         self.admission = Admission(
             redis,
             gate or OpenGate(),
@@ -146,6 +148,8 @@ class Writer:
         handled = 0
         for prepared in await self._read_stage():
             handled += await self._write(prepared)
+        if not handled and self._queue:  # idle: merge near-duplicates (see membus/neardup.py)
+            await self.neardup.sweep([tenant_of(s) for s in self._streams])
         return handled
 
     async def _read_stage(self) -> list[Prepared]:
@@ -239,7 +243,7 @@ class Writer:
         bad: list[tuple[str, dict[str, str], str]] = []
         for entry_id, event in events:
             try:
-                items.append(Item.of(event, fold=self._fold))
+                items.append(Item.of(event, fold=self._fold, queue=self._queue))
                 kept.append((entry_id, event))
             except InvalidInput as exc:
                 bad.append((entry_id, {"e": event.to_json().decode()}, str(exc)))

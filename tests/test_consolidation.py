@@ -19,13 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import membus
-from membus.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.config import ConsolidationConfig, MembusConfig, RedisConfig, WorkerConfig
 from membus.consolidate import RETRACTION
 from membus.embedder import HashingEmbedder
 from membus.envelope import Event, new_event_id
 from membus.errors import PermissionDenied
 from membus.feed import Change
 from membus.keys import TenantKeys
+from membus.ledger import dirty_key
 from membus.policy import CasbinGate
 from membus.policy_watch import MemorySource
 from membus.store import StoreMeta
@@ -275,3 +276,44 @@ def test_final_state_is_independent_of_order_duplicates_and_writer_count(
 
 async def _client(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, decode_responses=True)
+
+
+async def test_near_duplicates_merge_within_a_scope_in_the_idle_pass(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Rewordings in one scope merge (newer wording, union of provenance); the same rewording
+    in another scope, or with another number, stays apart; later repeats follow the merge."""
+    async with membus.open(tmp_path, config(redis_url)) as bus:
+        x, y = bus.agent("x", "acme"), bus.agent("y", "acme")
+        r1 = await x.publish("The customer prefers email over phone", "team/s")
+        await bus.drain(10)
+        r2 = await y.publish("Customer prefers email over the phone", "team/s")
+        await y.publish("Customer prefers email over the phone", "team/other")
+        await x.publish("the printer on floor 3 is out of toner again", "team/s")
+        await x.publish("the printer on floor 4 is out of toner again", "team/s")
+        await bus.drain(10)
+        mems = {h.memory.content: h.memory for h in await x.recall("customer email", k=10)}
+        merged = mems["Customer prefers email over the phone"]
+        assert merged.scope == "team/s" and merged.agents == ["x", "y"]
+        assert merged.source_events == sorted([r1.event_id, r2.event_id])
+        assert await bus.store.count("acme") == 4  # merged, other scope, two printers
+        # an exact repeat of the merged-away wording lands in the merged memory
+        r3 = await x.publish("the customer prefers email over phone.", "team/s")
+        await bus.drain(10)
+        assert await bus.store.count("acme") == 4
+        hits = await x.recall("customer email", k=10, scopes=["team/s"])
+        [again] = [h.memory for h in hits if "ustomer" in h.memory.content]
+        assert r3.event_id in again.source_events
+
+
+async def test_near_duplicate_merging_can_be_turned_off(redis_url: str, tmp_path: Path) -> None:
+    cfg = config(redis_url).model_copy(
+        update={"consolidation": ConsolidationConfig(near_duplicate=None)}
+    )
+    async with membus.open(tmp_path, cfg) as bus:
+        x = bus.agent("x", "acme")
+        await x.publish("The customer prefers email over phone", "team/s")
+        await x.publish("Customer prefers email over the phone", "team/s")
+        await bus.drain(10)
+        assert await bus.store.count("acme") == 2
+        assert await bus.redis.zcard(dirty_key("acme")) == 0  # nothing queued when off
