@@ -284,8 +284,7 @@ class Bus:
     # -- operations ---------------------------------------------------------------------------
 
     async def drain(self, timeout_s: float = 60.0, poll_s: float = 0.01) -> None:
-        """Wait until writers committed (or parked) all published so far and, with near-duplicate
-        merging on, their idle pass looked at it."""
+        """Wait until writers committed (or parked) all published, near-duplicate pass too."""
         deadline = time.monotonic() + timeout_s
         group = self.config.worker.group
         merging = self.config.consolidation.near_duplicate is not None

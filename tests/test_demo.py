@@ -63,7 +63,7 @@ async def test_recall_finds_a_teammates_fact(summary: dict[str, Any]) -> None:
     hit = next(h for h in recall["hits"] if root_cause["event_id"] in h["event_ids"])
     assert hit["scope"] == TEAM_SCOPE
     assert hit["agents"] == ["bob"]
-    assert 0 < hit["score"] <= 1.0001
+    assert hit["score"] > 0  # a fused (dense + lexical) rank score, not a cosine
     assert all(r["found_expected"] for r in summary["recalls"].values())
 
 
