@@ -19,6 +19,7 @@ import numpy as np
 import structlog
 from redis.exceptions import WatchError
 
+from membus.access import forget_access
 from membus.config import ConsolidationConfig
 from membus.consolidate import Plan, materialize
 from membus.embedder import Vectors
@@ -134,5 +135,7 @@ class Consolidator:
             return []
         existed = await self.store.get(tenant, deletes)
         if existed:
-            await self.store.delete(tenant, [m.id for m in existed])
+            gone = [m.id for m in existed]
+            await self.store.delete(tenant, gone)
+            await forget_access(self.redis, tenant, gone)  # its recall statistics go with it
         return existed

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from membus.access import forget_access
 from membus.envelope import validate_name, validate_scope
 from membus.errors import InvalidInput
 from membus.feed import Change
@@ -362,6 +363,7 @@ async def forget(
     try:
         for _ in range(_PASSES):
             await _pass(redis, store, crit, st, group)
+        await forget_access(redis, tenant, sorted(st.memories))  # recall statistics too
         notices = await _notify(redis, tenant, st.deleted.values()) if notify else 0
         aof = await _rewrite_aof(redis, tenant)
     except REDIS_DOWN as exc:
