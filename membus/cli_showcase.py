@@ -14,7 +14,8 @@ import typer
 
 from membus.cli_context import JsonFlag, command_state, run
 from membus.cli_output import fail
-from membus.errors import MembusError, Unavailable
+from membus.config import ConsolidationConfig
+from membus.errors import InvalidInput, MembusError, Unavailable
 
 
 def _load(module: str, name: str) -> Callable[..., Any]:
@@ -74,6 +75,9 @@ def eval_locomo(
     limit_conversations: Annotated[
         int | None, typer.Option("--limit-conversations", min=1, help="Only the first N.")
     ] = None,
+    near_duplicate: Annotated[
+        str, typer.Option("--near-duplicate", help="Merge threshold (cosine), or 'off'.")
+    ] = "default",
     json_flag: JsonFlag = False,
 ) -> None:
     """Retrieval recall@k on LoCoMo per question category, beside a BM25 baseline
@@ -84,9 +88,19 @@ def eval_locomo(
 
     try:
         # run_eval prints its own report; the returned dict is not printed again
+        threshold = ConsolidationConfig().near_duplicate
+        if near_duplicate == "off":
+            threshold = None
+        elif near_duplicate != "default":
+            try:
+                threshold = float(near_duplicate)
+            except ValueError:
+                threshold = -1.0
+            if not 0 < threshold <= 1:
+                raise InvalidInput("--near-duplicate takes a cosine in (0, 1], 'off' or 'default'")
         run_eval(
             dataset or DEFAULT_DATASET, embedder=embedder, json_output=state.json,
-            limit_conversations=limit_conversations,
+            limit_conversations=limit_conversations, near_duplicate=threshold,
         )  # fmt: skip
     except MembusError as exc:
         fail(exc, state.json)

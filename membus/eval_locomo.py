@@ -48,7 +48,7 @@ from rich.table import Table
 from membus import runtime
 from membus.bm25 import BM25
 from membus.bus import Bus, Draft
-from membus.config import EmbedderConfig, MembusConfig
+from membus.config import ConsolidationConfig, EmbedderConfig, MembusConfig
 from membus.errors import InvalidInput
 from membus.logs import warnings_to_stderr
 from membus.store import Memory, StoreMeta
@@ -312,9 +312,15 @@ def _progress() -> Progress:
 
 
 async def _run(
-    root: Path, convs: list[Conversation], emb: EmbedderConfig, k: int, progress: Progress
+    root: Path,
+    convs: list[Conversation],
+    emb: EmbedderConfig,
+    k: int,
+    progress: Progress,
+    near_duplicate: float | None,
 ) -> tuple[int, int, float, str, list[tuple[Question, list[str], list[str]]]]:
-    config = MembusConfig(worker=runtime.EMBEDDED_WORKER, embedder=emb)
+    folding = ConsolidationConfig(near_duplicate=near_duplicate)
+    config = MembusConfig(worker=runtime.EMBEDDED_WORKER, embedder=emb, consolidation=folding)
     async with runtime.open(root, config) as bus:
         turn_of, ingest_s = await _ingest(bus, convs, progress)
         memories = sum([await bus.store.count(c.tenant) for c in convs])
@@ -330,6 +336,7 @@ def run_eval(
     json_output: bool,
     limit_conversations: int | None = None,
     path: Path | None = None,
+    near_duplicate: float | None = ConsolidationConfig().near_duplicate,
 ) -> dict[str, Any]:
     """Ingest LoCoMo into a fresh embedded bus (``path`` or a temp dir), score membus and BM25.
 
@@ -355,7 +362,7 @@ def run_eval(
         root = path or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="membus-eval-")))
         progress = stack.enter_context(_progress())
         observations, memories, ingest_s, emb_name, rows = anyio.run(
-            _run, root, convs, emb, max(ks), progress
+            _run, root, convs, emb, max(ks), progress, near_duplicate
         )
         if memories != observations:  # repeats folded into one memory, or events in the DLQ
             log = structlog.get_logger("membus.eval").bind(dataset=str(dataset))
@@ -370,6 +377,7 @@ def run_eval(
         "ingest_s": round(ingest_s, 2),
         "embedder": emb_name,
         "lexical": StoreMeta.model_fields["sparse"].default,  # the store's lexical encoder
+        "near_duplicate": near_duplicate,  # the merge threshold (None: merging off)
     }
     if json_output:
         print(json.dumps(result), file=stdout, flush=True)

@@ -28,11 +28,12 @@ from redis.exceptions import WatchError
 from membus.config import ConsolidationConfig
 from membus.consolidate import SlotState, materialize, slot_scope
 from membus.consolidating import Consolidator, changes_for
+from membus.errors import Unavailable
 from membus.filters import RecallFilter
 from membus.keys import TenantKeys
 from membus.ledger import dirty_key, slot_key
 from membus.store import Memory
-from membus.streams import Redis
+from membus.streams import REDIS_DOWN, Redis
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _LEASE_MS = 30_000
@@ -82,6 +83,10 @@ class NearDuplicates:
                 continue  # another writer is on it
             try:
                 done += await self._tenant(tenant, limit)
+            except (Unavailable, *REDIS_DOWN):
+                raise
+            except Exception as exc:  # housekeeping: it must never take the writer down
+                self._log.warning("neardup.failed", tenant=tenant, error=repr(exc))
             finally:
                 if await self.redis.get(lease) == self._token:
                     await self.redis.delete(lease)
