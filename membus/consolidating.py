@@ -88,6 +88,11 @@ class Consolidator:
         memories were written. ``vectors`` maps contents already embedded to their vector."""
         tenant = keys.tenant
         known = dict(vectors or {})
+        # embed first: an event whose text cannot be embedded must fail before it is in the
+        # ledger, where it would sink every later rewrite of its slot
+        fresh = sorted({e.content for _, e in events} - known.keys())
+        if fresh:
+            known.update(zip(fresh, await self.embed(fresh), strict=True))
         batch = {e.id for _, e in events}
         for _ in range(_MAX_ROUNDS):
             self.rounds += 1

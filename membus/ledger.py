@@ -21,6 +21,7 @@ from typing import Any
 
 from membus.consolidate import RETRACTION, SlotState, Variant, parse_state, slot_of
 from membus.envelope import Event
+from membus.errors import InvalidInput
 from membus.keys import PREFIX
 from membus.streams import Redis
 from membus.tombstones import tombstones_key
@@ -166,6 +167,19 @@ async def find_variants(
             if name.startswith("e:") and match(Variant.from_json(name[2:], _text(v))):
                 found.append((key, name[2:]))
     return found
+
+
+async def drop_parked(redis: Redis, tenant: str, raw: Sequence[str | None]) -> None:
+    """A parked event (its stream entry's JSON) must not feed a memory later, when a repeat
+    rewrites its slot: a writer that failed after adding it to the ledger left it there."""
+    found = []
+    for text in raw:
+        try:
+            event = Event.from_json(text or "")
+            found.append((slot_key(tenant, Item.of(event).slot), event.id))
+        except InvalidInput:  # unparseable, or a retraction without a target: never added
+            continue
+    await drop_variants(redis, found)
 
 
 async def drop_variants(redis: Redis, found: Sequence[tuple[str, str]]) -> int:

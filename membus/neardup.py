@@ -97,7 +97,13 @@ class NearDuplicates:
         raw: Any = await self.redis.zrange(dirty_key(tenant), 0, limit - 1)
         queued = [str(x) for x in raw]
         for slot in queued:
-            other = await self._nearest(tenant, slot)
+            try:
+                other = await self._nearest(tenant, slot)
+            except (Unavailable, *REDIS_DOWN):
+                raise
+            except Exception as exc:  # e.g. an embedder that fails on this text: skip the slot
+                self._log.warning("neardup.slot_failed", tenant=tenant, slot=slot, error=repr(exc))
+                other = None
             if other is None:
                 # a repeat landing meanwhile has the same text: it would find no other neighbour
                 await self.redis.zrem(dirty_key(tenant), slot)

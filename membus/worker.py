@@ -32,7 +32,7 @@ from membus.envelope import Event
 from membus.errors import InvalidInput, Unavailable
 from membus.gate import Gate, OpenGate
 from membus.keys import TenantKeys, tenant_of
-from membus.ledger import Item
+from membus.ledger import Item, drop_parked
 from membus.neardup import NearDuplicates
 from membus.reading import BatchReader
 from membus.replay import ReplayGuard
@@ -384,6 +384,7 @@ class Writer:
                 reason="poison",
                 deliveries=counts,
             )
+            await drop_parked(self.redis, keys.tenant, [f.get("e") for _, f in over])
         over_ids = {eid for eid, _ in over}
         rest = [(eid, f) for eid, f in claimed if eid not in over_ids]
         if rest:

@@ -115,7 +115,7 @@ def test_run_eval_end_to_end_json(tmp_path: Path, capsys: pytest.CaptureFixture[
 
     assert set(result) == {
         "recall@5", "recall@10", "recall@25", "bm25", "memories", "observations",
-        "dropped_evidence", "questions", "ingest_s", "embedder", "lexical",
+        "dropped_evidence", "questions", "ingest_s", "embedder", "lexical", "near_duplicate",
     }  # fmt: skip
     assert set(result["bm25"]) == {"recall@5", "recall@10", "recall@25"}
     for table in (result, result["bm25"]):

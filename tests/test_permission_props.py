@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 import membus
 from membus.bus import Agent, Bus
-from membus.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
+from membus.config import ConsolidationConfig, MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
 from membus.errors import InvalidInput, PermissionDenied
 from membus.keys import TenantKeys
 from membus.policy import CasbinGate
@@ -448,7 +448,13 @@ FAST = WorkerConfig(
 
 @asynccontextmanager
 async def shared_bus(path: Path, url: str) -> AsyncIterator[Bus]:
-    cfg = MembusConfig(redis=RedisConfig(url=url), worker=FAST, policy=PolicyConfig(shared=True))
+    # near-duplicate merging off: the decoys of two agents in one scope read alike, and this
+    # property counts one memory per permitted publish (consolidation has its own tests)
+    folding = ConsolidationConfig(near_duplicate=None)
+    cfg = MembusConfig(
+        redis=RedisConfig(url=url), worker=FAST, policy=PolicyConfig(shared=True),
+        consolidation=folding,
+    )  # fmt: skip
     async with membus.open(path, cfg) as bus:
         yield bus
 
