@@ -36,6 +36,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from membus.access import forget_access
+from membus.advice import writes_key
 from membus.envelope import validate_name, validate_scope
 from membus.errors import InvalidInput
 from membus.feed import Change
@@ -248,6 +249,8 @@ async def _pass(redis: Redis, store: Store, crit: _Criteria, st: _State, group: 
     st.add("pending", acked)
     st.add("dlq", (await _delete_entries(redis, keys.dlq, doomed_dlq, []))[0])
     st.add("ledger", await drop_variants(redis, in_ledger))
+    if st.events:  # the LLM consolidator's records (its reason may quote the event)
+        await redis.hdel(writes_key(tenant), *sorted(st.events))
     notes = [i for i in [*doomed_events, *origins] if i]
     if notes:
         st.add("errors", int(await redis.hdel(errors_key(tenant), *notes)))
