@@ -86,6 +86,20 @@ class PolicyConfig(_Config):
     redact_scopes: list[str] = Field(default_factory=list)
 
 
+class LlmConsolidatorConfig(_Config):
+    """An OpenAI-compatible chat-completions endpoint; ``base_url`` None: off."""
+
+    base_url: str | None = None  # e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1
+    model: str = "gpt-4o-mini"
+    api_key: str | None = Field(default=None, repr=False)
+    timeout_s: float = Field(default=10.0, gt=0)
+    neighbours: int = Field(default=5, ge=1, le=20)  # how many nearest memories to offer
+    # below this search score a memory is not offered (scores are cosines or fused RRF scores,
+    # depending on the store engine: 0 offers every hit)
+    min_score: float = 0.0
+    json_mode: bool = True  # send response_format json_object (some servers reject it)
+
+
 class ConsolidationConfig(_Config):
     """How writers fold observations into memories; every rule stays within one scope."""
 
@@ -98,6 +112,8 @@ class ConsolidationConfig(_Config):
     # expiry: seconds a memory lives, by kind and by scope subtree (the shortest applies)
     ttl_by_kind: dict[str, float] = Field(default_factory=dict)
     ttl_by_scope: dict[str, float] = Field(default_factory=dict)
+    # an LLM proposing add/update/delete/none per unkeyed fact (membus/llm.py); off by default
+    llm: LlmConsolidatorConfig = LlmConsolidatorConfig()
 
 
 class RankingConfig(_Config):

@@ -36,6 +36,7 @@ import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from membus.config import LlmConsolidatorConfig as LlmConsolidatorConfig
 from membus.consolidate import slot_scope
 from membus.envelope import LABELS, Event
 from membus.errors import InvalidInput, Unavailable
@@ -118,22 +119,6 @@ class Consolidator(Protocol):
     """The port: any model (or rule set) that proposes a decision for a fact."""
 
     async def decide(self, fact: Fact, neighbours: Sequence[Neighbour]) -> Decision: ...
-
-
-class LlmConsolidatorConfig(BaseModel):
-    """An OpenAI-compatible chat-completions endpoint; ``base_url`` None: off."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    base_url: str | None = None  # e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1
-    model: str = "gpt-4o-mini"
-    api_key: str | None = Field(default=None, repr=False)
-    timeout_s: float = Field(default=10.0, gt=0)
-    neighbours: int = Field(default=5, ge=1, le=20)  # how many nearest memories to offer
-    # below this search score a memory is not offered (scores are cosines or fused RRF scores,
-    # depending on the store engine: 0 offers every hit)
-    min_score: float = 0.0
-    json_mode: bool = True  # send response_format json_object (some servers reject it)
 
 
 SYSTEM_PROMPT = """\
