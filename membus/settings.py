@@ -14,9 +14,11 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from membus.config import (
+    ConsolidationConfig,
     EmbedderConfig,
     MembusConfig,
     PolicyConfig,
+    RankingConfig,
     RedisConfig,
     RetentionConfig,
     StoreConfig,
@@ -52,6 +54,8 @@ class Settings(BaseSettings):
     embedder_dim: int = 384
     worker: WorkerConfig = WorkerConfig()
     retention: RetentionConfig = RetentionConfig()
+    consolidation: ConsolidationConfig = ConsolidationConfig()
+    ranking: RankingConfig = RankingConfig()
     # In-process writers for CLI commands; None: 1 on embedded Redis, 0 when workers run apart.
     writers: int | None = None
     log_level: LogLevel = "warning"
@@ -136,6 +140,8 @@ class Settings(BaseSettings):
                 embedder=EmbedderConfig(name=self.embedder, dim=self.embedder_dim),
                 worker=worker,
                 retention=self.retention,
+                consolidation=self.consolidation,
+                ranking=self.ranking,
                 policy=PolicyConfig(
                     file=self.policy_file,
                     shared=self.policy_shared,
