@@ -23,6 +23,7 @@ from membus.config import MembusConfig, PolicyConfig, WorkerConfig
 from membus.embedded import EmbeddedRedis
 from membus.embedder import Embedder, make_embedder
 from membus.gate import Gate, OpenGate
+from membus.llm import make_consolidator
 from membus.policy import CasbinGate
 from membus.policy_watch import FileSource, PolicySource, PolicyWatcher, RedisSource
 from membus.signing import KeyRegistry
@@ -60,7 +61,9 @@ def make_writers(
     gate: Gate,
     keys: KeyRegistry,
 ) -> list[Writer]:
-    """``n`` writers for this process; the first also applies retention (one is enough)."""
+    """``n`` writers for this process; the first also applies retention (one is enough). They
+    share one LLM consolidator when one is configured."""
+    llm = make_consolidator(config.consolidation.llm)
     return [
         Writer(
             redis,
@@ -72,6 +75,7 @@ def make_writers(
             gate=gate,
             keys=keys,
             consolidation=config.consolidation,
+            llm=llm,
         )
         for i in range(n)
     ]

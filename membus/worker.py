@@ -1,11 +1,10 @@
 """Memory-writer workers: consumer groups over every tenant's events stream.
 
-One batch goes: read -> validate -> embed the batch -> upsert -> (XADD change events + XACK) in one
-MULTI. The store write comes before the acknowledgement and point ids are deterministic, so a
-writer killed at any instant leaves its entries pending; another writer reclaims them
-(XAUTOCLAIM after ``min_idle_ms``) and the rewrite overwrites instead of duplicating. An entry
-that fails on its own ``max_deliveries`` times, or cannot be parsed at all, is parked in the
-tenant's dead-letter stream with the reason, and the writer carries on.
+One batch goes: read -> validate -> embed -> consolidate (membus/consolidating.py: ledger, store
+upsert, then XADD change events + XACK in one MULTI). Store before ack, deterministic ids: a writer
+killed at any instant leaves its entries pending, another reclaims them (XAUTOCLAIM after
+``min_idle_ms``) and rewrites the same memories. An entry that fails ``max_deliveries`` times, or
+cannot be parsed, is parked in the tenant's dead-letter stream with the reason; the writer goes on.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AskError, MovedError, ResponseError
 
 from membus.admission import Admission, Parsed
+from membus.advice import Advisor
 from membus.audit import AuditLog, AuditRecord
 from membus.config import ConsolidationConfig, RetentionConfig, WorkerConfig
 from membus.consolidating import Consolidator
@@ -33,6 +33,7 @@ from membus.errors import InvalidInput, Unavailable
 from membus.gate import Gate, OpenGate
 from membus.keys import TenantKeys, tenant_of
 from membus.ledger import Item, drop_parked
+from membus.llm import FallbackConsolidator
 from membus.neardup import NearDuplicates
 from membus.reading import BatchReader
 from membus.replay import ReplayGuard
@@ -45,14 +46,9 @@ Entry = tuple[str, dict[str, str] | None]
 
 def _rejected(tenant: str, event: Event, reason: str) -> AuditRecord:
     return AuditRecord(
-        tenant=tenant,
-        agent=event.agent,
-        action="publish",
-        scope=event.scope,
-        decision="deny",
-        reason=f"writer: {reason}",
-        event_ids=[event.id],
-    )
+        tenant=tenant, agent=event.agent, action="publish", scope=event.scope, decision="deny",
+        reason=f"writer: {reason}", event_ids=[event.id],
+    )  # fmt: skip
 
 
 class _BatchFailed(Exception):
@@ -67,7 +63,7 @@ class Prepared:
     stream: str
     size: int
     events: list[tuple[str, Event]]
-    items: list[Item]  # each event's ledger write
+    items: list[list[Item]]  # each event's ledger writes
     vectors: Vectors | None  # each event's content, embedded
 
 
@@ -88,16 +84,19 @@ class Writer:
         gate: Gate | None = None,
         keys: KeyRegistry | None = None,
         consolidation: ConsolidationConfig | None = None,
+        llm: FallbackConsolidator | None = None,
     ) -> None:
         self.redis, self.store, self.embedder = redis, store, embedder
+        gate = gate or OpenGate()
         self.config = config or WorkerConfig()
         folding = consolidation or ConsolidationConfig()
         self._fold, self._queue = folding.enabled, folding.near_duplicate is not None
         self.consolidator = Consolidator(redis, store, self._embed, folding, self.config.group)
         self.neardup = NearDuplicates(self.consolidator, folding)
+        self.advisor = Advisor(redis, store, self._embed, gate, llm) if llm else None
         self.admission = Admission(
             redis,
-            gate or OpenGate(),
+            gate,
             keys or KeyRegistry(redis),
             ReplayGuard(redis, self.config.replay_window_s),
             verify_signatures=self.config.verify_signatures,
@@ -236,8 +235,9 @@ class Writer:
 
     async def _items(
         self, keys: TenantKeys, stream: str, events: list[tuple[str, Event]]
-    ) -> tuple[list[tuple[str, Event]], list[Item]]:
-        """Each event's ledger write; a retraction naming no target of its scope is parked."""
+    ) -> tuple[list[tuple[str, Event]], list[list[Item]]]:
+        """Each event's ledger writes (the LLM's, when one advises); a retraction naming no
+        target of its scope is parked."""
         kept: list[tuple[str, Event]] = []
         items: list[Item] = []
         bad: list[tuple[str, dict[str, str], str]] = []
@@ -249,7 +249,9 @@ class Writer:
                 bad.append((entry_id, {"e": event.to_json().decode()}, str(exc)))
         if bad:
             await self._park(keys, stream, bad, reason="invalid")
-        return kept, items
+        if self.advisor is not None and kept:
+            return kept, await self.advisor.items(keys.tenant, [e for _, e in kept], items)
+        return kept, [[i] for i in items]
 
     async def _embed(self, texts: list[str]) -> Vectors:
         if isinstance(self.embedder, HashingEmbedder):  # ~30 µs a text: not worth a thread hop
@@ -265,14 +267,14 @@ class Writer:
             if p.vectors is None:
                 raise _BatchFailed("embedding the batch failed")
             known = {e.content: p.vectors[i] for i, (_, e) in enumerate(events)}
-            await self._commit(keys, stream, events, p.items, known)
+            await self._commit(keys, stream, events, [i for its in p.items for i in its], known)
         except (Unavailable, *REDIS_DOWN):
             raise
         except Exception as exc:
             self._log.warning("writer.batch_failed", tenant=tenant, error=repr(exc))
             for n, one in enumerate(events):
                 try:
-                    await self._commit(keys, stream, [one], [p.items[n]])
+                    await self._commit(keys, stream, [one], p.items[n])
                 except (Unavailable, *REDIS_DOWN):
                     raise
                 except Exception as exc1:
