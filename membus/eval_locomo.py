@@ -225,7 +225,8 @@ async def _ingest(
                     turn_of[receipt.event_id] = str(draft.metadata["dia_id"])
                 progress.advance(task, len(batch))
     progress.update(task, description="waiting for writers")
-    await bus.drain(timeout_s=120 + len(turn_of) / 50)
+    # generous: MiniLM on 2 cores embeds ~50 turns/s, and the near-duplicate pass embeds again
+    await bus.drain(timeout_s=600 + len(turn_of) / 10)
     elapsed = time.perf_counter() - t0
     progress.remove_task(task)
     return turn_of, elapsed

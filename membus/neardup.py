@@ -59,6 +59,12 @@ def mergeable(a: Memory, b: Memory) -> bool:
     )
 
 
+def _current(tenant: str, state: SlotState, config: ConsolidationConfig) -> Memory | None:
+    """The one current memory of an unkeyed slot, or None (keyed, merged away, withdrawn)."""
+    plan = materialize(tenant, state, config)
+    return plan.upserts[0] if len(plan.upserts) == 1 and not state.keyed else None
+
+
 class NearDuplicates:
     def __init__(self, consolidator: Consolidator, config: ConsolidationConfig) -> None:
         self.c, self.config = consolidator, config
@@ -96,29 +102,43 @@ class NearDuplicates:
         merges = 0
         raw: Any = await self.redis.zrange(dirty_key(tenant), 0, limit - 1)
         queued = [str(x) for x in raw]
+        states = await self.c.ledger.read(tenant, queued)
+        current = {s: _current(tenant, states[s], self.config) for s in queued}
+        texts = sorted({m.content for m in current.values() if m is not None})
+        vectors = await self._vectors(tenant, texts)  # one batch: far faster for a model
         for slot in queued:
-            try:
-                other = await self._nearest(tenant, slot)
-            except (Unavailable, *REDIS_DOWN):
-                raise
-            except Exception as exc:  # e.g. an embedder that fails on this text: skip the slot
-                self._log.warning("neardup.slot_failed", tenant=tenant, slot=slot, error=repr(exc))
-                other = None
+            m = current[slot]
+            other = None
+            if m is not None and m.content in vectors:
+                other = await self._nearest(tenant, m, vectors[m.content])
             if other is None:
                 # a repeat landing meanwhile has the same text: it would find no other neighbour
                 await self.redis.zrem(dirty_key(tenant), slot)
                 continue
+            # a slot merged earlier in this pass is re-checked under WATCH by _merge
             await self._merge(tenant, *sorted((slot, other)))
             merges += 1
         self.merged += merges
         return merges
 
-    async def _nearest(self, tenant: str, slot: str) -> str | None:
-        [state] = (await self.c.ledger.read(tenant, [slot])).values()
-        plan = materialize(tenant, state, self.config)
-        if len(plan.upserts) != 1 or state.keyed:
-            return None
-        m = plan.upserts[0]
+    async def _vectors(self, tenant: str, texts: list[str]) -> dict[str, np.ndarray]:
+        """Embed ``texts``; if the batch fails, one by one, leaving out those that fail."""
+        try:
+            return dict(zip(texts, await self.c.embed(texts), strict=True)) if texts else {}
+        except (Unavailable, *REDIS_DOWN):
+            raise
+        except Exception:
+            out = {}
+            for t in texts:
+                try:
+                    [out[t]] = await self.c.embed([t])
+                except (Unavailable, *REDIS_DOWN):
+                    raise
+                except Exception as exc:  # e.g. an embedder that fails on this text: skip it
+                    self._log.warning("neardup.embed_failed", tenant=tenant, error=repr(exc))
+            return out
+
+    async def _nearest(self, tenant: str, m: Memory, vector: np.ndarray) -> str | None:
         threshold = self.config.near_duplicate
         assert threshold is not None
         flt = RecallFilter(
@@ -128,7 +148,6 @@ class NearDuplicates:
             kinds=[m.kind],
             subjects=[m.subject] if m.subject is not None else None,
         )
-        [vector] = await self.c.embed([m.content])
         hits = await self.c.store.search(np.asarray([vector]), flt, 5)  # dense cosine: no text
         for h in hits:
             if h.score >= threshold and mergeable(m, h.memory):
