@@ -25,7 +25,7 @@ from membus.consolidate import Plan, materialize
 from membus.embedder import Vectors
 from membus.envelope import Event
 from membus.feed import Change, upsert_fields
-from membus.keys import TenantKeys
+from membus.keys import PREFIX, TenantKeys
 from membus.ledger import Item, Ledger, slot_key
 from membus.store import Memory, Store
 from membus.streams import Redis
@@ -63,6 +63,17 @@ def changes_for(
     caused = sorted(batch)
     out += [Change.of("delete", m, caused).to_fields() for m in existed]
     return out
+
+
+def expiry_key(tenant: str) -> str:
+    """Slots whose current memory has a TTL, scored by when it runs out (``membus/expiry.py``)."""
+    return f"{PREFIX}:{{{tenant}}}:slots:expiry"
+
+
+def expires(plan: Plan) -> float | None:
+    """When the slot's current memory expires (a TTL, not a newer version), if it does."""
+    current = [m for m in plan.upserts if not m.history]
+    return current[-1].valid_to.timestamp() if current and current[-1].valid_to else None
 
 
 class Consolidator:
@@ -114,6 +125,8 @@ class Consolidator:
                     for slot, plan in zip(slots, plans, strict=True):
                         if plan.withdrawn:  # the cut-off keeps refusing them: drop the text
                             pipe.hdel(slot_key(tenant, slot), *[f"e:{w}" for w in plan.withdrawn])
+                        if (until := expires(plan)) is not None:  # for the expiry sweep
+                            pipe.zadd(expiry_key(tenant), {slot: until})
                     pipe.xack(stream, self.group, *[eid for eid, _ in events])
                     drop = [eid for eid, e in events if e.id in refused]
                     if drop:  # erased while in flight: no trace in the stream either

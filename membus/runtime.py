@@ -17,6 +17,7 @@ import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
+from membus import expiry
 from membus.audit import AuditLog
 from membus.bus import Bus
 from membus.config import MembusConfig, PolicyConfig, WorkerConfig
@@ -28,7 +29,7 @@ from membus.policy import CasbinGate
 from membus.policy_watch import FileSource, PolicySource, PolicyWatcher, RedisSource
 from membus.signing import KeyRegistry
 from membus.store import Store, StoreMeta
-from membus.streams import REDIS_DOWN, Redis, redis_client, unavailable
+from membus.streams import REDIS_DOWN, Redis, redis_client, tenants, unavailable
 from membus.worker import Writer, consumer_name
 
 DEFAULT_PATH = Path(".membus")
@@ -131,11 +132,19 @@ async def connect(
 
 
 async def maintain_loop(store: Store, writers: list[Writer], stop: anyio.Event) -> None:
-    """Index builds block the process, so run them only after writers have been quiet a while."""
+    """Index builds block the process, so run them only after writers have been quiet a while;
+    the TTL sweep (cheap, one ZRANGEBYSCORE per tenant when nothing expired) runs every round."""
     last_total, quiet_since = -1, time.monotonic()
     while not stop.is_set():
         with anyio.move_on_after(2.0):
             await stop.wait()
+        c = writers[0].consolidator
+        if c.config.ttl_by_kind or c.config.ttl_by_scope:
+            try:
+                for tenant in await tenants(c.redis):
+                    await expiry.sweep(c, tenant)
+            except Exception as exc:  # housekeeping: logged, retried next round, never fatal
+                structlog.get_logger("membus.expiry").warning("expiry.failed", error=repr(exc))
         total = sum(w.processed for w in writers)
         if total != last_total:
             last_total, quiet_since = total, time.monotonic()

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import membus
+from membus import expiry
 from membus.config import ConsolidationConfig, MembusConfig, RedisConfig, WorkerConfig
 from membus.consolidate import RETRACTION
 from membus.embedder import HashingEmbedder
@@ -317,3 +318,32 @@ async def test_near_duplicate_merging_can_be_turned_off(redis_url: str, tmp_path
         await bus.drain(10)
         assert await bus.store.count("acme") == 2
         assert await bus.redis.zcard(dirty_key("acme")) == 0  # nothing queued when off
+
+
+async def test_expired_memories_are_hidden_then_swept_out(redis_url: str, tmp_path: Path) -> None:
+    """A TTL by kind: recall stops returning the memory once it expires, the sweep deletes it
+    (with a delete change) and drops its text from the ledger; a fresh assertion stands."""
+    folding = ConsolidationConfig(ttl_by_kind={"status": 3600}, near_duplicate=None)
+    cfg = config(redis_url).model_copy(update={"consolidation": folding})
+    async with membus.open(tmp_path, cfg) as bus:
+        a = bus.agent("a", "acme")
+        old = datetime.now(UTC) - timedelta(hours=2)
+        await a.publish("deploy in progress", "team/ops", kind="status", created_at=old)
+        await a.publish("the runbook lives in the wiki", "team/ops")  # no TTL for its kind
+        await bus.drain(10)
+        assert [h.memory.content for h in await a.recall("deploy", k=5)] == [
+            "the runbook lives in the wiki"
+        ]
+        assert await bus.store.count("acme") == 2  # hidden, not yet deleted
+        writer = Writer(bus.redis, bus.store, bus.embedder, FAST, consolidation=folding)
+        # the bus's own maintenance loop may get there first (it sweeps every 2 s): either way
+        await expiry.sweep(writer.consolidator, "acme")
+        assert await bus.store.count("acme") == 1
+        assert [c.op for c in await changes(bus, "acme")][-1] == "delete"
+        ledger = [
+            await bus.redis.hgetall(k) async for k in bus.redis.scan_iter("membus:{acme}:slot:*")
+        ]
+        assert "deploy in progress" not in repr(ledger)
+        await a.publish("deploy in progress", "team/ops", kind="status")  # a new, live one
+        await bus.drain(10)
+        assert "deploy in progress" in [h.memory.content for h in await a.recall("deploy", k=5)]
