@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import structlog
@@ -28,15 +28,17 @@ from redis.exceptions import WatchError
 from membus.config import ConsolidationConfig
 from membus.consolidate import SlotState, materialize, slot_scope
 from membus.consolidating import Consolidator, changes_for
+from membus.embedder import Vectors
 from membus.errors import Unavailable
 from membus.filters import RecallFilter
 from membus.keys import TenantKeys
 from membus.ledger import dirty_key, slot_key
-from membus.store import Memory
+from membus.store import Hit, Memory
 from membus.streams import REDIS_DOWN, Redis
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _LEASE_MS = 30_000
+_K = 5  # neighbours looked at per slot
 
 
 def numbers(text: str) -> list[str]:
@@ -59,6 +61,26 @@ def mergeable(a: Memory, b: Memory) -> bool:
     )
 
 
+@runtime_checkable
+class BatchSearch(Protocol):
+    """An engine that runs many filtered dense searches as one batch (``EdgeStore``)."""
+
+    async def search_batch(
+        self, queries: Sequence[tuple[Vectors, RecallFilter]], k: int, min_score: float
+    ) -> list[list[Hit]]: ...
+
+
+def _neighbours(tenant: str, m: Memory) -> RecallFilter:
+    """Where a near-duplicate of ``m`` may be: its exact scope, kind and subject."""
+    return RecallFilter(
+        tenant=tenant,
+        scopes=[m.scope],
+        include_subscopes=False,
+        kinds=[m.kind],
+        subjects=[m.subject] if m.subject is not None else None,
+    )
+
+
 def _current(tenant: str, state: SlotState, config: ConsolidationConfig) -> Memory | None:
     """The one current memory of an unkeyed slot, or None (keyed, merged away, withdrawn)."""
     plan = materialize(tenant, state, config)
@@ -70,6 +92,10 @@ class NearDuplicates:
         self.c, self.config = consolidator, config
         self.redis: Redis = consolidator.redis
         self.merged = 0
+        # queued slots were left after the last sweep: the writer's next read must not block
+        # (block_ms, 200 ms by default) before the next sweep, or a backlog of n slots costs
+        # n / limit of those waits: 20k queued slots after a bulk ingest spent a minute idle
+        self.backlog = False
         self._token = secrets.token_hex(8)
         self._log = structlog.get_logger("membus.neardup")
 
@@ -78,6 +104,7 @@ class NearDuplicates:
 
     async def sweep(self, tenants: Sequence[str], limit: int = 64) -> int:
         """Look at up to ``limit`` queued slots per tenant whose lease we get; returns merges."""
+        self.backlog = False
         if self.config.near_duplicate is None:
             return 0
         done = 0
@@ -89,6 +116,8 @@ class NearDuplicates:
                 continue  # another writer is on it
             try:
                 done += await self._tenant(tenant, limit)
+                # only after a pass that worked: a failing one must not spin the writer
+                self.backlog = self.backlog or bool(await self.redis.zcard(dirty_key(tenant)))
             except (Unavailable, *REDIS_DOWN):
                 raise
             except Exception as exc:  # housekeeping: it must never take the writer down
@@ -106,20 +135,37 @@ class NearDuplicates:
         current = {s: _current(tenant, states[s], self.config) for s in queued}
         texts = sorted({m.content for m in current.values() if m is not None})
         vectors = await self._vectors(tenant, texts)  # one batch: far faster for a model
-        for slot in queued:
-            m = current[slot]
-            other = None
-            if m is not None and m.content in vectors:
-                other = await self._nearest(tenant, m, vectors[m.content])
+        # checked, no neighbour: they leave the queue in one ZREM, always before the next merge
+        # (which may queue one of them again as its survivor). A repeat landing meanwhile has
+        # the same text: it would find no other neighbour either.
+        looked: list[str] = []
+        found: dict[str, str | None] = {}
+        for n, slot in enumerate(queued):
+            if slot not in found:
+                # the rest of the pass searched at once; a merge changes the store, so after
+                # one the searches still ahead run again (as one-by-one searching would see it)
+                ahead = [(s, current[s]) for s in queued[n:]]
+                asked = [
+                    (m, vectors[m.content]) if m and m.content in vectors else None
+                    for _, m in ahead
+                ]
+                found = dict(zip(queued[n:], await self._nearest(tenant, asked), strict=True))
+            other = found[slot]
             if other is None:
-                # a repeat landing meanwhile has the same text: it would find no other neighbour
-                await self.redis.zrem(dirty_key(tenant), slot)
+                looked.append(slot)
                 continue
+            await self._done(tenant, looked)
+            looked, found = [], {}
             # a slot merged earlier in this pass is re-checked under WATCH by _merge
             await self._merge(tenant, *sorted((slot, other)))
             merges += 1
+        await self._done(tenant, looked)
         self.merged += merges
         return merges
+
+    async def _done(self, tenant: str, slots: list[str]) -> None:
+        if slots:
+            await self.redis.zrem(dirty_key(tenant), *slots)
 
     async def _vectors(self, tenant: str, texts: list[str]) -> dict[str, np.ndarray]:
         """Embed ``texts``; if the batch fails, one by one, leaving out those that fail."""
@@ -138,21 +184,28 @@ class NearDuplicates:
                     self._log.warning("neardup.embed_failed", tenant=tenant, error=repr(exc))
             return out
 
-    async def _nearest(self, tenant: str, m: Memory, vector: np.ndarray) -> str | None:
+    async def _nearest(
+        self, tenant: str, asked: Sequence[tuple[Memory, np.ndarray] | None]
+    ) -> list[str | None]:
+        """Per memory (None: nothing to look for), the slot of its nearest mergeable neighbour
+        at cosine >= the threshold, if any (dense only: no text)."""
         threshold = self.config.near_duplicate
         assert threshold is not None
-        flt = RecallFilter(
-            tenant=tenant,
-            scopes=[m.scope],
-            include_subscopes=False,
-            kinds=[m.kind],
-            subjects=[m.subject] if m.subject is not None else None,
+        wanted = [a for a in asked if a is not None]
+        queries = [(np.asarray([v]), _neighbours(tenant, m)) for m, v in wanted]
+        store = self.c.store
+        if isinstance(store, BatchSearch):  # one planned batch, hits under threshold dropped
+            found = await store.search_batch(queries, _K, threshold) if queries else []
+        else:
+            found = [await store.search(v, flt, _K) for v, flt in queries]
+        slots = iter(
+            next(
+                (h.memory.slot for h in hits if h.score >= threshold and mergeable(m, h.memory)),
+                None,
+            )
+            for (m, _), hits in zip(wanted, found, strict=True)
         )
-        hits = await self.c.store.search(np.asarray([vector]), flt, 5)  # dense cosine: no text
-        for h in hits:
-            if h.score >= threshold and mergeable(m, h.memory):
-                return h.memory.slot
-        return None
+        return [None if a is None else next(slots) for a in asked]
 
     async def _merge(self, tenant: str, survivor: str, loser: str) -> None:
         """Move the loser's live events into the survivor and rewrite both, atomically."""

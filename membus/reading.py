@@ -24,8 +24,11 @@ class BatchReader:
         self.redis, self.config, self.consumer, self.cluster = redis, config, consumer, cluster
         self._turn = 0
 
-    async def read(self, streams: Sequence[str]) -> Batch:
-        batch = await (self._read_cluster(streams) if self.cluster else self._read_all(streams))
+    async def read(self, streams: Sequence[str], *, block: bool = True) -> Batch:
+        """``block=False``: return at once when nothing is waiting (the writer has other work)."""
+        batch = await (
+            self._read_cluster(streams, block) if self.cluster else self._read_all(streams, block)
+        )
         return await self._linger(streams, batch)
 
     async def _read_all(self, streams: Sequence[str], block: bool = True, count: int = 0) -> Batch:
@@ -52,14 +55,14 @@ class BatchReader:
             merged.setdefault(stream, []).extend(entries)
         return list(merged.items())
 
-    async def _read_cluster(self, streams: Sequence[str]) -> Batch:
+    async def _read_cluster(self, streams: Sequence[str], block: bool) -> Batch:
         group, consumer, count = self.config.group, self.consumer, self.config.batch_size
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream in streams:
                 pipe.xreadgroup(group, consumer, {stream: ">"}, count=count)
             replies: list[Any] = await pipe.execute()
         batch = [r[0] for r in replies if r]
-        if batch:
+        if batch or not block:
             return batch
         self._turn = (self._turn + 1) % len(streams)
         res: Any = await self.redis.xreadgroup(

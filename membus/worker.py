@@ -167,7 +167,7 @@ class Writer:
             await anyio.sleep(self.config.block_ms / 1000)
             return []
         try:
-            batch = await self._reader.read(self._streams)
+            batch = await self._reader.read(self._streams, block=not self.neardup.backlog)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
