@@ -1,7 +1,8 @@
 """``membus bench``: end-to-end figures beside their raw-engine counterparts, from one run.
 
 Everything runs on a fresh embedded bus in a temp directory: raw Redis (pipelined XADD,
-XREADGROUP+XACK) on the bus's own redis-server under separate keys, raw Qdrant Edge upsert and
+XREADGROUP+XACK) on the bus's own redis-server under separate keys, raw Qdrant Edge upsert (of
+points shaped like the bus's: payload, dense vector and BM25 sparse vector, all precomputed) and
 filtered search, then ingest through ``Bus.publish_many`` until ``drain()``, recall through
 ``Agent.recall`` after an explicit HNSW build (at full size also with a casbin gate and over
 HTTP, interleaved: membus/bench_gate.py, membus/bench_http.py), publish->visible latency at a

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as q
 
+from membus import sparse
 from membus.bus import Draft
 from membus.envelope import Event
 from membus.errors import InvalidInput
@@ -190,6 +191,9 @@ class RawStore:
     dim: int
     rows: list[list[float]]
     payloads: list[dict[str, Any]]
+    # the BM25 sparse vector of each payload's content: EdgeStore writes one with every point
+    # (hybrid recall), so the raw upsert indexes the same point shape
+    lexical: list[Any]
 
     @classmethod
     async def open(cls, path: Path, embedder_name: str, dim: int) -> RawStore:
@@ -198,18 +202,29 @@ class RawStore:
         rng = np.random.default_rng(5)
         vecs = rng.standard_normal((_POOL, dim)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        payloads = [Memory.from_event(e).to_payload() for e in _events(_POOL)]
-        return cls(store, edge_shard(store), dim, vecs.tolist(), payloads)
+        memories = [Memory.from_event(e) for e in _events(_POOL)]
+        lexical = [sparse.document(m.content) for m in memories]
+        return cls(
+            store,
+            edge_shard(store),
+            dim,
+            vecs.tolist(),
+            [m.to_payload() for m in memories],
+            [q.SparseVector(v.indices, v.values) for v in lexical],
+        )
 
     def point(self, i: int, pid: str | None = None) -> Any:
         j = i % _POOL
-        return q.Point(pid or str(uuid.uuid4()), {_VECTOR: self.rows[j]}, self.payloads[j])
+        vectors = {_VECTOR: self.rows[j], sparse.VECTOR: self.lexical[j]}
+        return q.Point(pid or str(uuid.uuid4()), vectors, self.payloads[j])
 
     def upsert(self, n: int, batch: int, tick: Callable[[int], None] | None = None) -> float:
         """Upsert ``n`` points in batches of ``batch``. Returns points/s.
 
         Timed: building ``q.Point`` objects from precomputed rows/payloads plus the update call,
-        the least any Python caller of Edge must do.
+        the least any Python caller of Edge must do. Each point carries what a membus point
+        carries: the dense vector and the lexical (BM25 sparse) one, both precomputed, like the
+        payload; the engine indexes both.
         """
         ids = [str(uuid.uuid4()) for _ in range(n)]
         t0 = time.perf_counter()
