@@ -185,7 +185,10 @@ def check_query(vector: Vectors, k: int, dim: int) -> list[float]:
     flat = vector.reshape(-1)
     if flat.shape[0] != dim:
         raise InvalidInput(f"query vector has dim {flat.shape[0]}, the store holds dim {dim}")
-    return [float(x) for x in flat]
+    # tolist() gives the same Python floats as float(x) per element, ~30x faster (the
+    # near-duplicate pass converts one query per queued slot)
+    out: list[float] = flat.tolist()
+    return out
 
 
 class Hit(BaseModel):
