@@ -281,13 +281,13 @@ class Bus:
         )
         return report
 
-    # -- operations ---------------------------------------------------------------------------
-
-    async def drain(self, timeout_s: float = 60.0, poll_s: float = 0.01) -> None:
-        """Wait until writers committed (or parked) all published, near-duplicate pass too."""
-        deadline = time.monotonic() + timeout_s
-        group = self.config.worker.group
-        merging = self.config.consolidation.near_duplicate is not None
+    async def drain(
+        self, timeout_s: float = 60.0, poll_s: float = 0.01, merges: bool = True
+    ) -> None:
+        """Wait until writers committed (or parked) all published; ``merges``: and until their
+        near-duplicate pass has looked at it."""
+        deadline, group = time.monotonic() + timeout_s, self.config.worker.group
+        merging = merges and self.config.consolidation.near_duplicate is not None
         while True:
             names = await tenants(self.redis)
             if await idle(self.redis, [TenantKeys(t).events for t in names], group) and not (

@@ -39,7 +39,14 @@ POSITIVE = (
     "http_recall_p99_ms",
     "http_recall_ratio",
 )
-PRESENT = ("index_build_s", "embedder", "machine", "membus_version", "targets")
+PRESENT = (
+    "index_build_s",
+    "near_duplicate_pass_s",
+    "embedder",
+    "machine",
+    "membus_version",
+    "targets",
+)
 
 
 @pytest.mark.slow
