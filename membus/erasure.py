@@ -8,7 +8,7 @@ criteria; then every place holding their content is cleaned: the store, the even
 the dead-letter stream, the writer's error notes, and the change feed.
 
 Order matters because writers keep running: tombstones are written first (the writer checks them,
-see ``commit_unless_erased``), then stream entries and memories are deleted, then the change feed
+see ``membus/consolidating.py``), then stream entries and memories are deleted, then the change feed
 is scanned; the whole pass runs twice, the second only over what arrived since the first, so
 anything a writer committed while the first pass ran is caught.
 
@@ -44,7 +44,6 @@ from membus.keys import TenantKeys
 from membus.ledger import drop_variants, find_variants
 from membus.store import Memory, Store, check_ids, point_id
 from membus.streams import REDIS_DOWN, Redis, decode_fields, unavailable
-from membus.tombstones import commit_unless_erased as commit_unless_erased
 from membus.tombstones import erased as erased
 from membus.tombstones import is_tombstoned as is_tombstoned
 from membus.tombstones import tombstoned as tombstoned

@@ -14,19 +14,16 @@ import orjson
 import pytest
 
 import membus
-from membus import tombstones
 from membus.bus import Bus
 from membus.config import MembusConfig, RedisConfig, WorkerConfig
 from membus.embedder import HashingEmbedder, Vectors
 from membus.envelope import Event, new_event_id
 from membus.erasure import (
-    commit_unless_erased,
     erased,
     errors_key,
     forget,
     is_tombstoned,
     tombstoned,
-    tombstones_key,
 )
 from membus.errors import InvalidInput
 from membus.feed import upsert_fields
@@ -34,7 +31,7 @@ from membus.keys import TenantKeys, tenants_key
 from membus.signing import KeyRegistry, publish_signed
 from membus.store import Memory, Store, StoreMeta, point_id
 from membus.store_edge import EdgeStore
-from membus.streams import Redis, ensure_group, redis_client
+from membus.streams import Redis, redis_client
 from membus.worker import Writer
 
 pytestmark = pytest.mark.anyio
@@ -258,49 +255,6 @@ def _memory(content: str) -> tuple[Memory, dict[str, bytes]]:
     event = Event.build(tenant=TENANT, agent="a", scope="s", content=content)
     m = Memory.from_event(event)
     return m, upsert_fields(m, m.source_events)
-
-
-async def test_guarded_commit_skips_tombstoned_memories_even_when_forget_lands_mid_commit(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The writer's commit: changes of erased events are not written, the batch is acked; a
-    tombstone written between the check and EXEC makes the commit look again (WATCH)."""
-
-    redis, other = redis_client(redis_url), redis_client(redis_url)
-    keys = TenantKeys(TENANT)
-    try:
-        await ensure_group(redis, keys.events, "writers")
-        (a, fa), (b, fb), (c, fc) = _memory("one"), _memory("two"), _memory("three")
-        ids = [
-            (str(await redis.xadd(keys.events, {"e": "x"})), m.source_events[0]) for m in (a, b, c)
-        ]
-        await redis.xreadgroup("writers", "w", {keys.events: ">"})
-        await redis.hset(tombstones_key(TENANT), a.source_events[0], "t")
-
-        real = tombstones._tombstoned
-        calls = 0
-
-        async def racing(r: Any, tenant: str, wanted: Any) -> set[str]:
-            nonlocal calls
-            calls += 1
-            got = await real(r, tenant, wanted)
-            if calls == 1:  # a forget erases c's memory right after the writer's check
-                await other.hset(tombstones_key(TENANT), c.id, "t")
-            return got
-
-        monkeypatch.setattr(tombstones, "_tombstoned", racing)
-        skipped = await commit_unless_erased(
-            redis, TENANT, keys.events, "writers", ids, [(a, fa), (b, fb), (c, fc)]
-        )
-        assert skipped == {a.id, c.id} and calls == 2
-        feed = [orjson.loads(f["c"])["memory_id"] for _, f in await entries(redis, keys.changes)]
-        assert feed == [b.id]
-        assert (await redis.xpending(keys.events, "writers"))["pending"] == 0
-        # the entries of the erased events are gone; b's stays (acked)
-        assert [i for i, _ in await entries(redis, keys.events)] == [ids[1][0]]
-    finally:
-        await redis.aclose()
-        await other.aclose()
 
 
 class PausingStore:
