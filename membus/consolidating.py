@@ -117,7 +117,7 @@ class Consolidator:
                     await pipe.watch(*watched)
                     states = await self.ledger.read(tenant, slots)
                     plans = [materialize(tenant, states[s], self.config) for s in slots]
-                    existed = await self._write(tenant, plans, known)
+                    existed = await self.write(tenant, plans, known)
                     entries = changes_for(plans, existed, batch - refused)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     for fields in entries:
@@ -137,7 +137,7 @@ class Consolidator:
                     continue  # a slot or a tombstone moved under us: read and write again
         raise WatchError(f"slots of tenant {tenant!r} kept changing for {_MAX_ROUNDS} rounds")
 
-    async def _write(
+    async def write(
         self, tenant: str, plans: Sequence[Plan], known: dict[str, np.ndarray]
     ) -> list[Memory]:
         """Upsert what the plans keep, delete what they drop; returns the deleted that existed."""

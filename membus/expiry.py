@@ -49,7 +49,7 @@ async def _expire(c: Consolidator, tenant: str, slot: str, at: float) -> int:
                     return 0
                 newest = max(v.created_at for v in state.variants)
                 plan = materialize(tenant, replace(state, retracted_at=newest), c.config)
-                existed = await c._write(tenant, [plan], {})
+                existed = await c.write(tenant, [plan], {})
                 pipe.multi()  # type: ignore[no-untyped-call]
                 current = state.retracted_at
                 if current is None or newest > current:

@@ -232,7 +232,7 @@ class NearDuplicates:
                     )
                     left = SlotState(loser, gone.variants, cut, survivor, gone.erased)
                     plans = [materialize(tenant, s, self.config) for s in (joined, left)]
-                    existed = await self.c._write(tenant, plans, {})
+                    existed = await self.c.write(tenant, plans, {})
                     moved = {v.event_id for v in moving}
                     entries = changes_for(plans, existed, moved)
                     pipe.multi()  # type: ignore[no-untyped-call]
