@@ -58,26 +58,13 @@ class FilterSpec:
 
 
 def spec(flt: RecallFilter) -> FilterSpec:
-    g = flt.grant
-    if g.empty or flt.scopes == []:
+    if flt.grant.empty or flt.scopes == []:
         return FilterSpec(nothing=True)
-    must = [Cond("tenant", value=flt.tenant)]
+    granted = corpus_spec(flt)
+    must = list(granted.must)
     if flt.scopes is not None:
         field_ = "scope_path" if flt.include_subscopes else "scope"
         must.append(Cond(field_, any=tuple(flt.scopes)))
-    should: list[Cond] = []
-    if not g.all_scopes:
-        if g.include:
-            should.append(Cond("scope_path", any=tuple(g.include)))
-        if g.exact:
-            should.append(Cond("scope", any=tuple(g.exact)))
-    must_not: list[Cond] = []
-    if g.exclude:
-        must_not.append(Cond("scope_path", any=tuple(g.exclude)))
-    if g.exclude_exact:
-        must_not.append(Cond("scope", any=tuple(g.exclude_exact)))
-    if g.clearance < MAX_SENSITIVITY:
-        must.append(Cond("sensitivity", lte=float(g.clearance)))
     for name, values in (("kind", flt.kinds), ("subject", flt.subjects), ("agents", flt.agents)):
         if values is not None:
             must.append(Cond(name, any=tuple(values)))
@@ -94,6 +81,30 @@ def spec(flt: RecallFilter) -> FilterSpec:
     must.append(Cond("valid_to_ts", gte=at + _EPSILON_S))
     if flt.as_of is not None:
         must.append(Cond("valid_from_ts", lte=at))
+    return FilterSpec(must, granted.should, granted.must_not)
+
+
+def corpus_spec(flt: RecallFilter) -> FilterSpec:
+    """Everything the grant lets this caller read in its tenant, history included, ignoring the
+    caller's own narrowing: the corpus whose statistics (BM25's IDF) a search may use. It does
+    not change with the clock or the request, so statistics over it can be cached."""
+    g = flt.grant
+    if g.empty:
+        return FilterSpec(nothing=True)
+    must = [Cond("tenant", value=flt.tenant)]
+    should: list[Cond] = []
+    if not g.all_scopes:
+        if g.include:
+            should.append(Cond("scope_path", any=tuple(g.include)))
+        if g.exact:
+            should.append(Cond("scope", any=tuple(g.exact)))
+    must_not: list[Cond] = []
+    if g.exclude:
+        must_not.append(Cond("scope_path", any=tuple(g.exclude)))
+    if g.exclude_exact:
+        must_not.append(Cond("scope", any=tuple(g.exclude_exact)))
+    if g.clearance < MAX_SENSITIVITY:
+        must.append(Cond("sensitivity", lte=float(g.clearance)))
     return FilterSpec(must, should, must_not)
 
 

@@ -2,10 +2,10 @@
 
 A memory's content becomes a sparse vector of hashed term ids whose values are BM25's saturated
 term frequency, ``tf (k1 + 1) / (tf + k1 (1 - b + b len / avg_len))``. The IDF factor is not in
-the vector: both engines declare the vector with Qdrant's IDF modifier and compute it at query
-time over the points the search's own filter admits (``idf_corpus`` in the engines), so the
-statistics are those of what the caller may read: one tenant's memories never shift another's
-scores, and scores reveal nothing about memories outside the grant. A query vector holds each
+the vector: both engines declare the vector with Qdrant's IDF modifier and take it over the
+caller's corpus, what its grant lets it read in its tenant (``filters.corpus_spec``; Edge through
+a cache, ``membus.idf``), so one tenant's memories never shift another's scores, and scores
+reveal nothing about memories outside the grant. A query vector holds each
 distinct query term once with weight 1, so a hit's score is the Okapi BM25 sum over shared terms.
 
 Tokens are split exactly as ``membus.bm25.tokenize`` does (lowercase ``\\w+``); the result is

@@ -10,7 +10,8 @@ Hybrid recall (``membus.sparse``): every point also carries a BM25 sparse vector
 declared with Edge's IDF modifier. A search with ``text`` runs a dense and a lexical prefetch,
 each under the full filter (the filter carries the read grant: a branch without it would leak
 memories outside the grant), and Edge fuses them with weighted RRF. Hit scores are then fused
-RRF scores, not cosine similarities.
+RRF scores, not cosine similarities. Query terms are weighted by IDF over the caller's corpus
+through a cache (``membus.idf``) that every write clears.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import qdrant_edge as q
 from membus import sparse
 from membus.embedder import Vectors
 from membus.errors import Conflict, InvalidInput, StoreLocked, Unavailable
-from membus.filters import Cond, FilterSpec, spec, tenant_spec
+from membus.filters import Cond, FilterSpec, corpus_spec, spec, tenant_spec
+from membus.idf import IdfWeights, corpus_key
 from membus.store import (
     INDEXED_FLOATS,
     INDEXED_KEYWORDS,
@@ -72,6 +74,7 @@ class EdgeStore:
         self._lock_fd: int | None = None
         self._dim = 0
         self._lexical = False
+        self._idf = IdfWeights()  # cleared by every write (``_update``)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         def locked() -> T:
@@ -81,6 +84,12 @@ class EdgeStore:
                 return fn()
 
         return await anyio.to_thread.run_sync(locked)
+
+    def _update(self, op: Any) -> None:
+        """Every change of the shard's points goes through here, under ``_lock``: it changes
+        IDF statistics, so the cached weights go with it."""
+        self._idf.clear()
+        self._shard.update(op)
 
     def _take_file_lock(self) -> None:
         self._path.mkdir(parents=True, exist_ok=True)
@@ -159,7 +168,7 @@ class EdgeStore:
             q.Point(m.id, self._vectors(m, vectors[i].tolist()), m.to_payload())
             for i, m in enumerate(memories)
         ]
-        await self._run(lambda: self._shard.update(q.UpdateOperation.upsert_points(points)))
+        await self._run(lambda: self._update(q.UpdateOperation.upsert_points(points)))
 
     def _vectors(self, memory: Memory, dense: list[float]) -> dict[str, Any]:
         if not self._lexical:
@@ -176,17 +185,48 @@ class EdgeStore:
             return []
         where = _filter(fs)
         terms = sparse.query(text) if text and self._lexical else None
-        if terms:
-            request = self._hybrid(query, terms, where, k)
-        else:  # no text, a dense-only store, or a query of stop words only: dense as before
-            request = q.QueryRequest(
-                limit=k,
-                query=q.Query.Nearest(query, using=_VECTOR),
-                filter=where,
-                with_payload=True,
-            )
-        found = await self._run(lambda: self._shard.query(request))
+        dense = q.QueryRequest(
+            limit=k, query=q.Query.Nearest(query, using=_VECTOR), filter=where, with_payload=True
+        )
+        if not terms:  # no text, a dense-only store, or a query of stop words only
+            found = await self._run(lambda: self._shard.query(dense))
+        else:
+            corpus = corpus_spec(flt)
+
+            def hybrid() -> Any:  # one locked call: no write between the weights and the search
+                weighted = self._weigh(corpus, terms)
+                if not weighted:  # no point the caller may read holds any of the terms
+                    return self._shard.query(dense)
+                return self._shard.query(self._hybrid(query, weighted, where, k))
+
+            found = await self._run(hybrid)
         return [Hit(memory=Memory.from_payload(p.payload or {}), score=p.score) for p in found]
+
+    def _weigh(self, corpus: FilterSpec, terms: sparse.SparseVec) -> sparse.SparseVec:
+        """Query terms weighted so that the store-wide IDF scores as the corpus IDF would
+        (``membus.idf``); probes the terms not cached yet, all in one batch. Holds ``_lock``."""
+        key = corpus_key(corpus)
+        missing = self._idf.missing(key, terms.indices)
+        if missing:
+            within = _filter(corpus)
+            probes: list[Any] = []
+            for term in missing:
+                lone = q.Query.Nearest(q.SparseVector([term], [1.0]), using=sparse.VECTOR)
+                corpus_idf = q.SearchParams(idf=q.IdfParams(corpus=within))
+                probes += [
+                    q.QueryRequest(limit=1, query=lone, filter=within, params=corpus_idf),
+                    q.QueryRequest(limit=1, query=lone, filter=within),
+                ]
+            found = self._shard.query_batch(q.QueryBatchRequest(probes))
+            for i, term in enumerate(missing):
+                by_corpus, by_store = found[2 * i], found[2 * i + 1]
+                self._idf.learn(
+                    key,
+                    term,
+                    by_corpus[0].score if by_corpus else None,
+                    by_store[0].score if by_store else None,
+                )
+        return self._idf.weigh(key, terms)
 
     async def search_batch(
         self, queries: Sequence[tuple[Vectors, RecallFilter]], k: int, min_score: float
@@ -242,9 +282,7 @@ class EdgeStore:
                 query=q.Query.Nearest(
                     q.SparseVector(terms.indices, terms.values), using=sparse.VECTOR
                 ),
-                filter=where,
-                # IDF over what this search may see: per tenant, and blind to hidden memories
-                params=q.SearchParams(idf=q.IdfParams(corpus=where)),
+                filter=where,  # the store-wide IDF, which ``terms``' weights correct
             ),
         ]
         weights = [sparse.DENSE_WEIGHT, sparse.LEXICAL_WEIGHT]
@@ -269,7 +307,7 @@ class EdgeStore:
         existing = await self.get(tenant, ids)
         if existing:
             doomed: list[int | uuid.UUID | str] = [m.id for m in existing]
-            await self._run(lambda: self._shard.update(q.UpdateOperation.delete_points(doomed)))
+            await self._run(lambda: self._update(q.UpdateOperation.delete_points(doomed)))
         return len(existing)
 
     async def count(self, tenant: str | None = None) -> int:
@@ -303,7 +341,11 @@ class EdgeStore:
         await self.optimize()
 
     async def optimize(self) -> None:
-        await self._run(lambda: self._shard.optimize())
+        def build() -> None:
+            self._idf.clear()  # merging segments may drop deleted points from the statistics
+            self._shard.optimize()
+
+        await self._run(build)
 
     async def flush(self) -> None:
         await self._run(lambda: self._shard.flush())

@@ -26,7 +26,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from membus import sparse
 from membus.embedder import Vectors
 from membus.errors import Conflict, InvalidInput, Unavailable
-from membus.filters import Cond, FilterSpec, spec
+from membus.filters import Cond, FilterSpec, corpus_spec, spec
 from membus.store import (
     INDEXED_FLOATS,
     INDEXED_KEYWORDS,
@@ -76,7 +76,7 @@ def _ids_in_tenant(tenant: str, ids: Sequence[str]) -> m.Filter:
 
 
 def _branches(
-    dense: list[float], terms: sparse.SparseVec, where: m.Filter, limit: int
+    dense: list[float], terms: sparse.SparseVec, where: m.Filter, corpus: m.Filter, limit: int
 ) -> list[m.Prefetch]:
     """The dense and lexical branches of a hybrid search, every one under the full filter."""
     lexical = m.SparseVector(indices=terms.indices, values=terms.values)
@@ -87,8 +87,10 @@ def _branches(
             using=sparse.VECTOR,
             filter=where,
             limit=limit,
-            # IDF over what this search may see: per tenant, and blind to hidden memories
-            params=m.SearchParams(idf=m.IdfCorpusParams(corpus=where)),
+            # IDF over what the caller may read (membus.idf): per tenant, blind to memories
+            # outside the grant. Asked for every time: the server's other writers are not ours
+            # to watch, so there is no cache to keep exact
+            params=m.SearchParams(idf=m.IdfCorpusParams(corpus=corpus)),
         ),
     ]
 
@@ -273,7 +275,9 @@ class QdrantStore:
             if terms:
                 found = await self._c.query_points(
                     self._collection,
-                    prefetch=_branches(query, terms, where, sparse.prefetch_limit(k)),
+                    prefetch=_branches(
+                        query, terms, where, _filter(corpus_spec(flt)), sparse.prefetch_limit(k)
+                    ),
                     query=m.RrfQuery(
                         rrf=m.Rrf(
                             k=sparse.RRF_K, weights=[sparse.DENSE_WEIGHT, sparse.LEXICAL_WEIGHT]

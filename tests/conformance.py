@@ -473,6 +473,40 @@ class StoreConformance:
         await hybrid.close()
 
     @pytest.mark.anyio
+    async def test_lexical_statistics_come_from_what_the_caller_may_read(
+        self, store: Store
+    ) -> None:
+        """BM25's IDF is taken over the caller's corpus: memories of another tenant or outside
+        the grant must not move a visible memory's rank or score (a side channel on what they
+        say), while a new memory the caller may read does at once (no stale statistics)."""
+        # the dense branch ranks the fillers first, then a, b, c (no ties anywhere, so the ranks
+        # are exact): between a, b and c only the lexical branch makes a real difference
+        fillers = [mem(i, content=f"filler {i}") for i in range(20)]
+        texts = ["alpha report", "omega report", "omega summary"]
+        a, b, c = (mem(20 + i, content=t) for i, t in enumerate(texts))
+        late = [unit(7) * 4 + unit(0) * (0.1 - 0.01 * j) for j in range(3)]
+        vectors = [*(ray(i) for i in range(20)), *(v / np.linalg.norm(v) for v in late)]
+        await store.upsert([*fillers, a, b, c], rows(vectors))
+        f, query = flt(grant=ReadGrant(include=["team/support"])), "alpha omega"
+        before = await store.search(unit(0), f, 3, text=query)
+        assert before[0].memory.id == a.id  # "alpha" is the rarer term in the caller's corpus
+        hidden = [
+            *(mem(100 + i, tenant="other", content="alpha alpha") for i in range(30)),
+            *(mem(200 + i, scope="team/secret", content="alpha alpha") for i in range(30)),
+        ]
+        await store.upsert(hidden, rows([unit(7) for _ in hidden]))
+        after = await store.search(unit(0), f, 3, text=query)
+        got, want = (
+            [(h.memory.id, h.score) for h in after],
+            [(h.memory.id, h.score) for h in before],
+        )
+        assert got == want, (got, want)
+        readable = [mem(300 + i, content=f"alpha note {i}") for i in range(30)]
+        await store.upsert(readable, rows([unit(7) for _ in readable]))
+        now = await store.search(unit(0), f, 3, text=query)
+        assert now[0].memory.id in {b.id, c.id}  # now "omega" is the rarer one
+
+    @pytest.mark.anyio
     async def test_hidden_lexical_matches_do_not_crowd_out_visible_ones(self, store: Store) -> None:
         """Each branch is filtered before it is cut to its prefetch limit: many strong matches
         outside the grant must not fill the lexical branch and push the visible match out."""

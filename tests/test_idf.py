@@ -1,0 +1,60 @@
+"""The IDF weight cache behind Edge's hybrid recall (membus/idf.py): what it learns, forgets and
+leaves out. The end-to-end property (scores blind to memories outside the grant, never stale
+after a write) is in the store conformance suite."""
+
+from __future__ import annotations
+
+import math
+
+from membus.filters import Cond, FilterSpec, RecallFilter, corpus_spec
+from membus.gate import ReadGrant
+from membus.idf import IdfWeights, corpus_key
+from membus.sparse import SparseVec
+
+
+def test_weights_are_the_ratio_of_the_best_scores_and_absent_terms_drop_out() -> None:
+    w = IdfWeights()
+    assert w.missing("c", [1, 2, 3]) == [1, 2, 3]
+    w.learn("c", 1, corpus_best=3.0, store_best=2.0)
+    w.learn("c", 2, corpus_best=None, store_best=1.5)  # no point of the corpus holds it
+    w.learn("c", 3, corpus_best=1.0, store_best=None)  # cannot happen, must not divide by zero
+    assert w.missing("c", [1, 2, 3, 4]) == [4]
+    out = w.weigh("c", SparseVec([1, 2, 3], [1.0, 1.0, 1.0]))
+    assert out.indices == [1] and math.isclose(out.values[0], 1.5)
+
+
+def test_corpora_do_not_share_weights_and_clear_forgets_all() -> None:
+    w = IdfWeights()
+    w.learn("mine", 1, 2.0, 1.0)
+    assert w.missing("theirs", [1]) == [1]
+    assert not w.weigh("theirs", SparseVec([1], [1.0]))
+    w.clear()
+    assert len(w) == 0 and w.missing("mine", [1]) == [1]
+
+
+def test_a_full_cache_starts_over_before_learning_never_in_between() -> None:
+    w = IdfWeights(max_entries=3)
+    for t in (1, 2):
+        w.learn("c", t, 1.0, 1.0)
+    assert w.missing("c", [1, 3, 4]) == [1, 3, 4]  # 2 + 2 new > 3: start over, probe them all
+    assert len(w) == 0
+    for t in (1, 3, 4):
+        w.learn("c", t, 1.0, 1.0)
+    assert w.weigh("c", SparseVec([1, 3, 4], [1.0] * 3)).indices == [1, 3, 4]
+
+
+def test_the_corpus_is_the_grant_not_the_request() -> None:
+    """Narrowing by scope, kind or time, and the clock, leave the corpus (and its key) alone;
+    a different grant is a different corpus."""
+    grant = ReadGrant(all_scopes=False, include=["team/a"], exclude=["team/a/x"], clearance=1)
+    plain = corpus_spec(RecallFilter(tenant="t", grant=grant))
+    narrowed = corpus_spec(RecallFilter(tenant="t", grant=grant, scopes=["team/a/b"],
+                                        kinds=["fact"]))  # fmt: skip
+    assert corpus_key(plain) == corpus_key(narrowed)
+    assert Cond("tenant", value="t") in plain.must
+    assert all(c.field != "valid_to_ts" for c in plain.must)
+    other = corpus_spec(RecallFilter(tenant="t", grant=ReadGrant(all_scopes=True)))
+    assert corpus_key(other) != corpus_key(plain)
+    assert corpus_spec(RecallFilter(tenant="t", grant=ReadGrant(all_scopes=False))) == FilterSpec(
+        nothing=True
+    )
