@@ -1,20 +1,24 @@
 """Access statistics per memory: how often recall returned it, and when last.
 
 Kept in one hash per tenant (``TenantKeys.access``): ``n:<memory id>`` counts, ``t:<memory id>``
-holds the last time in epoch milliseconds. Recall bumps the memories it returns in one pipelined
-round trip, best effort: statistics are a ranking hint, so a failure to record them is logged and
-never fails the recall that produced them. Erasure drops them (``forget_access``): a forgotten
-memory leaves no trace, not even how often it was read.
+holds the last time in epoch milliseconds. Recall hands the memories it returns to an
+``AccessLog``, which writes them a few milliseconds later in one pipelined round trip, off the
+request path, best effort: statistics are a ranking hint, so a failure to record them is logged
+and never fails the recall that produced them. Erasure drops them (``forget_access``; the bus
+flushes its buffer first): a forgotten memory leaves no trace, not even how often it was read.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import structlog
+from anyio.abc import TaskStatus
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
 
@@ -38,30 +42,114 @@ def _fields(memory_id: str) -> tuple[str, str]:
     return f"n:{memory_id}", f"t:{memory_id}"
 
 
+async def _write(redis: Redis, bumps: dict[str, tuple[Counter[str], dict[str, int]]]) -> None:
+    """Per tenant: add each memory's count, set its last time. One round trip, not atomic."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for tenant, (counts, last) in bumps.items():
+            key = TenantKeys(tenant).access
+            for mid, n in counts.items():
+                count_field, time_field = _fields(mid)
+                pipe.hincrby(key, count_field, n)
+                pipe.hset(key, time_field, str(last[mid]))
+        await pipe.execute()
+
+
 async def bump_access(
     redis: Redis, tenant: str, memory_ids: Sequence[str], now_ms: int | None = None
 ) -> bool:
-    """Count one access to each of ``memory_ids`` at ``now_ms`` (default: now); False (logged)
-    when Redis refused.
-
-    Not a transaction: the counts are hints, and a pipeline costs one round trip either way.
-    Concurrent recalls may store last times slightly out of order; the counts stay exact.
-    """
+    """Count one access to each of ``memory_ids`` at ``now_ms`` (default: now) right away;
+    False (logged) when Redis refused. Concurrent recalls may store last times slightly out of
+    order; the counts stay exact."""
     ids = list(dict.fromkeys(memory_ids))
     if not ids:
         return True
-    key, at = TenantKeys(tenant).access, str(now_ms or int(time.time() * 1000))
+    at = now_ms or int(time.time() * 1000)
     try:
-        async with redis.pipeline(transaction=False) as pipe:
-            for mid in ids:
-                n, t = _fields(mid)
-                pipe.hincrby(key, n, 1)
-                pipe.hset(key, t, at)
-            await pipe.execute()
+        await _write(redis, {tenant: (Counter(ids), dict.fromkeys(ids, at))})
     except _BEST_EFFORT as exc:
         _log.warning("access.bump_failed", tenant=tenant, memories=len(ids), error=repr(exc))
         return False
     return True
+
+
+class AccessLog:
+    """Recall's access bumps, buffered and written by a flusher (``run``) a few ms later.
+
+    Without a running flusher (a bus used outside ``runtime.open``) a bump writes through. The
+    buffer holds at most ``max_memories`` distinct memories; past that, bumps are dropped and
+    counted in ``dropped`` (statistics are hints; memory must stay bounded while Redis is down).
+    """
+
+    def __init__(
+        self, redis: Redis, *, flush_every_s: float = 0.005, max_memories: int = 100_000
+    ) -> None:
+        self.redis = redis
+        self.flush_every_s = flush_every_s
+        self.max_memories = max_memories
+        self.dropped = 0
+        self._bumps: dict[str, tuple[Counter[str], dict[str, int]]] = {}
+        self._size = 0
+        self._wake: anyio.Event | None = None  # created by run(): needs a running event loop
+        self._closing = False
+
+    async def bump(self, tenant: str, memory_ids: Sequence[str]) -> None:
+        ids = list(dict.fromkeys(memory_ids))
+        if not ids:
+            return
+        if self._wake is None:
+            await bump_access(self.redis, tenant, ids)
+            return
+        counts, last = self._bumps.setdefault(tenant, (Counter(), {}))
+        at = int(time.time() * 1000)
+        for mid in ids:
+            if mid not in counts and self._size >= self.max_memories:
+                self.dropped += 1
+                continue
+            self._size += mid not in counts
+            counts[mid] += 1
+            last[mid] = at
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Write what is buffered now; best effort (a failure is logged, the batch dropped)."""
+        if not self._bumps:
+            return
+        batch, self._bumps, self._size = self._bumps, {}, 0
+        try:
+            await _write(self.redis, batch)
+        except _BEST_EFFORT as exc:
+            lost = sum(len(c) for c, _ in batch.values())
+            _log.warning("access.flush_failed", memories=lost, error=repr(exc))
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Flush a few ms after bumps arrive, until ``aclose()``. Start with ``tg.start``."""
+        self._wake = wake = anyio.Event()
+        task_status.started()
+        try:
+            while not self._closing:
+                await wake.wait()
+                self._wake = wake = anyio.Event()
+                if not self._closing:
+                    await anyio.sleep(self.flush_every_s)  # gather what arrives meanwhile
+                await self.flush()
+        finally:
+            self._wake = None
+
+    async def read(self, tenant: str, memory_ids: Sequence[str]) -> dict[str, Access]:
+        """``read_access`` after writing what is buffered: a caller sees its own recalls."""
+        await self.flush()
+        return await read_access(self.redis, tenant, memory_ids)
+
+    async def read_best_effort(self, tenant: str, memory_ids: Sequence[str]) -> dict[str, Access]:
+        await self.flush()
+        return await read_access_best_effort(self.redis, tenant, memory_ids)
+
+    async def aclose(self) -> None:
+        """Stop the flusher and write what is left."""
+        self._closing = True
+        if self._wake is not None:
+            self._wake.set()
+        await self.flush()
 
 
 async def read_access(redis: Redis, tenant: str, memory_ids: Sequence[str]) -> dict[str, Access]:

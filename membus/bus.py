@@ -17,7 +17,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from membus import erasure, ranking
-from membus.access import Access, bump_access, read_access
+from membus.access import Access, AccessLog
 from membus.audit import AuditLog, AuditRecord
 from membus.config import MembusConfig
 from membus.consolidate import RETRACTION
@@ -78,8 +78,8 @@ class Bus:
         self.redis, self.store, self.embedder = redis, store, embedder
         self.config = config or MembusConfig()
         self.gate: Gate = gate or OpenGate()
-        # writes straight through when no flusher runs (CLI one-shots); runtime.open runs one
-        self.audit = audit or AuditLog(redis)
+        # both write straight through when no flusher runs (CLI one-shots); runtime.open runs them
+        self.audit, self.access_log = audit or AuditLog(redis), AccessLog(redis)
         self.keys = KeyRegistry(redis)
         self._redact_roots = set(self.config.policy.redact_scopes)
         self.redactor: Redactor = PiiRedactor()
@@ -190,13 +190,12 @@ class Bus:
             verify = self.keys if self.config.worker.verify_signatures else None
             hits = await with_working(self.redis, flt, vector, self._embed, self.config,
                                       verify, hits)  # fmt: skip
-        hits = await ranking.rank(self.redis, who.tenant, hits, k, self.config.ranking, as_of)
+        hits = await ranking.rank(self.access_log, who.tenant, hits, k, self.config.ranking, as_of)
         rec = _scoped(who, "recall", scopes, True, grant.rules)
         await self.audit.record(rec.model_copy(update={
             "result_count": len(hits), "memory_ids": [h.memory.id for h in hits],
             "event_ids": [h.memory.source_events[0] for h in hits if h.working]}))  # fmt: skip
-        # best effort: a failure is logged, the recall still answers
-        await bump_access(self.redis, who.tenant, [h.memory.id for h in hits if not h.working])
+        await self.access_log.bump(who.tenant, [h.memory.id for h in hits if not h.working])
         return hits
 
     async def access(self, who: Identity, memory_ids: Sequence[str]) -> dict[str, Access]:
@@ -211,7 +210,7 @@ class Bus:
         rec = _scoped(who, "recall", None, not grant.empty, grant.rules)
         await self.audit.record(rec.model_copy(update={"result_count": len(visible),
                                                        "memory_ids": visible}))  # fmt: skip
-        return await read_access(self.redis, who.tenant, visible)
+        return await self.access_log.read(who.tenant, visible)
 
     async def subscribe(
         self,
@@ -265,6 +264,7 @@ class Bus:
         if grant.empty:
             await self.audit.record(_scoped(who, "forget", [scope] if scope else None, False, []))
             raise PermissionDenied(who.agent, "forget", scope or "*", who.tenant)
+        await self.access_log.flush()  # so erasure finds (and drops) the statistics buffered here
         report = await erasure.forget(
             self.redis, self.store, who.tenant, memory_ids=memory_ids, subject=subject,
             agent=agent, scope=scope, within=grant.covers,

@@ -17,10 +17,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from membus.access import Access, read_access_best_effort
+from membus.access import Access, AccessLog
 from membus.config import RankingConfig
 from membus.store import Hit, Memory
-from membus.streams import Redis
 
 
 def active(cfg: RankingConfig) -> bool:
@@ -99,7 +98,7 @@ def rerank(
 
 
 async def rank(
-    redis: Redis,
+    access: AccessLog,
     tenant: str,
     hits: Sequence[Hit],
     k: int,
@@ -111,5 +110,5 @@ async def rank(
     stats = None
     if uses_heat(cfg):
         ids = [h.memory.id for h in hits if not h.working]  # working hits have no statistics
-        stats = await read_access_best_effort(redis, tenant, ids)
+        stats = await access.read_best_effort(tenant, ids)
     return rerank(hits, k, cfg, as_of or datetime.now(UTC), stats)

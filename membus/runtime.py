@@ -172,6 +172,7 @@ async def open(
         writers = make_writers(client, store, emb, config, config.writers, gate, bus.keys)
         async with anyio.create_task_group() as tg:
             await tg.start(audit.run)
+            await tg.start(bus.access_log.run)
             if isinstance(gate, CasbinGate):
                 await tg.start(gate.watch)
             for w in writers:
@@ -189,6 +190,7 @@ async def open(
             finally:
                 stop.set()
                 await audit.aclose()  # flushes what is buffered; ends its flusher
+                await bus.access_log.aclose()
                 tg.cancel_scope.cancel()  # the policy watcher runs until cancelled
         log.info("bus.closed", path=str(root))
         if raised is not None:

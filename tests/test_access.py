@@ -6,11 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 
 import membus
 from membus import ranking
-from membus.access import Access, bump_access, forget_access, read_access
+from membus.access import Access, AccessLog, bump_access, forget_access, read_access
 from membus.bus import Bus
 from membus.config import MembusConfig, RankingConfig, RedisConfig, WorkerConfig
 from membus.errors import InvalidInput
@@ -63,6 +64,30 @@ async def test_bump_is_best_effort_when_redis_is_gone() -> None:
     redis = redis_client("redis://127.0.0.1:1/0", socket_timeout_s=0.5)
     try:
         assert await bump_access(redis, "acme", IDS) is False
+    finally:
+        await redis.aclose()
+
+
+async def test_the_access_log_writes_off_the_request_path_and_nothing_is_lost(
+    redis_url: str,
+) -> None:
+    """Recall only buffers its bumps; the flusher writes them. A reader of statistics sees its
+    own recalls (the buffer is written first), and closing writes whatever is left."""
+    redis = redis_client(redis_url)
+    log = AccessLog(redis, flush_every_s=60)  # the timer never fires during the test
+    try:
+        await redis.delete(TenantKeys("buffered").access)
+        async with anyio.create_task_group() as tg:
+            await tg.start(log.run)
+            await log.bump("buffered", [IDS[0], IDS[0], IDS[1]])  # repeats in one recall: once
+            await log.bump("buffered", [IDS[0]])
+            assert await read_access(redis, "buffered", [IDS[0]]) == {IDS[0]: Access()}
+            stats = await log.read("buffered", [IDS[0], IDS[1]])
+            assert (stats[IDS[0]].count, stats[IDS[1]].count) == (2, 1)
+            await log.bump("buffered", [IDS[1]])
+            await log.aclose()
+            tg.cancel_scope.cancel()
+        assert (await read_access(redis, "buffered", [IDS[1]]))[IDS[1]].count == 2
     finally:
         await redis.aclose()
 
@@ -149,3 +174,18 @@ async def test_heat_ranks_often_recalled_memories_up_when_weighted(
         hits = await alice.recall("when is standup", k=2)
         assert [h.memory.scope for h in hits] == ["team/b", "team/a"]
         assert hits[0].score > hits[1].score
+
+
+async def test_forget_leaves_no_statistics_even_of_a_recall_just_made(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The bus writes its buffered bumps before erasing, so erasure finds and drops them: a
+    forgotten memory leaves no trace of how often it was read."""
+    async with membus.open(tmp_path, config(redis_url)) as bus:
+        alice = bus.agent("alice", "erase-stats")
+        await alice.publish("the vault code is 4471", scope="team/a")
+        await bus.drain(10)
+        [hit] = await alice.recall("vault code", k=1)  # bump buffered, not yet written
+        await alice.forget(memory_ids=[hit.memory.id])
+        await anyio.sleep(0.05)  # past the flusher's delay: nothing comes back later
+        assert await bus.redis.hgetall(TenantKeys("erase-stats").access) == {}
