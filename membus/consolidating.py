@@ -34,6 +34,25 @@ from membus.tombstones import tombstones_key
 Embed = Callable[[list[str]], Awaitable[Vectors]]
 # each round that fails lost a race to another writer that committed: progress is made
 _MAX_ROUNDS = 50
+# KEYS: the change stream; ARGV: per entry its field count, then its field, value pairs
+_APPEND = """
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + 2 * n))
+  i = i + 1 + 2 * n
+end
+return 0
+"""
+
+
+def _flat(entries: Sequence[dict[str, bytes]]) -> list[bytes | str | int]:
+    out: list[bytes | str | int] = []
+    for fields in entries:
+        out.append(len(fields))
+        for k, v in fields.items():
+            out += [k, v]
+    return out
 
 
 def changes_for(
@@ -110,18 +129,23 @@ class Consolidator:
             resolved = await self.ledger.add(tenant, items)
             refused = {items[i].event_id for i, r in enumerate(resolved) if r is None}
             # in publish order, so the change feed follows it
-            slots = list(dict.fromkeys(r for r in resolved if r is not None))
+            landed: dict[str, list[Item]] = {}
+            for item, r in zip(items, resolved, strict=True):
+                if r is not None:
+                    landed.setdefault(r, []).append(item)
+            slots = list(landed)
+            alone = {s: its[0] for s, its in landed.items() if len(its) == 1}
             watched = [tombstones_key(tenant), *(slot_key(tenant, s) for s in slots)]
             async with via.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(*watched)
-                    states = await self.ledger.read(tenant, slots)
+                    states = await self.ledger.read(tenant, slots, alone)
                     plans = [materialize(tenant, states[s], self.config) for s in slots]
                     existed = await self.write(tenant, plans, known)
                     entries = changes_for(plans, existed, batch - refused)
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    for fields in entries:
-                        pipe.xadd(keys.changes, fields)  # type: ignore[arg-type]
+                    if entries:  # one command for them all: ~3x cheaper to pack than N XADDs
+                        pipe.eval(_APPEND, 1, keys.changes, *_flat(entries))
                     for slot, plan in zip(slots, plans, strict=True):
                         if plan.withdrawn:  # the cut-off keeps refusing them: drop the text
                             pipe.hdel(slot_key(tenant, slot), *[f"e:{w}" for w in plan.withdrawn])

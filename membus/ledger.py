@@ -14,8 +14,9 @@ writes again. So the last successful commit of a slot always wrote that slot's w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,20 +62,28 @@ end
 return out
 """
 
-# KEYS: tombstones, then slot keys. Per slot: its fields flattened, and the tombstoned event ids
-# among them (erasure may have tombstoned an event after it entered the ledger).
+# KEYS: tombstones, then slot keys; ARGV: per slot, the one event id the caller expects alone in
+# it and the sha1 of its value ('' for none). Per slot: 1 when it holds exactly that event, not
+# erased (the caller knows the state: no need to send it back); else its fields flattened and
+# the tombstoned event ids among them (erasure may have tombstoned an event after it entered).
 _READ = """
 local out = {}
 for i = 2, #KEYS do
   local flat = redis.call('HGETALL', KEYS[i])
-  local dead = {}
-  for j = 1, #flat, 2 do
-    local f = flat[j]
-    if string.sub(f, 1, 2) == 'e:' and redis.call('HEXISTS', KEYS[1], string.sub(f, 3)) == 1 then
-      dead[#dead + 1] = string.sub(f, 3)
+  local want, sum = ARGV[2 * i - 3], ARGV[2 * i - 2]
+  if want ~= '' and #flat == 2 and flat[1] == 'e:' .. want and redis.sha1hex(flat[2]) == sum
+     and redis.call('HEXISTS', KEYS[1], want) == 0 then
+    out[#out + 1] = 1
+  else
+    local dead = {}
+    for j = 1, #flat, 2 do
+      local f = flat[j]
+      if string.sub(f, 1, 2) == 'e:' and redis.call('HEXISTS', KEYS[1], string.sub(f, 3)) == 1 then
+        dead[#dead + 1] = string.sub(f, 3)
+      end
     end
+    out[#out + 1] = {flat, dead}
   end
-  out[#out + 1] = {flat, dead}
 end
 return out
 """
@@ -105,6 +114,11 @@ class Item:
     op: str
     event_id: str
     value: bytes | str
+    # what ``value`` encodes, when the maker had it (saves parsing it back: see ``Ledger.read``)
+    variant: Variant | None = field(default=None, compare=False, repr=False)
+
+    def known(self) -> Variant:
+        return self.variant or Variant.from_json(self.event_id, self.value)
 
     @classmethod
     def of(cls, event: Event, *, fold: bool = True, queue: bool = True) -> Item:
@@ -113,11 +127,13 @@ class Item:
         ``queue``: an unkeyed slot is queued for the near-duplicate pass."""
         if event.kind == RETRACTION:
             return cls(slot_of(event), "r", event.id, cutoff(event.created_at))
-        value = Variant.of(event).to_json()
+        variant = Variant.of(event)
+        value = variant.to_json()
         if not fold:
-            return cls(f"{event.scope}:e{event.id}", "e", event.id, value)
+            return cls(f"{event.scope}:e{event.id}", "e", event.id, value, variant)
         keyed = event.subject is not None and event.key is not None
-        return cls(slot_of(event), "k" if keyed else "a" if queue else "u", event.id, value)
+        op = "k" if keyed else "a" if queue else "u"
+        return cls(slot_of(event), op, event.id, value, variant)
 
 
 class Ledger:
@@ -141,13 +157,27 @@ class Ledger:
         cut = len(slot_prefix(tenant))
         return [_text(k)[cut:] if k else None for k in found]
 
-    async def read(self, tenant: str, slots: Sequence[str]) -> dict[str, SlotState]:
+    async def read(
+        self, tenant: str, slots: Sequence[str], alone: Mapping[str, Item] | None = None
+    ) -> dict[str, SlotState]:
+        """The slots' states. ``alone``: per slot, the item the caller just added there; a slot
+        still holding exactly that item, byte for byte, is not sent back (a fresh slot, the
+        common case on ingest)."""
         if not slots:
             return {}
         keys = [tombstones_key(tenant), *(slot_key(tenant, s) for s in slots)]
-        found: list[Any] = await self.redis.eval(_READ, len(keys), *keys)
+        args: list[str] = []
+        for s in slots:
+            item = alone.get(s) if alone else None
+            args += [item.event_id, _sha1(item.value)] if item and item.op != "r" else ["", ""]
+        found: list[Any] = await self.redis.eval(_READ, len(keys), *keys, *args)
         out: dict[str, SlotState] = {}
-        for slot, (flat, dead) in zip(slots, found, strict=True):
+        for slot, got in zip(slots, found, strict=True):
+            if got == 1:
+                assert alone is not None
+                out[slot] = SlotState(slot, [alone[slot].known()])
+                continue
+            flat, dead = got
             fields = {_text(flat[j]): _text(flat[j + 1]) for j in range(0, len(flat), 2)}
             out[slot] = parse_state(slot, fields, [_text(d) for d in dead])
         return out
@@ -190,6 +220,11 @@ async def drop_variants(redis: Redis, found: Sequence[tuple[str, str]]) -> int:
         for key, event_id in found:
             pipe.hdel(key, f"e:{event_id}")
         return sum(int(x) for x in await pipe.execute())
+
+
+def _sha1(value: bytes | str) -> str:
+    raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+    return hashlib.sha1(raw, usedforsecurity=False).hexdigest()  # the script checks redis.sha1hex
 
 
 def _text(v: Any) -> str:

@@ -162,3 +162,17 @@ def test_ledger_fields_round_trip_and_tombstoned_events_are_left_out() -> None:
     plan = materialize("acme", parsed, CFG)
     assert plan.upserts[0].source_events == [a.id]
     assert point_id("acme", b.id) in plan.deletes
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_materialized_memories_are_what_model_construct_makes(n: int) -> None:
+    """The writer builds memories without ``model_construct`` (hot path): same state, same
+    serialisations, for a one-event slot and a folded one."""
+    from membus.store import Memory
+
+    plan = materialize("acme", state(*[ev(i, "Same text", at=i) for i in range(n)]), CFG)
+    [m] = plan.upserts
+    ref = Memory.model_construct(**m.__dict__)
+    assert m == ref and m.model_fields_set == ref.model_fields_set
+    assert m.model_dump() == ref.model_dump() and m.to_payload() == ref.to_payload()
+    assert m.model_copy(update={"content": "x"}).content == "x"
