@@ -16,12 +16,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio
 import structlog
-from anyio.abc import TaskStatus
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
 
+from membus.flusher import Flusher
 from membus.keys import TenantKeys
 from membus.streams import REDIS_DOWN, Redis, unavailable
 
@@ -72,7 +71,7 @@ async def bump_access(
     return True
 
 
-class AccessLog:
+class AccessLog(Flusher):
     """Recall's access bumps, buffered and written by a flusher (``run``) a few ms later.
 
     Without a running flusher (a bus used outside ``runtime.open``) a bump writes through. The
@@ -83,20 +82,18 @@ class AccessLog:
     def __init__(
         self, redis: Redis, *, flush_every_s: float = 0.005, max_memories: int = 100_000
     ) -> None:
+        super().__init__(flush_every_s)
         self.redis = redis
-        self.flush_every_s = flush_every_s
         self.max_memories = max_memories
         self.dropped = 0
         self._bumps: dict[str, tuple[Counter[str], dict[str, int]]] = {}
         self._size = 0
-        self._wake: anyio.Event | None = None  # created by run(): needs a running event loop
-        self._closing = False
 
     async def bump(self, tenant: str, memory_ids: Sequence[str]) -> None:
         ids = list(dict.fromkeys(memory_ids))
         if not ids:
             return
-        if self._wake is None:
+        if not self.flushing:
             await bump_access(self.redis, tenant, ids)
             return
         counts, last = self._bumps.setdefault(tenant, (Counter(), {}))
@@ -108,7 +105,7 @@ class AccessLog:
             self._size += mid not in counts
             counts[mid] += 1
             last[mid] = at
-        self._wake.set()
+        self._poke()
 
     async def flush(self) -> None:
         """Write what is buffered now; best effort (a failure is logged, the batch dropped)."""
@@ -121,19 +118,8 @@ class AccessLog:
             lost = sum(len(c) for c, _ in batch.values())
             _log.warning("access.flush_failed", memories=lost, error=repr(exc))
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Flush a few ms after bumps arrive, until ``aclose()``. Start with ``tg.start``."""
-        self._wake = wake = anyio.Event()
-        task_status.started()
-        try:
-            while not self._closing:
-                await wake.wait()
-                self._wake = wake = anyio.Event()
-                if not self._closing:
-                    await anyio.sleep(self.flush_every_s)  # gather what arrives meanwhile
-                await self.flush()
-        finally:
-            self._wake = None
+    async def _flush_in_background(self) -> None:
+        await self.flush()  # never raises
 
     async def read(self, tenant: str, memory_ids: Sequence[str]) -> dict[str, Access]:
         """``read_access`` after writing what is buffered: a caller sees its own recalls."""
@@ -146,9 +132,7 @@ class AccessLog:
 
     async def aclose(self) -> None:
         """Stop the flusher and write what is left."""
-        self._closing = True
-        if self._wake is not None:
-            self._wake.set()
+        await self._stop()
         await self.flush()
 
 

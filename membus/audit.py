@@ -26,11 +26,12 @@ from typing import Any, Literal
 
 import anyio
 import structlog
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskGroup
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from membus.envelope import validate_name
 from membus.errors import InvalidInput, Unavailable
+from membus.flusher import Flusher
 from membus.keys import PREFIX
 from membus.streams import REDIS_DOWN, Redis, unavailable
 
@@ -105,7 +106,7 @@ def _ms(t: datetime) -> int:
     return int(t.timestamp() * 1000)
 
 
-class AuditLog:
+class AuditLog(Flusher):
     """Buffered writer and reader of every tenant's audit stream.
 
     ``max_age_s`` bounds retention (approximate ``MINID`` trim, at most every ``trim_every_s`` per
@@ -126,9 +127,9 @@ class AuditLog:
     ) -> None:
         if flush_every_s <= 0 or flush_at < 1 or max_buffer < flush_at:
             raise InvalidInput("need flush_every_s > 0 and 1 <= flush_at <= max_buffer")
+        super().__init__(flush_every_s)
         self.redis = redis
         self.max_age_s = max_age_s
-        self.flush_every_s = flush_every_s
         self.flush_at = flush_at
         self.max_buffer = max_buffer
         self.trim_every_s = trim_every_s
@@ -138,11 +139,6 @@ class AuditLog:
         self.written = 0
         self.dropped = 0
         self._buffer: list[tuple[str, bytes]] = []
-        # created by run(): anyio events need a running event loop
-        self._wake: anyio.Event | None = None
-        self._stopped: anyio.Event | None = None
-        self._running = False
-        self._closing = False
         self._failing = False  # the last flush failed: bursts stop flushing inline
         self._trimmed_at: dict[str, float] = {}
         self._tg: TaskGroup | None = None
@@ -158,7 +154,7 @@ class AuditLog:
         if not recs:
             return
         self._buffer.extend((audit_key(r.tenant), r.to_json()) for r in recs)
-        if not self._running or self._closing:
+        if not self.flushing:
             await self.flush()  # no flusher: write through (raises when Redis is down)
         elif len(self._buffer) >= self.flush_at and not self._failing:
             # a burst: do not wait for the timer. A failure is the flusher's to retry; the
@@ -167,8 +163,7 @@ class AuditLog:
                 await self.flush()
         else:
             self._bound()
-            if self._wake is not None:
-                self._wake.set()
+            self._poke()
 
     async def flush(self) -> int:
         """Write everything buffered now in one pipelined round trip; returns how many.
@@ -210,28 +205,14 @@ class AuditLog:
             self.dropped += over
             self._log.error("audit.dropped", records=over, total_dropped=self.dropped)
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Flush a few ms after records arrive, until ``aclose()``. Start with ``tg.start``."""
-        self._wake = wake = anyio.Event()
-        self._stopped = stopped = anyio.Event()
-        self._running = True
-        task_status.started()
+    async def _flush_in_background(self) -> None:
         try:
-            while not self._closing:
-                await wake.wait()
-                self._wake = wake = anyio.Event()
-                if not self._closing:
-                    await anyio.sleep(self.flush_every_s)  # gather what arrives meanwhile
-                try:
-                    await self.flush()
-                except Unavailable as exc:
-                    self._log.warning("audit.flush_failed", error=str(exc), buffered=self.pending)
-                    if not self._closing:
-                        await anyio.sleep(min(1.0, self.flush_every_s * 100))
-                        wake.set()
-        finally:
-            self._running = False
-            stopped.set()
+            await self.flush()
+        except Unavailable as exc:
+            self._log.warning("audit.flush_failed", error=str(exc), buffered=self.pending)
+            if not self._closing:
+                await anyio.sleep(min(1.0, self.flush_every_s * 100))
+                self._poke()
 
     @property
     def pending(self) -> int:
@@ -242,10 +223,7 @@ class AuditLog:
 
         Records arriving afterwards write through.
         """
-        self._closing = True
-        if self._running and self._wake is not None and self._stopped is not None:
-            self._wake.set()
-            await self._stopped.wait()
+        await self._stop()
         try:
             await self.flush()
         except Unavailable as exc:
