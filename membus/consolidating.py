@@ -28,31 +28,12 @@ from membus.feed import Change, upsert_fields
 from membus.keys import PREFIX, TenantKeys
 from membus.ledger import Item, Ledger, slot_key
 from membus.store import Memory, Store
-from membus.streams import Redis
+from membus.streams import XADD_MANY, Redis, xadd_many_args
 from membus.tombstones import tombstones_key
 
 Embed = Callable[[list[str]], Awaitable[Vectors]]
 # each round that fails lost a race to another writer that committed: progress is made
 _MAX_ROUNDS = 50
-# KEYS: the change stream; ARGV: per entry its field count, then its field, value pairs
-_APPEND = """
-local i = 1
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + 2 * n))
-  i = i + 1 + 2 * n
-end
-return 0
-"""
-
-
-def _flat(entries: Sequence[dict[str, bytes]]) -> list[bytes | str | int]:
-    out: list[bytes | str | int] = []
-    for fields in entries:
-        out.append(len(fields))
-        for k, v in fields.items():
-            out += [k, v]
-    return out
 
 
 def changes_for(
@@ -145,7 +126,7 @@ class Consolidator:
                     entries = changes_for(plans, existed, batch - refused)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     if entries:  # one command for them all: ~3x cheaper to pack than N XADDs
-                        pipe.eval(_APPEND, 1, keys.changes, *_flat(entries))
+                        pipe.eval(XADD_MANY, 1, keys.changes, *xadd_many_args(entries))
                     for slot, plan in zip(slots, plans, strict=True):
                         if plan.withdrawn:  # the cut-off keeps refusing them: drop the text
                             pipe.hdel(slot_key(tenant, slot), *[f"e:{w}" for w in plan.withdrawn])

@@ -106,12 +106,37 @@ def unavailable(exc: BaseException) -> Unavailable:
     return Unavailable(f"redis unavailable: {exc}")
 
 
+# KEYS: one stream; ARGV: per entry its field count, then its field, value pairs. Returns the new
+# entry ids. One command for a batch: redis-py packs and parses each command in Python (~5 µs),
+# which for a batch of XADDs cost more than the server did.
+XADD_MANY = """
+local ids, i = {}, 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + 2 * n))
+  i = i + 1 + 2 * n
+end
+return ids
+"""
+
+
+def xadd_many_args(entries: Sequence[dict[Any, Any]]) -> list[Any]:
+    """``XADD_MANY``'s ARGV for ``entries`` (each a stream entry's fields)."""
+    out: list[Any] = []
+    for fields in entries:
+        out.append(len(fields))
+        for k, v in fields.items():
+            out += [k, v]
+    return out
+
+
 async def publish(
     redis: Redis, events: Sequence[Event], fields: Sequence[dict[Any, Any]] | None = None
 ) -> list[str]:
     """XADD every event (pipelined, one round trip) and register its tenant.
 
-    On a cluster the pipeline is split by node (one round trip per node, sent concurrently) and
+    Each tenant's events go in one ``XADD_MANY`` script call (atomic: all or none of them). On
+    a cluster the pipeline is split by node (one round trip per node, sent concurrently) and
     replies still come back in command order. If one node fails, events on the others may be
     written although this raises ``Unavailable``; a retry's copies carry the same event ids, so
     writers park them as replays instead of writing them twice.
@@ -121,16 +146,24 @@ async def publish(
     """
     if not events:
         return []
+    by_stream: dict[str, list[int]] = {}
+    for i, e in enumerate(events):
+        by_stream.setdefault(TenantKeys(e.tenant).events, []).append(i)
     try:
         async with redis.pipeline(transaction=False) as pipe:
             for tenant in {e.tenant for e in events}:
                 pipe.sadd(tenants_key(), tenant)
-            for i, e in enumerate(events):
-                pipe.xadd(TenantKeys(e.tenant).events, fields[i] if fields else {"e": e.to_json()})
+            for stream, idx in by_stream.items():
+                entries = [fields[i] if fields else {"e": events[i].to_json()} for i in idx]
+                pipe.eval(XADD_MANY, 1, stream, *xadd_many_args(entries))
             res = await pipe.execute()
     except REDIS_DOWN as exc:
         raise unavailable(exc) from exc
-    return [str(x) for x in res[-len(events) :]]
+    out = [""] * len(events)
+    for idx, ids in zip(by_stream.values(), res[-len(by_stream) :], strict=True):
+        for i, entry_id in zip(idx, ids, strict=True):
+            out[i] = str(entry_id)
+    return out
 
 
 async def ensure_group(redis: Redis, stream: str, group: str, start: str = "0") -> None:
