@@ -38,13 +38,28 @@ class Embedder(Protocol):
 
 
 class HashingEmbedder:
-    """Hashed word/bigram/char-trigram features. No model, no downloads, ~tens of µs a text."""
+    """Hashed word/bigram/char-trigram features. No model, no downloads, ~tens of µs a text.
+
+    Each distinct word's features are computed once into a flat table (word id -> a run of
+    bucket indices and values), so embedding a batch costs one dict lookup per word and per
+    bigram in Python; numpy gathers the runs and one bincount sums them.
+    """
 
     def __init__(self, dim: int = 384, cache_size: int = 200_000) -> None:
         self._dim = dim
-        self._cache: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = {}
-        self._bigrams: dict[str, tuple[int, float]] = {}
         self._cache_size = cache_size
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget every cached word and bigram (crude but bounded: a working set refills)."""
+        self._words: dict[str, int] = {}  # word -> its id in the feature table
+        self._bigrams: dict[str, int] = {}  # "a b" -> its signed bucket code (see _bigram)
+        self._start = np.zeros(1024, np.int64)  # per word id: where its run begins
+        self._len = np.zeros(1024, np.int64)
+        self._idx = np.zeros(8192, np.int64)  # the runs: bucket, value
+        self._val = np.zeros(8192, np.float32)
+        self._used = 0
+        self._pending: list[tuple[list[int], list[float]]] = []  # new words' runs, not yet in
 
     @property
     def name(self) -> str:
@@ -58,69 +73,81 @@ class HashingEmbedder:
         h = zlib.crc32(feature.encode("utf-8", "surrogatepass"))
         return h % self._dim, (1.0 if (h >> 31) & 1 else -1.0)
 
-    def _bigram(self, a: str, b: str) -> tuple[int, float]:
-        key = f"{a} {b}"
-        hit = self._bigrams.get(key)
-        if hit is None:
-            if len(self._bigrams) >= self._cache_size:
-                self._bigrams.clear()
-            hit = self._bigrams[key] = self._bucket("b:" + key)
-        return hit
+    def _bigram(self, key: str) -> int:
+        """The bucket of bigram ``key`` ("a b"), signed and shifted by one: ``±(bucket + 1)``."""
+        i, s = self._bucket("b:" + key)
+        code = self._bigrams[key] = (i + 1) if s > 0 else -(i + 1)
+        return code
 
-    def _word_features(self, word: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        hit = self._cache.get(word)
-        if hit is not None:
-            return hit
-        idx: list[int] = []
-        val: list[float] = []
+    def _word(self, word: str) -> int:
+        """Compute a new word's features (pending until ``_flush``); returns its id."""
         i, s = self._bucket("w:" + word)
-        idx.append(i)
-        val.append(2.0 * s)  # whole words carry more signal than their trigrams
+        idx, val = [i], [2.0 * s]  # whole words carry more signal than their trigrams
         padded = f"<{word}>"
         for j in range(len(padded) - 2):
             i, s = self._bucket("c:" + padded[j : j + 3])
             idx.append(i)
             val.append(0.5 * s)
-        feats = (np.asarray(idx, dtype=np.int64), np.asarray(val, dtype=np.float32))
-        if len(self._cache) >= self._cache_size:
-            self._cache.clear()  # crude but bounded; a working set refills quickly
-        self._cache[word] = feats
-        return feats
+        wid = self._words[word] = len(self._words)
+        self._pending.append((idx, val))
+        return wid
+
+    def _flush(self) -> None:
+        """Append the pending words' runs to the table: one numpy copy per batch, not per word."""
+        if not self._pending:
+            return
+        n_words, first = len(self._words), len(self._words) - len(self._pending)
+        runs = [len(idx) for idx, _ in self._pending]
+        at, n = self._used, sum(runs)
+        if n_words > len(self._start):
+            self._start = np.resize(self._start, 2 * n_words)
+            self._len = np.resize(self._len, 2 * n_words)
+        if at + n > len(self._idx):
+            self._idx = np.resize(self._idx, 2 * (at + n))
+            self._val = np.resize(self._val, 2 * (at + n))
+        self._idx[at : at + n] = [i for idx, _ in self._pending for i in idx]
+        self._val[at : at + n] = [v for _, val in self._pending for v in val]
+        lens = np.asarray(runs, np.int64)
+        self._len[first:n_words] = lens
+        self._start[first:n_words] = at + np.cumsum(lens) - lens
+        self._used = at + n
+        self._pending = []
 
     def embed(self, texts: Sequence[str]) -> Vectors:
-        # Collect cached per-word feature arrays and bigram buckets for the whole batch, then one
-        # concatenate + one bincount builds the matrix (per-word numpy ops would dominate).
-        dim = self._dim
-        parts_idx: list[npt.NDArray[np.int64]] = []
-        parts_val: list[npt.NDArray[np.float32]] = []
-        parts_base: list[int] = []
-        parts_len: list[int] = []
-        bi_idx: list[int] = []
-        bi_val: list[float] = []
-        for row, text in enumerate(texts):
-            words = _WORD.findall(text.lower())
-            base = row * dim
-            for w in words:
-                idx, val = self._word_features(w)
-                parts_idx.append(idx)
-                parts_val.append(val)
-                parts_base.append(base)
-                parts_len.append(len(idx))
-            for a, b in itertools.pairwise(words):
-                i, sign = self._bigram(a, b)
-                bi_idx.append(i + base)
-                bi_val.append(sign)
-        size = len(texts) * dim
-        summed: npt.NDArray[np.float64] = np.zeros(size)
-        if parts_idx or bi_idx:
-            offsets = np.repeat(np.asarray(parts_base, np.int64), np.asarray(parts_len, np.int64))
-            idx_all = np.concatenate([*parts_idx, np.zeros(0, np.int64)]) + offsets
-            summed = np.bincount(
-                np.concatenate([idx_all, np.asarray(bi_idx, np.int64)]),
-                weights=np.concatenate([*parts_val, np.asarray(bi_val, np.float32)]),
-                minlength=size,
-            ).astype(np.float64, copy=False)
-        out = summed.reshape(len(texts), dim).astype(np.float32)
+        dim, n_texts = self._dim, len(texts)
+        rows = [_WORD.findall(text.lower()) for text in texts]
+        flat = [w for words in rows for w in words]
+        pairs = [f"{a} {b}" for words in rows for a, b in itertools.pairwise(words)]
+        full = len(self._words) + len(flat) > self._cache_size
+        if full or len(self._bigrams) + len(pairs) > self._cache_size:
+            self._reset()  # before the lookups, so the ids taken below stay valid
+        words, bigrams = self._words, self._bigrams
+        ids = [words.get(w, -1) for w in flat]
+        for j in [j for j, wid in enumerate(ids) if wid < 0]:  # new words (a repeat: once)
+            ids[j] = words[flat[j]] if flat[j] in words else self._word(flat[j])
+        self._flush()
+        codes = [bigrams.get(k, 0) for k in pairs]  # 0 is no code: codes are ±(bucket + 1)
+        for j in [j for j, code in enumerate(codes) if not code]:
+            codes[j] = bigrams.get(pairs[j], 0) or self._bigram(pairs[j])
+        bases = np.arange(n_texts, dtype=np.int64) * dim
+        wids = np.asarray(ids, np.int64)
+        lens: npt.NDArray[np.int64] = self._len[wids]
+        ends = np.cumsum(lens)
+        total = int(ends[-1]) if len(ends) else 0  # features of all words
+        # where each word's run sits in the table, runs laid end to end in word order
+        pos = np.arange(total, dtype=np.int64) + np.repeat(self._start[wids] - ends + lens, lens)
+        word_base = np.repeat(bases, np.asarray([len(r) for r in rows], np.int64))
+        code = np.asarray(codes, np.int64)
+        pair_base = np.repeat(bases, np.asarray([max(len(r) - 1, 0) for r in rows], np.int64))
+        # word features first, then bigrams, each in text order: bincount sums in this order
+        summed: npt.NDArray[np.float64] = np.bincount(
+            np.concatenate(
+                [self._idx[pos] + np.repeat(word_base, lens), np.abs(code) - 1 + pair_base]
+            ),
+            weights=np.concatenate([self._val[pos], np.sign(code).astype(np.float32)]),
+            minlength=n_texts * dim,
+        ).astype(np.float64, copy=False)
+        out = summed.reshape(n_texts, dim).astype(np.float32)
         # sublinear tf keeps one repeated word from dominating
         out = np.sign(out) * np.log1p(np.abs(out))
         norms = np.linalg.norm(out, axis=1, keepdims=True)
