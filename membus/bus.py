@@ -26,7 +26,7 @@ from membus.envelope import Event, Label, invalid_from, scope_ancestors, validat
 from membus.erasure import ErasureReport
 from membus.errors import InvalidInput, PermissionDenied, Unavailable
 from membus.feed import Change, follow
-from membus.gate import Gate, Identity, OpenGate
+from membus.gate import Decision, Gate, Identity, OpenGate
 from membus.keys import TenantKeys
 from membus.ledger import dirty_key
 from membus.redact import PiiRedactor, Redactor, needs_redaction, redact_event
@@ -101,10 +101,12 @@ class Bus:
             for d in drafts
         ]
         records = []
+        decided: dict[tuple[str, str], Decision] = {}  # one gate call per action and scope
         for e in events:
             # withdrawing a fact (possibly another agent's) takes the forget right as well
             for action in ("publish", "forget") if e.kind == RETRACTION else ("publish",):
-                d = await self.gate.decision(who, action, e.scope)
+                if (d := decided.get((action, e.scope))) is None:
+                    d = decided[(action, e.scope)] = await self.gate.decision(who, action, e.scope)
                 records.append(_record(who, action, e.scope, d.allowed, d.rule, event_ids=[e.id]))
                 if not d.allowed:
                     await self.audit.record_many(records[-1:])  # the deny; nothing published
@@ -113,10 +115,8 @@ class Bus:
         # signed here, checked by writers: the stream itself is not trusted
         positions = await publish_signed(self.redis, self.keys, events)
         await self.audit.record_many(records)
-        return [
-            Receipt(event_id=e.id, position=p, tenant=e.tenant, scope=e.scope)
-            for e, p in zip(events, positions, strict=True)
-        ]
+        return [Receipt(event_id=e.id, position=p, tenant=e.tenant, scope=e.scope)
+                for e, p in zip(events, positions, strict=True)]  # fmt: skip
 
     async def publish(self, who: Identity, content: str, scope: str, **fields: Any) -> Receipt:
         try:

@@ -125,8 +125,8 @@ class Consolidator:
                     existed = await self.write(tenant, plans, known)
                     entries = changes_for(plans, existed, batch - refused)
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    if entries:  # one command for them all: ~3x cheaper to pack than N XADDs
-                        pipe.eval(XADD_MANY, 1, keys.changes, *xadd_many_args(entries))
+                    for args in xadd_many_args(entries):  # one call, not an XADD each
+                        pipe.eval(XADD_MANY, 1, keys.changes, *args)
                     for slot, plan in zip(slots, plans, strict=True):
                         if plan.withdrawn:  # the cut-off keeps refusing them: drop the text
                             pipe.hdel(slot_key(tenant, slot), *[f"e:{w}" for w in plan.withdrawn])
