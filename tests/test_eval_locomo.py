@@ -65,7 +65,7 @@ def test_fixture_loads_with_dangling_evidence_dropped() -> None:
     multi = next(q for q in convs[0].questions if q.category == "multi-hop")
     assert multi.evidence == {"D2:2", "D2:4"}
     captioned = next(t for t in convs[0].turns if t.dia_id == "D1:4")
-    assert captioned.text.endswith("[image: a cello leaning against a wooden chair]")
+    assert "[image: a cello leaning against a wooden chair] (in reply to Ramona" in captioned.text
 
 
 def test_a_merged_memory_maps_to_all_its_turns_through_its_source_events() -> None:
@@ -94,6 +94,22 @@ def test_turns_are_published_as_the_transcript_shows_them() -> None:
     assert first.text.startswith(f"{first.speaker} (")
 
 
+def test_a_turn_is_published_in_reply_to_the_end_of_the_turn_before_it() -> None:
+    when = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+    reply = render_turn("Teo", "Yes!", when, "a dog", after="Mel: Is that yours?")
+    assert reply == "Teo (8 May 2023): Yes! [image: a dog] (in reply to Mel: Is that yours?)"
+    turns = {t.dia_id: t.text for t in load(FIXTURE)[0][0].turns}
+    # the answer carries its question: "napped in the car" alone says nothing about tiredness
+    assert turns["D2:4"].endswith("(in reply to Teo: Was he tired after all that?)")
+    # only the last sentence of the turn before: what a reply answers, and neighbours stay apart
+    assert turns["D1:3"].endswith("(in reply to Teo: How is he settling in at your apartment?)")
+    assert "in reply to" not in turns["D1:1"] + turns["D2:1"]  # a session starts afresh
+    bare = {t.dia_id: t.text for t in load(FIXTURE, context=False)[0][0].turns}
+    assert bare["D2:4"].endswith(
+        "(12 April 2023): He napped in the car during the whole ride home."
+    )
+
+
 def test_bm25_ranks_the_turn_sharing_rare_terms_first() -> None:
     docs = ["the cat sat on the mat", "a corgi named Pickle", "the dog and the cat"]
     assert tokenize("Pickle's corgi!") == ["pickle", "s", "corgi"]
@@ -116,6 +132,7 @@ def test_run_eval_end_to_end_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert set(result) == {
         "recall@5", "recall@10", "recall@25", "bm25", "memories", "observations",
         "dropped_evidence", "questions", "ingest_s", "embedder", "lexical", "near_duplicate",
+        "context",
     }  # fmt: skip
     assert set(result["bm25"]) == {"recall@5", "recall@10", "recall@25"}
     for table in (result, result["bm25"]):
@@ -127,6 +144,7 @@ def test_run_eval_end_to_end_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert result["dropped_evidence"] == 2
     assert result["embedder"].startswith("hashing")
     assert result["lexical"] == sparse.NAME  # hybrid retrieval by default
+    assert result["context"] == "in reply to"
     for table in (result, result["bm25"]):
         # the single-hop questions repeat their turn's words: both must find them at once
         assert table["recall@5"]["single-hop"] == 100.0
