@@ -153,7 +153,9 @@ class Consolidator:
                 fresh = await self.embed(missing)
                 known.update(zip(missing, fresh, strict=True))
             await self.store.upsert(upserts, np.stack([known[m.content] for m in upserts]))
-        deletes = sorted({i for p in plans for i in p.deletes})
+        # a merge's survivor may take the loser's point id (its earliest event): keep it
+        kept = {m.id for m in upserts}
+        deletes = sorted({i for p in plans for i in p.deletes} - kept)
         if not deletes:
             return []
         existed = await self.store.get(tenant, deletes)

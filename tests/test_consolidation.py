@@ -30,7 +30,7 @@ from membus.keys import TenantKeys
 from membus.ledger import dirty_key
 from membus.policy import CasbinGate
 from membus.policy_watch import MemorySource
-from membus.store import StoreMeta
+from membus.store import StoreMeta, point_id
 from membus.store_edge import EdgeStore
 from membus.worker import Writer
 
@@ -305,6 +305,26 @@ async def test_near_duplicates_merge_within_a_scope_in_the_idle_pass(
         hits = await x.recall("customer email", k=10, scopes=["team/s"])
         [again] = [h.memory for h in hits if "ustomer" in h.memory.content]
         assert r3.event_id in again.source_events
+
+
+@pytest.mark.parametrize("first", [0, 1])
+async def test_a_merge_never_loses_the_memory_whichever_slot_came_first(
+    redis_url: str, tmp_path: Path, first: int
+) -> None:
+    """The smaller slot id survives, but the merged memory's point id comes from the earliest
+    event, which may be the loser's: the loser's delete must not take the merged memory with it.
+    Both orders run, so one of them publishes the loser's event first."""
+    texts = ["The customer prefers email over phone", "Customer prefers email over the phone"]
+    async with membus.open(tmp_path, config(redis_url)) as bus:
+        x = bus.agent("x", "acme")
+        a = await x.publish(texts[first], "team/s")
+        await bus.drain(10)
+        b = await x.publish(texts[1 - first], "team/s")
+        await bus.drain(10)
+        [merged] = [h.memory for h in await x.recall("customer email", k=10)]
+        assert merged.source_events == sorted([a.event_id, b.event_id])
+        assert merged.id == point_id("acme", min(a.event_id, b.event_id))
+        assert await bus.store.count("acme") == 1
 
 
 async def test_near_duplicate_merging_can_be_turned_off(redis_url: str, tmp_path: Path) -> None:
