@@ -78,6 +78,10 @@ def eval_locomo(
     near_duplicate: Annotated[
         str, typer.Option("--near-duplicate", help="Merge threshold (cosine), or 'off'.")
     ] = "default",
+    context: Annotated[
+        Literal["reply", "none"],
+        typer.Option("--context", help="reply: a turn carries what it answers; none: bare."),
+    ] = "reply",
     json_flag: JsonFlag = False,
 ) -> None:
     """Retrieval recall@k on LoCoMo per question category, beside a BM25 baseline
@@ -101,6 +105,7 @@ def eval_locomo(
         run_eval(
             dataset or DEFAULT_DATASET, embedder=embedder, json_output=state.json,
             limit_conversations=limit_conversations, near_duplicate=threshold,
+            context=context == "reply",
         )  # fmt: skip
     except MembusError as exc:
         fail(exc, state.json)

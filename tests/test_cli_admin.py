@@ -280,6 +280,11 @@ def test_eval_locomo_json_prints_exactly_one_object(tmp_path: Path) -> None:
     (line,) = out.stdout.strip().splitlines()
     result = orjson.loads(line)
     assert result["questions"] > 0 and "recall@5" in result and "bm25" in result
+    assert result["context"] == "in reply to"
+    bare = CliRunner().invoke(
+        app, ["eval", "locomo", "--dataset", str(fixture), "--context", "none", "--json"]
+    )
+    assert bare.exit_code == 0 and orjson.loads(bare.stdout)["context"] is None
     missing = CliRunner().invoke(app, ["eval", "locomo", "--dataset", str(tmp_path / "no.json")])
     assert missing.exit_code == 2 and "not found" in missing.stderr
 
