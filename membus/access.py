@@ -109,6 +109,10 @@ class AccessLog(Flusher):
 
     async def flush(self) -> None:
         """Write what is buffered now; best effort (a failure is logged, the batch dropped)."""
+        async with self._flush_lock:
+            await self._flush_buffer()
+
+    async def _flush_buffer(self) -> None:
         if not self._bumps:
             return
         batch, self._bumps, self._size = self._bumps, {}, 0

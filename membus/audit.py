@@ -171,6 +171,10 @@ class AuditLog(Flusher):
         On a Redis failure the batch goes back to the buffer (oldest dropped past ``max_buffer``)
         and ``Unavailable`` is raised.
         """
+        async with self._flush_lock:
+            return await self._flush_buffer()
+
+    async def _flush_buffer(self) -> int:
         if not self._buffer:
             return 0
         batch, self._buffer = self._buffer, []

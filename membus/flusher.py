@@ -23,6 +23,9 @@ class Flusher(ABC):
         self._closed: anyio.Event | None = None
         self._running = False
         self._closing = False
+        # one flush at a time: a flush that found the buffer taken by another must still return
+        # only once those records are written (a reader flushes to see its own writes)
+        self._flush_lock = anyio.Lock()
 
     @abstractmethod
     async def _flush_in_background(self) -> None:
