@@ -8,9 +8,9 @@ terms count once per occurrence, as in ``rank_bm25``.
 
 On LoCoMo this lands below the commonly quoted BM25 figures (51.3@5, 58.3@10): those drop stop
 words, stem, and use Lucene's k1=0.9, b=0.4; each of those adds 2-5 points. This baseline indexes
-exactly the texts membus publishes (``speaker (date): text``, see ``membus.eval_locomo``), and
-``tokenize`` is also where the store's lexical vectors (``membus.sparse``) take their token
-boundaries from, before their stop words and stemming.
+exactly the texts membus publishes (``speaker (date): text (in reply to ...)``, see
+``membus.eval_locomo``), and ``tokenize`` is also where the store's lexical vectors
+(``membus.sparse``) take their token boundaries from, before their stop words and stemming.
 """
 
 from __future__ import annotations
