@@ -36,7 +36,7 @@ from membus.ledger import Item, drop_parked
 from membus.llm import FallbackConsolidator
 from membus.neardup import NearDuplicates
 from membus.reading import BatchReader
-from membus.replay_script import ScriptedReplayGuard
+from membus.replay import ReplayGuard
 from membus.signing import KeyRegistry
 from membus.store import Store
 from membus.streams import REDIS_DOWN, NodeClients, Redis, ensure_group, retain, tenants
@@ -98,7 +98,7 @@ class Writer:
             redis,
             gate,
             keys or KeyRegistry(redis),
-            ScriptedReplayGuard(redis, self.config.replay_window_s),
+            ReplayGuard(redis, self.config.replay_window_s),
             verify_signatures=self.config.verify_signatures,
         )
         self._audit = AuditLog(redis)

@@ -1,5 +1,5 @@
-"""The writer's scripted replay check (membus/replay_script.py) gives ``ReplayGuard``'s
-verdicts, leaves the same records behind, and reads ULID timestamps as python-ulid does."""
+"""The writer's replay check (membus/replay.py): verdicts per batch in one script call, the
+records it leaves behind, and ULID timestamps read as python-ulid reads them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from ulid import ULID
 
 from membus.errors import InvalidInput
 from membus.replay import ReplayGuard
-from membus.replay_script import ScriptedReplayGuard, ulid_ms
 from membus.streams import Redis, redis_client
 
 pytestmark = pytest.mark.anyio
@@ -33,16 +32,17 @@ def test_ulid_timestamps_match_the_reference_decoder() -> None:
     rng = random.Random(4)
     for _ in range(2000):
         u = ulid_at(rng.uniform(0, 2**48 / 1000 - 1))
-        assert ulid_ms(u) == ReplayGuard._ms(u)
+        assert ReplayGuard._ms(u) == ULID.from_str(u).milliseconds
     for bad in ("8" + "Z" * 25, "not-a-ulid", "01ARZ3NDEKTSV4RRFFQ69G5FAU", ""):
         with pytest.raises(InvalidInput):
-            ulid_ms(bad)
+            ReplayGuard._ms(bad)
 
 
-async def test_same_verdicts_and_records_as_the_pipelined_guard(redis: Redis) -> None:
+async def test_verdicts_and_the_records_left_behind(redis: Redis) -> None:
     now = time.time()
     seen, fresh, old = ulid_at(now - 1800), ulid_at(now), ulid_at(0)
     later, other_hour = ulid_at(now + 2 * 3600), ulid_at(now - 2 * 3600)
+    guard, tenant = ReplayGuard(redis), "t-verdicts"
     batches = [
         [(seen, "1-0")],
         [(seen, "1-0"), (fresh, "2-0"), (old, "3-0"), (fresh, "4-0"), (seen, "5-0")],
@@ -50,23 +50,22 @@ async def test_same_verdicts_and_records_as_the_pipelined_guard(redis: Redis) ->
         [(old, "10-0")],
         [],
     ]
-    got: dict[str, list[list[str]]] = {}
-    records: dict[str, dict[str, dict[str, str]]] = {}
-    for name, guard in [("ref", ReplayGuard(redis)), ("script", ScriptedReplayGuard(redis))]:
-        tenant = f"t-{name}"
-        got[name] = [list(await guard.check_many(tenant, b)) for b in batches]
-        records[name] = {}
-        for eid in (seen, fresh, other_hour):
-            key, _ = guard.slot(tenant, eid)
-            records[name][key.replace(tenant, "T")] = await redis.hgetall(key)  # type: ignore[assignment]
-            assert await redis.ttl(key) > 3600  # kept until its events turn stale
-    assert got["script"] == got["ref"]
-    assert got["script"][1] == ["redelivery", "new", "stale", "replay", "replay"]
-    assert records["script"] == records["ref"]
+    got = [list(await guard.check_many(tenant, b)) for b in batches]
+    assert got == [
+        ["new"],
+        ["redelivery", "new", "stale", "replay", "replay"],  # a copy in its original's batch too
+        ["new", "stale", "stale", "replay"],  # too far ahead, not a ULID
+        ["stale"],
+        [],
+    ]
+    for eid, first in ((seen, "1-0"), (fresh, "2-0"), (other_hour, "6-0")):
+        key, field = guard.slot(tenant, eid)
+        assert await redis.hget(key, field) == first  # the entry that first carried it
+        assert await redis.ttl(key) > 3600  # kept until its events turn stale
 
 
 async def test_forget_then_check_is_new_again(redis: Redis) -> None:
-    guard = ScriptedReplayGuard(redis, window_s=3600)
+    guard = ReplayGuard(redis, window_s=3600)
     eid = ulid_at(time.time())
     assert await guard.check("acme", eid, "1-0") == "new"
     assert await guard.check("acme", eid, "9-0") == "replay"
