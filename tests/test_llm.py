@@ -13,7 +13,6 @@ import anyio
 import httpx
 import orjson
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -40,6 +39,7 @@ from membus.llm import (
 )
 from membus.store import Memory
 from tests.redis_proc import free_port
+from tests.test_service import running
 
 pytestmark = pytest.mark.anyio
 
@@ -93,24 +93,13 @@ class FakeOpenAI:
 
 @asynccontextmanager
 async def serving(fake: FakeOpenAI) -> AsyncIterator[str]:
-    """A real uvicorn server on 127.0.0.1 and a free port; yields the ``/v1`` base URL."""
+    """The fake on a real uvicorn server on a free port; yields the ``/v1`` base URL."""
     app = Starlette(routes=[Route("/v1/chat/completions", fake.completions, methods=["POST"])])
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="off",
-        timeout_graceful_shutdown=1,
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        with anyio.fail_after(10):
-            while not server.started:  # noqa: ASYNC110 - uvicorn has no started event
-                await anyio.sleep(0.01)
+    async with running(app) as url:
         try:
-            yield f"http://127.0.0.1:{port}/v1"
+            yield f"{url}/v1"
         finally:
-            fake.release.set()
-            server.should_exit = True
+            fake.release.set()  # before the server stops: a held request must not stall it
 
 
 def answer(action: str, target: Any = None, reason: str = "because") -> str:

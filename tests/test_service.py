@@ -15,7 +15,7 @@ import anyio
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 import membus
 from membus.bus import Bus
@@ -72,7 +72,7 @@ async def service(
 
 
 @asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[str]:
+async def running(app: ASGIApp) -> AsyncIterator[str]:
     """A real uvicorn server on a free port, stopped (connections and all) on exit."""
     port = free_port()
     config = uvicorn.Config(
