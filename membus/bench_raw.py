@@ -21,12 +21,13 @@ import qdrant_edge as q
 
 from membus import sparse
 from membus.bus import Draft
+from membus.edge_query import filter_of
 from membus.envelope import Event
 from membus.errors import InvalidInput
 from membus.feed import Change
 from membus.filters import spec
 from membus.store import Memory, RecallFilter, StoreMeta
-from membus.store_edge import EdgeStore, _filter
+from membus.store_edge import EdgeStore
 from membus.streams import Redis
 
 TENANT = "bench"
@@ -267,7 +268,7 @@ async def raw_visible_floor(redis: Redis, raw: RawStore, n: int) -> list[float]:
 
 def search_requests(vectors: np.ndarray[Any, Any], k: int, scope: str) -> list[Any]:
     """The same request ``EdgeStore.search`` builds for a tenant + scope recall."""
-    flt = _filter(spec(RecallFilter(tenant=TENANT, scopes=[scope])))
+    flt = filter_of(spec(RecallFilter(tenant=TENANT, scopes=[scope])))
     return [
         q.QueryRequest(
             limit=k,

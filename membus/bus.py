@@ -183,14 +183,16 @@ class Bus:
             as_of=as_of,
         )
         vector = await self._embed([query])
-        hits = await self.store.search(
-            vector, flt, ranking.candidates(k, self.config.ranking), text=query
-        )
+        cfg = self.config.ranking
+        boost = None if working else ranking.boost(k, cfg, as_of)  # the engine reranks
+        pool = k if boost else ranking.candidates(k, cfg)
+        hits = await self.store.search(vector, flt, pool, text=query, boost=boost)
         if working:
             verify = self.keys if self.config.worker.verify_signatures else None
             hits = await with_working(self.redis, flt, vector, self._embed, self.config,
                                       verify, hits)  # fmt: skip
-        hits = await ranking.rank(self.access_log, who.tenant, hits, k, self.config.ranking, as_of)
+        if boost is None:  # heat or working hits: the rerank is ours
+            hits = await ranking.rank(self.access_log, who.tenant, hits, k, cfg, as_of)
         rec = _scoped(who, "recall", scopes, True, grant.rules)
         await self.audit.record(rec.model_copy(update={
             "result_count": len(hits), "memory_ids": [h.memory.id for h in hits],
@@ -270,15 +272,9 @@ class Bus:
             agent=agent, scope=scope, within=grant.covers,
         )  # fmt: skip
         rec = _scoped(who, "forget", [scope] if scope else None, True, grant.rules)
-        await self.audit.record(
-            rec.model_copy(
-                update={
-                    "result_count": report.memories,
-                    "memory_ids": report.memory_ids,
-                    "event_ids": report.event_ids,
-                }
-            )
-        )
+        await self.audit.record(rec.model_copy(update={
+            "result_count": report.memories, "memory_ids": report.memory_ids,
+            "event_ids": report.event_ids}))  # fmt: skip
         return report
 
     async def drain(

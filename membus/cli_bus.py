@@ -14,6 +14,7 @@ from membus.bus import Bus
 from membus.cli_context import State
 from membus.embedder import HashingEmbedder, Vectors
 from membus.errors import Conflict, StoreLocked, Unavailable
+from membus.formula import Boost
 from membus.runtime import make_gate
 from membus.runtime import open as open_bus
 from membus.settings import Settings
@@ -44,7 +45,13 @@ class _NoStore:
         self._no()
 
     async def search(
-        self, vector: Vectors, flt: RecallFilter, k: int, *, text: str | None = None
+        self,
+        vector: Vectors,
+        flt: RecallFilter,
+        k: int,
+        *,
+        text: str | None = None,
+        boost: Boost | None = None,
     ) -> list[Hit]:
         self._no()
 

@@ -7,7 +7,9 @@ The formula and why its defaults are gentle are documented on ``RankingConfig``
 
 The store returns a somewhat larger candidate set (``candidates``), this module rescores it and
 keeps the top k. ``Hit.score`` becomes the final score; the factor never exceeds 1, so a final
-score is never above the similarity the engine reported.
+score is never above the similarity the engine reported. Recall hands the same rerank to the
+engine when it can (``boost``: recency and importance are payload fields, ``membus.formula``),
+so only the top k travel; heat and working memory need this module's own pass.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 
 from membus.access import Access, AccessLog
 from membus.config import RankingConfig
-from membus.store import Hit, Memory
+from membus.formula import Boost
+from membus.store import Hit, Memory, importance_of
 
 
 def active(cfg: RankingConfig) -> bool:
@@ -38,6 +41,21 @@ def candidates(k: int, cfg: RankingConfig) -> int:
     return max(k, min(k * cfg.candidate_factor, cfg.max_candidates))
 
 
+def boost(k: int, cfg: RankingConfig, as_of: datetime | None = None) -> Boost | None:
+    """The rerank for the engine to apply over ``candidates(k)``, or None: nothing to rerank,
+    or heat on (access counts live in Redis, out of the engine's sight)."""
+    if not active(cfg) or uses_heat(cfg):
+        return None
+    return Boost(
+        candidates=candidates(k, cfg),
+        now=(as_of or datetime.now(UTC)).timestamp(),
+        recency_weight=cfg.recency_weight,
+        half_life_s=cfg.recency_half_life_s,
+        importance_weight=cfg.importance_weight,
+        importance_default=cfg.importance_default,
+    )
+
+
 def recency(created_at: datetime, now: datetime, half_life_s: float) -> float:
     """1 for a memory observed now, halving every ``half_life_s``; a future time counts as now."""
     age = max(0.0, (now - created_at).total_seconds())
@@ -45,12 +63,9 @@ def recency(created_at: datetime, now: datetime, half_life_s: float) -> float:
 
 
 def importance(metadata: Mapping[str, Any], default: float) -> float:
-    """``metadata["importance"]`` clamped to [0, 1]; ``default`` when absent or not a number
-    (events are validated, but metadata is free-form: a string there must not break recall)."""
-    value = metadata.get("importance")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return default
-    return min(1.0, max(0.0, float(value)))
+    """``metadata["importance"]`` clamped to [0, 1]; ``default`` when absent or not a number."""
+    value = importance_of(metadata)
+    return default if value is None else value
 
 
 def heat(count: int, saturation: float) -> float:

@@ -9,10 +9,11 @@ or scopes therefore cost payload-index entries, not collections.
 
 from __future__ import annotations
 
+import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +22,9 @@ from membus.embedder import Vectors
 from membus.envelope import LABELS, Event, scope_ancestors
 from membus.errors import InvalidInput
 from membus.filters import RecallFilter as RecallFilter  # re-exported for engines and callers
+
+if TYPE_CHECKING:
+    from membus.formula import Boost
 
 # Fixed namespace: point ids are uuid5(namespace, tenant/event id), identical in every process,
 # which is what makes redelivered events overwrite rather than duplicate.
@@ -33,6 +37,18 @@ INDEXED_NUMBERS = (*INDEXED_FLOATS, "sensitivity")
 # ``valid_to_ts`` of a memory that is neither superseded nor expiring: recall's default filter is
 # ``valid_to_ts > now``, one range condition for "current and not expired"
 OPEN_END = 1e12
+# a memory's ``metadata["importance"]`` as a number in [0, 1], top-level so that an engine can rank
+# by it (``membus.formula``); absent when the metadata holds none or not a number
+IMPORTANCE = "importance"
+
+
+def importance_of(metadata: Mapping[str, Any]) -> float | None:
+    """``metadata["importance"]`` clamped to [0, 1]; None when absent or not a finite number
+    (metadata is free-form: a string there must not break recall)."""
+    value = metadata.get(IMPORTANCE)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return min(1.0, max(0.0, float(value)))
 
 
 class StoreMeta(BaseModel):
@@ -129,6 +145,10 @@ class Memory(BaseModel):
             payload["key"] = self.key
         if self.slot is not None:
             payload["slot"] = self.slot
+        if self.metadata:
+            rank_by = importance_of(self.metadata)
+            if rank_by is not None:
+                payload[IMPORTANCE] = rank_by
         return payload
 
     @classmethod
@@ -212,10 +232,18 @@ class Store(Protocol):
         ...
 
     async def search(
-        self, vector: Vectors, flt: RecallFilter, k: int, *, text: str | None = None
+        self,
+        vector: Vectors,
+        flt: RecallFilter,
+        k: int,
+        *,
+        text: str | None = None,
+        boost: Boost | None = None,
     ) -> list[Hit]:
         """Top-k by ``vector`` within ``flt``; ``text`` (the query) lets a hybrid engine fuse a
-        lexical ranking in; engines without one ignore it."""
+        lexical ranking in; engines without one ignore it. ``boost``: rerank the top
+        ``boost.candidates`` by recency and importance in the engine (``membus.formula``) and
+        return the top k of that."""
         ...
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]: ...

@@ -1,17 +1,19 @@
 """Qdrant Edge engine: a real Qdrant shard (HNSW, payload indexes, filters) inside this process.
 
 Edge allows one process per shard, and a second opener breaks the first one's next flush, so we
-take our own exclusive file lock before opening. Edge calls are synchronous and hold the GIL;
-they run in a worker thread behind one lock. ``optimize()`` (the HNSW build) also holds the GIL
-for its whole run, so it is never called on a request path: ``maintain()`` runs it only when asked
-(idle time in the embedded runtime, or ``membus optimize``).
+take our own exclusive file lock before opening. Edge calls are synchronous, hold the GIL most
+of the time and run behind one lock: writes in a worker thread, a search on the caller's thread
+when the lock is free. ``optimize()`` (the HNSW build) holds the GIL for its whole run, so it is
+never called on a request path: ``maintain()`` runs it only when asked (idle time in the
+embedded runtime, or ``membus optimize``).
 
 Hybrid recall (``membus.sparse``): every point also carries a BM25 sparse vector of its content,
 declared with Edge's IDF modifier. A search with ``text`` runs a dense and a lexical prefetch,
 each under the full filter (the filter carries the read grant: a branch without it would leak
 memories outside the grant), and Edge fuses them with weighted RRF. Hit scores are then fused
 RRF scores, not cosine similarities. Query terms are weighted by IDF over the caller's corpus
-through a cache (``membus.idf``) that every write clears.
+through a cache (``membus.idf``) that every write clears. Recall's rerank runs in the engine too,
+as a formula over the candidates (``membus.formula``).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ import anyio
 import qdrant_edge as q
 
 from membus import sparse
+from membus.edge_query import filter_of, ranked
 from membus.embedder import Vectors
 from membus.errors import Conflict, InvalidInput, StoreLocked, Unavailable
-from membus.filters import Cond, FilterSpec, corpus_spec, spec, tenant_spec
+from membus.filters import FilterSpec, corpus_spec, spec, tenant_spec
+from membus.formula import Boost
 from membus.idf import IdfWeights, corpus_key
 from membus.store import (
     INDEXED_FLOATS,
@@ -48,21 +52,6 @@ from membus.store import (
 T = TypeVar("T")
 _VECTOR = "dense"
 _META_FILE = "membus-store.json"
-
-
-def _cond(c: Cond) -> Any:
-    if c.value is not None:
-        return q.FieldCondition(c.field, match=q.MatchValue(c.value))
-    if c.any is not None:
-        return q.FieldCondition(c.field, match=q.MatchAny(list(c.any)))
-    return q.FieldCondition(c.field, range=q.RangeFloat(gte=c.gte, lte=c.lte))
-
-
-def _filter(fs: FilterSpec) -> q.Filter:
-    must = [_cond(c) for c in fs.must]
-    if fs.should:
-        must.append(q.Filter(should=[_cond(c) for c in fs.should]))
-    return q.Filter(must=must, must_not=[_cond(c) for c in fs.must_not] or None)
 
 
 class EdgeStore:
@@ -178,30 +167,49 @@ class EdgeStore:
         return {_VECTOR: dense, sparse.VECTOR: q.SparseVector(lex.indices, lex.values)}
 
     async def search(
-        self, vector: Vectors, flt: RecallFilter, k: int, *, text: str | None = None
+        self,
+        vector: Vectors,
+        flt: RecallFilter,
+        k: int,
+        *,
+        text: str | None = None,
+        boost: Boost | None = None,
     ) -> list[Hit]:
         query = check_query(vector, k, self._dim)
         fs = spec(flt)
         if fs.nothing:
             return []
-        where = _filter(fs)
+        where = filter_of(fs)
         terms = sparse.query(text) if text and self._lexical else None
+        pool = boost.candidates if boost is not None else k  # what the rerank looks at
         dense = q.QueryRequest(
-            limit=k, query=q.Query.Nearest(query, using=_VECTOR), filter=where, with_payload=True
+            limit=pool, query=q.Query.Nearest(query, using=_VECTOR), filter=where, with_payload=True
         )
-        if not terms:  # no text, a dense-only store, or a query of stop words only
-            found = await self._run(lambda: self._shard.query(dense))
-        else:
-            corpus = corpus_spec(flt)
+        corpus = corpus_spec(flt)
 
-            def hybrid() -> Any:  # one locked call: no write between the weights and the search
-                weighted = self._weigh(corpus, terms)
-                if not weighted:  # no point the caller may read holds any of the terms
-                    return self._shard.query(dense)
-                return self._shard.query(self._hybrid(query, weighted, where, k))
+        def find() -> Any:  # one locked call: no write between the weights and the search
+            # no terms (no text, a dense-only store, stop words only), or no point the caller
+            # may read holds any of them: the dense ranking alone
+            weighted = self._weigh(corpus, terms) if terms else None
+            req = self._hybrid(query, weighted, where, pool) if weighted else dense
+            return self._shard.query(ranked(req, boost, where, k) if boost else req)
 
-            found = await self._run(hybrid)
+        found = await self._search(find)
         return [Hit(memory=Memory.from_payload(p.payload or {}), score=p.score) for p in found]
+
+    async def _search(self, fn: Callable[[], T]) -> T:
+        """A search takes about a millisecond, and the hop to a worker thread and back costs a
+        good part of that again under load: when no write holds the shard, search on this
+        thread. A held lock means a write or an index build: wait for it in a worker thread,
+        never on the event loop."""
+        if not self._lock.acquire(blocking=False):
+            return await self._run(fn)
+        try:
+            if self._shard is None:
+                raise Unavailable("edge store is closed")
+            return fn()
+        finally:
+            self._lock.release()
 
     def _weigh(self, corpus: FilterSpec, terms: sparse.SparseVec) -> sparse.SparseVec:
         """Query terms weighted so that the store-wide IDF scores as the corpus IDF would
@@ -209,7 +217,7 @@ class EdgeStore:
         key = corpus_key(corpus)
         missing = self._idf.missing(key, terms.indices)
         if missing:
-            within = _filter(corpus)
+            within = filter_of(corpus)
             probes: list[Any] = []
             for term in missing:
                 lone = q.Query.Nearest(q.SparseVector([term], [1.0]), using=sparse.VECTOR)
@@ -247,7 +255,7 @@ class EdgeStore:
                 else q.QueryRequest(
                     limit=k,
                     query=q.Query.Nearest(check_query(vector, k, self._dim), using=_VECTOR),
-                    filter=_filter(fs),
+                    filter=filter_of(fs),
                     with_payload=True,
                     # a hair lower so the engine's own comparison cannot drop a tie; the
                     # caller compares exactly
@@ -312,7 +320,7 @@ class EdgeStore:
         return len(existing)
 
     async def count(self, tenant: str | None = None) -> int:
-        req = q.CountRequest(filter=_filter(tenant_spec(tenant)) if tenant else None, exact=True)
+        req = q.CountRequest(filter=filter_of(tenant_spec(tenant)) if tenant else None, exact=True)
         return int(await self._run(lambda: self._shard.count(req)))
 
     async def scroll(
@@ -324,7 +332,7 @@ class EdgeStore:
         req = q.ScrollRequest(
             offset=start,
             limit=limit,
-            filter=_filter(tenant_spec(tenant)),
+            filter=filter_of(tenant_spec(tenant)),
             with_payload=True,
         )
         recs, nxt = await self._run(lambda: self._shard.scroll(req))

@@ -23,10 +23,11 @@ from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as m
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from membus import sparse
+from membus import formula, sparse
 from membus.embedder import Vectors
 from membus.errors import Conflict, InvalidInput, Unavailable
 from membus.filters import Cond, FilterSpec, corpus_spec, spec
+from membus.formula import Boost
 from membus.store import (
     INDEXED_FLOATS,
     INDEXED_KEYWORDS,
@@ -263,7 +264,13 @@ class QdrantStore:
         }
 
     async def search(
-        self, vector: Vectors, flt: RecallFilter, k: int, *, text: str | None = None
+        self,
+        vector: Vectors,
+        flt: RecallFilter,
+        k: int,
+        *,
+        text: str | None = None,
+        boost: Boost | None = None,
     ) -> list[Hit]:
         query = check_query(vector, k, self._dim)
         fs = spec(flt)
@@ -271,31 +278,28 @@ class QdrantStore:
             return []
         where = _filter(fs)
         terms = sparse.query(text) if text and self._lexical else None
+        pool = boost.candidates if boost is not None else k  # what the rerank looks at
+        if terms:
+            corpus = _filter(corpus_spec(flt))
+            fused = m.RrfQuery(
+                rrf=m.Rrf(k=sparse.RRF_K, weights=[sparse.DENSE_WEIGHT, sparse.LEXICAL_WEIGHT])
+            )
+            branches = _branches(query, terms, where, corpus, sparse.prefetch_limit(pool))
+            below = m.Prefetch(prefetch=branches, query=fused, filter=where, limit=pool)
+        else:  # no text, a dense-only store, or a query of stop words only: dense as before
+            below = m.Prefetch(query=query, using=_VECTOR, filter=where, limit=pool)
+        if boost is not None:  # the rerank formula over the candidates (membus.formula)
+            below = m.Prefetch(prefetch=[below], query=formula.server(boost), limit=k)
         async with self._guard("search"):
-            if terms:
-                found = await self._c.query_points(
-                    self._collection,
-                    prefetch=_branches(
-                        query, terms, where, _filter(corpus_spec(flt)), sparse.prefetch_limit(k)
-                    ),
-                    query=m.RrfQuery(
-                        rrf=m.Rrf(
-                            k=sparse.RRF_K, weights=[sparse.DENSE_WEIGHT, sparse.LEXICAL_WEIGHT]
-                        )
-                    ),
-                    query_filter=where,
-                    limit=k,
-                    with_payload=True,
-                )
-            else:  # no text, a dense-only store, or a query of stop words only: dense as before
-                found = await self._c.query_points(
-                    self._collection,
-                    query=query,
-                    using=_VECTOR,
-                    query_filter=where,
-                    limit=k,
-                    with_payload=True,
-                )
+            found = await self._c.query_points(
+                self._collection,
+                prefetch=below.prefetch,
+                query=below.query,
+                using=below.using,
+                query_filter=where,
+                limit=k,
+                with_payload=True,
+            )
         return [
             Hit(memory=Memory.from_payload(p.payload or {}), score=p.score) for p in found.points
         ]

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from membus import ranking
+from membus.config import RankingConfig
 from membus.embedder import Vectors
 from membus.errors import Conflict, InvalidInput, Unavailable
 from membus.gate import ReadGrant
@@ -434,6 +436,31 @@ class StoreConformance:
         for text in (word, f"tell me about {word}", None):
             hits = await store.search(unit(0), f, 10, text=text)
             assert [h.memory.id for h in hits] == [visible.id], text
+
+    # --- the rerank in the engine (membus.formula) --------------------------------------------
+
+    @pytest.mark.anyio
+    async def test_boosted_search_ranks_as_the_python_rerank(self, store: Store) -> None:
+        """Recall hands its rerank to the engine: over the same candidates, the engine's formula
+        must give the order and the scores ``ranking.rerank`` gives, whatever the metadata holds
+        (numbers out of range, strings, booleans, nothing) and for future timestamps too."""
+        cfg = RankingConfig(recency_weight=0.3, importance_weight=0.4, recency_half_life_s=86400)
+        odd: list[Any] = [None, 1.0, 0.0, "high", True, 7, -1, 0.25, float("inf"), [0.5]]
+        now = T0 + timedelta(days=2)
+        batch = [
+            mem(i, content=f"release train note {i}", at=T0 + timedelta(hours=5 * i),
+                metadata=None if odd[i % len(odd)] is None else {"importance": odd[i % len(odd)]})
+            for i in range(14)
+        ]  # fmt: skip
+        await store.upsert(batch, rows([ray(i) for i in range(len(batch))]))
+        for text in (None, "release train note 3"):
+            pool = await store.search(unit(0), flt(), ranking.candidates(4, cfg), text=text)
+            expected = ranking.rerank(pool, 4, cfg, now)
+            boost = ranking.boost(4, cfg, now)
+            got = await store.search(unit(0), flt(), 4, text=text, boost=boost)
+            assert [h.memory.id for h in got] == [h.memory.id for h in expected], text
+            assert [h.score for h in got] == pytest.approx([h.score for h in expected], rel=1e-5)
+            assert got[0].memory == expected[0].memory  # full memories, as without a boost
 
     @pytest.mark.anyio
     async def test_no_text_or_no_terms_ranks_by_the_dense_vector_alone(self, store: Store) -> None:

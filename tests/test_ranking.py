@@ -102,6 +102,18 @@ def test_candidates_over_fetch_only_when_the_rerank_can_change_something() -> No
     assert ranking.candidates(5, zero) == 5 and not ranking.active(zero)
 
 
+def test_the_engine_reranks_only_when_every_signal_is_in_the_payload() -> None:
+    """``boost`` hands recency and importance to the engine (membus.formula; the conformance
+    suite checks each engine against ``rerank``); heat lives in Redis, so it stays here."""
+    b = ranking.boost(5, DEFAULT, NOW)
+    assert b is not None
+    assert (b.candidates, b.now) == (15, NOW.timestamp())  # the candidates rerank looks at
+    assert (b.recency_weight, b.importance_weight) == (0.1, 0.1)
+    assert ranking.boost(5, RankingConfig(enabled=False)) is None
+    assert ranking.boost(5, RankingConfig(recency_weight=0, importance_weight=0)) is None
+    assert ranking.boost(5, RankingConfig(heat_weight=0.2)) is None
+
+
 # -- the rerank -----------------------------------------------------------------------------------
 
 
