@@ -36,6 +36,9 @@ class RecallFilter(BaseModel):
     # None: what holds now (current versions, not expired); a time: what held then, superseded
     # versions of keyed facts included
     as_of: datetime | None = None
+    # only memories whose text has exactly these numbers (``store.numbers_key``): the
+    # near-duplicate search's narrowing
+    numbers: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,8 @@ def spec(flt: RecallFilter) -> FilterSpec:
     for name, values in (("kind", flt.kinds), ("subject", flt.subjects), ("agents", flt.agents)):
         if values is not None:
             must.append(Cond(name, any=tuple(values)))
+    if flt.numbers is not None:
+        must.append(Cond("numbers", value=flt.numbers))
     if flt.since is not None or flt.until is not None:
         must.append(
             Cond(

@@ -16,7 +16,6 @@ clusters whose members are all similar to each other it does not.
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -33,16 +32,11 @@ from membus.errors import Unavailable
 from membus.filters import RecallFilter
 from membus.keys import TenantKeys
 from membus.ledger import dirty_key, slot_key
-from membus.store import Hit, Memory
+from membus.store import Hit, Memory, numbers, numbers_key
 from membus.streams import REDIS_DOWN, Redis
 
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _LEASE_MS = 30_000
 _K = 5  # neighbours looked at per slot
-
-
-def numbers(text: str) -> list[str]:
-    return _NUMBER.findall(text)
 
 
 def mergeable(a: Memory, b: Memory) -> bool:
@@ -71,13 +65,17 @@ class BatchSearch(Protocol):
 
 
 def _neighbours(tenant: str, m: Memory) -> RecallFilter:
-    """Where a near-duplicate of ``m`` may be: its exact scope, kind and subject."""
+    """Where a near-duplicate of ``m`` may be: its exact scope, kind and subject, and the same
+    numbers. In the filter, not only in ``mergeable``: the k nearest are then all candidates
+    (a nearer text with other numbers cannot crowd out a true near-duplicate), and a text with
+    numbers searches only the memories that share them, not its whole group."""
     return RecallFilter(
         tenant=tenant,
         scopes=[m.scope],
         include_subscopes=False,
         kinds=[m.kind],
         subjects=[m.subject] if m.subject is not None else None,
+        numbers=numbers_key(m.content),
     )
 
 

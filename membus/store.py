@@ -10,6 +10,7 @@ or scopes therefore cost payload-index entries, not collections.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -30,13 +31,31 @@ if TYPE_CHECKING:
 # which is what makes redelivered events overwrite rather than duplicate.
 POINT_NAMESPACE = uuid.UUID("5b0f7a52-4c8e-4c59-9d6b-6d1f0c7f3a10")
 
-INDEXED_KEYWORDS = ("scope", "scope_path", "kind", "subject", "key", "agents", "slot")
+INDEXED_KEYWORDS = (
+    "scope", "scope_path", "kind", "subject", "key", "agents", "slot", "numbers",
+)  # fmt: skip
 # float payload fields with a range index; ``sensitivity`` is an integer index of its own
 INDEXED_FLOATS = ("created_ts", "valid_from_ts", "valid_to_ts")
 INDEXED_NUMBERS = (*INDEXED_FLOATS, "sensitivity")
 # ``valid_to_ts`` of a memory that is neither superseded nor expiring: recall's default filter is
 # ``valid_to_ts > now``, one range condition for "current and not expired"
 OPEN_END = 1e12
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# the numbers of a memory's text, as one keyword: near-duplicates must have the same numbers
+# ("floor 3" and "floor 4" are different facts), so the near-duplicate search filters on it
+NUMBERS = "numbers"
+NO_NUMBERS = "-"
+
+
+def numbers(text: str) -> list[str]:
+    return _NUMBER.findall(text)
+
+
+def numbers_key(text: str) -> str:
+    """One indexed keyword per distinct list of numbers in ``text``."""
+    return " ".join(numbers(text)) or NO_NUMBERS
+
+
 # a memory's ``metadata["importance"]`` as a number in [0, 1], top-level so that an engine can rank
 # by it (``membus.formula``); absent when the metadata holds none or not a number
 IMPORTANCE = "importance"
@@ -124,6 +143,7 @@ class Memory(BaseModel):
             "created_ts": self.created_at.timestamp(),
             "valid_from_ts": (self.valid_from or self.created_at).timestamp(),
             "valid_to_ts": self.valid_to.timestamp() if self.valid_to else OPEN_END,
+            NUMBERS: numbers_key(self.content),
             "doc": orjson.dumps(
                 {
                     "id": self.id,

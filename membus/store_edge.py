@@ -54,6 +54,18 @@ _VECTOR = "dense"
 _META_FILE = "membus-store.json"
 
 
+def _ensure_indexes(shard: Any) -> None:
+    """Create the payload indexes the shard does not have yet."""
+    wanted: dict[str, Any] = {"tenant": q.KeywordIndexParams(is_tenant=True)}
+    wanted |= dict.fromkeys(INDEXED_KEYWORDS, q.PayloadSchemaType.Keyword)
+    wanted |= dict.fromkeys(INDEXED_FLOATS, q.PayloadSchemaType.Float)
+    wanted["sensitivity"] = q.PayloadSchemaType.Integer
+    have = shard.info().payload_schema
+    for field, schema in wanted.items():
+        if field not in have:
+            shard.update(q.UpdateOperation.create_field_index(field, schema))
+
+
 class EdgeStore:
     def __init__(self, path: Path, optimize_every: int = 20_000) -> None:
         self._path = Path(path)
@@ -104,6 +116,7 @@ class EdgeStore:
                 if why:
                     raise Conflict(why)
                 shard = await anyio.to_thread.run_sync(q.EdgeShard.load, str(shard_dir))
+                _ensure_indexes(shard)  # a store from an older version may lack a newer one
             else:
                 config = q.EdgeConfig(
                     vectors={
@@ -119,22 +132,7 @@ class EdgeStore:
                     ),
                 )
                 shard = await anyio.to_thread.run_sync(q.EdgeShard.create, str(shard_dir), config)
-                shard.update(
-                    q.UpdateOperation.create_field_index(
-                        "tenant", q.KeywordIndexParams(is_tenant=True)
-                    )
-                )
-                for field in INDEXED_KEYWORDS:
-                    shard.update(
-                        q.UpdateOperation.create_field_index(field, q.PayloadSchemaType.Keyword)
-                    )
-                for field in INDEXED_FLOATS:
-                    shard.update(
-                        q.UpdateOperation.create_field_index(field, q.PayloadSchemaType.Float)
-                    )
-                shard.update(
-                    q.UpdateOperation.create_field_index("sensitivity", q.PayloadSchemaType.Integer)
-                )
+                _ensure_indexes(shard)
                 shard.flush()
                 # written last: a crash before this leaves no meta and the next open recreates
                 tmp = meta_path.with_suffix(".tmp")

@@ -22,7 +22,7 @@ from membus.config import RankingConfig
 from membus.embedder import Vectors
 from membus.errors import Conflict, InvalidInput, Unavailable
 from membus.gate import ReadGrant
-from membus.store import Memory, RecallFilter, Store, StoreMeta, point_id
+from membus.store import Memory, RecallFilter, Store, StoreMeta, numbers_key, point_id
 
 DIM = 8
 META = StoreMeta(embedder="conformance-v1", dim=DIM)
@@ -397,6 +397,14 @@ class StoreConformance:
         assert seen == sorted(seen)  # id order, as the protocol promises
         with pytest.raises(InvalidInput):
             await store.scroll(TENANT, limit=0)
+
+    @pytest.mark.anyio
+    async def test_numbers_narrow_to_texts_with_exactly_those_numbers(self, store: Store) -> None:
+        """The near-duplicate search's narrowing: the same numbers, in order, or none."""
+        texts = ["floor 3 printer", "floor 3, room 12", "floor 4 printer", "no digits", "3 on 3"]
+        batch = await fill(store, [mem(i, content=t) for i, t in enumerate(texts)])
+        for i, t in enumerate(texts):
+            assert await ids_of(store, unit(0), flt(numbers=numbers_key(t))) == {batch[i].id}
 
     # --- hybrid recall (dense + lexical, fused in the engine) --------------------------------
 

@@ -307,6 +307,26 @@ async def test_near_duplicates_merge_within_a_scope_in_the_idle_pass(
         assert r3.event_id in again.source_events
 
 
+async def test_a_near_duplicate_is_found_behind_nearer_texts_with_other_numbers(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The search asks for the same numbers, so more than k nearer texts whose numbers differ
+    (never mergeable) cannot hide the one rewording that is."""
+    async with membus.open(tmp_path, config(redis_url)) as bus:
+        x = bus.agent("x", "acme")
+        # cosine 0.93 to the last text below, nearer than its rewording (0.90), other numbers
+        for n in range(4, 12):
+            await x.publish(f"the printer on floor {n} is out of toner again today", "team/s")
+        r1 = await x.publish("the floor 3 printer is out of toner again today", "team/s")
+        await bus.drain(10)
+        r2 = await x.publish("the printer on floor 3 is out of toner again today", "team/s")
+        await bus.drain(10)
+        hits = await x.recall("printer floor 3 toner", k=20)
+        [merged] = [h.memory for h in hits if r1.event_id in h.memory.source_events]
+        assert merged.source_events == sorted([r1.event_id, r2.event_id])
+        assert await bus.store.count("acme") == 9
+
+
 @pytest.mark.parametrize("first", [0, 1])
 async def test_a_merge_never_loses_the_memory_whichever_slot_came_first(
     redis_url: str, tmp_path: Path, first: int
