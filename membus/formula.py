@@ -68,14 +68,21 @@ def edge(b: Boost) -> q.Formula:
 
 
 def server(b: Boost) -> m.FormulaQuery:
+    # Qdrant servers before 1.20 have no max/min operators (Edge has): the same values through
+    # abs, max(0, x) = (x + |x|) / 2 and min(a, b) = (a + b - |a - b|) / 2
     terms: list[m.Expression] = [1.0 - b.recency_weight - b.importance_weight]
     if b.recency_weight:
         now: list[m.Expression] = list(_exactly(b.now))
-        age = m.MaxExpression(max=[0.0, m.SumExpression(sum=[*now, m.NegExpression(neg=CREATED)])])
+        x = m.SumExpression(sum=[*now, m.NegExpression(neg=CREATED)])
+        age = m.MultExpression(mult=[0.5, m.SumExpression(sum=[x, m.AbsExpression(abs=x)])])
         halvings = m.MultExpression(mult=[age, 1.0 / b.half_life_s])
         decay = m.PowExpression(pow=m.PowParams(base=0.5, exponent=halvings))
         terms.append(m.MultExpression(mult=[b.recency_weight, decay]))
     if b.importance_weight:
         terms.append(m.MultExpression(mult=[b.importance_weight, IMPORTANCE]))
-    final = m.MinExpression(min=[m.MultExpression(mult=[SCORE, m.SumExpression(sum=terms)]), SCORE])
+    scaled = m.MultExpression(mult=[SCORE, m.SumExpression(sum=terms)])
+    gap = m.AbsExpression(abs=m.SumExpression(sum=[scaled, m.NegExpression(neg=SCORE)]))
+    final = m.MultExpression(
+        mult=[0.5, m.SumExpression(sum=[scaled, SCORE, m.NegExpression(neg=gap)])]
+    )
     return m.FormulaQuery(formula=final, defaults={IMPORTANCE: b.importance_default})
