@@ -60,13 +60,16 @@ TARGET_INGEST_RATIO = 0.60
 TARGET_RECALL_P50_MS = 3.0
 TARGET_VISIBLE_P50_MS = 50.0
 WARMUP_TEXT = "warm-up: writers have discovered the bench tenant"
+# writer layouts the bench tries before ingest: name -> (writer tasks, writer processes);
+# "process:2" is two writer tasks in a child process, the shard kept in the bus's process
+LAYOUTS = {"1": (1, 0), "2": (2, 0), "process:2": (2, 1)}
 
 
 @dataclass(frozen=True)
 class Sizes:
     memories: int
     small: int  # the "10k" recall point (smaller for tiny runs)
-    trial: int  # events per writers=1/2 trial
+    trial: int  # events per writer-layout trial
     queries: int
     paced_rate: int
     paced_s: float
@@ -123,8 +126,11 @@ def _progress() -> Progress:
 
 
 @contextlib.asynccontextmanager
-async def _open(path: Path, writers: int, emb: EmbedderConfig) -> AsyncIterator[Bus]:
-    config = MembusConfig(worker=runtime.EMBEDDED_WORKER, writers=writers, embedder=emb)
+async def _open(path: Path, layout: str, emb: EmbedderConfig) -> AsyncIterator[Bus]:
+    writers, processes = LAYOUTS[layout]
+    config = MembusConfig(
+        worker=runtime.EMBEDDED_WORKER, writers=writers, writer_processes=processes, embedder=emb
+    )
     async with runtime.open(path, config) as bus:
         # Writers find a new tenant's stream on their next refresh (``tenants_refresh_s``): pay
         # that once here so ingest measures steady state, not discovery.
@@ -237,15 +243,15 @@ async def _visible(bus: Bus, sizes: Sizes, progress: Progress) -> dict[str, floa
 async def _bench(
     root: Path, sizes: Sizes, emb: EmbedderConfig, progress: Progress
 ) -> dict[str, Any]:
-    trial: dict[int, float] = {}
-    for w in (1, 2):
-        async with _open(root / f"trial-{w}", w, emb) as bus:
-            trial[w], _ = await _ingest(
-                bus, raw.drafts(sizes.trial, seed=10 + w), progress, f"trial: writers={w}"
+    trial: dict[str, float] = {}
+    for n, layout in enumerate(LAYOUTS):
+        async with _open(root / f"trial-{n}", layout, emb) as bus:
+            trial[layout], _ = await _ingest(
+                bus, raw.drafts(sizes.trial, seed=10 + n), progress, f"trial: writers {layout}"
             )
-    # A second writer shares one store lock and the GIL; keep it only if clearly faster, since
-    # each extra consumer also halves batch sizes and costs latency at low rates.
-    writers = 2 if trial[2] >= 1.1 * trial[1] else 1
+    # Another layout must be clearly faster than one writer in process to be kept: each extra
+    # consumer halves batch sizes and costs latency at low rates, and a process costs memory.
+    writers = max(trial, key=lambda lay: trial[lay] / (1.0 if lay == "1" else 1.1))
     everything = raw.drafts(sizes.memories)
     store = await raw.RawStore.open(root / "raw-store", f"raw-{emb.name}", emb.dim)
     try:
@@ -294,8 +300,8 @@ async def _bench(
 def _result(
     sizes: Sizes,
     emb: EmbedderConfig,
-    writers: int,
-    trial: dict[int, float],
+    writers: str,
+    trial: dict[str, float],
     rawf: dict[str, float],
     ingest: float,
     committed: int,
@@ -318,7 +324,7 @@ def _result(
         "quick": sizes.quick,
         "embedder": emb.name,
         "writers": writers,
-        "writers_trial_events_per_s": {str(w): r(v, 1) for w, v in trial.items()},
+        "writers_trial_events_per_s": {w: r(v, 1) for w, v in trial.items()},
         "ingest_events_per_s": r(ingest, 1),
         "raw_upsert_points_per_s": r(rawf["upsert"], 1),
         "ingest_ratio": r(ratio),

@@ -30,8 +30,10 @@ class RedisConfig(_Config):
 class StoreConfig(_Config):
     """Where memories live: Qdrant Edge in process (default) or a Qdrant server."""
 
-    engine: Literal["edge", "qdrant"] = "edge"
-    path: Path | None = None  # edge: the shard directory
+    engine: Literal["edge", "qdrant", "remote"] = "edge"
+    # edge: the shard directory; remote: the socket of a bus serving its shard to its writer
+    # processes (set by the runtime, see ``MembusConfig.writer_processes``)
+    path: Path | None = None
     url: str | None = None  # qdrant: server URL, or ":memory:" for tests
     api_key: str | None = None
     collection: str = "membus_memories"
@@ -178,3 +180,7 @@ class MembusConfig(_Config):
     ranking: RankingConfig = RankingConfig()
     # In-process writer tasks (embedded default); 0 when separate worker processes run.
     writers: int = Field(default=1, ge=0, le=64)
+    # Edge store: run the writers in this many child processes instead (each with ``writers``
+    # tasks), reaching the shard this process keeps through a socket (membus/store_remote.py),
+    # so ingest uses more than one core; recall stays in process
+    writer_processes: int = Field(default=0, ge=0, le=16)

@@ -1,15 +1,26 @@
-"""Qdrant Edge requests from membus's engine-neutral specs: filters (``membus.filters``) and the
-rerank formula (``membus.formula``) placed over a search's candidates."""
+"""Qdrant Edge requests from membus's engine-neutral specs: filters (``membus.filters``), the
+rerank formula (``membus.formula``) placed over a search's candidates, and the rows a point is
+built from."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import qdrant_edge as q
 
-from membus import formula
+from membus import formula, sparse
 from membus.filters import Cond, FilterSpec
 from membus.formula import Boost
+from membus.store import Memory
+
+# a memory as the shard needs it: point id, payload, BM25 vector (None: a dense-only store)
+Row = tuple[str, dict[str, Any], sparse.SparseVec | None]
+
+
+def rows(memories: Sequence[Memory], lexical: bool) -> list[Row]:
+    return [(m.id, m.to_payload(), sparse.document(m.content) if lexical else None)
+            for m in memories]  # fmt: skip
 
 
 def condition(c: Cond) -> Any:

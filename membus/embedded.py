@@ -46,11 +46,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def socket_path(directory: Path) -> Path:
-    sock = directory / "redis.sock"
+def socket_path(directory: Path, name: str = "redis.sock") -> Path:
+    """``directory/name``, or a short path in the temp dir when that is too long for a socket."""
+    sock = directory / name
     if len(str(sock)) <= _MAX_SOCKET_PATH:
         return sock
-    digest = hashlib.sha1(str(directory).encode()).hexdigest()[:16]
+    digest = hashlib.sha1(str(sock).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"membus-{digest}.sock"
 
 

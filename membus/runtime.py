@@ -8,29 +8,36 @@ or ``config.store`` elsewhere connects to external services instead.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
-from membus import expiry
+from membus import expiry, store_remote
 from membus.audit import AuditLog
 from membus.bus import Bus
 from membus.config import MembusConfig, PolicyConfig, WorkerConfig
-from membus.embedded import EmbeddedRedis
+from membus.embedded import EmbeddedRedis, socket_path
 from membus.embedder import Embedder, make_embedder
+from membus.errors import InvalidInput
 from membus.gate import Gate, OpenGate
 from membus.llm import make_consolidator
 from membus.policy import CasbinGate
 from membus.policy_watch import FileSource, PolicySource, PolicyWatcher, RedisSource
 from membus.signing import KeyRegistry
 from membus.store import Store, StoreMeta
+from membus.store_edge import EdgeStore
+from membus.store_remote import RemoteStore
 from membus.streams import REDIS_DOWN, Redis, redis_client, tenants, unavailable
 from membus.worker import Writer, consumer_name
+
+if TYPE_CHECKING:
+    from membus.writer_process import WriterProcesses
 
 DEFAULT_PATH = Path(".membus")
 # In the embedded default every writer lives in this process, so an entry pending longer than a
@@ -38,11 +45,18 @@ DEFAULT_PATH = Path(".membus")
 EMBEDDED_WORKER = WorkerConfig(min_idle_ms=1000, reclaim_every_s=1.0, max_deliveries=3)
 
 
+def store_socket(root: Path) -> Path:
+    """Where an embedded bus serves its shard to its writer processes."""
+    return socket_path(root.absolute(), "store.sock")
+
+
 def make_store(config: MembusConfig, root: Path) -> Store:
     if config.store.engine == "edge":
-        from membus.store_edge import EdgeStore
-
         return EdgeStore(config.store.path or root / "store", config.store.optimize_every)
+    if config.store.engine == "remote":
+        if config.store.path is None:
+            raise InvalidInput("a remote store needs store.path: the socket of the bus serving it")
+        return RemoteStore(config.store.path)
     from membus.store_qdrant import QdrantStore
 
     store: Store = QdrantStore(
@@ -131,21 +145,27 @@ async def connect(
         yield client, store, embedder
 
 
-async def maintain_loop(store: Store, writers: list[Writer], stop: anyio.Event) -> None:
-    """Index builds block the process, so run them only after writers have been quiet a while;
-    the TTL sweep (cheap, one ZRANGEBYSCORE per tenant when nothing expired) runs every round."""
+async def maintain_loop(
+    store: Store,
+    writers: list[Writer],
+    stop: anyio.Event,
+    activity: Callable[[], int] | None = None,
+) -> None:
+    """Index builds block the process, so run them only after writers have been quiet a while
+    (``activity``: a count that moves while they write; by default what they processed); the
+    TTL sweep (cheap, one ZRANGEBYSCORE per tenant when nothing expired) runs every round."""
     last_total, quiet_since = -1, time.monotonic()
     while not stop.is_set():
         with anyio.move_on_after(2.0):
             await stop.wait()
-        c = writers[0].consolidator
-        if c.config.ttl_by_kind or c.config.ttl_by_scope:
+        c = writers[0].consolidator if writers else None
+        if c is not None and (c.config.ttl_by_kind or c.config.ttl_by_scope):
             try:
                 for tenant in await tenants(c.redis):
                     await expiry.sweep(c, tenant)
             except Exception as exc:  # housekeeping: logged, retried next round, never fatal
                 structlog.get_logger("membus.expiry").warning("expiry.failed", error=repr(exc))
-        total = sum(w.processed for w in writers)
+        total = activity() if activity else sum(w.processed for w in writers)
         if total != last_total:
             last_total, quiet_since = total, time.monotonic()
         elif time.monotonic() - quiet_since > 5.0:
@@ -169,7 +189,11 @@ async def open(
         audit = AuditLog(client)
         bus = Bus(client, store, emb, config, gate, audit)
         stop = anyio.Event()
-        writers = make_writers(client, store, emb, config, config.writers, gate, bus.keys)
+        apart = config.writer_processes if isinstance(store, EdgeStore) else 0
+        writers = [] if apart else make_writers(
+            client, store, emb, config, config.writers, gate, bus.keys
+        )  # fmt: skip
+        children: WriterProcesses | None = None
         async with anyio.create_task_group() as tg:
             await tg.start(audit.run)
             await tg.start(bus.access_log.run)
@@ -179,7 +203,19 @@ async def open(
                 tg.start_soon(w.run, stop)
             if writers:
                 tg.start_soon(maintain_loop, store, writers, stop)
-            log.info("bus.open", path=str(root), writers=len(writers))
+            if apart:  # the shard stays here; writers run in child processes
+                assert isinstance(store, EdgeStore)
+                sock = store_socket(root)
+                meta = StoreMeta(embedder=emb.name, dim=emb.dim)
+                await tg.start(store_remote.serve, store, meta, sock)
+                url = config.redis.url or EmbeddedRedis(root / "redis").url
+                # imported here: ``python -m membus.writer_process`` must not find it loaded
+                from membus.writer_process import WriterProcesses
+
+                children = WriterProcesses(config, url, sock, apart)
+                await tg.start(children.run)
+                tg.start_soon(maintain_loop, store, [], stop, lambda: store.writes)
+            log.info("bus.open", path=str(root), writers=len(writers), processes=apart)
             raised: Exception | None = None
             try:
                 yield bus
@@ -189,9 +225,28 @@ async def open(
                 raised = exc
             finally:
                 stop.set()
+                if children is not None:
+                    await children.aclose()  # before the shard and Redis go
                 await audit.aclose()  # flushes what is buffered; ends its flusher
                 await bus.access_log.aclose()
                 tg.cancel_scope.cancel()  # the policy watcher runs until cancelled
         log.info("bus.closed", path=str(root))
         if raised is not None:
             raise raised
+
+
+async def run_writers(config: MembusConfig, root: Path, stop: anyio.Event) -> list[Writer]:
+    """``config.writers`` writers on their own connections until ``stop``: a writer process."""
+    async with connect(config, root) as (redis, store, embedder):
+        gate = await make_gate(config.policy, redis)
+        keys = KeyRegistry(redis)
+        writers = make_writers(redis, store, embedder, config, config.writers, gate, keys)
+        async with anyio.create_task_group() as outer:
+            if isinstance(gate, CasbinGate):
+                await outer.start(gate.watch)  # policy changes from other processes
+            async with anyio.create_task_group() as tg:
+                for w in writers:
+                    tg.start_soon(w.run, stop)
+                tg.start_soon(maintain_loop, store, writers, stop)
+            outer.cancel_scope.cancel()
+    return writers

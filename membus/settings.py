@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     ranking: RankingConfig = RankingConfig()
     # In-process writers for CLI commands; None: 1 on embedded Redis, 0 when workers run apart.
     writers: int | None = None
+    # embedded Edge store: run the writers in this many child processes (see MembusConfig)
+    writer_processes: int = 0
     log_level: LogLevel = "warning"
     log_json: bool = False
     # permissions: a casbin policy csv, and/or lines shared through Redis (seeded from the file)
@@ -149,6 +151,7 @@ class Settings(BaseSettings):
                     redact_scopes=self.policy_redact_scopes,
                 ),
                 writers=self.writers if self.writers is not None else int(self.embedded),
+                writer_processes=self.writer_processes,
             )
         except ValidationError as exc:
             raise invalid_from(exc, "settings") from None

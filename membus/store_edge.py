@@ -31,7 +31,7 @@ import anyio
 import qdrant_edge as q
 
 from membus import sparse
-from membus.edge_query import filter_of, ranked
+from membus.edge_query import Row, filter_of, ranked, rows
 from membus.embedder import Vectors
 from membus.errors import Conflict, InvalidInput, StoreLocked, Unavailable
 from membus.filters import FilterSpec, corpus_spec, spec, tenant_spec
@@ -76,6 +76,7 @@ class EdgeStore:
         self._dim = 0
         self._lexical = False
         self._idf = IdfWeights()  # cleared by every write (``_update``)
+        self.writes = 0  # updates so far: the idle loop builds indexes once they stop
 
     async def _run(self, fn: Callable[[], T]) -> T:
         def locked() -> T:
@@ -91,6 +92,7 @@ class EdgeStore:
         IDF statistics, so the cached weights go with it."""
         self._idf.clear()
         self._shard.update(op)
+        self.writes += 1
 
     def _take_file_lock(self) -> None:
         self._path.mkdir(parents=True, exist_ok=True)
@@ -147,21 +149,26 @@ class EdgeStore:
         if not memories:
             return
         check_batch(memories, vectors, self._dim)
+        await self.upsert_rows(rows(memories, self._lexical), vectors)
 
+    async def upsert_rows(self, batch: Sequence[Row], vectors: Vectors) -> None:
+        """Upsert memories already turned into rows (``edge_query.rows``): what a writer in
+        another process sends (``membus.store_remote``)."""
+        check_ids([pid for pid, _, _ in batch])
+        if vectors.ndim != 2 or vectors.shape != (len(batch), self._dim):
+            raise InvalidInput(f"vectors of shape {vectors.shape} do not fit {len(batch)} rows")
         # Point construction holds the GIL (~5 µs per payload value) so it stays on the caller's
-        # thread; update() goes to the worker thread, though it too holds the GIL nearly
-        # throughout (measured), so nothing else in this process runs meanwhile. Rows are
-        # converted one by one: one big ``tolist()`` is ~4x slower per row.
+        # thread; update() goes to the worker thread, where it lets the GIL go for part of the
+        # time. Rows are converted one by one: one big ``tolist()`` is ~4x slower per row.
         points = [
-            q.Point(m.id, self._vectors(m, vectors[i].tolist()), m.to_payload())
-            for i, m in enumerate(memories)
+            q.Point(pid, self._vectors(vectors[i].tolist(), lex), payload)
+            for i, (pid, payload, lex) in enumerate(batch)
         ]
         await self._run(lambda: self._update(q.UpdateOperation.upsert_points(points)))
 
-    def _vectors(self, memory: Memory, dense: list[float]) -> dict[str, Any]:
-        if not self._lexical:
+    def _vectors(self, dense: list[float], lex: sparse.SparseVec | None) -> dict[str, Any]:
+        if lex is None:
             return {_VECTOR: dense}
-        lex = sparse.document(memory.content)
         return {_VECTOR: dense, sparse.VECTOR: q.SparseVector(lex.indices, lex.values)}
 
     async def search(
