@@ -100,21 +100,24 @@ class Bus:
             Event.build(tenant=who.tenant, agent=who.agent, **d.model_dump(exclude_none=True))
             for d in drafts
         ]
-        records = []
-        decided: dict[tuple[str, str], Decision] = {}  # one gate call per action and scope
+        # one gate call, and one audit record naming its events, per action and scope
+        decided: dict[tuple[str, str], tuple[Decision, list[str]]] = {}
         for e in events:
             # withdrawing a fact (possibly another agent's) takes the forget right as well
             for action in ("publish", "forget") if e.kind == RETRACTION else ("publish",):
-                if (d := decided.get((action, e.scope))) is None:
-                    d = decided[(action, e.scope)] = await self.gate.decision(who, action, e.scope)
-                records.append(_record(who, action, e.scope, d.allowed, d.rule, event_ids=[e.id]))
-                if not d.allowed:
-                    await self.audit.record_many(records[-1:])  # the deny; nothing published
+                if (got := decided.get((action, e.scope))) is None:
+                    d = await self.gate.decision(who, action, e.scope)
+                    got = decided[(action, e.scope)] = (d, [])
+                got[1].append(e.id)
+                if not got[0].allowed:  # the deny is audited; nothing is published
+                    await self.audit.record(_record(who, action, e.scope, False, got[0].rule,
+                                                    event_ids=[e.id]))  # fmt: skip
                     raise PermissionDenied(who.agent, action, e.scope, who.tenant)
         events = [self._redact(e) for e in events]
         # signed here, checked by writers: the stream itself is not trusted
         positions = await publish_signed(self.redis, self.keys, events)
-        await self.audit.record_many(records)
+        await self.audit.record_many([_record(who, a, s, True, d.rule, event_ids=ids)
+                                      for (a, s), (d, ids) in decided.items()])  # fmt: skip
         return [Receipt(event_id=e.id, position=p, tenant=e.tenant, scope=e.scope)
                 for e, p in zip(events, positions, strict=True)]  # fmt: skip
 

@@ -23,12 +23,20 @@ class BatchReader:
     def __init__(self, redis: Redis, config: WorkerConfig, consumer: str, *, cluster: bool):
         self.redis, self.config, self.consumer, self.cluster = redis, config, consumer, cluster
         self._turn = 0
+        # a blocking read waited its full block_ms and found nothing, and nothing came since:
+        # the streams are idle, not merely drained by another writer a moment ago (idle work,
+        # such as the near-duplicate pass, waits for this instead of slowing an ingest)
+        self.quiet = False
 
     async def read(self, streams: Sequence[str], *, block: bool = True) -> Batch:
         """``block=False``: return at once when nothing is waiting (the writer has other work)."""
         batch = await (
             self._read_cluster(streams, block) if self.cluster else self._read_all(streams, block)
         )
+        if batch and any(entries for _, entries in batch):
+            self.quiet = False
+        elif block:
+            self.quiet = True
         return await self._linger(streams, batch)
 
     async def _read_all(self, streams: Sequence[str], block: bool = True, count: int = 0) -> Batch:
