@@ -17,9 +17,7 @@ from membus.cli_output import emit_json, print_dead_letters, print_stats, say
 from membus.dlq import DeadLetter, drop, list_dead, replay
 from membus.embedder import make_embedder
 from membus.errors import Conflict, InvalidInput
-from membus.policy import CasbinGate
-from membus.runtime import connect, maintain_loop, make_gate, make_store, make_writers
-from membus.signing import KeyRegistry
+from membus.runtime import connect, make_store, run_writers
 from membus.store import StoreMeta
 from membus.streams import Redis
 
@@ -47,22 +45,13 @@ def worker(
                 stack, connect(config, settings.data_dir), settings
             )
             stop = anyio.Event()
-            # writers re-ask the gate for every event, so they follow the same policy as the doors
-            gate = await make_gate(config.policy, redis)
-            keys = KeyRegistry(redis)
-            writers = make_writers(redis, store, embedder, config, concurrency, gate, keys)
+            running = f"membus worker: {concurrency} writer(s) running; SIGTERM/Ctrl-C stops"
+            config = config.model_copy(update={"writers": concurrency})
             async with anyio.create_task_group() as outer:
                 await outer.start(on_signals, stop, outer.cancel_scope)
-                if isinstance(gate, CasbinGate):
-                    await outer.start(gate.watch)  # policy changes from other processes
-                say(
-                    state.json,
-                    f"membus worker: {concurrency} writer(s) running; SIGTERM/Ctrl-C stops",
+                writers = await run_writers(
+                    redis, store, embedder, config, stop, lambda: say(state.json, running)
                 )
-                async with anyio.create_task_group() as tg:
-                    for w in writers:
-                        tg.start_soon(w.run, stop)
-                    tg.start_soon(maintain_loop, store, writers, stop)
                 outer.cancel_scope.cancel()
         return {
             "processed": sum(w.processed for w in writers),

@@ -235,18 +235,27 @@ async def open(
             raise raised
 
 
-async def run_writers(config: MembusConfig, root: Path, stop: anyio.Event) -> list[Writer]:
-    """``config.writers`` writers on their own connections until ``stop``: a writer process."""
-    async with connect(config, root) as (redis, store, embedder):
-        gate = await make_gate(config.policy, redis)
-        keys = KeyRegistry(redis)
-        writers = make_writers(redis, store, embedder, config, config.writers, gate, keys)
-        async with anyio.create_task_group() as outer:
-            if isinstance(gate, CasbinGate):
-                await outer.start(gate.watch)  # policy changes from other processes
-            async with anyio.create_task_group() as tg:
-                for w in writers:
-                    tg.start_soon(w.run, stop)
-                tg.start_soon(maintain_loop, store, writers, stop)
-            outer.cancel_scope.cancel()
+async def run_writers(
+    redis: Redis,
+    store: Store,
+    embedder: Embedder,
+    config: MembusConfig,
+    stop: anyio.Event,
+    started: Callable[[], None] | None = None,
+) -> list[Writer]:
+    """``config.writers`` writers (and their housekeeping) until ``stop``, with a gate of their
+    own: ``membus worker`` and an embedded bus's writer processes."""
+    # writers re-ask the gate for every event, so they follow the same policy as the doors
+    gate = await make_gate(config.policy, redis)
+    writers = make_writers(redis, store, embedder, config, config.writers, gate, KeyRegistry(redis))
+    async with anyio.create_task_group() as outer:
+        if isinstance(gate, CasbinGate):
+            await outer.start(gate.watch)  # policy changes from other processes
+        if started is not None:
+            started()
+        async with anyio.create_task_group() as tg:
+            for w in writers:
+                tg.start_soon(w.run, stop)
+            tg.start_soon(maintain_loop, store, writers, stop)
+        outer.cancel_scope.cancel()
     return writers

@@ -90,12 +90,16 @@ class WriterProcesses:
 
 async def _run(config: MembusConfig) -> None:
     from membus.cli_context import on_signals
-    from membus.runtime import run_writers
+    from membus.runtime import connect, run_writers
 
-    stop_ = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        await tg.start(on_signals, stop_, tg.cancel_scope)
-        await run_writers(config, Path("."), stop_)
+    stop = anyio.Event()
+    # redis.url and the store's socket are given: connect opens nothing under the path
+    async with (
+        connect(config, Path(".")) as (redis, store, embedder),
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(on_signals, stop, tg.cancel_scope)
+        await run_writers(redis, store, embedder, config, stop)
         tg.cancel_scope.cancel()
 
 
