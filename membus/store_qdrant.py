@@ -114,6 +114,7 @@ class QdrantStore:
         self._client: AsyncQdrantClient | None = None
         self._dim = 0
         self._lexical = False
+        self._fusion = sparse.SEMANTIC  # the embedder's, from open()
         self._log = log.bind(collection=collection, url=url if url == ":memory:" else "server")
 
     @asynccontextmanager
@@ -170,6 +171,7 @@ class QdrantStore:
                 await client.close()
             raise
         self._client, self._dim, self._lexical = client, meta.dim, meta.sparse is not None
+        self._fusion = sparse.fusion_for(meta.embedder)
 
     async def _check(self, client: AsyncQdrantClient, meta: StoreMeta) -> None:
         info = await client.get_collection(self._collection)
@@ -281,9 +283,7 @@ class QdrantStore:
         pool = boost.candidates if boost is not None else k  # what the rerank looks at
         if terms:
             corpus = _filter(corpus_spec(flt))
-            fused = m.RrfQuery(
-                rrf=m.Rrf(k=sparse.RRF_K, weights=[sparse.DENSE_WEIGHT, sparse.LEXICAL_WEIGHT])
-            )
+            fused = m.RrfQuery(rrf=m.Rrf(k=self._fusion.rrf_k, weights=self._fusion.weights))
             branches = _branches(query, terms, where, corpus, sparse.prefetch_limit(pool))
             below = m.Prefetch(prefetch=branches, query=fused, filter=where, limit=pool)
         else:  # no text, a dense-only store, or a query of stop words only: dense as before

@@ -17,7 +17,6 @@ from membus import sparse
 from membus.bm25 import BM25, tokenize
 from membus.errors import InvalidInput
 from membus.eval_locomo import (
-    REPORT_ORDER,
     dia_ids,
     first_turns,
     load,
@@ -28,6 +27,7 @@ from membus.eval_locomo import (
     sanitize,
     split_evidence,
 )
+from membus.eval_report import REPORT_ORDER
 from membus.store import Memory
 
 FIXTURE = Path(__file__).parent / "fixtures" / "locomo_tiny.json"
@@ -132,7 +132,7 @@ def test_run_eval_end_to_end_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert set(result) == {
         "recall@5", "recall@10", "recall@25", "bm25", "memories", "observations",
         "dropped_evidence", "questions", "ingest_s", "embedder", "lexical", "near_duplicate",
-        "context",
+        "context", "fusion",
     }  # fmt: skip
     assert set(result["bm25"]) == {"recall@5", "recall@10", "recall@25"}
     for table in (result, result["bm25"]):
@@ -145,6 +145,7 @@ def test_run_eval_end_to_end_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert result["embedder"].startswith("hashing")
     assert result["lexical"] == sparse.NAME  # hybrid retrieval by default
     assert result["context"] == "in reply to"
+    assert result["fusion"] == {"dense_weight": 0.1, "lexical_weight": 2.0, "rrf_k": 2}  # hashing's
     for table in (result, result["bm25"]):
         # the single-hop questions repeat their turn's words: both must find them at once
         assert table["recall@5"]["single-hop"] == 100.0
