@@ -190,6 +190,8 @@ async def open(
         bus = Bus(client, store, emb, config, gate, audit)
         stop = anyio.Event()
         apart = config.writer_processes if isinstance(store, EdgeStore) else 0
+        if config.writer_processes and not apart:  # processes of their own: `membus worker`
+            log.warning("bus.writer_processes_ignored", reason="only for the embedded Edge store")
         writers = [] if apart else make_writers(
             client, store, emb, config, config.writers, gate, bus.keys
         )  # fmt: skip

@@ -27,7 +27,6 @@ from typing import Any
 
 import anyio
 import numpy as np
-import structlog
 from anyio.abc import SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -40,7 +39,6 @@ from membus.store_edge import EdgeStore
 _SERVED = frozenset(
     {"meta", "upsert_rows", "search", "search_batch", "get", "delete", "count", "scroll"}
 )
-_log = structlog.get_logger("membus.store_remote")
 
 
 async def _send(stream: SocketStream, value: Any) -> None:

@@ -18,7 +18,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from membus.config import MembusConfig, StoreConfig
-from membus.embedded import _die_with_parent
+from membus.embedded import die_with_parent
 from membus.errors import InvalidInput
 
 
@@ -47,7 +47,7 @@ class WriterProcesses:
         proc = subprocess.Popen(
             [sys.executable, "-m", "membus.writer_process"],
             stdin=subprocess.PIPE,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         assert proc.stdin is not None
         proc.stdin.write(self._spec)
