@@ -10,6 +10,8 @@ from typing import cast
 import pytest
 import redis.asyncio as aioredis
 
+from membus.config import WorkerConfig
+from membus.reading import BatchReader
 from membus.streams import ensure_group, group_stats, idle, safe_trim_point, trim
 
 pytestmark = pytest.mark.anyio
@@ -130,3 +132,22 @@ async def test_idle_and_lag_follow_delivery_and_acks(r: aioredis.Redis) -> None:
     await r.xack(STREAM, "g1", *await read(r, "g1", 10))
     assert await idle(r, [STREAM], "g1")
     assert await idle(r, ["membus:{nobody}:events"], "g1")  # a stream that does not exist
+
+
+async def test_a_reader_is_quiet_only_after_a_blocking_read_found_nothing(
+    r: aioredis.Redis,
+) -> None:
+    """Idle work (the near-duplicate pass) waits for ``quiet``: an empty read right after
+    another writer took the entries, or a non-blocking one, must not count as idle."""
+    await ensure_group(r, STREAM, "writers")
+    reader = BatchReader(r, WorkerConfig(block_ms=20, linger_ms=0), "w1", cluster=False)
+    assert not reader.quiet
+    await reader.read([STREAM], block=False)
+    assert not reader.quiet  # a non-blocking miss proves nothing
+    assert not [e for _, e in await reader.read([STREAM]) if e]
+    assert reader.quiet  # waited block_ms: idle
+    await add(r, 3)
+    assert sum(len(e) for _, e in await reader.read([STREAM], block=False)) == 3
+    assert not reader.quiet  # work arrived
+    await reader.read([STREAM], block=False)
+    assert not reader.quiet
