@@ -7,12 +7,15 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 import pytest
 from pydantic import ValidationError
 
+import membus
 from membus.audit import AuditLog, AuditRecord, audit_key
+from membus.config import MembusConfig, RedisConfig
 from membus.errors import InvalidInput, Unavailable
 from membus.streams import Redis, redis_client
 from tests.redis_proc import free_port
@@ -198,3 +201,21 @@ async def test_a_flood_of_records_stays_cheap(redis: Redis) -> None:
     )
     since = datetime.now(UTC) - timedelta(minutes=1)
     assert len(await log.query(T, since=since, limit=n)) == n
+
+
+async def test_a_published_batch_is_one_record_per_decision_naming_its_events(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The gate decides once per (action, scope) of a batch; the audit says so once, with the
+    ids of every event that decision let in (and a retraction's forget decision apart)."""
+    config = MembusConfig(redis=RedisConfig(url=redis_url))
+    async with membus.open(tmp_path, config) as bus:
+        alice = bus.agent("alice", "acme")
+        scopes = ["t/a", "t/b", "t/a"]
+        drafts = [membus.Draft(content=f"note {i}", scope=s) for i, s in enumerate(scopes)]
+        got = await alice.publish_many(drafts)
+        await bus.audit.flush()
+        records = await AuditLog(bus.redis).query("acme", action="publish", newest_first=False)
+        by_scope = {r.scope: r.event_ids for r in records}
+        assert by_scope == {"t/a": [got[0].event_id, got[2].event_id], "t/b": [got[1].event_id]}
+        assert all(r.decision == "allow" for r in records)
