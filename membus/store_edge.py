@@ -2,10 +2,10 @@
 
 Edge allows one process per shard, and a second opener breaks the first one's next flush, so we
 take our own exclusive file lock before opening. Edge calls are synchronous, hold the GIL most
-of the time and run behind one lock: writes in a worker thread, a search on the caller's thread
-when the lock is free. ``optimize()`` (the HNSW build) holds the GIL for its whole run, so it is
-never called on a request path: ``maintain()`` runs it only when asked (idle time in the
-embedded runtime, or ``membus optimize``).
+of the time and run behind one lock: searches and upserts on the caller's thread when the lock is
+free, anything else in a worker thread. ``optimize()`` (the HNSW build) holds the GIL for its
+whole run, so it is never called on a request path: ``maintain()`` runs it only when asked (idle
+time in the embedded runtime, or ``membus optimize``).
 
 Hybrid recall (``membus.sparse``): every point also carries a BM25 sparse vector of its content,
 declared with Edge's IDF modifier. A search with ``text`` runs a dense and a lexical prefetch,
