@@ -112,6 +112,25 @@ def _non_finite(value: Any) -> bool:
     return False
 
 
+_PLAIN = (str, int, bool, type(None))  # exact types: JSON turns them back into themselves
+
+
+def _flat(value: dict[str, Any]) -> bool:
+    """One level of plain JSON scalars and finite floats, under string keys: the common case,
+    which needs neither the walks for depth and non-finite numbers nor a round trip to make it
+    canonical (a subclass, a tuple or a datetime is not plain: JSON would change it)."""
+    for k, x in value.items():
+        if type(k) is not str:
+            return False
+        t = type(x)
+        if t is float:
+            if not math.isfinite(x):
+                return False
+        elif t not in _PLAIN:
+            return False
+    return True
+
+
 class Event(BaseModel):
     """One observation published to the bus."""
 
@@ -164,15 +183,18 @@ class Event(BaseModel):
             raw = orjson.dumps(v)
         except TypeError as exc:
             raise ValueError(f"must be JSON-serialisable ({exc})") from None
-        if _non_finite(v):
+        flat = _flat(v)  # False for a non-finite float too: the walks below name the problem
+        if not flat and _non_finite(v):
             raise ValueError("contains NaN or Infinity, which JSON cannot carry")
         if len(raw) > MAX_METADATA_BYTES:
             raise ValueError(f"exceeds {MAX_METADATA_BYTES} bytes as JSON")
-        if _depth(v) > MAX_METADATA_DEPTH:
+        if not flat and _depth(v) > MAX_METADATA_DEPTH:
             raise ValueError(f"nests deeper than {MAX_METADATA_DEPTH} levels")
         for k in v:
             if len(k) > 64:
                 raise ValueError(f"key {k[:20]!r}… is longer than 64 chars")
+        if flat:  # already what the wire carries
+            return v
         # keep what the wire carries (tuples -> lists, datetimes -> strings), so it round-trips
         canonical: dict[str, Any] = orjson.loads(raw)
         return canonical

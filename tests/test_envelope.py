@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -207,11 +208,21 @@ def test_kind_is_matched_whole_not_searched(kind: str) -> None:
     assert [p["field"] for p in info.value.problems] == ["kind"]
 
 
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+class _Tag(str):
+    pass
+
+
 @pytest.mark.parametrize(
     "value",
-    [float("nan"), float("inf"), float("-inf"), (1, 2), datetime(2024, 1, 1, tzinfo=UTC), {1, 2}],
-    ids=["nan", "inf", "-inf", "tuple", "datetime", "set"],
-)
+    [float("nan"), float("inf"), float("-inf"), (1, 2), datetime(2024, 1, 1, tzinfo=UTC), {1, 2},
+     _Level.HIGH, _Tag("x"), 0.5, -0.0, 2**63 - 1, True, None, "plain"],
+    ids=["nan", "inf", "-inf", "tuple", "datetime", "set", "int-enum", "str-subclass", "float",
+         "negative-zero", "big-int", "bool", "none", "str"],
+)  # fmt: skip
 def test_metadata_is_rejected_or_travels_unchanged(value: Any) -> None:
     """BUG: orjson writes NaN/±Infinity as ``null``, tuples as lists and datetimes as strings, so
     the accepted event is not the one that travels. Metadata must be rejected or be canonical
