@@ -47,6 +47,7 @@ class WriterProcesses:
         proc = subprocess.Popen(
             [sys.executable, "-m", "membus.writer_process"],
             stdin=subprocess.PIPE,
+            stdout=2,  # its logs go to our stderr: our stdout may carry a result (bench --json)
             preexec_fn=die_with_parent,
         )
         assert proc.stdin is not None

@@ -52,10 +52,10 @@ PRESENT = (
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_quick_bench_reports_every_figure_as_one_json_object(
-    capsys: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     result = run_bench(json_output=True, quick=True)
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out  # file descriptor 1: the writer processes' output counts too
     printed = json.loads(out)  # exactly one JSON document: nothing else leaked to stdout
     assert printed == result
     for key in POSITIVE:
