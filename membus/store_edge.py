@@ -192,12 +192,12 @@ class EdgeStore:
         dense = q.QueryRequest(
             limit=pool, query=q.Query.Nearest(query, using=_VECTOR), filter=where, with_payload=True
         )
-        corpus = corpus_spec(flt)
+        corpus = corpus_spec(flt) if terms else None  # only a lexical branch needs it
 
         def find() -> Any:  # one locked call: no write between the weights and the search
             # no terms (no text, a dense-only store, stop words only), or no point the caller
             # may read holds any of them: the dense ranking alone
-            weighted = self._weigh(corpus, terms) if terms else None
+            weighted = self._weigh(corpus, terms) if corpus is not None and terms else None
             req = self._hybrid(query, weighted, where, pool) if weighted else dense
             return self._shard.query(ranked(req, boost, where, k) if boost else req)
 
