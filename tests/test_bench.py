@@ -63,6 +63,11 @@ def test_quick_bench_reports_every_figure_as_one_json_object(
     for key in PRESENT:
         assert key in result, key
     assert result["index_build_s"] >= 0
+    # the ratio's raw figure is the mean of the runs before and after the ingest (drift)
+    runs = result["raw_upsert_runs_points_per_s"]
+    assert len(runs) == 2 and all(x > 0 for x in runs)
+    assert result["raw_upsert_points_per_s"] == pytest.approx(sum(runs) / 2, abs=0.1)
+    assert set(result["writers_trial_events_per_s"]) == {"1", "2", "process:2", "processes:2x2"}
     assert result["memories_committed"] == result["memories"]
     assert result["visible_missing"] == 0
     assert result["machine"]["cpus"] >= 1 and result["machine"]["python"]
