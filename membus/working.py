@@ -11,6 +11,10 @@ Each one passes the same checks a consolidated memory would before it is shown:
 - signed by its agent, when writers verify signatures: the stream is not trusted, and an entry a
   writer would park must not be shown in the meantime either.
 
+Retractions among those entries are no memories of their own, but what they withdraw (the
+memories of their slot observed at or before their cut-off, stored or still in the tail) is
+hidden already: writers will drop it. A slot merged away into another is not followed here.
+
 Survivors are scored by cosine against the query with the bus's embedder and come back as
 ``Hit(working=True)``; their ``memory.id`` is the id the writer will give the memory, so recall
 drops a working hit once its consolidated memory is in the results. How far back it reads is
@@ -26,6 +30,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -39,6 +45,7 @@ from membus.envelope import LABELS, Event, scope_ancestors
 from membus.errors import InvalidInput
 from membus.filters import RecallFilter
 from membus.keys import TenantKeys
+from membus.ledger import Item
 from membus.signing import KeyRegistry, SignatureInvalid, verify
 from membus.store import Hit, Memory, point_id
 from membus.streams import REDIS_DOWN, Redis, unavailable
@@ -144,6 +151,19 @@ async def _signed(
     return out
 
 
+@dataclass
+class Working:
+    """Uncommitted entries as recall sees them: hits, and per slot the latest cut-off of the
+    retractions pending there (what was observed at or before it is withdrawn)."""
+
+    hits: list[Hit] = field(default_factory=list)
+    cuts: dict[str, datetime] = field(default_factory=dict)
+
+    def withdraws(self, slot: str | None, observed: datetime) -> bool:
+        cut = self.cuts.get(slot) if slot is not None else None
+        return cut is not None and observed <= cut
+
+
 async def working_hits(
     redis: Redis,
     flt: RecallFilter,
@@ -153,34 +173,58 @@ async def working_hits(
     registry: KeyRegistry | None,
     *,
     now_ms: int | None = None,
-) -> list[Hit]:
-    """Uncommitted events ``flt`` admits, as hits scored by cosine to ``query``, best first.
-    ``registry``: check signatures with it (None: writers do not verify, neither does this)."""
+) -> Working:
+    """Uncommitted events ``flt`` admits, as hits scored by cosine to ``query``, best first,
+    minus what pending retractions withdraw. ``registry``: check signatures with it (None:
+    writers do not verify, neither does this)."""
     if flt.grant.empty or flt.scopes == []:
-        return []
+        return Working()
     cfg = config.ranking
     entries = await uncommitted(
         redis, flt.tenant, config.worker.group, tail=cfg.working_tail,
         max_age_s=cfg.working_max_age_s, now_ms=now_ms or int(time.time() * 1000),
     )  # fmt: skip
-    found = [(e, f) for e, f in _parse(entries) if admits(e, flt)]
-    if not found:
-        return []
+    parsed = _parse(entries)
+    # a retraction counts whoever may read its scope: it can only hide, in its own scope
+    undo = [(e, f) for e, f in parsed if e.kind == RETRACTION and e.tenant == flt.tenant]
+    found = [(e, f) for e, f in parsed if admits(e, flt)]
+    if not found and not undo:
+        return Working()
     mids = {e.id: point_id(flt.tenant, e.id) for e, _ in found}
-    dead = await tombstoned(redis, flt.tenant, [*mids, *mids.values()])
+    dead = await tombstoned(redis, flt.tenant, [*mids, *mids.values(), *(e.id for e, _ in undo)])
     found = [(e, f) for e, f in found if e.id not in dead and mids[e.id] not in dead]
+    undo = [(e, f) for e, f in undo if e.id not in dead]
     if registry is not None:
-        found = await _signed(found, registry)
+        found, undo = await _signed(found, registry), await _signed(undo, registry)
+    out = Working(cuts=_cuts([e for e, _ in undo]))
+    fold = config.consolidation.enabled
+    found = [(e, f) for e, f in found if not out.withdraws(_slot(e, fold), e.created_at)]
     if not found:
-        return []
+        return out
     vectors = await embed([e.content for e, _ in found])
     scores = vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
-    hits = [
+    out.hits = [
         Hit(memory=Memory.from_event(e), score=float(s), working=True)
         for (e, _), s in zip(found, scores, strict=True)
     ]
-    hits.sort(key=lambda h: -h.score)
-    return hits
+    out.hits.sort(key=lambda h: -h.score)
+    return out
+
+
+def _slot(event: Event, fold: bool) -> str | None:
+    try:
+        return Item.of(event, fold=fold).slot
+    except InvalidInput:  # a writer parks it
+        return None
+
+
+def _cuts(retractions: Sequence[Event]) -> dict[str, datetime]:
+    cuts: dict[str, datetime] = {}
+    for e in retractions:
+        slot = _slot(e, True)  # a retraction names its slot whatever the folding
+        if slot is not None and (slot not in cuts or e.created_at > cuts[slot]):
+            cuts[slot] = e.created_at
+    return cuts
 
 
 def calibrate(
@@ -230,7 +274,10 @@ async def with_working(
     stored: Sequence[Hit],
 ) -> list[Hit]:
     """``stored`` plus the working hits not consolidated yet, on the store's score scale."""
-    working = await working_hits(redis, flt, query, embed, config, registry)
+    pending = await working_hits(redis, flt, query, embed, config, registry)
+    # a stored memory is withdrawn when its newest observation is (then all of them are)
+    stored = [h for h in stored if not pending.withdraws(h.memory.slot, h.memory.updated_at)]
+    working = pending.hits
     if not working:
         return list(stored)
     if stored:

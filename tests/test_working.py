@@ -304,10 +304,31 @@ async def test_stream_without_events_or_group(redis_url: str, tmp_path: Path) ->
         assert isinstance(bus, Bus)
 
 
-async def test_a_pending_retraction_is_not_working_memory(redis_url: str, tmp_path: Path) -> None:
-    async with membus.open(tmp_path, config(redis_url)) as bus:
+async def test_a_pending_retraction_hides_what_it_withdraws(redis_url: str, tmp_path: Path) -> None:
+    """A retraction in the tail is no hit of its own, and what it withdraws is hidden before a
+    writer applies it: the stored memory and the uncommitted events of its slot observed up to
+    its cut-off. What is observed after it, and other slots, still show; a plain recall shows
+    the store as the writers left it; once writers ran, the store agrees with what was shown."""
+    home, search = {"subject": "wiki", "key": "home"}, {"subject": "wiki", "key": "search"}
+    async with membus.open(tmp_path, config(redis_url, writers=1)) as bus:
         alice = bus.agent("alice", "acme")
-        await alice.publish("the wiki moved to notion", "team/docs", subject="wiki", key="home")
-        await alice.retract(scope="team/docs", subject="wiki", key="home", reason="moved back")
+        await alice.publish("the wiki lives in confluence", "team/docs", **home)
+        await alice.publish("the wiki search uses elastic", "team/docs", **search)
+        await bus.drain(10)
+    async with membus.open(tmp_path, config(redis_url)) as bus:  # no writers: all stays pending
+        alice = bus.agent("alice", "acme")
+        await alice.publish("the wiki moved to notion", "team/docs", **home)
+        await alice.retract(scope="team/docs", reason="moved back", **home)
         hits = await alice.recall("where is the wiki", k=10, working=True)
+        assert contents(hits) == {"the wiki search uses elastic"}
         assert [h.memory.kind for h in hits] == ["observation"]
+        stored = await alice.recall("where is the wiki", k=10)
+        assert contents(stored) == {"the wiki lives in confluence", "the wiki search uses elastic"}
+        await alice.publish("the wiki is back in confluence", "team/docs", **home)
+        hits = await alice.recall("where is the wiki", k=10, working=True)
+        shown = {"the wiki search uses elastic", "the wiki is back in confluence"}
+        assert contents(hits) == shown
+    async with membus.open(tmp_path, config(redis_url, writers=1)) as bus:
+        await bus.drain(10)
+        hits = await bus.agent("alice", "acme").recall("where is the wiki", k=10, working=True)
+        assert contents(hits) == shown and not any(h.working for h in hits)
