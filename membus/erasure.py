@@ -91,24 +91,30 @@ class _Criteria:
     within: Callable[[str], bool] | None
 
     def holds(self, memory_id: str | None, scope: Any, subject: Any, agents: Iterable[Any]) -> bool:
+        # cheapest tests first: erasure runs this over every slot and stream entry of a tenant
         return (
-            (self.within is None or (isinstance(scope, str) and self.within(scope)))
-            and (self.memory_ids is None or memory_id in self.memory_ids)
-            and (self.subject is None or subject == self.subject)
+            (self.subject is None or subject == self.subject)
             and (self.agent is None or self.agent in agents)
             and (
                 self.scope is None
                 or (isinstance(scope, str) and (scope + "/").startswith(self.scope + "/"))
             )
+            and (self.memory_ids is None or memory_id in self.memory_ids)
+            and (self.within is None or (isinstance(scope, str) and self.within(scope)))
         )
+
+    def id_of(self, event_id: Any) -> str | None:
+        """The memory id an event would get, when a criterion needs it (a uuid5 is not free)."""
+        if self.memory_ids is None or not isinstance(event_id, str):
+            return None
+        return point_id(self.tenant, event_id)
 
     def memory(self, m: Memory) -> bool:
         return self.holds(m.id, m.scope, m.subject, m.agents)
 
     def event(self, d: Mapping[str, Any]) -> bool:
-        eid = d.get("id")
-        mid = point_id(self.tenant, eid) if isinstance(eid, str) else None
-        return self.holds(mid, d.get("scope"), d.get("subject"), [d.get("agent")])
+        return self.holds(self.id_of(d.get("id")), d.get("scope"), d.get("subject"),
+                          [d.get("agent")])  # fmt: skip
 
 
 @dataclass
@@ -229,7 +235,7 @@ async def _pass(redis: Redis, store: Store, crit: _Criteria, st: _State, group: 
         tenant,
         lambda v: (
             v.event_id in st.events
-            or crit.holds(point_id(tenant, v.event_id), v.scope, v.subject, [v.agent])
+            or crit.holds(crit.id_of(v.event_id), v.scope, v.subject, [v.agent])
         ),
     )
     st.events.update(eid for _, eid in in_ledger)

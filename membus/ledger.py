@@ -89,6 +89,9 @@ return out
 """
 
 
+_SCAN_PAGE = 1000  # slots per SCAN call and per pipelined read in ``find_variants``
+
+
 def slot_prefix(tenant: str) -> str:
     return f"{PREFIX}:{{{tenant}}}:slot:"
 
@@ -189,13 +192,26 @@ async def find_variants(
     """Erasure's scan: (slot key, event id) of every variant ``match`` accepts. A full scan of
     the tenant's slots, like erasure's scans of its streams."""
     found: list[tuple[str, str]] = []
-    async for raw in redis.scan_iter(match=slot_prefix(tenant) + "*", count=1000):
-        key = _text(raw)
-        fields: Any = await redis.hgetall(key)
-        for f, v in fields.items():
-            name = _text(f)
-            if name.startswith("e:") and match(Variant.from_json(name[2:], _text(v))):
-                found.append((key, name[2:]))
+    page: list[str] = []
+
+    async def read() -> None:  # one round trip per page of slots, not one per slot
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in page:
+                pipe.hgetall(key)
+            hashes: list[Any] = await pipe.execute()
+        for key, fields in zip(page, hashes, strict=True):
+            for f, v in fields.items():
+                name = _text(f)
+                if name.startswith("e:") and match(Variant.from_json(name[2:], _text(v))):
+                    found.append((key, name[2:]))
+        page.clear()
+
+    async for raw in redis.scan_iter(match=slot_prefix(tenant) + "*", count=_SCAN_PAGE):
+        page.append(_text(raw))
+        if len(page) >= _SCAN_PAGE:
+            await read()
+    if page:
+        await read()
     return found
 
 
