@@ -197,8 +197,9 @@ async def working_hits(
     if registry is not None:
         found, undo = await _signed(found, registry), await _signed(undo, registry)
     out = Working(cuts=_cuts([e for e, _ in undo]))
-    fold = config.consolidation.enabled
-    found = [(e, f) for e, f in found if not out.withdraws(_slot(e, fold), e.created_at)]
+    if out.cuts:  # an event's slot costs its ledger item: only worth it with retractions about
+        fold = config.consolidation.enabled
+        found = [(e, f) for e, f in found if not out.withdraws(_slot(e, fold), e.created_at)]
     if not found:
         return out
     vectors = await embed([e.content for e, _ in found])
