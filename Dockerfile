@@ -8,11 +8,15 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 # hatchling needs the readme named in pyproject.toml next to it
 COPY pyproject.toml README.md ./
+COPY locks/base.txt ./locks/base.txt
 COPY membus ./membus
 COPY agents ./agents
+COPY policies ./policies
 # A venv is one directory to copy into the runtime stage, without build-time leftovers.
+# Every dependency comes from the committed lock at its exact version; membus itself adds none.
 RUN python -m venv /opt/membus \
- && /opt/membus/bin/pip install --no-compile . \
+ && /opt/membus/bin/pip install --no-compile -r locks/base.txt \
+ && /opt/membus/bin/pip install --no-compile --no-deps . \
  && /opt/membus/bin/python -m compileall -q /opt/membus/lib
 
 FROM python:3.11-slim

@@ -67,7 +67,13 @@ def bench(
 def eval_locomo(
     ctx: typer.Context,
     dataset: Annotated[
-        Path | None, typer.Option("--dataset", help="LoCoMo JSON (default: the shared copy).")
+        Path | None,
+        typer.Option(
+            "--dataset",
+            envvar="MEMBUS_LOCOMO_DATASET",
+            help="locomo10.json from the LoCoMo repository (not shipped: CC BY-NC); "
+            "default ../shared/datasets/locomo/locomo10.json.",
+        ),
     ] = None,
     embedder: Annotated[
         Literal["hashing", "minilm"], typer.Option("--embedder", help="hashing|minilm.")

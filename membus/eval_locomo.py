@@ -125,7 +125,12 @@ def resolve_dataset(dataset: Path) -> Path:
         if c.is_file():
             return c
     tried = ", ".join(str(c) for c in candidates)
-    raise InvalidInput(f"LoCoMo dataset not found (tried {tried}); pass --dataset PATH")
+    raise InvalidInput(
+        f"LoCoMo dataset not found (tried {tried}). membus does not ship it (CC BY-NC 4.0): "
+        f"download data/locomo10.json from the LoCoMo repository "
+        f"(https://github.com/snap-research/locomo) and pass --dataset PATH "
+        f"or set MEMBUS_LOCOMO_DATASET"
+    )
 
 
 def parse_date(raw: str) -> datetime:

@@ -381,7 +381,7 @@ class PolicyWatcher:
                 backoff = min(backoff * 2, 5.0)
             finally:
                 with anyio.CancelScope(shield=True):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     async def _listen(
         self, pubsub: aioredis.client.PubSub, on_change: Callable[[], Awaitable[None]]
