@@ -46,9 +46,9 @@ from agents.support_team import (
     team_step_count,
 )
 from membus import Agent, Bus, Change, Hit, MembusConfig, PermissionDenied, PolicyConfig, Receipt
-from membus.audit import AuditRecord
-from membus.keys import TenantKeys
-from membus.runtime import EMBEDDED_WORKER
+from membus.access.audit import AuditRecord
+from membus.core.config import EMBEDDED_WORKER
+from membus.core.keys import TenantKeys
 
 RECALL_K = 3
 # "everything I may read" in this demo: more than the tenant holds, so nothing hides behind k

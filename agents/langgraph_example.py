@@ -24,8 +24,8 @@ from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 
 import membus
-from membus.langgraph_store import MembusStore
-from membus.port import AgentPort
+from membus.integrations.langgraph import MembusStore
+from membus.integrations.port import AgentPort
 
 CUSTOMERS = ("team", "support", "customers")
 

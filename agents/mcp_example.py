@@ -26,8 +26,8 @@ from mcp import Client
 from mcp_types import CallToolResult
 
 import membus
-from membus.mcp_server import CHANGES_URI, build_server
-from membus.port import AgentPort
+from membus.integrations.mcp import CHANGES_URI, build_server
+from membus.integrations.port import AgentPort
 
 
 async def _tool(client: Client, name: str, **args: Any) -> CallToolResult:
@@ -45,9 +45,14 @@ async def run_example(path: Path) -> dict[str, Any]:
             out["tools"] = sorted(t.name for t in (await client.list_tools()).tools)
             async with client.listen(resource_subscriptions=[CHANGES_URI]) as changes:
                 stored = await _tool(
-                    client, "remember", content="The VPN gateway moved to vpn2.acme.internal.",
-                    scope="team/ops", kind="fact", subject="vpn", wait=True,
-                )  # fmt: skip
+                    client,
+                    "remember",
+                    content="The VPN gateway moved to vpn2.acme.internal.",
+                    scope="team/ops",
+                    kind="fact",
+                    subject="vpn",
+                    wait=True,
+                )
                 out["remember"] = stored.structured_content
                 with anyio.fail_after(10):
                     async for event in changes:

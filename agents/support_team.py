@@ -264,9 +264,8 @@ def demo_policy() -> Path:
     """``example.csv``, the one policy the README documents, wherever this install keeps it.
 
     Looked up relative to the packages (never the cwd), so ``membus demo`` works from anywhere:
-    beside ``membus`` (where a wheel would carry it, as ``membus.policy`` looks for its model)
-    or in the source tree above ``agents`` (an editable install or a checkout).
-    """
+    beside ``membus`` (where a wheel would carry it, as ``membus.access.policy`` looks for its
+    model) or in the source tree above ``agents`` (an editable install or a checkout)."""
     candidates = (
         Path(membus.__file__).resolve().parent / _POLICY,
         Path(__file__).resolve().parent.parent / _POLICY,

@@ -1,17 +1,74 @@
-"""membus: an event-driven, permission-scoped shared-memory bus for teams of AI agents."""
+"""membus: an event-driven, permission-scoped shared-memory bus for teams of AI agents.
 
-from membus.bus import Agent, Bus, Draft, Receipt
-from membus.client import Client, SyncClient
-from membus.config import MembusConfig, PolicyConfig, RedisConfig, StoreConfig, WorkerConfig
-from membus.embedder import Embedder, HashingEmbedder
-from membus.envelope import Event
-from membus.erasure import ErasureReport
+The public API is re-exported here, and imported on first use (PEP 562): ``import membus`` costs
+the error tree and nothing else, so the CLI, a worker or a hook that needs one name does not pay
+for Redis, Qdrant, numpy and FastAPI up front. The packages below follow one event's path:
+``core`` (envelope, config, key layout) -> ``access`` (the gate, signing, audit, redaction) ->
+``stream`` (the durable log, change feed, DLQ) -> ``writer`` (verify, consolidate, commit) ->
+``store`` (the store port and its Qdrant engines) -> ``recall`` (ranking) and ``bus`` (the
+API an agent holds), with ``embed``, ``runtime``, ``service``, ``integrations``, ``cli``,
+``bench`` and ``evaluation`` beside them. The README's Architecture section has the map.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from membus.errors import Conflict, InvalidInput, MembusError, PermissionDenied, Unavailable
-from membus.feed import Change
-from membus.gate import Gate, Identity, OpenGate, ReadGrant
-from membus.runtime import open
-from membus.store import Hit, Memory, RecallFilter, Store
-from membus.sync import SyncAgent, SyncBus, open_sync
+
+if TYPE_CHECKING:
+    from membus.access.gate import Gate, Identity, OpenGate, ReadGrant
+    from membus.bus.api import Agent, Bus
+    from membus.bus.draft import Draft, Receipt
+    from membus.bus.erasure import ErasureReport
+    from membus.core.config import (
+        MembusConfig,
+        PolicyConfig,
+        RedisConfig,
+        StoreConfig,
+        WorkerConfig,
+    )
+    from membus.core.envelope import Event
+    from membus.embed.hashing import HashingEmbedder
+    from membus.embed.port import Embedder
+    from membus.runtime.host import open
+    from membus.runtime.sync import SyncAgent, SyncBus, open_sync
+    from membus.service.client import Client, SyncClient
+    from membus.store.port import Hit, Memory, RecallFilter, Store
+    from membus.stream.feed import Change
+
+# public name -> the module that defines it
+_LAZY = {
+    "Agent": "membus.bus.api",
+    "Bus": "membus.bus.api",
+    "Change": "membus.stream.feed",
+    "Client": "membus.service.client",
+    "Draft": "membus.bus.draft",
+    "Embedder": "membus.embed.port",
+    "ErasureReport": "membus.bus.erasure",
+    "Event": "membus.core.envelope",
+    "Gate": "membus.access.gate",
+    "HashingEmbedder": "membus.embed.hashing",
+    "Hit": "membus.store.port",
+    "Identity": "membus.access.gate",
+    "MembusConfig": "membus.core.config",
+    "Memory": "membus.store.port",
+    "OpenGate": "membus.access.gate",
+    "PolicyConfig": "membus.core.config",
+    "ReadGrant": "membus.access.gate",
+    "RecallFilter": "membus.store.port",
+    "Receipt": "membus.bus.draft",
+    "RedisConfig": "membus.core.config",
+    "Store": "membus.store.port",
+    "StoreConfig": "membus.core.config",
+    "SyncAgent": "membus.runtime.sync",
+    "SyncBus": "membus.runtime.sync",
+    "SyncClient": "membus.service.client",
+    "WorkerConfig": "membus.core.config",
+    "open": "membus.runtime.host",
+    "open_sync": "membus.runtime.sync",
+}
 
 __all__ = [
     "Agent",
@@ -48,3 +105,16 @@ __all__ = [
     "open",
     "open_sync",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'membus' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -81,13 +81,28 @@ class ClusterProcess:
             node = self.directory / str(port)
             node.mkdir(parents=True, exist_ok=True)
             args = [
-                self.server, "--port", str(port), "--bind", "127.0.0.1",
-                "--dir", str(node), "--cluster-enabled", "yes",
-                "--cluster-config-file", str(node / "nodes.conf"),
-                "--cluster-node-timeout", "5000",
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-                "--logfile", str(node / "redis.log"),
-            ]  # fmt: skip
+                self.server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(node),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(node / "nodes.conf"),
+                "--cluster-node-timeout",
+                "5000",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--logfile",
+                str(node / "redis.log"),
+            ]
             self.procs.append(
                 subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             )
@@ -95,10 +110,14 @@ class ClusterProcess:
         for port in self.ports:
             self._wait(port, deadline, lambda c: bool(c.ping()))
         create = [
-            self.cli, "--cluster", "create",
+            self.cli,
+            "--cluster",
+            "create",
             *[f"127.0.0.1:{p}" for p in self.ports],
-            "--cluster-replicas", "0", "--cluster-yes",
-        ]  # fmt: skip
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        ]
         done = subprocess.run(create, capture_output=True, text=True, timeout=timeout_s)
         if done.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from membus import ranking
-from membus.config import RankingConfig
-from membus.embedder import Vectors
+from membus.access.gate import ReadGrant
+from membus.core.config import RankingConfig
+from membus.embed.port import Vectors
 from membus.errors import Conflict, InvalidInput, Unavailable
-from membus.gate import ReadGrant
-from membus.store import Memory, RecallFilter, Store, StoreMeta, numbers_key, point_id
+from membus.recall import ranking
+from membus.store.port import Memory, RecallFilter, Store, StoreMeta, numbers_key, point_id
 
 DIM = 8
 META = StoreMeta(embedder="conformance-v1", dim=DIM)
@@ -291,9 +291,12 @@ class StoreConformance:
             ("agent/bob", 0),
         ]
         batch = await fill(
-            store, [mem(i, scope=s).model_copy(update={"sensitivity": lvl})
-                    for i, (s, lvl) in enumerate(layout)]
-        )  # fmt: skip
+            store,
+            [
+                mem(i, scope=s).model_copy(update={"sensitivity": lvl})
+                for i, (s, lvl) in enumerate(layout)
+            ],
+        )
         by_scope = {m.scope: m.id for m in batch}
 
         async def seen(grant: ReadGrant, scopes: list[str] | None = None) -> set[str]:
@@ -312,8 +315,11 @@ class StoreConformance:
         assert await seen(g, scopes=["agent/bob"]) == set()
         assert await seen(ReadGrant()) == set()  # an empty grant sees nothing
         assert await seen(ReadGrant(all_scopes=True, clearance=0)) == {
-            "team/support", "team/support/secret", "team/sales", "agent/bob"
-        }  # fmt: skip
+            "team/support",
+            "team/support/secret",
+            "team/sales",
+            "agent/bob",
+        }
         for hit in await store.search(unit(0), flt(), 50):
             assert hit.memory.sensitivity == dict(layout)[hit.memory.scope]  # round-trips
 
@@ -445,7 +451,7 @@ class StoreConformance:
             hits = await store.search(unit(0), f, 10, text=text)
             assert [h.memory.id for h in hits] == [visible.id], text
 
-    # --- the rerank in the engine (membus.formula) --------------------------------------------
+    # --- the rerank in the engine (membus.store.formula) ------------------------------------------
 
     @pytest.mark.anyio
     async def test_boosted_search_ranks_as_the_python_rerank(self, store: Store) -> None:
@@ -456,10 +462,14 @@ class StoreConformance:
         odd: list[Any] = [None, 1.0, 0.0, "high", True, 7, -1, 0.25, float("inf"), [0.5]]
         now = T0 + timedelta(days=2)
         batch = [
-            mem(i, content=f"release train note {i}", at=T0 + timedelta(hours=5 * i),
-                metadata=None if odd[i % len(odd)] is None else {"importance": odd[i % len(odd)]})
+            mem(
+                i,
+                content=f"release train note {i}",
+                at=T0 + timedelta(hours=5 * i),
+                metadata=None if odd[i % len(odd)] is None else {"importance": odd[i % len(odd)]},
+            )
             for i in range(14)
-        ]  # fmt: skip
+        ]
         await store.upsert(batch, rows([ray(i) for i in range(len(batch))]))
         for text in (None, "release train note 3"):
             pool = await store.search(unit(0), flt(), ranking.candidates(4, cfg), text=text)

@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 
 import membus
-from membus.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
 
 POLL_S = 0.05
 SCOPE = "team/x"

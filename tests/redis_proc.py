@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from membus.embedded import redis_server_binary
+from membus.runtime.embedded import redis_server_binary
 
 
 def free_port() -> int:
@@ -36,11 +36,22 @@ class RedisProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         binary = shutil.which("redis-server") or redis_server_binary()
         args = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.directory), "--appendonly", "yes",
-            "--appendfsync", self.appendfsync, "--save", "",
-            "--logfile", str(self.directory / "redis.log"),
-        ]  # fmt: skip
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.appendfsync,
+            "--save",
+            "",
+            "--logfile",
+            str(self.directory / "redis.log"),
+        ]
         self.proc = subprocess.Popen(
             args,
             stdout=subprocess.DEVNULL,

@@ -10,16 +10,16 @@ import anyio
 import pytest
 
 import membus
-from membus import ranking
-from membus.access import Access, AccessLog, bump_access, forget_access, read_access
-from membus.bus import Bus
-from membus.config import MembusConfig, RankingConfig, RedisConfig, WorkerConfig
+from membus.access.policy import CasbinGate
+from membus.access.watch import MemorySource
+from membus.bus.api import Bus
+from membus.core.config import MembusConfig, RankingConfig, RedisConfig, WorkerConfig
+from membus.core.keys import TenantKeys
+from membus.core.redis import redis_client
 from membus.errors import InvalidInput
-from membus.keys import TenantKeys
-from membus.policy import CasbinGate
-from membus.policy_watch import MemorySource
-from membus.store import point_id
-from membus.streams import redis_client
+from membus.recall import ranking
+from membus.recall.heat import Access, AccessLog, bump_access, forget_access, read_access
+from membus.store.port import point_id
 from tests.redis_proc import RedisProcess
 
 pytestmark = pytest.mark.anyio
@@ -31,9 +31,7 @@ IDS = [f"00000000-0000-0000-0000-00000000000{i}" for i in range(3)]
 
 
 def config(url: str, **ranking: float) -> MembusConfig:
-    return MembusConfig(
-        redis=RedisConfig(url=url), worker=FAST, ranking=RankingConfig(**ranking)
-    )  # fmt: skip
+    return MembusConfig(redis=RedisConfig(url=url), worker=FAST, ranking=RankingConfig(**ranking))
 
 
 async def test_bump_read_and_forget_round_trip(redis_url: str) -> None:
@@ -53,8 +51,9 @@ async def test_bump_read_and_forget_round_trip(redis_url: str) -> None:
         assert await forget_access(redis, "acme", []) == 0
         # one hash-tagged key per tenant: same cluster slot as the tenant's streams
         assert set(await redis.keys("membus:*:access")) == {
-            TenantKeys("acme").access, TenantKeys("other").access,
-        }  # fmt: skip
+            TenantKeys("acme").access,
+            TenantKeys("other").access,
+        }
         assert TenantKeys("acme").access == "membus:{acme}:access"
     finally:
         await redis.aclose()
@@ -123,8 +122,9 @@ async def test_access_answers_only_for_memories_the_caller_may_recall(
         mine, ours = point_id("acme", private.event_id), point_id("acme", shared.event_id)
         await alice.recall("launch slips", k=5)
         assert {m: a.count for m, a in (await alice.access([mine, ours])).items()} == {
-            mine: 1, ours: 1,
-        }  # fmt: skip
+            mine: 1,
+            ours: 1,
+        }
         assert set(await bob.access([mine, ours])) == {ours}
         with pytest.raises(InvalidInput):
             await bob.access(["not-a-uuid"])
@@ -136,9 +136,13 @@ async def test_recall_survives_a_redis_that_refuses_the_bump(
     """A user without HINCRBY (an old ACL file): the recall answers, the failure is only logged."""
     admin = fresh_redis.client()
     admin.acl_setuser(
-        "nobump", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+        "nobump",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
         commands=["+@all", "-hincrby"],
-    )  # fmt: skip
+    )
     admin.close()
     async with membus.open(tmp_path, config(fresh_redis.url)) as bus:
         await bus.agent("alice", "acme").publish("the wifi password changed", scope="team/a")

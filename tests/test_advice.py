@@ -12,15 +12,15 @@ from typing import cast
 import pytest
 import redis.asyncio as aioredis
 
-from membus.advice import writes_key
-from membus.config import ConsolidationConfig, WorkerConfig
-from membus.embedder import HashingEmbedder
-from membus.envelope import Event, new_event_id
-from membus.keys import TenantKeys
-from membus.llm import Decision, Fact, FallbackConsolidator, Neighbour
-from membus.store import Memory, StoreMeta
-from membus.store_edge import EdgeStore
-from membus.worker import Writer
+from membus.core.config import ConsolidationConfig, WorkerConfig
+from membus.core.envelope import Event, new_event_id
+from membus.core.keys import TenantKeys
+from membus.embed.hashing import HashingEmbedder
+from membus.store.edge import EdgeStore
+from membus.store.port import Memory, StoreMeta
+from membus.writer.advice import writes_key
+from membus.writer.llm import Decision, Fact, FallbackConsolidator, Neighbour
+from membus.writer.worker import Writer
 
 pytestmark = pytest.mark.anyio
 
@@ -66,9 +66,13 @@ async def publish(redis: aioredis.Redis, *contents: str) -> Entries:
     stream = TenantKeys("acme").events
     for i, text in enumerate(contents):
         e = Event.build(
-            id=new_event_id(), tenant="acme", agent="a", scope="team/s", content=text,
+            id=new_event_id(),
+            tenant="acme",
+            agent="a",
+            scope="team/s",
+            content=text,
             created_at=T0 + timedelta(minutes=i),
-        )  # fmt: skip
+        )
         await redis.xadd(stream, {"e": e.to_json()})
     return cast(Entries, await redis.xrange(stream))
 

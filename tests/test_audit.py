@@ -14,10 +14,10 @@ import pytest
 from pydantic import ValidationError
 
 import membus
-from membus.audit import AuditLog, AuditRecord, audit_key
-from membus.config import MembusConfig, RedisConfig
+from membus.access.audit import AuditLog, AuditRecord, audit_key
+from membus.core.config import MembusConfig, RedisConfig
+from membus.core.redis import Redis, redis_client
 from membus.errors import InvalidInput, Unavailable
-from membus.streams import Redis, redis_client
 from tests.redis_proc import free_port
 
 pytestmark = pytest.mark.anyio

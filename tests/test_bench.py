@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from membus.bench import run_bench
+from membus.bench.run import run_bench
 
 POSITIVE = (
     "memories",

@@ -11,11 +11,11 @@ import pytest
 from pydantic import ValidationError
 
 import membus
-from membus.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.core.keys import TenantKeys
 from membus.errors import InvalidInput, Unavailable
-from membus.keys import TenantKeys
-from membus.store import point_id
-from membus.streams import group_stats
+from membus.store.port import point_id
+from membus.stream.ops import group_stats
 
 pytestmark = pytest.mark.anyio
 

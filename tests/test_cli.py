@@ -19,11 +19,10 @@ import structlog
 from typer.testing import CliRunner, Result
 
 import membus
-from membus.cli import app
-from membus.config import MembusConfig, RedisConfig
-from membus.keys import TenantKeys, tenants_key
-from membus.runtime import EMBEDDED_WORKER
-from membus.settings import Settings
+from membus.cli.app import app
+from membus.cli.settings import Settings
+from membus.core.config import EMBEDDED_WORKER, MembusConfig, RedisConfig
+from membus.core.keys import TenantKeys, tenants_key
 
 Invoke = Callable[..., Result]
 WHO = ["--agent", "alice", "--tenant", "acme"]
@@ -66,8 +65,18 @@ def json_lines(text: str) -> list[object]:
 
 
 def test_publish_worker_recall_round_trip(cli: Invoke, redis_url: str, tmp_path: Path) -> None:
-    out = cli("--json", "publish", "printer on floor 3 jams on A3", "--scope", "team/support",
-              *WHO, "--kind", "incident", "--meta", "ticket=42")  # fmt: skip
+    out = cli(
+        "--json",
+        "publish",
+        "printer on floor 3 jams on A3",
+        "--scope",
+        "team/support",
+        *WHO,
+        "--kind",
+        "incident",
+        "--meta",
+        "ticket=42",
+    )
     assert out.exit_code == 0, out.output
     (receipt,) = json_lines(out.stdout)
     assert isinstance(receipt, dict) and receipt["scope"] == "team/support"
@@ -140,8 +149,9 @@ def test_invalid_input_exits_2_with_a_clear_message(cli: Invoke) -> None:
 
 def test_unreachable_redis_exits_4(tmp_path: Path) -> None:
     url = "redis://127.0.0.1:1/0"
-    out = CliRunner().invoke(app, ["--path", str(tmp_path), "--redis-url", url, "dlq", "list",
-                                   "--tenant", "acme"])  # fmt: skip
+    out = CliRunner().invoke(
+        app, ["--path", str(tmp_path), "--redis-url", url, "dlq", "list", "--tenant", "acme"]
+    )
     assert out.exit_code == 4 and out.stderr.startswith("error: redis unavailable")
 
 

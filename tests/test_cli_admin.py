@@ -22,10 +22,10 @@ import redis
 import structlog
 from typer.testing import CliRunner, Result
 
-from membus.cli import app
-from membus.policy_watch import DEFAULT_CHANNEL
-from membus.service_auth import ApiKeys
-from membus.settings import Settings
+from membus.access.watch import DEFAULT_CHANNEL
+from membus.cli.app import app
+from membus.cli.settings import Settings
+from membus.service.auth import ApiKeys
 from tests.redis_proc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,8 +121,10 @@ def test_forget_erases_what_it_reports_and_respects_the_gate(cli: Invoke) -> Non
     assert _json(cli("recall", "refund", *CAROL, "--json")) == []
     forgets = _json(cli("audit", "--tenant", "acme", "--action", "forget", "--json"))
     assert [(f["agent"], f["decision"]) for f in forgets] == [
-        ("carol", "allow"), ("carol", "allow"), ("alice", "deny"),
-    ]  # fmt: skip
+        ("carol", "allow"),
+        ("carol", "allow"),
+        ("alice", "deny"),
+    ]
     assert forgets[1]["memory_ids"] == [gone] and forgets[1]["result_count"] == 1
 
 
@@ -145,21 +147,35 @@ def test_policy_check_prints_decision_and_rule_and_exits_3_on_deny(cli: Invoke) 
     assert out.stdout.startswith("allow  p, role:support-lead, acme, team/support/*, forget")
 
     bob = ["--agent", "bob", "--tenant", "acme"]
-    out = cli("policy", "check", *bob, "--action", "recall", "--scope", "team/support/billing/q",
-              "--json")  # fmt: skip
+    out = cli(
+        "policy", "check", *bob, "--action", "recall", "--scope", "team/support/billing/q", "--json"
+    )
     assert out.exit_code == 3
     assert orjson.loads(out.stdout) == {
-        "tenant": "acme", "agent": "bob", "action": "recall", "scope": "team/support/billing/q",
-        "decision": "deny", "rule": "p, bob, acme, team/support/billing/*, recall|subscribe, deny",
-    }  # fmt: skip
+        "tenant": "acme",
+        "agent": "bob",
+        "action": "recall",
+        "scope": "team/support/billing/q",
+        "decision": "deny",
+        "rule": "p, bob, acme, team/support/billing/*, recall|subscribe, deny",
+    }
     assert cli("policy", "check", *bob, "--action", "recall", "--scope", "a/../b").exit_code == 2
     # a question, not an act: nothing is audited
     assert _json(cli("audit", "--tenant", "acme", "--json")) == []
 
 
 def test_policy_check_without_a_policy_reports_the_open_gate(redis_url: str) -> None:
-    args = ["--redis-url", redis_url, "policy", "check", *ALICE, "--action", "admin",
-            "--scope", "org"]  # fmt: skip
+    args = [
+        "--redis-url",
+        redis_url,
+        "policy",
+        "check",
+        *ALICE,
+        "--action",
+        "admin",
+        "--scope",
+        "org",
+    ]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0 and out.stdout.startswith("allow  open gate")
 
@@ -196,9 +212,20 @@ def test_keys_new_prints_the_key_once_and_stores_only_its_digest(tmp_path: Path)
     key = out.stdout.strip()
     assert key.startswith("mbk_") and "shown only this once" in out.stderr
     op = CliRunner().invoke(
-        app, ["--json", "keys", "new", "--agent", "ops", "--tenant", "acme", "--operator",
-              "--file", str(keys)],
-    )  # fmt: skip
+        app,
+        [
+            "--json",
+            "keys",
+            "new",
+            "--agent",
+            "ops",
+            "--tenant",
+            "acme",
+            "--operator",
+            "--file",
+            str(keys),
+        ],
+    )
     op_key = _json(op)["key"]
 
     text = keys.read_text()
@@ -210,8 +237,9 @@ def test_keys_new_prints_the_key_once_and_stores_only_its_digest(tmp_path: Path)
     assert (alice.tenant, alice.agent, alice.operator) == ("acme", "alice", False)
     assert auth.authenticate(op_key).operator
 
-    bad = CliRunner().invoke(app, ["keys", "new", "--agent", "Al!ce", "--tenant", "acme",
-                                   "--file", str(keys)])  # fmt: skip
+    bad = CliRunner().invoke(
+        app, ["keys", "new", "--agent", "Al!ce", "--tenant", "acme", "--file", str(keys)]
+    )
     assert bad.exit_code == 2 and len(ApiKeys.from_file(keys)) == 2
 
 
@@ -220,11 +248,25 @@ def test_serve_answers_health_and_exits_0_on_sigterm(redis_url: str, tmp_path: P
     key = CliRunner().invoke(app, ["keys", "new", *ALICE, "--file", str(keys)]).stdout.strip()
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "membus.cli", "--path", str(tmp_path / "bus"), "--redis-url",
-         redis_url, "serve", "--port", str(port), "--api-keys", str(keys)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "membus.cli",
+            "--path",
+            str(tmp_path / "bus"),
+            "--redis-url",
+            redis_url,
+            "serve",
+            "--port",
+            str(port),
+            "--api-keys",
+            str(keys),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("MEMBUS_")},
-    )  # fmt: skip
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
@@ -255,7 +297,7 @@ def test_serve_answers_health_and_exits_0_on_sigterm(redis_url: str, tmp_path: P
                 str(keys),
             ],
         )
-        assert taken.exit_code == 2 and "cannot listen" in taken.stderr  # fmt: skip
+        assert taken.exit_code == 2 and "cannot listen" in taken.stderr
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
@@ -329,11 +371,19 @@ def test_mcp_command_binds_identity_from_flags_or_refuses(tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if k not in ("MEMBUS_API_KEY", "MEMBUS_URL")}
     ok = subprocess.run(
         [*exe, "--path", str(tmp_path / "d"), "mcp", "--agent", "alice", "--tenant", "acme"],
-        input="", capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert ok.returncode == 0, ok.stderr  # stdin closed: the session ends, the bus closes
     refused = subprocess.run(
-        [*exe, "mcp"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        [*exe, "mcp"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=env,
-    )  # fmt: skip
+    )
     assert refused.returncode == 2 and "--agent and --tenant" in refused.stderr

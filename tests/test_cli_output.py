@@ -11,11 +11,11 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
-from membus.cli import app
-from membus.cli_output import emit_json
-from membus.dlq import park
-from membus.keys import TenantKeys, tenants_key
-from membus.streams import redis_client
+from membus.cli.app import app
+from membus.cli.output import emit_json
+from membus.core.keys import TenantKeys, tenants_key
+from membus.core.redis import redis_client
+from membus.stream.dlq import park
 
 
 @pytest.fixture(autouse=True)

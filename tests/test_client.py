@@ -1,4 +1,5 @@
-"""``membus.client``: the same surface, models and errors as an in-process agent, over HTTP."""
+"""``membus.service.client``: the same surface, models and errors as an in-process agent, over
+HTTP."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import httpx
 import pytest
 
 import membus
-from membus.access import Access
-from membus.client import Client, SyncClient
+from membus.access.policy import CasbinGate
+from membus.access.watch import MemorySource
 from membus.errors import Conflict, InvalidInput, PermissionDenied, StoreLocked, Unavailable
-from membus.policy import CasbinGate
-from membus.policy_watch import MemorySource
-from membus.service import create_app
-from membus.service_limits import Limits
-from membus.wire import (
+from membus.recall.heat import Access
+from membus.service.app import create_app
+from membus.service.client import Client, SyncClient
+from membus.service.limits import Limits
+from membus.service.wire import (
     Backpressure,
     RateLimited,
     TooLarge,

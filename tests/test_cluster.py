@@ -17,12 +17,12 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 import membus
-from membus import dlq
-from membus.config import MembusConfig, RedisConfig, WorkerConfig
-from membus.erasure import tombstoned
-from membus.keys import TenantKeys
-from membus.policy_watch import PolicyWatcher
-from membus.streams import is_cluster, redis_client
+from membus.access.watch import PolicyWatcher
+from membus.bus.erasure import tombstoned
+from membus.core.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.core.keys import TenantKeys
+from membus.core.redis import is_cluster, redis_client
+from membus.stream import dlq
 from tests.cluster_proc import ClusterProcess, binaries
 
 pytestmark = pytest.mark.cluster
@@ -128,7 +128,7 @@ async def test_policy_announcements_reach_a_watcher_on_another_connection(
         heard.set()
 
     try:
-        # as membus.runtime.connect does: ClusterPubSub needs the slot map loaded first
+        # as membus.runtime.host.connect does: ClusterPubSub needs the slot map loaded first
         assert isinstance(listener, RedisCluster)
         await listener.initialize()
         watcher = PolicyWatcher(listener, resync_s=30)

@@ -1,4 +1,4 @@
-"""Unit tests of the consolidation rules (membus/consolidate.py): pure functions of a slot's
+"""Unit tests of the consolidation rules (membus/writer/consolidate.py): pure functions of a slot's
 events, so each rule is checked without Redis or a store."""
 
 from __future__ import annotations
@@ -8,8 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from membus.config import ConsolidationConfig
-from membus.consolidate import (
+from membus.core.config import ConsolidationConfig
+from membus.core.envelope import Event
+from membus.errors import InvalidInput
+from membus.store.port import point_id
+from membus.writer.consolidate import (
     RETRACTION,
     SlotState,
     Variant,
@@ -20,9 +23,6 @@ from membus.consolidate import (
     retraction_target,
     slot_of,
 )
-from membus.envelope import Event
-from membus.errors import InvalidInput
-from membus.store import point_id
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 CFG = ConsolidationConfig()
@@ -142,9 +142,12 @@ def test_ttl_by_kind_and_scope_sets_valid_to_from_the_newest_event() -> None:
 
 def test_the_result_depends_on_the_set_not_the_order() -> None:
     """Shuffled and duplicated variants materialise to the same memories."""
-    evs = [ev(i, c, subject="c1", key="k", agent=a, at=t) for i, (c, a, t) in enumerate(
-        [("a", "x", 0), ("b", "y", 1), ("a", "y", 2), ("c", "x", 50), ("c", "y", 51)]
-    )]  # fmt: skip
+    evs = [
+        ev(i, c, subject="c1", key="k", agent=a, at=t)
+        for i, (c, a, t) in enumerate(
+            [("a", "x", 0), ("b", "y", 1), ("a", "y", 2), ("c", "x", 50), ("c", "y", 51)]
+        )
+    ]
     want = materialize("acme", state(*evs), CFG)
     rng = random.Random(4)
     for _ in range(20):
@@ -168,7 +171,7 @@ def test_ledger_fields_round_trip_and_tombstoned_events_are_left_out() -> None:
 def test_materialized_memories_are_what_model_construct_makes(n: int) -> None:
     """The writer builds memories without ``model_construct`` (hot path): same state, same
     serialisations, for a one-event slot and a folded one."""
-    from membus.store import Memory
+    from membus.store.port import Memory
 
     plan = materialize("acme", state(*[ev(i, "Same text", at=i) for i in range(n)]), CFG)
     [m] = plan.upserts

@@ -19,20 +19,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import membus
-from membus import expiry
-from membus.config import ConsolidationConfig, MembusConfig, RedisConfig, WorkerConfig
-from membus.consolidate import RETRACTION
-from membus.embedder import HashingEmbedder
-from membus.envelope import Event, new_event_id
+from membus.access.policy import CasbinGate
+from membus.access.watch import MemorySource
+from membus.core.config import ConsolidationConfig, MembusConfig, RedisConfig, WorkerConfig
+from membus.core.envelope import Event, new_event_id
+from membus.core.keys import TenantKeys
+from membus.embed.hashing import HashingEmbedder
 from membus.errors import PermissionDenied
-from membus.feed import Change
-from membus.keys import TenantKeys
-from membus.ledger import dirty_key
-from membus.policy import CasbinGate
-from membus.policy_watch import MemorySource
-from membus.store import StoreMeta, point_id
-from membus.store_edge import EdgeStore
-from membus.worker import Writer
+from membus.store.edge import EdgeStore
+from membus.store.port import StoreMeta, point_id
+from membus.stream.feed import Change
+from membus.writer import expiry
+from membus.writer.consolidate import RETRACTION
+from membus.writer.ledger import dirty_key
+from membus.writer.worker import Writer
 
 pytestmark = pytest.mark.anyio
 
@@ -210,9 +210,13 @@ async def edge(path: Path) -> AsyncIterator[EdgeStore]:
 
 
 async def deliver(
-    redis: aioredis.Redis, store: EdgeStore, tenant: str, events: Sequence[Event], writers: int,
+    redis: aioredis.Redis,
+    store: EdgeStore,
+    tenant: str,
+    events: Sequence[Event],
+    writers: int,
     seed: int,
-) -> set[tuple[Any, ...]]:  # fmt: skip
+) -> set[tuple[Any, ...]]:
     """XADD the events, then hand them to ``writers`` writers at once in a shuffled order, a
     third of them twice; returns the tenant's memories as comparable tuples."""
     stream = TenantKeys(tenant).events
@@ -242,10 +246,20 @@ async def deliver(
         if offset is None:
             break
     return {
-        (m.scope, m.kind, m.content, m.subject, m.key, tuple(m.agents), tuple(m.source_events),
-         m.valid_from, m.valid_to, m.history)
+        (
+            m.scope,
+            m.kind,
+            m.content,
+            m.subject,
+            m.key,
+            tuple(m.agents),
+            tuple(m.source_events),
+            m.valid_from,
+            m.valid_to,
+            m.history,
+        )
         for m in memories
-    }  # fmt: skip
+    }
 
 
 def test_final_state_is_independent_of_order_duplicates_and_writer_count(

@@ -224,7 +224,7 @@ def test_env_example_lists_exactly_the_settings_membus_reads(
 ) -> None:
     """Operators copy .env.example: a renamed or new setting must show up there, and every
     example value must load."""
-    settings_mod = pytest.importorskip("membus.settings")
+    settings_mod = pytest.importorskip("membus.cli.settings")
     from pydantic import BaseModel
 
     settings_cls = settings_mod.Settings

@@ -6,7 +6,7 @@
   forget -> audit, dead letters and reclaim, and Redis' own ACL log must show no refused command
   (beyond the one refusal membus expects: CONFIG GET). The ``default`` user is refused.
 * compose.yaml parses; every service has a health check, telemetry is off, writers have >= 2
-  replicas, and every MEMBUS_* variable it or .env.example sets is one membus/settings.py reads.
+  replicas, and every MEMBUS_* variable it or .env.example sets is one membus/cli/settings.py reads.
 * The whole stack under testcontainers, only where a Docker engine answers (skipped otherwise).
 """
 
@@ -28,14 +28,20 @@ import redis
 import yaml  # type: ignore[import-untyped]
 
 import membus
-from membus import dlq
-from membus.config import MembusConfig, PolicyConfig, RedisConfig, RetentionConfig, WorkerConfig
-from membus.keys import TenantKeys
-from membus.policy import CasbinGate
-from membus.runtime import make_gate
-from membus.settings import Settings
-from membus.streams import redis_client
-from membus.worker import Writer
+from membus.access.policy import CasbinGate
+from membus.cli.settings import Settings
+from membus.core.config import (
+    MembusConfig,
+    PolicyConfig,
+    RedisConfig,
+    RetentionConfig,
+    WorkerConfig,
+)
+from membus.core.keys import TenantKeys
+from membus.core.redis import redis_client
+from membus.runtime.host import make_gate
+from membus.stream import dlq
+from membus.writer.worker import Writer
 from tests.redis_proc import RedisProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,11 +85,24 @@ class AclRedisProcess(RedisProcess):
         self.directory.mkdir(parents=True, exist_ok=True)
         binary = shutil.which("redis-server") or "redis-server"
         args = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.directory), "--appendonly", "yes",
-            "--appendfsync", self.appendfsync, "--save", "",
-            "--aclfile", str(self.aclfile), "--logfile", str(self.directory / "redis.log"),
-        ]  # fmt: skip
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.appendfsync,
+            "--save",
+            "",
+            "--aclfile",
+            str(self.aclfile),
+            "--logfile",
+            str(self.directory / "redis.log"),
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -273,7 +292,7 @@ def membus_vars(env: dict[str, Any] | list[str]) -> set[str]:
 
 
 def settings_vars() -> set[str]:
-    """Every variable membus/settings.py reads: flat fields and ``__``-nested model fields."""
+    """Every variable membus/cli/settings.py reads: flat fields and ``__``-nested model fields."""
     names = set()
     for name, field in Settings.model_fields.items():
         names.add(f"MEMBUS_{name.upper()}")
@@ -342,10 +361,27 @@ def test_compose_stack_publishes_and_recalls_over_http(monkeypatch: pytest.Monke
     # its own project: never touches the volumes of a stack a developer runs from this checkout
     monkeypatch.setenv("COMPOSE_PROJECT_NAME", f"membus-test-{os.getpid()}")
     minted = subprocess.run(
-        ["docker", "compose", "run", "--rm", "--no-deps", "--build", "api",
-         "keys", "new", "--agent", "carol", "--tenant", "acme"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
+        [
+            "docker",
+            "compose",
+            "run",
+            "--rm",
+            "--no-deps",
+            "--build",
+            "api",
+            "keys",
+            "new",
+            "--agent",
+            "carol",
+            "--tenant",
+            "acme",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert minted.returncode == 0, minted.stderr
     key = minted.stdout.strip().splitlines()[-1]
     with DockerCompose(ROOT, compose_file_name="compose.yaml", wait=True) as stack:

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from membus.config import WorkerConfig
-from membus.dlq import DeadLetter, DeadLetterNotFound, drop, list_dead, replay
-from membus.embedder import HashingEmbedder
+from membus.core.config import WorkerConfig
+from membus.core.keys import TenantKeys, tenants_key
+from membus.embed.hashing import HashingEmbedder
 from membus.errors import InvalidInput
-from membus.keys import TenantKeys, tenants_key
-from membus.store import StoreMeta
-from membus.store_edge import EdgeStore
-from membus.worker import Writer
+from membus.store.edge import EdgeStore
+from membus.store.port import StoreMeta
+from membus.stream.dlq import DeadLetter, DeadLetterNotFound, drop, list_dead, replay
+from membus.writer.worker import Writer
 
 pytestmark = pytest.mark.anyio
 TENANT = "acme"

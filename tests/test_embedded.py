@@ -14,10 +14,10 @@ import anyio
 import pytest
 
 import membus
-from membus.config import MembusConfig, WorkerConfig
-from membus.embedded import socket_path
+from membus.core.config import MembusConfig, WorkerConfig
 from membus.errors import Conflict
-from membus.store import point_id
+from membus.runtime.embedded import socket_path
+from membus.store.port import point_id
 
 pytestmark = pytest.mark.anyio
 
@@ -79,7 +79,7 @@ async def test_long_paths_fall_back_to_a_short_socket(tmp_path: Path) -> None:
 _HOST = """
 import sys, time
 import membus
-from membus.config import MembusConfig
+from membus.core.config import MembusConfig
 with membus.open_sync(sys.argv[1], MembusConfig(writers=0)) as bus:
     agent = bus.agent("alice", "acme")
     for i in range(int(sys.argv[2])):

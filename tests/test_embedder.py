@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import membus
-from membus.config import MembusConfig, RedisConfig
-from membus.embedder import HashingEmbedder
+from membus.core.config import MembusConfig, RedisConfig
+from membus.embed.hashing import HashingEmbedder
 from membus.errors import Conflict
-from membus.store import StoreMeta
-from membus.store_edge import EdgeStore
+from membus.store.edge import EdgeStore
+from membus.store.port import StoreMeta
 
 REPO = Path(__file__).resolve().parent.parent
 TEXTS = [
@@ -32,7 +32,7 @@ TEXTS = [
 
 _CHILD = """
 import json, sys
-from membus.embedder import HashingEmbedder
+from membus.embed.hashing import HashingEmbedder
 texts = json.loads(sys.stdin.read())
 print(HashingEmbedder(int(sys.argv[1])).embed(texts).tobytes().hex())
 """

@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import membus
-from membus.config import MembusConfig, RedisConfig
-from membus.envelope import MAX_CONTENT_BYTES, MAX_SCOPE_SEGMENTS, Event
+from membus.core.config import MembusConfig, RedisConfig
+from membus.core.envelope import MAX_CONTENT_BYTES, MAX_SCOPE_SEGMENTS, Event
+from membus.core.keys import TenantKeys, tenants_key
 from membus.errors import InvalidInput
-from membus.keys import TenantKeys, tenants_key
 
 NAME_RE = r"[a-z0-9][a-z0-9_-]{0,63}"
 SCOPE_RE = re.compile(rf"{NAME_RE}(/{NAME_RE}){{0,{MAX_SCOPE_SEGMENTS - 1}}}")
@@ -218,11 +218,39 @@ class _Tag(str):
 
 @pytest.mark.parametrize(
     "value",
-    [float("nan"), float("inf"), float("-inf"), (1, 2), datetime(2024, 1, 1, tzinfo=UTC), {1, 2},
-     _Level.HIGH, _Tag("x"), 0.5, -0.0, 2**63 - 1, True, None, "plain"],
-    ids=["nan", "inf", "-inf", "tuple", "datetime", "set", "int-enum", "str-subclass", "float",
-         "negative-zero", "big-int", "bool", "none", "str"],
-)  # fmt: skip
+    [
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        (1, 2),
+        datetime(2024, 1, 1, tzinfo=UTC),
+        {1, 2},
+        _Level.HIGH,
+        _Tag("x"),
+        0.5,
+        -0.0,
+        2**63 - 1,
+        True,
+        None,
+        "plain",
+    ],
+    ids=[
+        "nan",
+        "inf",
+        "-inf",
+        "tuple",
+        "datetime",
+        "set",
+        "int-enum",
+        "str-subclass",
+        "float",
+        "negative-zero",
+        "big-int",
+        "bool",
+        "none",
+        "str",
+    ],
+)
 def test_metadata_is_rejected_or_travels_unchanged(value: Any) -> None:
     """BUG: orjson writes NaN/±Infinity as ``null``, tuples as lists and datetimes as strings, so
     the accepted event is not the one that travels. Metadata must be rejected or be canonical

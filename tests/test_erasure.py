@@ -14,25 +14,27 @@ import orjson
 import pytest
 
 import membus
-from membus.bus import Bus
-from membus.config import MembusConfig, RedisConfig, WorkerConfig
-from membus.embedder import HashingEmbedder, Vectors
-from membus.envelope import Event, new_event_id
-from membus.erasure import (
+from membus.access.signing import KeyRegistry
+from membus.bus.api import Bus
+from membus.bus.erasure import (
     erased,
     errors_key,
     forget,
     is_tombstoned,
     tombstoned,
 )
+from membus.core.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.core.envelope import Event, new_event_id
+from membus.core.keys import TenantKeys, tenants_key
+from membus.core.redis import Redis, redis_client
+from membus.embed.hashing import HashingEmbedder
+from membus.embed.port import Vectors
 from membus.errors import InvalidInput
-from membus.feed import upsert_fields
-from membus.keys import TenantKeys, tenants_key
-from membus.signing import KeyRegistry, publish_signed
-from membus.store import Memory, Store, StoreMeta, point_id
-from membus.store_edge import EdgeStore
-from membus.streams import Redis, redis_client
-from membus.worker import Writer
+from membus.store.edge import EdgeStore
+from membus.store.port import Memory, Store, StoreMeta, point_id
+from membus.stream.feed import upsert_fields
+from membus.stream.ops import publish_signed
+from membus.writer.worker import Writer
 
 pytestmark = pytest.mark.anyio
 

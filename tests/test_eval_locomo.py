@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from membus import sparse
-from membus.bm25 import BM25, tokenize
 from membus.errors import InvalidInput
-from membus.eval_locomo import (
+from membus.evaluation.locomo import (
     dia_ids,
     first_turns,
     load,
@@ -27,8 +25,10 @@ from membus.eval_locomo import (
     sanitize,
     split_evidence,
 )
-from membus.eval_report import REPORT_ORDER
-from membus.store import Memory
+from membus.evaluation.report import REPORT_ORDER
+from membus.store import sparse
+from membus.store.bm25 import BM25, tokenize
+from membus.store.port import Memory
 
 FIXTURE = Path(__file__).parent / "fixtures" / "locomo_tiny.json"
 
@@ -130,10 +130,21 @@ def test_run_eval_end_to_end_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert out.count("\n") == 1
 
     assert set(result) == {
-        "recall@5", "recall@10", "recall@25", "bm25", "memories", "observations",
-        "dropped_evidence", "questions", "ingest_s", "embedder", "lexical", "near_duplicate",
-        "context", "fusion",
-    }  # fmt: skip
+        "recall@5",
+        "recall@10",
+        "recall@25",
+        "bm25",
+        "memories",
+        "observations",
+        "dropped_evidence",
+        "questions",
+        "ingest_s",
+        "embedder",
+        "lexical",
+        "near_duplicate",
+        "context",
+        "fusion",
+    }
     assert set(result["bm25"]) == {"recall@5", "recall@10", "recall@25"}
     for table in (result, result["bm25"]):
         for k in ("recall@5", "recall@10", "recall@25"):

@@ -1,15 +1,15 @@
-"""The IDF weight cache behind Edge's hybrid recall (membus/idf.py): what it learns, forgets and
-leaves out. The end-to-end property (scores blind to memories outside the grant, never stale
+"""The IDF weight cache behind Edge's hybrid recall (membus/store/idf.py): what it learns, forgets
+and leaves out. The end-to-end property (scores blind to memories outside the grant, never stale
 after a write) is in the store conformance suite."""
 
 from __future__ import annotations
 
 import math
 
-from membus.filters import Cond, FilterSpec, RecallFilter, corpus_spec
-from membus.gate import ReadGrant
-from membus.idf import IdfWeights, corpus_key
-from membus.sparse import SparseVec
+from membus.access.gate import ReadGrant
+from membus.store.filters import Cond, FilterSpec, RecallFilter, corpus_spec
+from membus.store.idf import IdfWeights, corpus_key
+from membus.store.sparse import SparseVec
 
 
 def test_weights_are_the_ratio_of_the_best_scores_and_absent_terms_drop_out() -> None:
@@ -48,8 +48,9 @@ def test_the_corpus_is_the_grant_not_the_request() -> None:
     a different grant is a different corpus."""
     grant = ReadGrant(all_scopes=False, include=["team/a"], exclude=["team/a/x"], clearance=1)
     plain = corpus_spec(RecallFilter(tenant="t", grant=grant))
-    narrowed = corpus_spec(RecallFilter(tenant="t", grant=grant, scopes=["team/a/b"],
-                                        kinds=["fact"]))  # fmt: skip
+    narrowed = corpus_spec(
+        RecallFilter(tenant="t", grant=grant, scopes=["team/a/b"], kinds=["fact"])
+    )
     assert corpus_key(plain) == corpus_key(narrowed)
     assert Cond("tenant", value="t") in plain.must
     assert all(c.field != "valid_to_ts" for c in plain.must)

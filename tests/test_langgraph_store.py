@@ -12,18 +12,18 @@ import anyio
 import pytest
 
 import membus
-from membus.config import MembusConfig, RedisConfig
+from membus.access.gate import Gate
+from membus.access.policy import CasbinGate
+from membus.access.watch import MemorySource
+from membus.core.config import MembusConfig, RedisConfig
 from membus.errors import InvalidInput, PermissionDenied
-from membus.gate import Gate
-from membus.policy import CasbinGate
-from membus.policy_watch import MemorySource
-from membus.port import AgentPort
+from membus.integrations.port import AgentPort
 
 pytest.importorskip("langgraph.store.base")
 
 from langgraph.store.base import InvalidNamespaceError
 
-from membus.langgraph_store import MembusStore, scope_of
+from membus.integrations.langgraph import MembusStore, scope_of
 
 pytestmark = pytest.mark.anyio
 
@@ -84,8 +84,9 @@ async def test_search_covers_the_subtree_with_filters(tmp_path: Path, redis_url:
         de = await store.asearch(SUPPORT, query="refund", filter={"lang": "de"})
         assert [h.key for h in de] == ["b"]
         assert [h.key for h in await store.asearch((), filter={"lang": {"$ne": "de"}})] == [
-            "c", "a",
-        ]  # fmt: skip
+            "c",
+            "a",
+        ]
         assert [h.key for h in await store.asearch(("team",))] == ["c", "b", "a"]
         assert [h.key for h in await store.asearch(("team",), limit=1, offset=1)] == ["b"]
 
@@ -108,17 +109,23 @@ async def test_list_namespaces_from_scopes(tmp_path: Path, redis_url: str) -> No
         for ns in [SUPPORT, (*SUPPORT, "tier1"), ("team", "sales"), ("org", "tier1")]:
             await store.aput(ns, "k", {"text": "x"})
         assert await store.alist_namespaces() == [
-            ("org", "tier1"), ("team", "sales"), SUPPORT, (*SUPPORT, "tier1"),
-        ]  # fmt: skip
+            ("org", "tier1"),
+            ("team", "sales"),
+            SUPPORT,
+            (*SUPPORT, "tier1"),
+        ]
         assert await store.alist_namespaces(prefix=("team",), max_depth=2) == [
-            ("team", "sales"), SUPPORT,
-        ]  # fmt: skip
+            ("team", "sales"),
+            SUPPORT,
+        ]
         assert await store.alist_namespaces(suffix=("tier1",)) == [
-            ("org", "tier1"), (*SUPPORT, "tier1"),
-        ]  # fmt: skip
+            ("org", "tier1"),
+            (*SUPPORT, "tier1"),
+        ]
         assert await store.alist_namespaces(prefix=("*", "support")) == [
-            SUPPORT, (*SUPPORT, "tier1"),
-        ]  # fmt: skip
+            SUPPORT,
+            (*SUPPORT, "tier1"),
+        ]
         assert await store.alist_namespaces(limit=1, offset=1) == [("team", "sales")]
 
 

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 import redis.asyncio as aioredis
 
-from membus import ledger
-from membus.envelope import Event
-from membus.ledger import Item, Ledger, find_variants, slot_key
+from membus.core.envelope import Event
+from membus.writer import ledger
+from membus.writer.ledger import Item, Ledger, find_variants, slot_key
 
 pytestmark = pytest.mark.anyio
 
@@ -39,8 +39,11 @@ async def test_every_matching_variant_is_found_across_pages(
         await Ledger(redis).add("acme", items)
         await Ledger(redis).add("other", [Item.of(_event("other", i)) for i in range(6)])
         found = await find_variants(redis, "acme", lambda v: v.subject == "ana")
-        want = {(slot_key("acme", it.slot), e.id) for e, it in zip(events, items, strict=True)
-                if e.subject == "ana"}  # fmt: skip
+        want = {
+            (slot_key("acme", it.slot), e.id)
+            for e, it in zip(events, items, strict=True)
+            if e.subject == "ana"
+        }
         assert sorted(found) == sorted(want) and len(found) == 9
     finally:
         await redis.aclose()

@@ -19,8 +19,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from membus.envelope import Event
-from membus.llm import (
+from membus.core.envelope import Event
+from membus.store.port import Memory
+from membus.writer.llm import (
     Consolidator,
     Decision,
     Fact,
@@ -37,7 +38,6 @@ from membus.llm import (
     provenance,
     with_provenance,
 )
-from membus.store import Memory
 from tests.redis_proc import free_port
 from tests.test_service import running
 
@@ -84,11 +84,14 @@ class FakeOpenAI:
                 "object": "chat.completion",
                 "model": "fake-4o-2025",
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": content},
-                     "finish_reason": "stop"}
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
                 ],
             }
-        )  # fmt: skip
+        )
 
 
 @asynccontextmanager
@@ -108,9 +111,13 @@ def answer(action: str, target: Any = None, reason: str = "because") -> str:
 
 @pytest.mark.parametrize(
     ("action", "target", "expected"),
-    [("add", None, None), ("update", 1, "m-berlin"), ("delete", "1", "m-berlin"),
-     ("none", 2, "m-tea")],
-)  # fmt: skip
+    [
+        ("add", None, None),
+        ("update", 1, "m-berlin"),
+        ("delete", "1", "m-berlin"),
+        ("none", 2, "m-tea"),
+    ],
+)
 async def test_each_action_parsed_from_a_real_endpoint(
     action: str, target: Any, expected: str | None
 ) -> None:
@@ -143,9 +150,13 @@ def test_the_prompt_carries_the_fact_and_the_numbered_neighbours() -> None:
     assert all(a in system["content"] for a in ('"add"', '"update"', '"delete"', '"none"'))
     data = orjson.loads(user["content"])
     assert data["fact"] == {
-        "text": FACT.content, "kind": "observation", "subject": "alice", "key": None,
-        "agent": "scout", "at": "2025-05-02T12:00:00+00:00",
-    }  # fmt: skip
+        "text": FACT.content,
+        "kind": "observation",
+        "subject": "alice",
+        "key": None,
+        "agent": "scout",
+        "at": "2025-05-02T12:00:00+00:00",
+    }
     assert [m["n"] for m in data["memories"]] == [1, 2]
     assert data["memories"][0]["text"] == BERLIN.content
     assert "m-berlin" not in user["content"]  # numbers, not ids: nothing to mistype
@@ -222,8 +233,11 @@ async def test_endpoint_failures_fall_back_and_are_counted(
     [entry] = [e for e in logs if e["event"] == "llm_consolidator_fell_back"]
     assert entry["log_level"] == "warning"
     assert (entry["tenant"], entry["scope"], entry["event"], entry["kind"]) == (
-        "acme", "team/a", "llm_consolidator_fell_back", kind,
-    )  # fmt: skip
+        "acme",
+        "team/a",
+        "llm_consolidator_fell_back",
+        kind,
+    )
 
 
 async def test_an_unreachable_endpoint_falls_back() -> None:
@@ -405,8 +419,9 @@ async def test_a_port_that_never_answers_is_cut_off_by_the_deadline() -> None:
 
 def test_facts_and_neighbours_from_events_and_memories() -> None:
     event = Event.build(tenant="acme", scope="team/a", agent="scout", content="x", label="internal")
-    assert Fact.of(event) == Fact("x", "team/a", "observation", None, None, "scout",
-                                  event.created_at, "internal")  # fmt: skip
+    assert Fact.of(event) == Fact(
+        "x", "team/a", "observation", None, None, "scout", event.created_at, "internal"
+    )
     m = Memory.from_event(event)
     assert Neighbour.of(m, 0.7) is None  # no slot: written before consolidation
     slotted = m.model_copy(update={"slot": "team/a:tX"})

@@ -14,18 +14,18 @@ import orjson
 import pytest
 
 import membus
-from membus.config import MembusConfig, RedisConfig
-from membus.gate import Gate
-from membus.policy import CasbinGate
-from membus.policy_watch import MemorySource
-from membus.port import AgentPort
+from membus.access.gate import Gate
+from membus.access.policy import CasbinGate
+from membus.access.watch import MemorySource
+from membus.core.config import MembusConfig, RedisConfig
+from membus.integrations.port import AgentPort
 
 mcp = pytest.importorskip("mcp")
 
 from mcp import Client  # noqa: E402
 from mcp_types import CallToolResult  # noqa: E402
 
-from membus.mcp_server import CHANGES_URI, build_server  # noqa: E402
+from membus.integrations.mcp import CHANGES_URI, build_server  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
@@ -72,10 +72,14 @@ async def test_remember_then_recall_returns_provenance(tmp_path: Path, redis_url
     async with connected(tmp_path, redis_url) as (bus, client):
         receipt = ok(
             await call(
-                client, "remember", content="Refunds over 500 EUR need a lead's approval.",
-                scope="team/support", kind="fact", subject="refunds",
+                client,
+                "remember",
+                content="Refunds over 500 EUR need a lead's approval.",
+                scope="team/support",
+                kind="fact",
+                subject="refunds",
             )
-        )  # fmt: skip
+        )
         assert receipt["tenant"] == TENANT and receipt["scope"] == "team/support"
         await bus.drain(10)
         found = ok(await call(client, "recall", query="refund approval", scopes=["team/support"]))
@@ -117,8 +121,11 @@ async def test_forged_agent_or_tenant_is_refused(tmp_path: Path, redis_url: str)
 async def test_forget_erases_a_memory(tmp_path: Path, redis_url: str) -> None:
     """forget by memory id removes it; recall no longer finds it; no criterion is an error."""
     async with connected(tmp_path, redis_url) as (_, client):
-        ok(await call(client, "remember", content="temp door code 4711", scope="team/ops",
-                      wait=True))  # fmt: skip
+        ok(
+            await call(
+                client, "remember", content="temp door code 4711", scope="team/ops", wait=True
+            )
+        )
         [mem] = ok(await call(client, "recall", query="door code"))["memories"]
         gone = ok(await call(client, "forget", memory_id=mem["id"]))
         assert gone == {"forgotten": 1, "memory_ids": [mem["id"]]}
@@ -183,10 +190,10 @@ async def test_over_the_service_client(tmp_path: Path, redis_url: str) -> None:
     identity, remember(wait) is read-your-write, and forging is refused the same way."""
     import httpx
 
-    from membus.client import Client as HttpClient
-    from membus.port import ClientPort
-    from membus.service import create_app
-    from membus.service_auth import ApiKeys
+    from membus.integrations.port import ClientPort
+    from membus.service.app import create_app
+    from membus.service.auth import ApiKeys
+    from membus.service.client import Client as HttpClient
 
     key = "mcp-key-0123456789abcdef"
     cfg = MembusConfig(redis=RedisConfig(url=redis_url))
@@ -195,8 +202,11 @@ async def test_over_the_service_client(tmp_path: Path, redis_url: str) -> None:
         transport = httpx.ASGITransport(app=app)
         http = HttpClient("http://membus", key, transport=transport)
         async with http, Client(build_server(ClientPort(http)), cache=None) as client:
-            ok(await call(client, "remember", content="cutover friday", scope="team/ops",
-                          wait=True))  # fmt: skip
+            ok(
+                await call(
+                    client, "remember", content="cutover friday", scope="team/ops", wait=True
+                )
+            )
             [mem] = ok(await call(client, "recall", query="cutover"))["memories"]
             assert mem["provenance"]["agents"] == ["carol"]
             forged = await call(client, "recall", query="x", agent="alice")
@@ -209,14 +219,15 @@ async def test_over_the_service_client(tmp_path: Path, redis_url: str) -> None:
 async def test_api_key_binds_the_identity(tmp_path: Path, redis_url: str) -> None:
     """`membus mcp` with MEMBUS_API_KEY on an embedded bus: the service's key file maps the key
     to its agent; an unknown key fails at start."""
-    from membus.mcp_server import open_port
-    from membus.service_auth import hash_key
-    from membus.wire import Unauthenticated
+    from membus.integrations.mcp import open_port
+    from membus.service.auth import hash_key
+    from membus.service.wire import Unauthenticated
 
     key = "mbk_" + "k" * 32
     keys = tmp_path / "keys.json"
-    keys.write_bytes(orjson.dumps({"keys": [{"sha256": hash_key(key), "agent": "dana",
-                                             "tenant": "acme"}]}))  # fmt: skip
+    keys.write_bytes(
+        orjson.dumps({"keys": [{"sha256": hash_key(key), "agent": "dana", "tenant": "acme"}]})
+    )
     cfg = MembusConfig(redis=RedisConfig(url=redis_url))
     async with open_port(cfg, key, path=tmp_path / "bus", api_keys_file=keys) as port:
         who = await port.whoami()

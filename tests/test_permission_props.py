@@ -27,12 +27,18 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import membus
-from membus.bus import Agent, Bus
-from membus.config import ConsolidationConfig, MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
+from membus.access.policy import CasbinGate
+from membus.bus.api import Agent, Bus
+from membus.core.config import (
+    ConsolidationConfig,
+    MembusConfig,
+    PolicyConfig,
+    RedisConfig,
+    WorkerConfig,
+)
+from membus.core.keys import TenantKeys
 from membus.errors import InvalidInput, PermissionDenied
-from membus.keys import TenantKeys
-from membus.policy import CasbinGate
-from membus.store import RecallFilter, point_id
+from membus.store.port import RecallFilter, point_id
 
 AGENTS = ["a", "b", "c", "d", "e"]  # "e" is named by no line: only built-ins and "*" apply
 ROLES = ["role:r1", "role:r2"]
@@ -452,9 +458,11 @@ async def shared_bus(path: Path, url: str) -> AsyncIterator[Bus]:
     # property counts one memory per permitted publish (consolidation has its own tests)
     folding = ConsolidationConfig(near_duplicate=None)
     cfg = MembusConfig(
-        redis=RedisConfig(url=url), worker=FAST, policy=PolicyConfig(shared=True),
+        redis=RedisConfig(url=url),
+        worker=FAST,
+        policy=PolicyConfig(shared=True),
         consolidation=folding,
-    )  # fmt: skip
+    )
     async with membus.open(path, cfg) as bus:
         yield bus
 

@@ -32,19 +32,20 @@ import orjson
 import pytest
 
 import membus
-from membus.audit import AuditLog, audit_key
-from membus.bus import Agent, Bus, Draft
-from membus.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
-from membus.dlq import list_dead
-from membus.envelope import Event
+from membus.access.audit import AuditLog, audit_key
+from membus.access.policy import CasbinGate
+from membus.access.redact import PiiRedactor
+from membus.access.signing import SigningKey, keys_key, signed_fields
+from membus.access.watch import PolicyWatcher, RedisSource
+from membus.bus.api import Agent, Bus
+from membus.bus.draft import Draft
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
+from membus.core.envelope import Event
+from membus.core.keys import TenantKeys, tenants_key
+from membus.core.redis import Redis, redis_client
 from membus.errors import PermissionDenied
-from membus.keys import TenantKeys, tenants_key
-from membus.policy import CasbinGate
-from membus.policy_watch import PolicyWatcher, RedisSource
-from membus.redact import PiiRedactor
-from membus.signing import SigningKey, keys_key, signed_fields
-from membus.store import Memory, point_id
-from membus.streams import Redis, redis_client
+from membus.store.port import Memory, point_id
+from membus.stream.dlq import list_dead
 
 pytestmark = pytest.mark.anyio
 

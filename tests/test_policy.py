@@ -9,10 +9,10 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
+from membus.access.gate import Gate, Identity
+from membus.access.policy import CasbinGate
+from membus.access.watch import FileSource, MemorySource, PolicySet, PolicyWatcher, RedisSource
 from membus.errors import InvalidInput, PermissionDenied
-from membus.gate import Gate, Identity
-from membus.policy import CasbinGate
-from membus.policy_watch import FileSource, MemorySource, PolicySet, PolicyWatcher, RedisSource
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "policies" / "example.csv"
 ACME = "acme"

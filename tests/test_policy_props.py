@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from membus.policy import Snapshot, default_model_path
-from membus.policy_watch import ACTIONS, PolicySet
+from membus.access.policy import Snapshot, default_model_path
+from membus.access.watch import ACTIONS, PolicySet
 
 TENANTS = ["t1", "t2"]
 AGENTS = ["a", "b", "c"]

@@ -16,10 +16,10 @@ import pytest
 from pydantic import ValidationError
 
 import membus
-from membus import ranking
-from membus.access import Access
-from membus.config import MembusConfig, RankingConfig, RedisConfig, WorkerConfig
-from membus.store import Hit, Memory
+from membus.core.config import MembusConfig, RankingConfig, RedisConfig, WorkerConfig
+from membus.recall import ranking
+from membus.recall.heat import Access
+from membus.store.port import Hit, Memory
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -31,9 +31,15 @@ FAST = WorkerConfig(
 
 def memory(i: int, created: datetime, **metadata: Any) -> Memory:
     return Memory(
-        id=f"00000000-0000-0000-0000-{i:012d}", tenant="acme", scope="team/a", kind="fact",
-        content=f"memory {i}", created_at=created, updated_at=created, metadata=metadata,
-    )  # fmt: skip
+        id=f"00000000-0000-0000-0000-{i:012d}",
+        tenant="acme",
+        scope="team/a",
+        kind="fact",
+        content=f"memory {i}",
+        created_at=created,
+        updated_at=created,
+        metadata=metadata,
+    )
 
 
 def hit(i: int, score: float, created: datetime = NOW, **metadata: Any) -> Hit:
@@ -103,7 +109,7 @@ def test_candidates_over_fetch_only_when_the_rerank_can_change_something() -> No
 
 
 def test_the_engine_reranks_only_when_every_signal_is_in_the_payload() -> None:
-    """``boost`` hands recency and importance to the engine (membus.formula; the conformance
+    """``boost`` hands recency and importance to the engine (membus.store.formula; the conformance
     suite checks each engine against ``rerank``); heat lives in Redis, so it stays here."""
     b = ranking.boost(5, DEFAULT, NOW)
     assert b is not None
@@ -222,9 +228,10 @@ async def test_recency_is_measured_from_as_of(redis_url: str, tmp_path: Path) ->
     """Recall as of a past time ranks what was recent then: the memory observed just before
     as_of beats an equally similar one observed a year earlier."""
     cfg = MembusConfig(
-        redis=RedisConfig(url=redis_url), worker=FAST,
+        redis=RedisConfig(url=redis_url),
+        worker=FAST,
         ranking=RankingConfig(recency_weight=0.8, importance_weight=0, recency_half_life_s=86400),
-    )  # fmt: skip
+    )
     as_of = datetime.now(UTC) - 400 * DAY
     async with membus.open(tmp_path, cfg) as bus:
         alice = bus.agent("alice", "acme")

@@ -20,9 +20,14 @@ def test_opening_example_runs_and_is_short(tmp_path: Path) -> None:
     assert len(code.strip().splitlines()) <= 20
     env = {**os.environ, "CI": "true"}
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=120, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert out.returncode == 0, out.stderr
     assert "customer prefers email" in out.stdout
     assert "upsert The customer prefers email" in out.stdout

@@ -7,8 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ulid import ULID
 
-from membus.envelope import Event
-from membus.redact import (
+from membus.access.redact import (
     Finding,
     PiiRedactor,
     Redactor,
@@ -16,6 +15,7 @@ from membus.redact import (
     needs_redaction,
     redact_event,
 )
+from membus.core.envelope import Event
 
 R = PiiRedactor()
 FAST = settings(max_examples=150, deadline=None)

@@ -1,4 +1,4 @@
-"""The writer's replay check (membus/replay.py): verdicts per batch in one script call, the
+"""The writer's replay check (membus/stream/replay.py): verdicts per batch in one script call, the
 records it leaves behind, and ULID timestamps read as python-ulid reads them."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 from ulid import ULID
 
+from membus.core.redis import Redis, redis_client
 from membus.errors import InvalidInput
-from membus.replay import ReplayGuard
-from membus.streams import Redis, redis_client
+from membus.stream.replay import ReplayGuard
 
 pytestmark = pytest.mark.anyio
 

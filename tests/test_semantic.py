@@ -20,17 +20,18 @@ import numpy as np
 import pytest
 
 import membus
-from membus.embedder import Embedder, make_embedder
+from membus.embed.port import Embedder
+from membus.embed.registry import make_embedder
 from membus.errors import Conflict, InvalidInput
 
 NOT_TORCH = textwrap.dedent(
     """
     import importlib.util, sys
-    import membus, membus.embedder, membus.semantic
-    if importlib.util.find_spec("membus.cli") is not None:
-        import membus.cli
+    import membus, membus.embed.registry, membus.embed.semantic
+    if importlib.util.find_spec("membus.cli.app") is not None:
+        import membus.cli.app
     try:  # constructing the embedder must stay cheap too: the model loads on first use
-        membus.semantic.MiniLMEmbedder()
+        membus.embed.semantic.MiniLMEmbedder()
     except membus.InvalidInput:
         pass  # extra not installed
     heavy = [m for m in ("torch", "sentence_transformers", "transformers") if m in sys.modules]
@@ -49,7 +50,7 @@ def test_default_import_path_never_imports_torch() -> None:
 
 def test_missing_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the extra, asking for minilm fails at construction with an actionable message."""
-    import membus.semantic as semantic
+    import membus.embed.semantic as semantic
 
     real = importlib.util.find_spec
 
@@ -72,7 +73,7 @@ def minilm() -> Iterator[Any]:
     for mod in ("torch", "sentence_transformers"):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"{mod} not installed (membus[semantic])")
-    from membus.semantic import MiniLMEmbedder
+    from membus.embed.semantic import MiniLMEmbedder
 
     emb = MiniLMEmbedder()
     with pytest.MonkeyPatch.context() as mp:
@@ -101,7 +102,7 @@ def test_shape_dtype_and_unit_norm(minilm: Any) -> None:
 
 def test_deterministic_and_independent_of_batching(minilm: Any) -> None:
     """Same text, same vector: across calls, and whether embedded alone or in (small) batches."""
-    from membus.semantic import MiniLMEmbedder
+    from membus.embed.semantic import MiniLMEmbedder
 
     texts = [
         f"memory number {i}: the build on branch {i} went {'red' if i % 2 else 'green'}"

@@ -18,15 +18,15 @@ import uvicorn
 from starlette.types import ASGIApp
 
 import membus
-from membus.bus import Bus
-from membus.config import MembusConfig, RedisConfig, WorkerConfig
-from membus.gate import Gate
-from membus.keys import TenantKeys
-from membus.policy import CasbinGate
-from membus.policy_watch import MemorySource
-from membus.service import create_app
-from membus.service_auth import ApiKeys, hash_key, new_key
-from membus.service_limits import Limits
+from membus.access.gate import Gate
+from membus.access.policy import CasbinGate
+from membus.access.watch import MemorySource
+from membus.bus.api import Bus
+from membus.core.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.core.keys import TenantKeys
+from membus.service.app import create_app
+from membus.service.auth import ApiKeys, hash_key, new_key
+from membus.service.limits import Limits
 from tests.redis_proc import free_port
 
 pytestmark = pytest.mark.anyio
@@ -76,9 +76,13 @@ async def running(app: ASGIApp) -> AsyncIterator[str]:
     """A real uvicorn server on a free port, stopped (connections and all) on exit."""
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="off",
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="off",
         timeout_graceful_shutdown=1,
-    )  # fmt: skip
+    )
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
@@ -102,18 +106,22 @@ async def test_publish_drain_recall_over_http(tmp_path: Path, redis_url: str) ->
     async with service(tmp_path, redis_url) as (bus, http):
         r = await http.post(
             "/v1/publish",
-            json={"content": "The customer prefers email.", "scope": "team/support",
-                  "subject": "customer:42"},
+            json={
+                "content": "The customer prefers email.",
+                "scope": "team/support",
+                "subject": "customer:42",
+            },
             headers=auth(ALICE),
-        )  # fmt: skip
+        )
         assert r.status_code == 201, r.text
         receipt = membus.Receipt.model_validate(r.json())
         assert (receipt.tenant, receipt.scope) == ("acme", "team/support")
         await bus.drain(10)
         r = await http.post(
-            "/v1/recall", json={"query": "how to contact customer 42", "k": 3},
+            "/v1/recall",
+            json={"query": "how to contact customer 42", "k": 3},
             headers={"X-API-Key": BOB},
-        )  # fmt: skip
+        )
         assert r.status_code == 200, r.text
         hits = [membus.Hit.model_validate(h) for h in r.json()["hits"]]
         assert [h.memory.content for h in hits] == ["The customer prefers email."]
@@ -155,9 +163,10 @@ async def test_identity_cannot_be_forged_through_the_body(tmp_path: Path, redis_
     async with service(tmp_path, redis_url) as (bus, http):
         for forged in ({"agent": "mallory"}, {"tenant": "other"}):
             r = await http.post(
-                "/v1/publish", json={"content": "x", "scope": "team/a", **forged},
+                "/v1/publish",
+                json={"content": "x", "scope": "team/a", **forged},
                 headers=auth(ALICE),
-            )  # fmt: skip
+            )
             assert r.status_code == 400
             assert error(r)["code"] == "invalid_input"
             assert error(r)["problems"][0]["field"] == next(iter(forged))
@@ -166,9 +175,10 @@ async def test_identity_cannot_be_forged_through_the_body(tmp_path: Path, redis_
         )
         assert r.status_code == 400
         r = await http.post(
-            "/v1/publish", json={"content": "only alice wrote this", "scope": "team/a"},
+            "/v1/publish",
+            json={"content": "only alice wrote this", "scope": "team/a"},
             headers=auth(ALICE),
-        )  # fmt: skip
+        )
         assert r.status_code == 201
         await bus.drain(10)
         memories, _ = await bus.store.scroll("acme")
@@ -192,9 +202,10 @@ async def test_oversized_body_is_413_before_parsing(tmp_path: Path, redis_url: s
             yield b'", "scope": "team/a"}'
 
         r = await http.post(
-            "/v1/publish", content=chunks(),
+            "/v1/publish",
+            content=chunks(),
             headers={**auth(ALICE), "content-type": "application/json"},
-        )  # fmt: skip
+        )
         assert r.status_code == 413
         assert error(r)["code"] == "too_large"
         assert await bus.redis.xlen(TenantKeys("acme").events) == 0
@@ -258,8 +269,11 @@ async def test_gate_denial_is_403_and_counted(tmp_path: Path, redis_url: str) ->
         assert r.status_code == 403
         e = error(r)
         assert (e["code"], e["agent"], e["action"], e["scope"]) == (
-            "permission_denied", "bob", "publish", "team/a",
-        )  # fmt: skip
+            "permission_denied",
+            "bob",
+            "publish",
+            "team/a",
+        )
         r = await http.get("/v1/changes", params={"scopes": "team/a"}, headers=auth(BOB))
         assert r.status_code == 403
         # policy reload is for operator keys only
@@ -318,9 +332,10 @@ async def test_errors_are_typed_json(tmp_path: Path, redis_url: str) -> None:
     """Bad JSON, bad fields, unknown routes: the same {"error": {"code", "message"}} shape."""
     async with service(tmp_path, redis_url, writers=0) as (_bus, http):
         r = await http.post(
-            "/v1/publish", content=b"{not json",
+            "/v1/publish",
+            content=b"{not json",
             headers={**auth(ALICE), "content-type": "application/json"},
-        )  # fmt: skip
+        )
         assert r.status_code == 400 and error(r)["code"] == "invalid_input"
         r = await http.post("/v1/recall", json={"query": "x", "k": 0}, headers=auth(ALICE))
         assert r.status_code == 400 and error(r)["problems"][0]["field"] == "k"
@@ -337,16 +352,17 @@ async def test_forget_over_http_within_the_callers_scopes(tmp_path: Path, redis_
     async with service(tmp_path, redis_url) as (bus, http):
         for subject in ("customer:1", "customer:2"):
             await http.post(
-                "/v1/publish", json={"content": f"about {subject}", "scope": "team/a",
-                                     "subject": subject},
+                "/v1/publish",
+                json={"content": f"about {subject}", "scope": "team/a", "subject": subject},
                 headers=auth(ALICE),
-            )  # fmt: skip
+            )
         await bus.drain(10)
         r = await http.post("/v1/forget", json={"subject": "customer:1"}, headers=auth(ALICE))
         assert r.status_code == 200, r.text
         assert r.json()["memories"] == 1
-        r = await http.post("/v1/recall", json={"query": "about customer", "k": 5},
-                            headers=auth(ALICE))  # fmt: skip
+        r = await http.post(
+            "/v1/recall", json={"query": "about customer", "k": 5}, headers=auth(ALICE)
+        )
         assert [h["memory"]["subject"] for h in r.json()["hits"]] == ["customer:2"]
 
 
@@ -355,9 +371,17 @@ async def test_openapi_documents_every_endpoint(tmp_path: Path, redis_url: str) 
     async with service(tmp_path, redis_url, writers=0) as (_bus, http):
         spec = (await http.get("/openapi.json")).json()
         assert {
-            "/v1/publish", "/v1/publish/batch", "/v1/recall", "/v1/changes", "/v1/forget",
-            "/v1/whoami", "/v1/audit", "/healthz", "/readyz", "/metrics",
-        } <= set(spec["paths"])  # fmt: skip
+            "/v1/publish",
+            "/v1/publish/batch",
+            "/v1/recall",
+            "/v1/changes",
+            "/v1/forget",
+            "/v1/whoami",
+            "/v1/audit",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        } <= set(spec["paths"])
         schemes = spec["components"]["securitySchemes"]
         assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
         publish = spec["paths"]["/v1/publish"]["post"]
@@ -428,8 +452,11 @@ async def test_sse_follows_changes_and_resumes_from_a_position(
                     "GET", "/v1/changes", params=params, headers=how.get("headers")
                 ) as resp:
                     events = await read_events(resp, 2)
-                assert [membus.Change.model_validate_json(d).content
-                        for e, _, d in events if e == "change"] == ["c1", "c2"]  # fmt: skip
+                assert [
+                    membus.Change.model_validate_json(d).content
+                    for e, _, d in events
+                    if e == "change"
+                ] == ["c1", "c2"]
 
 
 async def test_recall_options_and_access_over_http(tmp_path: Path, redis_url: str) -> None:

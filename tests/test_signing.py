@@ -16,11 +16,7 @@ import anyio
 import pytest
 from ulid import ULID
 
-from membus.envelope import Event
-from membus.errors import InvalidInput
-from membus.keys import TenantKeys
-from membus.replay import ReplayGuard
-from membus.signing import (
+from membus.access.signing import (
     KeyRegistry,
     SignatureInvalid,
     SigningKey,
@@ -29,7 +25,11 @@ from membus.signing import (
     signed_fields,
     verify,
 )
-from membus.streams import Redis, redis_client
+from membus.core.envelope import Event
+from membus.core.keys import TenantKeys
+from membus.core.redis import Redis, redis_client
+from membus.errors import InvalidInput
+from membus.stream.replay import ReplayGuard
 
 pytestmark = pytest.mark.anyio
 TENANT = "acme"

@@ -1,4 +1,5 @@
-"""The lexical encoder behind hybrid recall (membus/sparse.py) and what a store records of it."""
+"""The lexical encoder behind hybrid recall (membus/store/sparse.py) and what a store records of
+it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from pathlib import Path
 import pytest
 from qdrant_client import AsyncQdrantClient
 
-from membus import sparse
-from membus.bm25 import tokenize
-from membus.store import Store, StoreMeta
-from membus.store_edge import EdgeStore
-from membus.store_qdrant import QdrantStore
+from membus.store import sparse
+from membus.store.bm25 import tokenize
+from membus.store.edge import EdgeStore
+from membus.store.port import Store, StoreMeta
+from membus.store.qdrant import QdrantStore
 from tests.conformance import DIM, flt, mem, ray, rows, unit
 
 

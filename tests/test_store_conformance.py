@@ -14,8 +14,8 @@ import pytest
 from qdrant_client import AsyncQdrantClient, QdrantClient
 
 from membus.errors import Unavailable
-from membus.store_edge import EdgeStore
-from membus.store_qdrant import QdrantStore
+from membus.store.edge import EdgeStore
+from membus.store.qdrant import QdrantStore
 from tests.conformance import META, StoreConformance, StoreFactory
 
 QDRANT_IMAGE = "qdrant/qdrant:v1.19.0"  # metadata needs >= 1.16, per-tenant IDF >= 1.19

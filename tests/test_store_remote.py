@@ -1,5 +1,5 @@
 """Writers in child processes (``MembusConfig.writer_processes``): the shard served over a socket
-(membus/store_remote.py) answers as the shard does, errors arrive typed, and the bus keeps its
+(membus/store/remote.py) answers as the shard does, errors arrive typed, and the bus keeps its
 delivery guarantees with a writer process killed mid-ingest. Real Redis, real Qdrant Edge."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import anyio
 import pytest
 
 import membus
-from membus.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, RedisConfig, WorkerConfig
 from membus.errors import Conflict, InvalidInput, Unavailable
-from membus.store import Hit
-from membus.store_edge import EdgeStore
-from membus.store_remote import RemoteStore, serve
+from membus.store.edge import EdgeStore
+from membus.store.port import Hit
+from membus.store.remote import RemoteStore, serve
 from tests.conformance import META, flt, mem, ray, rows, unit
 
 pytestmark = pytest.mark.anyio
@@ -98,7 +98,7 @@ def _writer_processes() -> list[int]:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except FileNotFoundError:
                 continue
-            if b"membus.writer_process" in cmdline:
+            if b"membus.runtime.writer_main" in cmdline:
                 pids.append(int(pid))
     return pids
 

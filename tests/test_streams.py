@@ -10,9 +10,9 @@ from typing import cast
 import pytest
 import redis.asyncio as aioredis
 
-from membus.config import WorkerConfig
-from membus.reading import BatchReader
-from membus.streams import ensure_group, group_stats, idle, safe_trim_point, trim
+from membus.core.config import WorkerConfig
+from membus.stream.ops import ensure_group, group_stats, idle, safe_trim_point, trim
+from membus.stream.reading import BatchReader
 
 pytestmark = pytest.mark.anyio
 

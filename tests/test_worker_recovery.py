@@ -22,15 +22,16 @@ import pytest
 import redis.asyncio as aioredis
 
 import membus
-from membus.config import MembusConfig, RedisConfig, WorkerConfig
-from membus.embedder import Embedder, HashingEmbedder, Vectors
-from membus.envelope import Event
-from membus.keys import TenantKeys, tenants_key
-from membus.signing import KeyRegistry, publish_signed
-from membus.store import Memory, Store, StoreMeta, point_id
-from membus.store_edge import EdgeStore
-from membus.streams import ensure_group, group_stats, idle
-from membus.worker import Writer
+from membus.access.signing import KeyRegistry
+from membus.core.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.core.envelope import Event
+from membus.core.keys import TenantKeys, tenants_key
+from membus.embed.hashing import HashingEmbedder
+from membus.embed.port import Embedder, Vectors
+from membus.store.edge import EdgeStore
+from membus.store.port import Memory, Store, StoreMeta, point_id
+from membus.stream.ops import ensure_group, group_stats, idle, publish_signed
+from membus.writer.worker import Writer
 from tests.redis_proc import RedisProcess
 
 REPO = Path(__file__).resolve().parent.parent

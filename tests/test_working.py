@@ -15,19 +15,19 @@ import numpy as np
 import pytest
 
 import membus
-from membus.bus import Bus
-from membus.config import MembusConfig, RankingConfig, RedisConfig, WorkerConfig
-from membus.envelope import Event
+from membus.access.gate import Gate, ReadGrant
+from membus.access.policy import CasbinGate
+from membus.access.signing import signed_fields
+from membus.access.watch import MemorySource
+from membus.bus.api import Bus
+from membus.bus.working import admits, calibrate, merge
+from membus.core.config import MembusConfig, RankingConfig, RedisConfig, WorkerConfig
+from membus.core.envelope import Event
+from membus.core.keys import TenantKeys
 from membus.errors import PermissionDenied
-from membus.filters import RecallFilter
-from membus.gate import Gate, ReadGrant
-from membus.keys import TenantKeys
-from membus.policy import CasbinGate
-from membus.policy_watch import MemorySource
-from membus.signing import signed_fields
-from membus.store import Hit, Memory, point_id
-from membus.tombstones import tombstones_key
-from membus.working import admits, calibrate, merge
+from membus.store.filters import RecallFilter
+from membus.store.port import Hit, Memory, point_id
+from membus.stream.tombstones import tombstones_key
 
 pytestmark = pytest.mark.anyio
 
@@ -108,13 +108,17 @@ def test_merge_drops_working_hits_already_consolidated() -> None:
     slot = Memory.from_event(e2).model_copy(update={"id": point_id("acme", "slot")})
     merged = merge([by_id, Hit(memory=slot, score=0.3)], w)
     assert [(h.memory.content, h.working) for h in merged] == [
-        ("one", False), ("two", False), ("three", True),
-    ]  # fmt: skip
+        ("one", False),
+        ("two", False),
+        ("three", True),
+    ]
 
 
 def test_calibrate_maps_cosine_onto_the_store_scale() -> None:
-    w = [Hit(memory=Memory.from_event(event(content=f"w{i}")), score=c, working=True)
-         for i, c in enumerate((0.9, 0.5, 0.3, 0.1, -0.2))]  # fmt: skip
+    w = [
+        Hit(memory=Memory.from_event(event(content=f"w{i}")), score=c, working=True)
+        for i, c in enumerate((0.9, 0.5, 0.3, 0.1, -0.2))
+    ]
     # a store that scores by cosine: every cosine maps to itself
     dense = calibrate([0.8, 0.6, 0.2], [0.8, 0.6, 0.2], w)
     assert [h.score for h in dense] == pytest.approx([0.9, 0.5, 0.3, 0.1, -0.2])
@@ -247,12 +251,17 @@ async def test_erased_and_unsigned_entries_are_not_shown(redis_url: str, tmp_pat
             mapping={gone.event_id: stamp, point_id("acme", gone2.event_id): stamp},
         )
         stream = TenantKeys("acme").events
-        forged = Event.build(tenant="acme", agent="alice", scope="team/fin",
-                             content="budget note forged, unsigned")  # fmt: skip
+        forged = Event.build(
+            tenant="acme", agent="alice", scope="team/fin", content="budget note forged, unsigned"
+        )
         await bus.redis.xadd(stream, {"e": forged.to_json()})
         mallory = await bus.keys.current("acme", "mallory")
-        spoof = Event.build(tenant="acme", agent="alice", scope="team/fin",
-                            content="budget note signed by mallory as alice")  # fmt: skip
+        spoof = Event.build(
+            tenant="acme",
+            agent="alice",
+            scope="team/fin",
+            content="budget note signed by mallory as alice",
+        )
         raw = spoof.to_json()
         sig = hmac.new(mallory.secret, raw, hashlib.sha256).hexdigest()
         await bus.redis.xadd(stream, {"e": raw, "kid": mallory.kid, "sig": sig})
@@ -289,8 +298,9 @@ async def test_working_hits_obey_filters_and_k(redis_url: str, tmp_path: Path) -
         assert len(await alice.recall(q, k=2, working=True)) == 2
         by_kind = await alice.recall(q, k=10, working=True, kinds=["result"])
         assert contents(by_kind) == {
-            "lab result: sample A positive", "lab result: sample B negative",
-        }  # fmt: skip
+            "lab result: sample A positive",
+            "lab result: sample B negative",
+        }
         assert contents(await alice.recall(q, k=10, working=True, agents=["alice"])) == {
             "lab result: sample A positive"
         }

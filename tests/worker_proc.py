@@ -1,4 +1,4 @@
-"""Run one ``membus.worker.Writer`` in its own process until SIGTERM (crash-recovery tests).
+"""Run one ``membus.writer.worker.Writer`` in its own process until SIGTERM (crash-recovery tests).
 
     python -m tests.worker_proc REDIS_URL STORE_PATH CONSUMER BATCH MIN_IDLE_MS MAX_DELIVERIES
         [--reclaim-every-s S] [--stall-on TEXT]
@@ -19,12 +19,13 @@ from pathlib import Path
 
 import anyio
 
-from membus.config import WorkerConfig
-from membus.embedder import Embedder, HashingEmbedder, Vectors
-from membus.store import StoreMeta
-from membus.store_edge import EdgeStore
-from membus.streams import redis_client
-from membus.worker import Writer
+from membus.core.config import WorkerConfig
+from membus.core.redis import redis_client
+from membus.embed.hashing import HashingEmbedder
+from membus.embed.port import Embedder, Vectors
+from membus.store.edge import EdgeStore
+from membus.store.port import StoreMeta
+from membus.writer.worker import Writer
 
 
 class StallingEmbedder:
@@ -66,7 +67,7 @@ async def main(args: argparse.Namespace) -> None:
     embedder: Embedder = base if args.stall_on is None else StallingEmbedder(base, args.stall_on)
     store = EdgeStore(args.store_path)
     await store.open(StoreMeta(embedder=embedder.name, dim=embedder.dim))
-    client = redis_client(args.redis_url)  # the client membus.runtime uses too
+    client = redis_client(args.redis_url)  # the client membus.runtime.host uses too
     config = WorkerConfig(
         batch_size=args.batch_size,
         min_idle_ms=args.min_idle_ms,

@@ -1,0 +1,395 @@
+"""Erasure: ``forget`` memories and everything that carries their content, following provenance.
+
+A memory is matched by id, subject, agent and/or scope subtree (every criterion given must hold).
+From the matched memories we follow ``source_events`` to the events that made them, and match
+events that no writer has consumed yet (or that sit in the dead-letter stream) by the same
+criteria; then every place holding their content is cleaned: the store, the events stream
+(pending and undelivered entries included, with their PEL ids acknowledged away in every group),
+the dead-letter stream, the writer's error notes, and the change feed.
+
+Order matters because writers keep running: tombstones are written first (the writer checks them,
+see ``membus/writer/commit.py``), then stream entries and memories are deleted, then the change feed
+is scanned; the whole pass runs twice, the second only over what arrived since the first, so
+anything a writer committed while the first pass ran is caught.
+
+Tombstones (``membus:{tenant}:tombstones``, id -> erased-at) are kept forever: a redelivered or
+replayed event with an erased id is dropped rather than written again.
+
+Not covered here: Redis's append-only file still holds deleted entries on disk until it is
+rewritten, so ``forget`` asks for ``BGREWRITEAOF`` (best effort; skipped when AOF is off); RDB
+snapshots and replicas follow their own schedules. A store engine may keep deleted payloads in
+its segment files until it compacts (Qdrant: the vacuum optimizer). Entries that are not valid
+JSON cannot be attributed to a subject or agent and are left to ``membus dlq drop``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
+
+from membus.core.envelope import validate_name, validate_scope
+from membus.core.keys import TenantKeys
+from membus.core.redis import REDIS_DOWN, Redis, decode_fields, unavailable
+from membus.errors import InvalidInput
+from membus.recall.heat import forget_access
+from membus.store.port import Memory, Store, check_ids, point_id
+from membus.stream.feed import Change
+from membus.stream.tombstones import erased as erased
+from membus.stream.tombstones import is_tombstoned as is_tombstoned
+from membus.stream.tombstones import tombstoned as tombstoned
+from membus.stream.tombstones import tombstones_key
+from membus.writer.advice import writes_key
+from membus.writer.ledger import drop_variants, find_variants
+
+_PAGE = 500
+_PASSES = 2
+
+
+def errors_key(tenant: str) -> str:
+    """The writer's per-entry error notes (``Writer._note_error``)."""
+    return TenantKeys(tenant).dlq + ":errors"
+
+
+class ErasureReport(BaseModel):
+    """What ``forget`` removed, per place, and the ids it erased (ids only, never content)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str
+    memories: int = 0  # store points deleted
+    events: int = 0  # events-stream entries deleted
+    pending: int = 0  # of those, PEL entries acknowledged away (summed over groups)
+    dlq: int = 0  # dead-letter entries deleted
+    changes: int = 0  # change-feed entries deleted
+    errors: int = 0  # writer error notes deleted
+    ledger: int = 0  # consolidation ledger entries deleted
+    tombstones: int = 0  # new tombstones written
+    notices: int = 0  # "delete" changes published for subscribers
+    memory_ids: list[str] = Field(default_factory=list)
+    event_ids: list[str] = Field(default_factory=list)
+    aof_rewrite: str = "off"  # started | in_progress | off | failed
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass
+class _Criteria:
+    """Every criterion given must hold."""
+
+    tenant: str
+    memory_ids: frozenset[str] | None
+    subject: str | None
+    agent: str | None
+    scope: str | None
+    within: Callable[[str], bool] | None
+
+    def holds(self, memory_id: str | None, scope: Any, subject: Any, agents: Iterable[Any]) -> bool:
+        # cheapest tests first: erasure runs this over every slot and stream entry of a tenant
+        return (
+            (self.subject is None or subject == self.subject)
+            and (self.agent is None or self.agent in agents)
+            and (
+                self.scope is None
+                or (isinstance(scope, str) and (scope + "/").startswith(self.scope + "/"))
+            )
+            and (self.memory_ids is None or memory_id in self.memory_ids)
+            and (self.within is None or (isinstance(scope, str) and self.within(scope)))
+        )
+
+    def id_of(self, event_id: Any) -> str | None:
+        """The memory id an event would get, when a criterion needs it (a uuid5 is not free)."""
+        if self.memory_ids is None or not isinstance(event_id, str):
+            return None
+        return point_id(self.tenant, event_id)
+
+    def memory(self, m: Memory) -> bool:
+        return self.holds(m.id, m.scope, m.subject, m.agents)
+
+    def event(self, d: Mapping[str, Any]) -> bool:
+        return self.holds(
+            self.id_of(d.get("id")), d.get("scope"), d.get("subject"), [d.get("agent")]
+        )
+
+
+@dataclass
+class _State:
+    """What one forget has found so far; carried from pass to pass."""
+
+    memories: set[str] = field(default_factory=set)
+    events: set[str] = field(default_factory=set)
+    deleted: dict[str, Memory] = field(default_factory=dict)  # for the delete notices
+    cursors: dict[str, str] = field(default_factory=dict)  # stream -> last id examined
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, n: int) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+
+def _json(raw: str | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        got = orjson.loads(raw)
+    except (orjson.JSONDecodeError, UnicodeError):
+        return None
+    return got if isinstance(got, dict) else None
+
+
+def _strs(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+async def _scan(redis: Redis, key: str, st: _State) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """Entries of ``key`` after the cursor of the previous pass (all of them on the first), read
+    a page at a time so a long stream is never held in memory whole."""
+    start = st.cursors.get(key, "-")
+    while True:
+        raw: Any = await redis.xrange(key, min=start, max="+", count=_PAGE)
+        for eid, f in raw:
+            yield str(eid), decode_fields(f or {})
+        if raw:
+            start = st.cursors[key] = "(" + str(raw[-1][0])
+        if len(raw) < _PAGE:
+            return
+
+
+async def _groups(redis: Redis, stream: str) -> list[str]:
+    try:
+        return [str(g["name"]) for g in await redis.xinfo_groups(stream)]
+    except ResponseError:  # no such stream
+        return []
+
+
+async def _delete_entries(
+    redis: Redis, stream: str, ids: Sequence[str], groups: Sequence[str]
+) -> tuple[int, int]:
+    """XDEL ``ids`` and XACK them in ``groups`` (XDEL leaves PEL ids behind); (deleted, acked)."""
+    deleted = acked = 0
+    for n in range(0, len(ids), _PAGE):
+        chunk = ids[n : n + _PAGE]
+        async with redis.pipeline(transaction=True) as pipe:
+            for g in groups:
+                pipe.xack(stream, g, *chunk)
+            pipe.xdel(stream, *chunk)
+            res = await pipe.execute()
+        acked += sum(int(x) for x in res[:-1])
+        deleted += int(res[-1])
+    return deleted, acked
+
+
+async def _memories(store: Store, crit: _Criteria) -> list[Memory]:
+    if crit.memory_ids is not None:
+        return [m for m in await store.get(crit.tenant, sorted(crit.memory_ids)) if crit.memory(m)]
+    found: list[Memory] = []
+    offset: str | None = None
+    while True:
+        page, offset = await store.scroll(crit.tenant, 256, offset)
+        found.extend(m for m in page if crit.memory(m))
+        if offset is None:
+            return found
+
+
+async def _tombstone(redis: Redis, tenant: str, st: _State) -> None:
+    ids = st.events | st.memories
+    if ids:
+        now = datetime.now(UTC).isoformat()
+        added = await redis.hset(tombstones_key(tenant), mapping=dict.fromkeys(sorted(ids), now))
+        st.add("tombstones", int(added))
+
+
+async def _delete_memories(store: Store, tenant: str, st: _State) -> None:
+    """Delete every known memory still stored (fetched first: notices need scope and kind)."""
+    if st.memories:
+        gone = await store.get(tenant, sorted(st.memories))
+        st.deleted.update((m.id, m) for m in gone)
+        st.add("memories", await store.delete(tenant, [m.id for m in gone]))
+
+
+async def _pass(redis: Redis, store: Store, crit: _Criteria, st: _State, group: str | None) -> None:
+    tenant, keys = crit.tenant, TenantKeys(crit.tenant)
+    # 1. find: memories, then events (unconsumed and dead-lettered ones too) by criteria or
+    #    provenance; read-only so far
+    for m in await _memories(store, crit):
+        st.memories.add(m.id)
+        st.events.update(m.source_events)
+
+    def event_hit(d: dict[str, Any] | None) -> bool:
+        if d is None or not (crit.event(d) or d.get("id") in st.events):
+            return False
+        if isinstance(d.get("id"), str):
+            st.events.add(d["id"])
+            st.memories.add(point_id(tenant, d["id"]))
+        return True
+
+    doomed_events = [
+        eid async for eid, f in _scan(redis, keys.events, st) if event_hit(_json(f.get("e")))
+    ]
+    in_ledger = await find_variants(
+        redis,
+        tenant,
+        lambda v: (
+            v.event_id in st.events
+            or crit.holds(crit.id_of(v.event_id), v.scope, v.subject, [v.agent])
+        ),
+    )
+    st.events.update(eid for _, eid in in_ledger)
+    doomed_dlq, origins = [], []
+    async for eid, f in _scan(redis, keys.dlq, st):
+        if event_hit(_json(f.get("f:e"))):
+            doomed_dlq.append(eid)
+            origins.append(f.get("origin_id", ""))
+    known_events, known_memories = len(st.events), len(st.memories)
+    # 2. tombstones first: from here on a writer's guarded commit refuses these ids
+    await _tombstone(redis, tenant, st)
+    # 3. stream entries, their PEL ids and error notes
+    groups = [g for g in await _groups(redis, keys.events) if group is None or g == group]
+    deleted, acked = await _delete_entries(redis, keys.events, doomed_events, groups)
+    st.add("events", deleted)
+    st.add("pending", acked)
+    st.add("dlq", (await _delete_entries(redis, keys.dlq, doomed_dlq, []))[0])
+    st.add("ledger", await drop_variants(redis, in_ledger))
+    if st.events:  # the LLM consolidator's records (its reason may quote the event)
+        await redis.hdel(writes_key(tenant), *sorted(st.events))
+    notes = [i for i in [*doomed_events, *origins] if i]
+    if notes:
+        st.add("errors", int(await redis.hdel(errors_key(tenant), *notes)))
+    # 4. memories
+    await _delete_memories(store, tenant, st)
+    # 5. the change feed, last: a writer that committed during this pass is already visible
+    doomed_changes: list[str] = []
+    async for eid, f in _scan(redis, keys.changes, st):
+        c = _json(f.get("c"))
+        if c is None or c.get("op") == "delete":  # delete notices carry no content
+            continue
+        mid = c.get("memory_id")
+        if (
+            mid in st.memories
+            or not st.events.isdisjoint(_strs(c.get("event_ids")))
+            or crit.holds(mid, c.get("scope"), c.get("subject"), _strs(c.get("agents")))
+        ):
+            doomed_changes.append(eid)
+            st.events.update(_strs(c.get("event_ids")))
+            if isinstance(mid, str):
+                st.memories.add(mid)
+    if len(st.events) > known_events or len(st.memories) > known_memories:
+        # provenance found only in the feed: bury it now, and let a next pass read the event
+        # streams from the start
+        await _tombstone(redis, tenant, st)
+        await _delete_memories(store, tenant, st)
+        st.cursors.pop(keys.events, None)
+        st.cursors.pop(keys.dlq, None)
+    changes_groups = await _groups(redis, keys.changes)
+    st.add(
+        "changes", (await _delete_entries(redis, keys.changes, doomed_changes, changes_groups))[0]
+    )
+
+
+async def _notify(redis: Redis, tenant: str, memories: Iterable[Memory]) -> int:
+    """One ``delete`` change per erased memory: ids, scope and kind only (no content, subject)."""
+    rows = [
+        Change(
+            op="delete",
+            memory_id=m.id,
+            tenant=tenant,
+            scope=m.scope,
+            kind=m.kind,
+            sensitivity=m.sensitivity,
+        ).to_fields()
+        for m in memories
+    ]
+    if rows:
+        async with redis.pipeline(transaction=False) as pipe:
+            for r in rows:
+                pipe.xadd(TenantKeys(tenant).changes, r)  # type: ignore[arg-type]
+            await pipe.execute()
+    return len(rows)
+
+
+async def _rewrite_aof(redis: Redis, tenant: str) -> str:
+    """Best effort: the AOF on disk still holds what was just deleted until it is rewritten.
+
+    On a cluster only the master owning the tenant's slot held its keys, so only it rewrites.
+    """
+    target: dict[str, Any] = {}
+    if isinstance(redis, RedisCluster):
+        target["target_nodes"] = redis.get_node_from_key(tombstones_key(tenant))
+    try:
+        conf = await redis.config_get("appendonly", **target)
+        if conf.get("appendonly") == "no":
+            return "off"
+    except ResponseError:
+        pass  # CONFIG disabled (managed Redis): try anyway
+    try:
+        await redis.execute_command("BGREWRITEAOF", **target)
+        return "started"
+    except ResponseError as exc:
+        return "in_progress" if "in progress" in str(exc) else "failed"
+
+
+async def forget(
+    redis: Redis,
+    store: Store,
+    tenant: str,
+    *,
+    memory_ids: Sequence[str] | None = None,
+    subject: str | None = None,
+    agent: str | None = None,
+    scope: str | None = None,
+    within: Callable[[str], bool] | None = None,
+    group: str | None = None,
+    notify: bool = True,
+) -> ErasureReport:
+    """Erase what matches every criterion given (``scope``: that scope and below).
+
+    ``within``: only scopes it accepts are touched (e.g. ``grant.covers`` of the caller's
+    ``forget`` grant, so a forget by subject cannot reach scopes the caller may not forget in).
+    ``group``: the consumer group whose PEL to clear (None: every group on the stream).
+    ``notify``: publish a content-free ``delete`` change per erased memory so subscribers can
+    drop cached copies.
+    """
+    validate_name(tenant, "tenant")
+    if memory_ids is None and subject is None and agent is None and scope is None:
+        raise InvalidInput(
+            "forget needs at least one criterion: memory_ids, subject, agent or scope"
+        )
+    crit = _Criteria(
+        tenant=tenant,
+        memory_ids=frozenset(check_ids(memory_ids)) if memory_ids is not None else None,
+        subject=subject,
+        agent=validate_name(agent, "agent") if agent is not None else None,
+        scope=validate_scope(scope) if scope is not None else None,
+        within=within,
+    )
+    log = structlog.get_logger("membus.erasure").bind(tenant=tenant)
+    st = _State()
+    try:
+        for _ in range(_PASSES):
+            await _pass(redis, store, crit, st, group)
+        await forget_access(redis, tenant, sorted(st.memories))  # recall statistics too
+        notices = await _notify(redis, tenant, st.deleted.values()) if notify else 0
+        aof = await _rewrite_aof(redis, tenant)
+    except REDIS_DOWN as exc:
+        raise unavailable(exc) from exc
+    report = ErasureReport(
+        tenant=tenant,
+        **st.counts,
+        notices=notices,
+        memory_ids=sorted(st.memories),
+        event_ids=sorted(st.events),
+        aof_rewrite=aof,
+    )
+    log.info(
+        "erasure.done",
+        **report.model_dump(include={"memories", "events", "pending", "dlq", "changes", "errors"}),
+    )
+    return report
+
+
+# -- the writer's side --------------------------------------------------------------------------

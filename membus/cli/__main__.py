@@ -1,0 +1,5 @@
+"""``python -m membus.cli``: the same command line as the ``membus`` script."""
+
+from membus.cli.app import main
+
+main()

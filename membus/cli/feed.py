@@ -1,0 +1,190 @@
+"""The agent-facing commands: ``publish`` into the bus, ``recall`` by meaning, ``tail`` changes."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import anyio
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import Progress
+
+from membus.cli.context import (
+    AgentOpt,
+    JsonFlag,
+    TenantOpt,
+    command_state,
+    identity,
+    run,
+)
+from membus.cli.output import emit_json, print_change, print_hits
+from membus.core.envelope import Event, invalid_from
+from membus.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from membus.bus.draft import Draft, Receipt
+    from membus.store.port import Hit
+
+_PUBLISH_CHUNK = 500
+
+
+def publish(
+    ctx: typer.Context,
+    agent: AgentOpt,
+    tenant: TenantOpt,
+    content: Annotated[str | None, typer.Argument(help="What to remember.")] = None,
+    scope: Annotated[str | None, typer.Option("--scope", "-s", help="e.g. team/support")] = None,
+    kind: Annotated[str | None, typer.Option("--kind")] = None,
+    subject: Annotated[str | None, typer.Option("--subject")] = None,
+    key: Annotated[str | None, typer.Option("--key")] = None,
+    meta: Annotated[list[str] | None, typer.Option("--meta", help="k=v, repeatable.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="JSON lines of drafts ('-': stdin).")
+    ] = None,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Publish one observation, or a file of them (one Draft JSON object per line)."""
+    from membus.bus.draft import Draft
+    from membus.cli.input import parse_meta, read_drafts
+    from membus.cli.target import command_bus
+
+    state = command_state(ctx, json_flag)
+
+    def drafts() -> list[tuple[int, Draft]]:
+        if file is not None:
+            if content is not None:
+                raise InvalidInput("give CONTENT or --file, not both")
+            return read_drafts(file)
+        if content is None or scope is None:
+            raise InvalidInput("CONTENT and --scope are required (or --file)")
+        fields = {"kind": kind, "subject": subject, "key": key}
+        try:
+            return [
+                (
+                    1,
+                    Draft(
+                        content=content,
+                        scope=scope,
+                        metadata=parse_meta(meta or []),
+                        **{k: v for k, v in fields.items() if v is not None},
+                    ),
+                )
+            ]
+        except ValidationError as exc:
+            raise invalid_from(exc, "publish") from None
+
+    async def go() -> list[Receipt]:
+        who = identity(agent, tenant)
+        numbered = drafts()
+        for line, d in numbered:  # all or nothing: no line goes out if one is bad
+            try:
+                Event.build(tenant=who.tenant, agent=who.agent, **d.model_dump(exclude_none=True))
+            except InvalidInput as exc:
+                where = f"line {line}: " if file is not None else ""
+                raise InvalidInput(f"{where}{exc}", exc.problems) from None
+        items = [d for _, d in numbered]
+        receipts: list[Receipt] = []
+        async with command_bus(state, needs_store=False) as bus:
+            with Progress(
+                console=Console(stderr=True), disable=state.json or len(items) < _PUBLISH_CHUNK
+            ) as progress:
+                task = progress.add_task("publishing", total=len(items))
+                for i in range(0, len(items), _PUBLISH_CHUNK):
+                    chunk = items[i : i + _PUBLISH_CHUNK]
+                    receipts += await bus.publish_many(who, chunk)
+                    progress.advance(task, len(chunk))
+        return receipts
+
+    for r in run(state, go):
+        if state.json:
+            emit_json(r.model_dump(mode="json"))
+        else:
+            typer.echo(f"{r.event_id}  {r.position}  {r.tenant}/{r.scope}")
+
+
+def recall(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    agent: AgentOpt,
+    tenant: TenantOpt,
+    k: Annotated[int, typer.Option("-k", "--k", help="How many hits.")] = 5,
+    scope: Annotated[list[str] | None, typer.Option("--scope", "-s", help="Repeatable.")] = None,
+    kind: Annotated[list[str] | None, typer.Option("--kind", help="Repeatable.")] = None,
+    subject: Annotated[list[str] | None, typer.Option("--subject", help="Repeatable.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="ISO time or 30m/2h/7d.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO time or 30m/2h/7d.")] = None,
+    wait: Annotated[
+        bool | None,
+        typer.Option("--wait/--no-wait", help="Drain pending events first (default: embedded)."),
+    ] = None,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Top-k memories by meaning."""
+    from membus.cli.input import parse_when
+    from membus.cli.target import command_bus
+
+    state = command_state(ctx, json_flag)
+
+    async def go() -> list[Hit]:
+        who = identity(agent, tenant)
+        after, before = parse_when(since, "since"), parse_when(until, "until")
+        async with command_bus(state, needs_store=True) as bus:
+            # in-process writers (embedded default): commit what earlier commands published
+            if wait if wait is not None else bus.config.writers > 0:
+                await bus.drain()
+            return await bus.recall(
+                who,
+                query,
+                k=k,
+                scopes=scope,
+                kinds=kind,
+                subjects=subject,
+                since=after,
+                until=before,
+            )
+
+    hits = run(state, go)
+    if state.json:
+        emit_json([h.model_dump(mode="json") for h in hits])
+    else:
+        print_hits(hits)
+
+
+def tail(
+    ctx: typer.Context,
+    agent: AgentOpt,
+    tenant: TenantOpt,
+    scope: Annotated[list[str] | None, typer.Option("--scope", "-s", help="Repeatable.")] = None,
+    start: Annotated[
+        str, typer.Option("--from", help="Position: '$' = new only, '0' = from the start.")
+    ] = "$",
+    group: Annotated[str | None, typer.Option("--group", help="Share the feed in a group.")] = None,
+    count: Annotated[int | None, typer.Option("--count", min=1, help="Exit after N.")] = None,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Follow the change feed, one line per committed change. Ctrl-C exits."""
+    from membus.cli.target import command_bus
+    from membus.runtime.signals import on_signals
+
+    state = command_state(ctx, json_flag)
+
+    async def go() -> None:
+        who = identity(agent, tenant)
+        async with command_bus(state, needs_store=False) as bus, anyio.create_task_group() as tg:
+            await tg.start(on_signals, None, tg.cancel_scope)
+            seen = 0
+            async for change in bus.subscribe(who, scope, start=start, group=group):
+                if state.json:
+                    emit_json(change.model_dump(mode="json"))
+                else:
+                    print_change(change)
+                seen += 1
+                if count is not None and seen >= count:
+                    break
+            tg.cancel_scope.cancel()
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C before the receiver was in place
+        run(state, go)

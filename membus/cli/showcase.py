@@ -1,0 +1,120 @@
+"""``demo``, ``bench`` and ``eval locomo``: optional showcases, imported by name when asked for."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import anyio
+import typer
+
+from membus.cli.context import JsonFlag, command_state, run
+from membus.cli.output import fail
+from membus.core.config import ConsolidationConfig
+from membus.errors import InvalidInput, MembusError, Unavailable
+
+
+def _load(module: str, name: str) -> Callable[..., Any]:
+    # imported by name: optional pieces that pull in more than the core needs
+    try:
+        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError) as exc:
+        raise Unavailable(f"{module}.{name} is not available: {exc}") from None
+
+
+def _finish(result: Any) -> None:
+    """run_demo/run_bench print their own report (or one JSON object); only await if needed."""
+    if inspect.isawaitable(result):
+        anyio.run(lambda: result)
+
+
+def demo(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
+    """A support team of agents sharing memory, end to end (in a temp dir unless --path)."""
+    state = command_state(ctx, json_flag)
+
+    async def go(path: Path) -> Any:
+        run_demo = _load("agents.demo", "run_demo")
+        return await run_demo(path, json_output=state.json)
+
+    if state.settings.path is not None:
+        run(state, lambda: go(state.settings.data_dir))
+        return
+    with tempfile.TemporaryDirectory(prefix="membus-demo-", ignore_cleanup_errors=True) as tmp:
+        run(state, lambda: go(Path(tmp)))
+
+
+def bench(
+    ctx: typer.Context,
+    memories: Annotated[int, typer.Option("--memories", min=1)] = 100_000,
+    embedder: Annotated[str, typer.Option("--embedder")] = "hashing",
+    quick: Annotated[bool, typer.Option("--quick", help="A small, fast run.")] = False,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Measure publish-to-recall throughput and latency."""
+    state = command_state(ctx, json_flag)
+    try:
+        run_bench = _load("membus.bench.run", "run_bench")
+        result = run_bench(memories, json_output=state.json, embedder=embedder, quick=quick)
+        _finish(result)
+    except MembusError as exc:
+        fail(exc, state.json)
+
+
+def eval_locomo(
+    ctx: typer.Context,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset",
+            envvar="MEMBUS_LOCOMO_DATASET",
+            help="locomo10.json from the LoCoMo repository (not shipped: CC BY-NC); "
+            "default ../shared/datasets/locomo/locomo10.json.",
+        ),
+    ] = None,
+    embedder: Annotated[
+        Literal["hashing", "minilm"], typer.Option("--embedder", help="hashing|minilm.")
+    ] = "hashing",
+    limit_conversations: Annotated[
+        int | None, typer.Option("--limit-conversations", min=1, help="Only the first N.")
+    ] = None,
+    near_duplicate: Annotated[
+        str, typer.Option("--near-duplicate", help="Merge threshold (cosine), or 'off'.")
+    ] = "default",
+    context: Annotated[
+        Literal["reply", "none"],
+        typer.Option("--context", help="reply: a turn carries what it answers; none: bare."),
+    ] = "reply",
+    json_flag: JsonFlag = False,
+) -> None:
+    """Retrieval recall@k on LoCoMo per question category, beside a BM25 baseline
+    (in a fresh temp bus; prints a table, or one JSON object with --json)."""
+    state = command_state(ctx, json_flag)
+    # imported here: the evaluation is core, but nothing else needs it at startup
+    from membus.evaluation.locomo import DEFAULT_DATASET, run_eval
+
+    try:
+        # run_eval prints its own report; the returned dict is not printed again
+        threshold = ConsolidationConfig().near_duplicate
+        if near_duplicate == "off":
+            threshold = None
+        elif near_duplicate != "default":
+            try:
+                threshold = float(near_duplicate)
+            except ValueError:
+                threshold = -1.0
+            if not 0 < threshold <= 1:
+                raise InvalidInput("--near-duplicate takes a cosine in (0, 1], 'off' or 'default'")
+        run_eval(
+            dataset or DEFAULT_DATASET,
+            embedder=embedder,
+            json_output=state.json,
+            limit_conversations=limit_conversations,
+            near_duplicate=threshold,
+            context=context == "reply",
+        )
+    except MembusError as exc:
+        fail(exc, state.json)

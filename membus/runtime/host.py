@@ -1,0 +1,266 @@
+"""Assembling a running bus: ``membus.open()`` (async) and the pieces the CLI reuses.
+
+The embedded default needs no servers: a redis-server child on a unix socket, a Qdrant Edge store
+and writer tasks, all under one directory and owned by this process. Pointing ``config.redis.url``
+or ``config.store`` elsewhere connects to external services instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import anyio
+import structlog
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
+
+from membus.access.audit import AuditLog
+from membus.access.gate import Gate, OpenGate
+from membus.access.policy import CasbinGate
+from membus.access.signing import KeyRegistry
+from membus.access.watch import FileSource, PolicySource, PolicyWatcher, RedisSource
+from membus.bus.api import Bus
+from membus.core.config import (
+    DEFAULT_PATH as DEFAULT_PATH,
+)
+from membus.core.config import (
+    EMBEDDED_WORKER as EMBEDDED_WORKER,
+)
+from membus.core.config import (
+    MembusConfig,
+    PolicyConfig,
+)
+from membus.core.redis import REDIS_DOWN, Redis, redis_client, unavailable
+from membus.embed.port import Embedder
+from membus.embed.registry import make_embedder
+from membus.errors import InvalidInput
+from membus.runtime.embedded import EmbeddedRedis, socket_path
+from membus.runtime.writers import WriterProcesses
+from membus.store import remote as store_remote
+from membus.store.edge import EdgeStore
+from membus.store.port import Store, StoreMeta
+from membus.store.remote import RemoteStore
+from membus.stream.ops import tenants
+from membus.writer import expiry
+from membus.writer.llm import make_consolidator
+from membus.writer.worker import Writer, consumer_name
+
+
+def store_socket(root: Path) -> Path:
+    """Where an embedded bus serves its shard to its writer processes."""
+    return socket_path(root.absolute(), "store.sock")
+
+
+def make_store(config: MembusConfig, root: Path) -> Store:
+    if config.store.engine == "edge":
+        return EdgeStore(config.store.path or root / "store", config.store.optimize_every)
+    if config.store.engine == "remote":
+        if config.store.path is None:
+            raise InvalidInput("a remote store needs store.path: the socket of the bus serving it")
+        return RemoteStore(config.store.path)
+    from membus.store.qdrant import QdrantStore
+
+    store: Store = QdrantStore(
+        url=config.store.url or "http://localhost:6333",
+        api_key=config.store.api_key,
+        collection=config.store.collection,
+    )
+    return store
+
+
+def make_writers(
+    redis: Redis,
+    store: Store,
+    embedder: Embedder,
+    config: MembusConfig,
+    n: int,
+    gate: Gate,
+    keys: KeyRegistry,
+) -> list[Writer]:
+    """``n`` writers for this process; the first also applies retention (one is enough). They
+    share one LLM consolidator when one is configured."""
+    llm = make_consolidator(config.consolidation.llm)
+    return [
+        Writer(
+            redis,
+            store,
+            embedder,
+            config.worker,
+            consumer=consumer_name(i),
+            retention=config.retention if i == 0 else None,
+            gate=gate,
+            keys=keys,
+            consolidation=config.consolidation,
+            llm=llm,
+        )
+        for i in range(n)
+    ]
+
+
+async def make_gate(policy: PolicyConfig, redis: Redis) -> Gate:
+    """The casbin gate when a policy is configured, else the open gate."""
+    if policy.file is None and not policy.shared:
+        return OpenGate()
+    watcher = PolicyWatcher(redis, resync_s=policy.resync_s)
+    source: PolicySource
+    if policy.shared:
+        source = RedisSource(redis)
+        if policy.file is not None:
+            await source.seed(policy.file.read_text())
+    else:
+        assert policy.file is not None
+        source = FileSource(policy.file)
+    gate = CasbinGate(source, watcher=watcher)
+    await gate.reload()  # warm now: the first request must not build role graphs
+    return gate
+
+
+@asynccontextmanager
+async def connect(
+    config: MembusConfig, root: Path, embedder: Embedder | None = None
+) -> AsyncIterator[tuple[Redis, Store, Embedder]]:
+    """Open store, Redis (embedded unless configured) and embedder; close them in reverse."""
+    async with AsyncExitStack() as stack:
+        embedder = embedder or make_embedder(config.embedder.name, config.embedder.dim)
+        store = make_store(config, root)
+        # the store first: its lock is what tells a second process this directory is taken
+        await store.open(StoreMeta(embedder=embedder.name, dim=embedder.dim))
+        stack.push_async_callback(store.close)
+        url = config.redis.url
+        if url is None:
+            server = EmbeddedRedis(root / "redis")
+            # On the event loop's thread, not a worker thread: PR_SET_PDEATHSIG fires when the
+            # *thread* that forked the child exits, and anyio retires idle worker threads after
+            # 10 s, which killed the embedded redis-server under a long-running bus.
+            url = server.start()
+            stack.callback(server.stop)
+        client = redis_client(url, config.redis.socket_timeout_s, cluster=config.redis.cluster)
+        stack.push_async_callback(client.aclose)
+        if isinstance(client, RedisCluster):
+            # learn the slot map now: an unreachable cluster fails here, typed, and pub/sub
+            # (the policy watcher) needs the map before any other command has loaded it
+            try:
+                await client.initialize()
+            except (RedisClusterException, *REDIS_DOWN) as exc:
+                raise unavailable(exc) from exc
+        yield client, store, embedder
+
+
+async def maintain_loop(
+    store: Store,
+    writers: list[Writer],
+    stop: anyio.Event,
+    activity: Callable[[], int] | None = None,
+) -> None:
+    """Index builds block the process, so run them only after writers have been quiet a while
+    (``activity``: a count that moves while they write; by default what they processed); the
+    TTL sweep (cheap, one ZRANGEBYSCORE per tenant when nothing expired) runs every round."""
+    last_total, quiet_since = -1, time.monotonic()
+    while not stop.is_set():
+        with anyio.move_on_after(2.0):
+            await stop.wait()
+        c = writers[0].consolidator if writers else None
+        if c is not None and (c.config.ttl_by_kind or c.config.ttl_by_scope):
+            try:
+                for tenant in await tenants(c.redis):
+                    await expiry.sweep(c, tenant)
+            except Exception as exc:  # housekeeping: logged, retried next round, never fatal
+                structlog.get_logger("membus.expiry").warning("expiry.failed", error=repr(exc))
+        total = activity() if activity else sum(w.processed for w in writers)
+        if total != last_total:
+            last_total, quiet_since = total, time.monotonic()
+        elif time.monotonic() - quiet_since > 5.0:
+            await store.maintain()
+
+
+@asynccontextmanager
+async def open(
+    path: str | Path = DEFAULT_PATH,
+    config: MembusConfig | None = None,
+    *,
+    embedder: Embedder | None = None,
+    gate: Gate | None = None,
+) -> AsyncIterator[Bus]:
+    """Open a bus; on the embedded default, everything lives under ``path``."""
+    config = config or MembusConfig(worker=EMBEDDED_WORKER)
+    root = Path(path)
+    log = structlog.get_logger("membus.runtime")
+    async with connect(config, root, embedder) as (client, store, emb):
+        gate = gate or await make_gate(config.policy, client)
+        audit = AuditLog(client)
+        bus = Bus(client, store, emb, config, gate, audit)
+        stop = anyio.Event()
+        apart = config.writer_processes if isinstance(store, EdgeStore) else 0
+        if config.writer_processes and not apart:  # processes of their own: `membus worker`
+            log.warning("bus.writer_processes_ignored", reason="only for the embedded Edge store")
+        writers = (
+            []
+            if apart
+            else make_writers(client, store, emb, config, config.writers, gate, bus.keys)
+        )
+        children: WriterProcesses | None = None
+        async with anyio.create_task_group() as tg:
+            await tg.start(audit.run)
+            await tg.start(bus.access_log.run)
+            if isinstance(gate, CasbinGate):
+                await tg.start(gate.watch)
+            for w in writers:
+                tg.start_soon(w.run, stop)
+            if writers:
+                tg.start_soon(maintain_loop, store, writers, stop)
+            if apart:  # the shard stays here; writers run in child processes
+                assert isinstance(store, EdgeStore)
+                sock = store_socket(root)
+                meta = StoreMeta(embedder=emb.name, dim=emb.dim)
+                await tg.start(store_remote.serve, store, meta, sock)
+                url = config.redis.url or EmbeddedRedis(root / "redis").url
+                children = WriterProcesses(config, url, sock, apart)
+                await tg.start(children.run)
+                tg.start_soon(maintain_loop, store, [], stop, lambda: store.writes)
+            log.info("bus.open", path=str(root), writers=len(writers), processes=apart)
+            raised: Exception | None = None
+            try:
+                yield bus
+            except Exception as exc:
+                # kept aside and re-raised below: inside the task group it would surface as an
+                # ExceptionGroup, and callers should catch InvalidInput, not a group of one
+                raised = exc
+            finally:
+                stop.set()
+                if children is not None:
+                    await children.aclose()  # before the shard and Redis go
+                await audit.aclose()  # flushes what is buffered; ends its flusher
+                await bus.access_log.aclose()
+                tg.cancel_scope.cancel()  # the policy watcher runs until cancelled
+        log.info("bus.closed", path=str(root))
+        if raised is not None:
+            raise raised
+
+
+async def run_writers(
+    redis: Redis,
+    store: Store,
+    embedder: Embedder,
+    config: MembusConfig,
+    stop: anyio.Event,
+    started: Callable[[], None] | None = None,
+) -> list[Writer]:
+    """``config.writers`` writers (and their housekeeping) until ``stop``, with a gate of their
+    own: ``membus worker`` and an embedded bus's writer processes."""
+    # writers re-ask the gate for every event, so they follow the same policy as the doors
+    gate = await make_gate(config.policy, redis)
+    writers = make_writers(redis, store, embedder, config, config.writers, gate, KeyRegistry(redis))
+    async with anyio.create_task_group() as outer:
+        if isinstance(gate, CasbinGate):
+            await outer.start(gate.watch)  # policy changes from other processes
+        if started is not None:
+            started()
+        async with anyio.create_task_group() as tg:
+            for w in writers:
+                tg.start_soon(w.run, stop)
+            tg.start_soon(maintain_loop, store, writers, stop)
+        outer.cancel_scope.cancel()
+    return writers

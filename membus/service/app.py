@@ -1,0 +1,410 @@
+"""The membus HTTP service: the bus's API over HTTP, one API key per agent identity.
+
+``create_app(bus, auth, limits)`` builds a FastAPI app over an open ``Bus`` (the caller owns the
+bus); ``serve(...)`` opens a bus and runs the app under uvicorn (what ``membus serve`` calls).
+
+Identity comes only from the API key: request bodies reject ``agent``/``tenant`` fields, and the
+bus asks its gate at every door with the key's identity. Errors are ``{"error": {"code",
+"message", ...}}`` with the statuses in ``membus.service.wire.STATUS``.
+
+Hooks for more endpoints: a route is one function below taking ``who: Caller``; admin routes
+check ``"admin"`` on the scope they touch (or require an operator key for service-wide ones).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Protocol, runtime_checkable
+
+import structlog
+from fastapi import Depends, FastAPI, Header, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from membus.access.audit import AuditRecord, Decision
+from membus.access.gate import Gate
+from membus.bus.api import Bus
+from membus.bus.draft import Draft, Receipt
+from membus.bus.erasure import ErasureReport
+from membus.core.config import DEFAULT_PATH, MembusConfig
+from membus.core.envelope import validate_name, validate_scope
+from membus.core.redis import REDIS_DOWN
+from membus.errors import MembusError, PermissionDenied, Unavailable
+from membus.service.auth import ApiKeys, Principal, presented_key
+from membus.service.limits import (
+    BacklogGuard,
+    BodyLimit,
+    BodyTooLarge,
+    Limits,
+    RateLimiter,
+    retry_after_header,
+)
+from membus.service.metrics import Metrics, RequestMetrics
+from membus.service.sse import ChangeStream, check_start, resolve_start
+from membus.service.wire import (
+    ERRORS,
+    AccessRequest,
+    AccessStats,
+    Backpressure,
+    ForgetRequest,
+    Hits,
+    PublishBatch,
+    RateLimited,
+    RecallRequest,
+    Receipts,
+    RetryLater,
+    TooLarge,
+    Unauthenticated,
+    WhoAmI,
+    error_body,
+    status_of,
+)
+
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key")
+
+
+@runtime_checkable
+class Reloadable(Protocol):
+    """A gate whose policy can be reloaded from its source (``membus.access.policy.CasbinGate``)."""
+
+    async def reload(self) -> int: ...
+
+
+class AuditPage(BaseModel):
+    records: list[AuditRecord]
+
+
+class Service:
+    """What the routes share; one per app (no module-level state)."""
+
+    def __init__(self, bus: Bus, auth: ApiKeys, limits: Limits) -> None:
+        self.bus, self.auth, self.limits = bus, auth, limits
+        self.metrics = Metrics()
+        self.rate = RateLimiter(limits)
+        self.guard = BacklogGuard(bus.redis, bus.config.worker.group, limits)
+        self.log = structlog.get_logger("membus.service")
+
+    def caller(self, request: Request) -> Principal:
+        """Authenticate, then charge the agent's rate limit (before any work is done)."""
+        headers = request.headers
+        try:
+            who = self.auth.authenticate(
+                presented_key(headers.get("authorization"), headers.get("x-api-key"))
+            )
+        except Unauthenticated:
+            self.metrics.auth_failures.inc()
+            raise
+        try:
+            self.rate.take(who.tenant, who.agent)
+        except RateLimited:
+            self.metrics.rate_limited.labels(who.tenant).inc()
+            raise
+        return who
+
+    async def admit_publish(self, who: Principal, count: int) -> None:
+        try:
+            await self.guard.admit(who.tenant, count)
+        except Backpressure:
+            self.metrics.backpressure.labels(who.tenant).inc()
+            raise
+
+    def error_response(self, exc: MembusError) -> JSONResponse:
+        status = status_of(exc)
+        headers: dict[str, str] = {}
+        if isinstance(exc, RetryLater):
+            headers["Retry-After"] = retry_after_header(exc.retry_after_s)
+        elif status == 503:
+            headers["Retry-After"] = "1"
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="membus"'
+        if isinstance(exc, PermissionDenied):
+            self.metrics.denials.labels(exc.tenant or "-", exc.action).inc()
+        if status >= 500:
+            self.log.warning("request.unavailable", code=exc.code, error=str(exc))
+        return JSONResponse(error_body(exc), status_code=status, headers=headers)
+
+
+async def _caller(  # async: a sync dependency would hop to a worker thread
+    request: Request,
+    _b: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
+    _k: Annotated[str | None, Security(_api_key)] = None,
+) -> Principal:
+    """The request's principal (the Security parameters only document the schemes)."""
+    svc: Service = request.app.state.membus
+    return svc.caller(request)
+
+
+# module level: routes are annotated with it, and FastAPI resolves names in this module
+Caller = Annotated[Principal, Depends(_caller)]
+
+
+def _install_errors(app: FastAPI, svc: Service) -> None:
+    async def membus_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, MembusError)
+        return svc.error_response(exc)
+
+    async def invalid_request(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = [
+            {
+                "field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query")) or "body",
+                "reason": str(e["msg"]),
+            }
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{p['field']}: {p['reason']}" for p in problems)
+        body = {
+            "error": {
+                "code": "invalid_input",
+                "message": f"invalid request: {summary}",
+                "problems": problems,
+            }
+        }
+        return JSONResponse(body, status_code=400)
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if isinstance(exc, BodyTooLarge):
+            return svc.error_response(TooLarge(exc.limit))
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = {"error": {"code": code, "message": str(exc.detail)}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    async def internal(_: Request, exc: Exception) -> Response:
+        svc.log.error("request.failed", error=repr(exc))
+        body = {"error": {"code": "internal", "message": "internal error; see the service log"}}
+        return JSONResponse(body, status_code=500)
+
+    app.add_exception_handler(MembusError, membus_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal)
+
+
+def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI:
+    """The HTTP API over an open ``bus`` (the caller keeps it open while the app serves)."""
+    svc = Service(bus, auth, limits or Limits())
+    app = FastAPI(
+        title="membus",
+        version="1",
+        description="Shared memory for teams of AI agents: publish observations, recall by "
+        "meaning, follow the change feed. Every call acts as the agent its API key names.",
+    )
+    app.state.membus = svc
+    _install_errors(app, svc)
+    app.add_middleware(BodyLimit, limit=svc.limits.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=svc.metrics)
+
+    @app.post("/v1/publish", status_code=201, responses=ERRORS, tags=["write"])
+    async def publish(draft: Draft, who: Caller) -> Receipt:
+        """Publish one observation. A 201 means it is in the stream; writers turn it into a
+        memory shortly after (see the change feed). Refused with 503 while writers lag."""
+        return (await _publish(svc, who, [draft]))[0]
+
+    @app.post("/v1/publish/batch", status_code=201, responses=ERRORS, tags=["write"])
+    async def publish_batch(batch: PublishBatch, who: Caller) -> Receipts:
+        """Publish several observations, all or nothing, in one round trip to Redis."""
+        return Receipts(receipts=await _publish(svc, who, batch.drafts))
+
+    @app.post("/v1/recall", responses=ERRORS, tags=["read"])
+    async def recall(req: RecallRequest, who: Caller) -> Hits:
+        """Top-k memories by meaning, only within scopes this agent may read."""
+        with svc.metrics.recall_seconds.time():
+            hits = await bus.recall(
+                who.identity,
+                req.query,
+                k=req.k,
+                scopes=req.scopes,
+                kinds=req.kinds,
+                subjects=req.subjects,
+                agents=req.agents,
+                since=req.since,
+                until=req.until,
+                as_of=req.as_of,
+                working=req.working,
+            )
+        svc.metrics.recalls.labels(who.tenant).inc()
+        return Hits(hits=hits)
+
+    @app.post("/v1/access", responses=ERRORS, tags=["read"])
+    async def access(req: AccessRequest, who: Caller) -> AccessStats:
+        """How often recall returned each memory and when last; memories this agent may not
+        recall are left out."""
+        return AccessStats(access=await bus.access(who.identity, req.memory_ids))
+
+    @app.get(
+        "/v1/changes",
+        response_class=ChangeStream,
+        status_code=200,
+        responses={
+            **ERRORS,
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "SSE: `open`, then one `change` per change",
+            },
+        },
+        tags=["read"],
+    )
+    async def changes(
+        who: Caller,
+        scopes: Annotated[list[str] | None, Query(description="subtree roots")] = None,
+        start: Annotated[
+            str, Query(alias="from", description="'$' now, '0' beginning, or a position")
+        ] = "$",
+        group: Annotated[str | None, Query(description="share the feed across consumers")] = None,
+        last_event_id: Annotated[str | None, Header(description="resume after this id")] = None,
+    ) -> ChangeStream:
+        """Follow committed changes as Server-Sent Events; resume with `Last-Event-ID` or
+        `?from=<position>` (each change's SSE id is its position)."""
+        for s in scopes or ():
+            validate_scope(s, "scopes")
+        if group is not None:
+            validate_name(group, "group")
+        start = check_start(last_event_id or start)
+        # the bus asks the gate only once the feed is iterated, after the 200 went out: ask
+        # here too, so a refusal is a 403 (and audited like the bus's own refusals)
+        grant = await bus.gate.grant(who.identity, "subscribe", scopes)
+        if grant.empty:
+            await bus.audit.record(_audited(who, "subscribe", scopes, False))
+            raise PermissionDenied(who.agent, "subscribe", ", ".join(scopes or ["*"]), who.tenant)
+        start = await resolve_start(bus.redis, who.tenant, start)
+        feed = bus.subscribe(who.identity, scopes, start=start, group=group)
+        gauge = svc.metrics.subscribers.labels(who.tenant)
+        gauge.inc()
+        return ChangeStream(feed, start, svc.limits.sse_keepalive_s, on_close=gauge.dec)
+
+    @app.post("/v1/forget", responses=ERRORS, tags=["write"])
+    async def forget_(req: ForgetRequest, who: Caller) -> ErasureReport:
+        """Erase matching memories and every copy of their content (events, DLQ, change
+        feed), only within scopes this agent may forget in."""
+        return await bus.forget(
+            who.identity,
+            memory_ids=req.memory_ids,
+            subject=req.subject,
+            agent=req.agent,
+            scope=req.scope,
+        )
+
+    @app.get("/v1/audit", responses=ERRORS, tags=["admin"])
+    async def audit_query(
+        who: Caller,
+        scope: Annotated[str, Query(description="records in this scope or below")],
+        agent: str | None = None,
+        action: str | None = None,
+        decision: Decision | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> AuditPage:
+        """The tenant's audit trail under `scope`; needs `admin` on that scope."""
+        d = await bus.gate.decision(who.identity, "admin", validate_scope(scope))
+        # who read the trail is itself on the trail
+        await bus.audit.record(_audited(who, "admin", [scope], d.allowed, d.rule))
+        if not d.allowed:
+            raise PermissionDenied(who.agent, "admin", scope, who.tenant)
+        records = await bus.audit.query(
+            who.tenant,
+            agent=agent,
+            scope=scope,
+            action=action,
+            decision=decision,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+        return AuditPage(records=records)
+
+    gate: Gate = bus.gate
+    if isinstance(gate, Reloadable):
+        reloadable = gate
+
+        @app.post("/v1/admin/policy/reload", responses=ERRORS, tags=["admin"])
+        async def policy_reload(who: Caller) -> dict[str, int]:
+            """Reload the permission policy from its source now (operator keys only)."""
+            if not who.operator:
+                raise PermissionDenied(who.agent, "admin", "policy", who.tenant)
+            return {"version": await reloadable.reload()}
+
+    @app.get("/v1/whoami", responses=ERRORS, tags=["meta"])
+    async def whoami(who: Caller) -> WhoAmI:
+        """The identity this API key acts as."""
+        return WhoAmI(agent=who.agent, tenant=who.tenant, operator=who.operator)
+
+    @app.get("/healthz", tags=["meta"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: ERRORS[503]}, tags=["meta"])
+    async def readyz() -> dict[str, str]:
+        """Readiness: Redis answers, so publishes can be accepted."""
+        try:
+            await bus.redis.ping()
+        except REDIS_DOWN as exc:
+            raise Unavailable(f"redis unavailable: {exc}") from None
+        return {"status": "ready"}
+
+    @app.get("/metrics", response_class=Response, tags=["meta"])
+    async def metrics() -> Response:
+        """Prometheus text format: request rates and latencies, stream lag/pending, DLQ."""
+        await svc.metrics.refresh(bus.redis)
+        return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _audited(
+    who: Principal, action: str, scopes: list[str] | None, allowed: bool, rule: str | None = None
+) -> AuditRecord:
+    """Shaped like the bus's own records of multi-scope calls."""
+    return AuditRecord(
+        tenant=who.tenant,
+        agent=who.agent,
+        action=action,
+        scope=scopes[0] if scopes and len(scopes) == 1 else "*",
+        scopes=list(scopes or []),
+        decision="allow" if allowed else "deny",
+        rule=rule,
+    )
+
+
+async def _publish(svc: Service, who: Principal, drafts: list[Draft]) -> list[Receipt]:
+    await svc.admit_publish(who, len(drafts))
+    with svc.metrics.publish_seconds.time():
+        receipts = await svc.bus.publish_many(who.identity, drafts)
+    svc.metrics.published.labels(who.tenant).inc(len(receipts))
+    return receipts
+
+
+async def serve(
+    config: MembusConfig,
+    host: str,
+    port: int,
+    api_keys_file: Path,
+    *,
+    path: str | Path = DEFAULT_PATH,
+    limits: Limits | None = None,
+    gate: Gate | None = None,
+) -> None:
+    """Open a bus (embedded or per ``config``) and serve it until cancelled or signalled."""
+    import uvicorn
+
+    from membus.runtime.host import open as open_bus
+
+    auth = ApiKeys.from_file(Path(api_keys_file))
+    async with open_bus(path, config, gate=gate) as bus:
+        app = create_app(bus, auth, limits)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
+            )
+        )
+        structlog.get_logger("membus.service").info(
+            "service.start", host=host, port=port, keys=len(auth)
+        )
+        await server.serve()

@@ -1,0 +1,142 @@
+"""API keys: each key is an agent identity in one tenant. Only SHA-256 digests are ever kept.
+
+The keys file is JSON, written by an operator from ``hash_key`` output (the secret itself never
+touches the disk of the service)::
+
+    {"keys": [{"sha256": "<64 hex>", "agent": "alice", "tenant": "acme"},
+              {"sha256": "<64 hex>", "agent": "ops", "tenant": "acme", "operator": true}]}
+
+``operator`` keys may also call service-wide operations (policy reload); everything else an
+operator does still goes through the gate as its agent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from membus.access.gate import Identity
+from membus.core.envelope import Name, invalid_from
+from membus.errors import InvalidInput
+from membus.service.wire import Unauthenticated
+
+KEY_PREFIX = "mbk_"
+
+
+def new_key() -> str:
+    """A fresh secret (256 bits); hand it to the agent, store ``hash_key`` of it."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class Principal(BaseModel):
+    """Who a request acts as: derived from the key alone, never from the request body."""
+
+    model_config = ConfigDict(frozen=True)
+    identity: Identity
+    operator: bool = False
+
+    @property
+    def agent(self) -> str:
+        return self.identity.agent
+
+    @property
+    def tenant(self) -> str:
+        return self.identity.tenant
+
+
+class KeyEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    agent: Name
+    tenant: Name
+    operator: bool = False
+
+
+class KeysFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    keys: list[KeyEntry]
+
+
+class ApiKeys:
+    """Digest -> principal. Lookup is by the digest of the presented key, then a constant-time
+    compare: an attacker can only learn timings about digests of their own guesses."""
+
+    def __init__(self, entries: Iterable[KeyEntry] = ()) -> None:
+        self._by_digest: dict[str, tuple[bytes, Principal]] = {}
+        for e in entries:
+            if e.sha256 in self._by_digest:
+                raise InvalidInput("the same API key is listed twice")
+            principal = Principal(
+                identity=Identity(tenant=e.tenant, agent=e.agent), operator=e.operator
+            )
+            self._by_digest[e.sha256] = (bytes.fromhex(e.sha256), principal)
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    @classmethod
+    def from_keys(
+        cls, keys: Mapping[str, Identity | tuple[str, str]], operators: Iterable[str] = ()
+    ) -> ApiKeys:
+        """Keys given in code: ``{secret: Identity(...) or (tenant, agent)}``; hashed at once."""
+        ops = set(operators)
+        entries = []
+        for secret, who in keys.items():
+            if len(secret) < 16:
+                raise InvalidInput("API keys must be at least 16 characters")
+            tenant, agent = (who.tenant, who.agent) if isinstance(who, Identity) else who
+            try:
+                entries.append(
+                    KeyEntry(
+                        sha256=hash_key(secret), agent=agent, tenant=tenant, operator=secret in ops
+                    )
+                )
+            except ValidationError as exc:
+                raise invalid_from(exc, "api key") from None
+        return cls(entries)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ApiKeys:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read API keys file {path}: {exc}") from None
+        try:
+            parsed = KeysFile.model_validate(orjson.loads(raw))
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"API keys file {path} is not JSON: {exc}") from None
+        except ValidationError as exc:
+            raise invalid_from(exc, f"API keys file {path}") from None
+        return cls(parsed.keys)
+
+    def authenticate(self, key: str | None) -> Principal:
+        if not key:
+            raise Unauthenticated(
+                "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+            )
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+        found = self._by_digest.get(digest.hex())
+        if found is None or not hmac.compare_digest(found[0], digest):
+            raise Unauthenticated("unknown API key")
+        return found[1]
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key from ``Authorization: Bearer`` or ``X-API-Key`` (the former wins)."""
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthenticated("Authorization header must be 'Bearer <key>'")
+        return value.strip()
+    return x_api_key.strip() if x_api_key else None

@@ -1,0 +1,392 @@
+"""Qdrant Edge engine: a real Qdrant shard (HNSW, payload indexes, filters) inside this process.
+
+Edge allows one process per shard, and a second opener breaks the first one's next flush, so we
+take our own exclusive file lock before opening. Edge calls are synchronous, hold the GIL most
+of the time and run behind one lock: searches and upserts on the caller's thread when the lock is
+free, anything else in a worker thread. ``optimize()`` (the HNSW build) holds the GIL for its
+whole run, so it is never called on a request path: ``maintain()`` runs it only when asked (idle
+time in the embedded runtime, or ``membus optimize``).
+
+Hybrid recall (``membus.store.sparse``): every point also carries a BM25 sparse vector of its
+content, declared with Edge's IDF modifier. A search with ``text`` runs a dense and a lexical
+prefetch, each under the full filter (the filter carries the read grant: a branch without it would
+leak memories outside the grant), and Edge fuses them with weighted RRF. Hit scores are then fused
+RRF scores, not cosine similarities. Query terms are weighted by IDF over the caller's corpus
+through a cache (``membus.store.idf``) that every write clears. Recall's rerank runs in the engine
+too, as a formula over the candidates (``membus.store.formula``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import qdrant_edge as q
+
+from membus.embed.port import Vectors
+from membus.errors import Conflict, InvalidInput, StoreLocked, Unavailable
+from membus.store import sparse
+from membus.store.edge_query import Row, filter_of, ranked, rows
+from membus.store.filters import FilterSpec, corpus_spec, spec, tenant_spec
+from membus.store.formula import Boost
+from membus.store.idf import IdfWeights, corpus_key
+from membus.store.port import (
+    INDEXED_FLOATS,
+    INDEXED_KEYWORDS,
+    Hit,
+    Memory,
+    RecallFilter,
+    StoreMeta,
+    check_batch,
+    check_ids,
+    check_query,
+)
+
+T = TypeVar("T")
+_VECTOR = "dense"
+_META_FILE = "membus-store.json"
+
+
+def _ensure_indexes(shard: Any) -> None:
+    """Create the payload indexes the shard does not have yet."""
+    wanted: dict[str, Any] = {"tenant": q.KeywordIndexParams(is_tenant=True)}
+    wanted |= dict.fromkeys(INDEXED_KEYWORDS, q.PayloadSchemaType.Keyword)
+    wanted |= dict.fromkeys(INDEXED_FLOATS, q.PayloadSchemaType.Float)
+    wanted["sensitivity"] = q.PayloadSchemaType.Integer
+    have = shard.info().payload_schema
+    for field, schema in wanted.items():
+        if field not in have:
+            shard.update(q.UpdateOperation.create_field_index(field, schema))
+
+
+class EdgeStore:
+    def __init__(self, path: Path, optimize_every: int = 20_000) -> None:
+        self._path = Path(path)
+        self._optimize_every = optimize_every
+        self._shard: Any = None
+        self._lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._dim = 0
+        self._lexical = False
+        self._fusion = sparse.SEMANTIC  # the embedder's, from open()
+        self._idf = IdfWeights()  # cleared by every write (``_update``)
+        self.writes = 0  # updates so far: the idle loop builds indexes once they stop
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                if self._shard is None:
+                    raise Unavailable("edge store is closed")
+                return fn()
+
+        return await anyio.to_thread.run_sync(locked)
+
+    def _update(self, op: Any) -> None:
+        """Every change of the shard's points goes through here, under ``_lock``: it changes
+        IDF statistics, so the cached weights go with it."""
+        self._idf.clear()
+        self._shard.update(op)
+        self.writes += 1
+
+    def _take_file_lock(self) -> None:
+        self._path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path / ".membus.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLocked(
+                f"store {self._path} is open in another process; Qdrant Edge allows one process "
+                "per store (run several writer processes against a Qdrant server instead)"
+            ) from None
+        self._lock_fd = fd
+
+    async def open(self, meta: StoreMeta) -> None:
+        self._take_file_lock()
+        meta_path = self._path / _META_FILE
+        shard_dir = self._path / "shard"
+        try:
+            if meta_path.exists():
+                found = sparse.recorded_meta(json.loads(meta_path.read_text()))
+                why = sparse.meta_conflict(f"store {self._path}", found, meta)
+                if why:
+                    raise Conflict(why)
+                shard = await anyio.to_thread.run_sync(q.EdgeShard.load, str(shard_dir))
+                _ensure_indexes(shard)  # a store from an older version may lack a newer one
+            else:
+                config = q.EdgeConfig(
+                    vectors={
+                        _VECTOR: q.EdgeVectorParams(size=meta.dim, distance=q.Distance.Cosine)
+                    },
+                    sparse_vectors=(
+                        {sparse.VECTOR: q.EdgeSparseVectorParams(modifier=q.Modifier.Idf)}
+                        if meta.sparse
+                        else None
+                    ),
+                    hnsw_config=q.HnswIndexConfig(
+                        m=16, ef_construct=64, full_scan_threshold=10_000
+                    ),
+                )
+                shard = await anyio.to_thread.run_sync(q.EdgeShard.create, str(shard_dir), config)
+                _ensure_indexes(shard)
+                shard.flush()
+                # written last: a crash before this leaves no meta and the next open recreates
+                tmp = meta_path.with_suffix(".tmp")
+                tmp.write_text(meta.model_dump_json())
+                tmp.replace(meta_path)
+        except BaseException:
+            self._release_file_lock()
+            raise
+        self._shard, self._dim, self._lexical = shard, meta.dim, meta.sparse is not None
+        self._fusion = sparse.fusion_for(meta.embedder)
+
+    async def upsert(self, memories: Sequence[Memory], vectors: Vectors) -> None:
+        if not memories:
+            return
+        check_batch(memories, vectors, self._dim)
+        await self.upsert_rows(rows(memories, self._lexical), vectors)
+
+    async def upsert_rows(self, batch: Sequence[Row], vectors: Vectors) -> None:
+        """Upsert memories already turned into rows (``edge_query.rows``): what a writer in
+        another process sends (``membus.store.remote``)."""
+        check_ids([pid for pid, _, _ in batch])
+        if vectors.ndim != 2 or vectors.shape != (len(batch), self._dim):
+            raise InvalidInput(f"vectors of shape {vectors.shape} do not fit {len(batch)} rows")
+        # Point construction holds the GIL (~3 µs per payload value, ~45 of a point's ~100 µs)
+        # and so does most of update(): both run on this thread when the shard is free (see
+        # ``_now``). Rows are converted one by one: one big ``tolist()`` is ~4x slower per row.
+        points = [
+            q.Point(pid, self._vectors(vectors[i].tolist(), lex), payload)
+            for i, (pid, payload, lex) in enumerate(batch)
+        ]
+        await self._now(lambda: self._update(q.UpdateOperation.upsert_points(points)))
+
+    def _vectors(self, dense: list[float], lex: sparse.SparseVec | None) -> dict[str, Any]:
+        if lex is None:
+            return {_VECTOR: dense}
+        return {_VECTOR: dense, sparse.VECTOR: q.SparseVector(lex.indices, lex.values)}
+
+    async def search(
+        self,
+        vector: Vectors,
+        flt: RecallFilter,
+        k: int,
+        *,
+        text: str | None = None,
+        boost: Boost | None = None,
+    ) -> list[Hit]:
+        query = check_query(vector, k, self._dim)
+        fs = spec(flt)
+        if fs.nothing:
+            return []
+        where = filter_of(fs)
+        terms = sparse.query(text) if text and self._lexical else None
+        pool = boost.candidates if boost is not None else k  # what the rerank looks at
+        dense = q.QueryRequest(
+            limit=pool, query=q.Query.Nearest(query, using=_VECTOR), filter=where, with_payload=True
+        )
+        corpus = corpus_spec(flt) if terms else None  # only a lexical branch needs it
+
+        def find() -> Any:  # one locked call: no write between the weights and the search
+            # no terms (no text, a dense-only store, stop words only), or no point the caller
+            # may read holds any of them: the dense ranking alone
+            weighted = self._weigh(corpus, terms) if corpus is not None and terms else None
+            req = self._hybrid(query, weighted, where, pool) if weighted else dense
+            return self._shard.query(ranked(req, boost, where, k) if boost else req)
+
+        found = await self._now(find)
+        return [Hit(memory=Memory.from_payload(p.payload or {}), score=p.score) for p in found]
+
+    async def _now(self, fn: Callable[[], T]) -> T:
+        """Searches and upserts take about a millisecond, and a worker thread costs a good part
+        of that again: the hop, and a GIL passed back and forth with this thread (each handback
+        can wait out the 5 ms switch interval). When nothing else holds the shard, run here. A
+        held lock means another write or an index build: wait for it in a worker thread, never
+        on the event loop."""
+        if not self._lock.acquire(blocking=False):
+            return await self._run(fn)
+        try:
+            if self._shard is None:
+                raise Unavailable("edge store is closed")
+            return fn()
+        finally:
+            self._lock.release()
+
+    def _weigh(self, corpus: FilterSpec, terms: sparse.SparseVec) -> sparse.SparseVec:
+        """Query terms weighted so that the store-wide IDF scores as the corpus IDF would
+        (``membus.store.idf``); probes the terms not cached yet, all in one batch.
+        Holds ``_lock``."""
+        key = corpus_key(corpus)
+        missing = self._idf.missing(key, terms.indices)
+        if missing:
+            within = filter_of(corpus)
+            probes: list[Any] = []
+            for term in missing:
+                lone = q.Query.Nearest(q.SparseVector([term], [1.0]), using=sparse.VECTOR)
+                corpus_idf = q.SearchParams(idf=q.IdfParams(corpus=within))
+                probes += [
+                    q.QueryRequest(limit=1, query=lone, filter=within, params=corpus_idf),
+                    q.QueryRequest(limit=1, query=lone, filter=within),
+                ]
+            found = self._shard.query_batch(q.QueryBatchRequest(probes))
+            for i, term in enumerate(missing):
+                by_corpus, by_store = found[2 * i], found[2 * i + 1]
+                self._idf.learn(
+                    key,
+                    term,
+                    by_corpus[0].score if by_corpus else None,
+                    by_store[0].score if by_store else None,
+                )
+        return self._idf.weigh(key, terms)
+
+    async def search_batch(
+        self, queries: Sequence[tuple[Vectors, RecallFilter]], k: int, min_score: float
+    ) -> list[list[Hit]]:
+        """Dense top-``k`` per (vector, filter) with score >= ``min_score``, as one planned batch.
+
+        The near-duplicate pass's search: one thread hop and one ``query_batch`` for a whole
+        sweep instead of a ``query`` each (~1 ms apiece on an unindexed store), and the engine
+        drops hits under the threshold, so their payloads are never converted.
+        """
+        requests: list[Any] = []
+        for vector, flt in queries:
+            fs = spec(flt)
+            requests.append(
+                None
+                if fs.nothing
+                else q.QueryRequest(
+                    limit=k,
+                    query=q.Query.Nearest(check_query(vector, k, self._dim), using=_VECTOR),
+                    filter=filter_of(fs),
+                    with_payload=True,
+                    # a hair lower so the engine's own comparison cannot drop a tie; the
+                    # caller compares exactly
+                    score_threshold=min_score - 1e-6,
+                )
+            )
+        asked = [r for r in requests if r is not None]
+        found: list[Any] = []
+        if asked:
+            batch = q.QueryBatchRequest(asked)
+            found = await self._run(lambda: self._shard.query_batch(batch))
+        answers = iter(found)
+        return [
+            []
+            if r is None
+            else [
+                Hit(memory=Memory.from_payload(p.payload or {}), score=p.score)
+                for p in next(answers)
+            ]
+            for r in requests
+        ]
+
+    def _hybrid(
+        self, dense: list[float], terms: sparse.SparseVec, where: q.Filter, k: int
+    ) -> q.QueryRequest:
+        limit = sparse.prefetch_limit(k)
+        # every branch carries the filter, and so does the fusion on top of them
+        branches = [
+            q.Prefetch(limit=limit, query=q.Query.Nearest(dense, using=_VECTOR), filter=where),
+            q.Prefetch(
+                limit=limit,
+                query=q.Query.Nearest(
+                    q.SparseVector(terms.indices, terms.values), using=sparse.VECTOR
+                ),
+                filter=where,  # the store-wide IDF, which ``terms``' weights correct
+            ),
+        ]
+        weights = self._fusion.weights
+        fusion: Any = q.Fusion.Rrf(k=self._fusion.rrf_k, weights=weights)  # the stub omits Rrf
+        return q.QueryRequest(
+            limit=k,
+            prefetches=branches,
+            query=fusion,
+            filter=where,
+            with_payload=True,
+        )
+
+    async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]:
+        wanted = [uuid.UUID(i) for i in check_ids(ids)]
+        if not wanted:
+            return []
+        recs = await self._run(lambda: self._shard.retrieve(wanted, True, False))
+        out = [Memory.from_payload(r.payload or {}) for r in recs]
+        return [m for m in out if m.tenant == tenant]
+
+    async def delete(self, tenant: str, ids: Sequence[str]) -> int:
+        existing = await self.get(tenant, ids)
+        if existing:
+            doomed: list[int | uuid.UUID | str] = [m.id for m in existing]
+            await self._run(lambda: self._update(q.UpdateOperation.delete_points(doomed)))
+        return len(existing)
+
+    async def count(self, tenant: str | None = None) -> int:
+        req = q.CountRequest(filter=filter_of(tenant_spec(tenant)) if tenant else None, exact=True)
+        return int(await self._run(lambda: self._shard.count(req)))
+
+    async def scroll(
+        self, tenant: str, limit: int = 256, offset: str | None = None
+    ) -> tuple[list[Memory], str | None]:
+        if limit < 1:
+            raise InvalidInput(f"limit must be at least 1, got {limit}")
+        start = uuid.UUID(check_ids([offset])[0]) if offset is not None else None
+        req = q.ScrollRequest(
+            offset=start,
+            limit=limit,
+            filter=filter_of(tenant_spec(tenant)),
+            with_payload=True,
+        )
+        recs, nxt = await self._run(lambda: self._shard.scroll(req))
+        page = [Memory.from_payload(r.payload or {}) for r in recs]
+        return page, (str(nxt) if nxt is not None else None)
+
+    def unindexed(self) -> int:
+        info = self._shard.info()
+        return int(info.points_count - info.indexed_vectors_count)
+
+    async def maintain(self) -> None:
+        """Build HNSW for what arrived since the last build. Blocks this process while it runs."""
+        if self._shard is None or self.unindexed() < self._optimize_every:
+            return
+        await self.optimize()
+
+    async def optimize(self) -> None:
+        def build() -> None:
+            self._idf.clear()  # merging segments may drop deleted points from the statistics
+            self._shard.optimize()
+
+        await self._run(build)
+
+    async def flush(self) -> None:
+        await self._run(lambda: self._shard.flush())
+
+    async def close(self) -> None:
+        if self._shard is not None:
+            shard = self._shard
+
+            def shut() -> None:
+                with self._lock:
+                    shard.flush()
+                    shard.close()
+
+            await anyio.to_thread.run_sync(shut)
+            self._shard = None
+        self._release_file_lock()
+
+    def _release_file_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """What ``membus stats`` shows about an edge store without opening it."""
+    meta = Path(path) / _META_FILE
+    return json.loads(meta.read_text()) if meta.exists() else {}

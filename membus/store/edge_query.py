@@ -1,0 +1,49 @@
+"""Qdrant Edge requests from membus's engine-neutral specs: filters (``membus.store.filters``), the
+rerank formula (``membus.store.formula``) placed over a search's candidates, and the rows a point is
+built from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import qdrant_edge as q
+
+from membus.store import formula, sparse
+from membus.store.filters import Cond, FilterSpec
+from membus.store.formula import Boost
+from membus.store.port import Memory
+
+# a memory as the shard needs it: point id, payload, BM25 vector (None: a dense-only store)
+Row = tuple[str, dict[str, Any], sparse.SparseVec | None]
+
+
+def rows(memories: Sequence[Memory], lexical: bool) -> list[Row]:
+    return [
+        (m.id, m.to_payload(), sparse.document(m.content) if lexical else None) for m in memories
+    ]
+
+
+def condition(c: Cond) -> Any:
+    if c.value is not None:
+        return q.FieldCondition(c.field, match=q.MatchValue(c.value))
+    if c.any is not None:
+        return q.FieldCondition(c.field, match=q.MatchAny(list(c.any)))
+    return q.FieldCondition(c.field, range=q.RangeFloat(gte=c.gte, lte=c.lte))
+
+
+def filter_of(fs: FilterSpec) -> q.Filter:
+    must = [condition(c) for c in fs.must]
+    if fs.should:
+        must.append(q.Filter(should=[condition(c) for c in fs.should]))
+    return q.Filter(must=must, must_not=[condition(c) for c in fs.must_not] or None)
+
+
+def ranked(req: q.QueryRequest, boost: Boost, where: q.Filter, k: int) -> q.QueryRequest:
+    """``req``'s hits (its limit: the rerank's candidates) rescored by the rerank formula."""
+    below = q.Prefetch(
+        limit=req.limit, query=req.query, prefetches=req.prefetches or None, filter=where
+    )
+    return q.QueryRequest(
+        limit=k, query=formula.edge(boost), prefetches=[below], filter=where, with_payload=True
+    )

@@ -1,0 +1,294 @@
+"""The store port: where consolidated memories live, engine-neutral.
+
+Layout (see README, "Architecture"): one physical collection per embedding space. Tenants are a
+payload field indexed with ``is_tenant`` (Qdrant co-locates a tenant's points and plans filtered
+search per tenant), scopes are a keyword field plus the list of their ancestors (so a subtree
+``team/support`` matches ``team/support/tier1`` with one indexed condition). Thousands of tenants
+or scopes therefore cost payload-index entries, not collections.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from membus.core.envelope import LABELS, Event, scope_ancestors
+from membus.embed.port import Vectors
+from membus.errors import InvalidInput
+from membus.store.filters import RecallFilter as RecallFilter  # re-exported for engines and callers
+
+if TYPE_CHECKING:
+    from membus.store.formula import Boost
+
+# Fixed namespace: point ids are uuid5(namespace, tenant/event id), identical in every process,
+# which is what makes redelivered events overwrite rather than duplicate.
+POINT_NAMESPACE = uuid.UUID("5b0f7a52-4c8e-4c59-9d6b-6d1f0c7f3a10")
+
+INDEXED_KEYWORDS = (
+    "scope",
+    "scope_path",
+    "kind",
+    "subject",
+    "key",
+    "agents",
+    "slot",
+    "numbers",
+)
+# float payload fields with a range index; ``sensitivity`` is an integer index of its own
+INDEXED_FLOATS = ("created_ts", "valid_from_ts", "valid_to_ts")
+INDEXED_NUMBERS = (*INDEXED_FLOATS, "sensitivity")
+# ``valid_to_ts`` of a memory that is neither superseded nor expiring: recall's default filter is
+# ``valid_to_ts > now``, one range condition for "current and not expired"
+OPEN_END = 1e12
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# the numbers of a memory's text, as one keyword: near-duplicates must have the same numbers
+# ("floor 3" and "floor 4" are different facts), so the near-duplicate search filters on it
+NUMBERS = "numbers"
+NO_NUMBERS = "-"
+
+
+def numbers(text: str) -> list[str]:
+    return _NUMBER.findall(text)
+
+
+def numbers_key(text: str) -> str:
+    """One indexed keyword per distinct list of numbers in ``text``."""
+    return " ".join(numbers(text)) or NO_NUMBERS
+
+
+# a memory's ``metadata["importance"]`` as a number in [0, 1], top-level so that an engine can rank
+# by it (``membus.store.formula``); absent when the metadata holds none or not a number
+IMPORTANCE = "importance"
+
+
+def importance_of(metadata: Mapping[str, Any]) -> float | None:
+    """``metadata["importance"]`` clamped to [0, 1]; None when absent or not a finite number
+    (metadata is free-form: a string there must not break recall)."""
+    value = metadata.get(IMPORTANCE)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return min(1.0, max(0.0, float(value)))
+
+
+class StoreMeta(BaseModel):
+    """Recorded with the collection so a store built for one embedder refuses another."""
+
+    model_config = ConfigDict(frozen=True)
+    embedder: str
+    dim: int
+    layout: int = 2  # 2: validity interval and slot fields (consolidation)
+    # the lexical sparse vector's encoder (``membus.store.sparse.NAME``) for hybrid recall; None:
+    # the store holds dense vectors only. A store recorded before this field existed has none.
+    sparse: str | None = "bm25-en-snowball-v1"
+
+
+class Memory(BaseModel):
+    """A committed memory and its provenance."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    tenant: str
+    scope: str
+    kind: str
+    content: str
+    subject: str | None = None
+    key: str | None = None
+    agents: list[str] = Field(default_factory=list)
+    source_events: list[str] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    sensitivity: int = Field(default=0, ge=0, le=3)  # LABELS value of the source event
+    # consolidation: the ledger slot this memory materialises, and when it held (valid_to None:
+    # current; a superseded version or an expiring memory has one)
+    slot: str | None = None
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    history: bool = False  # a superseded version of a keyed fact
+
+    @classmethod
+    def from_event(cls, event: Event) -> Memory:
+        # the event is already validated: construct without a second validation (writer hot path)
+        return cls.model_construct(
+            id=point_id(event.tenant, event.id),
+            tenant=event.tenant,
+            scope=event.scope,
+            kind=event.kind,
+            content=event.content,
+            subject=event.subject,
+            key=event.key,
+            agents=[event.agent],
+            source_events=[event.id],
+            created_at=event.created_at,
+            updated_at=datetime.now(UTC),
+            metadata=event.metadata,
+            sensitivity=LABELS[event.label],
+        )
+
+    def to_payload(self) -> dict[str, Any]:
+        """Filterable fields top-level, the rest as one JSON string.
+
+        Qdrant Edge converts every payload value from Python at ~5 µs each, which made payload
+        conversion the most expensive step of a write; fields nobody filters on ride in ``doc``.
+        """
+        payload: dict[str, Any] = {
+            "tenant": self.tenant,
+            "scope": self.scope,
+            "scope_path": scope_ancestors(self.scope),
+            "kind": self.kind,
+            "agents": self.agents,
+            "sensitivity": self.sensitivity,
+            # numeric timestamps: range filters work the same on every engine
+            "created_ts": self.created_at.timestamp(),
+            "valid_from_ts": (self.valid_from or self.created_at).timestamp(),
+            "valid_to_ts": self.valid_to.timestamp() if self.valid_to else OPEN_END,
+            NUMBERS: numbers_key(self.content),
+            "doc": orjson.dumps(
+                {
+                    "id": self.id,
+                    "content": self.content,
+                    "source_events": self.source_events,
+                    "created_at": self.created_at,
+                    "updated_at": self.updated_at,
+                    "metadata": self.metadata,
+                    "valid_from": self.valid_from,
+                    "valid_to": self.valid_to,
+                    "history": self.history,
+                },
+                option=orjson.OPT_UTC_Z,
+            ).decode(),
+        }
+        if self.subject is not None:
+            payload["subject"] = self.subject
+        if self.key is not None:
+            payload["key"] = self.key
+        if self.slot is not None:
+            payload["slot"] = self.slot
+        if self.metadata:
+            rank_by = importance_of(self.metadata)
+            if rank_by is not None:
+                payload[IMPORTANCE] = rank_by
+        return payload
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Memory:
+        doc = orjson.loads(payload["doc"])
+        return cls.model_validate(
+            {
+                **doc,
+                "tenant": payload["tenant"],
+                "scope": payload["scope"],
+                "kind": payload["kind"],
+                "agents": payload["agents"],
+                "subject": payload.get("subject"),
+                "key": payload.get("key"),
+                "sensitivity": payload.get("sensitivity", 0),
+                "slot": payload.get("slot"),
+            }
+        )
+
+
+def point_id(tenant: str, event_id: str) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{tenant}/{event_id}"))
+
+
+# Input checks shared by every engine, so they all refuse the same things the same way.
+
+
+def check_ids(ids: Sequence[str]) -> list[str]:
+    """Canonical UUID strings without repeats (so deletes count each once), or ``InvalidInput``."""
+    out: dict[str, None] = {}
+    bad: list[dict[str, str]] = []
+    for i in ids:
+        try:
+            out[str(uuid.UUID(i))] = None
+        except (ValueError, TypeError, AttributeError):
+            bad.append({"field": "ids", "value": str(i), "problem": "not a UUID"})
+    if bad:
+        raise InvalidInput(f"{len(bad)} malformed memory id(s); ids are UUIDs", bad)
+    return list(out)
+
+
+def check_batch(memories: Sequence[Memory], vectors: Vectors, dim: int) -> None:
+    check_ids([mem.id for mem in memories])
+    if vectors.ndim != 2 or vectors.shape[0] != len(memories) or vectors.shape[1] != dim:
+        raise InvalidInput(
+            f"vectors of shape {tuple(vectors.shape)} do not fit {len(memories)} memories "
+            f"of dim {dim}"
+        )
+
+
+def check_query(vector: Vectors, k: int, dim: int) -> list[float]:
+    if k < 1:
+        raise InvalidInput(f"k must be at least 1, got {k}")
+    flat = vector.reshape(-1)
+    if flat.shape[0] != dim:
+        raise InvalidInput(f"query vector has dim {flat.shape[0]}, the store holds dim {dim}")
+    # tolist() gives the same Python floats as float(x) per element, ~30x faster (the
+    # near-duplicate pass converts one query per queued slot)
+    out: list[float] = flat.tolist()
+    return out
+
+
+class Hit(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    memory: Memory
+    score: float
+    # from the events stream, not yet consolidated (working memory): unverified by a writer
+    working: bool = False
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Engines implement this and pass tests/conformance.py."""
+
+    async def open(self, meta: StoreMeta) -> None:
+        """Create the collection or check it matches ``meta``; raise ``Conflict`` if not."""
+        ...
+
+    async def upsert(self, memories: Sequence[Memory], vectors: Vectors) -> None:
+        """Insert or overwrite by id: idempotent."""
+        ...
+
+    async def search(
+        self,
+        vector: Vectors,
+        flt: RecallFilter,
+        k: int,
+        *,
+        text: str | None = None,
+        boost: Boost | None = None,
+    ) -> list[Hit]:
+        """Top-k by ``vector`` within ``flt``; ``text`` (the query) lets a hybrid engine fuse a
+        lexical ranking in; engines without one ignore it. ``boost``: rerank the top
+        ``boost.candidates`` by recency and importance in the engine (``membus.store.formula``) and
+        return the top k of that."""
+        ...
+
+    async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]: ...
+
+    async def delete(self, tenant: str, ids: Sequence[str]) -> int:
+        """Delete by id within the tenant; returns how many existed."""
+        ...
+
+    async def count(self, tenant: str | None = None) -> int: ...
+
+    async def scroll(
+        self, tenant: str, limit: int = 256, offset: str | None = None
+    ) -> tuple[list[Memory], str | None]:
+        """Page through a tenant's memories in id order; returns (page, next offset)."""
+        ...
+
+    async def maintain(self) -> None:
+        """Background housekeeping (index builds); never call on a request path."""
+        ...
+
+    async def close(self) -> None: ...

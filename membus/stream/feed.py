@@ -1,0 +1,141 @@
+"""The change feed: every committed memory change is an entry on ``membus:{tenant}:changes``.
+
+Delivery is at-least-once: a writer that dies after its store write but before its transaction
+(XADD change + XACK event) redoes both, so a subscriber may see one change twice; ``memory_id``
+plus ``event_ids`` identify it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import ResponseError
+
+from membus.core.keys import TenantKeys
+from membus.core.redis import REDIS_DOWN, Redis, unavailable
+from membus.store.port import Memory
+from membus.stream.ops import ensure_group
+
+# conflict: two agents asserted different values for one key at nearly the same time; the
+# change names the winner (current) and, in ``detail``, the superseded value and its agents
+Op = Literal["upsert", "delete", "conflict"]
+
+
+class Change(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    op: Op
+    memory_id: str
+    tenant: str
+    scope: str
+    kind: str
+    content: str | None = None
+    subject: str | None = None
+    key: str | None = None
+    agents: list[str] = Field(default_factory=list)
+    event_ids: list[str] = Field(default_factory=list)
+    sensitivity: int = 0
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    detail: dict[str, Any] | None = None
+    position: str | None = None  # the change stream id, set when read
+
+    @classmethod
+    def upsert(cls, memory: Memory, event_ids: Sequence[str]) -> Change:
+        return cls.model_validate(orjson.loads(upsert_fields(memory, event_ids)["c"]))
+
+    @classmethod
+    def of(cls, op: Op, memory: Memory, event_ids: Sequence[str], **extra: Any) -> Change:
+        return cls(
+            op=op,
+            memory_id=memory.id,
+            tenant=memory.tenant,
+            scope=memory.scope,
+            kind=memory.kind,
+            content=memory.content if op != "delete" else None,
+            subject=memory.subject,
+            key=memory.key,
+            agents=memory.agents,
+            event_ids=list(event_ids),
+            sensitivity=memory.sensitivity,
+            **extra,
+        )
+
+    def to_fields(self) -> dict[str, bytes]:
+        return {"c": orjson.dumps(self.model_dump(mode="json", exclude={"position"}))}
+
+    @classmethod
+    def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Change:
+        return cls.model_validate({**orjson.loads(fields["c"]), "position": entry_id})
+
+
+def upsert_fields(memory: Memory, event_ids: Sequence[str]) -> dict[str, bytes]:
+    """The stream entry for an upsert, built without a model round trip (writer hot path)."""
+    return {
+        "c": orjson.dumps(
+            {
+                "op": "upsert",
+                "memory_id": memory.id,
+                "tenant": memory.tenant,
+                "scope": memory.scope,
+                "kind": memory.kind,
+                "content": memory.content,
+                "subject": memory.subject,
+                "key": memory.key,
+                "agents": memory.agents,
+                "event_ids": list(event_ids),
+                "sensitivity": memory.sensitivity,
+                "at": datetime.now(UTC),
+            }
+        )
+    }
+
+
+async def follow(
+    redis: Redis,
+    tenant: str,
+    admit: Callable[[Change], Awaitable[bool]] | None,
+    *,
+    start: str = "$",
+    group: str | None = None,
+    consumer: str = "c1",
+    block_ms: int = 1000,
+    count: int = 100,
+) -> AsyncIterator[Change]:
+    """Yield the changes ``admit`` lets through (all if None) from ``start``, forever.
+
+    With ``group`` the subscription load-balances across consumers of that group: each change
+    goes to one of them, and is acknowledged when the caller asks for the next one.
+    """
+    stream = TenantKeys(tenant).changes
+    if group is not None:
+        await ensure_group(redis, stream, group, start="$" if start == "$" else start)
+    last = start
+    if last == "$":
+        # resolve "now" once, so no change slips between two blocking reads
+        try:
+            info = await redis.xinfo_stream(stream)
+            last = info.get("last-generated-id") or "0-0"
+        except ResponseError:
+            last = "0-0"
+    while True:
+        try:
+            if group is None:
+                batch: Any = await redis.xread({stream: last}, count=count, block=block_ms)
+            else:
+                batch = await redis.xreadgroup(
+                    group, consumer, {stream: ">"}, count=count, block=block_ms
+                )
+        except REDIS_DOWN as exc:
+            raise unavailable(exc) from exc
+        for _stream, entries in batch or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                change = Change.from_entry(entry_id, fields)
+                if admit is None or await admit(change):
+                    yield change
+                if group is not None:
+                    await redis.xack(stream, group, entry_id)

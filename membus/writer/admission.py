@@ -1,0 +1,76 @@
+"""Admission on the write path: the stream is not trusted, so a writer re-checks every event.
+
+In order, per batch: erased (tombstoned) events are dropped without a trace (parking them would
+copy erased content into the dead-letter stream); then the signature must prove the agent wrote
+exactly these bytes; then the event must be new (not a re-injected copy of a captured event);
+then the agent must still be allowed to publish into the scope. Signatures come before the
+replay check so a forged entry cannot claim a real event's id first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from membus.access.gate import Gate, Identity
+from membus.access.signing import KeyRegistry, SignatureInvalid, verify
+from membus.core.envelope import Event
+from membus.core.redis import Redis
+from membus.stream.replay import ReplayGuard
+from membus.stream.tombstones import erased
+
+Parsed = tuple[str, dict[str, str], Event]  # (entry id, stream fields, event)
+
+
+@dataclass
+class Screened:
+    admitted: list[tuple[str, Event]] = field(default_factory=list)
+    # (entry id, fields, reason, error, event) — parked in the dead-letter stream and audited
+    rejected: list[tuple[str, dict[str, str], str, str, Event]] = field(default_factory=list)
+    erased: list[str] = field(default_factory=list)  # entry ids: deleted and acknowledged
+
+
+class Admission:
+    def __init__(
+        self,
+        redis: Redis,
+        gate: Gate,
+        keys: KeyRegistry,
+        replay: ReplayGuard,
+        *,
+        verify_signatures: bool = True,
+    ) -> None:
+        self.redis, self.gate, self.keys, self.replay = redis, gate, keys, replay
+        self.verify_signatures = verify_signatures
+
+    async def screen(self, tenant: str, parsed: Sequence[Parsed]) -> Screened:
+        out = Screened()
+        dead = await erased(self.redis, tenant, [e.id for _, _, e in parsed]) if parsed else set()
+        signed: list[Parsed] = []
+        for entry_id, fields, event in parsed:
+            if event.id in dead:
+                out.erased.append(entry_id)
+                continue
+            if self.verify_signatures:
+                try:
+                    await verify(fields, event, self.keys)
+                except SignatureInvalid as exc:
+                    out.rejected.append((entry_id, fields, exc.reason, str(exc), event))
+                    continue
+            signed.append((entry_id, fields, event))
+        verdicts = await self.replay.check_many(tenant, [(e.id, eid) for eid, _, e in signed])
+        for (entry_id, fields, event), verdict in zip(signed, verdicts, strict=True):
+            if verdict in ("replay", "stale"):
+                why = f"event {event.id} was already written from another stream entry"
+                if verdict == "stale":
+                    why = f"event {event.id} is older than the replay window"
+                out.rejected.append((entry_id, fields, verdict, why, event))
+                continue
+            who = Identity(tenant=event.tenant, agent=event.agent)
+            decision = await self.gate.decision(who, "publish", event.scope)
+            if not decision.allowed:
+                why = f"agent {event.agent!r} may no longer publish to {event.scope!r}"
+                out.rejected.append((entry_id, fields, "denied", why, event))
+                continue
+            out.admitted.append((entry_id, event))
+        return out

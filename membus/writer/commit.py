@@ -1,0 +1,168 @@
+"""The writer's commit when consolidation is on: ledger first, then the store, then the ack.
+
+Per batch: add every event to its slot (``Ledger.add``; erased events are refused there,
+atomically with erasure's tombstones); WATCH the tombstones and the touched slots; read the slots
+back; materialise them (``consolidate.materialize``); write the store (upserts, then deletes of
+points that must no longer exist); and in one MULTI, XADD the change entries and XACK the batch.
+If a slot or the tombstones changed before EXEC, the whole read-materialise-write runs again, so
+the store always ends holding what the ledger says (see ``membus/writer/ledger.py``).
+
+A writer killed anywhere in this leaves its entries pending; the redelivery adds nothing new to
+the ledger (HSETNX) and rewrites the same memories under the same ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import numpy as np
+import structlog
+from redis.exceptions import WatchError
+
+from membus.core.config import ConsolidationConfig
+from membus.core.envelope import Event
+from membus.core.keys import PREFIX, TenantKeys
+from membus.core.redis import Redis
+from membus.embed.port import Vectors
+from membus.recall.heat import forget_access
+from membus.store.port import Memory, Store
+from membus.stream.feed import Change, upsert_fields
+from membus.stream.ops import XADD_MANY, xadd_many_args
+from membus.stream.tombstones import tombstones_key
+from membus.writer.consolidate import Plan, materialize
+from membus.writer.ledger import Item, Ledger, slot_key
+
+Embed = Callable[[list[str]], Awaitable[Vectors]]
+# each round that fails lost a race to another writer that committed: progress is made
+_MAX_ROUNDS = 50
+
+
+def changes_for(
+    plans: Sequence[Plan], existed: Sequence[Memory], batch: set[str]
+) -> list[dict[str, bytes]]:
+    """Change entries for what this batch changed: memories it fed, the versions they
+    superseded, points that existed and are gone, and conflicts it took part in."""
+    out: list[dict[str, bytes]] = []
+    for plan in plans:
+        touched = {i for i, m in enumerate(plan.upserts) if not batch.isdisjoint(m.source_events)}
+        touched |= {i - 1 for i in touched if i > 0}  # its predecessor got a valid_to
+        for i in sorted(touched):
+            m = plan.upserts[i]
+            out.append(upsert_fields(m, m.source_events))
+        for c in plan.conflicts:
+            if batch.isdisjoint(c.winner.source_events) and batch.isdisjoint(c.loser.source_events):
+                continue
+            detail = {
+                "superseded": c.loser.id,
+                "superseded_content": c.loser.content,
+                "superseded_agents": c.loser.agents,
+                "rule": "newest version wins (created_at, then event id)",
+            }
+            change = Change.of("conflict", c.winner, c.winner.source_events, detail=detail)
+            sens = max(c.winner.sensitivity, c.loser.sensitivity)
+            out.append(change.model_copy(update={"sensitivity": sens}).to_fields())
+    caused = sorted(batch)
+    out += [Change.of("delete", m, caused).to_fields() for m in existed]
+    return out
+
+
+def expiry_key(tenant: str) -> str:
+    """Slots whose current memory has a TTL, scored by when it runs out
+    (``membus/writer/expiry.py``)."""
+    return f"{PREFIX}:{{{tenant}}}:slots:expiry"
+
+
+def expires(plan: Plan) -> float | None:
+    """When the slot's current memory expires (a TTL, not a newer version), if it does."""
+    current = [m for m in plan.upserts if not m.history]
+    return current[-1].valid_to.timestamp() if current and current[-1].valid_to else None
+
+
+class Consolidator:
+    def __init__(
+        self, redis: Redis, store: Store, embed: Embed, config: ConsolidationConfig, group: str
+    ) -> None:
+        self.redis, self.store, self.embed, self.config = redis, store, embed, config
+        self.group = group
+        self.ledger = Ledger(redis)
+        self.rounds = 0  # read-materialise-write rounds run (more than commits: contention)
+        self._log = structlog.get_logger("membus.consolidate")
+
+    async def commit(
+        self,
+        via: Redis,
+        keys: TenantKeys,
+        stream: str,
+        events: Sequence[tuple[str, Event]],
+        items: Sequence[Item],
+        vectors: dict[str, np.ndarray] | None = None,
+    ) -> int:
+        """Commit ``events`` (entry id, event) with their ledger ``items``; returns how many
+        memories were written. ``vectors`` maps contents already embedded to their vector."""
+        tenant = keys.tenant
+        known = dict(vectors or {})
+        # embed first: an event whose text cannot be embedded must fail before it is in the
+        # ledger, where it would sink every later rewrite of its slot
+        fresh = sorted({e.content for _, e in events} - known.keys())
+        if fresh:
+            known.update(zip(fresh, await self.embed(fresh), strict=True))
+        batch = {e.id for _, e in events}
+        for _ in range(_MAX_ROUNDS):
+            self.rounds += 1
+            resolved = await self.ledger.add(tenant, items)
+            refused = {items[i].event_id for i, r in enumerate(resolved) if r is None}
+            # in publish order, so the change feed follows it
+            landed: dict[str, list[Item]] = {}
+            for item, r in zip(items, resolved, strict=True):
+                if r is not None:
+                    landed.setdefault(r, []).append(item)
+            slots = list(landed)
+            alone = {s: its[0] for s, its in landed.items() if len(its) == 1}
+            watched = [tombstones_key(tenant), *(slot_key(tenant, s) for s in slots)]
+            async with via.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(*watched)
+                    states = await self.ledger.read(tenant, slots, alone)
+                    plans = [materialize(tenant, states[s], self.config) for s in slots]
+                    existed = await self.write(tenant, plans, known)
+                    entries = changes_for(plans, existed, batch - refused)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    for args in xadd_many_args(entries):  # one call, not an XADD each
+                        pipe.eval(XADD_MANY, 1, keys.changes, *args)
+                    for slot, plan in zip(slots, plans, strict=True):
+                        if plan.withdrawn:  # the cut-off keeps refusing them: drop the text
+                            pipe.hdel(slot_key(tenant, slot), *[f"e:{w}" for w in plan.withdrawn])
+                        if (until := expires(plan)) is not None:  # for the expiry sweep
+                            pipe.zadd(expiry_key(tenant), {slot: until})
+                    pipe.xack(stream, self.group, *[eid for eid, _ in events])
+                    drop = [eid for eid, e in events if e.id in refused]
+                    if drop:  # erased while in flight: no trace in the stream either
+                        pipe.xdel(stream, *drop)
+                    await pipe.execute()
+                    return sum(len(p.upserts) for p in plans)
+                except WatchError:
+                    continue  # a slot or a tombstone moved under us: read and write again
+        raise WatchError(f"slots of tenant {tenant!r} kept changing for {_MAX_ROUNDS} rounds")
+
+    async def write(
+        self, tenant: str, plans: Sequence[Plan], known: dict[str, np.ndarray]
+    ) -> list[Memory]:
+        """Upsert what the plans keep, delete what they drop; returns the deleted that existed."""
+        upserts = [m for p in plans for m in p.upserts]
+        if upserts:
+            missing = sorted({m.content for m in upserts} - known.keys())
+            if missing:
+                fresh = await self.embed(missing)
+                known.update(zip(missing, fresh, strict=True))
+            await self.store.upsert(upserts, np.stack([known[m.content] for m in upserts]))
+        # a merge's survivor may take the loser's point id (its earliest event): keep it
+        kept = {m.id for m in upserts}
+        deletes = sorted({i for p in plans for i in p.deletes} - kept)
+        if not deletes:
+            return []
+        existed = await self.store.get(tenant, deletes)
+        if existed:
+            gone = [m.id for m in existed]
+            await self.store.delete(tenant, gone)
+            await forget_access(self.redis, tenant, gone)  # its recall statistics go with it
+        return existed

@@ -1,0 +1,303 @@
+"""Consolidation rules, as pure functions of a slot's ledger: what memories a set of events makes.
+
+Every admitted event lands in one *slot* of the ledger (see ``membus/writer/ledger.py``), and a
+slot's memories are recomputed from everything the slot holds. Because the result depends only
+on the *set* of events in the slot (never on arrival order, on duplicates or on which writer saw
+what), the final memory state is the same whatever the delivery order and the number of writers.
+
+Slots never cross scopes: the scope is part of every slot id, so private text cannot reach a
+shared memory through a merge.
+
+- An unkeyed event's slot is (scope, kind, subject, label, normalised text): exact repeats fold
+  into one memory whose provenance lists every source event and agent; its wording is the newest.
+- A keyed event (``subject`` + ``key``) lands in the (scope, subject, key) slot: versions ordered
+  by (created_at, event id); the last one is current, each earlier one is kept as history with
+  its validity interval; consecutive versions with the same normalised value fold into one.
+- A retraction (kind ``retraction``) sets the slot's cut-off: every event created at or before it
+  is withdrawn (deleted, and a late or redelivered copy stays withdrawn); later ones re-assert.
+- Two agents asserting different values for one key within ``conflict_window_s`` is a conflict:
+  version order decides (ties: event id), and the pair is reported for the change feed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from membus.core.config import ConsolidationConfig
+from membus.core.envelope import LABELS, Event, scope_ancestors
+from membus.errors import InvalidInput
+from membus.store.port import Memory, point_id
+
+RETRACTION = "retraction"
+_new, _setattr = object.__new__, object.__setattr__
+_LABEL_OF = {v: k for k, v in LABELS.items()}
+
+
+def normalise(text: str) -> str:
+    """What counts as "the same text": case, spacing and closing punctuation do not."""
+    return " ".join(text.casefold().split()).rstrip(".!?;:, ")
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+
+
+def keyed_slot(scope: str, subject: str, key: str) -> str:
+    return f"{scope}:k{_digest(subject, key)}"
+
+
+def slot_scope(slot: str) -> str:
+    return slot.rpartition(":")[0]
+
+
+def slot_of(event: Event) -> str:
+    """The slot an event writes to. Retractions name theirs (or a key); see ``target``."""
+    if event.kind == RETRACTION:
+        return retraction_target(event)
+    if event.subject is not None and event.key is not None:
+        return keyed_slot(event.scope, event.subject, event.key)
+    text = normalise(event.content)
+    return f"{event.scope}:t{_digest(event.kind, event.subject or '', event.label, text)}"
+
+
+def retraction_target(event: Event) -> str:
+    """A retraction withdraws a key (``subject`` + ``key``) or one memory's slot
+    (``metadata.retracts``, as ``Agent.retract`` fills it), always within its own scope."""
+    target = event.metadata.get("retracts")
+    if isinstance(target, str):
+        if slot_scope(target) != event.scope:
+            raise InvalidInput(
+                f"retraction in scope {event.scope!r} names a memory of another scope",
+                [{"field": "metadata.retracts", "reason": "must be a slot of the event's scope"}],
+            )
+        return target
+    if event.subject is not None and event.key is not None:
+        return keyed_slot(event.scope, event.subject, event.key)
+    raise InvalidInput(
+        "a retraction needs subject and key, or metadata.retracts naming a memory's slot",
+        [{"field": "metadata.retracts", "reason": "missing"}],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One event as the ledger keeps it: what a memory needs, nothing of the transport."""
+
+    event_id: str
+    agent: str
+    scope: str
+    kind: str
+    content: str
+    subject: str | None
+    key: str | None
+    label: str
+    metadata: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, e: Event) -> Variant:
+        return cls(
+            e.id,
+            e.agent,
+            e.scope,
+            e.kind,
+            e.content,
+            e.subject,
+            e.key,
+            e.label,
+            e.metadata,
+            e.created_at,
+        )
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            [
+                self.agent,
+                self.scope,
+                self.kind,
+                self.content,
+                self.subject,
+                self.key,
+                self.label,
+                self.metadata,
+                self.created_at,
+            ],
+            option=orjson.OPT_UTC_Z,
+        )
+
+    @classmethod
+    def from_json(cls, event_id: str, raw: str | bytes) -> Variant:
+        a, s, k, c, subj, key, label, meta, at = orjson.loads(raw)
+        return cls(event_id, a, s, k, c, subj, key, label, meta, datetime.fromisoformat(at))
+
+    @property
+    def order(self) -> tuple[datetime, str]:
+        return (self.created_at, self.event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotState:
+    slot: str
+    variants: list[Variant]
+    retracted_at: datetime | None = None
+    merged_into: str | None = None
+    erased: list[str] = field(default_factory=list)  # tombstoned event ids still in the hash
+
+    @property
+    def keyed(self) -> bool:
+        return self.slot.rpartition(":")[2].startswith("k")
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Two agents' values for one key, close in time; ``winner`` is current after the rule."""
+
+    winner: Memory
+    loser: Memory
+
+
+@dataclass(slots=True)
+class Plan:
+    upserts: list[Memory] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)  # point ids that must not exist
+    withdrawn: list[str] = field(default_factory=list)  # retracted event ids: prune from ledger
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+def expiry(v: Variant, config: ConsolidationConfig) -> datetime | None:
+    """The shortest TTL among the event's kind and its scope's ancestors, from its creation."""
+    ttls = [config.ttl_by_kind[v.kind]] if v.kind in config.ttl_by_kind else []
+    if config.ttl_by_scope:
+        ttls += [
+            config.ttl_by_scope[a] for a in scope_ancestors(v.scope) if a in config.ttl_by_scope
+        ]
+    return v.created_at + timedelta(seconds=min(ttls)) if ttls else None
+
+
+def _memory(
+    tenant: str,
+    slot: str,
+    group: Sequence[Variant],
+    valid_to: datetime | None,
+    history: bool,
+    since: datetime | None = None,
+    ids: Mapping[str, str] | None = None,
+) -> Memory:
+    """One memory from a group of variants that say the same thing: id from the earliest event
+    id (stable once written), wording and metadata from the newest, provenance from all.
+    ``since``: when the fact was first recorded (a key's current value: its first version).
+    ``ids``: point ids already derived, by event id (uuid5 is a few µs each)."""
+    if len(group) == 1:  # the common case: one event, one memory
+        first = newest = group[0]
+        began, agents, sources = first.created_at, [first.agent], [first.event_id]
+    else:
+        first = min(group, key=lambda v: v.event_id)
+        newest = max(group, key=lambda v: v.order)
+        began = min(v.created_at for v in group)
+        agents, sources = sorted({v.agent for v in group}), sorted(v.event_id for v in group)
+    pid = ids[first.event_id] if ids is not None else point_id(tenant, first.event_id)
+    return _trusted(
+        {
+            "id": pid,
+            "tenant": tenant,
+            "scope": newest.scope,
+            "kind": newest.kind,
+            "content": newest.content,
+            "subject": newest.subject,
+            "key": newest.key,
+            "agents": agents,
+            "source_events": sources,
+            "created_at": since or began,
+            "updated_at": newest.created_at,
+            "metadata": newest.metadata,
+            "sensitivity": LABELS[newest.label],
+            "slot": slot,
+            "valid_from": began,
+            "valid_to": valid_to,
+            "history": history,
+        }
+    )
+
+
+def _trusted(fields: dict[str, Any]) -> Memory:
+    """``Memory.model_construct`` given every field, minus its per-field default handling
+    (~10 µs a memory on the writer's hot path). Same instance state: ``__dict__``, the fields
+    set, no extra, no private."""
+    m = _new(Memory)
+    _setattr(m, "__dict__", fields)
+    _setattr(m, "__pydantic_fields_set__", set(fields))
+    _setattr(m, "__pydantic_extra__", None)
+    _setattr(m, "__pydantic_private__", None)
+    return m
+
+
+def _groups(live: Sequence[Variant]) -> list[list[Variant]]:
+    """Consecutive versions (in version order) with the same normalised value fold together."""
+    out: list[list[Variant]] = []
+    for v in sorted(live, key=lambda v: v.order):
+        if out and normalise(out[-1][-1].content) == normalise(v.content):
+            out[-1].append(v)
+        else:
+            out.append([v])
+    return out
+
+
+def materialize(tenant: str, state: SlotState, config: ConsolidationConfig) -> Plan:
+    """The memories ``state`` makes, and the point ids of its events that must not exist."""
+    plan = Plan()
+    variants = list({v.event_id: v for v in state.variants}.values())  # a set, whatever came in
+    ids = {v.event_id: point_id(tenant, v.event_id) for v in variants}
+    every = {point_id(tenant, e) for e in state.erased}
+    every.update(ids.values())
+    cut = state.retracted_at
+    live = [v for v in variants if cut is None or v.created_at > cut]
+    plan.withdrawn = sorted(v.event_id for v in variants if cut is not None and v.created_at <= cut)
+    if state.merged_into is not None or not live:  # merged away, withdrawn or erased
+        plan.deletes = sorted(every)
+        return plan
+    if state.keyed:
+        groups = _groups(live)
+        for i, g in enumerate(groups):
+            last = i == len(groups) - 1
+            until = expiry(max(g, key=lambda v: v.order), config)
+            valid_to = until if last else groups[i + 1][0].created_at
+            if until is not None and valid_to is not None:
+                valid_to = min(valid_to, until)
+            since = groups[0][0].created_at if last else None
+            plan.upserts.append(_memory(tenant, state.slot, g, valid_to, not last, since, ids))
+        for i in range(1, len(groups)):
+            a, b = groups[i - 1][-1], groups[i][0]
+            close = (b.created_at - a.created_at).total_seconds() <= config.conflict_window_s
+            if close and a.agent != b.agent:
+                plan.conflicts.append(Conflict(plan.upserts[i], plan.upserts[i - 1]))
+    else:
+        until = expiry(max(live, key=lambda v: v.order), config)
+        plan.upserts.append(_memory(tenant, state.slot, live, until, False, None, ids))
+    plan.deletes = sorted(every - {m.id for m in plan.upserts})
+    return plan
+
+
+def parse_state(slot: str, fields: Mapping[str, str], dead: Iterable[str] = ()) -> SlotState:
+    """A slot hash as the ledger stores it: ``e:<event id>`` -> variant, ``ret`` -> cut-off
+    (ISO time), ``into`` -> the slot it was merged into. Tombstoned event ids are left out."""
+    gone = set(dead)
+    ids = [f[2:] for f in fields if f.startswith("e:")]
+    variants = [Variant.from_json(i, fields["e:" + i]) for i in ids if i not in gone]
+    ret = fields.get("ret")
+    return SlotState(
+        slot,
+        variants,
+        retracted_at=datetime.fromisoformat(ret) if ret else None,
+        merged_into=fields.get("into"),
+        erased=sorted(gone.intersection(ids)),
+    )
+
+
+def label_of(sensitivity: int) -> str:
+    return _LABEL_OF[sensitivity]

@@ -1,0 +1,256 @@
+"""Near-duplicate merging: a background pass over slots written since it last looked.
+
+Writers queue every unkeyed slot they write (``membus:{tenant}:slots:dirty``). When a writer is
+idle it takes the tenant's lease and, slot by slot in id order, searches the store for the
+nearest current memory of the same scope (exactly), kind, subject and label. At cosine >= the
+threshold the two slots merge: every live event of one moves into the other (the slot with the
+smaller id survives, whichever came first), the moved one points ``into`` the survivor so later
+repeats follow it, and the survivor is rewritten with the newer wording and the union of
+provenance. Numbers are facts: texts whose numbers differ never merge, however close.
+
+Why a pass and not the writer's commit: a search per event would cost the ingest path a store
+query each; batched here, merges wait for idle time. Near-duplicates are not an equivalence (a
+~ b and b ~ c do not give a ~ c), so with chains the grouping can depend on arrival order; with
+clusters whose members are all similar to each other it does not.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import structlog
+from redis.exceptions import WatchError
+
+from membus.core.config import ConsolidationConfig
+from membus.core.keys import TenantKeys
+from membus.core.redis import REDIS_DOWN, Redis
+from membus.embed.port import Vectors
+from membus.errors import Unavailable
+from membus.store.filters import RecallFilter
+from membus.store.port import Hit, Memory, numbers, numbers_key
+from membus.writer.commit import Consolidator, changes_for
+from membus.writer.consolidate import SlotState, materialize, slot_scope
+from membus.writer.ledger import dirty_key, slot_key
+
+_LEASE_MS = 30_000
+_K = 5  # neighbours looked at per slot
+
+
+def mergeable(a: Memory, b: Memory) -> bool:
+    """Same scope (exactly), kind, subject and label, unkeyed, and the same numbers."""
+    return (
+        a.slot is not None
+        and b.slot is not None
+        and a.slot != b.slot
+        and not a.history
+        and not b.history
+        and a.key is None
+        and b.key is None
+        and (a.scope, a.kind, a.subject, a.sensitivity)
+        == (b.scope, b.kind, b.subject, b.sensitivity)
+        and numbers(a.content) == numbers(b.content)
+    )
+
+
+@runtime_checkable
+class BatchSearch(Protocol):
+    """An engine that runs many filtered dense searches as one batch (``EdgeStore``)."""
+
+    async def search_batch(
+        self, queries: Sequence[tuple[Vectors, RecallFilter]], k: int, min_score: float
+    ) -> list[list[Hit]]: ...
+
+
+def _neighbours(tenant: str, m: Memory) -> RecallFilter:
+    """Where a near-duplicate of ``m`` may be: its exact scope, kind and subject, and the same
+    numbers. In the filter, not only in ``mergeable``: the k nearest are then all candidates
+    (a nearer text with other numbers cannot crowd out a true near-duplicate), and a text with
+    numbers searches only the memories that share them, not its whole group."""
+    return RecallFilter(
+        tenant=tenant,
+        scopes=[m.scope],
+        include_subscopes=False,
+        kinds=[m.kind],
+        subjects=[m.subject] if m.subject is not None else None,
+        numbers=numbers_key(m.content),
+    )
+
+
+def _current(tenant: str, state: SlotState, config: ConsolidationConfig) -> Memory | None:
+    """The one current memory of an unkeyed slot, or None (keyed, merged away, withdrawn)."""
+    plan = materialize(tenant, state, config)
+    return plan.upserts[0] if len(plan.upserts) == 1 and not state.keyed else None
+
+
+class NearDuplicates:
+    def __init__(self, consolidator: Consolidator, config: ConsolidationConfig) -> None:
+        self.c, self.config = consolidator, config
+        self.redis: Redis = consolidator.redis
+        self.merged = 0
+        # queued slots were left after the last sweep: the writer's next read must not block
+        # (block_ms, 200 ms by default) before the next sweep, or a backlog of n slots costs
+        # n / limit of those waits: 20k queued slots after a bulk ingest spent a minute idle
+        self.backlog = False
+        self._token = secrets.token_hex(8)
+        self._log = structlog.get_logger("membus.neardup")
+
+    async def pending(self, tenant: str) -> int:
+        return int(await self.redis.zcard(dirty_key(tenant)))
+
+    async def sweep(self, tenants: Sequence[str], limit: int = 64) -> int:
+        """Look at up to ``limit`` queued slots per tenant whose lease we get; returns merges."""
+        self.backlog = False
+        if self.config.near_duplicate is None:
+            return 0
+        done = 0
+        for tenant in tenants:
+            lease = f"{dirty_key(tenant)}:lease"
+            if not await self.redis.zcard(dirty_key(tenant)):
+                continue
+            if not await self.redis.set(lease, self._token, nx=True, px=_LEASE_MS):
+                continue  # another writer is on it
+            try:
+                done += await self._tenant(tenant, limit)
+                # only after a pass that worked: a failing one must not spin the writer
+                self.backlog = self.backlog or bool(await self.redis.zcard(dirty_key(tenant)))
+            except (Unavailable, *REDIS_DOWN):
+                raise
+            except Exception as exc:  # housekeeping: it must never take the writer down
+                self._log.warning("neardup.failed", tenant=tenant, error=repr(exc))
+            finally:
+                if await self.redis.get(lease) == self._token:
+                    await self.redis.delete(lease)
+        return done
+
+    async def _tenant(self, tenant: str, limit: int) -> int:
+        merges = 0
+        raw: Any = await self.redis.zrange(dirty_key(tenant), 0, limit - 1)
+        queued = [str(x) for x in raw]
+        states = await self.c.ledger.read(tenant, queued)
+        current = {s: _current(tenant, states[s], self.config) for s in queued}
+        texts = sorted({m.content for m in current.values() if m is not None})
+        vectors = await self._vectors(tenant, texts)  # one batch: far faster for a model
+        # checked, no neighbour: they leave the queue in one ZREM, always before the next merge
+        # (which may queue one of them again as its survivor). A repeat landing meanwhile has
+        # the same text: it would find no other neighbour either.
+        looked: list[str] = []
+        found: dict[str, str | None] = {}
+        for n, slot in enumerate(queued):
+            if slot not in found:
+                # the rest of the pass searched at once; a merge changes the store, so after
+                # one the searches still ahead run again (as one-by-one searching would see it)
+                ahead = [(s, current[s]) for s in queued[n:]]
+                asked = [
+                    (m, vectors[m.content]) if m and m.content in vectors else None
+                    for _, m in ahead
+                ]
+                found = dict(zip(queued[n:], await self._nearest(tenant, asked), strict=True))
+            other = found[slot]
+            if other is None:
+                looked.append(slot)
+                continue
+            await self._done(tenant, looked)
+            looked, found = [], {}
+            # a slot merged earlier in this pass is re-checked under WATCH by _merge
+            await self._merge(tenant, *sorted((slot, other)))
+            merges += 1
+        await self._done(tenant, looked)
+        self.merged += merges
+        return merges
+
+    async def _done(self, tenant: str, slots: list[str]) -> None:
+        if slots:
+            await self.redis.zrem(dirty_key(tenant), *slots)
+
+    async def _vectors(self, tenant: str, texts: list[str]) -> dict[str, np.ndarray]:
+        """Embed ``texts``; if the batch fails, one by one, leaving out those that fail."""
+        try:
+            return dict(zip(texts, await self.c.embed(texts), strict=True)) if texts else {}
+        except (Unavailable, *REDIS_DOWN):
+            raise
+        except Exception:
+            out = {}
+            for t in texts:
+                try:
+                    [out[t]] = await self.c.embed([t])
+                except (Unavailable, *REDIS_DOWN):
+                    raise
+                except Exception as exc:  # e.g. an embedder that fails on this text: skip it
+                    self._log.warning("neardup.embed_failed", tenant=tenant, error=repr(exc))
+            return out
+
+    async def _nearest(
+        self, tenant: str, asked: Sequence[tuple[Memory, np.ndarray] | None]
+    ) -> list[str | None]:
+        """Per memory (None: nothing to look for), the slot of its nearest mergeable neighbour
+        at cosine >= the threshold, if any (dense only: no text)."""
+        threshold = self.config.near_duplicate
+        assert threshold is not None
+        wanted = [a for a in asked if a is not None]
+        queries = [(np.asarray([v]), _neighbours(tenant, m)) for m, v in wanted]
+        store = self.c.store
+        if isinstance(store, BatchSearch):  # one planned batch, hits under threshold dropped
+            found = await store.search_batch(queries, _K, threshold) if queries else []
+        else:
+            found = [await store.search(v, flt, _K) for v, flt in queries]
+        slots = iter(
+            next(
+                (h.memory.slot for h in hits if h.score >= threshold and mergeable(m, h.memory)),
+                None,
+            )
+            for (m, _), hits in zip(wanted, found, strict=True)
+        )
+        return [None if a is None else next(slots) for a in asked]
+
+    async def _merge(self, tenant: str, survivor: str, loser: str) -> None:
+        """Move the loser's live events into the survivor and rewrite both, atomically."""
+        keys = TenantKeys(tenant)
+        watched = [slot_key(tenant, survivor), slot_key(tenant, loser)]
+        for _ in range(50):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(*watched)
+                    states = await self.c.ledger.read(tenant, [survivor, loser])
+                    keep, gone = states[survivor], states[loser]
+                    if (
+                        keep.merged_into
+                        or gone.merged_into
+                        or slot_scope(keep.slot) != slot_scope(gone.slot)
+                    ):
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        await self.redis.zrem(dirty_key(tenant), loser)
+                        return
+                    cut = gone.retracted_at
+                    moving = [v for v in gone.variants if cut is None or v.created_at > cut]
+                    joined = SlotState(
+                        survivor, keep.variants + moving, keep.retracted_at, None, keep.erased
+                    )
+                    left = SlotState(loser, gone.variants, cut, survivor, gone.erased)
+                    plans = [materialize(tenant, s, self.config) for s in (joined, left)]
+                    existed = await self.c.write(tenant, plans, {})
+                    moved = {v.event_id for v in moving}
+                    entries = changes_for(plans, existed, moved)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    for v in moving:
+                        pipe.hset(watched[0], f"e:{v.event_id}", v.to_json())
+                    if gone.variants:
+                        pipe.hdel(watched[1], *[f"e:{v.event_id}" for v in gone.variants])
+                    pipe.hset(watched[1], "into", survivor)
+                    pipe.zrem(dirty_key(tenant), loser)
+                    pipe.zadd(dirty_key(tenant), {survivor: 0})  # it may have a neighbour too
+                    for fields in entries:
+                        pipe.xadd(keys.changes, fields)  # type: ignore[arg-type]
+                    await pipe.execute()
+                    self._log.info(
+                        "neardup.merged",
+                        tenant=tenant,
+                        survivor=survivor,
+                        merged=loser,
+                        events=len(moved),
+                    )
+                    return
+                except WatchError:
+                    continue
