@@ -130,6 +130,7 @@ async def test_drain_without_writers_says_so(redis_url: str, tmp_path: Path) -> 
             await bus.drain(timeout_s=0.3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("agent", "tenant"), [("Bad Name", "acme"), ("ok", "acme/../x"), ("", "")])
 async def test_bad_identity_is_invalid_input(
     redis_url: str, tmp_path: Path, agent: str, tenant: str

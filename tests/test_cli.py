@@ -64,6 +64,7 @@ def json_lines(text: str) -> list[object]:
     return [orjson.loads(line) for line in text.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_publish_worker_recall_round_trip(cli: Invoke, redis_url: str, tmp_path: Path) -> None:
     out = cli(
         "--json",
@@ -113,6 +114,7 @@ def test_publish_worker_recall_round_trip(cli: Invoke, redis_url: str, tmp_path:
     assert [c["op"] for c in changes] == ["upsert"] * 3  # type: ignore[index]
 
 
+@pytest.mark.slow
 def test_stats_json_reports_streams_groups_and_memories(
     cli: Invoke, redis_url: str, tmp_path: Path
 ) -> None:
@@ -184,6 +186,7 @@ def test_dlq_list_replay_drop_round_trip(cli: Invoke, redis_url: str, tmp_path: 
     r.close()
 
 
+@pytest.mark.slow
 def test_worker_process_commits_and_exits_0_on_sigterm(
     cli: Invoke, redis_url: str, tmp_path: Path
 ) -> None:
@@ -231,6 +234,7 @@ def test_env_settings_and_flags_override_env(monkeypatch: pytest.MonkeyPatch) ->
     assert out.exit_code == 2 and "worker.batch_size" in out.stderr
 
 
+@pytest.mark.slow
 def test_tail_follows_and_ctrl_c_exits_0(cli: Invoke, redis_url: str, tmp_path: Path) -> None:
     assert cli("publish", "first", "--scope", "s", *WHO).exit_code == 0
     drain(redis_url, tmp_path)

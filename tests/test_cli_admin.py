@@ -67,6 +67,7 @@ def _json(out: Result) -> Any:
 # -- audit --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_audit_lists_allowed_calls_and_the_denied_publish(cli: Invoke) -> None:
     assert cli("publish", "printer jams", "--scope", "team/support", *ALICE).exit_code == 0
     assert cli("recall", "printer", *ALICE, "--json").exit_code == 0
@@ -99,6 +100,7 @@ def test_audit_lists_allowed_calls_and_the_denied_publish(cli: Invoke) -> None:
 # -- forget -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_forget_erases_what_it_reports_and_respects_the_gate(cli: Invoke) -> None:
     for text, subject in (("refund for order 7", "order-7"), ("refund for order 8", "order-8")):
         out = cli("publish", text, "--scope", "team/support", "--subject", subject, *CAROL)
@@ -243,6 +245,7 @@ def test_keys_new_prints_the_key_once_and_stores_only_its_digest(tmp_path: Path)
     assert bad.exit_code == 2 and len(ApiKeys.from_file(keys)) == 2
 
 
+@pytest.mark.slow
 def test_serve_answers_health_and_exits_0_on_sigterm(redis_url: str, tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
     key = CliRunner().invoke(app, ["keys", "new", *ALICE, "--file", str(keys)]).stdout.strip()
@@ -315,6 +318,7 @@ def test_serve_without_a_keys_file_exits_2() -> None:
 # -- eval, stats, settings ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_eval_locomo_json_prints_exactly_one_object(tmp_path: Path) -> None:
     fixture = ROOT / "tests" / "fixtures" / "locomo_tiny.json"
     out = CliRunner().invoke(app, ["eval", "locomo", "--dataset", str(fixture), "--json"])
@@ -365,6 +369,7 @@ def test_policy_and_service_settings_come_from_env_and_flags(
     assert CliRunner().invoke(app, ["--redis-url", "redis://127.0.0.1:1/0", "stats"]).exit_code == 2
 
 
+@pytest.mark.slow
 def test_mcp_command_binds_identity_from_flags_or_refuses(tmp_path: Path) -> None:
     """`membus mcp` serves stdio for one identity given at start; without one it refuses."""
     exe = [sys.executable, "-m", "membus.cli"]

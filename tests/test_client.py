@@ -96,6 +96,7 @@ async def test_client_raises_permission_denied_like_the_bus(tmp_path: Path, redi
         assert (remote_err.value.agent, remote_err.value.action) == ("bob", "publish")
 
 
+@pytest.mark.slow
 async def test_client_subscribe_follows_and_resumes(tmp_path: Path, redis_url: str) -> None:
     """Client.subscribe yields membus.Change over SSE and resumes after a position."""
     async with opened(tmp_path, redis_url) as bus:
@@ -117,6 +118,7 @@ async def test_client_subscribe_follows_and_resumes(tmp_path: Path, redis_url: s
                     break
 
 
+@pytest.mark.slow
 async def test_sync_client_round_trip(tmp_path: Path, redis_url: str) -> None:
     """SyncClient: publish, batch, recall and subscribe without an event loop of its own."""
     async with opened(tmp_path, redis_url) as bus:
@@ -141,6 +143,7 @@ async def test_sync_client_round_trip(tmp_path: Path, redis_url: str) -> None:
         assert same_hits(hits, local)
 
 
+@pytest.mark.slow
 async def test_retries_wait_out_a_rate_limit(tmp_path: Path, redis_url: str) -> None:
     """With retries the client honours Retry-After on 429 (nothing was done, so it is safe);
     without, it raises RateLimited, an Unavailable."""
@@ -191,6 +194,7 @@ def test_errors_round_trip_through_the_wire(exc: membus.MembusError) -> None:
     assert back.to_dict() == exc.to_dict()
 
 
+@pytest.mark.slow
 async def test_clients_pass_recall_options_and_read_access(tmp_path: Path, redis_url: str) -> None:
     """working, as_of and access() through both clients, same answers as in process."""
     async with opened(tmp_path, redis_url, writers=0) as bus:

@@ -54,6 +54,7 @@ def test_cluster_needs_a_url() -> None:
         RedisConfig(cluster=True)
 
 
+@pytest.mark.slow
 def test_tenants_land_on_more_than_one_master(cluster: ClusterProcess) -> None:
     """Precondition of the round trip below: the test tenants really do live on different
     masters (asked of the cluster with CLUSTER KEYSLOT / CLUSTER SLOTS), so the cross-slot paths
@@ -143,6 +144,7 @@ async def test_policy_announcements_reach_a_watcher_on_another_connection(
         await sender.aclose()
 
 
+@pytest.mark.slow
 def test_cluster_nodes_are_torn_down(tmp_path: Path) -> None:
     """The helper leaves no redis-server behind: after stop every node's port refuses."""
     if binaries() is None:

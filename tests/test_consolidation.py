@@ -262,6 +262,7 @@ async def deliver(
     }
 
 
+@pytest.mark.slow
 def test_final_state_is_independent_of_order_duplicates_and_writer_count(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -293,6 +294,7 @@ async def _client(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, decode_responses=True)
 
 
+@pytest.mark.slow
 async def test_near_duplicates_merge_within_a_scope_in_the_idle_pass(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -341,6 +343,7 @@ async def test_a_near_duplicate_is_found_behind_nearer_texts_with_other_numbers(
         assert await bus.store.count("acme") == 9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first", [0, 1])
 async def test_a_merge_never_loses_the_memory_whichever_slot_came_first(
     redis_url: str, tmp_path: Path, first: int

@@ -36,6 +36,7 @@ async def summary(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return await run_demo(tmp_path_factory.mktemp("demo"), json_output=True)
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_every_agent_publishes_to_team_and_own_notebook(summary: dict[str, Any]) -> None:
     for role in TEAM:
@@ -178,6 +179,7 @@ async def test_private_notes_of_others_never_appear_in_any_recall(summary: dict[
         assert not others & {h["scope"] for h in recall["hits"]}, name
 
 
+@pytest.mark.slow
 def test_module_entry_point_prints_json_from_any_directory(tmp_path: Path) -> None:
     """``python -m agents.demo --json`` in CI, run outside the repo: the policy is found next to
     the package, not the cwd; no stdin, no tty, exit 0, JSON only on stdout."""

@@ -154,6 +154,7 @@ def test_render_acl_refuses_missing_or_url_unsafe_passwords(tmp_path: Path) -> N
     assert (tmp_path / "u.acl").stat().st_mode & 0o077 == 0  # secrets: owner-only
 
 
+@pytest.mark.slow
 def test_default_user_is_refused_and_users_are_fenced(acl_redis: AclRedisProcess) -> None:
     """No anonymous access; neither user reaches keys outside membus:* nor administration; only
     the api user may start an AOF rewrite (erasure) and announce policy changes."""
@@ -186,6 +187,7 @@ def test_default_user_is_refused_and_users_are_fenced(acl_redis: AclRedisProcess
             api.xautoclaim("membus:{t}:events", "writers", "c", 0)
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_api_and_worker_users_run_the_whole_flow(
     acl_redis: AclRedisProcess, tmp_path: Path
@@ -261,6 +263,7 @@ async def test_api_and_worker_users_run_the_whole_flow(
     assert set(refusals(acl_redis)) <= EXPECTED_REFUSALS, refusals(acl_redis)
 
 
+@pytest.mark.slow
 def test_worker_healthcheck_runs_as_the_worker_user(
     acl_redis: AclRedisProcess, tmp_path: Path
 ) -> None:

@@ -27,6 +27,7 @@ NO_WRITERS = MembusConfig(writers=0, worker=FAST)
 WRITERS = MembusConfig(worker=FAST)
 
 
+@pytest.mark.slow
 async def test_events_published_without_writers_are_committed_after_reopen(tmp_path: Path) -> None:
     """Published, closed before any writer ran, reopened with writers: all become memories; a
     further reopen finds every one of them again."""
@@ -48,6 +49,7 @@ async def test_events_published_without_writers_are_committed_after_reopen(tmp_p
         assert stats["tenants"]["acme"]["groups"][0]["pending"] == 0
 
 
+@pytest.mark.slow
 async def test_second_open_of_the_same_path_is_a_conflict(tmp_path: Path) -> None:
     async with membus.open(tmp_path, WRITERS) as bus:
         with pytest.raises(Conflict):
@@ -61,6 +63,7 @@ async def test_second_open_of_the_same_path_is_a_conflict(tmp_path: Path) -> Non
         assert await bus.store.count("acme") == 1
 
 
+@pytest.mark.slow
 async def test_long_paths_fall_back_to_a_short_socket(tmp_path: Path) -> None:
     """unix socket paths are limited to ~108 bytes; deep data directories must still work."""
     root = tmp_path / ("d" * 60) / ("e" * 60)
@@ -89,6 +92,7 @@ with membus.open_sync(sys.argv[1], MembusConfig(writers=0)) as bus:
 """
 
 
+@pytest.mark.slow
 async def test_host_process_sigkilled_after_publish_loses_nothing(tmp_path: Path) -> None:
     """The embedded redis-server gets SIGTERM when its host dies, so it flushes its AOF; the next
     open finds every acknowledged publish."""
@@ -117,6 +121,7 @@ async def test_host_process_sigkilled_after_publish_loses_nothing(tmp_path: Path
         assert await bus.store.count("acme") == n
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_embedded_redis_outlives_retired_worker_threads(tmp_path: Path) -> None:
     """The death signal of the redis child is bound to the forking thread: it must not be a

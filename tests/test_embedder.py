@@ -38,6 +38,7 @@ print(HashingEmbedder(int(sys.argv[1])).embed(texts).tobytes().hex())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dim", [384, 64])
 def test_vectors_are_identical_in_another_process(dim: int) -> None:
     """Writers in different processes must agree bit for bit, whatever the hash seed."""
@@ -95,6 +96,7 @@ def test_related_texts_are_closer_than_unrelated() -> None:
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.text(max_size=200), min_size=1, max_size=5))
 def test_any_text_gives_a_finite_unit_or_zero_vector(texts: list[str]) -> None:

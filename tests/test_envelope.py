@@ -179,6 +179,7 @@ def check_valid(event: Event) -> None:
     assert back.to_json() == wire
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(envelopes())
 def test_build_returns_valid_event_or_invalid_input_naming_the_field(
@@ -320,6 +321,7 @@ BAD_PUBLISH: list[tuple[dict[str, Any], str]] = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @pytest.mark.parametrize(("kwargs", "field"), BAD_PUBLISH)
 async def test_agent_publish_with_bad_input_raises_and_writes_nothing(

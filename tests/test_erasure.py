@@ -165,6 +165,7 @@ CRITERIA: dict[str, Callable[[World], dict[str, Any]]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))
 async def test_forget_leaves_no_trace_of_the_canary_anywhere(world: World, criterion: str) -> None:
     """By each criterion: store, events (acked, pending, undelivered), DLQ, error notes and the
@@ -211,6 +212,7 @@ async def test_forget_leaves_no_trace_of_the_canary_anywhere(world: World, crite
     assert not await is_tombstoned(bus.redis, "beta", world.canary_events[0])
 
 
+@pytest.mark.slow
 async def test_criteria_combine_and_a_second_forget_finds_nothing(world: World) -> None:
     """Every criterion given must hold (subject AND scope subtree, and the ``within`` fence);
     forget is idempotent."""
@@ -327,6 +329,7 @@ async def test_a_writer_mid_commit_cannot_bring_an_erased_memory_back(
         await redis.aclose()
 
 
+@pytest.mark.slow
 async def test_long_streams_are_paged_through(redis_url: str, tmp_path: Path) -> None:
     """More entries than one page (and more doomed ids than one XDEL chunk), spread through the
     stream: every doomed one goes, every other one stays."""

@@ -122,6 +122,7 @@ def test_missing_dataset_names_where_it_looked(tmp_path: Path) -> None:
         resolve_dataset(tmp_path / "nope.json")
 
 
+@pytest.mark.slow
 def test_run_eval_end_to_end_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Both retrievers run over the same turns; stdout carries exactly the one JSON object."""
     result = run_eval(FIXTURE, json_output=True, path=tmp_path / "bus")

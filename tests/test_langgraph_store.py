@@ -39,6 +39,7 @@ async def opened(
         yield bus, MembusStore(AgentPort(bus.agent("alice", "acme")), **kw)
 
 
+@pytest.mark.slow
 async def test_put_is_read_your_writes(tmp_path: Path, redis_url: str) -> None:
     """get right after put returns the value: no drain, no sleep."""
     async with opened(tmp_path, redis_url) as (_, store):
@@ -51,6 +52,7 @@ async def test_put_is_read_your_writes(tmp_path: Path, redis_url: str) -> None:
         assert await store.aget(("team",), "pref-42") is None  # exact namespace, not subtree
 
 
+@pytest.mark.slow
 async def test_overwrite_returns_the_newest_everywhere(tmp_path: Path, redis_url: str) -> None:
     """After two puts of one key, get and search show only the second value, and the item keeps
     its first creation time."""
@@ -70,6 +72,7 @@ async def test_overwrite_returns_the_newest_everywhere(tmp_path: Path, redis_url
         ]
 
 
+@pytest.mark.slow
 async def test_search_covers_the_subtree_with_filters(tmp_path: Path, redis_url: str) -> None:
     """search(prefix) sees the namespace and everything below it, never siblings; filter,
     limit and offset behave as in LangGraph's own stores; no query lists newest first."""
@@ -91,6 +94,7 @@ async def test_search_covers_the_subtree_with_filters(tmp_path: Path, redis_url:
         assert [h.key for h in await store.asearch(("team",), limit=1, offset=1)] == ["b"]
 
 
+@pytest.mark.slow
 async def test_delete_forgets_every_version(tmp_path: Path, redis_url: str) -> None:
     """delete erases all versions of the key (and only that key)."""
     async with opened(tmp_path, redis_url) as (bus, store):
@@ -103,6 +107,7 @@ async def test_delete_forgets_every_version(tmp_path: Path, redis_url: str) -> N
         assert await bus.store.count("acme") == 1
 
 
+@pytest.mark.slow
 async def test_list_namespaces_from_scopes(tmp_path: Path, redis_url: str) -> None:
     """Namespaces are the scopes holding memories, with prefix, suffix and max_depth."""
     async with opened(tmp_path, redis_url) as (_, store):
@@ -144,6 +149,7 @@ async def test_namespaces_must_be_scopes(tmp_path: Path, redis_url: str) -> None
             await store.asearch(("a/b",))
 
 
+@pytest.mark.slow
 async def test_concurrent_and_sync_calls(tmp_path: Path, redis_url: str) -> None:
     """Concurrent puts are batched into one publish and all land; the sync API works from a
     worker thread (LangGraph runs sync nodes in threads)."""
@@ -162,6 +168,7 @@ async def test_concurrent_and_sync_calls(tmp_path: Path, redis_url: str) -> None
         assert await anyio.to_thread.run_sync(sync_roundtrip) == {"from": "thread"}
 
 
+@pytest.mark.slow
 async def test_the_gate_applies(tmp_path: Path, redis_url: str) -> None:
     """A namespace the agent may not write raises PermissionDenied; reads see only what the
     policy allows."""
@@ -177,6 +184,7 @@ async def test_the_gate_applies(tmp_path: Path, redis_url: str) -> None:
             await store.adelete(SUPPORT, "k")  # no forget permission
 
 
+@pytest.mark.slow
 async def test_the_example_runs(tmp_path: Path) -> None:
     """agents/langgraph_example.py: a compiled graph reads and overwrites through the store, and
     a second agent's graph sees the newest value at once."""

@@ -109,6 +109,7 @@ def answer(action: str, target: Any = None, reason: str = "because") -> str:
     return orjson.dumps({"action": action, "target": target, "reason": reason}).decode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("action", "target", "expected"),
     [
@@ -203,6 +204,7 @@ async def test_an_invalid_target_falls_back_to_the_rules() -> None:
     assert (llm.failures, llm.decisions, dict(llm.failure_kinds)) == (1, 0, {"invalid": 1})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("script", "kind"),
     [

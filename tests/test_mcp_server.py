@@ -67,6 +67,7 @@ async def test_tools_declare_no_identity_arguments(tmp_path: Path, redis_url: st
             assert tool.input_schema.get("additionalProperties") is False, tool.name
 
 
+@pytest.mark.slow
 async def test_remember_then_recall_returns_provenance(tmp_path: Path, redis_url: str) -> None:
     """remember publishes as the bound agent; after drain, recall finds it with its source."""
     async with connected(tmp_path, redis_url) as (bus, client):
@@ -118,6 +119,7 @@ async def test_forged_agent_or_tenant_is_refused(tmp_path: Path, redis_url: str)
         assert "globex" not in stats["tenants"]
 
 
+@pytest.mark.slow
 async def test_forget_erases_a_memory(tmp_path: Path, redis_url: str) -> None:
     """forget by memory id removes it; recall no longer finds it; no criterion is an error."""
     async with connected(tmp_path, redis_url) as (_, client):
@@ -148,6 +150,7 @@ async def test_the_gate_applies_to_tools(tmp_path: Path, redis_url: str) -> None
         assert (await call(client, "forget", scope="team/support")).is_error
 
 
+@pytest.mark.slow
 async def test_changes_are_announced_to_listeners(tmp_path: Path, redis_url: str) -> None:
     """A 2026-07-28 client listening on membus://changes hears of a committed memory and reads
     it from the resource."""
@@ -165,6 +168,7 @@ async def test_changes_are_announced_to_listeners(tmp_path: Path, redis_url: str
         assert [c["content"] for c in changes] == ["deploy at noon"]
 
 
+@pytest.mark.slow
 async def test_legacy_resource_subscribers_are_notified(tmp_path: Path, redis_url: str) -> None:
     """A pre-2026 client using resources/subscribe gets notifications/resources/updated."""
     updated = anyio.Event()
@@ -185,6 +189,7 @@ async def test_legacy_resource_subscribers_are_notified(tmp_path: Path, redis_ur
             await updated.wait()
 
 
+@pytest.mark.slow
 async def test_over_the_service_client(tmp_path: Path, redis_url: str) -> None:
     """The same server over ClientPort (an API key against the HTTP service): the key is the
     identity, remember(wait) is read-your-write, and forging is refused the same way."""
@@ -237,6 +242,7 @@ async def test_api_key_binds_the_identity(tmp_path: Path, redis_url: str) -> Non
             pass
 
 
+@pytest.mark.slow
 async def test_the_example_runs(tmp_path: Path) -> None:
     """agents/mcp_example.py works offline: remember, notification, recall, refusal, scopes."""
     from agents.mcp_example import run_example

@@ -467,6 +467,7 @@ async def shared_bus(path: Path, url: str) -> AsyncIterator[Bus]:
         yield bus
 
 
+@pytest.mark.slow
 def test_recall_and_subscribe_deliver_exactly_what_the_policy_permits(
     redis_url: str, tmp_path: Path
 ) -> None:

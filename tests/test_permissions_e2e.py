@@ -249,6 +249,7 @@ def start_process_a(
     return proc, lines
 
 
+@pytest.mark.slow
 async def test_revocation_in_one_process_is_obeyed_by_a_recall_in_another_within_a_second(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -296,6 +297,7 @@ def canary_draft(i: int, scope: str = "team/support") -> Draft:
     )
 
 
+@pytest.mark.slow
 async def test_forget_by_subject_leaves_no_trace_within_the_callers_scopes(
     redis_url: str, tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -122,6 +123,7 @@ def csv(ps: list[P], gs: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ps=st.lists(p_lines, max_size=8), gs=st.lists(g_lines, max_size=6), data=st.data())
 def test_gate_equals_reference_and_grants_never_leak(

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_opening_example_runs_and_is_short(tmp_path: Path) -> None:
     """The first code block is a complete program of at most ~20 lines that works as written."""
     block = re.search(r"```python\n(.*?)```", README, re.S)

@@ -133,6 +133,7 @@ def test_text_without_pii_is_unchanged(text: str) -> None:
     assert r.text == text and r.findings == []
 
 
+@pytest.mark.slow
 @FAST
 @given(TEXT, st.emails(), TEXT)
 def test_emails_never_survive(before: str, email: str, after: str) -> None:
@@ -140,6 +141,7 @@ def test_emails_never_survive(before: str, email: str, after: str) -> None:
     assert email not in out and "[email]" in out
 
 
+@pytest.mark.slow
 @FAST
 @given(TEXT, luhn_cards(), st.sampled_from([None, " ", "-"]), TEXT)
 def test_card_numbers_never_survive(before: str, card: str, sep: str | None, after: str) -> None:

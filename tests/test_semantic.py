@@ -40,6 +40,7 @@ NOT_TORCH = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_default_import_path_never_imports_torch() -> None:
     """`import membus` (and the CLI, and an unused MiniLMEmbedder) must not pay for torch."""
     proc = subprocess.run(

@@ -424,6 +424,7 @@ async def read_events(resp: httpx.Response, changes: int) -> list[tuple[str, str
     return out
 
 
+@pytest.mark.slow
 async def test_sse_follows_changes_and_resumes_from_a_position(
     tmp_path: Path, redis_url: str
 ) -> None:

@@ -244,6 +244,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], within_s: float) -> f
     return time.monotonic() - start
 
 
+@pytest.mark.slow
 async def test_another_process_sees_revocation_and_rotation_within_a_second(
     redis: Redis, other_redis: Redis
 ) -> None:

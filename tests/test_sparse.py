@@ -78,6 +78,7 @@ def test_a_fusion_that_cannot_rank_is_refused(dense: float, lexical: float, k: i
         sparse.Fusion(dense_weight=dense, lexical_weight=lexical, rrf_k=k)
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @pytest.mark.parametrize("engine", ["edge", "qdrant-local"])
 @pytest.mark.parametrize(

@@ -107,6 +107,7 @@ def _config(url: str) -> MembusConfig:
     return MembusConfig(redis=RedisConfig(url=url), worker=FAST, writers=2, writer_processes=1)
 
 
+@pytest.mark.slow
 async def test_writer_processes_commit_and_recall_stays_in_process(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -124,6 +125,7 @@ async def test_writer_processes_commit_and_recall_stays_in_process(
         assert await bus.store.count("acme") == 51  # the shard the children wrote persists
 
 
+@pytest.mark.slow
 async def test_a_killed_writer_process_is_replaced_and_nothing_is_lost_or_doubled(
     redis_url: str, tmp_path: Path
 ) -> None:

@@ -149,6 +149,7 @@ def fast_bus_config(url: str) -> MembusConfig:
 # -- a writer process killed mid-batch -----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["stalled_mid_batch", "while_busy"])
 async def test_sigkilled_writer_process_then_another_commits_every_event_exactly_once(
     fresh_redis: RedisProcess, tmp_path: Path, when: str
@@ -248,6 +249,7 @@ class CrashAfterUpsert:
         return getattr(self.inner, name)
 
 
+@pytest.mark.slow
 async def test_crash_between_upsert_and_ack_is_redone_without_duplicates(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -284,6 +286,7 @@ async def test_crash_between_upsert_and_ack_is_redone_without_duplicates(
         await redis.aclose()
 
 
+@pytest.mark.slow
 async def test_slow_writer_committing_after_reclaim_duplicates_changes_not_memories(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -342,6 +345,7 @@ async def dlq_entries(redis: aioredis.Redis, tenant: str) -> list[dict[str, str]
     return [f for _, f in await xrange(redis, TenantKeys(tenant).dlq)]
 
 
+@pytest.mark.slow
 async def test_poison_event_is_parked_after_max_deliveries_and_others_commit(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -451,6 +455,7 @@ async def test_non_utf8_entry_is_parked_not_fatal(redis_url: str, tmp_path: Path
 # -- the consumer group disappears ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_destroyed_group_is_recreated_and_processing_continues(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -507,6 +512,7 @@ async def test_events_survive_redis_sigkill_and_restart_with_aof(
         await redis.aclose()
 
 
+@pytest.mark.slow
 async def test_writer_rides_out_a_redis_restart_mid_stream(
     fresh_redis: RedisProcess, tmp_path: Path
 ) -> None:

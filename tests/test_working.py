@@ -314,6 +314,7 @@ async def test_stream_without_events_or_group(redis_url: str, tmp_path: Path) ->
         assert isinstance(bus, Bus)
 
 
+@pytest.mark.slow
 async def test_a_pending_retraction_hides_what_it_withdraws(redis_url: str, tmp_path: Path) -> None:
     """A retraction in the tail is no hit of its own, and what it withdraws is hidden before a
     writer applies it: the stored memory and the uncommitted events of its slot observed up to
