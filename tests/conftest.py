@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from membus.cli.output import unconfigure_logging
 from tests.redis_proc import RedisProcess
 
 
@@ -37,3 +38,10 @@ def fresh_redis(tmp_path: Path) -> Iterator[RedisProcess]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _membus_logging_untouched() -> Iterator[None]:
+    """A CLI command run in process installs its log handler: it must not outlive the test."""
+    yield
+    unconfigure_logging()

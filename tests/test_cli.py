@@ -20,6 +20,7 @@ from typer.testing import CliRunner, Result
 
 import membus
 from membus.cli.app import app
+from membus.cli.output import unconfigure_logging
 from membus.cli.settings import Settings
 from membus.core.config import EMBEDDED_WORKER, MembusConfig, RedisConfig
 from membus.core.keys import TenantKeys, tenants_key
@@ -36,6 +37,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     yield
     structlog.reset_defaults()
+    unconfigure_logging()
 
 
 @pytest.fixture

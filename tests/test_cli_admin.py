@@ -24,6 +24,7 @@ from typer.testing import CliRunner, Result
 
 from membus.access.watch import DEFAULT_CHANNEL
 from membus.cli.app import app
+from membus.cli.output import unconfigure_logging
 from membus.cli.settings import Settings
 from membus.service.auth import ApiKeys
 from tests.redis_proc import free_port
@@ -43,6 +44,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     yield
     structlog.reset_defaults()
+    unconfigure_logging()
 
 
 @pytest.fixture

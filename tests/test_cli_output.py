@@ -12,7 +12,7 @@ import structlog
 from typer.testing import CliRunner
 
 from membus.cli.app import app
-from membus.cli.output import emit_json
+from membus.cli.output import emit_json, unconfigure_logging
 from membus.core.keys import TenantKeys, tenants_key
 from membus.core.redis import redis_client
 from membus.stream.dlq import park
@@ -23,6 +23,7 @@ def _reset_logging() -> Iterator[None]:
     """The CLI configures structlog; other test files must not inherit that."""
     yield
     structlog.reset_defaults()
+    unconfigure_logging()
 
 
 def test_emit_json_writes_exactly_what_orjson_writes(capsys: pytest.CaptureFixture[str]) -> None:

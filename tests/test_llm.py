@@ -17,7 +17,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from structlog.testing import capture_logs
 
 from membus.core.envelope import Event
 from membus.store.port import Memory
@@ -38,6 +37,7 @@ from membus.writer.llm import (
     provenance,
     with_provenance,
 )
+from tests.log_capture import capture_logs
 from tests.redis_proc import free_port
 from tests.test_service import running
 

@@ -25,13 +25,13 @@ from types import TracebackType
 from typing import Any, Literal
 
 import anyio
-import structlog
 from anyio.abc import TaskGroup
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from membus.core.envelope import validate_name
 from membus.core.flusher import Flusher
 from membus.core.keys import PREFIX
+from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
 from membus.errors import InvalidInput, Unavailable
 
@@ -142,7 +142,7 @@ class AuditLog(Flusher):
         self._failing = False  # the last flush failed: bursts stop flushing inline
         self._trimmed_at: dict[str, float] = {}
         self._tg: TaskGroup | None = None
-        self._log = structlog.get_logger("membus.audit")
+        self._log = get_logger("membus.audit")
 
     # -- writing ------------------------------------------------------------------------------
 

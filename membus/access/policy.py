@@ -24,7 +24,6 @@ from typing import Any
 
 import anyio
 import casbin
-import structlog
 from anyio.abc import TaskStatus
 
 from membus.access.gate import Action, Decision, Identity, ReadGrant
@@ -41,6 +40,7 @@ from membus.access.watch import (
     under,
     valid_scope,
 )
+from membus.core.logs import get_logger
 from membus.errors import MembusError, PermissionDenied
 
 # membus/access/policy.py: the repository keeps policies/ beside membus/, a wheel inside it
@@ -298,7 +298,7 @@ class CasbinGate:
         self._snap: Snapshot | None = None
         self._version = 0
         self._lock = anyio.Lock()
-        self._log = structlog.get_logger("membus.policy")
+        self._log = get_logger("membus.policy")
 
     @classmethod
     def from_file(cls, policy: Path, **kwargs: Any) -> CasbinGate:

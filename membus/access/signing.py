@@ -29,12 +29,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, TypeVar, cast
 
 import orjson
-import structlog
 from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
 from membus.core.envelope import Event, validate_name
 from membus.core.keys import PREFIX
+from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
 from membus.errors import Conflict, InvalidInput, MembusError
 
@@ -136,7 +136,7 @@ class KeyRegistry:
         self._clock = clock
         self._records: dict[tuple[str, str], tuple[float, KeyRecord | None]] = {}
         self._current: dict[tuple[str, str], tuple[float, SigningKey]] = {}
-        self._log = structlog.get_logger("membus.signing")
+        self._log = get_logger("membus.signing")
 
     # -- signing side --------------------------------------------------------------------------
 

@@ -31,12 +31,12 @@ from typing import Any, Final, Protocol, runtime_checkable
 import anyio
 import orjson
 import redis.asyncio as aioredis
-import structlog
 from anyio.abc import TaskStatus
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from membus.core.envelope import validate_name, validate_scope
+from membus.core.logs import get_logger
 from membus.core.redis import Redis
 from membus.errors import InvalidInput, Unavailable
 
@@ -346,7 +346,7 @@ class PolicyWatcher:
     ) -> None:
         self.redis, self.channel, self.resync_s = redis, channel, resync_s
         self.origin = uuid.uuid4().hex  # our own announcements come back to us; skip them
-        self._log = structlog.get_logger("membus.policy").bind(channel=channel)
+        self._log = get_logger("membus.policy").bind(channel=channel)
 
     async def announce(self, revision: str) -> None:
         payload = orjson.dumps({"origin": self.origin, "revision": revision})

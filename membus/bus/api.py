@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 import anyio
-import structlog
 from pydantic import ValidationError
 
 from membus.access.audit import AuditLog, AuditRecord
@@ -28,6 +27,7 @@ from membus.bus.working import with_working
 from membus.core.config import MembusConfig
 from membus.core.envelope import Event, invalid_from, scope_ancestors, validate_scope
 from membus.core.keys import TenantKeys
+from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
 from membus.embed.hashing import HashingEmbedder
 from membus.embed.port import Embedder, Vectors
@@ -61,7 +61,7 @@ class Bus:
         self.keys = KeyRegistry(redis)
         self._redact_roots = set(self.config.policy.redact_scopes)
         self.redactor: Redactor = PiiRedactor()
-        self._log = structlog.get_logger("membus.bus")
+        self._log = get_logger("membus.bus")
 
     def agent(self, name: str, tenant: str) -> Agent:
         try:

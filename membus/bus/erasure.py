@@ -30,13 +30,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from membus.core.envelope import validate_name, validate_scope
 from membus.core.keys import TenantKeys
+from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, Redis, decode_fields, unavailable
 from membus.errors import InvalidInput
 from membus.recall.heat import forget_access
@@ -367,7 +367,7 @@ async def forget(
         scope=validate_scope(scope) if scope is not None else None,
         within=within,
     )
-    log = structlog.get_logger("membus.erasure").bind(tenant=tenant)
+    log = get_logger("membus.erasure").bind(tenant=tenant)
     st = _State()
     try:
         for _ in range(_PASSES):

@@ -35,13 +35,13 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-import structlog
 from redis.exceptions import ResponseError
 
 from membus.access.signing import KeyRegistry, SignatureInvalid, verify
 from membus.core.config import MembusConfig
 from membus.core.envelope import LABELS, Event, scope_ancestors
 from membus.core.keys import TenantKeys
+from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
 from membus.embed.port import Vectors
 from membus.errors import InvalidInput
@@ -54,7 +54,7 @@ from membus.writer.ledger import Item
 Entry = tuple[str, dict[str, str]]
 Embed = Callable[[list[str]], Awaitable[Vectors]]
 
-_log = structlog.get_logger("membus.working")
+_log = get_logger("membus.working")
 
 
 def _pos(entry_id: str) -> tuple[int, int]:

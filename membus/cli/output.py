@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
@@ -78,25 +78,68 @@ def say(as_json: bool, message: str) -> None:
         typer.echo(message, err=True)
 
 
+class _EventFormatter(logging.Formatter):
+    """Renders membus's structured records (``record.membus``, see ``membus.core.logs``) with a
+    structlog renderer: human lines on a terminal, JSON lines with ``--json``."""
+
+    def __init__(self, renderer: Any) -> None:
+        super().__init__()
+        self._renderer = renderer
+        self._stamp = structlog.processors.TimeStamper(fmt="iso")
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: MutableMapping[str, Any] = dict(
+            getattr(record, "membus", None) or {"event": record.getMessage()}
+        )
+        event["level"] = record.levelname.lower()
+        event = self._stamp(None, "", event)
+        if record.exc_info:
+            event["exc_info"] = record.exc_info
+            event = structlog.processors.format_exc_info(None, "", event)
+        return str(self._renderer(None, "", event))
+
+
+_HANDLER = "membus-cli"
+
+
 def configure_logging(settings: Settings, as_json: bool) -> None:
+    """The CLI's own log output: membus records at ``MEMBUS_LOG_LEVEL`` and up, on stderr (stdout
+    carries the command's result). Configures stdlib logging, where the library logs."""
     level = logging.getLevelNamesMapping()[settings.log_level.upper()]
-    tail: list[Any] = (
-        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
         if as_json or settings.log_json
-        else [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            *tail,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        # sys.stderr looked up per logger, not bound once: a swapped stream may be closed later
-        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
+    unconfigure_logging()  # a second command in one process (tests) replaces the first's
+    logger = logging.getLogger("membus")
+    handler = _StderrHandler()
+    handler.set_name(_HANDLER)
+    handler.setFormatter(_EventFormatter(renderer))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def unconfigure_logging() -> None:
+    """Undo ``configure_logging``: membus records go back to the application's logging."""
+    logger = logging.getLogger("membus")
+    for old in [h for h in logger.handlers if h.get_name() == _HANDLER]:
+        logger.removeHandler(old)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the current ``sys.stderr``, looked up per record: a swapped stream (a test
+    runner's capture) may be closed later."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # not setStream: that flushes the old stream, maybe closed
+        super().emit(record)
 
 
 def print_change(c: Change) -> None:

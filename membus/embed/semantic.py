@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import structlog
 
+from membus.core.logs import get_logger
 from membus.embed.port import Vectors
 from membus.errors import InvalidInput, Unavailable
 
@@ -76,7 +76,7 @@ class MiniLMEmbedder:
         self._path = model_dir()
         self._model: Any = None
         self._lock = threading.Lock()
-        self._log = structlog.get_logger("membus.semantic").bind(device=device)
+        self._log = get_logger("membus.semantic").bind(device=device)
 
     @property
     def name(self) -> str:

@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -61,7 +60,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from membus.bus.api import Bus
 from membus.bus.draft import Draft
 from membus.core.config import ConsolidationConfig, EmbedderConfig, MembusConfig
-from membus.core.logs import warnings_to_stderr
+from membus.core.logs import get_logger, warnings_to_stderr
 from membus.errors import InvalidInput
 from membus.evaluation.report import recall_table, render
 from membus.runtime import host as runtime
@@ -343,7 +342,7 @@ def run_eval(
             _run, root, convs, config, max(ks), progress
         )
         if memories != observations:  # repeats folded into one memory, or events in the DLQ
-            log = structlog.get_logger("membus.eval").bind(dataset=str(dataset))
+            log = get_logger("membus.eval").bind(dataset=str(dataset))
             log.warning("eval.memories_differ", memories=memories, observations=observations)
     result: dict[str, Any] = {
         **recall_table([(q, ours) for q, ours, _ in rows], ks),

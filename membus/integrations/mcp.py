@@ -16,8 +16,6 @@ not need it.
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,13 +26,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import orjson
-import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from membus.access.gate import Identity
 from membus.bus.draft import Draft
 from membus.core.config import MembusConfig
 from membus.core.envelope import invalid_from
+from membus.core.logs import get_logger
 from membus.errors import InvalidInput, MembusError
 from membus.integrations.port import AgentPort, ClientPort, MemoryPort
 from membus.store.port import Hit
@@ -133,7 +131,7 @@ class MembusMCP:
 
     def __init__(self, port: MemoryPort, bus: SubscriptionBus) -> None:
         self.port, self.bus = port, bus
-        self.log = structlog.get_logger("membus.mcp")
+        self.log = get_logger("membus.mcp")
         self.tools: dict[str, tuple[type[_Args], Handler]] = {
             "remember": (RememberArgs, self.remember),
             "recall": (RecallArgs, self.recall),
@@ -381,13 +379,8 @@ def main(
     url: str | None = None,
     api_keys_file: Path | None = None,
 ) -> None:
-    """Serve MCP over stdio until the client closes it. stdout is the protocol: logs go to
-    stderr (configured here unless the caller, e.g. the CLI, already did)."""
-    if not structlog.is_configured():
-        structlog.configure(
-            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-            logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
-        )
+    """Serve MCP over stdio until the client closes it. stdout is the protocol: membus logs
+    never go there (they go through stdlib logging, to stderr unless configured otherwise)."""
 
     async def run() -> None:
         async with open_port(config, who, path=path, url=url, api_keys_file=api_keys_file) as p:

@@ -16,15 +16,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
 
 from membus.core.flusher import Flusher
 from membus.core.keys import TenantKeys
+from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
 
-_log = structlog.get_logger("membus.access")
+_log = get_logger("membus.access")
 # what a best-effort call swallows: Redis down, and any refusal (an ACL without HINCRBY, OOM)
 _BEST_EFFORT = (*REDIS_DOWN, RedisError)
 

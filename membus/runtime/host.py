@@ -13,7 +13,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import anyio
-import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
@@ -33,6 +32,7 @@ from membus.core.config import (
     MembusConfig,
     PolicyConfig,
 )
+from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, Redis, redis_client, unavailable
 from membus.embed.port import Embedder
 from membus.embed.registry import make_embedder
@@ -168,7 +168,7 @@ async def maintain_loop(
                 for tenant in await tenants(c.redis):
                     await expiry.sweep(c, tenant)
             except Exception as exc:  # housekeeping: logged, retried next round, never fatal
-                structlog.get_logger("membus.expiry").warning("expiry.failed", error=repr(exc))
+                get_logger("membus.expiry").warning("expiry.failed", error=repr(exc))
         total = activity() if activity else sum(w.processed for w in writers)
         if total != last_total:
             last_total, quiet_since = total, time.monotonic()
@@ -187,7 +187,7 @@ async def open(
     """Open a bus; on the embedded default, everything lives under ``path``."""
     config = config or MembusConfig(worker=EMBEDDED_WORKER)
     root = Path(path)
-    log = structlog.get_logger("membus.runtime")
+    log = get_logger("membus.runtime")
     async with connect(config, root, embedder) as (client, store, emb):
         gate = gate or await make_gate(config.policy, client)
         audit = AuditLog(client)

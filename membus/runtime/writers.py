@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import anyio
-import structlog
 from anyio.abc import TaskStatus
 
 from membus.core.config import MembusConfig, StoreConfig
+from membus.core.logs import get_logger
 from membus.runtime.embedded import die_with_parent
 
 
@@ -40,7 +40,7 @@ class WriterProcesses:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.restarts = 0
         self._closing = False
-        self._log = structlog.get_logger("membus.writer_process")
+        self._log = get_logger("membus.writer_process")
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(

@@ -17,7 +17,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Protocol, runtime_checkable
 
-import structlog
 from fastapi import Depends, FastAPI, Header, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -32,6 +31,7 @@ from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
 from membus.core.config import DEFAULT_PATH, MembusConfig
 from membus.core.envelope import validate_name, validate_scope
+from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN
 from membus.errors import MembusError, PermissionDenied, Unavailable
 from membus.service.auth import ApiKeys, Principal, presented_key
@@ -87,7 +87,7 @@ class Service:
         self.metrics = Metrics()
         self.rate = RateLimiter(limits)
         self.guard = BacklogGuard(bus.redis, bus.config.worker.group, limits)
-        self.log = structlog.get_logger("membus.service")
+        self.log = get_logger("membus.service")
 
     def caller(self, request: Request) -> Principal:
         """Authenticate, then charge the agent's rate limit (before any work is done)."""
@@ -404,7 +404,5 @@ async def serve(
                 app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
             )
         )
-        structlog.get_logger("membus.service").info(
-            "service.start", host=host, port=port, keys=len(auth)
-        )
+        get_logger("membus.service").info("service.start", host=host, port=port, keys=len(auth))
         await server.serve()

@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import httpx
-import structlog
 from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as m
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from membus.core.logs import get_logger
 from membus.embed.port import Vectors
 from membus.errors import Conflict, InvalidInput, Unavailable
 from membus.store import formula, sparse
@@ -43,7 +43,7 @@ from membus.store.port import (
 _VECTOR = "dense"
 _META_KEY = "membus"
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 def _cond(c: Cond) -> m.FieldCondition:

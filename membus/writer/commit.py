@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
-import structlog
 from redis.exceptions import WatchError
 
 from membus.core.config import ConsolidationConfig
 from membus.core.envelope import Event
 from membus.core.keys import PREFIX, TenantKeys
+from membus.core.logs import get_logger
 from membus.core.redis import Redis
 from membus.embed.port import Vectors
 from membus.recall.heat import forget_access
@@ -86,7 +86,7 @@ class Consolidator:
         self.group = group
         self.ledger = Ledger(redis)
         self.rounds = 0  # read-materialise-write rounds run (more than commits: contention)
-        self._log = structlog.get_logger("membus.consolidate")
+        self._log = get_logger("membus.consolidate")
 
     async def commit(
         self,

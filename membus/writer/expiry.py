@@ -13,10 +13,10 @@ import time
 from dataclasses import replace
 from typing import Any
 
-import structlog
 from redis.exceptions import WatchError
 
 from membus.core.keys import TenantKeys
+from membus.core.logs import get_logger
 from membus.writer.commit import Consolidator, changes_for, expires, expiry_key
 from membus.writer.consolidate import materialize
 from membus.writer.ledger import cutoff, slot_key
@@ -60,7 +60,7 @@ async def _expire(c: Consolidator, tenant: str, slot: str, at: float) -> int:
                 for fields in changes_for([plan], existed, set()):
                     pipe.xadd(keys.changes, fields)  # type: ignore[arg-type]
                 await pipe.execute()
-                structlog.get_logger("membus.expiry").info(
+                get_logger("membus.expiry").info(
                     "expiry.withdrawn", tenant=tenant, slot=slot, memories=len(existed)
                 )
                 return 1

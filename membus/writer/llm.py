@@ -33,11 +33,11 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 import anyio
 import httpx
 import orjson
-import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from membus.core.config import LlmConsolidatorConfig as LlmConsolidatorConfig
 from membus.core.envelope import LABELS, Event
+from membus.core.logs import get_logger
 from membus.errors import InvalidInput, Unavailable
 from membus.store.port import Memory
 from membus.writer.consolidate import slot_scope
@@ -308,9 +308,7 @@ class FallbackConsolidator:
             kind = _failure_kind(e)
             self.failures += 1
             self.failure_kinds[kind] += 1
-            log = structlog.get_logger("membus.llm").bind(
-                tenant=tenant, scope=fact.scope, event=event_id
-            )
+            log = get_logger("membus.llm").bind(tenant=tenant, scope=fact.scope, event=event_id)
             log.warning("llm_consolidator_fell_back", kind=kind, error=str(e) or repr(e))
             return None
         self.decisions += 1

@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import structlog
 from redis.exceptions import WatchError
 
 from membus.core.config import ConsolidationConfig
 from membus.core.keys import TenantKeys
+from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, Redis
 from membus.embed.port import Vectors
 from membus.errors import Unavailable
@@ -95,7 +95,7 @@ class NearDuplicates:
         # n / limit of those waits: 20k queued slots after a bulk ingest spent a minute idle
         self.backlog = False
         self._token = secrets.token_hex(8)
-        self._log = structlog.get_logger("membus.neardup")
+        self._log = get_logger("membus.neardup")
 
     async def pending(self, tenant: str) -> int:
         return int(await self.redis.zcard(dirty_key(tenant)))

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AskError, MovedError, ResponseError
 
@@ -27,6 +26,7 @@ from membus.access.signing import KeyRegistry
 from membus.core.config import ConsolidationConfig, RetentionConfig, WorkerConfig
 from membus.core.envelope import Event
 from membus.core.keys import TenantKeys, tenant_of
+from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, NodeClients, Redis
 from membus.embed.hashing import HashingEmbedder
 from membus.embed.port import Embedder, Vectors
@@ -119,7 +119,7 @@ class Writer:
         self._tenants_at = 0.0
         self._reclaim_at = 0.0
         self._trim_at = time.monotonic()
-        self._log = structlog.get_logger("membus.worker").bind(consumer=self.consumer)
+        self._log = get_logger("membus.worker").bind(consumer=self.consumer)
         self.processed = 0
         self.parked = 0
 
