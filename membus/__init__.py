@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from membus.bus.draft import Draft, Receipt
     from membus.bus.erasure import ErasureReport
     from membus.core.config import (
+        EmbedderConfig,
         MembusConfig,
         PolicyConfig,
         RedisConfig,
@@ -46,6 +47,7 @@ _LAZY = {
     "Client": "membus.service.client",
     "Draft": "membus.bus.draft",
     "Embedder": "membus.embed.port",
+    "EmbedderConfig": "membus.core.config",
     "ErasureReport": "membus.bus.erasure",
     "Event": "membus.core.envelope",
     "Gate": "membus.access.gate",
@@ -78,6 +80,7 @@ __all__ = [
     "Conflict",
     "Draft",
     "Embedder",
+    "EmbedderConfig",
     "ErasureReport",
     "Event",
     "Gate",

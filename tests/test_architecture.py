@@ -106,3 +106,22 @@ def test_cli_help_loads_no_engine() -> None:
     assert out.returncode == 0, out.stderr
     loaded = out.stderr.strip().splitlines()[-1]
     assert all(m not in loaded for m in ("fastapi", "qdrant_client", "qdrant_edge", "torch"))
+
+
+def test_membus_version_is_the_installed_one() -> None:
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from membus.cli.app import app
+
+    out = CliRunner().invoke(app, ["--version"])
+    assert out.exit_code == 0
+    assert out.stdout.strip() == f"membus {version('membus')}"
+
+
+def test_embedder_config_is_public() -> None:
+    import membus
+    from membus.core.config import EmbedderConfig
+
+    assert membus.EmbedderConfig is EmbedderConfig

@@ -126,8 +126,11 @@ async def test_drain_without_writers_says_so(redis_url: str, tmp_path: Path) -> 
     """With no writer running drain must fail with Unavailable, not hang or pass."""
     async with membus.open(tmp_path, config(redis_url, writers=0)) as bus:
         await bus.agent("alice", "acme").publish("nobody will write this", scope="team")
-        with pytest.raises(Unavailable):
+        with pytest.raises(Unavailable) as caught:
             await bus.drain(timeout_s=0.3)
+    # it says what it waited for and why: one unread event, and no writer in the group
+    assert "acme: 1 unread, 0 pending" in str(caught.value)
+    assert "no writer has joined group 'writers'" in str(caught.value)
 
 
 @pytest.mark.slow

@@ -299,11 +299,31 @@ class Bus:
             ):
                 return
             if time.monotonic() > deadline:
-                raise Unavailable(
-                    f"writers did not drain within {timeout_s}s; are any running? "
-                    "(see `membus stats`)"
-                )
+                raise Unavailable(await self._drain_blocked(names, timeout_s, merging))
             await anyio.sleep(poll_s)
+
+    async def _drain_blocked(self, names: list[str], timeout_s: float, merging: bool) -> str:
+        """What a timed-out ``drain`` was still waiting for, per tenant, and the likely cause."""
+        group, waiting = self.config.worker.group, []
+        consumers = 0
+        for t in names:
+            events = TenantKeys(t).events
+            mine = [g for g in await group_stats(self.redis, events) if g.group == group]
+            for g in mine:
+                consumers = max(consumers, g.consumers)
+                if g.pending or g.lag:
+                    waiting.append(f"{t}: {g.lag} unread, {g.pending} pending")
+            if not mine and (n := await self.redis.xlen(events)):
+                waiting.append(f"{t}: {n} unread, 0 pending")  # no group yet: no writer ever read
+            if merging and (dirty := await self.redis.zcard(dirty_key(t))):
+                waiting.append(f"{t}: {dirty} slots awaiting the near-duplicate pass")
+        cause = (
+            f"no writer has joined group {group!r}: is one running? (`membus worker`)"
+            if consumers == 0
+            else "writers are running but behind (see `membus stats`)"
+        )
+        what = "; ".join(waiting) or "events"
+        return f"writers did not drain within {timeout_s}s; waiting for {what}; {cause}"
 
     async def stats(self) -> dict[str, Any]:
         """Stream lengths, pending, lag and DLQ size per tenant and group."""

@@ -51,9 +51,26 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(eval_app, name="eval")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"membus {version('membus')}")
+        except PackageNotFoundError:  # a source tree run without installing it
+            typer.echo("membus (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     ctx: typer.Context,
+    _show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
     path: Annotated[
         Path | None, typer.Option("--path", help="Data directory (env MEMBUS_PATH; ./.membus).")
     ] = None,
