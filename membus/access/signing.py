@@ -274,10 +274,11 @@ class KeyRecord:
 class KeyRegistry:
     """Per-tenant agent public keys in Redis, with a short in-process cache.
 
-    ``master``: the secret the door derives private keys from (only a process that signs needs
-    it; without one, a random master lives and dies with this object, which suits a lone
-    process). ``authority``: the public key that must certify every record this registry
-    verifies with (None: trust the records in Redis as they are).
+    ``master``: the secret the door derives private keys from, or the file holding it (read, or
+    created, only when this process first signs: a process that never publishes never makes
+    one); without one, a random master lives and dies with this object, which suits a lone
+    process. ``authority``: the public key that must certify every record this registry verifies
+    with; ``"own"``: the master's own authority; None: trust the records in Redis as they are.
 
     ``cache_ttl_s`` bounds how long another process's rotation or revocation can go unseen here;
     this process's own rotate/revoke clear its cache at once.
@@ -287,18 +288,18 @@ class KeyRegistry:
         self,
         redis: Redis,
         *,
-        master: bytes | None = None,
-        authority: bytes | None = None,
+        master: bytes | Path | None = None,
+        authority: bytes | Literal["own"] | None = None,
         cache_ttl_s: float = 1.0,
         retain_s: float = 7 * 24 * 3600.0,
         clock: Clock = time.time,
     ) -> None:
         self.redis = redis
-        if master is not None and len(master) != MASTER_BYTES:
+        if isinstance(master, bytes) and len(master) != MASTER_BYTES:
             raise InvalidInput(f"signing master must be {MASTER_BYTES} bytes")
-        self._master = master if master is not None else secrets.token_bytes(MASTER_BYTES)
-        self._authority_key = authority_private_key(self._master)
-        self.authority = authority
+        self._master_source = master if master is not None else secrets.token_bytes(MASTER_BYTES)
+        self._secret: bytes | None = None
+        self._pin = authority
         self.cache_ttl_s = cache_ttl_s
         self.retain_s = retain_s  # how long expired/revoked tombstones stay, for forensics
         self._clock = clock
@@ -384,6 +385,19 @@ class KeyRegistry:
     def now(self) -> float:
         return self._clock()
 
+    @property
+    def authority(self) -> bytes | None:
+        """The public key records must be certified by (None: records are trusted as stored)."""
+        if self._pin == "own":
+            self._pin = public_bytes(authority_private_key(self._master()))
+        return self._pin
+
+    def _master(self) -> bytes:
+        if self._secret is None:
+            source = self._master_source
+            self._secret = load_master(source) if isinstance(source, Path) else source
+        return self._secret
+
     # -- transactions --------------------------------------------------------------------------
 
     async def _transact(self, tenant: str, body: Callable[[Any], Awaitable[T]]) -> T:
@@ -407,12 +421,14 @@ class KeyRegistry:
         return KeyRecord.from_json(kid, raw) if raw is not None else None
 
     def _derive(self, tenant: str, agent: str, kid: str) -> SigningKey:
-        return SigningKey(tenant, agent, kid, agent_private_key(self._master, tenant, agent, kid))
+        return SigningKey(tenant, agent, kid, agent_private_key(self._master(), tenant, agent, kid))
 
     def _new(self, tenant: str, agent: str) -> tuple[SigningKey, KeyRecord]:
         key = self._derive(tenant, agent, secrets.token_hex(8))
         public = key.public
-        cert = self._authority_key.sign(_cert_message(tenant, key.kid, agent, public))
+        cert = authority_private_key(self._master()).sign(
+            _cert_message(tenant, key.kid, agent, public)
+        )
         return key, KeyRecord(key.kid, agent, public, self._clock(), cert=cert)
 
     async def _current_tx(self, pipe: Any, tenant: str, agent: str) -> SigningKey:
@@ -570,11 +586,10 @@ def door_keys(
     and verifies against ``config.authority`` when set, else against its own durable authority
     (a random master pins nothing: it would refuse every other process's keys)."""
     path = config.master_file or default_master
-    if path is None and config.authority is None:
-        return KeyRegistry(redis)  # a throwaway master: nothing durable to pin
-    master = load_master(path) if path is not None else secrets.token_bytes(MASTER_BYTES)
-    pinned = config.authority or authority_public_key(master)
-    return KeyRegistry(redis, master=master, authority=parse_public_key(pinned))
+    pinned = parse_public_key(config.authority) if config.authority is not None else None
+    if path is None:  # a throwaway master: nothing durable to pin it to
+        return KeyRegistry(redis, authority=pinned)
+    return KeyRegistry(redis, master=path, authority=pinned or "own")
 
 
 def writer_keys(redis: Redis, config: SigningConfig) -> KeyRegistry:
