@@ -227,6 +227,21 @@ async def test_a_key_registered_by_a_redis_credential_is_not_certified(
     assert await reason_of(junk, registry) == "uncertified_key"
 
 
+async def test_junk_written_into_the_registry_does_not_stop_the_door(
+    redis: Redis, registry: KeyRegistry
+) -> None:
+    """Whoever may HSET the registry writes junk over alice's current record and beside it: the
+    door replaces her key and rotates as usual instead of failing every publish."""
+    old = await registry.current(TENANT, "alice")
+    await redis.hset(keys_key(TENANT), mapping={f"k:{old.kid}": "{junk", "k:" + "ab" * 8: "[]"})
+    registry._forget(TENANT)
+    new = await registry.current(TENANT, "alice")
+    assert new.kid != old.kid
+    stored = await roundtrip(redis, signed_fields(event(), new))
+    await verify(stored, Event.from_json(stored["e"]), registry)
+    assert (await registry.rotate(TENANT, "alice")).kid != new.kid
+
+
 async def test_hmac_era_records_are_refused_with_a_clear_error(
     redis: Redis, registry: KeyRegistry
 ) -> None:

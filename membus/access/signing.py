@@ -433,7 +433,13 @@ class KeyRegistry:
 
     async def _current_tx(self, pipe: Any, tenant: str, agent: str) -> SigningKey:
         hkey = keys_key(tenant)
-        rec = await self._load(pipe, tenant, await pipe.hget(hkey, f"c:{agent}"))
+        try:
+            rec = await self._load(pipe, tenant, await pipe.hget(hkey, f"c:{agent}"))
+        except LegacyKeyRecord:
+            raise
+        except InvalidInput:  # junk someone wrote over the record: replaced by a new key
+            self._log.warning("keys.malformed_current", tenant=tenant, agent=agent)
+            rec = None
         if rec is not None and rec.state(self._clock()) == "valid":
             key = self._derive(tenant, agent, rec.kid)
             if key.public == rec.public:
@@ -509,7 +515,10 @@ def _records_of(stored: dict[str, str], agent: str) -> list[KeyRecord]:
     out = []
     for f, raw in stored.items():
         if f.startswith("k:"):
-            rec = KeyRecord.from_json(f[2:], raw)
+            try:
+                rec = KeyRecord.from_json(f[2:], raw)
+            except MembusError:  # junk or HMAC-era: verifies nothing, must not block rotation
+                continue
             if rec.agent == agent:
                 out.append(rec)
     return out
