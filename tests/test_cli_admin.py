@@ -22,6 +22,7 @@ import redis
 import structlog
 from typer.testing import CliRunner, Result
 
+from membus.access.signing import authority_public_key, load_master
 from membus.access.watch import DEFAULT_CHANNEL
 from membus.cli.app import app
 from membus.cli.output import unconfigure_logging
@@ -245,6 +246,27 @@ def test_keys_new_prints_the_key_once_and_stores_only_its_digest(tmp_path: Path)
         app, ["keys", "new", "--agent", "Al!ce", "--tenant", "acme", "--file", str(keys)]
     )
     assert bad.exit_code == 2 and len(ApiKeys.from_file(keys)) == 2
+
+
+def test_keys_authority_prints_the_public_key_writers_pin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`membus keys authority` creates the master (0600) where the door keeps it and prints only
+    the authority's public key, the value MEMBUS_SIGNING_AUTHORITY takes (settings accept it)."""
+    master = tmp_path / "api" / "signing.key"
+    monkeypatch.setenv("MEMBUS_SIGNING_MASTER_FILE", str(master))
+    out = CliRunner().invoke(app, ["keys", "authority"])
+    assert out.exit_code == 0, out.output
+    authority = out.stdout.strip()
+    assert authority == authority_public_key(load_master(master))
+    assert master.stat().st_mode & 0o077 == 0 and master.read_text().strip() not in out.output
+    again = _json(CliRunner().invoke(app, ["--json", "keys", "authority"]))
+    assert again == {"authority": authority, "master_file": str(master)}
+    monkeypatch.setenv("MEMBUS_SIGNING_AUTHORITY", authority)
+    assert Settings.load().to_config().signing.authority == authority
+    master.chmod(0o644)  # readable by others: refused, naming the setting
+    bad = CliRunner().invoke(app, ["keys", "authority"])
+    assert bad.exit_code != 0 and "signing.master_file" in bad.output
 
 
 @pytest.mark.slow

@@ -23,24 +23,30 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 import redis
 import yaml  # type: ignore[import-untyped]
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import membus
 from membus.access.policy import CasbinGate
+from membus.access.signing import KeyRecord, SigningKey, keys_key, signed_fields, writer_keys
 from membus.cli.settings import Settings
 from membus.core.config import (
     MembusConfig,
     PolicyConfig,
     RedisConfig,
     RetentionConfig,
+    SigningConfig,
     WorkerConfig,
 )
+from membus.core.envelope import Event
 from membus.core.keys import TenantKeys
 from membus.core.redis import redis_client
 from membus.runtime.host import make_gate
 from membus.stream import dlq
+from membus.stream.ops import XADD_MANY, xadd_many_args
 from membus.writer.worker import Writer
 from tests.redis_proc import RedisProcess
 
@@ -150,7 +156,8 @@ def test_render_acl_refuses_missing_or_url_unsafe_passwords(tmp_path: Path) -> N
         assert "REDIS_API_PASSWORD" in done.stderr
     assert render_acl(tmp_path / "u.acl", **PASSWORDS).returncode == 0
     text = (tmp_path / "u.acl").read_text()
-    assert "%" not in text and "#" not in text  # placeholders replaced, comments dropped
+    # placeholders replaced, comments dropped (%R~ is a key permission, not a placeholder)
+    assert not re.search(r"%[A-Z_]+%", text) and "#" not in text
     assert (tmp_path / "u.acl").stat().st_mode & 0o077 == 0  # secrets: owner-only
 
 
@@ -261,6 +268,102 @@ async def test_api_and_worker_users_run_the_whole_flow(
         await worker_redis.aclose()
     assert writer.processed >= 1
     assert set(refusals(acl_redis)) <= EXPECTED_REFUSALS, refusals(acl_redis)
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_no_shipped_credential_can_forge_an_event_or_replace_a_key(
+    acl_redis: AclRedisProcess, tmp_path: Path
+) -> None:
+    """Each shipped Redis credential, used as an attacker would use a leaked password, tries to
+    sign an event as carol and to replace her key. The registry it can read holds public keys
+    only. ``worker``: every write to the registry and every XADD to an events stream (directly or
+    from a script) is refused by Redis. ``api``: Redis lets it write the registry (the door
+    registers its public keys there), but a key it registers, or writes over carol's, carries no
+    certificate of the door's authority, so the writer (pinned to that authority as a compose
+    worker is by MEMBUS_SIGNING_AUTHORITY) parks every such event; carol's real events, before
+    and after the tampering, are the only memories."""
+    api_url = acl_redis.user_url("api", PASSWORDS["REDIS_API_PASSWORD"])
+    worker_url = acl_redis.user_url("worker", PASSWORDS["REDIS_WORKER_PASSWORD"])
+    config = MembusConfig(redis=RedisConfig(url=api_url), worker=FAST, writers=0)
+    worker_redis = redis_client(worker_url)
+    attacker = Ed25519PrivateKey.generate()
+    registry, events = keys_key("acme"), TenantKeys("acme").events
+    stop = anyio.Event()
+    try:
+        async with membus.open(tmp_path / "api", config) as bus, anyio.create_task_group() as tg:
+            # the master lives in the door's data directory, owner-only, never in Redis
+            master = tmp_path / "api" / "signing.key"
+            assert bus.keys.authority is not None and master.stat().st_mode & 0o077 == 0
+            pinned = SigningConfig(authority=bus.keys.authority.hex())
+            writer = Writer(
+                worker_redis,
+                bus.store,
+                bus.embedder,
+                FAST,
+                consumer="w1",
+                keys=writer_keys(worker_redis, pinned),
+            )
+            tg.start_soon(writer.run, stop)
+            carol = bus.agent("carol", "acme")
+            await carol.publish("carol's real note before", "team/a")
+            await bus.drain(timeout_s=20)  # committed before the attack replaces its key
+            kid = (await bus.keys.current("acme", "carol")).kid
+
+            def forged(content: str, key_id: str) -> dict[Any, Any]:
+                event = Event.build(tenant="acme", agent="carol", scope="team/a", content=content)
+                return signed_fields(event, SigningKey("acme", "carol", key_id, attacker))
+
+            public = attacker.public_key().public_bytes_raw()
+            for name, client in (("worker", worker_redis), ("api", bus.redis)):
+                stored: dict[str, str] = await client.hgetall(registry)  # type: ignore[assignment]
+                records = [orjson.loads(v) for f, v in stored.items() if f.startswith("k:")]
+                assert records and all(set(r) == {"a", "p", "g", "c", "x", "r"} for r in records)
+                assert master.read_text().strip() not in repr(stored)
+                real = KeyRecord.from_json(kid, stored[f"k:{kid}"])
+                own_kid = "ab" * 8 if name == "worker" else "cd" * 8
+                # a key pair of the attacker's, under a new kid and over carol's current kid
+                for key_id in (own_kid, kid):
+                    record = KeyRecord(key_id, "carol", public, time.time(), cert=real.cert)
+                    if name == "worker":
+                        with pytest.raises(redis.exceptions.NoPermissionError):
+                            await client.hset(registry, f"k:{key_id}", record.to_json())
+                        with pytest.raises(redis.exceptions.NoPermissionError):
+                            await client.xadd(events, forged("forged by worker", key_id))
+                    else:
+                        await client.hset(registry, f"k:{key_id}", record.to_json())
+                        await client.xadd(events, forged(f"forged by api as {key_id}", key_id))
+                if name == "worker":
+                    with pytest.raises(redis.exceptions.NoPermissionError):
+                        await client.hdel(registry, f"k:{kid}")
+                    with pytest.raises(redis.exceptions.NoPermissionError):
+                        await client.hset(registry, "c:carol", own_kid)
+                    # a script's commands are checked too: EVAL is no way to publish
+                    args = xadd_many_args([forged("forged by worker via eval", kid)])[0]
+                    with pytest.raises(redis.exceptions.ResponseError, match="can't access"):
+                        await client.eval(XADD_MANY, 1, events, *args)  # type: ignore[misc]
+            # the door cannot derive the overwritten key either: once its cache of the current
+            # key expires (1 s, skipped here) it rotates and goes on
+            bus.keys._forget("acme")
+            await carol.publish("carol's real note after", "team/a")
+            await bus.drain(timeout_s=20)
+            dead = await dlq.list_dead(bus.redis, "acme")
+            reasons = {str((d.event or {}).get("content")): d.reason for d in dead}
+            assert len(dead) == len(reasons) == 2
+            assert reasons["forged by api as " + "cd" * 8] == "uncertified_key"
+            # a writer still caching carol's real record (1 s) sees a bad signature instead
+            assert reasons[f"forged by api as {kid}"] in ("uncertified_key", "bad_signature")
+            hits = await carol.recall("note forged carol", k=10)
+            assert sorted(h.memory.content for h in hits) == [
+                "carol's real note after",
+                "carol's real note before",
+            ]
+            stop.set()
+            await anyio.sleep(0.3)
+            tg.cancel_scope.cancel()
+    finally:
+        await worker_redis.aclose()
+    assert {user for user in refusals(acl_redis).values()} == {"worker"}
 
 
 @pytest.mark.slow

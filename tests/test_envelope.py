@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 
 import membus
 from membus.core.config import MembusConfig, RedisConfig
-from membus.core.envelope import MAX_CONTENT_BYTES, MAX_SCOPE_SEGMENTS, Event
+from membus.core.envelope import (
+    MAX_CONTENT_BYTES,
+    MAX_FUTURE_SKEW_S,
+    MAX_SCOPE_SEGMENTS,
+    Event,
+    check_created_at,
+)
 from membus.core.keys import TenantKeys, tenants_key
 from membus.errors import InvalidInput
 
@@ -388,3 +394,94 @@ def test_fuzzed_publish_through_the_bus_is_atomic(redis_url: str, tmp_path: Path
 
         publish_one()
     client.close()
+
+
+# -- created_at: bounded ahead of the server's clock, free in the past ---------------------------
+
+
+def test_created_at_bound_is_the_future_only() -> None:
+    """The bound in isolation: up to MAX_FUTURE_SKEW_S ahead of the given clock passes, beyond
+    that InvalidInput names created_at and the bound; any past date passes (backfill)."""
+    now = datetime.now(UTC).timestamp()
+
+    def at(when: datetime) -> Event:
+        return Event.build(tenant="acme", scope="team", agent="a", content="x", created_at=when)
+
+    for ok in (
+        datetime(1999, 1, 1, tzinfo=UTC),
+        datetime.fromtimestamp(now + MAX_FUTURE_SKEW_S, UTC),
+    ):
+        check_created_at(at(ok), now)
+    for bad in (
+        datetime.fromtimestamp(now + MAX_FUTURE_SKEW_S + 1, UTC),
+        datetime(2999, 1, 1, tzinfo=UTC),
+    ):
+        with pytest.raises(InvalidInput, match="created_at") as info:
+            check_created_at(at(bad), now)
+        assert info.value.problems[0]["field"] == "created_at"
+        assert f"at most {MAX_FUTURE_SKEW_S:.0f} s in the future" in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_created_at_in_the_future_is_refused_at_the_door_naming_field_and_bound(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The "dated 2999" attack: a version dated ahead of every real update would stay the current
+    value of its key for ever. The door refuses a created_at more than MAX_FUTURE_SKEW_S ahead of
+    the server's clock with InvalidInput naming the field and the bound, and writes nothing; a
+    date within the skew (a publisher whose clock runs a little fast) is accepted."""
+    keys = TenantKeys("acme")
+    async with membus.open(tmp_path, bus_config(redis_url)) as bus:
+        agent = bus.agent("tester", "acme")
+        now = datetime.now(UTC)
+        for ahead in (
+            datetime(2999, 1, 1, tzinfo=UTC),
+            now + timedelta(seconds=MAX_FUTURE_SKEW_S + 30),
+        ):
+            with pytest.raises(InvalidInput) as info:
+                await agent.publish("price is 1 EUR", scope="team", key="price", created_at=ahead)
+            [problem] = info.value.problems
+            assert problem["field"] == "created_at"
+            assert f"at most {MAX_FUTURE_SKEW_S:.0f} s in the future" in problem["reason"]
+            assert "created_at" in str(info.value)
+        with pytest.raises(InvalidInput):  # a batch with one such draft is refused whole
+            await agent.publish_many(
+                [
+                    membus.Draft(content="fine", scope="team"),
+                    membus.Draft(content="late", scope="team", created_at=datetime(2999, 1, 1)),
+                ]
+            )
+        assert await bus.redis.exists(keys.events) == 0
+        await agent.publish(
+            "clock a bit fast", scope="team", created_at=now + timedelta(seconds=60)
+        )
+        assert await bus.redis.xlen(keys.events) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_past_dates_stay_usable_for_backfill(redis_url: str, tmp_path: Path) -> None:
+    """Backfill is a real use (eval locomo publishes sessions dated 2023; imports restore old
+    versions): a created_at years in the past is accepted as given, and the versions of a key
+    are ordered by it, so the later of two backfilled values is current."""
+    config = MembusConfig(redis=RedisConfig(url=redis_url))
+    async with membus.open(tmp_path, config) as bus:
+        agent = bus.agent("tester", "acme")
+        may, june = datetime(2023, 5, 8, 13, 56, tzinfo=UTC), datetime(2023, 6, 1, tzinfo=UTC)
+        await agent.publish(
+            "caroline lives in boston",
+            scope="team",
+            subject="caroline",
+            key="home",
+            created_at=june,
+        )
+        await agent.publish(
+            "caroline lives in paris", scope="team", subject="caroline", key="home", created_at=may
+        )
+        await bus.drain(timeout_s=10)
+        hits = await agent.recall("where does caroline live", k=5)
+        [current] = [h.memory for h in hits if not h.memory.history]
+        assert current.content == "caroline lives in boston" and current.valid_from == june
+        then = await agent.recall("where does caroline live", k=5, as_of=may + timedelta(days=1))
+        assert [h.memory.content for h in then] == ["caroline lives in paris"]

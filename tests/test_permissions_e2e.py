@@ -15,11 +15,8 @@ policies.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import queue
 import re
-import secrets
 import subprocess
 import sys
 import threading
@@ -30,12 +27,13 @@ from typing import Any
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import membus
 from membus.access.audit import AuditLog, audit_key
 from membus.access.policy import CasbinGate
 from membus.access.redact import PiiRedactor
-from membus.access.signing import SigningKey, keys_key, signed_fields
+from membus.access.signing import KeyRecord, SigningKey, keys_key, signed_fields
 from membus.access.watch import PolicyWatcher, RedisSource
 from membus.bus.api import Agent, Bus
 from membus.bus.draft import Draft
@@ -140,14 +138,15 @@ async def snapshot(redis: Redis, *, skip: set[str]) -> dict[tuple[str, str | Non
 def forge(event: Event, key: SigningKey) -> dict[str, Any]:
     """What someone holding ``key`` can XADD claiming any agent (signing.sign_raw refuses to)."""
     raw = event.to_json()
-    return {"e": raw, "kid": key.kid, "sig": hmac.new(key.secret, raw, hashlib.sha256).hexdigest()}
+    return {"e": raw, "kid": key.kid, "sig": key.sign_bytes(raw)}
 
 
 async def test_forged_and_replayed_events_are_parked_audited_and_never_recalled(
     redis_url: str, tmp_path: Path
 ) -> None:
     """Entries XADDed by someone with Redis access but no agent key: unsigned, signed with a
-    wrong secret, tampered after signing, signed with another agent's or an unknown key,
+    wrong key, tampered after signing, signed with another agent's or an unknown key or with a
+    key pair of the attacker's registered straight into the key registry (no certificate),
     a re-XADDed copy of a committed event, and another tenant's event on acme's stream."""
     keys = TenantKeys(TENANT)
     async with membus.open(tmp_path / "bus", config(redis_url)) as bus:
@@ -164,8 +163,12 @@ async def test_forged_and_replayed_events_are_parked_audited_and_never_recalled(
         real = await bus.keys.current(TENANT, "alice")
         bob = await bus.keys.current(TENANT, "bob")
         foreign = await bus.keys.current("beta", "alice")
-        stranger = SigningKey(TENANT, "alice", "0123456789abcdef", secrets.token_bytes(32))
-        wrong = SigningKey(TENANT, "alice", real.kid, secrets.token_bytes(32))
+        stranger = SigningKey(TENANT, "alice", "0123456789abcdef", Ed25519PrivateKey.generate())
+        wrong = SigningKey(TENANT, "alice", real.kid, Ed25519PrivateKey.generate())
+        # a key pair of the attacker's, registered for alice straight into Redis
+        own = SigningKey(TENANT, "alice", "ab" * 8, Ed25519PrivateKey.generate())
+        record = KeyRecord(own.kid, "alice", own.public, time.time())
+        await bus.redis.hset(keys_key(TENANT), f"k:{own.kid}", record.to_json())
         tampered = signed_fields(fake("forged: refund 10 EUR to alice"), real)
         tampered["e"] = bytes(tampered["e"]).replace(b"10 EUR", b"99 EUR")  # type: ignore[arg-type]
         injected = {
@@ -176,6 +179,7 @@ async def test_forged_and_replayed_events_are_parked_audited_and_never_recalled(
             "unknown_key": signed_fields(fake("forged: unknown kid"), stranger),
             "replay": dict(captured),
             "invalid": signed_fields(fake("forged: beta event", tenant="beta"), foreign),
+            "uncertified_key": signed_fields(fake("forged: own key registered"), own),
         }
         positions = {
             why: str(await bus.redis.xadd(keys.events, fields))  # type: ignore[arg-type]

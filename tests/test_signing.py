@@ -6,21 +6,29 @@ tests also protect "verify what is stored": no re-serialisation drift between si
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import os
+import secrets
+import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ulid import ULID
 
 from membus.access.signing import (
+    KeyRecord,
     KeyRegistry,
+    LegacyKeyRecord,
     SignatureInvalid,
     SigningKey,
+    authority_public_key,
     keys_key,
+    load_master,
     sign,
     signed_fields,
     verify,
@@ -64,8 +72,15 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def registry(redis: Redis, clock: Clock) -> KeyRegistry:
-    return KeyRegistry(redis, clock=clock)
+def master() -> bytes:
+    return secrets.token_bytes(32)
+
+
+@pytest.fixture
+def registry(redis: Redis, clock: Clock, master: bytes) -> KeyRegistry:
+    """A door: signs with keys derived from ``master``, pins that master's authority."""
+    authority = bytes.fromhex(authority_public_key(master))
+    return KeyRegistry(redis, master=master, authority=authority, clock=clock)
 
 
 def event(agent: str = "alice", content: str = "the build is green ✓ — café", **kw: Any) -> Event:
@@ -114,12 +129,8 @@ async def test_each_failure_names_its_reason(redis: Redis, registry: KeyRegistry
         return {**good, "e": good["e"].replace(old, new)}
 
     bob_event = event(agent="bob").to_json()
-    alice_signs_for_bob = {
-        "e": bob_event,
-        "kid": alice.kid,
-        "sig": hmac.new(alice.secret, bob_event, hashlib.sha256).hexdigest(),
-    }
-    forged_sig = {**good, "sig": hmac.new(b"x" * 32, good["e"].encode(), "sha256").hexdigest()}
+    alice_signs_for_bob = {"e": bob_event, "kid": alice.kid, "sig": alice.sign_bytes(bob_event)}
+    forged_sig = {**good, "sig": Ed25519PrivateKey.generate().sign(good["e"].encode()).hex()}
     cases = {
         "content": tampered("green", "red"),
         "scope": tampered('"team/a"', '"team/b"'),
@@ -130,6 +141,7 @@ async def test_each_failure_names_its_reason(redis: Redis, registry: KeyRegistry
         "unsigned": {"e": good["e"]},
         "empty_sig": {**good, "sig": ""},
         "non_ascii_sig": {**good, "sig": "é" * 64},
+        "hmac_sized_sig": {**good, "sig": "ab" * 32},
     }
     reasons = {name: await reason_of(fields, registry) for name, fields in cases.items()}
     await registry.revoke(TENANT, "alice", alice.kid)
@@ -144,6 +156,7 @@ async def test_each_failure_names_its_reason(redis: Redis, registry: KeyRegistry
         "unsigned": "unsigned",
         "empty_sig": "unsigned",
         "non_ascii_sig": "bad_signature",
+        "hmac_sized_sig": "bad_signature",
         "revoked": "key_revoked",
     }
 
@@ -159,11 +172,122 @@ async def test_key_material_stays_out_of_reprs_and_errors(
 ) -> None:
     key = await registry.current(TENANT, "alice")
     record = await registry.record(TENANT, key.kid)
-    assert record is not None and record.secret == key.secret
-    secret_hex = key.secret.hex()
+    assert record is not None and record.public == key.public
+    secret_hex = key.private.private_bytes_raw().hex()
     err = SignatureInvalid("bad_signature", TENANT, "alice", key.kid)
     for text in (repr(key), str(key), repr(record), str(err), str(err.to_dict())):
-        assert secret_hex not in text and repr(key.secret) not in text
+        assert secret_hex not in text
+
+
+async def test_redis_holds_public_keys_only(
+    redis: Redis, registry: KeyRegistry, master: bytes
+) -> None:
+    """Whoever may HGETALL the registry learns nothing to sign with: every stored byte is a
+    public key, a certificate or lifecycle data; the private key and the master appear nowhere
+    in Redis, and a signature made with the stored public bytes as a key does not verify."""
+    key = await registry.current(TENANT, "alice")
+    await registry.rotate(TENANT, "alice")
+    dump = repr(await redis.hgetall(keys_key(TENANT)))
+    assert key.private.private_bytes_raw().hex() not in dump and master.hex() not in dump
+    record = await registry.record(TENANT, key.kid)
+    assert record is not None and len(record.public) == 32
+    # the best a reader can do: treat the public bytes as a private key
+    thief = SigningKey(
+        TENANT, "alice", key.kid, Ed25519PrivateKey.from_private_bytes(record.public)
+    )
+    stored = await roundtrip(redis, signed_fields(event(), thief))
+    assert await reason_of(stored, registry) == "bad_signature"
+
+
+async def test_a_key_registered_by_a_redis_credential_is_not_certified(
+    redis: Redis, registry: KeyRegistry, clock: Clock
+) -> None:
+    """The attack of someone holding a Redis credential that may HSET the registry: register a
+    key pair of their own for alice (a new kid, or over her current kid) and sign with it. A
+    registry pinned to the door's authority refuses both: the records carry no certificate of
+    that authority (a certificate copied from another record does not cover the new key)."""
+    real = await registry.current(TENANT, "alice")
+    mine = Ed25519PrivateKey.generate()
+    public = mine.public_key().public_bytes_raw()
+    real_rec = await registry.record(TENANT, real.kid)
+    assert real_rec is not None
+    for kid in ("ab" * 8, real.kid):
+        # copy the real certificate: it signs alice's real key, not this one
+        forged = KeyRecord(kid, "alice", public, clock(), cert=real_rec.cert)
+        await redis.hset(keys_key(TENANT), f"k:{kid}", forged.to_json())
+        registry._forget(TENANT)  # as another process would see it once its cache expires
+        stored = await roundtrip(
+            redis, signed_fields(event(), SigningKey(TENANT, "alice", kid, mine))
+        )
+        assert await reason_of(stored, registry) == "uncertified_key"
+        assert await registry.lookup(TENANT, "alice", kid) is None
+    await redis.hset(keys_key(TENANT), "k:" + "cd" * 8, "not json")
+    registry._forget(TENANT)
+    junk = {"e": event().to_json().decode(), "kid": "cd" * 8, "sig": "00" * 64}
+    assert await reason_of(junk, registry) == "uncertified_key"
+
+
+async def test_junk_written_into_the_registry_does_not_stop_the_door(
+    redis: Redis, registry: KeyRegistry
+) -> None:
+    """Whoever may HSET the registry writes junk over alice's current record and beside it: the
+    door replaces her key and rotates as usual instead of failing every publish."""
+    old = await registry.current(TENANT, "alice")
+    await redis.hset(keys_key(TENANT), mapping={f"k:{old.kid}": "{junk", "k:" + "ab" * 8: "[]"})
+    registry._forget(TENANT)
+    new = await registry.current(TENANT, "alice")
+    assert new.kid != old.kid
+    stored = await roundtrip(redis, signed_fields(event(), new))
+    await verify(stored, Event.from_json(stored["e"]), registry)
+    assert (await registry.rotate(TENANT, "alice")).kid != new.kid
+
+
+async def test_hmac_era_records_are_refused_with_a_clear_error(
+    redis: Redis, registry: KeyRegistry
+) -> None:
+    """A registry written by membus before Ed25519 (a shared secret in field ``s``) is not used:
+    events naming such a key are parked as ``legacy_key``, and the door refuses to sign with it
+    (a Conflict saying what to do) instead of quietly signing with something Redis holds."""
+    kid = "ef" * 8
+    legacy = orjson.dumps({"a": "alice", "s": "11" * 32, "c": time.time(), "x": None, "r": None})
+    await redis.hset(keys_key(TENANT), mapping={f"k:{kid}": legacy, "c:alice": kid})
+    stored = await roundtrip(redis, {"e": event().to_json(), "kid": kid, "sig": "22" * 32})
+    assert await reason_of(stored, registry) == "legacy_key"
+    with pytest.raises(LegacyKeyRecord, match="HMAC secret stored in Redis"):
+        await registry.current(TENANT, "alice")
+
+
+async def test_master_file_is_created_owner_only_and_refused_when_readable(
+    tmp_path: Path,
+) -> None:
+    """The master never goes to Redis: it lives in a file only its owner may read."""
+    path = tmp_path / "data" / "signing.key"
+    master = load_master(path)
+    assert len(master) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_master(path) == master  # stable across restarts: same keys, same authority
+    os.chmod(path, 0o644)
+    with pytest.raises(InvalidInput, match=r"signing\.master_file"):
+        load_master(path)
+    os.chmod(path, 0o600)
+    path.write_text("too short")
+    with pytest.raises(InvalidInput, match="64 hex digits"):
+        load_master(path)
+
+
+async def test_a_door_with_another_master_rotates_instead_of_signing_badly(
+    redis: Redis, registry: KeyRegistry
+) -> None:
+    """A door restarted with a fresh master cannot derive the stored current key: it makes a new
+    one (the old one keeps verifying through the grace), so its events still verify."""
+    old = await registry.current(TENANT, "alice")
+    other = KeyRegistry(redis)  # a random master of its own, pins nothing
+    new = await other.current(TENANT, "alice")
+    assert new.kid != old.kid
+    stored = await roundtrip(redis, signed_fields(event(), new))
+    await verify(stored, Event.from_json(stored["e"]), other)
+    registry._forget(TENANT)
+    before = await roundtrip(redis, signed_fields(event(content="before"), old))
+    await verify(before, Event.from_json(before["e"]), registry)  # within the grace
 
 
 # -- lifecycle -----------------------------------------------------------------------------------
@@ -172,15 +296,16 @@ async def test_key_material_stays_out_of_reprs_and_errors(
 async def test_current_key_is_stable_and_per_agent(registry: KeyRegistry) -> None:
     a1, a2 = await registry.current(TENANT, "alice"), await registry.current(TENANT, "alice")
     b = await registry.current(TENANT, "bob")
-    assert a1 == a2 and a1.kid != b.kid and len(a1.secret) == 32
-    assert await registry.lookup(TENANT, "alice", a1.kid) == a1.secret
+    assert a1.kid == a2.kid and a1.public == a2.public and a1.kid != b.kid
+    assert await registry.lookup(TENANT, "alice", a1.kid) == a1.public
     assert await registry.lookup(TENANT, "bob", a1.kid) is None  # kid belongs to alice
 
 
 async def test_processes_racing_to_create_a_key_agree_on_one(
     redis: Redis, other_redis: Redis
 ) -> None:
-    regs = [KeyRegistry(redis), KeyRegistry(other_redis), KeyRegistry(redis)]
+    master = secrets.token_bytes(32)  # doors sharing a Redis share the master
+    regs = [KeyRegistry(r, master=master) for r in (redis, other_redis, redis)]
     keys: list[SigningKey] = []
 
     async def take(reg: KeyRegistry) -> None:
@@ -189,7 +314,7 @@ async def test_processes_racing_to_create_a_key_agree_on_one(
     async with anyio.create_task_group() as tg:
         for reg in regs:
             tg.start_soon(take, reg)
-    assert len(keys) == 3 and keys[0] == keys[1] == keys[2]
+    assert len(keys) == 3 and len({(k.kid, k.public) for k in keys}) == 1
     stored: dict[str, str] = await redis.hgetall(keys_key(TENANT))  # type: ignore[assignment]
     assert len([f for f in stored if f.startswith("k:")]) == 1
 
@@ -202,7 +327,7 @@ async def test_rotation_keeps_old_events_valid_through_grace(
     in_flight = await roundtrip(redis, signed_fields(event(), old))
     new = await registry.rotate(TENANT, "alice", grace_s=60)
     assert new.kid != old.kid
-    assert await registry.current(TENANT, "alice") == new
+    assert (await registry.current(TENANT, "alice")).kid == new.kid
     after = await roundtrip(redis, signed_fields(event(content="after"), new))
     assert after["kid"] == new.kid
 
@@ -248,11 +373,12 @@ async def eventually(check: Callable[[], Awaitable[bool]], within_s: float) -> f
 async def test_another_process_sees_revocation_and_rotation_within_a_second(
     redis: Redis, other_redis: Redis
 ) -> None:
-    here, there = KeyRegistry(redis), KeyRegistry(other_redis)
+    master = secrets.token_bytes(32)
+    here, there = KeyRegistry(redis, master=master), KeyRegistry(other_redis, master=master)
     key = await here.current(TENANT, "alice")
     stored = await roundtrip(redis, signed_fields(event(), key))
     await verify(stored, Event.from_json(stored["e"]), there)  # warms there's cache
-    assert await there.current(TENANT, "alice") == key
+    assert (await there.current(TENANT, "alice")).kid == key.kid
 
     await here.revoke(TENANT, "alice", key.kid)
 

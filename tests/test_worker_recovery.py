@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,9 +23,9 @@ import pytest
 import redis.asyncio as aioredis
 
 import membus
-from membus.access.signing import KeyRegistry
+from membus.access.signing import KeyRegistry, signed_fields
 from membus.core.config import MembusConfig, RedisConfig, WorkerConfig
-from membus.core.envelope import Event
+from membus.core.envelope import MAX_FUTURE_SKEW_S, Event
 from membus.core.keys import TenantKeys, tenants_key
 from membus.embed.hashing import HashingEmbedder
 from membus.embed.port import Embedder, Vectors
@@ -555,3 +556,55 @@ async def test_writer_rides_out_a_redis_restart_mid_stream(
 
 async def _at_least(writer: Writer, n: int) -> bool:
     return writer.processed >= n
+
+
+@pytest.mark.slow
+async def test_future_dated_entry_xadded_around_the_door_is_parked(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The stream is not trusted: an entry XADDed around the door (here even validly signed, as a
+    door that skipped its check would sign it) dated 2999 would stay the current value of its key
+    for ever. The writer re-checks created_at against the entry's own id time (Redis's clock,
+    which no publisher sets) and parks it as ``future_dated`` with a reason naming the field and
+    the bound; a later real update of the key becomes current. An entry with an explicit id in
+    2023 proves the writer's bound is the entry's time, not the writer's clock."""
+    tenant = "acme"
+    stream = TenantKeys(tenant).events
+    async with membus.open(tmp_path, fast_bus_config(redis_url)) as bus:
+        key = await bus.keys.current(tenant, "mallory")
+
+        def dated(content: str, at: datetime) -> Event:
+            return Event.build(
+                tenant=tenant,
+                scope="team/x",
+                agent="mallory",
+                content=content,
+                subject="wifi",
+                key="password",
+                created_at=at,
+            )
+
+        early = datetime(2023, 5, 8, tzinfo=UTC)
+        # Redis accepts explicit ids as long as they grow: the 2023 one goes first
+        await bus.redis.xadd(
+            stream,
+            signed_fields(dated("an hour ahead of its entry", early + timedelta(hours=1)), key),
+            id=f"{int(early.timestamp() * 1000)}-0",
+        )
+        await bus.redis.xadd(
+            stream, signed_fields(dated("hunter2 for ever", datetime(2999, 1, 1, tzinfo=UTC)), key)
+        )
+        await bus.redis.sadd(tenants_key(), tenant)
+        real = await bus.agent("mallory", tenant).publish(
+            "the wifi password is correct-horse", "team/x", subject="wifi", key="password"
+        )
+        await bus.drain(timeout_s=10)
+
+        parked = await dlq_entries(bus.redis, tenant)
+        assert [p["reason"] for p in parked] == ["future_dated", "future_dated"]
+        for p in parked:
+            assert "created_at" in p["error"] and f"at most {MAX_FUTURE_SKEW_S:.0f} s" in p["error"]
+            assert "stream entry's (Redis) clock" in p["error"]
+        hits = await bus.agent("mallory", tenant).recall("wifi password", k=5)
+        assert [h.memory.content for h in hits] == ["the wifi password is correct-horse"]
+        assert hits[0].memory.source_events == [real.event_id]

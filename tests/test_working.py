@@ -4,8 +4,6 @@ most tests run without writers so the events stay uncommitted as long as the tes
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -263,7 +261,7 @@ async def test_erased_and_unsigned_entries_are_not_shown(redis_url: str, tmp_pat
             content="budget note signed by mallory as alice",
         )
         raw = spoof.to_json()
-        sig = hmac.new(mallory.secret, raw, hashlib.sha256).hexdigest()
+        sig = mallory.sign_bytes(raw)
         await bus.redis.xadd(stream, {"e": raw, "kid": mallory.kid, "sig": sig})
         await bus.redis.xadd(stream, {"e": "{not json"})
         hits = await alice.recall("budget note", k=10, working=True)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from membus.access.audit import AuditLog, AuditRecord
 from membus.access.gate import Decision, Gate, Identity, OpenGate
 from membus.access.redact import PiiRedactor, Redactor, needs_redaction, redact_event
-from membus.access.signing import KeyRegistry
+from membus.access.signing import KeyRegistry, door_keys
 from membus.bus import erasure
 from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
@@ -52,13 +52,14 @@ class Bus:
         config: MembusConfig | None = None,
         gate: Gate | None = None,
         audit: AuditLog | None = None,
+        keys: KeyRegistry | None = None,
     ) -> None:
         self.redis, self.store, self.embedder = redis, store, embedder
         self.config = config or MembusConfig()
         self.gate: Gate = gate or OpenGate()
         # both write straight through when no flusher runs (CLI one-shots); runtime.open runs them
         self.audit, self.access_log = audit or AuditLog(redis), AccessLog(redis)
-        self.keys = KeyRegistry(redis)
+        self.keys = keys or door_keys(redis, self.config.signing)
         self._redact_roots = set(self.config.policy.redact_scopes)
         self.redactor: Redactor = PiiRedactor()
         self._log = get_logger("membus.bus")

@@ -25,7 +25,7 @@ from membus.cli.context import JsonFlag, State
 from membus.cli.feed import publish, recall, tail
 from membus.cli.ops import dlq_drop, dlq_list, dlq_replay, optimize, stats, worker
 from membus.cli.output import configure_logging, fail
-from membus.cli.serve import keys_new, mcp, serve
+from membus.cli.serve import keys_authority, keys_new, mcp, serve
 from membus.cli.settings import Settings
 from membus.cli.showcase import bench, demo, eval_locomo
 from membus.errors import MembusError
@@ -43,7 +43,9 @@ dlq_app = typer.Typer(
 policy_app = typer.Typer(
     help="Permissions: reload the policy, ask what it allows.", no_args_is_help=True
 )
-keys_app = typer.Typer(help="API keys for `membus serve`.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys for `membus serve`; the signing authority writers pin.", no_args_is_help=True
+)
 eval_app = typer.Typer(help="Retrieval quality on public benchmarks.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(policy_app, name="policy")
@@ -120,6 +122,7 @@ policy_app.command("reload")(policy_reload)
 app.command()(serve)
 app.command()(mcp)
 keys_app.command("new")(keys_new)
+keys_app.command("authority")(keys_authority)
 app.command()(demo)
 app.command()(bench)
 eval_app.command("locomo")(eval_locomo)

@@ -162,6 +162,25 @@ def keys_new(
         )
 
 
+def keys_authority(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
+    """Print the signing authority's public key (hex): what writers pin (MEMBUS_SIGNING_AUTHORITY).
+
+    It is derived from the door's master secret (MEMBUS_SIGNING_MASTER_FILE, else signing.key in
+    the data directory; created 0600 if missing). Only the public key is printed."""
+    from membus.access.signing import MASTER_FILE, authority_public_key, load_master
+
+    state = command_state(ctx, json_flag)
+    path = state.settings.signing_master_file or state.settings.data_dir / MASTER_FILE
+    try:
+        authority = authority_public_key(load_master(path))
+    except MembusError as exc:
+        fail(exc, state.json)
+    if state.json:
+        emit_json({"authority": authority, "master_file": str(path)})
+    else:
+        typer.echo(authority)
+
+
 def _append(path: Path, entry: KeyEntry) -> None:
     """Add ``entry`` to the keys file (created if missing), replacing the file atomically."""
     from membus.service.auth import KeysFile

@@ -23,6 +23,7 @@ from membus.core.config import (
     RankingConfig,
     RedisConfig,
     RetentionConfig,
+    SigningConfig,
     StoreConfig,
     WorkerConfig,
 )
@@ -73,6 +74,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     api_keys: Path | None = None
+    # event signing: the door's master secret file, and the authority writers pin (hex public key)
+    signing_master_file: Path | None = None
+    signing_authority: str | None = None
 
     @field_validator("redis_url")
     @classmethod
@@ -127,6 +131,9 @@ class Settings(BaseSettings):
         )
         try:
             return MembusConfig(
+                signing=SigningConfig(
+                    master_file=self.signing_master_file, authority=self.signing_authority
+                ),
                 redis=RedisConfig(
                     url=self.redis_url,
                     socket_timeout_s=self.redis_socket_timeout_s,

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import NoReturn, TypeVar
 
+from membus.access.signing import MASTER_FILE, door_keys
 from membus.bus.api import Bus
 from membus.cli.context import State
 from membus.cli.settings import Settings
@@ -108,7 +109,10 @@ async def _redis_only(state: State) -> AsyncIterator[Bus]:
             raise unavailable(exc) from exc
         # the configured policy applies here too: a Redis-only door is still a door
         gate = await make_gate(config.policy, client)
-        yield Bus(client, _NoStore(), HashingEmbedder(config.embedder.dim), config, gate)
+        # the data directory's master, as membus.open uses: events published here verify at
+        # writers pinned to it (read or created only if this command publishes)
+        keys = door_keys(client, config.signing, state.settings.data_dir / MASTER_FILE)
+        yield Bus(client, _NoStore(), HashingEmbedder(config.embedder.dim), config, gate, keys=keys)
     finally:
         await client.aclose()
 

@@ -169,8 +169,23 @@ class RankingConfig(_Config):
         return self
 
 
+class SigningConfig(_Config):
+    """Event signing keys (membus/access/signing.py).
+
+    ``master_file``: the door's master secret (64 hex digits, mode 0600), which every door
+    sharing a Redis must hold; None: ``<data dir>/signing.key`` under ``membus.open`` (created),
+    a random per-process secret elsewhere. ``authority``: hex Ed25519 public key writers require
+    on every key record (``membus keys authority`` prints it); None: writers in the door's own
+    process pin the door's authority, a lone ``membus worker`` trusts the registry as stored.
+    """
+
+    master_file: Path | None = None
+    authority: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+
+
 class MembusConfig(_Config):
     redis: RedisConfig = RedisConfig()
+    signing: SigningConfig = SigningConfig()
     store: StoreConfig = StoreConfig()
     embedder: EmbedderConfig = EmbedderConfig()
     worker: WorkerConfig = WorkerConfig()

@@ -35,6 +35,9 @@ MAX_CONTENT_BYTES: Final = 16 * 1024
 MAX_METADATA_BYTES: Final = 8 * 1024
 MAX_METADATA_DEPTH: Final = 4
 MAX_SCOPE_SEGMENTS: Final = 8
+# How far ahead of the server's clock ``created_at`` may be: ordinary skew between the publisher's
+# and the server's clocks, not enough to stay the current version of a key for long.
+MAX_FUTURE_SKEW_S: Final = 120.0
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
@@ -234,6 +237,31 @@ class Event(BaseModel):
     @property
     def ancestors(self) -> list[str]:
         return scope_ancestors(self.scope)
+
+
+def future_dated(created_at: datetime, now: float, clock: str) -> str | None:
+    """Why ``created_at`` is too far ahead of ``now`` (epoch seconds by ``clock``), or None.
+
+    Only the future is bounded: a version dated ahead of every real update would stay current
+    for ever; dates in the past are backfill (imports, old chat logs) and stay allowed."""
+    ahead = created_at.timestamp() - now
+    if ahead <= MAX_FUTURE_SKEW_S:
+        return None
+    bound = datetime.fromtimestamp(now + MAX_FUTURE_SKEW_S, UTC).isoformat()
+    return (
+        f"is {ahead:.0f} s ahead of the {clock} clock; it may be at most "
+        f"{MAX_FUTURE_SKEW_S:.0f} s in the future (latest allowed now: {bound})"
+    )
+
+
+def check_created_at(event: Event, now: float) -> None:
+    """Refuse ``event`` at the door when its ``created_at`` is dated too far in the future."""
+    why = future_dated(event.created_at, now, "server's")
+    if why is not None:
+        raise InvalidInput(
+            f"invalid event: created_at {event.created_at.isoformat()} {why}",
+            [{"field": "created_at", "reason": why}],
+        )
 
 
 def invalid_from(exc: ValidationError, what: str) -> InvalidInput:

@@ -19,7 +19,7 @@ from redis.exceptions import RedisClusterException
 from membus.access.audit import AuditLog
 from membus.access.gate import Gate, OpenGate
 from membus.access.policy import CasbinGate
-from membus.access.signing import KeyRegistry
+from membus.access.signing import MASTER_FILE, KeyRegistry, door_keys, writer_keys
 from membus.access.watch import FileSource, PolicySource, PolicyWatcher, RedisSource
 from membus.bus.api import Bus
 from membus.core.config import (
@@ -191,7 +191,12 @@ async def open(
     async with connect(config, root, embedder) as (client, store, emb):
         gate = gate or await make_gate(config.policy, client)
         audit = AuditLog(client)
-        bus = Bus(client, store, emb, config, gate, audit)
+        keys = door_keys(client, config.signing, root / MASTER_FILE)
+        if config.signing.authority is None and keys.authority is not None:
+            # writer processes pin the authority this door certifies with
+            signing = config.signing.model_copy(update={"authority": keys.authority.hex()})
+            config = config.model_copy(update={"signing": signing})
+        bus = Bus(client, store, emb, config, gate, audit, keys)
         stop = anyio.Event()
         apart = config.writer_processes if isinstance(store, EdgeStore) else 0
         if config.writer_processes and not apart:  # processes of their own: `membus worker`
@@ -252,7 +257,8 @@ async def run_writers(
     own: ``membus worker`` and an embedded bus's writer processes."""
     # writers re-ask the gate for every event, so they follow the same policy as the doors
     gate = await make_gate(config.policy, redis)
-    writers = make_writers(redis, store, embedder, config, config.writers, gate, KeyRegistry(redis))
+    keys = writer_keys(redis, config.signing)
+    writers = make_writers(redis, store, embedder, config, config.writers, gate, keys)
     async with anyio.create_task_group() as outer:
         if isinstance(gate, CasbinGate):
             await outer.start(gate.watch)  # policy changes from other processes

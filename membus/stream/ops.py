@@ -7,6 +7,7 @@ delivered), capped by the configured age/length limits.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from redis.exceptions import ResponseError
 
 from membus.access.signing import KeyRegistry, signed_fields
 from membus.core.config import RetentionConfig
-from membus.core.envelope import Event
+from membus.core.envelope import Event, check_created_at
 from membus.core.keys import TenantKeys, tenants_key
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
 
@@ -88,7 +89,13 @@ async def publish(
 
 
 async def publish_signed(redis: Redis, registry: KeyRegistry, events: Sequence[Event]) -> list[str]:
-    """XADD events signed with each agent's current key (what ``Bus.publish_many`` does)."""
+    """XADD events signed with each agent's current key (what ``Bus.publish_many`` does).
+
+    The door's bound on ``created_at`` is checked here, where events get signed: nothing dated
+    beyond the server's clock plus ``MAX_FUTURE_SKEW_S`` gets a signature (InvalidInput)."""
+    now = time.time()
+    for e in events:
+        check_created_at(e, now)
     keys = {(t, a): await registry.current(t, a) for t, a in {(e.tenant, e.agent) for e in events}}
     fields = [signed_fields(e, keys[(e.tenant, e.agent)]) for e in events]
     return await publish(redis, events, fields)

@@ -2,7 +2,10 @@
 
 In order, per batch: erased (tombstoned) events are dropped without a trace (parking them would
 copy erased content into the dead-letter stream); then the signature must prove the agent wrote
-exactly these bytes; then the event must be new (not a re-injected copy of a captured event);
+exactly these bytes; then ``created_at`` must not be later than the stream entry's own time (its
+id: Redis's clock, which no publisher sets) plus the skew the door allows, since an entry XADDed
+around the door was never bounded; then the event must be new (not a re-injected copy of a
+captured event);
 then the agent must still be allowed to publish into the scope. Signatures come before the
 replay check so a forged entry cannot claim a real event's id first.
 """
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 
 from membus.access.gate import Gate, Identity
 from membus.access.signing import KeyRegistry, SignatureInvalid, verify
-from membus.core.envelope import Event
+from membus.core.envelope import Event, future_dated
 from membus.core.redis import Redis
 from membus.stream.replay import ReplayGuard
 from membus.stream.tombstones import erased
@@ -57,6 +60,13 @@ class Admission:
                 except SignatureInvalid as exc:
                     out.rejected.append((entry_id, fields, exc.reason, str(exc), event))
                     continue
+            arrived = int(entry_id.partition("-")[0]) / 1000
+            if (
+                why := future_dated(event.created_at, arrived, "stream entry's (Redis)")
+            ) is not None:
+                why = f"event {event.id}: created_at {event.created_at.isoformat()} {why}"
+                out.rejected.append((entry_id, fields, "future_dated", why, event))
+                continue
             signed.append((entry_id, fields, event))
         verdicts = await self.replay.check_many(tenant, [(e.id, eid) for eid, _, e in signed])
         for (entry_id, fields, event), verdict in zip(signed, verdicts, strict=True):
