@@ -225,7 +225,7 @@ async def test_criteria_combine_and_a_second_forget_finds_nothing(world: World) 
     assert len(await bus.store.get(TENANT, [point_id(TENANT, e) for e in world.committed])) == 3
     # ``within`` fences a forget to the scopes the caller may forget in
     fenced = await forget(
-        bus.redis, bus.store, TENANT, agent="leaky", within=lambda s: s.startswith("elsewhere")
+        bus.redis, bus.store, TENANT, agent="leaky", within=lambda s, _: s.startswith("elsewhere")
     )
     assert fenced.memories == fenced.events == fenced.tombstones == 0
     full = await forget(bus.redis, bus.store, TENANT, agent="leaky")
@@ -355,3 +355,114 @@ async def test_long_streams_are_paged_through(redis_url: str, tmp_path: Path) ->
     finally:
         await store.close()
         await redis.aclose()
+
+
+# -- conflicts: erased content inside another memory's change entry ------------------------------
+
+LOSER = f"loser-{CANARY}"
+
+
+async def _conflict_world(bus: Bus) -> tuple[str, str]:
+    """Two agents assert different values for one key within the conflict window: the first
+    (carrying the canary) is superseded. Returns (loser memory id, winner memory id)."""
+    slow, fast = bus.agent("slowpoke", TENANT), bus.agent("quick", TENANT)
+    lost = await slow.publish(f"{CANARY} says tier gold", "team/acct", subject="c-1", key="tier")
+    won = await fast.publish("tier is silver", "team/acct", subject="c-1", key="tier")
+    await bus.drain(timeout_s=15)
+    feed = [orjson.loads(f["c"]) for _, f in await entries(bus.redis, TenantKeys(TENANT).changes)]
+    [conflict] = [c for c in feed if c["op"] == "conflict"]
+    assert CANARY in conflict["detail"]["superseded_content"]  # the leak this guards against
+    assert conflict["memory_id"] == point_id(TENANT, won.event_id)
+    return point_id(TENANT, lost.event_id), point_id(TENANT, won.event_id)
+
+
+async def _read_all(agent: membus.Agent) -> list[Any]:
+    """What a subscriber reading the feed from the beginning receives (until it goes quiet)."""
+    got: list[Any] = []
+    with anyio.move_on_after(0.5):
+        async for change in agent.subscribe(start="0"):
+            got.append(change)
+    return got
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("criterion", ["memory_ids", "agent"])
+async def test_forget_removes_erased_text_carried_by_a_conflict_change(
+    redis_url: str, tmp_path: Path, criterion: str
+) -> None:
+    """Issue 15.1: a ``conflict`` change is about the winner but carries the superseded value
+    and agents in ``detail``. Forgetting the superseded memory (by id, or by its agent) removes
+    that entry too, so a subscriber reading from 0 never receives the erased text or agent;
+    the winner, which nobody asked to erase, stays."""
+    async with membus.open(tmp_path, config(redis_url, writers=1)) as bus:
+        lost, won = await _conflict_world(bus)
+        args: dict[str, Any] = (
+            {"memory_ids": [lost]} if criterion == "memory_ids" else {"agent": "slowpoke"}
+        )
+        report = await forget(bus.redis, bus.store, TENANT, **args)
+        assert report.memory_ids == [lost]  # the winner is not dragged along
+        assert await traces(bus.redis, CANARY) == []
+        changes = await entries(bus.redis, TenantKeys(TENANT).changes)
+        assert "slowpoke" not in repr(changes)  # its signing key and audit trail stay
+        assert await store_traces(bus, CANARY) == []
+        [kept] = await bus.store.get(TENANT, [won])
+        assert kept.content == "tier is silver"
+        seen = await _read_all(bus.agent("reader", TENANT))
+        assert seen and not any(CANARY in c.model_dump_json() for c in seen)
+        assert not any("slowpoke" in c.model_dump_json() for c in seen)
+
+
+async def test_conflict_entries_written_before_superseded_events_are_found(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A conflict entry from before ``detail.superseded_events`` existed is still found, by the
+    superseded memory id and by the superseded agents; a bare delete notice stays."""
+    redis, keys = redis_client(redis_url), TenantKeys(TENANT)
+    store = EdgeStore(tmp_path / "store")
+    await store.open(StoreMeta(embedder="hashing", dim=64))
+    lost = point_id(TENANT, new_event_id())
+    old = {
+        "op": "conflict",
+        "memory_id": point_id(TENANT, new_event_id()),
+        "tenant": TENANT,
+        "scope": "team/acct",
+        "kind": "fact",
+        "content": "tier is silver",
+        "agents": ["quick"],
+        "event_ids": [new_event_id()],
+        "sensitivity": 0,
+        "detail": {"superseded": lost, "superseded_content": CANARY, "superseded_agents": ["old"]},
+    }
+    notice = {"op": "delete", "memory_id": lost, "tenant": TENANT, "scope": "team/acct"}
+    try:
+        for by in ({"memory_ids": [lost]}, {"agent": "old"}):
+            await redis.delete(keys.changes)
+            await redis.xadd(keys.changes, {"c": orjson.dumps(old)})
+            await redis.xadd(keys.changes, {"c": orjson.dumps(notice | {"kind": "fact"})})
+            report = await forget(redis, store, TENANT, **by)
+            assert report.changes == 1
+            assert await traces(redis, CANARY) == []
+            assert await redis.xlen(keys.changes) == 1  # the content-free notice
+    finally:
+        await store.close()
+        await redis.aclose()
+
+
+@pytest.mark.slow
+async def test_writer_delete_changes_naming_the_subject_are_erased(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A writer's own ``delete`` change (here: a retracted fact) names the subject and key;
+    forgetting the subject removes it too, so the subject leaves the feed."""
+    async with membus.open(tmp_path, config(redis_url, writers=1)) as bus:
+        a = bus.agent("a", TENANT)
+        await a.publish("plan is basic", "team/acct", subject=f"s-{CANARY}", key="plan")
+        await bus.drain(timeout_s=15)
+        await a.retract(scope="team/acct", subject=f"s-{CANARY}", key="plan")
+        await bus.drain(timeout_s=15)
+        feed = [
+            orjson.loads(f["c"]) for _, f in await entries(bus.redis, TenantKeys(TENANT).changes)
+        ]
+        assert any(c["op"] == "delete" and CANARY in (c["subject"] or "") for c in feed)
+        await forget(bus.redis, bus.store, TENANT, subject=f"s-{CANARY}")
+        assert await traces(bus.redis, CANARY) == []

@@ -271,7 +271,7 @@ class Bus:
             subject=subject,
             agent=agent,
             scope=scope,
-            within=grant.covers,
+            within=lambda s, _sensitivity: grant.covers(s),
         )
         rec = _scoped(who, "forget", [scope] if scope else None, True, grant.rules)
         await self.audit.record(

@@ -56,6 +56,9 @@ def changes_for(
                 "superseded": c.loser.id,
                 "superseded_content": c.loser.content,
                 "superseded_agents": c.loser.agents,
+                # provenance, so erasure finds this entry by the loser's events too
+                "superseded_events": c.loser.source_events,
+                "superseded_sensitivity": c.loser.sensitivity,
                 "rule": "newest version wins (created_at, then event id)",
             }
             change = Change.of("conflict", c.winner, c.winner.source_events, detail=detail)
