@@ -466,3 +466,37 @@ async def test_writer_delete_changes_naming_the_subject_are_erased(
         assert any(c["op"] == "delete" and CANARY in (c["subject"] or "") for c in feed)
         await forget(bus.redis, bus.store, TENANT, subject=f"s-{CANARY}")
         assert await traces(bus.redis, CANARY) == []
+
+
+async def test_a_forget_that_matches_nothing_scans_once_and_rewrites_nothing(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15.5: any agent may ask to forget something that does not exist; that must not cost
+    a second scan of the tenant, delete notices or a BGREWRITEAOF. One that matches does all."""
+    import membus.bus.erasure as erasure_mod
+
+    redis = redis_client(redis_url)
+    store = EdgeStore(tmp_path / "store")
+    await store.open(StoreMeta(embedder="hashing", dim=64))
+    passes = 0
+    real = erasure_mod._pass
+
+    async def counting(*args: Any) -> None:
+        nonlocal passes
+        passes += 1
+        await real(*args)
+
+    monkeypatch.setattr(erasure_mod, "_pass", counting)
+    try:
+        events = [Event.build(tenant=TENANT, agent="a", scope="team/x", content="x")]
+        await publish_signed(redis, KeyRegistry(redis), events)
+        nothing = await forget(redis, store, TENANT, agent="nobody-here")
+        assert (passes, nothing.aof_rewrite, nothing.notices) == (1, "skipped", 0)
+        fenced = await forget(redis, store, TENANT, agent="a", within=lambda s, _: False)
+        assert (passes, fenced.aof_rewrite, fenced.events) == (2, "skipped", 0)
+        hit = await forget(redis, store, TENANT, agent="a")
+        assert (passes, hit.events) == (4, 1)
+        assert hit.aof_rewrite in ("started", "in_progress")
+    finally:
+        await store.close()
+        await redis.aclose()
