@@ -610,3 +610,41 @@ async def test_forget_erases_only_what_the_caller_may_read_unless_it_holds_erase
             ("erin", "allow", 1),
         ]
         assert all(r.memory_ids == [] and r.event_ids == [] for r in forgets)
+
+
+@pytest.mark.slow
+async def test_a_current_version_tells_a_reader_nothing_of_a_hidden_earlier_one(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Issue 15.11, as a reader below the first version's label sees it through recall: the
+    current value's ``created_at`` is its own time, not the hidden version's, and neither an
+    ``as_of`` recall nor the feed gives the hidden version away."""
+    csv = tmp_path / "policy.csv"
+    csv.write_text(READ_FENCE_POLICY)
+    cfg = MembusConfig(
+        redis=RedisConfig(url=redis_url), worker=FAST, writers=1, policy=PolicyConfig(file=csv)
+    )
+    async with membus.open(tmp_path / "bus", cfg) as bus:
+        writer, curator = bus.agent("writer", TENANT), bus.agent("curator", TENANT)
+        await writer.publish(
+            f"tier gold {HIDDEN}", "team/x", subject="c1", key="tier", label="restricted"
+        )
+        await anyio.sleep(0.05)
+        shown = await writer.publish("tier silver", "team/x", subject="c1", key="tier")
+        await bus.drain(timeout_s=15)
+        [hit] = await curator.recall("tier", scopes=["team/x"])
+        assert hit.memory.content == "tier silver"
+        [event] = [
+            e
+            for _, f in await entries(bus.redis, TenantKeys(TENANT).events)
+            if (e := Event.from_json(f["e"])).id == shown.event_id
+        ]
+        assert hit.memory.created_at == event.created_at
+        assert hit.memory.valid_from == hit.memory.created_at
+        past = await curator.recall("tier", scopes=["team/x"], as_of=hit.memory.created_at)
+        assert [h.memory.content for h in past] == ["tier silver"]
+        seen: list[str] = []
+        with anyio.move_on_after(0.5):
+            async for change in curator.subscribe(["team/x"], start="0"):
+                seen.append(change.model_dump_json())
+        assert seen and not any(HIDDEN in c or "gold" in c for c in seen)

@@ -45,9 +45,13 @@ def changes_for(
     out: list[dict[str, bytes]] = []
     for plan in plans:
         touched = {i for i, m in enumerate(plan.upserts) if not batch.isdisjoint(m.source_events)}
-        touched |= {i - 1 for i in touched if i > 0}  # its predecessor got a valid_to
+        fed = set(touched)
+        touched |= {i - 1 for i in fed if i > 0}  # its predecessor got a valid_to
         for i in sorted(touched):
             m = plan.upserts[i]
+            if i + 1 in fed and plan.upserts[i + 1].sensitivity > m.sensitivity:
+                # the predecessor's change says a newer version came: only for its readers
+                m = m.model_copy(update={"sensitivity": plan.upserts[i + 1].sensitivity})
             out.append(upsert_fields(m, m.source_events))
         for c in plan.conflicts:
             if batch.isdisjoint(c.winner.source_events) and batch.isdisjoint(c.loser.source_events):
