@@ -32,7 +32,7 @@ from membus.embed.port import Vectors
 from membus.errors import InvalidInput
 from membus.store.edge import EdgeStore
 from membus.store.port import Memory, Store, StoreMeta, point_id
-from membus.stream.feed import upsert_fields
+from membus.stream.feed import RECHECK_S, follow, upsert_fields
 from membus.stream.ops import publish_signed
 from membus.writer.worker import Writer
 
@@ -497,6 +497,34 @@ async def test_a_forget_that_matches_nothing_scans_once_and_rewrites_nothing(
         hit = await forget(redis, store, TENANT, agent="a")
         assert (passes, hit.events) == (4, 1)
         assert hit.aof_rewrite in ("started", "in_progress")
+    finally:
+        await store.close()
+        await redis.aclose()
+
+
+async def test_a_subscriber_slower_than_an_erasure_does_not_get_what_it_erased(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Issue 15.2: a follower reads a batch of changes ahead; if a forget erases some of them
+    while the subscriber is still working through the batch, those are not delivered (the
+    batch is checked against the tombstones again)."""
+    redis, keys = redis_client(redis_url), TenantKeys(TENANT)
+    store = EdgeStore(tmp_path / "store")
+    await store.open(StoreMeta(embedder="hashing", dim=64))
+    try:
+        first, _ = _memory("first note")
+        rows = [_memory(f"{CANARY} {i}") for i in range(3)]
+        for fields in [upsert_fields(first, first.source_events), *(f for _, f in rows)]:
+            await redis.xadd(keys.changes, fields)  # type: ignore[arg-type]
+        feed = follow(redis, TENANT, None, start="0", until_now=True)
+        got = [await anext(feed)]
+        assert got[0].content == "first note"
+        report = await forget(redis, store, TENANT, memory_ids=[m.id for m, _ in rows])
+        assert report.changes == 3
+        await anyio.sleep(RECHECK_S * 2)  # the subscriber was busy with the first one
+        got += [c async for c in feed]
+        assert not any(CANARY in c.model_dump_json() for c in got)
+        assert [c.content for c in got] == ["first note"]
     finally:
         await store.close()
         await redis.aclose()

@@ -218,8 +218,11 @@ class Bus:
         start: str = "$",
         group: str | None = None,
         consumer: str | None = None,
+        until_now: bool = False,
     ) -> AsyncIterator[Change]:
-        """Follow committed changes in ``scopes`` from ``start`` ("$" = now, "0" = beginning)."""
+        """Follow committed changes in ``scopes`` from ``start`` ("$" = now, "0" = beginning);
+        ``until_now``: stop once caught up (a read of the feed as it is, through the live grant,
+        for callers that would otherwise keep a copy)."""
         for s in scopes or ():
             validate_scope(s)
         gate = self.gate
@@ -241,6 +244,7 @@ class Bus:
             start=start,
             group=group,
             consumer=consumer or who.agent,
+            until_now=until_now,
         ):
             yield change
 
