@@ -5,7 +5,15 @@ From the matched memories we follow ``source_events`` to the events that made th
 events that no writer has consumed yet (or that sit in the dead-letter stream) by the same
 criteria; then every place holding their content is cleaned: the store, the events stream
 (pending and undelivered entries included, with their PEL ids acknowledged away in every group),
-the dead-letter stream, the writer's error notes, and the change feed.
+the dead-letter stream, the writer's error notes, and the change feed. A change entry goes if any
+memory it carries is erased or matches: the memory it is about, and for a ``conflict`` the
+superseded one named in ``detail`` (its content, agents and events); a writer's own ``delete``
+changes name subject, key and agents, and go too.
+
+``within(scope, sensitivity)`` fences what a caller may erase (``Bus.forget``: its read grant
+and clearance inside its forget grant, or its erase right); nothing outside the fence is touched
+or counted. A forget that finds nothing stops after one pass: no second scan, no delete
+notices, no AOF rewrite.
 
 Order matters because writers keep running: tombstones are written first (the writer checks them,
 see ``membus/writer/commit.py``), then stream entries and memories are deleted, then the change feed

@@ -284,7 +284,8 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
     @app.post("/v1/forget", responses=ERRORS, tags=["write"])
     async def forget_(req: ForgetRequest, who: Caller) -> ErasureReport:
         """Erase matching memories and every copy of their content (events, DLQ, change
-        feed), only within scopes this agent may forget in."""
+        feed): within scopes this agent may forget in, only what it may also recall (scope and
+        clearance), unless it holds the ``erase`` right there."""
         return await bus.forget(
             who.identity,
             memory_ids=req.memory_ids,
