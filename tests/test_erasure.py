@@ -528,3 +528,26 @@ async def test_a_subscriber_slower_than_an_erasure_does_not_get_what_it_erased(
     finally:
         await store.close()
         await redis.aclose()
+
+
+@pytest.mark.slow
+async def test_a_surviving_version_carries_no_time_of_an_erased_one(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Forgetting a key's first version (by its agent) rewrites the versions that survive: the
+    current one no longer says the key was first recorded when the erased one was, so no
+    recall (plain or ``as_of``) tells that an erased version existed, or when."""
+    async with membus.open(tmp_path, config(redis_url, writers=1)) as bus:
+        lost, won = await _conflict_world(bus)
+        [before] = await bus.store.get(TENANT, [won])
+        assert before.created_at < before.valid_from  # dated from the (canary) first version
+        report = await bus.agent("dpo", TENANT).forget(agent="slowpoke")
+        assert report.memory_ids == [lost]
+        [after] = await bus.store.get(TENANT, [won])
+        assert after.created_at == after.valid_from == before.valid_from
+        assert (after.content, after.agents, after.history) == ("tier is silver", ["quick"], False)
+        reader = bus.agent("reader", TENANT)
+        [hit] = await reader.recall("tier", scopes=["team/acct"])
+        assert hit.memory.created_at == before.valid_from
+        assert await reader.recall("tier", scopes=["team/acct"], as_of=before.created_at) == []
+        assert await traces(bus.redis, CANARY) == []

@@ -37,6 +37,7 @@ from membus.recall.heat import Access, AccessLog
 from membus.store.port import Hit, RecallFilter, Store, check_ids
 from membus.stream.feed import Change, follow
 from membus.stream.ops import group_stats, idle, publish_signed, tenants
+from membus.writer.commit import Consolidator
 from membus.writer.consolidate import RETRACTION
 from membus.writer.ledger import dirty_key
 
@@ -283,6 +284,9 @@ class Bus:
             return erase_grant.covers(s) or (forget_grant.covers(s) and read.admits(s, sensitivity))
 
         await self.access_log.flush()  # so erasure finds (and drops) the statistics buffered here
+        survivors = Consolidator(
+            self.redis, self.store, self._embed, self.config.consolidation, self.config.worker.group
+        )
         report = await erasure.forget(
             self.redis,
             self.store,
@@ -292,6 +296,7 @@ class Bus:
             agent=agent,
             scope=scope,
             within=within,
+            rewrite=survivors.rewrite,
         )
         # that a forget happened, who asked and how much went; never what (no ids, no criteria)
         rec = _scoped(who, "forget", scopes, True, rules)

@@ -32,7 +32,7 @@ JSON cannot be attributed to a subject or agent and are left to ``membus dlq dro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -55,7 +55,7 @@ from membus.stream.tombstones import is_tombstoned as is_tombstoned
 from membus.stream.tombstones import tombstoned as tombstoned
 from membus.stream.tombstones import tombstones_key
 from membus.writer.advice import writes_key
-from membus.writer.ledger import drop_variants, find_variants
+from membus.writer.ledger import drop_variants, find_variants, slot_prefix
 
 _PAGE = 500
 _PASSES = 2
@@ -195,6 +195,7 @@ class _State:
     cursors: dict[str, str] = field(default_factory=dict)  # stream -> last id examined
     counts: dict[str, int] = field(default_factory=dict)
     dropped: int = 0  # change entries deleted, counted or not
+    slots: set[str] = field(default_factory=set)  # ledger slots that lost events
 
     @property
     def found(self) -> bool:
@@ -325,6 +326,8 @@ async def _pass(redis: Redis, store: Store, crit: _Criteria, st: _State, group: 
         ),
     )
     st.events.update(eid for _, eid in in_ledger)
+    cut = len(slot_prefix(tenant))
+    st.slots.update(key[cut:] for key, _ in in_ledger)
     doomed_dlq, origins = [], []
     async for eid, f in _scan(redis, keys.dlq, st):
         if event_hit(_json(f.get("f:e"))):
@@ -441,6 +444,7 @@ async def forget(
     within: Within | None = None,
     group: str | None = None,
     notify: bool = True,
+    rewrite: Callable[[str, list[str]], Awaitable[int]] | None = None,
 ) -> ErasureReport:
     """Erase what matches every criterion given (``scope``: that scope and below).
 
@@ -451,6 +455,9 @@ async def forget(
     ``group``: the consumer group whose PEL to clear (None: every group on the stream).
     ``notify``: publish a content-free ``delete`` change per erased memory so subscribers can
     drop cached copies.
+    ``rewrite(tenant, slots)``: materialise again the ledger slots that lost events and kept
+    others (``Consolidator.rewrite``), so a surviving version of a key carries no time or agent
+    of an erased one.
     """
     validate_name(tenant, "tenant")
     if memory_ids is None and subject is None and agent is None and scope is None:
@@ -473,6 +480,8 @@ async def forget(
             if not st.found:
                 break  # nothing matched: no second scan, and nothing for the AOF to drop
         if st.found:
+            if rewrite is not None and st.slots:
+                await rewrite(tenant, sorted(st.slots))
             await forget_access(redis, tenant, sorted(st.memories))  # recall statistics too
             notices = await _notify(redis, tenant, st.deleted.values()) if notify else 0
             aof = await _rewrite_aof(redis, tenant)

@@ -151,6 +151,29 @@ class Consolidator:
                     continue  # a slot or a tombstone moved under us: read and write again
         raise WatchError(f"slots of tenant {tenant!r} kept changing for {_MAX_ROUNDS} rounds")
 
+    async def rewrite(self, tenant: str, slots: Sequence[str]) -> int:
+        """Materialise ``slots`` again from the ledger as it is now, after erasure dropped some
+        of their events: what survives must carry nothing of what went (a key's first-recorded
+        time, a predecessor's validity, a folded agent). Returns the slots rewritten."""
+        keys, done = TenantKeys(tenant), 0
+        for slot in slots:
+            for _ in range(_MAX_ROUNDS):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    try:
+                        await pipe.watch(tombstones_key(tenant), slot_key(tenant, slot))
+                        states = await self.ledger.read(tenant, [slot])
+                        plan = materialize(tenant, states[slot], self.config)
+                        existed = await self.write(tenant, [plan], {})
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        for fields in changes_for([plan], existed, set()):
+                            pipe.xadd(keys.changes, fields)  # type: ignore[arg-type]
+                        await pipe.execute()
+                        done += 1
+                        break
+                    except WatchError:
+                        continue  # a writer or another erasure moved it: read it again
+        return done
+
     async def write(
         self, tenant: str, plans: Sequence[Plan], known: dict[str, np.ndarray]
     ) -> list[Memory]:
