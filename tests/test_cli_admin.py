@@ -190,7 +190,7 @@ def test_policy_reload_rereads_and_announces_to_other_processes(
     listener.subscribe(DEFAULT_CHANNEL)
     try:
         out = _json(cli("policy", "reload", "--json"))
-        assert out["source"] == str(POLICY) and out["lines"] == 15 and out["announced"]
+        assert out["source"] == str(POLICY) and out["lines"] == 17 and out["announced"]
         deadline = time.monotonic() + 5
         msg = None
         while msg is None and time.monotonic() < deadline:
