@@ -386,27 +386,31 @@ async def _read_all(agent: membus.Agent) -> list[Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("criterion", ["memory_ids", "agent"])
+@pytest.mark.parametrize("criterion", ["memory_ids", "agent", "subject", "scope"])
 async def test_forget_removes_erased_text_carried_by_a_conflict_change(
     redis_url: str, tmp_path: Path, criterion: str
 ) -> None:
     """Issue 15.1: a ``conflict`` change is about the winner but carries the superseded value
     and agents in ``detail``. Forgetting the superseded memory (by id, or by its agent) removes
-    that entry too, so a subscriber reading from 0 never receives the erased text or agent;
-    the winner, which nobody asked to erase, stays."""
+    that entry too, so a subscriber reading from 0 never receives the erased text or agent,
+    and the winner, which nobody asked to erase, stays; by subject or scope both go."""
     async with membus.open(tmp_path, config(redis_url, writers=1)) as bus:
         lost, won = await _conflict_world(bus)
-        args: dict[str, Any] = (
-            {"memory_ids": [lost]} if criterion == "memory_ids" else {"agent": "slowpoke"}
-        )
+        args: dict[str, Any] = {
+            "memory_ids": {"memory_ids": [lost]},
+            "agent": {"agent": "slowpoke"},
+            "subject": {"subject": "c-1"},
+            "scope": {"scope": "team/acct"},
+        }[criterion]
         report = await forget(bus.redis, bus.store, TENANT, **args)
-        assert report.memory_ids == [lost]  # the winner is not dragged along
+        both = criterion in ("subject", "scope")
+        assert report.memory_ids == sorted([lost, won] if both else [lost])
         assert await traces(bus.redis, CANARY) == []
         changes = await entries(bus.redis, TenantKeys(TENANT).changes)
         assert "slowpoke" not in repr(changes)  # its signing key and audit trail stay
         assert await store_traces(bus, CANARY) == []
-        [kept] = await bus.store.get(TENANT, [won])
-        assert kept.content == "tier is silver"
+        kept = await bus.store.get(TENANT, [won])
+        assert [m.content for m in kept] == ([] if both else ["tier is silver"])
         seen = await _read_all(bus.agent("reader", TENANT))
         assert seen and not any(CANARY in c.model_dump_json() for c in seen)
         assert not any("slowpoke" in c.model_dump_json() for c in seen)
