@@ -29,6 +29,7 @@ from membus.service.wire import (
     error_from_body,
     status_of,
 )
+from membus.store.port import point_id
 from tests.test_service import ALICE, BOB, KEYS, opened, running
 
 pytestmark = pytest.mark.anyio
@@ -225,3 +226,34 @@ async def test_clients_pass_recall_options_and_read_access(tmp_path: Path, redis
         ]
         assert stats == await bus.agent("alice", "acme").access([hits[0].memory.id])
         assert stats[hits[0].memory.id].count == 1
+
+
+@pytest.mark.slow
+async def test_a_feed_read_until_now_ends_and_carries_nothing_erased(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Issue 15.2: ``subscribe(until_now=True)`` (in process and over SSE) reads the feed as it
+    is now and ends, so a surface can serve "the latest changes" without keeping a copy:
+    after a forget the erased content is not in it, only the content-free delete notice."""
+    async with opened(tmp_path, redis_url) as bus:
+        app = create_app(bus, KEYS)
+        local = bus.agent("alice", "acme")
+        async with Client("http://membus", ALICE, transport=httpx.ASGITransport(app=app)) as c:
+            r = await local.publish("badge pin zq-pin-31", "team/ops")
+            await local.publish("lunch at one", "team/ops")
+            await bus.drain(10)
+            for read in (
+                lambda: local.subscribe(start="0", until_now=True),
+                lambda: c.subscribe(start="0", until_now=True),
+            ):
+                with anyio.fail_after(5):
+                    before = [x.content async for x in read()]
+                assert before == ["badge pin zq-pin-31", "lunch at one"]
+            await local.forget(memory_ids=[point_id("acme", r.event_id)])
+            for read in (
+                lambda: local.subscribe(start="0", until_now=True),
+                lambda: c.subscribe(start="0", until_now=True),
+            ):
+                with anyio.fail_after(5):
+                    after = [(x.op, x.content) async for x in read()]
+                assert after == [("upsert", "lunch at one"), ("delete", None)]

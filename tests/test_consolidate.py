@@ -6,12 +6,14 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from membus.core.config import ConsolidationConfig
 from membus.core.envelope import Event
 from membus.errors import InvalidInput
 from membus.store.port import point_id
+from membus.writer.commit import changes_for
 from membus.writer.consolidate import (
     RETRACTION,
     SlotState,
@@ -90,6 +92,47 @@ def test_keyed_versions_keep_history_with_validity_intervals() -> None:
     # the current value says when the key was first recorded and when it last changed
     assert cur.created_at == v1.created_at and cur.updated_at == v2.created_at
     assert plan.conflicts == []  # far apart in time: a change of mind, not a conflict
+
+
+def test_a_current_version_reveals_nothing_of_versions_above_its_label() -> None:
+    """Issue 15.11: a key's current version says when the key was first recorded, but only
+    from versions every reader of it may read: a restricted first version leaves no trace (its
+    time) in a public current one; a folded version never mixes labels."""
+    secret = ev(1, "gold", subject="c1", key="tier", label="restricted", at=0)
+    public = ev(2, "silver", subject="c1", key="tier", at=100)
+    *_, cur = materialize("acme", state(secret, public), CFG).upserts
+    assert (cur.content, cur.sensitivity) == ("silver", 0)
+    assert cur.created_at == cur.valid_from == public.created_at  # not secret's time
+    # readable first versions still count, below or equal to the current label
+    first = ev(3, "bronze", subject="c1", key="tier", at=-50)
+    *_, cur = materialize("acme", state(first, secret, public), CFG).upserts
+    assert cur.created_at == first.created_at
+    high = ev(4, "platinum", subject="c1", key="tier", label="restricted", at=200)
+    *_, cur = materialize("acme", state(first, secret, public, high), CFG).upserts
+    assert (cur.content, cur.created_at) == ("platinum", first.created_at)
+    # the same value relabelled is a new version, not a fold (or a conflict)
+    again = ev(5, "Gold.", subject="c1", key="tier", agent="b", at=1)
+    plan = materialize("acme", state(secret, again), CFG)
+    old, cur = plan.upserts
+    assert (old.sensitivity, old.source_events) == (3, [secret.id])
+    assert (cur.sensitivity, cur.created_at, cur.agents) == (0, again.created_at, ["b"])
+    assert plan.conflicts == []
+
+
+def test_a_predecessors_change_goes_only_to_readers_of_its_successor() -> None:
+    """When a restricted version supersedes a public one, the change re-announcing the public
+    one (its validity ended) is labelled restricted: a public subscriber learns nothing."""
+    old = ev(1, "silver", subject="c1", key="tier", at=0)
+    new = ev(2, "gold", subject="c1", key="tier", label="restricted", at=100)
+    plan = materialize("acme", state(old, new), CFG)
+    entries = [orjson.loads(f["c"]) for f in changes_for([plan], [], {new.id})]
+    assert [(c["memory_id"], c["sensitivity"]) for c in entries] == [
+        (point_id("acme", old.id), 3),
+        (point_id("acme", new.id), 3),
+    ]
+    # the public version's own arrival stays public
+    first = [orjson.loads(f["c"]) for f in changes_for([plan], [], {old.id})]
+    assert [(c["memory_id"], c["sensitivity"]) for c in first] == [(point_id("acme", old.id), 0)]
 
 
 def test_a_tie_in_time_is_broken_by_event_id_and_reported_as_a_conflict() -> None:

@@ -32,7 +32,7 @@ from membus.embed.port import Vectors
 from membus.errors import InvalidInput
 from membus.store.edge import EdgeStore
 from membus.store.port import Memory, Store, StoreMeta, point_id
-from membus.stream.feed import upsert_fields
+from membus.stream.feed import RECHECK_S, follow, upsert_fields
 from membus.stream.ops import publish_signed
 from membus.writer.worker import Writer
 
@@ -225,7 +225,7 @@ async def test_criteria_combine_and_a_second_forget_finds_nothing(world: World) 
     assert len(await bus.store.get(TENANT, [point_id(TENANT, e) for e in world.committed])) == 3
     # ``within`` fences a forget to the scopes the caller may forget in
     fenced = await forget(
-        bus.redis, bus.store, TENANT, agent="leaky", within=lambda s: s.startswith("elsewhere")
+        bus.redis, bus.store, TENANT, agent="leaky", within=lambda s, _: s.startswith("elsewhere")
     )
     assert fenced.memories == fenced.events == fenced.tombstones == 0
     full = await forget(bus.redis, bus.store, TENANT, agent="leaky")
@@ -355,3 +355,203 @@ async def test_long_streams_are_paged_through(redis_url: str, tmp_path: Path) ->
     finally:
         await store.close()
         await redis.aclose()
+
+
+# -- conflicts: erased content inside another memory's change entry ------------------------------
+
+LOSER = f"loser-{CANARY}"
+
+
+async def _conflict_world(bus: Bus) -> tuple[str, str]:
+    """Two agents assert different values for one key within the conflict window: the first
+    (carrying the canary) is superseded. Returns (loser memory id, winner memory id)."""
+    slow, fast = bus.agent("slowpoke", TENANT), bus.agent("quick", TENANT)
+    lost = await slow.publish(f"{CANARY} says tier gold", "team/acct", subject="c-1", key="tier")
+    won = await fast.publish("tier is silver", "team/acct", subject="c-1", key="tier")
+    await bus.drain(timeout_s=15)
+    feed = [orjson.loads(f["c"]) for _, f in await entries(bus.redis, TenantKeys(TENANT).changes)]
+    [conflict] = [c for c in feed if c["op"] == "conflict"]
+    assert CANARY in conflict["detail"]["superseded_content"]  # the leak this guards against
+    assert conflict["memory_id"] == point_id(TENANT, won.event_id)
+    return point_id(TENANT, lost.event_id), point_id(TENANT, won.event_id)
+
+
+async def _read_all(agent: membus.Agent) -> list[Any]:
+    """What a subscriber reading the feed from the beginning receives (until it goes quiet)."""
+    got: list[Any] = []
+    with anyio.move_on_after(0.5):
+        async for change in agent.subscribe(start="0"):
+            got.append(change)
+    return got
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("criterion", ["memory_ids", "agent", "subject", "scope"])
+async def test_forget_removes_erased_text_carried_by_a_conflict_change(
+    redis_url: str, tmp_path: Path, criterion: str
+) -> None:
+    """Issue 15.1: a ``conflict`` change is about the winner but carries the superseded value
+    and agents in ``detail``. Forgetting the superseded memory (by id, or by its agent) removes
+    that entry too, so a subscriber reading from 0 never receives the erased text or agent,
+    and the winner, which nobody asked to erase, stays; by subject or scope both go."""
+    async with membus.open(tmp_path, config(redis_url, writers=1)) as bus:
+        lost, won = await _conflict_world(bus)
+        args: dict[str, Any] = {
+            "memory_ids": {"memory_ids": [lost]},
+            "agent": {"agent": "slowpoke"},
+            "subject": {"subject": "c-1"},
+            "scope": {"scope": "team/acct"},
+        }[criterion]
+        report = await forget(bus.redis, bus.store, TENANT, **args)
+        both = criterion in ("subject", "scope")
+        assert report.memory_ids == sorted([lost, won] if both else [lost])
+        assert await traces(bus.redis, CANARY) == []
+        changes = await entries(bus.redis, TenantKeys(TENANT).changes)
+        assert "slowpoke" not in repr(changes)  # its signing key and audit trail stay
+        assert await store_traces(bus, CANARY) == []
+        kept = await bus.store.get(TENANT, [won])
+        assert [m.content for m in kept] == ([] if both else ["tier is silver"])
+        seen = await _read_all(bus.agent("reader", TENANT))
+        assert seen and not any(CANARY in c.model_dump_json() for c in seen)
+        assert not any("slowpoke" in c.model_dump_json() for c in seen)
+
+
+async def test_conflict_entries_written_before_superseded_events_are_found(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A conflict entry from before ``detail.superseded_events`` existed is still found, by the
+    superseded memory id and by the superseded agents; a bare delete notice stays."""
+    redis, keys = redis_client(redis_url), TenantKeys(TENANT)
+    store = EdgeStore(tmp_path / "store")
+    await store.open(StoreMeta(embedder="hashing", dim=64))
+    lost = point_id(TENANT, new_event_id())
+    old = {
+        "op": "conflict",
+        "memory_id": point_id(TENANT, new_event_id()),
+        "tenant": TENANT,
+        "scope": "team/acct",
+        "kind": "fact",
+        "content": "tier is silver",
+        "agents": ["quick"],
+        "event_ids": [new_event_id()],
+        "sensitivity": 0,
+        "detail": {"superseded": lost, "superseded_content": CANARY, "superseded_agents": ["old"]},
+    }
+    notice = {"op": "delete", "memory_id": lost, "tenant": TENANT, "scope": "team/acct"}
+    try:
+        for by in ({"memory_ids": [lost]}, {"agent": "old"}):
+            await redis.delete(keys.changes)
+            await redis.xadd(keys.changes, {"c": orjson.dumps(old)})
+            await redis.xadd(keys.changes, {"c": orjson.dumps(notice | {"kind": "fact"})})
+            report = await forget(redis, store, TENANT, **by)
+            assert report.changes == 1
+            assert await traces(redis, CANARY) == []
+            assert await redis.xlen(keys.changes) == 1  # the content-free notice
+    finally:
+        await store.close()
+        await redis.aclose()
+
+
+@pytest.mark.slow
+async def test_writer_delete_changes_naming_the_subject_are_erased(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A writer's own ``delete`` change (here: a retracted fact) names the subject and key;
+    forgetting the subject removes it too, so the subject leaves the feed."""
+    async with membus.open(tmp_path, config(redis_url, writers=1)) as bus:
+        a = bus.agent("a", TENANT)
+        await a.publish("plan is basic", "team/acct", subject=f"s-{CANARY}", key="plan")
+        await bus.drain(timeout_s=15)
+        await a.retract(scope="team/acct", subject=f"s-{CANARY}", key="plan")
+        await bus.drain(timeout_s=15)
+        feed = [
+            orjson.loads(f["c"]) for _, f in await entries(bus.redis, TenantKeys(TENANT).changes)
+        ]
+        assert any(c["op"] == "delete" and CANARY in (c["subject"] or "") for c in feed)
+        await forget(bus.redis, bus.store, TENANT, subject=f"s-{CANARY}")
+        assert await traces(bus.redis, CANARY) == []
+
+
+async def test_a_forget_that_matches_nothing_scans_once_and_rewrites_nothing(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15.5: any agent may ask to forget something that does not exist; that must not cost
+    a second scan of the tenant, delete notices or a BGREWRITEAOF. One that matches does all."""
+    import membus.bus.erasure as erasure_mod
+
+    redis = redis_client(redis_url)
+    store = EdgeStore(tmp_path / "store")
+    await store.open(StoreMeta(embedder="hashing", dim=64))
+    passes = 0
+    real = erasure_mod._pass
+
+    async def counting(*args: Any) -> None:
+        nonlocal passes
+        passes += 1
+        await real(*args)
+
+    monkeypatch.setattr(erasure_mod, "_pass", counting)
+    try:
+        events = [Event.build(tenant=TENANT, agent="a", scope="team/x", content="x")]
+        await publish_signed(redis, KeyRegistry(redis), events)
+        nothing = await forget(redis, store, TENANT, agent="nobody-here")
+        assert (passes, nothing.aof_rewrite, nothing.notices) == (1, "skipped", 0)
+        fenced = await forget(redis, store, TENANT, agent="a", within=lambda s, _: False)
+        assert (passes, fenced.aof_rewrite, fenced.events) == (2, "skipped", 0)
+        hit = await forget(redis, store, TENANT, agent="a")
+        assert (passes, hit.events) == (4, 1)
+        assert hit.aof_rewrite in ("started", "in_progress")
+    finally:
+        await store.close()
+        await redis.aclose()
+
+
+async def test_a_subscriber_slower_than_an_erasure_does_not_get_what_it_erased(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Issue 15.2: a follower reads a batch of changes ahead; if a forget erases some of them
+    while the subscriber is still working through the batch, those are not delivered (the
+    batch is checked against the tombstones again)."""
+    redis, keys = redis_client(redis_url), TenantKeys(TENANT)
+    store = EdgeStore(tmp_path / "store")
+    await store.open(StoreMeta(embedder="hashing", dim=64))
+    try:
+        first, _ = _memory("first note")
+        rows = [_memory(f"{CANARY} {i}") for i in range(3)]
+        for fields in [upsert_fields(first, first.source_events), *(f for _, f in rows)]:
+            await redis.xadd(keys.changes, fields)  # type: ignore[arg-type]
+        feed = follow(redis, TENANT, None, start="0", until_now=True)
+        got = [await anext(feed)]
+        assert got[0].content == "first note"
+        report = await forget(redis, store, TENANT, memory_ids=[m.id for m, _ in rows])
+        assert report.changes == 3
+        await anyio.sleep(RECHECK_S * 2)  # the subscriber was busy with the first one
+        got += [c async for c in feed]
+        assert not any(CANARY in c.model_dump_json() for c in got)
+        assert [c.content for c in got] == ["first note"]
+    finally:
+        await store.close()
+        await redis.aclose()
+
+
+@pytest.mark.slow
+async def test_a_surviving_version_carries_no_time_of_an_erased_one(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Forgetting a key's first version (by its agent) rewrites the versions that survive: the
+    current one no longer says the key was first recorded when the erased one was, so no
+    recall (plain or ``as_of``) tells that an erased version existed, or when."""
+    async with membus.open(tmp_path, config(redis_url, writers=1)) as bus:
+        lost, won = await _conflict_world(bus)
+        [before] = await bus.store.get(TENANT, [won])
+        assert before.created_at < before.valid_from  # dated from the (canary) first version
+        report = await bus.agent("dpo", TENANT).forget(agent="slowpoke")
+        assert report.memory_ids == [lost]
+        [after] = await bus.store.get(TENANT, [won])
+        assert after.created_at == after.valid_from == before.valid_from
+        assert (after.content, after.agents, after.history) == ("tier is silver", ["quick"], False)
+        reader = bus.agent("reader", TENANT)
+        [hit] = await reader.recall("tier", scopes=["team/acct"])
+        assert hit.memory.created_at == before.valid_from
+        assert await reader.recall("tier", scopes=["team/acct"], as_of=before.created_at) == []
+        assert await traces(bus.redis, CANARY) == []

@@ -168,6 +168,51 @@ async def test_changes_are_announced_to_listeners(tmp_path: Path, redis_url: str
         assert [c["content"] for c in changes] == ["deploy at noon"]
 
 
+async def resource_text(client: Client) -> str:
+    body = await client.read_resource(CHANGES_URI)
+    return str(body.contents[0].text)  # type: ignore[union-attr]
+
+
+async def announced(bus: membus.Bus, sub: Any) -> None:
+    await bus.drain(10)
+    with anyio.fail_after(10):
+        async for event in sub:
+            assert getattr(event, "uri", None) == CHANGES_URI
+            return
+
+
+@pytest.mark.slow
+async def test_the_changes_resource_serves_nothing_erased_or_no_longer_readable(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Issue 15.2: membus://changes keeps no copy of the changes it announced. After a forget
+    its read no longer carries the erased text (only a content-free delete notice), and after
+    the reader's subscribe right is revoked it serves nothing of what it announced before."""
+    canary = "zq-mcp-canary-91c"
+    may_read = "p, alice, acme, team/*, publish|recall|subscribe|forget, allow"
+    gate = CasbinGate(MemorySource(may_read + "\n"))
+    async with connected(tmp_path, redis_url, gate=gate) as (bus, client):
+        async with client.listen(resource_subscriptions=[CHANGES_URI]) as sub:
+            ok(await call(client, "remember", content=f"door code {canary}", scope="team/ops"))
+            await announced(bus, sub)
+            assert canary in await resource_text(client)  # served while it exists
+            [mem] = ok(await call(client, "recall", query="door code"))["memories"]
+            ok(await call(client, "forget", memory_id=mem["id"]))
+            after = orjson.loads(await resource_text(client))["changes"]
+            assert canary not in orjson.dumps(after).decode()
+            assert [(c["op"], c["memory_id"], c["content"]) for c in after] == [
+                ("delete", mem["id"], None)
+            ]
+            ok(await call(client, "remember", content="rota changed", scope="team/ops"))
+            await announced(bus, sub)
+            assert "rota changed" in await resource_text(client)
+        await gate.remove_policy(may_read)
+        await gate.add_policy("p, alice, acme, team/*, publish|recall, allow")
+        revoked = orjson.loads(await resource_text(client))
+        assert revoked["changes"] == []  # it still reads agent/alice, where nothing happened
+        assert "rota changed" not in orjson.dumps(revoked).decode()
+
+
 @pytest.mark.slow
 async def test_legacy_resource_subscribers_are_notified(tmp_path: Path, redis_url: str) -> None:
     """A pre-2026 client using resources/subscribe gets notifications/resources/updated."""

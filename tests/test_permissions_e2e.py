@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -44,6 +45,7 @@ from membus.core.redis import Redis, redis_client
 from membus.errors import PermissionDenied
 from membus.store.port import Memory, point_id
 from membus.stream.dlq import list_dead
+from tests.redis_proc import RedisProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -510,3 +512,143 @@ async def test_publish_to_a_forbidden_scope_is_refused_before_redis(
         assert sorted(r.scope for r in denials) == sorted(
             ["team/support-leads/plan", "org", "team/support", "agent/bob/handover"]
         )
+
+
+# -- forget acts on what the caller may read (issue 15.5) -------------------------------------
+
+READ_FENCE_POLICY = """\
+p, role:staff, acme, team/x/*, publish|recall|subscribe, allow
+p, curator, acme, team/x/*, forget, allow
+p, blind, acme, team/x/*, forget, allow
+p, role:dpo, acme, team/*, erase, allow
+g, writer, role:staff, acme
+g, curator, role:staff, acme
+g, erin, role:dpo, acme
+g2, *, internal, acme
+g2, writer, restricted, acme
+"""
+HIDDEN = "zq-hidden-5b21"  # only in the restricted memory
+
+
+async def aof_rewrites(redis: Redis) -> tuple[int, int, int]:
+    """(rewrites done, one in progress, one scheduled): any BGREWRITEAOF shows in one of them."""
+    info: Any = await redis.info("persistence")
+    return (
+        int(info["aof_rewrites"]),
+        int(info["aof_rewrite_in_progress"]),
+        int(info["aof_rewrite_scheduled"]),
+    )
+
+
+async def settled_aof(redis: Redis) -> tuple[int, int, int]:
+    for _ in range(200):
+        got = await aof_rewrites(redis)
+        if got[1:] == (0, 0):
+            return got
+        await anyio.sleep(0.05)
+    raise AssertionError("an AOF rewrite never finished")
+
+
+@pytest.mark.slow
+async def test_forget_erases_only_what_the_caller_may_read_unless_it_holds_erase(
+    fresh_redis: RedisProcess, tmp_path: Path
+) -> None:
+    """An attacker with ``forget`` on a scope tries to erase (and so learn of) a restricted
+    memory above its clearance, by subject and by guessing its id: it stays, and the report
+    counts and names only the memory it could read. One with ``forget`` but no read grant
+    learns nothing and costs nothing: no scan, no AOF rewrite. An agent with no right is
+    refused without an AOF rewrite. A data-protection role (``erase``) erases it, readable or
+    not. Forget's audit records say who asked and how many, never which ids."""
+    csv = tmp_path / "policy.csv"
+    csv.write_text(READ_FENCE_POLICY)
+    cfg = MembusConfig(
+        redis=RedisConfig(url=fresh_redis.url),
+        worker=FAST,
+        writers=1,
+        policy=PolicyConfig(file=csv),
+    )
+    async with membus.open(tmp_path / "bus", cfg) as bus:
+        writer = bus.agent("writer", TENANT)
+        seen = await writer.publish("customer-9 asked for a callback", "team/x", subject="c9")
+        hidden = await writer.publish(
+            f"customer-9 {HIDDEN} fraud case", "team/x/cases", subject="c9", label="restricted"
+        )
+        await bus.drain(timeout_s=15)
+        seen_id, hidden_id = point_id(TENANT, seen.event_id), point_id(TENANT, hidden.event_id)
+        before = await settled_aof(bus.redis)
+
+        with pytest.raises(PermissionDenied):
+            await bus.agent("nobody", TENANT).forget(subject="c9", scope="team/x")
+        # blind reads only its own agent/blind: one scan finds nothing there, then it stops
+        blind = bus.agent("blind", TENANT)
+        for kwargs in ({"subject": "c9"}, {"memory_ids": [hidden_id, seen_id], "scope": "team/x"}):
+            empty = await blind.forget(**kwargs)
+            assert empty.memories == empty.events == empty.changes == empty.tombstones == 0
+            assert (empty.memory_ids, empty.aof_rewrite) == ([], "skipped")
+        curator = bus.agent("curator", TENANT)
+        probe = await curator.forget(memory_ids=[hidden_id])  # guessed id, above clearance
+        assert (probe.memories, probe.memory_ids, probe.aof_rewrite) == (0, [], "skipped")
+        assert await aof_rewrites(bus.redis) == before  # nothing erased: no rewrite
+        assert len(await bus.store.get(TENANT, [seen_id, hidden_id])) == 2
+
+        report = await curator.forget(subject="c9")
+        assert (report.memories, report.memory_ids) == (1, [seen_id])
+        assert report.event_ids == [seen.event_id]
+        assert report.changes == 1  # the readable memory's change, not the hidden one's
+        assert report.aof_rewrite in ("started", "in_progress")
+        [left] = await bus.store.get(TENANT, [seen_id, hidden_id])
+        assert left.id == hidden_id
+
+        dpo = await bus.agent("erin", TENANT).forget(subject="c9")
+        assert (dpo.memories, dpo.memory_ids) == (1, [hidden_id])
+        assert await redis_traces(bus.redis, HIDDEN) == []
+        assert await store_traces(bus, HIDDEN) == []
+        await bus.audit.flush()
+        forgets = await AuditLog(bus.redis).query(TENANT, action="forget", newest_first=False)
+        assert [(r.agent, r.decision, r.result_count) for r in forgets] == [
+            ("nobody", "deny", None),
+            ("blind", "allow", 0),
+            ("blind", "allow", 0),
+            ("curator", "allow", 0),
+            ("curator", "allow", 1),
+            ("erin", "allow", 1),
+        ]
+        assert all(r.memory_ids == [] and r.event_ids == [] for r in forgets)
+
+
+@pytest.mark.slow
+async def test_a_current_version_tells_a_reader_nothing_of_a_hidden_earlier_one(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Issue 15.11, as a reader below the first version's label sees it through recall: the
+    current value's ``created_at`` is its own time, not the hidden version's, and neither an
+    ``as_of`` recall nor the feed gives the hidden version away."""
+    csv = tmp_path / "policy.csv"
+    csv.write_text(READ_FENCE_POLICY)
+    cfg = MembusConfig(
+        redis=RedisConfig(url=redis_url), worker=FAST, writers=1, policy=PolicyConfig(file=csv)
+    )
+    async with membus.open(tmp_path / "bus", cfg) as bus:
+        writer, curator = bus.agent("writer", TENANT), bus.agent("curator", TENANT)
+        await writer.publish(
+            f"tier gold {HIDDEN}", "team/x", subject="c1", key="tier", label="restricted"
+        )
+        await anyio.sleep(0.05)
+        shown = await writer.publish("tier silver", "team/x", subject="c1", key="tier")
+        await bus.drain(timeout_s=15)
+        [hit] = await curator.recall("tier", scopes=["team/x"])
+        assert hit.memory.content == "tier silver"
+        [event] = [
+            e
+            for _, f in await entries(bus.redis, TenantKeys(TENANT).events)
+            if (e := Event.from_json(f["e"])).id == shown.event_id
+        ]
+        assert hit.memory.created_at == event.created_at
+        assert hit.memory.valid_from == hit.memory.created_at
+        past = await curator.recall("tier", scopes=["team/x"], as_of=hit.memory.created_at)
+        assert [h.memory.content for h in past] == ["tier silver"]
+        seen: list[str] = []
+        with anyio.move_on_after(0.5):
+            async for change in curator.subscribe(["team/x"], start="0"):
+                seen.append(change.model_dump_json())
+        assert seen and not any(HIDDEN in c or "gold" in c for c in seen)

@@ -68,6 +68,19 @@ async def test_own_scope_and_below_allowed_but_not_admin(gate: CasbinGate) -> No
 
 
 @pytest.mark.anyio
+async def test_erase_is_a_right_of_its_own(gate: CasbinGate) -> None:
+    """``erase`` (forget beyond one's read grant) is held only by a role that names it: not by
+    the built-in own-scope rule, not by ``forget`` (carol), only by erin's data-protection role."""
+    assert not await allowed(gate, "zed", "erase", "agent/zed")
+    assert not await allowed(gate, "carol", "erase", "team/support/tickets")
+    assert await allowed(gate, "erin", "erase", "team/support/billing")
+    assert not await allowed(gate, "erin", "erase", "org/accounts")
+    assert not await allowed(gate, "erin", "recall", "team/support/billing")
+    grant = await gate.grant(who("erin"), "erase", None)
+    assert grant.covers("team/anything") and not grant.covers("org")
+
+
+@pytest.mark.anyio
 async def test_role_inheritance_within_tenant(gate: CasbinGate) -> None:
     # carol is support-lead, which inherits support
     assert await allowed(gate, "carol", "publish", "team/support/tickets")

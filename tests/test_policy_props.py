@@ -110,7 +110,8 @@ def reference(
         and (p.actions == "*" or action in p.actions.split("|"))
         and matches(p.pattern, scope, agent)
     ]
-    own = action != "admin" and matches("agent/{self}/*", scope, agent)
+    # the built-in own-scope line grants neither admin nor erase (forget beyond one's reads)
+    own = action not in ("admin", "erase") and matches("agent/{self}/*", scope, agent)
     return (own or any(p.allow for p in hits)) and not any(not p.allow for p in hits)
 
 

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from membus.core.envelope import Name, scope_ancestors, validate_scope
 from membus.errors import InvalidInput
 
-Action = Literal["publish", "recall", "subscribe", "forget", "admin"]
+# ``forget`` erases what the caller may also recall (scope and clearance); ``erase`` is the
+# data-protection right: erase within its scopes whatever the caller may read
+Action = Literal["publish", "recall", "subscribe", "forget", "erase", "admin"]
 
 
 class Decision(BaseModel):

@@ -40,7 +40,7 @@ from membus.core.logs import get_logger
 from membus.core.redis import Redis
 from membus.errors import InvalidInput, Unavailable
 
-ACTIONS: Final = ("publish", "recall", "subscribe", "forget", "admin")
+ACTIONS: Final = ("publish", "recall", "subscribe", "forget", "erase", "admin")
 LEVELS: Final = {"public": 0, "internal": 1, "confidential": 2, "restricted": 3}
 SELF: Final = "{self}"
 ROLE: Final = "role:"

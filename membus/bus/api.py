@@ -37,6 +37,7 @@ from membus.recall.heat import Access, AccessLog
 from membus.store.port import Hit, RecallFilter, Store, check_ids
 from membus.stream.feed import Change, follow
 from membus.stream.ops import group_stats, idle, publish_signed, tenants
+from membus.writer.commit import Consolidator
 from membus.writer.consolidate import RETRACTION
 from membus.writer.ledger import dirty_key
 
@@ -219,8 +220,11 @@ class Bus:
         start: str = "$",
         group: str | None = None,
         consumer: str | None = None,
+        until_now: bool = False,
     ) -> AsyncIterator[Change]:
-        """Follow committed changes in ``scopes`` from ``start`` ("$" = now, "0" = beginning)."""
+        """Follow committed changes in ``scopes`` from ``start`` ("$" = now, "0" = beginning);
+        ``until_now``: stop once caught up (a read of the feed as it is, through the live grant,
+        for callers that would otherwise keep a copy)."""
         for s in scopes or ():
             validate_scope(s)
         gate = self.gate
@@ -242,6 +246,7 @@ class Bus:
             start=start,
             group=group,
             consumer=consumer or who.agent,
+            until_now=until_now,
         ):
             yield change
 
@@ -254,16 +259,35 @@ class Bus:
         agent: str | None = None,
         scope: str | None = None,
     ) -> ErasureReport:
-        """Erase what matches every criterion given, within the scopes ``who`` may forget in:
-        memories, their source events (consumed or not, dead-lettered too), change entries,
-        leaving tombstones so a redelivered event cannot bring a memory back."""
+        """Erase what matches every criterion given and ``who`` may erase: memories, their
+        source events (consumed or not, dead-lettered too), change entries, leaving tombstones
+        so a redelivered event cannot bring a memory back.
+
+        What ``who`` may erase: within its ``forget`` grant, only what its ``recall`` grant and
+        clearance admit; within an ``erase`` grant (a data-protection role), everything. The
+        report counts nothing else, and a forget that can reach nothing scans nothing."""
         if scope is not None:
             validate_scope(scope)
-        grant = await self.gate.grant(who, "forget", [scope] if scope else None)
-        if grant.empty:
-            await self.audit.record(_scoped(who, "forget", [scope] if scope else None, False, []))
+        scopes = [scope] if scope else None
+        forget_grant = await self.gate.grant(who, "forget", scopes)
+        erase_grant = await self.gate.grant(who, "erase", scopes)
+        if forget_grant.empty and erase_grant.empty:
+            await self.audit.record(_scoped(who, "forget", scopes, False, forget_grant.rules))
             raise PermissionDenied(who.agent, "forget", scope or "*", who.tenant)
+        read = await self.gate.grant(who, "recall", scopes)
+        rules = [*forget_grant.rules, *erase_grant.rules]
+        if erase_grant.empty and read.empty:  # may forget only what it cannot read: nothing
+            rec = _scoped(who, "forget", scopes, True, rules)
+            await self.audit.record(rec.model_copy(update={"result_count": 0}))
+            return ErasureReport(tenant=who.tenant, aof_rewrite="skipped")
+
+        def within(s: str, sensitivity: int) -> bool:
+            return erase_grant.covers(s) or (forget_grant.covers(s) and read.admits(s, sensitivity))
+
         await self.access_log.flush()  # so erasure finds (and drops) the statistics buffered here
+        survivors = Consolidator(
+            self.redis, self.store, self._embed, self.config.consolidation, self.config.worker.group
+        )
         report = await erasure.forget(
             self.redis,
             self.store,
@@ -272,18 +296,12 @@ class Bus:
             subject=subject,
             agent=agent,
             scope=scope,
-            within=grant.covers,
+            within=within,
+            rewrite=survivors.rewrite,
         )
-        rec = _scoped(who, "forget", [scope] if scope else None, True, grant.rules)
-        await self.audit.record(
-            rec.model_copy(
-                update={
-                    "result_count": report.memories,
-                    "memory_ids": report.memory_ids,
-                    "event_ids": report.event_ids,
-                }
-            )
-        )
+        # that a forget happened, who asked and how much went; never what (no ids, no criteria)
+        rec = _scoped(who, "forget", scopes, True, rules)
+        await self.audit.record(rec.model_copy(update={"result_count": report.memories}))
         return report
 
     async def drain(

@@ -5,7 +5,15 @@ From the matched memories we follow ``source_events`` to the events that made th
 events that no writer has consumed yet (or that sit in the dead-letter stream) by the same
 criteria; then every place holding their content is cleaned: the store, the events stream
 (pending and undelivered entries included, with their PEL ids acknowledged away in every group),
-the dead-letter stream, the writer's error notes, and the change feed.
+the dead-letter stream, the writer's error notes, and the change feed. A change entry goes if any
+memory it carries is erased or matches: the memory it is about, and for a ``conflict`` the
+superseded one named in ``detail`` (its content, agents and events); a writer's own ``delete``
+changes name subject, key and agents, and go too.
+
+``within(scope, sensitivity)`` fences what a caller may erase (``Bus.forget``: its read grant
+and clearance inside its forget grant, or its erase right); nothing outside the fence is touched
+or counted. A forget that finds nothing stops after one pass: no second scan, no delete
+notices, no AOF rewrite.
 
 Order matters because writers keep running: tombstones are written first (the writer checks them,
 see ``membus/writer/commit.py``), then stream entries and memories are deleted, then the change feed
@@ -24,7 +32,7 @@ JSON cannot be attributed to a subject or agent and are left to ``membus dlq dro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from membus.core.envelope import validate_name, validate_scope
+from membus.core.envelope import LABELS, validate_name, validate_scope
 from membus.core.keys import TenantKeys
 from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, Redis, decode_fields, unavailable
@@ -47,10 +55,13 @@ from membus.stream.tombstones import is_tombstoned as is_tombstoned
 from membus.stream.tombstones import tombstoned as tombstoned
 from membus.stream.tombstones import tombstones_key
 from membus.writer.advice import writes_key
-from membus.writer.ledger import drop_variants, find_variants
+from membus.writer.ledger import drop_variants, find_variants, slot_prefix
 
 _PAGE = 500
 _PASSES = 2
+MOST_SENSITIVE = max(LABELS.values())
+# the caller's fence: may this forget touch an item of this scope and sensitivity?
+Within = Callable[[str, int], bool]
 
 
 def errors_key(tenant: str) -> str:
@@ -75,7 +86,7 @@ class ErasureReport(BaseModel):
     notices: int = 0  # "delete" changes published for subscribers
     memory_ids: list[str] = Field(default_factory=list)
     event_ids: list[str] = Field(default_factory=list)
-    aof_rewrite: str = "off"  # started | in_progress | off | failed
+    aof_rewrite: str = "off"  # started | in_progress | off | failed | skipped (nothing erased)
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -88,9 +99,16 @@ class _Criteria:
     subject: str | None
     agent: str | None
     scope: str | None
-    within: Callable[[str], bool] | None
+    within: Within | None
 
-    def holds(self, memory_id: str | None, scope: Any, subject: Any, agents: Iterable[Any]) -> bool:
+    def holds(
+        self,
+        memory_id: str | None,
+        scope: Any,
+        subject: Any,
+        agents: Iterable[Any],
+        sensitivity: int,
+    ) -> bool:
         # cheapest tests first: erasure runs this over every slot and stream entry of a tenant
         return (
             (self.subject is None or subject == self.subject)
@@ -100,8 +118,12 @@ class _Criteria:
                 or (isinstance(scope, str) and (scope + "/").startswith(self.scope + "/"))
             )
             and (self.memory_ids is None or memory_id in self.memory_ids)
-            and (self.within is None or (isinstance(scope, str) and self.within(scope)))
+            and self.fenced_in(scope, sensitivity)
         )
+
+    def fenced_in(self, scope: Any, sensitivity: int) -> bool:
+        """Inside the caller's fence (its read grant and clearance, or its erase right)."""
+        return self.within is None or (isinstance(scope, str) and self.within(scope, sensitivity))
 
     def id_of(self, event_id: Any) -> str | None:
         """The memory id an event would get, when a criterion needs it (a uuid5 is not free)."""
@@ -110,12 +132,57 @@ class _Criteria:
         return point_id(self.tenant, event_id)
 
     def memory(self, m: Memory) -> bool:
-        return self.holds(m.id, m.scope, m.subject, m.agents)
+        return self.holds(m.id, m.scope, m.subject, m.agents, m.sensitivity)
 
     def event(self, d: Mapping[str, Any]) -> bool:
         return self.holds(
-            self.id_of(d.get("id")), d.get("scope"), d.get("subject"), [d.get("agent")]
+            self.id_of(d.get("id")),
+            d.get("scope"),
+            d.get("subject"),
+            [d.get("agent")],
+            label_level(d.get("label", "public")),
         )
+
+
+def _level(value: Any) -> int:
+    return value if isinstance(value, int) else MOST_SENSITIVE
+
+
+def label_level(label: Any) -> int:
+    """An event's sensitivity; a label we cannot read counts as the highest (fail closed)."""
+    return LABELS.get(label, MOST_SENSITIVE) if isinstance(label, str) else MOST_SENSITIVE
+
+
+@dataclass(frozen=True)
+class _Carried:
+    """One memory's worth of content a change entry carries, with what names it."""
+
+    memory_id: Any
+    event_ids: list[str]
+    agents: list[str]
+    sensitivity: int
+
+
+def carried(c: Mapping[str, Any]) -> list[_Carried]:
+    """Every memory whose content a change carries, whichever field carries it: the memory it
+    is about, and for a ``conflict`` the superseded one in ``detail`` (its content and agents).
+    Entries written before ``superseded_events`` existed are still found by the superseded id
+    and agents."""
+    sens = _level(c.get("sensitivity"))
+    out = [_Carried(c.get("memory_id"), _strs(c.get("event_ids")), _strs(c.get("agents")), sens)]
+    detail = c.get("detail")
+    if isinstance(detail, dict) and (
+        "superseded" in detail or "superseded_content" in detail or "superseded_agents" in detail
+    ):
+        out.append(
+            _Carried(
+                detail.get("superseded"),
+                _strs(detail.get("superseded_events")),
+                _strs(detail.get("superseded_agents")),
+                _level(detail.get("superseded_sensitivity", sens)),
+            )
+        )
+    return out
 
 
 @dataclass
@@ -127,6 +194,12 @@ class _State:
     deleted: dict[str, Memory] = field(default_factory=dict)  # for the delete notices
     cursors: dict[str, str] = field(default_factory=dict)  # stream -> last id examined
     counts: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0  # change entries deleted, counted or not
+    slots: set[str] = field(default_factory=set)  # ledger slots that lost events
+
+    @property
+    def found(self) -> bool:
+        return bool(self.memories or self.events or self.dropped or any(self.counts.values()))
 
     def add(self, name: str, n: int) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
@@ -140,6 +213,17 @@ def _json(raw: str | None) -> dict[str, Any] | None:
     except (orjson.JSONDecodeError, UnicodeError):
         return None
     return got if isinstance(got, dict) else None
+
+
+def _bare(c: Mapping[str, Any]) -> bool:
+    """A delete notice as erasure writes it: ids, scope and kind, nothing to erase. A writer's
+    delete change (a superseded, merged or retracted memory) names subject, key and agents."""
+    return (
+        c.get("content") is None
+        and c.get("subject") is None
+        and c.get("key") is None
+        and (not c.get("agents"))
+    )
 
 
 def _strs(value: Any) -> list[str]:
@@ -236,10 +320,14 @@ async def _pass(redis: Redis, store: Store, crit: _Criteria, st: _State, group: 
         tenant,
         lambda v: (
             v.event_id in st.events
-            or crit.holds(crit.id_of(v.event_id), v.scope, v.subject, [v.agent])
+            or crit.holds(
+                crit.id_of(v.event_id), v.scope, v.subject, [v.agent], label_level(v.label)
+            )
         ),
     )
     st.events.update(eid for _, eid in in_ledger)
+    cut = len(slot_prefix(tenant))
+    st.slots.update(key[cut:] for key, _ in in_ledger)
     doomed_dlq, origins = [], []
     async for eid, f in _scan(redis, keys.dlq, st):
         if event_hit(_json(f.get("f:e"))):
@@ -262,22 +350,32 @@ async def _pass(redis: Redis, store: Store, crit: _Criteria, st: _State, group: 
         st.add("errors", int(await redis.hdel(errors_key(tenant), *notes)))
     # 4. memories
     await _delete_memories(store, tenant, st)
-    # 5. the change feed, last: a writer that committed during this pass is already visible
+    # 5. the change feed, last: a writer that committed during this pass is already visible.
+    #    A change goes if any memory it carries is erased or matches; only the memories that
+    #    match join the erasure (a conflict naming an erased loser must not take its winner).
     doomed_changes: list[str] = []
-    async for eid, f in _scan(redis, keys.changes, st):
+    for eid, f in [x async for x in _scan(redis, keys.changes, st)]:
         c = _json(f.get("c"))
-        if c is None or c.get("op") == "delete":  # delete notices carry no content
+        if c is None or (c.get("op") == "delete" and _bare(c)):  # erasure's own notices
             continue
-        mid = c.get("memory_id")
-        if (
-            mid in st.memories
-            or not st.events.isdisjoint(_strs(c.get("event_ids")))
-            or crit.holds(mid, c.get("scope"), c.get("subject"), _strs(c.get("agents")))
-        ):
+        scope, subject, sens = c.get("scope"), c.get("subject"), _level(c.get("sensitivity"))
+        hit = False
+        for part in carried(c):
+            if (
+                part.memory_id in st.memories
+                or not st.events.isdisjoint(part.event_ids)
+                or crit.holds(part.memory_id, scope, subject, part.agents, part.sensitivity)
+            ):
+                hit = True
+                if c.get("op") == "delete":  # names only what it deleted and what caused it
+                    continue
+                st.events.update(part.event_ids)
+                if isinstance(part.memory_id, str):
+                    st.memories.add(part.memory_id)
+        if hit:
             doomed_changes.append(eid)
-            st.events.update(_strs(c.get("event_ids")))
-            if isinstance(mid, str):
-                st.memories.add(mid)
+            if crit.fenced_in(scope, sens):
+                st.add("changes_seen", 1)
     if len(st.events) > known_events or len(st.memories) > known_memories:
         # provenance found only in the feed: bury it now, and let a next pass read the event
         # streams from the start
@@ -286,9 +384,10 @@ async def _pass(redis: Redis, store: Store, crit: _Criteria, st: _State, group: 
         st.cursors.pop(keys.events, None)
         st.cursors.pop(keys.dlq, None)
     changes_groups = await _groups(redis, keys.changes)
-    st.add(
-        "changes", (await _delete_entries(redis, keys.changes, doomed_changes, changes_groups))[0]
-    )
+    st.dropped += (await _delete_entries(redis, keys.changes, doomed_changes, changes_groups))[0]
+    # the report counts the entries the caller could read; one carrying erased content beside
+    # content the caller may not read (a conflict) goes too, uncounted
+    st.add("changes", st.counts.pop("changes_seen", 0))
 
 
 async def _notify(redis: Redis, tenant: str, memories: Iterable[Memory]) -> int:
@@ -342,17 +441,23 @@ async def forget(
     subject: str | None = None,
     agent: str | None = None,
     scope: str | None = None,
-    within: Callable[[str], bool] | None = None,
+    within: Within | None = None,
     group: str | None = None,
     notify: bool = True,
+    rewrite: Callable[[str, list[str]], Awaitable[int]] | None = None,
 ) -> ErasureReport:
     """Erase what matches every criterion given (``scope``: that scope and below).
 
-    ``within``: only scopes it accepts are touched (e.g. ``grant.covers`` of the caller's
-    ``forget`` grant, so a forget by subject cannot reach scopes the caller may not forget in).
+    ``within(scope, sensitivity)``: only what it accepts is touched (``Bus.forget`` passes the
+    caller's read grant and clearance, or its erase right, so a forget cannot reach what the
+    caller may not read). A change entry carrying erased content goes whatever ``within`` says,
+    but the report counts only those ``within`` accepts.
     ``group``: the consumer group whose PEL to clear (None: every group on the stream).
     ``notify``: publish a content-free ``delete`` change per erased memory so subscribers can
     drop cached copies.
+    ``rewrite(tenant, slots)``: materialise again the ledger slots that lost events and kept
+    others (``Consolidator.rewrite``), so a surviving version of a key carries no time or agent
+    of an erased one.
     """
     validate_name(tenant, "tenant")
     if memory_ids is None and subject is None and agent is None and scope is None:
@@ -372,9 +477,16 @@ async def forget(
     try:
         for _ in range(_PASSES):
             await _pass(redis, store, crit, st, group)
-        await forget_access(redis, tenant, sorted(st.memories))  # recall statistics too
-        notices = await _notify(redis, tenant, st.deleted.values()) if notify else 0
-        aof = await _rewrite_aof(redis, tenant)
+            if not st.found:
+                break  # nothing matched: no second scan, and nothing for the AOF to drop
+        if st.found:
+            if rewrite is not None and st.slots:
+                await rewrite(tenant, sorted(st.slots))
+            await forget_access(redis, tenant, sorted(st.memories))  # recall statistics too
+            notices = await _notify(redis, tenant, st.deleted.values()) if notify else 0
+            aof = await _rewrite_aof(redis, tenant)
+        else:
+            notices, aof = 0, "skipped"
     except REDIS_DOWN as exc:
         raise unavailable(exc) from exc
     report = ErasureReport(

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from membus.bus.erasure import ErasureReport
 
 ActionOpt = Annotated[
-    Literal["publish", "recall", "subscribe", "forget", "admin"] | None,
-    typer.Option("--action", help="publish|recall|subscribe|forget|admin."),
+    Literal["publish", "recall", "subscribe", "forget", "erase", "admin"] | None,
+    typer.Option("--action", help="publish|recall|subscribe|forget|erase|admin."),
 ]
 ScopeOpt = Annotated[str | None, typer.Option("--scope", "-s", help="That scope or below.")]
 
@@ -196,8 +196,8 @@ def policy_check(
     agent: AgentOpt,
     tenant: TenantOpt,
     action: Annotated[
-        Literal["publish", "recall", "subscribe", "forget", "admin"],
-        typer.Option("--action", help="publish|recall|subscribe|forget|admin."),
+        Literal["publish", "recall", "subscribe", "forget", "erase", "admin"],
+        typer.Option("--action", help="publish|recall|subscribe|forget|erase|admin."),
     ],
     scope: Annotated[str, typer.Option("--scope", "-s", help="The scope acted on.")],
     json_flag: JsonFlag = False,

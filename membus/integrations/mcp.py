@@ -6,7 +6,9 @@ or tenant: arguments naming one are rejected, as is any argument a tool does not
 prompt-injected model cannot act as someone else.
 
 Change notifications: the change feed this identity may read is the resource
-``membus://changes`` (reading it returns the latest changes since the server started). Each
+``membus://changes`` (reading it returns the latest changes since the server started). The server
+keeps no copy of them: only stream positions; a read fetches the changes again from the feed
+through the identity's live grant, so an erased change or a revoked grant is never served. Each
 committed change announces ``notifications/resources/updated`` for it: to ``subscriptions/listen``
 streams on 2026-07-28 connections and to ``resources/subscribe`` subscribers on earlier ones.
 
@@ -116,9 +118,11 @@ def memory_json(hit: Hit) -> dict[str, Any]:
 
 @dataclass
 class Feed:
-    """Per connection lifetime: the changes seen since it began, and who wants to hear of them."""
+    """Per connection lifetime: where the latest changes sit in the feed (positions only, never
+    content: erasure and revocation must reach what a read returns), and who wants to hear."""
 
-    recent: deque[Change] = field(default_factory=lambda: deque(maxlen=RECENT_CHANGES))
+    floor: str = "0"  # the window of latest changes starts after this position
+    recent: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_CHANGES))
     legacy: set[ServerSession] = field(default_factory=set)  # resources/subscribe callers
     error: str | None = None  # why there is no feed (e.g. no subscribe permission anywhere)
 
@@ -247,9 +251,10 @@ class MembusMCP:
         if str(params.uri) != CHANGES_URI:
             raise MCPError(types.INVALID_PARAMS, f"unknown resource {params.uri}")
         feed = ctx.lifespan_context
+        changes, error = await self.latest(feed)
         body = {
-            "changes": [c.model_dump(mode="json") for c in feed.recent],
-            "error": feed.error,
+            "changes": [c.model_dump(mode="json") for c in changes],
+            "error": error or feed.error,
         }
         return types.ReadResourceResult(
             contents=[
@@ -291,12 +296,26 @@ class MembusMCP:
             finally:
                 tg.cancel_scope.cancel()
 
+    async def latest(self, feed: Feed) -> tuple[list[Change], str | None]:
+        """The latest changes, read again now through the live grant (what was erased or is no
+        longer readable is not there), and why there are none when the read was refused."""
+        if not feed.recent:
+            return [], None
+        try:
+            got = [c async for c in self.port.subscribe(None, start=feed.floor, until_now=True)]
+        except MembusError as exc:
+            return [], f"{type(exc).__name__}: {exc}"
+        return got[-RECENT_CHANGES:], None
+
     async def _follow(self, feed: Feed, start: str) -> None:
         from mcp.shared.subscriptions import ResourceUpdated
 
+        feed.floor = start
         try:
             async for change in self.port.subscribe(None, start=start):
-                feed.recent.append(change)
+                if len(feed.recent) == feed.recent.maxlen:
+                    feed.floor = feed.recent[0]  # the oldest leaves the window
+                feed.recent.append(change.position or feed.floor)
                 await self.bus.publish(ResourceUpdated(uri=CHANGES_URI))
                 for session in list(feed.legacy):
                     try:

@@ -61,8 +61,11 @@ class MemoryPort(Protocol):
     ) -> ErasureReport: ...
 
     def subscribe(
-        self, scopes: Sequence[str] | None = None, *, start: str = "$"
-    ) -> AsyncIterator[Change]: ...
+        self, scopes: Sequence[str] | None = None, *, start: str = "$", until_now: bool = False
+    ) -> AsyncIterator[Change]:
+        """Changes this identity may read now, from ``start``; ``until_now``: stop once caught
+        up instead of following."""
+        ...
 
     async def list_scopes(self) -> list[str]:
         """Scopes that hold at least one memory this identity may recall, sorted."""
@@ -126,9 +129,9 @@ class AgentPort:
         )
 
     def subscribe(
-        self, scopes: Sequence[str] | None = None, *, start: str = "$"
+        self, scopes: Sequence[str] | None = None, *, start: str = "$", until_now: bool = False
     ) -> AsyncIterator[Change]:
-        return self.agent.subscribe(scopes, start=start)
+        return self.agent.subscribe(scopes, start=start, until_now=until_now)
 
     async def list_scopes(self) -> list[str]:
         # A scan of the tenant's memories: fine for the embedded bus this port serves; a store
@@ -220,9 +223,9 @@ class ClientPort:
         return await self.client.forget(memory_ids=ids, subject=subject, scope=scope)
 
     def subscribe(
-        self, scopes: Sequence[str] | None = None, *, start: str = "$"
+        self, scopes: Sequence[str] | None = None, *, start: str = "$", until_now: bool = False
     ) -> AsyncIterator[Change]:
-        return self.client.subscribe(scopes, start=start)
+        return self.client.subscribe(scopes, start=start, until_now=until_now)
 
     async def list_scopes(self) -> list[str]:
         raise Unavailable(

@@ -258,6 +258,9 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
         ] = "$",
         group: Annotated[str | None, Query(description="share the feed across consumers")] = None,
         last_event_id: Annotated[str | None, Header(description="resume after this id")] = None,
+        until_now: Annotated[
+            bool, Query(description="end the stream once caught up (no following)")
+        ] = False,
     ) -> ChangeStream:
         """Follow committed changes as Server-Sent Events; resume with `Last-Event-ID` or
         `?from=<position>` (each change's SSE id is its position)."""
@@ -273,7 +276,7 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
             await bus.audit.record(_audited(who, "subscribe", scopes, False))
             raise PermissionDenied(who.agent, "subscribe", ", ".join(scopes or ["*"]), who.tenant)
         start = await resolve_start(bus.redis, who.tenant, start)
-        feed = bus.subscribe(who.identity, scopes, start=start, group=group)
+        feed = bus.subscribe(who.identity, scopes, start=start, group=group, until_now=until_now)
         gauge = svc.metrics.subscribers.labels(who.tenant)
         gauge.inc()
         return ChangeStream(feed, start, svc.limits.sse_keepalive_s, on_close=gauge.dec)
@@ -281,7 +284,8 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
     @app.post("/v1/forget", responses=ERRORS, tags=["write"])
     async def forget_(req: ForgetRequest, who: Caller) -> ErasureReport:
         """Erase matching memories and every copy of their content (events, DLQ, change
-        feed), only within scopes this agent may forget in."""
+        feed): within scopes this agent may forget in, only what it may also recall (scope and
+        clearance), unless it holds the ``erase`` right there."""
         return await bus.forget(
             who.identity,
             memory_ids=req.memory_ids,

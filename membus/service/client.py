@@ -92,8 +92,12 @@ def _unreachable(exc: httpx.HTTPError) -> Unavailable:
     return Unavailable(f"membus service unreachable: {exc!r}")
 
 
-def _changes_params(scopes: Sequence[str] | None, position: str, group: str | None) -> Any:
+def _changes_params(
+    scopes: Sequence[str] | None, position: str, group: str | None, until_now: bool = False
+) -> Any:
     params: list[tuple[str, str]] = [("from", position)]
+    if until_now:
+        params.append(("until_now", "true"))
     params += [("scopes", s) for s in ([scopes] if isinstance(scopes, str) else scopes or [])]
     if group is not None:
         params.append(("group", group))
@@ -235,14 +239,16 @@ class Client:
         start: str = "$",
         group: str | None = None,
         reconnect: bool = True,
+        until_now: bool = False,
     ) -> AsyncIterator[Change]:
         """Follow changes (SSE). With ``reconnect`` a dropped link or a 503 resumes after the
-        last position seen, so nothing is missed and nothing is seen twice on our side."""
+        last position seen, so nothing is missed and nothing is seen twice on our side.
+        ``until_now``: the service ends the stream once caught up, and so does this."""
         follow = _Follow(start)
         timeout = httpx.Timeout(DEFAULT_TIMEOUT_S, read=SSE_READ_TIMEOUT_S)
         while True:
             try:
-                params = _changes_params(scopes, follow.position, group)
+                params = _changes_params(scopes, follow.position, group, until_now)
                 async with self._http.stream(
                     "GET", "/v1/changes", params=params, timeout=timeout
                 ) as resp:
@@ -262,8 +268,8 @@ class Client:
                 if not reconnect:
                     raise
             else:
-                if not reconnect:
-                    return  # the service closed the stream (shutting down)
+                if not reconnect or until_now:
+                    return  # caught up, or the service closed the stream (shutting down)
             await anyio.sleep(follow.next_wait())
 
 

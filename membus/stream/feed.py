@@ -7,6 +7,7 @@ plus ``event_ids`` identify it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -19,6 +20,10 @@ from membus.core.keys import TenantKeys
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
 from membus.store.port import Memory
 from membus.stream.ops import ensure_group
+from membus.stream.tombstones import tombstoned
+
+# a batch read ahead is re-checked against erasure when it is older than this on delivery
+RECHECK_S = 0.1
 
 # conflict: two agents asserted different values for one key at nearly the same time; the
 # change names the winner (current) and, in ``detail``, the superseded value and its agents
@@ -94,6 +99,26 @@ def upsert_fields(memory: Memory, event_ids: Sequence[str]) -> dict[str, bytes]:
     }
 
 
+def carried_ids(change: Change) -> list[str]:
+    """The memory ids whose content ``change`` carries (a conflict also carries the loser's)."""
+    ids = [change.memory_id]
+    if change.detail is not None and isinstance(change.detail.get("superseded"), str):
+        ids.append(change.detail["superseded"])
+    return ids
+
+
+async def _erased(redis: Redis, tenant: str, changes: Sequence[Change]) -> set[str]:
+    """Positions of ``changes`` whose content was erased since they were read (delete notices
+    carry none and always go through)."""
+    ids = [i for c in changes if c.op != "delete" for i in carried_ids(c)]
+    dead = await tombstoned(redis, tenant, ids) if ids else set()
+    return {
+        c.position or ""
+        for c in changes
+        if c.op != "delete" and not dead.isdisjoint(carried_ids(c))
+    }
+
+
 async def follow(
     redis: Redis,
     tenant: str,
@@ -104,11 +129,17 @@ async def follow(
     consumer: str = "c1",
     block_ms: int = 1000,
     count: int = 100,
+    until_now: bool = False,
 ) -> AsyncIterator[Change]:
-    """Yield the changes ``admit`` lets through (all if None) from ``start``, forever.
+    """Yield the changes ``admit`` lets through (all if None) from ``start``, forever, or with
+    ``until_now`` until the feed has nothing more (no blocking read).
 
     With ``group`` the subscription load-balances across consumers of that group: each change
     goes to one of them, and is acknowledged when the caller asks for the next one.
+
+    A batch is read ahead, so before each change goes out it is checked again: ``admit`` asks
+    the live grant (revocation), and a batch older than ``RECHECK_S`` is checked against the
+    tombstones (a change erased after it was read is not delivered).
     """
     stream = TenantKeys(tenant).changes
     if group is not None:
@@ -121,21 +152,31 @@ async def follow(
             last = info.get("last-generated-id") or "0-0"
         except ResponseError:
             last = "0-0"
+    block = None if until_now else block_ms
     while True:
         try:
             if group is None:
-                batch: Any = await redis.xread({stream: last}, count=count, block=block_ms)
+                batch: Any = await redis.xread({stream: last}, count=count, block=block)
             else:
                 batch = await redis.xreadgroup(
-                    group, consumer, {stream: ">"}, count=count, block=block_ms
+                    group, consumer, {stream: ">"}, count=count, block=block
                 )
         except REDIS_DOWN as exc:
             raise unavailable(exc) from exc
+        if until_now and not batch:
+            return
         for _stream, entries in batch or []:
-            for entry_id, fields in entries:
-                last = entry_id
-                change = Change.from_entry(entry_id, fields)
-                if admit is None or await admit(change):
+            changes = [Change.from_entry(eid, fields) for eid, fields in entries]
+            read_at, dead = time.monotonic(), set[str]()
+            for n, change in enumerate(changes):
+                last = change.position or last
+                if time.monotonic() - read_at > RECHECK_S:  # the consumer was slow: look again
+                    try:
+                        dead |= await _erased(redis, tenant, changes[n:])
+                    except REDIS_DOWN as exc:
+                        raise unavailable(exc) from exc
+                    read_at = time.monotonic()
+                if change.position not in dead and (admit is None or await admit(change)):
                     yield change
                 if group is not None:
-                    await redis.xack(stream, group, entry_id)
+                    await redis.xack(stream, group, last)

@@ -45,9 +45,13 @@ def changes_for(
     out: list[dict[str, bytes]] = []
     for plan in plans:
         touched = {i for i, m in enumerate(plan.upserts) if not batch.isdisjoint(m.source_events)}
-        touched |= {i - 1 for i in touched if i > 0}  # its predecessor got a valid_to
+        fed = set(touched)
+        touched |= {i - 1 for i in fed if i > 0}  # its predecessor got a valid_to
         for i in sorted(touched):
             m = plan.upserts[i]
+            if i + 1 in fed and plan.upserts[i + 1].sensitivity > m.sensitivity:
+                # the predecessor's change says a newer version came: only for its readers
+                m = m.model_copy(update={"sensitivity": plan.upserts[i + 1].sensitivity})
             out.append(upsert_fields(m, m.source_events))
         for c in plan.conflicts:
             if batch.isdisjoint(c.winner.source_events) and batch.isdisjoint(c.loser.source_events):
@@ -56,6 +60,9 @@ def changes_for(
                 "superseded": c.loser.id,
                 "superseded_content": c.loser.content,
                 "superseded_agents": c.loser.agents,
+                # provenance, so erasure finds this entry by the loser's events too
+                "superseded_events": c.loser.source_events,
+                "superseded_sensitivity": c.loser.sensitivity,
                 "rule": "newest version wins (created_at, then event id)",
             }
             change = Change.of("conflict", c.winner, c.winner.source_events, detail=detail)
@@ -143,6 +150,29 @@ class Consolidator:
                 except WatchError:
                     continue  # a slot or a tombstone moved under us: read and write again
         raise WatchError(f"slots of tenant {tenant!r} kept changing for {_MAX_ROUNDS} rounds")
+
+    async def rewrite(self, tenant: str, slots: Sequence[str]) -> int:
+        """Materialise ``slots`` again from the ledger as it is now, after erasure dropped some
+        of their events: what survives must carry nothing of what went (a key's first-recorded
+        time, a predecessor's validity, a folded agent). Returns the slots rewritten."""
+        keys, done = TenantKeys(tenant), 0
+        for slot in slots:
+            for _ in range(_MAX_ROUNDS):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    try:
+                        await pipe.watch(tombstones_key(tenant), slot_key(tenant, slot))
+                        states = await self.ledger.read(tenant, [slot])
+                        plan = materialize(tenant, states[slot], self.config)
+                        existed = await self.write(tenant, [plan], {})
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        for fields in changes_for([plan], existed, set()):
+                            pipe.xadd(keys.changes, fields)  # type: ignore[arg-type]
+                        await pipe.execute()
+                        done += 1
+                        break
+                    except WatchError:
+                        continue  # a writer or another erasure moved it: read it again
+        return done
 
     async def write(
         self, tenant: str, plans: Sequence[Plan], known: dict[str, np.ndarray]

@@ -238,10 +238,13 @@ def _trusted(fields: dict[str, Any]) -> Memory:
 
 
 def _groups(live: Sequence[Variant]) -> list[list[Variant]]:
-    """Consecutive versions (in version order) with the same normalised value fold together."""
+    """Consecutive versions (in version order) with the same normalised value and the same
+    label fold together (a folded version has one label: no reader sees a time or an agent
+    of a version above its clearance through it)."""
     out: list[list[Variant]] = []
     for v in sorted(live, key=lambda v: v.order):
-        if out and normalise(out[-1][-1].content) == normalise(v.content):
+        last = out[-1][-1] if out else None
+        if last and last.label == v.label and normalise(last.content) == normalise(v.content):
             out[-1].append(v)
         else:
             out.append([v])
@@ -269,12 +272,20 @@ def materialize(tenant: str, state: SlotState, config: ConsolidationConfig) -> P
             valid_to = until if last else groups[i + 1][0].created_at
             if until is not None and valid_to is not None:
                 valid_to = min(valid_to, until)
-            since = groups[0][0].created_at if last else None
+            # first recorded: the earliest version every reader of this one may read too, so
+            # created_at never reveals that a version above the reader's clearance exists
+            level = LABELS[g[0].label]
+            since = (
+                min(h[0].created_at for h in groups if LABELS[h[0].label] <= level)
+                if last
+                else None
+            )
             plan.upserts.append(_memory(tenant, state.slot, g, valid_to, not last, since, ids))
         for i in range(1, len(groups)):
             a, b = groups[i - 1][-1], groups[i][0]
             close = (b.created_at - a.created_at).total_seconds() <= config.conflict_window_s
-            if close and a.agent != b.agent:
+            differ = normalise(a.content) != normalise(b.content)  # not just a relabel
+            if close and a.agent != b.agent and differ:
                 plan.conflicts.append(Conflict(plan.upserts[i], plan.upserts[i - 1]))
     else:
         until = expiry(max(live, key=lambda v: v.order), config)
