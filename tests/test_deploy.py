@@ -498,3 +498,10 @@ def test_compose_stack_publishes_and_recalls_over_http(monkeypatch: pytest.Monke
             while not agent.recall("deployed compose"):
                 assert time.monotonic() < deadline, "the writers never committed the event"
                 time.sleep(0.5)
+
+
+def test_compose_refuses_to_start_a_worker_that_trusts_the_key_registry() -> None:
+    """An unpinned worker accepts any key a leaked api password writes into Redis: compose's
+    worker must name the authority, or compose refuses to start it (``${VAR:?…}``)."""
+    env = compose()["services"]["worker"]["environment"]
+    assert str(env["MEMBUS_SIGNING_AUTHORITY"]).startswith("${MEMBUS_SIGNING_AUTHORITY:?")
