@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 import membus
-from membus.core.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
 from membus.core.keys import TenantKeys
 from membus.errors import InvalidInput, Unavailable
 from membus.store.port import point_id
@@ -27,7 +27,9 @@ Entries = list[tuple[str, dict[str, str]]]  # what a decode_responses client ret
 
 
 def config(url: str, writers: int = 1) -> MembusConfig:
-    return MembusConfig(redis=RedisConfig(url=url), worker=FAST, writers=writers)
+    return MembusConfig(
+        policy=PolicyConfig(mode="open"), redis=RedisConfig(url=url), worker=FAST, writers=writers
+    )
 
 
 async def test_published_events_become_memories_acked_with_one_change_each(

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import membus
-from membus.core.config import MembusConfig, RedisConfig
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig
 from membus.core.envelope import MAX_CONTENT_BYTES, MAX_SCOPE_SEGMENTS, Event
 from membus.core.keys import TenantKeys, tenants_key
 from membus.errors import InvalidInput
@@ -304,7 +304,7 @@ def test_content_size_limit_counts_utf8_bytes() -> None:
 
 
 def bus_config(url: str) -> MembusConfig:
-    return MembusConfig(redis=RedisConfig(url=url), writers=0)
+    return MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=url), writers=0)
 
 
 BAD_PUBLISH: list[tuple[dict[str, Any], str]] = [

@@ -21,7 +21,7 @@ from membus.access.signing import signed_fields
 from membus.access.watch import MemorySource
 from membus.bus.api import Bus
 from membus.bus.working import admits, calibrate, merge
-from membus.core.config import MembusConfig, RankingConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, RedisConfig, WorkerConfig
 from membus.core.envelope import Event
 from membus.core.keys import TenantKeys
 from membus.errors import PermissionDenied
@@ -44,7 +44,11 @@ g2, carol, restricted, acme
 
 def config(url: str, *, writers: int = 0, **ranking: Any) -> MembusConfig:
     return MembusConfig(
-        redis=RedisConfig(url=url), worker=FAST, writers=writers, ranking=RankingConfig(**ranking)
+        policy=PolicyConfig(mode="open"),
+        redis=RedisConfig(url=url),
+        worker=FAST,
+        writers=writers,
+        ranking=RankingConfig(**ranking),
     )
 
 

@@ -17,7 +17,7 @@ import structlog
 from pydantic import ValidationError
 
 from membus.access.audit import AuditLog, AuditRecord
-from membus.access.gate import Decision, Gate, Identity, OpenGate
+from membus.access.gate import Decision, Gate, Identity, default_gate
 from membus.access.redact import PiiRedactor, Redactor, needs_redaction, redact_event
 from membus.access.signing import KeyRegistry
 from membus.bus import erasure
@@ -55,7 +55,9 @@ class Bus:
     ) -> None:
         self.redis, self.store, self.embedder = redis, store, embedder
         self.config = config or MembusConfig()
-        self.gate: Gate = gate or OpenGate()
+        # no gate given: the one the configuration's mode names (a policy file needs the casbin
+        # gate, which membus.open builds; without it nothing beyond agent/<self> is allowed)
+        self.gate: Gate = gate or default_gate(self.config.policy)
         # both write straight through when no flusher runs (CLI one-shots); runtime.open runs them
         self.audit, self.access_log = audit or AuditLog(redis), AccessLog(redis)
         self.keys = KeyRegistry(redis)
@@ -91,7 +93,7 @@ class Bus:
                     await self.audit.record(
                         _record(who, action, e.scope, False, got[0].rule, event_ids=[e.id])
                     )
-                    raise PermissionDenied(who.agent, action, e.scope, who.tenant)
+                    raise PermissionDenied(who.agent, action, e.scope, who.tenant, got[0].hint)
         events = [self._redact(e) for e in events]
         # signed here, checked by writers: the stream itself is not trusted
         positions = await publish_signed(self.redis, self.keys, events)
@@ -157,7 +159,9 @@ class Bus:
         if grant.empty:
             await self.audit.record(_scoped(who, "recall", scopes, False, grant.rules))
             if scopes:  # asked for scopes it may not read at all: say so
-                raise PermissionDenied(who.agent, "recall", ", ".join(scopes), who.tenant)
+                raise PermissionDenied(
+                    who.agent, "recall", ", ".join(scopes), who.tenant, grant.hint
+                )
             return []
         flt = RecallFilter(
             tenant=who.tenant,
@@ -226,7 +230,9 @@ class Bus:
         first = await gate.grant(who, "subscribe", scopes)
         await self.audit.record(_scoped(who, "subscribe", scopes, not first.empty, first.rules))
         if first.empty:
-            raise PermissionDenied(who.agent, "subscribe", ", ".join(scopes or ["*"]), who.tenant)
+            raise PermissionDenied(
+                who.agent, "subscribe", ", ".join(scopes or ["*"]), who.tenant, first.hint
+            )
 
         async def admit(change: Change) -> bool:
             # asked per change: a revoked grant stops delivery at once (the gate caches by
@@ -261,7 +267,7 @@ class Bus:
         grant = await self.gate.grant(who, "forget", [scope] if scope else None)
         if grant.empty:
             await self.audit.record(_scoped(who, "forget", [scope] if scope else None, False, []))
-            raise PermissionDenied(who.agent, "forget", scope or "*", who.tenant)
+            raise PermissionDenied(who.agent, "forget", scope or "*", who.tenant, grant.hint)
         await self.access_log.flush()  # so erasure finds (and drops) the statistics buffered here
         report = await erasure.forget(
             self.redis,

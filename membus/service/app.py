@@ -271,7 +271,9 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
         grant = await bus.gate.grant(who.identity, "subscribe", scopes)
         if grant.empty:
             await bus.audit.record(_audited(who, "subscribe", scopes, False))
-            raise PermissionDenied(who.agent, "subscribe", ", ".join(scopes or ["*"]), who.tenant)
+            raise PermissionDenied(
+                who.agent, "subscribe", ", ".join(scopes or ["*"]), who.tenant, grant.hint
+            )
         start = await resolve_start(bus.redis, who.tenant, start)
         feed = bus.subscribe(who.identity, scopes, start=start, group=group)
         gauge = svc.metrics.subscribers.labels(who.tenant)
@@ -306,7 +308,7 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
         # who read the trail is itself on the trail
         await bus.audit.record(_audited(who, "admin", [scope], d.allowed, d.rule))
         if not d.allowed:
-            raise PermissionDenied(who.agent, "admin", scope, who.tenant)
+            raise PermissionDenied(who.agent, "admin", scope, who.tenant, d.hint)
         records = await bus.audit.query(
             who.tenant,
             agent=agent,

@@ -22,7 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AskError, MovedError, ResponseError
 
 from membus.access.audit import AuditLog, AuditRecord
-from membus.access.gate import Gate, OpenGate
+from membus.access.gate import Gate, PrivateGate
 from membus.access.signing import KeyRegistry
 from membus.core.config import ConsolidationConfig, RetentionConfig, WorkerConfig
 from membus.core.envelope import Event
@@ -94,7 +94,7 @@ class Writer:
         llm: FallbackConsolidator | None = None,
     ) -> None:
         self.redis, self.store, self.embedder = redis, store, embedder
-        gate = gate or OpenGate()
+        gate = gate or PrivateGate()  # like the doors without a policy: agent/<self> only
         self.config = config or WorkerConfig()
         folding = consolidation or ConsolidationConfig()
         self._fold, self._queue = folding.enabled, folding.near_duplicate is not None
