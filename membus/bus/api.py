@@ -37,6 +37,7 @@ from membus.recall.heat import Access, AccessLog
 from membus.store.port import Hit, RecallFilter, Store, check_ids
 from membus.stream.feed import Change, follow
 from membus.stream.ops import group_stats, idle, publish_signed, tenants
+from membus.writer.admission import admission_for
 from membus.writer.consolidate import RETRACTION
 from membus.writer.ledger import dirty_key
 
@@ -61,6 +62,8 @@ class Bus:
         # both write straight through when no flusher runs (CLI one-shots); runtime.open runs them
         self.audit, self.access_log = audit or AuditLog(redis), AccessLog(redis)
         self.keys = KeyRegistry(redis)
+        # working memory shows only what writers will admit: their checks, with this gate
+        self.admission = admission_for(redis, self.gate, self.keys, self.config.worker)
         self._redact_roots = set(self.config.policy.redact_scopes)
         self.redactor: Redactor = PiiRedactor()
         self._log = structlog.get_logger("membus.bus")
@@ -180,9 +183,8 @@ class Bus:
         pool = k if boost else ranking.candidates(k, cfg)
         hits = await self.store.search(vector, flt, pool, text=query, boost=boost)
         if working:
-            verify = self.keys if self.config.worker.verify_signatures else None
             hits = await with_working(
-                self.redis, flt, vector, self._embed, self.config, verify, hits
+                self.redis, flt, vector, self._embed, self.config, self.admission, hits
             )
         if boost is None:  # heat or working hits: the rerank is ours
             hits = await ranking.rank(self.access_log, who.tenant, hits, k, cfg, as_of)
