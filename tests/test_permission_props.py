@@ -423,9 +423,11 @@ async def run_example(bus: Bus, w: World, n: int) -> list[str]:
 async def feeds_match(
     bus: Bus, tenant: str, wanted: dict[str, set[str]], stored: dict[str, Mem]
 ) -> list[str]:
-    """Every agent's change feed delivers exactly ``wanted[agent]``."""
+    """Every agent's change feed delivers exactly ``wanted[agent]``: alone, then with every
+    agent joining a group of the same name at once (a group is its agent's: nobody takes, nor
+    acknowledges, another agent's deliveries)."""
     seen: list[str] = []
-    for group in (None,):
+    for group in (None, "shared-name"):
         feeds: dict[str, set[str] | None] = {}
 
         async def follow(agent: str, group: str | None, into: dict[str, set[str] | None]) -> None:
@@ -538,7 +540,7 @@ def private_worlds(draw: st.DrawFn) -> tuple[list[Mem], list[str]]:
 
 async def run_private(bus: Bus, memories: list[Mem], asked: list[str], n: int) -> list[str]:
     """One example on a bus without a policy: the doors, the writers, recall (stored and
-    working) and the feed all hold each agent to its own ``agent/<self>``."""
+    working), the feed alone and in groups all hold each agent to its own ``agent/<self>``."""
     seen: list[str] = []
     tenant = f"pp{n}"
     events = TenantKeys(tenant).events
@@ -587,7 +589,7 @@ def test_without_a_policy_each_agent_reaches_only_its_own_scopes(
 ) -> None:
     """No policy configured (the default): every door refuses what is outside the caller's own
     ``agent/<self>`` subtree, with an error that says how to grant it; recall, working memory
-    and the feed deliver exactly the caller's own memories,
+    and the feed (alone or in same-named groups) deliver exactly the caller's own memories,
     whatever their label, never those of an agent whose name extends or prefixes its own."""
     counter = itertools.count()
     exercised: Counter[str] = Counter()

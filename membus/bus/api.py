@@ -35,7 +35,7 @@ from membus.errors import InvalidInput, PermissionDenied, Unavailable
 from membus.recall import ranking
 from membus.recall.heat import Access, AccessLog
 from membus.store.port import Hit, RecallFilter, Store, check_ids
-from membus.stream.feed import Change, follow
+from membus.stream.feed import Change, follow, group_name
 from membus.stream.ops import group_stats, idle, publish_signed, tenants
 from membus.writer.admission import admission_for
 from membus.writer.consolidate import RETRACTION
@@ -225,9 +225,13 @@ class Bus:
         group: str | None = None,
         consumer: str | None = None,
     ) -> AsyncIterator[Change]:
-        """Follow committed changes in ``scopes`` from ``start`` ("$" = now, "0" = beginning)."""
+        """Follow committed changes in ``scopes`` from ``start`` ("$" = now, "0" = beginning).
+
+        ``group`` shares the feed across this agent's consumers: it is this agent's group (for
+        these scopes), whatever its name, so no other agent can join it (``group_name``)."""
         for s in scopes or ():
             validate_scope(s)
+        redis_group = None if group is None else group_name(who.agent, group, scopes)
         gate = self.gate
         first = await gate.grant(who, "subscribe", scopes)
         await self.audit.record(_scoped(who, "subscribe", scopes, not first.empty, first.rules))
@@ -247,7 +251,7 @@ class Bus:
             who.tenant,
             admit,
             start=start,
-            group=group,
+            group=redis_group,
             consumer=consumer or who.agent,
         ):
             yield change

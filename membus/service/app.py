@@ -256,7 +256,12 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
         start: Annotated[
             str, Query(alias="from", description="'$' now, '0' beginning, or a position")
         ] = "$",
-        group: Annotated[str | None, Query(description="share the feed across consumers")] = None,
+        group: Annotated[
+            str | None,
+            Query(
+                description="share the feed across this agent's consumers (groups are per agent)"
+            ),
+        ] = None,
         last_event_id: Annotated[str | None, Header(description="resume after this id")] = None,
     ) -> ChangeStream:
         """Follow committed changes as Server-Sent Events; resume with `Last-Event-ID` or
