@@ -4,7 +4,9 @@ Runs offline (no LLM): a two-node support graph. ``learn`` stores what a custome
 namespace ``("team", "support", "customers")`` — the scope ``team/support/customers`` — with the
 customer id as key; ``answer`` searches that namespace by meaning and replies from what it finds.
 Alice's graph learns; a second graph running as bob, with his own store over the same bus,
-answers from what alice's learned: shared memory across agents, with the gate between them.
+answers from what alice's learned: shared memory across agents, with the gate between them. The
+bus is private by default (each agent reaches only its own ``agent/<name>`` scopes), so the
+support team's namespace is shared by a policy line (``SUPPORT_POLICY``).
 """
 
 from __future__ import annotations
@@ -24,10 +26,18 @@ from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 
 import membus
+from membus.access.policy import CasbinGate
+from membus.access.watch import MemorySource
 from membus.integrations.langgraph import MembusStore
 from membus.integrations.port import AgentPort
 
 CUSTOMERS = ("team", "support", "customers")
+# alice and bob share team/support and below; nothing else of theirs is shared
+SUPPORT_POLICY = """
+p, role:support, acme, team/support/*, publish|recall|subscribe|forget
+g, alice, role:support, acme
+g, bob, role:support, acme
+"""
 
 
 class Turn(TypedDict, total=False):
@@ -71,7 +81,8 @@ def build_graph(store: BaseStore) -> Any:
 
 
 async def run_example(path: Path) -> dict[str, Any]:
-    async with membus.open(path) as bus:
+    gate = CasbinGate(MemorySource(SUPPORT_POLICY))
+    async with membus.open(path, gate=gate) as bus:
         alice = build_graph(MembusStore(AgentPort(bus.agent("alice", "acme"))))
         bob_store = MembusStore(AgentPort(bus.agent("bob", "acme")))
         bob = build_graph(bob_store)

@@ -8,6 +8,10 @@ lists the scopes it may read. It also shows that naming another agent in a tool 
 A real host starts the same server as a subprocess over stdio, e.g. in its MCP config::
 
     {"command": "membus", "args": ["mcp", "--agent", "alice", "--tenant", "acme"]}
+
+The bus is private by default (an agent reaches only its own ``agent/<name>`` scopes); this one
+agent writes ``team/ops`` in the open mode (``PolicyConfig(mode="open")``, for demos and
+single-agent use; ``MEMBUS_POLICY_MODE=open`` for the CLI). A team gets a policy instead.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from mcp import Client
 from mcp_types import CallToolResult
 
 import membus
+from membus.core.config import EMBEDDED_WORKER
 from membus.integrations.mcp import CHANGES_URI, build_server
 from membus.integrations.port import AgentPort
 
@@ -39,7 +44,10 @@ async def _tool(client: Client, name: str, **args: Any) -> CallToolResult:
 async def run_example(path: Path) -> dict[str, Any]:
     """Run the walkthrough on a bus under ``path``; returns what each step saw."""
     out: dict[str, Any] = {}
-    async with membus.open(path) as bus:
+    # one agent sharing nothing: the open mode (documented for single-agent use) lets it write
+    # team/ops without a policy; a team of agents would get a policy instead
+    config = membus.MembusConfig(worker=EMBEDDED_WORKER, policy=membus.PolicyConfig(mode="open"))
+    async with membus.open(path, config) as bus:
         server = build_server(AgentPort(bus.agent("alice", "acme")))
         async with Client(server, cache=None) as client:
             out["tools"] = sorted(t.name for t in (await client.list_tools()).tools)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from membus.errors import Conflict, InvalidInput, MembusError, PermissionDenied, Unavailable
 
 if TYPE_CHECKING:
-    from membus.access.gate import Gate, Identity, OpenGate, ReadGrant
+    from membus.access.gate import Gate, Identity, OpenGate, PrivateGate, ReadGrant
     from membus.bus.api import Agent, Bus
     from membus.bus.draft import Draft, Receipt
     from membus.bus.erasure import ErasureReport
@@ -57,6 +57,7 @@ _LAZY = {
     "MembusConfig": "membus.core.config",
     "Memory": "membus.store.port",
     "OpenGate": "membus.access.gate",
+    "PrivateGate": "membus.access.gate",
     "PolicyConfig": "membus.core.config",
     "ReadGrant": "membus.access.gate",
     "RecallFilter": "membus.store.port",
@@ -94,6 +95,7 @@ __all__ = [
     "OpenGate",
     "PermissionDenied",
     "PolicyConfig",
+    "PrivateGate",
     "ReadGrant",
     "RecallFilter",
     "Receipt",

@@ -32,10 +32,14 @@ class PermissionDenied(MembusError):
 
     code = "permission_denied"
 
-    def __init__(self, agent: str, action: str, scope: str, tenant: str = "") -> None:
+    def __init__(
+        self, agent: str, action: str, scope: str, tenant: str = "", hint: str | None = None
+    ) -> None:
         where = f" in tenant {tenant!r}" if tenant else ""
-        super().__init__(f"agent {agent!r} may not {action} scope {scope!r}{where}")
+        how = f": {hint}" if hint else ""  # how to get the right, when the gate can say
+        super().__init__(f"agent {agent!r} may not {action} scope {scope!r}{where}{how}")
         self.agent, self.action, self.scope, self.tenant = agent, action, scope, tenant
+        self.hint = hint
 
 
 class Unavailable(MembusError):

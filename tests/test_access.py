@@ -13,7 +13,7 @@ import membus
 from membus.access.policy import CasbinGate
 from membus.access.watch import MemorySource
 from membus.bus.api import Bus
-from membus.core.config import MembusConfig, RankingConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, RedisConfig, WorkerConfig
 from membus.core.keys import TenantKeys
 from membus.core.redis import redis_client
 from membus.errors import InvalidInput
@@ -31,7 +31,12 @@ IDS = [f"00000000-0000-0000-0000-00000000000{i}" for i in range(3)]
 
 
 def config(url: str, **ranking: float) -> MembusConfig:
-    return MembusConfig(redis=RedisConfig(url=url), worker=FAST, ranking=RankingConfig(**ranking))
+    return MembusConfig(
+        policy=PolicyConfig(mode="open"),
+        redis=RedisConfig(url=url),
+        worker=FAST,
+        ranking=RankingConfig(**ranking),
+    )
 
 
 async def test_bump_read_and_forget_round_trip(redis_url: str) -> None:

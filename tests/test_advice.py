@@ -12,6 +12,7 @@ from typing import cast
 import pytest
 import redis.asyncio as aioredis
 
+from membus.access.gate import OpenGate
 from membus.core.config import ConsolidationConfig, WorkerConfig
 from membus.core.envelope import Event, new_event_id
 from membus.core.keys import TenantKeys
@@ -58,7 +59,14 @@ def writer(redis: aioredis.Redis, store: EdgeStore, model: Scripted | None) -> W
     llm = FallbackConsolidator(model) if model is not None else None
     folding = ConsolidationConfig(near_duplicate=None)
     return Writer(
-        redis, store, HashingEmbedder(), CFG, consumer="w", consolidation=folding, llm=llm
+        redis,
+        store,
+        HashingEmbedder(),
+        CFG,
+        consumer="w",
+        consolidation=folding,
+        llm=llm,
+        gate=OpenGate(),
     )
 
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 import membus
 from membus.access.audit import AuditLog, AuditRecord, audit_key
-from membus.core.config import MembusConfig, RedisConfig
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig
 from membus.core.redis import Redis, redis_client
 from membus.errors import InvalidInput, Unavailable
 from tests.redis_proc import free_port
@@ -208,7 +208,7 @@ async def test_a_published_batch_is_one_record_per_decision_naming_its_events(
 ) -> None:
     """The gate decides once per (action, scope) of a batch; the audit says so once, with the
     ids of every event that decision let in (and a retraction's forget decision apart)."""
-    config = MembusConfig(redis=RedisConfig(url=redis_url))
+    config = MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url))
     async with membus.open(tmp_path, config) as bus:
         alice = bus.agent("alice", "acme")
         scopes = ["t/a", "t/b", "t/a"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import anyio
 import orjson
@@ -11,10 +12,13 @@ import pytest
 from pydantic import ValidationError
 
 import membus
-from membus.core.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.access.policy import CasbinGate
+from membus.access.watch import MemorySource
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
 from membus.core.keys import TenantKeys
 from membus.errors import InvalidInput, Unavailable
 from membus.store.port import point_id
+from membus.stream.feed import Change
 from membus.stream.ops import group_stats
 
 pytestmark = pytest.mark.anyio
@@ -27,7 +31,9 @@ Entries = list[tuple[str, dict[str, str]]]  # what a decode_responses client ret
 
 
 def config(url: str, writers: int = 1) -> MembusConfig:
-    return MembusConfig(redis=RedisConfig(url=url), worker=FAST, writers=writers)
+    return MembusConfig(
+        policy=PolicyConfig(mode="open"), redis=RedisConfig(url=url), worker=FAST, writers=writers
+    )
 
 
 async def test_published_events_become_memories_acked_with_one_change_each(
@@ -149,3 +155,52 @@ async def test_bad_identity_is_invalid_input(
     assert not isinstance(raised, ValidationError), f"pydantic error escaped: {raised}"
     assert isinstance(raised, InvalidInput), f"an invalid identity gave {raised!r}"
     assert raised.problems
+
+
+# -- consumer groups on the change feed belong to their agent -----------------------------------
+
+GROUP_POLICY = "p, alice, acme, team/*, publish|subscribe\n"
+
+
+async def _collect(feed: AsyncIterator[Change], into: list[Change], n: int) -> None:
+    async for change in feed:
+        into.append(change)
+        if len(into) == n:
+            return
+
+
+@pytest.mark.slow
+async def test_an_agent_cannot_join_another_agents_group(redis_url: str, tmp_path: Path) -> None:
+    """Attack: mallory, who may read nothing of the team, subscribes first under alice's group
+    name and waits; alice joins, 20 team changes commit. Before, the group was the tenant's:
+    mallory's consumer took the changes, her grant filtered them out, and she acknowledged them,
+    so alice never got them. A group belongs to the authenticated agent (and its scopes): alice
+    gets all 20, mallory nothing, and no agent can even spell another's group name."""
+    gate = CasbinGate(MemorySource(GROUP_POLICY))
+    async with membus.open(tmp_path, config(redis_url), gate=gate) as bus:
+        alice, mallory = bus.agent("alice", "acme"), bus.agent("mallory", "acme")
+        got: list[Change] = []
+        stolen: list[Change] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_collect, mallory.subscribe(group="team-feed"), stolen, 20)
+            await anyio.sleep(0.3)  # mallory's consumer is first in line
+            tg.start_soon(_collect, alice.subscribe(["team"], group="team-feed"), got, 20)
+            await anyio.sleep(0.3)
+            for i in range(20):
+                await alice.publish(f"team change {i}", "team/ops")
+            with anyio.fail_after(15):
+                while len(got) < 20:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+        assert sorted(c.content or "" for c in got) == sorted(f"team change {i}" for i in range(20))
+        assert stolen == []
+        groups: Any = await bus.redis.xinfo_groups(TenantKeys("acme").changes)
+        names = sorted(g["name"] for g in groups)
+        assert [n.split(":")[:3] for n in names] == [
+            ["sub", "alice", "team-feed"],
+            ["sub", "mallory", "team-feed"],
+        ]
+        # the Redis name of alice's group is not a name mallory can ask for
+        for spelled in (names[0], "alice:team-feed", "../alice"):
+            with pytest.raises(InvalidInput, match="group"):
+                await anext(mallory.subscribe(group=spelled))

@@ -22,11 +22,13 @@ import membus
 from membus.cli.app import app
 from membus.cli.output import unconfigure_logging
 from membus.cli.settings import Settings
-from membus.core.config import EMBEDDED_WORKER, MembusConfig, RedisConfig
+from membus.core.config import EMBEDDED_WORKER, MembusConfig, PolicyConfig, RedisConfig
 from membus.core.keys import TenantKeys, tenants_key
 
 Invoke = Callable[..., Result]
 WHO = ["--agent", "alice", "--tenant", "acme"]
+# these tests share scopes between commands, not permissions: the documented open mode
+OPEN_ENV = {"MEMBUS_POLICY_MODE": "open"}
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +43,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
-def cli(redis_url: str, tmp_path: Path) -> Invoke:
+def cli(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Invoke:
+    """The CLI on the test Redis, in the open mode (these tests share scopes, not permissions)."""
+    for name, value in OPEN_ENV.items():
+        monkeypatch.setenv(name, value)
     runner = CliRunner()
 
     def invoke(*args: str, input: str | None = None) -> Result:
@@ -55,7 +60,12 @@ def drain(redis_url: str, path: Path) -> None:
     """What a running `membus worker` does, in process: commit everything published so far."""
 
     async def go() -> None:
-        config = MembusConfig(redis=RedisConfig(url=redis_url), worker=EMBEDDED_WORKER, writers=1)
+        config = MembusConfig(
+            policy=PolicyConfig(mode="open"),
+            redis=RedisConfig(url=redis_url),
+            worker=EMBEDDED_WORKER,
+            writers=1,
+        )
         async with membus.open(path, config) as bus:
             await bus.drain(timeout_s=20)
 
@@ -198,11 +208,15 @@ def test_worker_process_commits_and_exits_0_on_sigterm(
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("MEMBUS_")},
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("MEMBUS_")}, **OPEN_ENV},
     )
     try:
         assert proc.stderr is not None
-        assert "running" in proc.stderr.readline()  # signal handlers are in place
+        # signal handlers are in place once it says so (a warning may come first: unpinned)
+        lines = [proc.stderr.readline()]
+        while "running" not in lines[-1] and len(lines) < 5:
+            lines.append(proc.stderr.readline())
+        assert "running" in lines[-1], lines
         assert cli("publish", "from outside", "--scope", "s", *WHO).exit_code == 0
         r = redis.Redis.from_url(redis_url, decode_responses=True)
         deadline = time.monotonic() + 15
@@ -236,6 +250,36 @@ def test_env_settings_and_flags_override_env(monkeypatch: pytest.MonkeyPatch) ->
     assert out.exit_code == 2 and "worker.batch_size" in out.stderr
 
 
+def test_policy_mode_is_private_unless_the_open_mode_is_asked_for(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No policy and no mode: private. ``MEMBUS_POLICY_MODE=open`` opens the tenant; the open
+    mode with a policy file is refused (exit 2, naming the setting), never silently one of them;
+    a private CLI refuses a shared scope with the way to grant it."""
+    assert Settings.load().to_config().policy.mode == "private"
+    monkeypatch.setenv("MEMBUS_POLICY_MODE", "OPEN")
+    assert Settings.load().to_config().policy.mode == "open"
+    policy = tmp_path / "p.csv"
+    policy.write_text("p, *, acme, team/*, publish\n")
+    with pytest.raises(membus.InvalidInput, match="mode='open'"):
+        Settings.load(policy_file=policy).to_config()
+    monkeypatch.setenv("MEMBUS_POLICY_MODE", "shared")
+    with pytest.raises(membus.InvalidInput, match="policy_mode"):
+        Settings.load()
+
+
+def test_a_private_cli_refuses_shared_scopes_saying_how(
+    cli: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI without a policy nor the open mode: a shared scope is refused (exit 3) with the
+    policy line and the setting that would allow it; the agent's own scope works."""
+    monkeypatch.delenv("MEMBUS_POLICY_MODE")
+    out = cli("publish", "hello", "--scope", "team/a", *WHO)
+    assert out.exit_code == 3, out.output
+    assert "MEMBUS_POLICY_MODE=open" in out.stderr and "p, alice, acme, team/*" in out.stderr
+    assert cli("publish", "hello", "--scope", "agent/alice", *WHO).exit_code == 0
+
+
 @pytest.mark.slow
 def test_tail_follows_and_ctrl_c_exits_0(cli: Invoke, redis_url: str, tmp_path: Path) -> None:
     assert cli("publish", "first", "--scope", "s", *WHO).exit_code == 0
@@ -245,7 +289,7 @@ def test_tail_follows_and_ctrl_c_exits_0(cli: Invoke, redis_url: str, tmp_path: 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("MEMBUS_")},
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("MEMBUS_")}, **OPEN_ENV},
     )
     try:
         assert proc.stdout is not None

@@ -171,7 +171,17 @@ def test_policy_check_prints_decision_and_rule_and_exits_3_on_deny(cli: Invoke) 
     assert _json(cli("audit", "--tenant", "acme", "--json")) == []
 
 
-def test_policy_check_without_a_policy_reports_the_open_gate(redis_url: str) -> None:
+def test_policy_check_without_a_policy_reports_the_private_default(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No policy: only the agent's own agent/<self> is allowed, a refusal says how to grant
+    (exit 3); MEMBUS_POLICY_MODE=open reports the open gate."""
+    own = ["--redis-url", redis_url, "policy", "check", *ALICE, "--action", "recall"]
+    out = CliRunner().invoke(app, [*own, "--scope", "agent/alice/notes"])
+    assert out.exit_code == 0 and out.stdout.startswith("allow  private default")
+    out = CliRunner().invoke(app, [*own, "--scope", "agent/alice2"])
+    assert out.exit_code == 3 and "MEMBUS_POLICY_MODE=open" in out.stdout
+    monkeypatch.setenv("MEMBUS_POLICY_MODE", "open")
     args = [
         "--redis-url",
         redis_url,

@@ -19,7 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 import membus
 from membus.access.watch import PolicyWatcher
 from membus.bus.erasure import tombstoned
-from membus.core.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
 from membus.core.keys import TenantKeys
 from membus.core.redis import is_cluster, redis_client
 from membus.stream import dlq
@@ -44,7 +44,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess
 
 
 def config(cluster: ClusterProcess) -> MembusConfig:
-    return MembusConfig(redis=RedisConfig(url=cluster.url, cluster=True), worker=FAST, writers=2)
+    return MembusConfig(
+        policy=PolicyConfig(mode="open"),
+        redis=RedisConfig(url=cluster.url, cluster=True),
+        worker=FAST,
+        writers=2,
+    )
 
 
 def test_cluster_needs_a_url() -> None:

@@ -19,9 +19,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import membus
+from membus.access.gate import OpenGate
 from membus.access.policy import CasbinGate
 from membus.access.watch import MemorySource
-from membus.core.config import ConsolidationConfig, MembusConfig, RedisConfig, WorkerConfig
+from membus.core.config import (
+    ConsolidationConfig,
+    MembusConfig,
+    PolicyConfig,
+    RedisConfig,
+    WorkerConfig,
+)
 from membus.core.envelope import Event, new_event_id
 from membus.core.keys import TenantKeys
 from membus.embed.hashing import HashingEmbedder
@@ -44,7 +51,9 @@ Entries = list[tuple[str, dict[str, str]]]
 
 
 def config(url: str, writers: int = 1) -> MembusConfig:
-    return MembusConfig(redis=RedisConfig(url=url), worker=FAST, writers=writers)
+    return MembusConfig(
+        policy=PolicyConfig(mode="open"), redis=RedisConfig(url=url), worker=FAST, writers=writers
+    )
 
 
 async def changes(bus: membus.Bus, tenant: str) -> list[Change]:
@@ -227,7 +236,10 @@ async def deliver(
     order = entries + rng.sample(entries, len(entries) // 3)
     rng.shuffle(order)
     cfg = FAST.model_copy(update={"verify_signatures": False})
-    crew = [Writer(redis, store, HashingEmbedder(), cfg, consumer=f"w{i}") for i in range(writers)]
+    crew = [
+        Writer(redis, store, HashingEmbedder(), cfg, gate=OpenGate(), consumer=f"w{i}")
+        for i in range(writers)
+    ]
 
     async def work(i: int) -> None:
         mine = order[i::writers]
@@ -392,7 +404,9 @@ async def test_expired_memories_are_hidden_then_swept_out(redis_url: str, tmp_pa
             "the runbook lives in the wiki"
         ]
         assert await bus.store.count("acme") == 2  # hidden, not yet deleted
-        writer = Writer(bus.redis, bus.store, bus.embedder, FAST, consolidation=folding)
+        writer = Writer(
+            bus.redis, bus.store, bus.embedder, FAST, consolidation=folding, gate=OpenGate()
+        )
         # the bus's own maintenance loop may get there first (it sweeps every 2 s): either way
         await expiry.sweep(writer.consolidator, "acme")
         assert await bus.store.count("acme") == 1

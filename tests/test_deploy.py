@@ -30,6 +30,7 @@ import yaml  # type: ignore[import-untyped]
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import membus
+from membus.access.gate import OpenGate
 from membus.access.policy import CasbinGate
 from membus.access.signing import KeyRecord, SigningKey, keys_key, signed_fields, writer_keys
 from membus.cli.settings import Settings
@@ -285,7 +286,10 @@ async def test_no_shipped_credential_can_forge_an_event_or_replace_a_key(
     and after the tampering, are the only memories."""
     api_url = acl_redis.user_url("api", PASSWORDS["REDIS_API_PASSWORD"])
     worker_url = acl_redis.user_url("worker", PASSWORDS["REDIS_WORKER_PASSWORD"])
-    config = MembusConfig(redis=RedisConfig(url=api_url), worker=FAST, writers=0)
+    # the open mode: this test is about signatures, not grants (carol writes a shared scope)
+    config = MembusConfig(
+        redis=RedisConfig(url=api_url), worker=FAST, writers=0, policy=PolicyConfig(mode="open")
+    )
     worker_redis = redis_client(worker_url)
     attacker = Ed25519PrivateKey.generate()
     registry, events = keys_key("acme"), TenantKeys("acme").events
@@ -302,6 +306,7 @@ async def test_no_shipped_credential_can_forge_an_event_or_replace_a_key(
                 bus.embedder,
                 FAST,
                 consumer="w1",
+                gate=OpenGate(),
                 keys=writer_keys(worker_redis, pinned),
             )
             tg.start_soon(writer.run, stop)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from membus.access.gate import OpenGate
 from membus.core.config import WorkerConfig
 from membus.core.keys import TenantKeys, tenants_key
 from membus.embed.hashing import HashingEmbedder
@@ -34,7 +35,7 @@ async def writer(redis: aioredis.Redis, tmp_path: Path) -> AsyncIterator[Writer]
     embedder = HashingEmbedder(64)
     store = EdgeStore(tmp_path / "store")
     await store.open(StoreMeta(embedder=embedder.name, dim=embedder.dim))
-    yield Writer(redis, store, embedder, WorkerConfig(block_ms=10), consumer="w1")
+    yield Writer(redis, store, embedder, WorkerConfig(block_ms=10), gate=OpenGate(), consumer="w1")
     await store.close()
 
 

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import membus
-from membus.core.config import MembusConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, WorkerConfig
 from membus.errors import Conflict
 from membus.runtime.embedded import socket_path
 from membus.store.port import point_id
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.anyio
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = WorkerConfig(min_idle_ms=200, reclaim_every_s=0.2, max_deliveries=2, block_ms=50)
-NO_WRITERS = MembusConfig(writers=0, worker=FAST)
-WRITERS = MembusConfig(worker=FAST)
+NO_WRITERS = MembusConfig(policy=PolicyConfig(mode="open"), writers=0, worker=FAST)
+WRITERS = MembusConfig(policy=PolicyConfig(mode="open"), worker=FAST)
 
 
 @pytest.mark.slow
@@ -82,8 +82,9 @@ async def test_long_paths_fall_back_to_a_short_socket(tmp_path: Path) -> None:
 _HOST = """
 import sys, time
 import membus
-from membus.core.config import MembusConfig
-with membus.open_sync(sys.argv[1], MembusConfig(writers=0)) as bus:
+from membus.core.config import MembusConfig, PolicyConfig
+config = MembusConfig(policy=PolicyConfig(mode="open"), writers=0)
+with membus.open_sync(sys.argv[1], config) as bus:
     agent = bus.agent("alice", "acme")
     for i in range(int(sys.argv[2])):
         agent.publish(f"before the crash {i}", scope="team")
@@ -132,6 +133,6 @@ async def test_embedded_redis_outlives_retired_worker_threads(tmp_path: Path) ->
         await asyncio.gather(*[anyio.to_thread.run_sync(time.sleep, 0.05) for _ in range(4)])
         await anyio.sleep(11)
         await anyio.to_thread.run_sync(time.sleep, 0.01)
-        await agent.publish("still here", scope="team/x")
+        await agent.publish("still here", scope="agent/a")
         await bus.drain(timeout_s=10)
         assert [h.memory.content for h in await agent.recall("still here")] == ["still here"]

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import membus
-from membus.core.config import MembusConfig, RedisConfig
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig
 from membus.embed.hashing import HashingEmbedder
 from membus.errors import Conflict
 from membus.store.edge import EdgeStore
@@ -131,7 +131,9 @@ async def test_store_refuses_another_embedder_and_stays_openable(
 
 @pytest.mark.anyio
 async def test_bus_refuses_to_reopen_with_another_embedder(redis_url: str, tmp_path: Path) -> None:
-    cfg = MembusConfig(redis=RedisConfig(url=redis_url), writers=0)
+    cfg = MembusConfig(
+        policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url), writers=0
+    )
     async with membus.open(tmp_path, cfg, embedder=HashingEmbedder(384)):
         pass
     with pytest.raises(Conflict):

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import membus
-from membus.core.config import MembusConfig, RedisConfig
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig
 from membus.core.envelope import (
     MAX_CONTENT_BYTES,
     MAX_FUTURE_SKEW_S,
@@ -310,7 +310,7 @@ def test_content_size_limit_counts_utf8_bytes() -> None:
 
 
 def bus_config(url: str) -> MembusConfig:
-    return MembusConfig(redis=RedisConfig(url=url), writers=0)
+    return MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=url), writers=0)
 
 
 BAD_PUBLISH: list[tuple[dict[str, Any], str]] = [
@@ -465,7 +465,7 @@ async def test_past_dates_stay_usable_for_backfill(redis_url: str, tmp_path: Pat
     """Backfill is a real use (eval locomo publishes sessions dated 2023; imports restore old
     versions): a created_at years in the past is accepted as given, and the versions of a key
     are ordered by it, so the later of two backfilled values is current."""
-    config = MembusConfig(redis=RedisConfig(url=redis_url))
+    config = MembusConfig(redis=RedisConfig(url=redis_url), policy=PolicyConfig(mode="open"))
     async with membus.open(tmp_path, config) as bus:
         agent = bus.agent("tester", "acme")
         may, june = datetime(2023, 5, 8, 13, 56, tzinfo=UTC), datetime(2023, 6, 1, tzinfo=UTC)

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 import membus
+from membus.access.gate import OpenGate
 from membus.access.signing import KeyRegistry
 from membus.bus.api import Bus
 from membus.bus.erasure import (
@@ -23,7 +24,7 @@ from membus.bus.erasure import (
     is_tombstoned,
     tombstoned,
 )
-from membus.core.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
 from membus.core.envelope import Event, new_event_id
 from membus.core.keys import TenantKeys, tenants_key
 from membus.core.redis import Redis, redis_client
@@ -46,7 +47,9 @@ FAST = WorkerConfig(
 
 
 def config(url: str, writers: int) -> MembusConfig:
-    return MembusConfig(redis=RedisConfig(url=url), worker=FAST, writers=writers)
+    return MembusConfig(
+        policy=PolicyConfig(mode="open"), redis=RedisConfig(url=url), worker=FAST, writers=writers
+    )
 
 
 @dataclass
@@ -289,7 +292,14 @@ async def test_a_writer_mid_commit_cannot_bring_an_erased_memory_back(
     store = EdgeStore(tmp_path / "store")
     await store.open(StoreMeta(embedder=embedder.name, dim=embedder.dim))
     paused = PausingStore(store)
-    writer = Writer(redis, cast(Store, paused), embedder, WorkerConfig(block_ms=10), consumer="w1")
+    writer = Writer(
+        redis,
+        cast(Store, paused),
+        embedder,
+        WorkerConfig(block_ms=10),
+        gate=OpenGate(),
+        consumer="w1",
+    )
     upserted, go = anyio.Event(), anyio.Event()
 
     async def pause() -> None:

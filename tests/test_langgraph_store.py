@@ -15,7 +15,7 @@ import membus
 from membus.access.gate import Gate
 from membus.access.policy import CasbinGate
 from membus.access.watch import MemorySource
-from membus.core.config import MembusConfig, RedisConfig
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig
 from membus.errors import InvalidInput, PermissionDenied
 from membus.integrations.port import AgentPort
 
@@ -34,7 +34,7 @@ SUPPORT = ("team", "support")
 async def opened(
     tmp_path: Path, redis_url: str, *, gate: Gate | None = None, **kw: Any
 ) -> AsyncIterator[tuple[membus.Bus, MembusStore]]:
-    cfg = MembusConfig(redis=RedisConfig(url=redis_url))
+    cfg = MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url))
     async with membus.open(tmp_path / "bus", cfg, gate=gate) as bus:
         yield bus, MembusStore(AgentPort(bus.agent("alice", "acme")), **kw)
 
@@ -182,6 +182,38 @@ async def test_the_gate_applies(tmp_path: Path, redis_url: str) -> None:
         assert await store.alist_namespaces() == [SUPPORT]
         with pytest.raises(PermissionDenied):
             await store.adelete(SUPPORT, "k")  # no forget permission
+
+
+@pytest.mark.slow
+async def test_without_a_policy_namespaces_of_other_agents_are_private(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Attack, no policy configured (the default): bob's graph reads, searches, lists and
+    overwrites alice's namespace ``("agent", "alice", "notes")``. Reads find nothing, a direct
+    read or a write is refused; alice's own graph keeps full use of it (per-user isolation out
+    of the box, as a Mem0 user expects)."""
+    notes = ("agent", "alice", "notes")
+    cfg = MembusConfig(redis=RedisConfig(url=redis_url))
+    async with membus.open(tmp_path / "bus", cfg) as bus:
+        alice = MembusStore(AgentPort(bus.agent("alice", "acme")))
+        bob = MembusStore(AgentPort(bus.agent("bob", "acme")))
+        await alice.aput(notes, "pref", {"text": "customer c-7 prefers e-mail"})
+        item = await alice.aget(notes, "pref")
+        assert item is not None and item.value == {"text": "customer c-7 prefers e-mail"}
+        await bus.drain(10)
+        assert await bob.asearch((), query="customer prefers e-mail") == []
+        assert notes not in await bob.alist_namespaces()
+        for attempt in (
+            bob.aget(notes, "pref"),
+            bob.asearch(notes, query="customer prefers e-mail"),
+            bob.asearch(("agent", "alice")),
+            bob.aput(notes, "pref", {"text": "overwritten by bob"}),
+            bob.adelete(notes, "pref"),
+        ):
+            with pytest.raises(PermissionDenied):
+                await attempt
+        assert [i.key for i in await alice.asearch(notes)] == ["pref"]
+        assert await alice.alist_namespaces() == [notes]
 
 
 @pytest.mark.slow

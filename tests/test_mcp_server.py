@@ -17,7 +17,7 @@ import membus
 from membus.access.gate import Gate
 from membus.access.policy import CasbinGate
 from membus.access.watch import MemorySource
-from membus.core.config import MembusConfig, RedisConfig
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig
 from membus.integrations.port import AgentPort
 
 mcp = pytest.importorskip("mcp")
@@ -36,7 +36,7 @@ TENANT = "acme"
 async def connected(
     tmp_path: Path, redis_url: str, *, gate: Gate | None = None, mode: str = "auto", **kw: Any
 ) -> AsyncIterator[tuple[membus.Bus, Client]]:
-    cfg = MembusConfig(redis=RedisConfig(url=redis_url))
+    cfg = MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url))
     async with membus.open(tmp_path / "bus", cfg, gate=gate) as bus:
         server = build_server(AgentPort(bus.agent("alice", TENANT)))
         async with Client(server, mode=mode, cache=None, **kw) as client:
@@ -246,7 +246,7 @@ async def test_over_the_service_client(tmp_path: Path, redis_url: str) -> None:
     from membus.service.client import Client as HttpClient
 
     key = "mcp-key-0123456789abcdef"
-    cfg = MembusConfig(redis=RedisConfig(url=redis_url))
+    cfg = MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url))
     async with membus.open(tmp_path / "bus", cfg) as bus:
         app = create_app(bus, ApiKeys.from_keys({key: ("acme", "carol")}))
         transport = httpx.ASGITransport(app=app)
@@ -278,7 +278,7 @@ async def test_api_key_binds_the_identity(tmp_path: Path, redis_url: str) -> Non
     keys.write_bytes(
         orjson.dumps({"keys": [{"sha256": hash_key(key), "agent": "dana", "tenant": "acme"}]})
     )
-    cfg = MembusConfig(redis=RedisConfig(url=redis_url))
+    cfg = MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url))
     async with open_port(cfg, key, path=tmp_path / "bus", api_keys_file=keys) as port:
         who = await port.whoami()
         assert (who.agent, who.tenant) == ("dana", "acme")

@@ -326,14 +326,15 @@ async def refuses_confusing(bus: Bus, gate: CasbinGate, tenant: str, bad: str) -
             bus.agent("a", tenant_name)
 
 
-async def delivered(who: Agent, wanted: set[str]) -> set[str] | None:
+async def delivered(who: Agent, wanted: set[str], group: str | None = None) -> set[str] | None:
     """Memory ids the change feed delivers from the beginning; None if the subscribe is refused.
+    ``group``: as a consumer of that group (every agent of the example asks for the same name).
 
     Everything is committed before we subscribe, so the wanted set arrives in the first read;
     we then keep listening a grace period so a leak further down the same read shows up too.
     """
     got: set[str] = set()
-    feed = who.subscribe(None, start="0")
+    feed = who.subscribe(None, start="0", group=group)
     try:
         with anyio.CancelScope(deadline=anyio.current_time() + 5.0) as scope:
             if not wanted:
@@ -415,27 +416,40 @@ async def run_example(bus: Bus, w: World, n: int) -> list[str]:
     assert got_o == decoys
 
     wanted = {a: {i for i, m in stored.items() if w.readable(a, "subscribe", m)} for a in AGENTS}
-    feeds: dict[str, set[str] | None] = {}
-
-    async def follow(agent: str) -> None:
-        feeds[agent] = await delivered(bus.agent(agent, tenant), wanted[agent])
-
-    async with anyio.create_task_group() as tg:
-        for agent in AGENTS:
-            tg.start_soon(follow, agent)
-    for agent in AGENTS:
-        got_f = feeds[agent]
-        if got_f is None:  # refused outright: only fine if nothing was readable
-            assert not wanted[agent], {"agent": agent, "refused but may read": wanted[agent]}
-            seen.append("subscribe refused")
-            continue
-        seen.append("feed delivers some" if wanted[agent] else "")
-        assert got_f == wanted[agent], {
-            "agent": agent,
-            "leaked": [stored.get(i, "other tenant") for i in got_f - wanted[agent]],
-            "unreachable": [stored[i] for i in wanted[agent] - got_f],
-        }
+    seen += await feeds_match(bus, tenant, wanted, stored)
     return sorted({s for s in seen if s})
+
+
+async def feeds_match(
+    bus: Bus, tenant: str, wanted: dict[str, set[str]], stored: dict[str, Mem]
+) -> list[str]:
+    """Every agent's change feed delivers exactly ``wanted[agent]``: alone, then with every
+    agent joining a group of the same name at once (a group is its agent's: nobody takes, nor
+    acknowledges, another agent's deliveries)."""
+    seen: list[str] = []
+    for group in (None, "shared-name"):
+        feeds: dict[str, set[str] | None] = {}
+
+        async def follow(agent: str, group: str | None, into: dict[str, set[str] | None]) -> None:
+            into[agent] = await delivered(bus.agent(agent, tenant), wanted[agent], group)
+
+        async with anyio.create_task_group() as tg:
+            for agent in wanted:
+                tg.start_soon(follow, agent, group, feeds)
+        for agent, want in wanted.items():
+            got_f = feeds[agent]
+            if got_f is None:  # refused outright: only fine if nothing was readable
+                assert not want, {"agent": agent, "refused but may read": want}
+                seen.append("subscribe refused")
+                continue
+            seen.append(("group feed" if group else "feed") + " delivers some" if want else "")
+            assert got_f == want, {
+                "agent": agent,
+                "group": group,
+                "leaked": [stored.get(i, "other tenant") for i in got_f - want],
+                "unreachable": [stored[i] for i in want - got_f],
+            }
+    return seen
 
 
 async def run_guarded(bus: Bus, w: World, n: int) -> list[str]:
@@ -492,3 +506,115 @@ def test_recall_and_subscribe_deliver_exactly_what_the_policy_permits(
 
         check()
     print("exercised (examples):", dict(exercised))  # shown with -s
+
+
+# -- no policy: private by default ---------------------------------------------------------------
+
+# names that prefix one another, so a matcher comparing strings instead of segments leaks
+PRIVATE_AGENTS = ["al", "alice", "alice-2", "b"]
+own_scopes = st.builds(
+    lambda name, rest: "/".join(["agent", name, *rest]),
+    st.sampled_from([*PRIVATE_AGENTS, "alice2", "alic"]),
+    st.lists(st.sampled_from(INNER), max_size=2),
+)
+any_scopes = st.one_of(own_scopes, plain_scopes)
+
+
+def own(agent: str, scope: str) -> bool:
+    """The reference for the no-policy default: ``agent/<self>`` and below, by whole segments."""
+    return under(scope, f"agent/{agent}")
+
+
+@st.composite
+def private_worlds(draw: st.DrawFn) -> tuple[list[Mem], list[str]]:
+    mems = st.builds(
+        Mem,
+        author=st.sampled_from(PRIVATE_AGENTS),
+        scope=any_scopes,
+        label=st.sampled_from(LABELS),
+    )
+    n = len(PRIVATE_AGENTS)
+    asked = draw(st.lists(st.one_of(any_scopes, st.just("agent")), min_size=n, max_size=n))
+    return draw(st.lists(mems, min_size=1, max_size=8)), asked
+
+
+async def run_private(bus: Bus, memories: list[Mem], asked: list[str], n: int) -> list[str]:
+    """One example on a bus without a policy: the doors, the writers, recall (stored and
+    working), the feed alone and in groups all hold each agent to its own ``agent/<self>``."""
+    seen: list[str] = []
+    tenant = f"pp{n}"
+    events = TenantKeys(tenant).events
+    stored: dict[str, Mem] = {}
+    for i, m in enumerate(memories):
+        author = bus.agent(m.author, tenant)
+        content = f"{QUERY} {i} by {m.author} in {m.scope}"
+        if own(m.author, m.scope):
+            r = await author.publish(content, m.scope, label=m.label)
+            stored[point_id(tenant, r.event_id)] = m
+            continue
+        before = await bus.redis.xlen(events)
+        with pytest.raises(PermissionDenied, match="MEMBUS_POLICY_MODE=open") as denied:
+            await author.publish(content, m.scope, label=m.label)
+        assert "policies/README.md" in str(denied.value)
+        assert await bus.redis.xlen(events) == before
+        seen.append("publish refused" + (" (agent/...)" if m.scope.startswith("agent/") else ""))
+    for agent in PRIVATE_AGENTS:  # uncommitted or stored, never another agent's
+        hits = await bus.agent(agent, tenant).recall(QUERY, k=MAX_K, working=True)
+        assert all(own(agent, h.memory.scope) for h in hits), [h.memory.scope for h in hits]
+    await bus.drain(timeout_s=30)
+    assert await bus.redis.xlen(TenantKeys(tenant).dlq) == 0  # writers agree with the doors
+    wanted = {a: {i for i, m in stored.items() if own(a, m.scope)} for a in PRIVATE_AGENTS}
+    for agent, ask in zip(PRIVATE_AGENTS, asked, strict=True):
+        who = bus.agent(agent, tenant)
+        got = {h.memory.id for h in await who.recall(QUERY, k=MAX_K)}
+        assert got == wanted[agent], {
+            "agent": agent,
+            "leaked": [stored[i] for i in got - wanted[agent]],
+        }
+        want_n = {i for i in wanted[agent] if under(stored[i].scope, ask)}
+        try:
+            got_n = {h.memory.id for h in await who.recall(QUERY, k=MAX_K, scopes=[ask])}
+        except PermissionDenied:
+            got_n = set()
+            seen.append("narrowed recall refused")
+        assert got_n == want_n, {"agent": agent, "asked": ask, "leaked": got_n - want_n}
+        assert not (await bus.gate.decision(who.identity, "admin", f"agent/{agent}")).allowed
+    seen += await feeds_match(bus, tenant, wanted, stored)
+    return sorted({s for s in seen if s})
+
+
+@pytest.mark.slow
+def test_without_a_policy_each_agent_reaches_only_its_own_scopes(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """No policy configured (the default): every door refuses what is outside the caller's own
+    ``agent/<self>`` subtree, with an error that says how to grant it; recall, working memory
+    and the feed (alone or in same-named groups) deliver exactly the caller's own memories,
+    whatever their label, never those of an agent whose name extends or prefixes its own."""
+    counter = itertools.count()
+    exercised: Counter[str] = Counter()
+    folding = ConsolidationConfig(near_duplicate=None)
+    cfg = MembusConfig(redis=RedisConfig(url=redis_url), worker=FAST, consolidation=folding)
+    with (
+        start_blocking_portal(backend="asyncio") as portal,
+        portal.wrap_async_context_manager(membus.open(tmp_path / "bus", cfg)) as bus,
+    ):
+
+        @settings(
+            max_examples=15,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
+        @given(world=private_worlds())
+        def check(world: tuple[list[Mem], list[str]]) -> None:
+            exercised.update(portal.call(private_guarded, bus, *world, next(counter)))
+
+        check()
+    print("exercised (examples):", dict(exercised))  # shown with -s
+
+
+async def private_guarded(bus: Bus, memories: list[Mem], asked: list[str], n: int) -> list[str]:
+    try:  # see run_guarded
+        return await run_private(bus, memories, asked, n)
+    except pytest.fail.Exception as exc:
+        raise AssertionError(str(exc)) from None

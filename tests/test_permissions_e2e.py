@@ -652,3 +652,48 @@ async def test_a_current_version_tells_a_reader_nothing_of_a_hidden_earlier_one(
             async for change in curator.subscribe(["team/x"], start="0"):
                 seen.append(change.model_dump_json())
         assert seen and not any(HIDDEN in c or "gold" in c for c in seen)
+
+
+# -- no policy: private by default ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_without_a_policy_an_agents_own_scopes_are_private(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Attack, with no policy configured: bob (and agents whose names prefix or extend alice's)
+    try every door on alice's ``agent/alice/...`` scopes, and anyone tries a shared scope. Each
+    refusal is ``PermissionDenied`` saying how to grant (a policy line, or the open mode); alice
+    keeps every right in her own subtree; only an explicit open mode lets bob read her notes."""
+    private = MembusConfig(redis=RedisConfig(url=redis_url), worker=FAST)
+    async with membus.open(tmp_path / "bus", private) as bus:
+        alice, bob = bus.agent("alice", "acme"), bus.agent("bob", "acme")
+        await alice.publish("alice: the customer prefers e-mail", "agent/alice/notes")
+        await alice.publish("alice: restricted note", "agent/alice", label="restricted")
+        await bus.drain(timeout_s=10)
+        q = "customer prefers note"
+        assert len(await alice.recall(q, k=10)) == 2  # every label: nobody else reads them
+        assert len(await alice.recall(q, k=10, scopes=["agent/alice/notes"])) == 1
+        assert await bob.recall(q, k=10) == []
+        assert await bob.recall(q, k=10, working=True) == []
+        for name in ("bob", "al", "alic", "alice-2", "alice2"):
+            who = bus.agent(name, "acme")
+            for call in (
+                who.publish("bob writes into alice", "agent/alice/notes"),
+                who.recall(q, scopes=["agent/alice/notes"]),
+                who.recall(q, scopes=["agent/alice"], working=True),
+                anext(who.subscribe(["agent/alice"])),
+                who.forget(scope="agent/alice"),
+            ):
+                with pytest.raises(PermissionDenied, match="MEMBUS_POLICY_MODE=open"):
+                    await call
+        assert (await bob.forget(agent="alice")).memories == 0  # within his own scope: nothing
+        for scope in ("team/support", "agent", "org"):
+            with pytest.raises(PermissionDenied) as denied:
+                await alice.publish("shared", scope)
+            msg = str(denied.value)
+            assert "p, alice, acme, team/*, publish" in msg and "policies/README.md" in msg
+        assert len(await alice.recall(q, k=10)) == 2  # and alice's rights are intact
+    opened = MembusConfig(redis=RedisConfig(url=redis_url), policy=PolicyConfig(mode="open"))
+    async with membus.open(tmp_path / "bus", opened) as bus:
+        assert len(await bus.agent("bob", "acme").recall(q, k=10)) == 2

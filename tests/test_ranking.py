@@ -16,7 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 import membus
-from membus.core.config import MembusConfig, RankingConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, RedisConfig, WorkerConfig
 from membus.recall import ranking
 from membus.recall.heat import Access
 from membus.store.port import Hit, Memory
@@ -202,7 +202,12 @@ async def test_recall_reranks_by_importance_and_reports_the_final_score(
     set the engine scored (a hybrid engine's fused scores depend on where each hit ranked, so
     a weight strong enough to overturn one rank is used here)."""
     strong = RankingConfig(recency_weight=0, importance_weight=0.6)
-    cfg = MembusConfig(redis=RedisConfig(url=redis_url), worker=FAST, ranking=strong)
+    cfg = MembusConfig(
+        policy=PolicyConfig(mode="open"),
+        redis=RedisConfig(url=redis_url),
+        worker=FAST,
+        ranking=strong,
+    )
     async with membus.open(tmp_path, cfg) as bus:
         alice = bus.agent("alice", "acme")
         text = "the release train leaves on thursdays"
@@ -228,6 +233,7 @@ async def test_recency_is_measured_from_as_of(redis_url: str, tmp_path: Path) ->
     """Recall as of a past time ranks what was recent then: the memory observed just before
     as_of beats an equally similar one observed a year earlier."""
     cfg = MembusConfig(
+        policy=PolicyConfig(mode="open"),
         redis=RedisConfig(url=redis_url),
         worker=FAST,
         ranking=RankingConfig(recency_weight=0.8, importance_weight=0, recency_half_life_s=86400),

@@ -135,14 +135,14 @@ async def test_bus_recalls_by_paraphrase(tmp_path: Path, minilm: Any) -> None:
     async with membus.open(tmp_path / "bus", embedder=minilm) as bus:
         agent = bus.agent("billing-bot", tenant="acme")
         target = await agent.publish(
-            "The customer's card payment bounced twice this month.", scope="team/billing"
+            "The customer's card payment bounced twice this month.", scope="agent/billing-bot"
         )
         for distractor in (
             "The office coffee machine is broken again.",
             "Quarterly roadmap review moved to Thursday afternoon.",
             "Kubernetes nodes were upgraded to the new kernel overnight.",
         ):
-            await agent.publish(distractor, scope="team/billing")
+            await agent.publish(distractor, scope="agent/billing-bot")
         await bus.drain(timeout_s=30)
         hits = await agent.recall("client's charge got declined repeatedly", k=2)
     assert hits, "nothing recalled"

@@ -22,11 +22,12 @@ from membus.access.gate import Gate
 from membus.access.policy import CasbinGate
 from membus.access.watch import MemorySource
 from membus.bus.api import Bus
-from membus.core.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
 from membus.core.keys import TenantKeys
 from membus.service.app import create_app
 from membus.service.auth import ApiKeys, hash_key, new_key
 from membus.service.limits import Limits
+from membus.service.wire import error_from_body
 from tests.redis_proc import free_port
 
 pytestmark = pytest.mark.anyio
@@ -50,7 +51,12 @@ def auth(key: str) -> dict[str, str]:
 async def opened(
     tmp_path: Path, redis_url: str, *, writers: int = 1, gate: Gate | None = None
 ) -> AsyncIterator[Bus]:
-    cfg = MembusConfig(redis=RedisConfig(url=redis_url), worker=FAST, writers=writers)
+    cfg = MembusConfig(
+        policy=PolicyConfig(mode="open"),
+        redis=RedisConfig(url=redis_url),
+        worker=FAST,
+        writers=writers,
+    )
     async with membus.open(tmp_path, cfg, gate=gate) as bus:
         yield bus
 
@@ -504,3 +510,65 @@ async def test_recall_options_and_access_over_http(tmp_path: Path, redis_url: st
         assert "/v1/access" in spec["paths"]
         recall_body = spec["components"]["schemas"]["RecallRequest"]["properties"]
         assert {"as_of", "working"} <= set(recall_body)
+
+
+@pytest.mark.slow
+async def test_a_group_over_http_belongs_to_the_keys_agent(tmp_path: Path, redis_url: str) -> None:
+    """Attack over HTTP: bob's key, with no grant on the team, opens ``?group=feed`` first and
+    waits; alice opens the same ``?group=feed``; 20 team changes commit. Bob's stream joins bob's
+    own group, so it can neither take nor acknowledge alice's deliveries: alice gets all 20. A
+    group name spelling another agent's group is refused with 400."""
+    gate = CasbinGate(MemorySource("p, alice, acme, team/*, publish|subscribe\n"))
+    async with opened(tmp_path, redis_url, gate=gate) as bus:
+        app = create_app(bus, KEYS, Limits(sse_keepalive_s=0.2))
+        async with running(app) as url, httpx.AsyncClient(base_url=url) as h:
+            params = {"group": "feed"}
+            async with h.stream("GET", "/v1/changes", params=params, headers=auth(BOB)) as b:
+                assert b.status_code == 200
+                await anyio.sleep(0.3)  # bob's consumer is first in line
+                team = {**params, "scopes": "team"}
+                async with h.stream("GET", "/v1/changes", params=team, headers=auth(ALICE)) as a:
+                    await anyio.sleep(0.3)
+                    alice = bus.agent("alice", "acme")
+                    for i in range(20):
+                        await alice.publish(f"team change {i}", "team/ops")
+                    events = await read_events(a, 20)
+            got = [membus.Change.model_validate_json(d) for e, _, d in events if e == "change"]
+            assert sorted(c.content or "" for c in got) == sorted(
+                f"team change {i}" for i in range(20)
+            )
+            groups: Any = await bus.redis.xinfo_groups(TenantKeys("acme").changes)
+            assert sorted(g["name"].split(":")[1] for g in groups) == ["alice", "bob"]
+            r = await h.get("/v1/changes", params={"group": "alice:feed"}, headers=auth(BOB))
+            assert r.status_code == 400 and "group" in error(r)["message"]
+
+
+async def test_without_a_policy_http_refusals_say_how_to_grant(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """No policy (the default): alice's key may not publish into a shared scope nor read bob's
+    private one; the 403 names the way to grant it, and the client's typed error keeps it."""
+    cfg = MembusConfig(redis=RedisConfig(url=redis_url), worker=FAST, writers=0)
+    async with membus.open(tmp_path, cfg) as bus:
+        app = create_app(bus, KEYS)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://membus") as http:
+            r = await http.post(
+                "/v1/publish", json={"content": "x", "scope": "team/a"}, headers=auth(ALICE)
+            )
+            assert r.status_code == 403
+            body = error(r)
+            assert "p, alice, acme, team/*, publish" in body["hint"]
+            assert "MEMBUS_POLICY_MODE=open" in body["message"]
+            rebuilt = error_from_body(403, r.json())
+            assert isinstance(rebuilt, membus.PermissionDenied) and rebuilt.hint == body["hint"]
+            r = await http.post(
+                "/v1/recall",
+                json={"query": "x", "scopes": ["agent/bob"]},
+                headers=auth(ALICE),
+            )
+            assert r.status_code == 403 and "policies/README.md" in error(r)["hint"]
+            r = await http.post(
+                "/v1/publish", json={"content": "x", "scope": "agent/alice"}, headers=auth(ALICE)
+            )
+            assert r.status_code == 201

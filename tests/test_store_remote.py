@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 import membus
-from membus.core.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
 from membus.errors import Conflict, InvalidInput, Unavailable
 from membus.store.edge import EdgeStore
 from membus.store.port import Hit
@@ -104,7 +104,13 @@ def _writer_processes() -> list[int]:
 
 
 def _config(url: str) -> MembusConfig:
-    return MembusConfig(redis=RedisConfig(url=url), worker=FAST, writers=2, writer_processes=1)
+    return MembusConfig(
+        policy=PolicyConfig(mode="open"),
+        redis=RedisConfig(url=url),
+        worker=FAST,
+        writers=2,
+        writer_processes=1,
+    )
 
 
 @pytest.mark.slow
@@ -121,7 +127,9 @@ async def test_writer_processes_commit_and_recall_stays_in_process(
         assert await bus.store.count("acme") == 51
         [hit] = await alice.recall("how does the customer like to be contacted?", k=1)
         assert hit.memory.content == "The customer prefers email over phone."
-    async with membus.open(tmp_path, MembusConfig(redis=RedisConfig(url=redis_url))) as bus:
+    async with membus.open(
+        tmp_path, MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url))
+    ) as bus:
         assert await bus.store.count("acme") == 51  # the shard the children wrote persists
 
 

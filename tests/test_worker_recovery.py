@@ -23,8 +23,9 @@ import pytest
 import redis.asyncio as aioredis
 
 import membus
+from membus.access.gate import OpenGate
 from membus.access.signing import KeyRegistry, signed_fields
-from membus.core.config import MembusConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
 from membus.core.envelope import MAX_FUTURE_SKEW_S, Event
 from membus.core.keys import TenantKeys, tenants_key
 from membus.embed.hashing import HashingEmbedder
@@ -144,7 +145,7 @@ async def drain_with(writer: Writer, redis: aioredis.Redis, timeout_s: float = 2
 
 
 def fast_bus_config(url: str) -> MembusConfig:
-    return MembusConfig(redis=RedisConfig(url=url), worker=FAST)
+    return MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=url), worker=FAST)
 
 
 # -- a writer process killed mid-batch -----------------------------------------------------------
@@ -269,7 +270,9 @@ async def test_crash_between_upsert_and_ack_is_redone_without_duplicates(
         await publish_signed(redis, KeyRegistry(redis), events)
         await ensure_group(redis, keys.events, GROUP)
         entries = await xreadgroup(redis, "doomed", keys.events, n)
-        doomed = Writer(redis, CrashAfterUpsert(store), emb, FAST, consumer="doomed")
+        doomed = Writer(
+            redis, CrashAfterUpsert(store), emb, FAST, gate=OpenGate(), consumer="doomed"
+        )
         with pytest.raises(Crash):
             await doomed.process(keys.events, list(entries))
         assert await store.count(tenant) == n  # written...
@@ -277,7 +280,7 @@ async def test_crash_between_upsert_and_ack_is_redone_without_duplicates(
         assert await redis.xlen(keys.changes) == 0
 
         await anyio.sleep(FAST.min_idle_ms / 1000 + 0.05)
-        rescuer = Writer(redis, store, emb, FAST, consumer="rescuer")
+        rescuer = Writer(redis, store, emb, FAST, gate=OpenGate(), consumer="rescuer")
         await drain_with(rescuer, redis)
         await assert_exactly_once(store, tenant, events)
         assert await redis.xlen(keys.changes) == n
@@ -304,8 +307,8 @@ async def test_slow_writer_committing_after_reclaim_duplicates_changes_not_memor
         await ensure_group(redis, keys.events, GROUP)
         entries = await xreadgroup(redis, "slow", keys.events, n)
         await anyio.sleep(FAST.min_idle_ms / 1000 + 0.05)
-        await drain_with(Writer(redis, store, emb, FAST, consumer="fast"), redis)
-        slow = Writer(redis, store, emb, FAST, consumer="slow")
+        await drain_with(Writer(redis, store, emb, FAST, gate=OpenGate(), consumer="fast"), redis)
+        slow = Writer(redis, store, emb, FAST, gate=OpenGate(), consumer="slow")
         await slow.process(keys.events, list(entries))  # its XACK is now a no-op
 
         await assert_exactly_once(store, tenant, events)
@@ -505,7 +508,9 @@ async def test_events_survive_redis_sigkill_and_restart_with_aof(
     try:
         assert await redis.xlen(keys.events) == n
         assert await redis.smembers(tenants_key()) == {tenant}
-        writer = Writer(redis, store, HashingEmbedder(), FAST, consumer="after-restart")
+        writer = Writer(
+            redis, store, HashingEmbedder(), FAST, gate=OpenGate(), consumer="after-restart"
+        )
         await drain_with(writer, redis)
         await assert_exactly_once(store, tenant, events)
     finally:
@@ -529,7 +534,7 @@ async def test_writer_rides_out_a_redis_restart_mid_stream(
     )
     try:
         await publish_in_chunks(redis, events)
-        writer = Writer(redis, store, HashingEmbedder(), config, consumer="bumpy")
+        writer = Writer(redis, store, HashingEmbedder(), config, gate=OpenGate(), consumer="bumpy")
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer.run, stop)

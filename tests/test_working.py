@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from ulid import ULID
 
 import membus
 from membus.access.gate import Gate, ReadGrant
@@ -19,12 +20,13 @@ from membus.access.signing import signed_fields
 from membus.access.watch import MemorySource
 from membus.bus.api import Bus
 from membus.bus.working import admits, calibrate, merge
-from membus.core.config import MembusConfig, RankingConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, RedisConfig, WorkerConfig
 from membus.core.envelope import Event
 from membus.core.keys import TenantKeys
 from membus.errors import PermissionDenied
 from membus.store.filters import RecallFilter
 from membus.store.port import Hit, Memory, point_id
+from membus.stream.replay import ReplayGuard
 from membus.stream.tombstones import tombstones_key
 
 pytestmark = pytest.mark.anyio
@@ -42,7 +44,11 @@ g2, carol, restricted, acme
 
 def config(url: str, *, writers: int = 0, **ranking: Any) -> MembusConfig:
     return MembusConfig(
-        redis=RedisConfig(url=url), worker=FAST, writers=writers, ranking=RankingConfig(**ranking)
+        policy=PolicyConfig(mode="open"),
+        redis=RedisConfig(url=url),
+        worker=FAST,
+        writers=writers,
+        ranking=RankingConfig(**ranking),
     )
 
 
@@ -341,3 +347,77 @@ async def test_a_pending_retraction_hides_what_it_withdraws(redis_url: str, tmp_
         await bus.drain(10)
         hits = await bus.agent("alice", "acme").recall("where is the wiki", k=10, working=True)
         assert contents(hits) == shown and not any(h.working for h in hits)
+
+
+WRITER_POLICY = """\
+p, *, acme, team/*, recall
+p, *, acme, org/*, recall
+p, alice, acme, team/*, publish
+p, dave, acme, team/*, publish
+"""
+
+
+@pytest.mark.slow
+async def test_entries_the_writer_will_refuse_are_never_shown(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Working memory applies the writer's admission (a preview that records nothing), so it
+    never shows an entry no writer will commit: a stolen-key event into a scope its author may
+    not publish to, an event id outside the replay window or dated ahead, a replayed copy of a
+    committed event, an event whose author lost the right before commit. Then writers run: what
+    was shown is committed, and every refused entry is parked in the dead-letter stream."""
+    gate = CasbinGate(MemorySource(WRITER_POLICY))
+    stream = TenantKeys("acme").events
+    async with membus.open(tmp_path, config(redis_url), gate=gate) as bus:
+        alice, bob, dave = (bus.agent(n, "acme") for n in ("alice", "bob", "dave"))
+        # committed by a writer (simulated: it read, recorded and acknowledged the entry) ...
+        done = await alice.publish("incident note committed once", "team/ops")
+        group = bus.config.worker.group
+        await bus.redis.xgroup_create(stream, group, id="0")
+        read: Any = await bus.redis.xreadgroup(group, "w1", {stream: ">"}, count=1)
+        [(entry, done_fields)] = read[0][1]
+        guard = ReplayGuard(bus.redis, bus.config.worker.replay_window_s)  # the writer's
+        assert await guard.check("acme", done.event_id, entry) == "new"
+        await bus.redis.xack(stream, group, entry)
+        kept = await alice.publish("incident note kept", "team/ops")
+        # ... then captured and re-injected under a new entry: a replay
+        await bus.redis.xadd(stream, done_fields)
+        # alice's key, stolen: a valid signature into a scope alice may not publish to
+        key = await bus.keys.current("acme", "alice")
+        stolen = Event.build(
+            tenant="acme", agent="alice", scope="org/news", content="incident note stolen key"
+        )
+        await bus.redis.xadd(stream, signed_fields(stolen, key))
+        # validly signed, but with ids no writer accepts: older than the window, or ahead
+        now = datetime.now(UTC).timestamp()
+        window = bus.config.worker.replay_window_s
+        for label, at in (("stale", now - window - 3600), ("future", now + 2 * 3600)):
+            odd = Event.build(
+                id=str(ULID.from_timestamp(at)),
+                tenant="acme",
+                agent="alice",
+                scope="team/ops",
+                content=f"incident note {label} id",
+            )
+            await bus.redis.xadd(stream, signed_fields(odd, key))
+        # dave may publish when he does, and loses the right before any writer ran
+        await dave.publish("incident note by dave", "team/ops")
+        await gate.remove_policy("p, dave, acme, team/*, publish")
+        seen_before = await _seen(bus)
+        hits = await bob.recall("incident note", k=20, working=True)
+        assert contents(hits) == {"incident note kept"}
+        assert [h.memory.source_events[0] for h in hits] == [kept.event_id]
+        assert await _seen(bus) == seen_before  # the preview remembered no event id
+    async with membus.open(tmp_path, config(redis_url, writers=1), gate=gate) as bus:
+        await bus.drain(timeout_s=20)
+        bob = bus.agent("bob", "acme")
+        assert contents(await bob.recall("incident note", k=20)) == {"incident note kept"}
+        parked: Any = await bus.redis.xrange(TenantKeys("acme").dlq)
+        reasons = sorted(f["reason"] for _, f in parked)
+        assert reasons == ["denied", "denied", "replay", "stale", "stale"]
+
+
+async def _seen(bus: Bus) -> dict[str, dict[str, str]]:
+    """Every replay record (which stream entry first carried each event id)."""
+    keys = [k async for k in bus.redis.scan_iter(match="membus:{acme}:seen:*")]
+    return {k: await bus.redis.hgetall(k) for k in keys}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import anyio
 
+from membus.access.gate import OpenGate
 from membus.core.config import WorkerConfig
 from membus.core.redis import redis_client
 from membus.embed.hashing import HashingEmbedder
@@ -76,7 +77,7 @@ async def main(args: argparse.Namespace) -> None:
         block_ms=50,
         tenants_refresh_s=0.2,
     )
-    writer = Writer(client, store, embedder, config, consumer=args.consumer)
+    writer = Writer(client, store, embedder, config, gate=OpenGate(), consumer=args.consumer)
     stop = anyio.Event()
     try:
         async with anyio.create_task_group() as tg:

@@ -49,7 +49,7 @@ from membus.bench.service import http_figures, publish_phase, recall_door, serve
 from membus.bench.table import report_table
 from membus.bus.api import Bus
 from membus.bus.draft import Draft
-from membus.core.config import EmbedderConfig, MembusConfig
+from membus.core.config import EmbedderConfig, MembusConfig, PolicyConfig
 from membus.core.keys import TenantKeys
 from membus.core.logs import warnings_to_stderr
 from membus.errors import InvalidInput
@@ -132,7 +132,11 @@ def _progress() -> Progress:
 async def _open(path: Path, layout: str, emb: EmbedderConfig) -> AsyncIterator[Bus]:
     writers, processes = LAYOUTS[layout]
     config = MembusConfig(
-        worker=runtime.EMBEDDED_WORKER, writers=writers, writer_processes=processes, embedder=emb
+        policy=PolicyConfig(mode="open"),
+        worker=runtime.EMBEDDED_WORKER,
+        writers=writers,
+        writer_processes=processes,
+        embedder=emb,
     )
     async with runtime.open(path, config) as bus:
         # Writers find a new tenant's stream on their next refresh (``tenants_refresh_s``): pay

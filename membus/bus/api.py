@@ -16,7 +16,7 @@ import anyio
 from pydantic import ValidationError
 
 from membus.access.audit import AuditLog, AuditRecord
-from membus.access.gate import Decision, Gate, Identity, OpenGate
+from membus.access.gate import Decision, Gate, Identity, default_gate
 from membus.access.redact import PiiRedactor, Redactor, needs_redaction, redact_event
 from membus.access.signing import KeyRegistry, door_keys
 from membus.bus import erasure
@@ -35,8 +35,9 @@ from membus.errors import InvalidInput, PermissionDenied, Unavailable
 from membus.recall import ranking
 from membus.recall.heat import Access, AccessLog
 from membus.store.port import Hit, RecallFilter, Store, check_ids
-from membus.stream.feed import Change, follow
+from membus.stream.feed import Change, follow, group_name
 from membus.stream.ops import group_stats, idle, publish_signed, tenants
+from membus.writer.admission import admission_for
 from membus.writer.commit import Consolidator
 from membus.writer.consolidate import RETRACTION
 from membus.writer.ledger import dirty_key
@@ -57,10 +58,14 @@ class Bus:
     ) -> None:
         self.redis, self.store, self.embedder = redis, store, embedder
         self.config = config or MembusConfig()
-        self.gate: Gate = gate or OpenGate()
+        # no gate given: the one the configuration's mode names (a policy file needs the casbin
+        # gate, which membus.open builds; without it nothing beyond agent/<self> is allowed)
+        self.gate: Gate = gate or default_gate(self.config.policy)
         # both write straight through when no flusher runs (CLI one-shots); runtime.open runs them
         self.audit, self.access_log = audit or AuditLog(redis), AccessLog(redis)
         self.keys = keys or door_keys(redis, self.config.signing)
+        # working memory shows only what writers will admit: their checks, with this gate
+        self.admission = admission_for(redis, self.gate, self.keys, self.config.worker)
         self._redact_roots = set(self.config.policy.redact_scopes)
         self.redactor: Redactor = PiiRedactor()
         self._log = get_logger("membus.bus")
@@ -93,7 +98,7 @@ class Bus:
                     await self.audit.record(
                         _record(who, action, e.scope, False, got[0].rule, event_ids=[e.id])
                     )
-                    raise PermissionDenied(who.agent, action, e.scope, who.tenant)
+                    raise PermissionDenied(who.agent, action, e.scope, who.tenant, got[0].hint)
         events = [self._redact(e) for e in events]
         # signed here, checked by writers: the stream itself is not trusted
         positions = await publish_signed(self.redis, self.keys, events)
@@ -159,7 +164,9 @@ class Bus:
         if grant.empty:
             await self.audit.record(_scoped(who, "recall", scopes, False, grant.rules))
             if scopes:  # asked for scopes it may not read at all: say so
-                raise PermissionDenied(who.agent, "recall", ", ".join(scopes), who.tenant)
+                raise PermissionDenied(
+                    who.agent, "recall", ", ".join(scopes), who.tenant, grant.hint
+                )
             return []
         flt = RecallFilter(
             tenant=who.tenant,
@@ -178,9 +185,8 @@ class Bus:
         pool = k if boost else ranking.candidates(k, cfg)
         hits = await self.store.search(vector, flt, pool, text=query, boost=boost)
         if working:
-            verify = self.keys if self.config.worker.verify_signatures else None
             hits = await with_working(
-                self.redis, flt, vector, self._embed, self.config, verify, hits
+                self.redis, flt, vector, self._embed, self.config, self.admission, hits
             )
         if boost is None:  # heat or working hits: the rerank is ours
             hits = await ranking.rank(self.access_log, who.tenant, hits, k, cfg, as_of)
@@ -224,14 +230,20 @@ class Bus:
     ) -> AsyncIterator[Change]:
         """Follow committed changes in ``scopes`` from ``start`` ("$" = now, "0" = beginning);
         ``until_now``: stop once caught up (a read of the feed as it is, through the live grant,
-        for callers that would otherwise keep a copy)."""
+        for callers that would otherwise keep a copy).
+
+        ``group`` shares the feed across this agent's consumers: it is this agent's group (for
+        these scopes), whatever its name, so no other agent can join it (``group_name``)."""
         for s in scopes or ():
             validate_scope(s)
+        redis_group = None if group is None else group_name(who.agent, group, scopes)
         gate = self.gate
         first = await gate.grant(who, "subscribe", scopes)
         await self.audit.record(_scoped(who, "subscribe", scopes, not first.empty, first.rules))
         if first.empty:
-            raise PermissionDenied(who.agent, "subscribe", ", ".join(scopes or ["*"]), who.tenant)
+            raise PermissionDenied(
+                who.agent, "subscribe", ", ".join(scopes or ["*"]), who.tenant, first.hint
+            )
 
         async def admit(change: Change) -> bool:
             # asked per change: a revoked grant stops delivery at once (the gate caches by
@@ -244,7 +256,7 @@ class Bus:
             who.tenant,
             admit,
             start=start,
-            group=group,
+            group=redis_group,
             consumer=consumer or who.agent,
             until_now=until_now,
         ):
@@ -273,7 +285,7 @@ class Bus:
         erase_grant = await self.gate.grant(who, "erase", scopes)
         if forget_grant.empty and erase_grant.empty:
             await self.audit.record(_scoped(who, "forget", scopes, False, forget_grant.rules))
-            raise PermissionDenied(who.agent, "forget", scope or "*", who.tenant)
+            raise PermissionDenied(who.agent, "forget", scope or "*", who.tenant, forget_grant.hint)
         read = await self.gate.grant(who, "recall", scopes)
         rules = [*forget_grant.rules, *erase_grant.rules]
         if erase_grant.empty and read.empty:  # may forget only what it cannot read: nothing

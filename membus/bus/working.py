@@ -7,9 +7,12 @@ Each one passes the same checks a consolidated memory would before it is shown:
 
 - the caller's read grant (scope and sensitivity: ``ReadGrant.admits``) and the recall's own
   filters, in Python, mirroring membus/store/filters.py;
-- not erased (tombstones, by event id and by the id its memory would get);
-- signed by its agent, when writers verify signatures: the stream is not trusted, and an entry a
-  writer would park must not be shown in the meantime either.
+- the writers' admission (membus/writer/admission.py, run as a preview that records nothing):
+  not erased (by event id and by the id its memory would get); signed by its agent's live key
+  when writers verify signatures; not a replayed copy of an event already written from another
+  entry, nor dated outside the replay window or too far ahead; and its author still allowed to
+  publish into its scope. The stream is not trusted: an entry a writer would park must never
+  be shown, not even while it waits for a writer.
 
 Retractions among those entries are no memories of their own, but what they withdraw (the
 memories of their slot observed at or before their cut-off, stored or still in the tail) is
@@ -37,7 +40,6 @@ from typing import Any
 import numpy as np
 from redis.exceptions import ResponseError
 
-from membus.access.signing import KeyRegistry, SignatureInvalid, verify
 from membus.core.config import MembusConfig
 from membus.core.envelope import LABELS, Event, scope_ancestors
 from membus.core.keys import TenantKeys
@@ -46,8 +48,8 @@ from membus.core.redis import REDIS_DOWN, Redis, unavailable
 from membus.embed.port import Vectors
 from membus.errors import InvalidInput
 from membus.store.filters import RecallFilter
-from membus.store.port import Hit, Memory, point_id
-from membus.stream.tombstones import tombstoned
+from membus.store.port import Hit, Memory
+from membus.writer.admission import Admission, Parsed
 from membus.writer.consolidate import RETRACTION
 from membus.writer.ledger import Item
 
@@ -125,29 +127,17 @@ def admits(event: Event, flt: RecallFilter) -> bool:
     return flt.as_of is None or at <= flt.as_of
 
 
-def _parse(entries: Sequence[Entry]) -> list[tuple[Event, dict[str, str]]]:
-    """Parsable events, one per event id (a replayed copy is the same observation)."""
-    out: dict[str, tuple[Event, dict[str, str]]] = {}
-    for _, fields in entries:
+def _parse(entries: Sequence[Entry], tenant: str) -> list[Parsed]:
+    """The entries a writer would not park as invalid, oldest first (the order writers judge
+    them in, so of two copies of one event the later is the replay)."""
+    out: list[Parsed] = []
+    for entry_id, fields in reversed(entries):
         try:
             event = Event.from_json(fields.get("e", ""))
         except InvalidInput:
             continue  # a writer parks it in the dead-letter stream; nothing to recall
-        out.setdefault(event.id, (event, fields))
-    return list(out.values())
-
-
-async def _signed(
-    found: list[tuple[Event, dict[str, str]]], registry: KeyRegistry
-) -> list[tuple[Event, dict[str, str]]]:
-    out = []
-    for event, fields in found:
-        try:
-            await verify(fields, event, registry)
-        except SignatureInvalid as exc:
-            _log.info("working.unsigned_skipped", tenant=event.tenant, reason=exc.reason)
-            continue
-        out.append((event, fields))
+        if event.tenant == tenant:  # a forged entry naming another tenant is parked too
+            out.append((entry_id, fields, event))
     return out
 
 
@@ -170,13 +160,15 @@ async def working_hits(
     query: Vectors,
     embed: Embed,
     config: MembusConfig,
-    registry: KeyRegistry | None,
+    admission: Admission,
     *,
     now_ms: int | None = None,
 ) -> Working:
     """Uncommitted events ``flt`` admits, as hits scored by cosine to ``query``, best first,
-    minus what pending retractions withdraw. ``registry``: check signatures with it (None:
-    writers do not verify, neither does this)."""
+    minus what pending retractions withdraw. Only events ``admission`` (the writers' own
+    checks, previewed: nothing is recorded) would admit are shown: not erased, signed by their
+    agent's live key, not a replayed copy, not out of the replay window or dated ahead, and
+    published by an agent still allowed to publish into the scope."""
     if flt.grant.empty or flt.scopes == []:
         return Working()
     cfg = config.ranking
@@ -188,29 +180,34 @@ async def working_hits(
         max_age_s=cfg.working_max_age_s,
         now_ms=now_ms or int(time.time() * 1000),
     )
-    parsed = _parse(entries)
     # a retraction counts whoever may read its scope: it can only hide, in its own scope
-    undo = [(e, f) for e, f in parsed if e.kind == RETRACTION and e.tenant == flt.tenant]
-    found = [(e, f) for e, f in parsed if admits(e, flt)]
-    if not found and not undo:
+    wanted = [
+        p for p in _parse(entries, flt.tenant) if p[2].kind == RETRACTION or admits(p[2], flt)
+    ]
+    if not wanted:
         return Working()
-    mids = {e.id: point_id(flt.tenant, e.id) for e, _ in found}
-    dead = await tombstoned(redis, flt.tenant, [*mids, *mids.values(), *(e.id for e, _ in undo)])
-    found = [(e, f) for e, f in found if e.id not in dead and mids[e.id] not in dead]
-    undo = [(e, f) for e, f in undo if e.id not in dead]
-    if registry is not None:
-        found, undo = await _signed(found, registry), await _signed(undo, registry)
-    out = Working(cuts=_cuts([e for e, _ in undo]))
+    screened = await admission.screen(flt.tenant, wanted, record=False)
+    if screened.rejected:
+        _log.info(
+            "working.refused_skipped",
+            tenant=flt.tenant,
+            reasons=sorted({r[2] for r in screened.rejected}),
+            count=len(screened.rejected),
+        )
+    kept = list({e.id: e for _, e in reversed(screened.admitted)}.values())  # one per event
+    undo = [e for e in kept if e.kind == RETRACTION]
+    found = [e for e in kept if e.kind != RETRACTION]
+    out = Working(cuts=_cuts(undo))
     if out.cuts:  # an event's slot costs its ledger item: only worth it with retractions about
         fold = config.consolidation.enabled
-        found = [(e, f) for e, f in found if not out.withdraws(_slot(e, fold), e.created_at)]
+        found = [e for e in found if not out.withdraws(_slot(e, fold), e.created_at)]
     if not found:
         return out
-    vectors = await embed([e.content for e, _ in found])
+    vectors = await embed([e.content for e in found])
     scores = vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
     out.hits = [
         Hit(memory=Memory.from_event(e), score=float(s), working=True)
-        for (e, _), s in zip(found, scores, strict=True)
+        for e, s in zip(found, scores, strict=True)
     ]
     out.hits.sort(key=lambda h: -h.score)
     return out
@@ -276,11 +273,11 @@ async def with_working(
     query: Vectors,
     embed: Embed,
     config: MembusConfig,
-    registry: KeyRegistry | None,
+    admission: Admission,
     stored: Sequence[Hit],
 ) -> list[Hit]:
     """``stored`` plus the working hits not consolidated yet, on the store's score scale."""
-    pending = await working_hits(redis, flt, query, embed, config, registry)
+    pending = await working_hits(redis, flt, query, embed, config, admission)
     # a stored memory is withdrawn when its newest observation is (then all of them are)
     stored = [h for h in stored if not pending.withdraws(h.memory.slot, h.memory.updated_at)]
     working = pending.hits

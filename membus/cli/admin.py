@@ -226,9 +226,10 @@ def policy_check(
                 "scope": scope,
                 "decision": verdict,
                 "rule": d.rule,
+                **({"hint": d.hint} if d.hint else {}),  # how to get the right, when known
             }
         )
     else:
-        typer.echo(f"{verdict}  {d.rule or 'no rule allows it'}")
+        typer.echo(f"{verdict}  {d.rule or d.hint or 'no rule allows it'}")
     if not d.allowed:
         raise typer.Exit(exit_code(PermissionDenied(agent, action, scope, tenant)))

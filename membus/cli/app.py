@@ -87,7 +87,11 @@ def _global(
     ] = None,
     policy: Annotated[
         Path | None,
-        typer.Option("--policy", help="Casbin policy csv (env MEMBUS_POLICY_FILE; none: open)."),
+        typer.Option(
+            "--policy",
+            help="Casbin policy csv (env MEMBUS_POLICY_FILE; none: private, see "
+            "MEMBUS_POLICY_MODE).",
+        ),
     ] = None,
     json_output: JsonFlag = False,
 ) -> None:

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     writer_processes: int = 0
     log_level: LogLevel = "warning"
     log_json: bool = False
+    # permissions without a policy: private (agent/<self> only) or open (demos, one agent)
+    policy_mode: Literal["private", "open"] = "private"
     # permissions: a casbin policy csv, and/or lines shared through Redis (seeded from the file)
     policy_file: Path | None = None
     policy_shared: bool = False
@@ -92,7 +94,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in v.split(",") if part.strip()]
         return v
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "policy_mode", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
@@ -153,6 +155,7 @@ class Settings(BaseSettings):
                 consolidation=self.consolidation,
                 ranking=self.ranking,
                 policy=PolicyConfig(
+                    mode=self.policy_mode,
                     file=self.policy_file,
                     shared=self.policy_shared,
                     resync_s=self.policy_resync_s,

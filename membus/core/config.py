@@ -75,8 +75,12 @@ class RetentionConfig(_Config):
 
 
 class PolicyConfig(_Config):
-    """Casbin policy. None of it set: the open gate (everything within one's own tenant)."""
+    """Who may do what. With a casbin policy (``file`` or ``shared``), its lines decide. Without
+    one, ``mode`` does: ``private`` (the default) lets each agent reach only its own
+    ``agent/<self>`` scopes; ``open`` lets every agent do everything inside its tenant, for demos
+    and single-agent use only (every agent reads every other agent's memories)."""
 
+    mode: Literal["private", "open"] = "private"
     file: Path | None = None  # a policy csv (see policies/README.md)
     # shared: lines live in Redis (seeded from ``file`` on first boot) so every process, API or
     # worker, follows one policy; changes announced over pub/sub reach them within a second
@@ -86,6 +90,13 @@ class PolicyConfig(_Config):
     # agent/<self> scope) have e-mails, phone and card numbers masked before they enter the
     # stream. Empty: off.
     redact_scopes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _open_means_no_policy(self) -> PolicyConfig:
+        # both would leave a reader guessing which one governs
+        if self.mode == "open" and (self.file is not None or self.shared):
+            raise ValueError("mode='open' cannot be combined with a policy (file or shared)")
+        return self
 
 
 class LlmConsolidatorConfig(_Config):

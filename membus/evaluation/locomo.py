@@ -59,7 +59,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from membus.bus.api import Bus
 from membus.bus.draft import Draft
-from membus.core.config import ConsolidationConfig, EmbedderConfig, MembusConfig
+from membus.core.config import ConsolidationConfig, EmbedderConfig, MembusConfig, PolicyConfig
 from membus.core.logs import get_logger, warnings_to_stderr
 from membus.errors import InvalidInput
 from membus.evaluation.report import recall_table, render
@@ -337,7 +337,12 @@ def run_eval(
         root = path or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="membus-eval-")))
         progress = stack.enter_context(_progress())
         folding = ConsolidationConfig(near_duplicate=near_duplicate)
-        config = MembusConfig(worker=runtime.EMBEDDED_WORKER, embedder=emb, consolidation=folding)
+        config = MembusConfig(
+            policy=PolicyConfig(mode="open"),
+            worker=runtime.EMBEDDED_WORKER,
+            embedder=emb,
+            consolidation=folding,
+        )
         observations, memories, ingest_s, emb_name, rows = anyio.run(
             _run, root, convs, config, max(ks), progress
         )

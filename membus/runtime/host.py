@@ -17,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 from membus.access.audit import AuditLog
-from membus.access.gate import Gate, OpenGate
+from membus.access.gate import Gate, default_gate
 from membus.access.policy import CasbinGate
 from membus.access.signing import MASTER_FILE, KeyRegistry, door_keys, writer_keys
 from membus.access.watch import FileSource, PolicySource, PolicyWatcher, RedisSource
@@ -101,9 +101,10 @@ def make_writers(
 
 
 async def make_gate(policy: PolicyConfig, redis: Redis) -> Gate:
-    """The casbin gate when a policy is configured, else the open gate."""
+    """The casbin gate when a policy is configured, else the one ``policy.mode`` names
+    (private by default, open when asked)."""
     if policy.file is None and not policy.shared:
-        return OpenGate()
+        return default_gate(policy)
     watcher = PolicyWatcher(redis, resync_s=policy.resync_s)
     source: PolicySource
     if policy.shared:

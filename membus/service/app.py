@@ -256,7 +256,12 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
         start: Annotated[
             str, Query(alias="from", description="'$' now, '0' beginning, or a position")
         ] = "$",
-        group: Annotated[str | None, Query(description="share the feed across consumers")] = None,
+        group: Annotated[
+            str | None,
+            Query(
+                description="share the feed across this agent's consumers (groups are per agent)"
+            ),
+        ] = None,
         last_event_id: Annotated[str | None, Header(description="resume after this id")] = None,
         until_now: Annotated[
             bool, Query(description="end the stream once caught up (no following)")
@@ -274,7 +279,9 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
         grant = await bus.gate.grant(who.identity, "subscribe", scopes)
         if grant.empty:
             await bus.audit.record(_audited(who, "subscribe", scopes, False))
-            raise PermissionDenied(who.agent, "subscribe", ", ".join(scopes or ["*"]), who.tenant)
+            raise PermissionDenied(
+                who.agent, "subscribe", ", ".join(scopes or ["*"]), who.tenant, grant.hint
+            )
         start = await resolve_start(bus.redis, who.tenant, start)
         feed = bus.subscribe(who.identity, scopes, start=start, group=group, until_now=until_now)
         gauge = svc.metrics.subscribers.labels(who.tenant)
@@ -310,7 +317,7 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
         # who read the trail is itself on the trail
         await bus.audit.record(_audited(who, "admin", [scope], d.allowed, d.rule))
         if not d.allowed:
-            raise PermissionDenied(who.agent, "admin", scope, who.tenant)
+            raise PermissionDenied(who.agent, "admin", scope, who.tenant, d.hint)
         records = await bus.audit.query(
             who.tenant,
             agent=agent,

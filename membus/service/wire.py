@@ -105,6 +105,8 @@ def error_body(exc: MembusError) -> dict[str, Any]:
     detail = exc.to_dict()
     if isinstance(exc, PermissionDenied):
         detail.update(agent=exc.agent, action=exc.action, scope=exc.scope, tenant=exc.tenant)
+        if exc.hint:
+            detail["hint"] = exc.hint
     return {"error": detail}
 
 
@@ -122,7 +124,10 @@ def error_from_body(status: int, body: Any) -> MembusError:
         exc = TooLarge(int(detail.get("limit") or 0))
     elif code == "permission_denied":
         d = {k: str(detail.get(k) or "") for k in ("agent", "action", "scope", "tenant")}
-        exc = PermissionDenied(d["agent"], d["action"], d["scope"], d["tenant"])
+        hint = detail.get("hint")
+        exc = PermissionDenied(
+            d["agent"], d["action"], d["scope"], d["tenant"], str(hint) if hint else None
+        )
     elif code == "unauthenticated":
         exc = Unauthenticated(msg)
     elif code == "rate_limited":

@@ -7,6 +7,7 @@ plus ``event_ids`` identify it.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ResponseError
 
+from membus.core.envelope import validate_name
 from membus.core.keys import TenantKeys
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
 from membus.store.port import Memory
@@ -119,6 +121,21 @@ async def _erased(redis: Redis, tenant: str, changes: Sequence[Change]) -> set[s
     }
 
 
+def group_name(agent: str, group: str, scopes: Sequence[str] | None) -> str:
+    """The Redis consumer group behind ``agent``'s subscription ``group`` over ``scopes``.
+
+    A group belongs to the agent that asked for it: the name is namespaced by the authenticated
+    agent (names cannot hold ``:``, so no agent can spell another's group) and by the scopes
+    followed, so every consumer of one group follows exactly the same changes through the same
+    grant. A consumer acknowledges the changes its grant filters out (otherwise they would stay
+    pending forever), and that takes them from nobody: its group-mates could not see them either.
+    """
+    validate_name(group, "group")
+    wanted = "*" if scopes is None else "\n".join(sorted(set(scopes)))
+    digest = hashlib.sha256(wanted.encode()).hexdigest()[:16]
+    return f"sub:{validate_name(agent, 'agent')}:{group}:{digest}"
+
+
 async def follow(
     redis: Redis,
     tenant: str,
@@ -134,8 +151,10 @@ async def follow(
     """Yield the changes ``admit`` lets through (all if None) from ``start``, forever, or with
     ``until_now`` until the feed has nothing more (no blocking read).
 
-    With ``group`` the subscription load-balances across consumers of that group: each change
-    goes to one of them, and is acknowledged when the caller asks for the next one.
+    With ``group`` (a Redis group name: the bus passes ``group_name(...)``, never a caller's
+    string) the subscription load-balances across consumers of that group: each change goes to
+    one of them, and is acknowledged when the caller asks for the next one; one ``admit`` lets
+    through is acknowledged as well, so every consumer of a group must share one ``admit``.
 
     A batch is read ahead, so before each change goes out it is checked again: ``admit`` asks
     the live grant (revocation), and a batch older than ``RECHECK_S`` is checked against the

@@ -45,6 +45,23 @@ end
 return out
 """
 
+# The same verdicts without remembering anything (working memory previews what a writer will
+# decide): a copy later in the same call is a replay of the first, as when a writer checks them.
+_PEEK = """
+local n, out, first = tonumber(ARGV[1]), {}, {}
+for i = 2 + 2 * n, #ARGV, 3 do
+  local id = ARGV[i + 1]
+  local holder = redis.call('HGET', KEYS[tonumber(ARGV[i])], id) or first[id]
+  if holder then
+    out[#out + 1] = holder
+  else
+    first[id] = ARGV[i + 2]
+    out[#out + 1] = 1
+  end
+end
+return out
+"""
+
 _ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
 # Crockford's base32 digits as Python's int(_, 32) spells them (it has no I, L, O or U)
 _DIGITS = str.maketrans("ABCDEFGHJKMNPQRSTVWXYZ", "abcdefghijklmnopqrstuv")
@@ -85,9 +102,12 @@ class ReplayGuard:
     async def check(self, tenant: str, event_id: str, entry_id: str) -> Verdict:
         return (await self.check_many(tenant, [(event_id, entry_id)]))[0]
 
-    async def check_many(self, tenant: str, items: Sequence[tuple[str, str]]) -> list[Verdict]:
+    async def check_many(
+        self, tenant: str, items: Sequence[tuple[str, str]], *, record: bool = True
+    ) -> list[Verdict]:
         """Verdicts for ``(event_id, entry_id)`` pairs in one script call, in order (so a copy
-        in the same batch as its original is the ``replay``)."""
+        in the same batch as its original is the ``replay``). ``record=False``: the same
+        verdicts, but nothing is remembered (a preview, e.g. for working memory)."""
         validate_name(tenant, "tenant")
         now = self._clock()
         verdicts: list[Verdict | None] = []
@@ -114,7 +134,8 @@ class ReplayGuard:
         for key, at in expiries.items():
             head += [keys[key], at]
         try:
-            replies: list[Any] = await self.redis.eval(_CHECK, len(keys), *keys, *head, *args)
+            script = _CHECK if record else _PEEK
+            replies: list[Any] = await self.redis.eval(script, len(keys), *keys, *head, *args)
         except REDIS_DOWN as exc:
             raise unavailable(exc) from exc
         found = iter(replies)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from membus.access.gate import Gate, Identity
 from membus.access.signing import KeyRegistry, SignatureInvalid, verify
+from membus.core.config import WorkerConfig
 from membus.core.envelope import Event, future_dated
 from membus.core.redis import Redis
 from membus.stream.replay import ReplayGuard
@@ -46,7 +47,11 @@ class Admission:
         self.redis, self.gate, self.keys, self.replay = redis, gate, keys, replay
         self.verify_signatures = verify_signatures
 
-    async def screen(self, tenant: str, parsed: Sequence[Parsed]) -> Screened:
+    async def screen(
+        self, tenant: str, parsed: Sequence[Parsed], *, record: bool = True
+    ) -> Screened:
+        """The writer's verdicts on ``parsed`` (oldest first). ``record=False`` previews them
+        without remembering event ids (working memory shows only what a writer will admit)."""
         out = Screened()
         dead = await erased(self.redis, tenant, [e.id for _, _, e in parsed]) if parsed else set()
         signed: list[Parsed] = []
@@ -68,7 +73,8 @@ class Admission:
                 out.rejected.append((entry_id, fields, "future_dated", why, event))
                 continue
             signed.append((entry_id, fields, event))
-        verdicts = await self.replay.check_many(tenant, [(e.id, eid) for eid, _, e in signed])
+        items = [(e.id, eid) for eid, _, e in signed]
+        verdicts = await self.replay.check_many(tenant, items, record=record)
         for (entry_id, fields, event), verdict in zip(signed, verdicts, strict=True):
             if verdict in ("replay", "stale"):
                 why = f"event {event.id} was already written from another stream entry"
@@ -84,3 +90,15 @@ class Admission:
                 continue
             out.admitted.append((entry_id, event))
         return out
+
+
+def admission_for(redis: Redis, gate: Gate, keys: KeyRegistry, config: WorkerConfig) -> Admission:
+    """The writers' admission as ``config`` sets it up (replay window, signatures): one place,
+    so a writer and working memory judge an event alike."""
+    return Admission(
+        redis,
+        gate,
+        keys,
+        ReplayGuard(redis, config.replay_window_s),
+        verify_signatures=config.verify_signatures,
+    )

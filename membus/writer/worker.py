@@ -21,7 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AskError, MovedError, ResponseError
 
 from membus.access.audit import AuditLog, AuditRecord
-from membus.access.gate import Gate, OpenGate
+from membus.access.gate import Gate, PrivateGate
 from membus.access.signing import KeyRegistry
 from membus.core.config import ConsolidationConfig, RetentionConfig, WorkerConfig
 from membus.core.envelope import Event
@@ -35,8 +35,7 @@ from membus.store.port import Store
 from membus.stream.dlq import park
 from membus.stream.ops import ensure_group, retain, tenants
 from membus.stream.reading import BatchReader
-from membus.stream.replay import ReplayGuard
-from membus.writer.admission import Admission, Parsed
+from membus.writer.admission import Parsed, admission_for
 from membus.writer.advice import Advisor
 from membus.writer.commit import Consolidator
 from membus.writer.ledger import Item, drop_parked
@@ -94,20 +93,14 @@ class Writer:
         llm: FallbackConsolidator | None = None,
     ) -> None:
         self.redis, self.store, self.embedder = redis, store, embedder
-        gate = gate or OpenGate()
+        gate = gate or PrivateGate()  # like the doors without a policy: agent/<self> only
         self.config = config or WorkerConfig()
         folding = consolidation or ConsolidationConfig()
         self._fold, self._queue = folding.enabled, folding.near_duplicate is not None
         self.consolidator = Consolidator(redis, store, self._embed, folding, self.config.group)
         self.neardup = NearDuplicates(self.consolidator, folding)
         self.advisor = Advisor(redis, store, self._embed, gate, llm) if llm else None
-        self.admission = Admission(
-            redis,
-            gate,
-            keys or KeyRegistry(redis),
-            ReplayGuard(redis, self.config.replay_window_s),
-            verify_signatures=self.config.verify_signatures,
-        )
+        self.admission = admission_for(redis, gate, keys or KeyRegistry(redis), self.config)
         self._audit = AuditLog(redis)
         self.retention = retention
         self.consumer = consumer or consumer_name()
