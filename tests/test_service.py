@@ -281,7 +281,7 @@ async def test_gate_denial_is_403_and_counted(tmp_path: Path, redis_url: str) ->
         assert r.status_code == 403
         r = await http.post("/v1/admin/policy/reload", headers=auth(OPS))
         assert r.status_code == 200 and r.json()["version"] >= 1
-        text = (await http.get("/metrics")).text
+        text = (await http.get("/metrics", headers=auth(OPS))).text
         assert 'membus_permission_denials_total{action="publish",tenant="acme"} 1.0' in text
         # the audit trail over HTTP: admin on the scope, and both refusals are on it
         r = await http.get("/v1/audit", params={"scope": "team"}, headers=auth(ALICE))
@@ -306,7 +306,7 @@ async def test_health_ready_and_metrics(tmp_path: Path, redis_url: str) -> None:
         )
         await bus.drain(10)
         await http.post("/v1/recall", json={"query": "x"}, headers=auth(ALICE))
-        r = await http.get("/metrics")
+        r = await http.get("/metrics", headers=auth(OPS))
         assert r.status_code == 200
         for name in (
             'membus_stream_lag{group="writers",stream="events",tenant="acme"} 0.0',
@@ -326,6 +326,39 @@ async def test_health_ready_and_metrics(tmp_path: Path, redis_url: str) -> None:
             "membus_redis_up 1.0",
         ):
             assert name in r.text, name
+
+
+async def test_metrics_need_an_operator_key(tmp_path: Path, redis_url: str) -> None:
+    """/metrics names every tenant and its activity, so it is for operator keys only: no key,
+    a wrong key, a key in the wrong header scheme and an ordinary agent's key (of this tenant or
+    another) all get an error body that names no tenant; failed attempts are counted."""
+    async with service(tmp_path, redis_url) as (_bus, http):
+        await http.post("/v1/publish", json={"content": "x", "scope": "team/a"}, headers=auth(ZED))
+        attempts: list[dict[str, str]] = [
+            {},
+            auth("not-a-key-0123456789"),
+            {"Authorization": f"Basic {OPS}"},
+            {"Authorization": "Bearer "},
+            {"X-API-Key": OPS[:-1]},
+        ]
+        for headers in attempts:
+            r = await http.get("/metrics", headers=headers)
+            assert r.status_code == 401, headers
+            assert error(r)["code"] == "unauthenticated"
+            assert "membus_" not in r.text and "other" not in r.text
+        for key in (ALICE, ZED):
+            for headers in (auth(key), {"X-API-Key": key}):
+                r = await http.get("/metrics", headers=headers)
+                assert r.status_code == 403, key
+                assert error(r)["code"] == "permission_denied"
+                assert "membus_" not in r.text and 'tenant="other"' not in r.text
+        # the operator scrapes, with either header, and sees every tenant
+        for headers in (auth(OPS), {"X-API-Key": OPS}):
+            r = await http.get("/metrics", headers=headers)
+            assert r.status_code == 200
+            assert 'membus_published_events_total{tenant="other"} 1.0' in r.text
+            assert "membus_auth_failures_total 5.0" in r.text
+            assert 'membus_permission_denials_total{action="admin",tenant="acme"} 2.0' in r.text
 
 
 async def test_errors_are_typed_json(tmp_path: Path, redis_url: str) -> None:

@@ -129,7 +129,10 @@ def keys_new(
     agent: AgentOpt,
     tenant: TenantOpt,
     operator: Annotated[
-        bool, typer.Option("--operator", help="May also call service-wide operations.")
+        bool,
+        typer.Option(
+            "--operator", help="May also call service-wide operations (policy reload, /metrics)."
+        ),
     ] = False,
     file: Annotated[
         Path | None,

@@ -8,7 +8,9 @@ bus asks its gate at every door with the key's identity. Errors are ``{"error": 
 "message", ...}}`` with the statuses in ``membus.service.wire.STATUS``.
 
 Hooks for more endpoints: a route is one function below taking ``who: Caller``; admin routes
-check ``"admin"`` on the scope they touch (or require an operator key for service-wide ones).
+check ``"admin"`` on the scope they touch (or require an operator key for service-wide ones:
+policy reload, and ``/metrics``, which names every tenant). Only ``/healthz`` and ``/readyz``
+answer without a key, and they say nothing about tenants.
 """
 
 from __future__ import annotations
@@ -349,9 +351,17 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
             raise Unavailable(f"redis unavailable: {exc}") from None
         return {"status": "ready"}
 
-    @app.get("/metrics", response_class=Response, tags=["meta"])
-    async def metrics() -> Response:
-        """Prometheus text format: request rates and latencies, stream lag/pending, DLQ."""
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={s: ERRORS[s] for s in (401, 403, 429)},
+        tags=["meta"],
+    )
+    async def metrics(who: Caller) -> Response:
+        """Prometheus text format: request rates and latencies, stream lag/pending, DLQ.
+        Operator keys only: the figures name every tenant on the service and its activity."""
+        if not who.operator:
+            raise PermissionDenied(who.agent, "admin", "metrics", who.tenant)
         await svc.metrics.refresh(bus.redis)
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 

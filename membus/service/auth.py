@@ -6,8 +6,8 @@ touches the disk of the service)::
     {"keys": [{"sha256": "<64 hex>", "agent": "alice", "tenant": "acme"},
               {"sha256": "<64 hex>", "agent": "ops", "tenant": "acme", "operator": true}]}
 
-``operator`` keys may also call service-wide operations (policy reload); everything else an
-operator does still goes through the gate as its agent.
+``operator`` keys may also call service-wide operations (policy reload, scraping ``/metrics``);
+everything else an operator does still goes through the gate as its agent.
 """
 
 from __future__ import annotations
