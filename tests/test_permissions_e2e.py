@@ -430,6 +430,29 @@ async def test_pii_is_masked_everywhere_outside_the_authors_private_scope(
         assert orjson.loads(shared_entry[0]["e"])["content"] == team.content
 
 
+EVASIVE = (
+    "Reach zqevader\uff20evasion-corp\uff0ecom or zqdodger (at) hidden-mail (dot) net; "
+    "card 4539\u200b1488\u200b0343\u200b6467, \u7528\u6237@\u4f8b\u5b50\u3002\u5e7f\u544a."
+)
+
+
+async def test_evasively_spelled_pii_never_reaches_redis_or_the_store(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """An agent that spells an address with a fullwidth at, spelled-out (at)/(dot), an IDN
+    domain, or a card number with zero-width spaces into a redacted scope: the event in the
+    stream, the change feed and the memory hold masks, and no Redis key or value holds the
+    address parts."""
+    async with membus.open(tmp_path / "bus", config(redis_url, redact=["team"])) as bus:
+        receipt = await bus.agent("alice", TENANT).publish(EVASIVE, "team/support")
+        await bus.drain(timeout_s=15)
+        [memory] = await bus.store.get(TENANT, [point_id(TENANT, receipt.event_id)])
+        assert memory.content == "Reach [email] or [email]; card [card], [email]."
+        for needle in ("zqevader", "evasion-corp", "zqdodger", "hidden-mail", "\u4f8b\u5b50"):
+            assert await redis_traces(bus.redis, needle) == [], needle
+            assert await store_traces(bus, needle) == [], needle
+
+
 # -- 6. refusals ----------------------------------------------------------------------------------
 
 
