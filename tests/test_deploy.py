@@ -324,10 +324,11 @@ def test_compose_services_have_health_checks_replicas_and_no_telemetry() -> None
     assert "redis://worker:" in services["worker"]["environment"]["MEMBUS_REDIS_URL"]
 
 
-def test_prometheus_scrapes_metrics_with_an_operator_key_from_a_secret_file() -> None:
-    """/metrics answers only operator keys, so compose's Prometheus presents one: as a Bearer
-    token read from a compose secret file (credentials_file), never inline in its config or the
-    environment, from a host directory git ignores and the image build context excludes."""
+def test_prometheus_scrapes_metrics_with_a_metrics_only_key_from_a_secret_file() -> None:
+    """/metrics answers only operator and metrics-only keys, so compose's Prometheus presents
+    one: as a Bearer token read from a compose secret file (credentials_file), never inline in
+    its config or the environment, from a host directory git ignores and the image build
+    context excludes; compose's own instructions mint a metrics-only key for it."""
     services = compose()["services"]
     prom = services["prometheus"]
     assert prom["profiles"] == ["metrics"]  # a plain `up` does not need the secret file
@@ -350,6 +351,7 @@ def test_prometheus_scrapes_metrics_with_an_operator_key_from_a_secret_file() ->
     assert ignored == 0, f"{secret} is not git-ignored"
     assert secret.parts[0] == "deploy"
     assert "deploy" in (ROOT / ".dockerignore").read_text().split()
+    assert "--metrics-only > deploy/secrets/metrics.key" in COMPOSE.read_text()
     # the ports Prometheus publishes stay on the host's loopback
     assert all(str(p).startswith("127.0.0.1:") for p in prom["ports"])
 

@@ -36,9 +36,17 @@ FAST = WorkerConfig(
 )
 ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
 ZED, OPS = "zed-key-0123456789", "ops-key-0123456789"
+PROM = "prometheus-key-0123456789"
 KEYS = ApiKeys.from_keys(
-    {ALICE: ("acme", "alice"), BOB: ("acme", "bob"), ZED: ("other", "zed"), OPS: ("acme", "ops")},
+    {
+        ALICE: ("acme", "alice"),
+        BOB: ("acme", "bob"),
+        ZED: ("other", "zed"),
+        OPS: ("acme", "ops"),
+        PROM: ("acme", "prometheus"),
+    },
     operators=[OPS],
+    scrapers=[PROM],
 )
 
 
@@ -359,6 +367,37 @@ async def test_metrics_need_an_operator_key(tmp_path: Path, redis_url: str) -> N
             assert 'membus_published_events_total{tenant="other"} 1.0' in r.text
             assert "membus_auth_failures_total 5.0" in r.text
             assert 'membus_permission_denials_total{action="admin",tenant="acme"} 2.0' in r.text
+
+
+async def test_a_metrics_only_key_scrapes_and_does_nothing_else(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The key a Prometheus server holds (``keys new --metrics-only``) reads /metrics; a thief
+    who takes it from the scraper's config can neither act as an agent (publish, recall, feed,
+    forget, access stats, whoami) nor use an operator's or admin's routes."""
+    async with service(tmp_path, redis_url) as (bus, http):
+        r = await http.get("/metrics", headers=auth(PROM))
+        assert r.status_code == 200 and "membus_redis_up 1.0" in r.text
+        attempts = [
+            ("POST", "/v1/publish", {"content": "x", "scope": "agent/prometheus"}),
+            ("POST", "/v1/publish/batch", {"drafts": [{"content": "x", "scope": "team/a"}]}),
+            ("POST", "/v1/recall", {"query": "x"}),
+            ("POST", "/v1/access", {"memory_ids": []}),
+            ("POST", "/v1/forget", {"subject": "customer:1"}),
+            ("POST", "/v1/admin/policy/reload", None),
+            ("GET", "/v1/changes", None),
+            ("GET", "/v1/audit?scope=team", None),
+            ("GET", "/v1/whoami", None),
+        ]
+        for method, path, body in attempts:
+            for headers in (auth(PROM), {"X-API-Key": PROM}):
+                r = await http.request(method, path, json=body, headers=headers)
+                if path == "/v1/admin/policy/reload" and r.status_code == 404:
+                    continue  # the open gate has no reload route
+                assert r.status_code == 403, (path, r.text)
+                assert error(r)["code"] == "permission_denied"
+                assert "metrics-only" in error(r)["message"]
+        assert await bus.redis.xlen(TenantKeys("acme").events) == 0
 
 
 async def test_errors_are_typed_json(tmp_path: Path, redis_url: str) -> None:

@@ -134,6 +134,12 @@ def keys_new(
             "--operator", help="May also call service-wide operations (policy reload, /metrics)."
         ),
     ] = False,
+    metrics_only: Annotated[
+        bool,
+        typer.Option(
+            "--metrics-only", help="May scrape /metrics and nothing else (for Prometheus)."
+        ),
+    ] = False,
     file: Annotated[
         Path | None,
         typer.Option("--file", "-f", help="Keys file to add to (env MEMBUS_API_KEYS; keys.json)."),
@@ -148,7 +154,13 @@ def keys_new(
     key = new_key()
     try:
         try:
-            entry = KeyEntry(sha256=hash_key(key), agent=agent, tenant=tenant, operator=operator)
+            entry = KeyEntry(
+                sha256=hash_key(key),
+                agent=agent,
+                tenant=tenant,
+                operator=operator,
+                metrics_only=metrics_only,
+            )
         except ValidationError as exc:
             raise invalid_from(exc, "api key") from None
         _append(path, entry)
@@ -159,10 +171,14 @@ def keys_new(
     else:
         typer.echo(key)
         typer.echo(
-            f"API key for {agent} in {tenant}{' (operator)' if operator else ''} added to "
+            f"API key for {agent} in {tenant}{_role(operator, metrics_only)} added to "
             f"{path}; it is shown only this once",
             err=True,
         )
+
+
+def _role(operator: bool, metrics_only: bool) -> str:
+    return " (operator)" if operator else " (metrics only)" if metrics_only else ""
 
 
 def _append(path: Path, entry: KeyEntry) -> None:
