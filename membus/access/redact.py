@@ -85,6 +85,25 @@ _REWRITES: Final = [
 ]
 
 
+def _fold_char(ch: str) -> str:
+    """What one character is to the detectors: NFKC, invisible ones dropped, digits, dashes,
+    stops and spaces in their ASCII spelling."""
+    out = []
+    for c in unicodedata.normalize("NFKC", ch):
+        if ord(c) in _IGNORABLE or unicodedata.category(c) in _DROP:
+            continue
+        if c in _STOPS:
+            c = "."
+        elif c in _DASHES or unicodedata.category(c) == "Pd":
+            c = "-"
+        elif c.isspace():
+            c = "\n" if c in "\n\r\u2028\u2029\x85\x0b\x0c" else " "
+        elif (d := unicodedata.decimal(c, None)) is not None:
+            c = chr(48 + d)  # Arabic-Indic, Devanagari, ... digits count as digits
+        out.append(c)
+    return "".join(out)
+
+
 class _View:
     """The text detectors see; ``span`` maps a view span back to the original text."""
 
@@ -107,26 +126,19 @@ class _View:
         return self.starts[start], self.ends[end - 1]
 
     def _fold(self, text: str) -> None:
+        # per distinct character, not per position: a long text has few distinct ones
+        table = {ch: f for ch in set(text) if not ch.isascii() and (f := _fold_char(ch)) != ch}
+        if not table:
+            return  # already what detectors should see (most accented and CJK text)
+        if all(len(f) == 1 for f in table.values()):
+            # same positions: no index lists
+            self.text = text.translate({ord(ch): f for ch, f in table.items()})
+            return
         out: list[str] = []
         starts: list[int] = []
         ends: list[int] = []
         for i, ch in enumerate(text):
-            if ch.isascii():
-                out.append(ch)
-                starts.append(i)
-                ends.append(i + 1)
-                continue
-            for c in unicodedata.normalize("NFKC", ch):
-                if ord(c) in _IGNORABLE or unicodedata.category(c) in _DROP:
-                    continue
-                if c in _STOPS:
-                    c = "."
-                elif c in _DASHES or unicodedata.category(c) == "Pd":
-                    c = "-"
-                elif c.isspace():
-                    c = " " if c not in "\n\r\u2028\u2029\x85\x0b\x0c" else "\n"
-                elif (d := unicodedata.decimal(c, None)) is not None:
-                    c = chr(48 + d)  # Arabic-Indic, Devanagari, ... digits count as digits
+            for c in table.get(ch, ch):
                 out.append(c)
                 starts.append(i)
                 ends.append(i + 1)
