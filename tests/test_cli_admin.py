@@ -222,6 +222,23 @@ def test_policy_reload_rereads_and_announces_to_other_processes(
 # -- keys and serve -----------------------------------------------------------------------------
 
 
+def test_keys_new_mints_a_metrics_only_key_for_prometheus(tmp_path: Path) -> None:
+    """``--metrics-only`` mints the key compose's Prometheus holds: stdout is the key alone (so
+    ``> deploy/secrets/metrics.key`` works), the file records the role; a key cannot be both
+    operator and metrics-only."""
+    keys = tmp_path / "keys.json"
+    args = ["keys", "new", "--agent", "prometheus", "--tenant", "ops", "--file", str(keys)]
+    out = CliRunner().invoke(app, [*args, "--metrics-only"])
+    assert out.exit_code == 0, out.output
+    key = out.stdout.strip()
+    assert out.stdout == key + "\n" and "(metrics only)" in out.stderr
+    scraper = ApiKeys.from_file(keys).authenticate(key)
+    assert scraper.metrics_only and not scraper.operator
+    both = CliRunner().invoke(app, [*args, "--metrics-only", "--operator"])
+    assert both.exit_code == 2 and "either operator or metrics_only" in both.stderr
+    assert len(orjson.loads(keys.read_text())["keys"]) == 1
+
+
 def test_keys_new_prints_the_key_once_and_stores_only_its_digest(tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
     out = CliRunner().invoke(app, ["keys", "new", *ALICE, "--file", str(keys)])

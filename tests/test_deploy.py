@@ -432,6 +432,38 @@ def test_compose_services_have_health_checks_replicas_and_no_telemetry() -> None
     assert "redis://worker:" in services["worker"]["environment"]["MEMBUS_REDIS_URL"]
 
 
+def test_prometheus_scrapes_metrics_with_a_metrics_only_key_from_a_secret_file() -> None:
+    """/metrics answers only operator and metrics-only keys, so compose's Prometheus presents
+    one: as a Bearer token read from a compose secret file (credentials_file), never inline in
+    its config or the environment, from a host directory git ignores and the image build
+    context excludes; compose's own instructions mint a metrics-only key for it."""
+    services = compose()["services"]
+    prom = services["prometheus"]
+    assert prom["profiles"] == ["metrics"]  # a plain `up` does not need the secret file
+    assert prom["secrets"] == ["membus_metrics_key"]
+    assert not prom.get("environment"), "the key must not travel in the environment"
+    secret = Path(compose()["secrets"]["membus_metrics_key"]["file"])
+    mount = next(v for v in prom["volumes"] if v.endswith("/etc/prometheus/prometheus.yml:ro"))
+    config = yaml.safe_load((ROOT / mount.split(":")[0]).read_text())
+    [job] = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"] == [{"targets": ["api:8080"]}]
+    assert job["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": "/run/secrets/membus_metrics_key",
+    }
+    # the secret's host file: ignored by git, outside the image's build context
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(secret)], cwd=ROOT, check=False
+    ).returncode
+    assert ignored == 0, f"{secret} is not git-ignored"
+    assert secret.parts[0] == "deploy"
+    assert "deploy" in (ROOT / ".dockerignore").read_text().split()
+    assert "--metrics-only > deploy/secrets/metrics.key" in COMPOSE.read_text()
+    # the ports Prometheus publishes stay on the host's loopback
+    assert all(str(p).startswith("127.0.0.1:") for p in prom["ports"])
+
+
 def test_every_membus_variable_is_one_settings_reads() -> None:
     """A typo in compose.yaml or .env.example (MEMBUS_STORE_UR) would be silently ignored."""
     known = settings_vars()

@@ -2,7 +2,8 @@
 tasks, casbin gate on policies/example.csv):
 
 - forged and replayed events injected straight into Redis are parked, audited, never recalled;
-- a revocation made in one process is obeyed by a recall in another within a second;
+- a revocation made in one process is obeyed by a recall in another within a second
+  (``PROPAGATION_BOUND_S``), also while that process's writers are flooded;
 - ``forget`` by subject erases every trace (committed, unconsumed, pending, dead-lettered) from
   every Redis key and store point, but only within the scopes the caller may forget in;
 - redaction masks PII everywhere it travels outside the author's private scope;
@@ -35,7 +36,7 @@ from membus.access.audit import AuditLog, audit_key
 from membus.access.policy import CasbinGate
 from membus.access.redact import PiiRedactor
 from membus.access.signing import KeyRecord, SigningKey, keys_key, signed_fields
-from membus.access.watch import PolicyWatcher, RedisSource
+from membus.access.watch import PROPAGATION_BOUND_S, PolicyWatcher, RedisSource
 from membus.bus.api import Agent, Bus
 from membus.bus.draft import Draft
 from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
@@ -216,6 +217,7 @@ async def test_forged_and_replayed_events_are_parked_audited_and_never_recalled(
 # -- 3. revocation across processes ---------------------------------------------------------------
 
 GRANT = "p, alice, acme, team/x/*, publish|recall|subscribe, allow"
+REVOCATION_CYCLES = 5
 _REPORT = re.compile(r"(\d+) (\d+\.\d+)")
 
 
@@ -240,11 +242,12 @@ def _next_count(lines: queue.Queue[str], timeout_s: float) -> tuple[int, float]:
 
 
 def start_process_a(
-    url: str, path: Path, seed: Path
+    url: str, path: Path, seed: Path, *, load: bool = False
 ) -> tuple[subprocess.Popen[bytes], queue.Queue[str]]:
     """tests/policy_proc.py in its own interpreter; its stdout lines arrive on the queue."""
+    extra = ["load"] if load else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.policy_proc", url, str(path), str(seed)],
+        [sys.executable, "-m", "tests.policy_proc", url, str(path), str(seed), *extra],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -275,7 +278,7 @@ async def test_revocation_in_one_process_is_obeyed_by_a_recall_in_another_within
         delay = observed_at - revoked_at
         print(f"revocation obeyed by the other process after {delay * 1000:.0f} ms")
         assert gone == 0
-        assert delay < 1.0
+        assert delay < PROPAGATION_BOUND_S
     finally:
         await redis.aclose()
         assert proc.stdin is not None
@@ -286,6 +289,62 @@ async def test_revocation_in_one_process_is_obeyed_by_a_recall_in_another_within
             proc.kill()
             raise
     assert code == 0
+
+
+@pytest.mark.slow
+async def test_revocation_under_load_is_obeyed_within_the_documented_bound(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The bound README and policies/README.md state, measured where it is hardest to keep:
+    process A's writers ingest a continuous flood of events while it recalls, so the policy
+    reload competes with them for its event loop and its GIL. Over several revoke/re-grant
+    cycles, every recall A *starts* later than the bound after B's ``remove_policy`` was
+    called no longer sees the revoked scope."""
+    seed = tmp_path / "seed.csv"
+    seed.write_text(EXAMPLE.read_text() + GRANT + "\n")
+    proc, lines = start_process_a(redis_url, tmp_path / "a", seed, load=True)
+    redis: Redis = redis_client(redis_url)
+    delays: list[float] = []
+    try:
+        seen, _ = _next_count(lines, 60)
+        assert seen == 1, "process A could not recall its team/x memory before the revocation"
+        gate = CasbinGate(RedisSource(redis), watcher=PolicyWatcher(redis))
+        await anyio.sleep(1.0)  # let the flood build a backlog first
+        for _ in range(REVOCATION_CYCLES):
+            revoked_at = time.time()
+            await gate.remove_policy(GRANT)
+            gone, observed_at = _next_count(lines, 10)
+            assert gone == 0
+            delays.append(observed_at - revoked_at)
+            await gate.add_policy(GRANT)
+            back, _ = _next_count(lines, 10)
+            assert back == 1, "the re-grant was not obeyed"
+    finally:
+        await redis.aclose()
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0
+    published, committed = _load_report(lines)
+    print(
+        "revocation under load obeyed after "
+        + ", ".join(f"{d * 1000:.0f}" for d in delays)
+        + f" ms (bound {PROPAGATION_BOUND_S * 1000:.0f} ms); A published {published} events"
+        + f" and committed {committed} memories meanwhile"
+    )
+    assert committed >= 500, "the writers were not under load"
+    assert max(delays) < PROPAGATION_BOUND_S
+
+
+def _load_report(lines: queue.Queue[str]) -> tuple[int, int]:
+    while True:
+        line = lines.get(timeout=5)
+        if m := re.fullmatch(r"load (\d+) (\d+)", line):
+            return int(m[1]), int(m[2])
 
 
 # -- 4. erasure through the bus -------------------------------------------------------------------
@@ -434,6 +493,38 @@ async def test_pii_is_masked_everywhere_outside_the_authors_private_scope(
         shared_entry = [f for _, f in events if shared.event_id in f["e"]]
         assert len(shared_entry) == 1
         assert orjson.loads(shared_entry[0]["e"])["content"] == team.content
+
+
+EVASIVE = (
+    "Reach zqevader\uff20evasion-corp\uff0ecom or zqdodger (at) hidden-mail (dot) net; "
+    "card 4539\u200b1488\u200b0343\u200b6467, \u7528\u6237@\u4f8b\u5b50\u3002\u5e7f\u544a."
+)
+
+
+@pytest.mark.slow
+async def test_evasively_spelled_pii_never_reaches_redis_or_the_store(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """An agent that spells an address with a fullwidth at, spelled-out (at)/(dot), an IDN
+    domain, or a card number with zero-width spaces into a redacted scope: the event in the
+    stream, the change feed and the memory hold masks, and no Redis key or value holds the
+    address parts; neither do the store's files on disk (while alice's private note, which is
+    not redacted, is found there: the scan can see payloads)."""
+    needles = ("zqevader", "evasion-corp", "zqdodger", "hidden-mail", "\u4f8b\u5b50")
+    async with membus.open(tmp_path / "bus", config(redis_url, redact=["team"])) as bus:
+        alice = bus.agent("alice", TENANT)
+        receipt = await alice.publish(EVASIVE, "team/support")
+        await alice.publish("zqcontrol private note", "agent/alice/notes")
+        await bus.drain(timeout_s=15)
+        [memory] = await bus.store.get(TENANT, [point_id(TENANT, receipt.event_id)])
+        assert memory.content == "Reach [email] or [email]; card [card], [email]."
+        for needle in needles:
+            assert await redis_traces(bus.redis, needle) == [], needle
+            assert await store_traces(bus, needle) == [], needle
+    files = [f for f in (tmp_path / "bus").rglob("*") if f.is_file()]
+    assert any(b"zqcontrol" in f.read_bytes() for f in files)
+    for needle in needles:
+        assert not [f for f in files if needle.encode() in f.read_bytes()], needle
 
 
 # -- 6. refusals ----------------------------------------------------------------------------------

@@ -260,6 +260,57 @@ async def test_watcher_propagates_a_change_between_gates_within_a_second(redis_u
         await rb.aclose()
 
 
+class SlowLoad(RedisSource):
+    """The revoking process's own reload is slow (a big policy, a busy host)."""
+
+    delay_s = 0.0
+
+    async def load(self) -> str:
+        await anyio.sleep(self.delay_s)
+        return await super().load()
+
+
+@pytest.mark.anyio
+async def test_a_revocation_is_announced_before_the_revoking_process_reloads(
+    redis_url: str,
+) -> None:
+    """Other processes hear of a revocation as soon as it is stored: a slow reload in the
+    process that made it does not hold the revocation back everywhere else."""
+    ra = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    rb = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    grant = "p, zed, acme, team/support/*, recall, allow"
+    try:
+        await RedisSource(ra).seed(EXAMPLE.read_text() + grant + "\n")
+        a = CasbinGate(RedisSource(ra), watcher=PolicyWatcher(ra))
+        slow = SlowLoad(rb)
+        b = CasbinGate(slow, watcher=PolicyWatcher(rb))
+        async with anyio.create_task_group() as tg:
+            await tg.start(a.watch)
+            await b.reload()
+            slow.delay_s = 0.3
+            assert await allowed(a, "zed", "recall", "team/support/x")
+            revoking = anyio.Event()
+
+            async def revoke() -> None:
+                await b.remove_policy(grant)
+                revoking.set()
+
+            tg.start_soon(revoke)
+
+            async def denied_to_a() -> bool:
+                return not await allowed(a, "zed", "recall", "team/support/x")
+
+            await eventually(denied_to_a, within=1.0)
+            assert not revoking.is_set(), "a waited for b's own reload"
+            with anyio.fail_after(2):
+                await revoking.wait()
+            assert not await allowed(b, "zed", "recall", "team/support/x")
+            tg.cancel_scope.cancel()
+    finally:
+        await ra.aclose()
+        await rb.aclose()
+
+
 @pytest.mark.anyio
 async def test_resync_picks_up_changes_whose_announcement_was_missed(redis_url: str) -> None:
     r = aioredis.Redis.from_url(redis_url, decode_responses=True)

@@ -1,6 +1,12 @@
 """PII redaction: what is masked, what must be left alone, and events masked as a whole."""
 
+# The evasion corpus is made of confusable characters (fullwidth at signs and digits, en dashes):
+# they are what these tests are about.
+# ruff: noqa: RUF001
+
 from __future__ import annotations
+
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +22,7 @@ from membus.access.redact import (
     redact_event,
 )
 from membus.core.envelope import Event
+from membus.errors import InvalidInput
 
 R = PiiRedactor()
 FAST = settings(max_examples=150, deadline=None)
@@ -85,8 +92,145 @@ def test_kinds_can_be_switched_off() -> None:
 
 def test_hostile_input_stays_linear() -> None:
     """Untrusted 16 KiB texts built to make a naive regex backtrack still finish fast."""
-    for text in ("a" * 16_000, "a@" + "b." * 5000 + "1", "1 " * 8000, "+1" * 5000, "0-" * 8000):
-        R.redact(text)  # the pytest timeout is the assertion; each takes milliseconds
+    hostile = [
+        "a" * 16_000,
+        "a@" + "b." * 5000 + "1",
+        "a@" + "bb." * 5000 + "-",
+        "1 " * 8000,
+        "+1" * 5000,
+        "0-" * 8000,
+        # the normalised view and its rewrites
+        "(at)" * 4000,
+        "a (at) " * 2000,
+        "a @ " * 4000,
+        "a . " * 4000,
+        "1 - " * 4000,
+        " " * 16_000,
+        "\u200b" * 16_000,
+        "a\u200b" * 8000,
+        '"' * 16_000,
+        ('"' + "x" * 60) * 260,
+        "用户" * 5000 + "@",
+        "x\u0301" * 8000,
+        "1." * 8000,
+    ]
+    for text in hostile:
+        started = time.perf_counter()
+        R.redact(text)
+        assert time.perf_counter() - started < 1.0, text[:20]  # each takes milliseconds
+
+
+# -- evasions: the spellings that slipped past the patterns before the text was normalised ----
+
+ZW = "\u200b"  # zero-width space (Unicode format character, Cf)
+ZWJ = "\u200d"  # zero-width joiner
+EVASIONS = [
+    # e-mail: compatibility characters (NFKC)
+    ("mail alice＠example.com now", "mail [email] now"),  # fullwidth commercial at
+    ("mail alice﹫example.com now", "mail [email] now"),  # small commercial at
+    ("ａｌｉｃｅ＠ｅｘａｍｐｌｅ．ｃｏｍ", "[email]"),  # all fullwidth
+    ("alice@example．com", "[email]"),  # fullwidth full stop
+    ("Ⓐlice@example.com", "[email]"),  # circled letter
+    # e-mail: invisible characters inside
+    (f"ali{ZW}ce@exam{ZWJ}ple.com", "[email]"),
+    (f"alice{ZW}@{ZW}example.com", "[email]"),
+    ("alice\u2060@example\u00ad.com", "[email]"),  # word joiner, soft hyphen
+    ("alice\ufeff@example.com", "[email]"),  # BOM
+    ("alice\u034f@example.com\ufe0f", "[email]\ufe0f"),  # CGJ inside; a trailing VS stays
+    # e-mail: internationalised (RFC 6531 local parts, IDN domains, IDNA label separators)
+    ("用户@例子.广告", "[email]"),
+    ("联系 用户@例子。广告 谢谢", "联系 [email] 谢谢"),  # ideographic full stop
+    ("josé@café.fr", "[email]"),
+    ("jose\u0301@cafe\u0301.fr", "[email]"),  # decomposed accents
+    ("пользователь@пример.рф", "[email]"),
+    ("alice@xn--caf-dma.fr", "[email]"),
+    # e-mail: spaced and spelled-out
+    ("write to a @ b.com today", "write to [email] today"),
+    ("alice @ example . com", "[email]"),
+    ("john (at) example (dot) com today", "[email] today"),
+    ("john(at)example(dot)com", "[email]"),
+    ("john[at]example[dot]com", "[email]"),
+    ("john {AT} example {DOT} org", "[email]"),
+    ("john <at> example <dot> co <dot> uk", "[email]"),
+    ("john [ at ] example [ dot ] com", "[email]"),
+    ("john(@)example(.)com", "[email]"),
+    ("alice@example·com", "[email]"),  # middle dot for the dot
+    ('"john doe"@example.com', "[email]"),  # quoted local part
+    # cards: separators, invisible characters, other digits
+    (f"card 4111{ZW}1111{ZW}1111{ZW}1111", "card [card]"),
+    (f"card 4{ZWJ}1{ZWJ}1{ZWJ}1111111111111", "card [card]"),
+    ("4\u00ad111111111111111", "[card]"),
+    ("4111\u00a01111\u00a01111\u00a01111", "[card]"),  # no-break spaces
+    ("4111\u20091111\u20091111\u20091111", "[card]"),  # thin spaces
+    ("4111  1111  1111  1111", "[card]"),
+    ("4111 - 1111 - 1111 - 1111", "[card]"),
+    ("4111–1111–1111–1111", "[card]"),  # en dashes
+    ("4111.1111.1111.1111", "[card]"),
+    ("４１１１ １１１１ １１１１ １１１１", "[card]"),  # fullwidth digits
+    ("٤١١١١١١١١١١١١١١١", "[card]"),  # Arabic-Indic digits
+    ("𝟒𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏", "[card]"),  # mathematical bold digits
+    # phones
+    (f"call +33{ZW}6 12 34 56 78", "call [phone]"),
+    ("call ＋３３ ６ １２ ３４ ５６ ７８", "call [phone]"),
+]
+
+
+@pytest.mark.parametrize(("text", "masked"), EVASIONS)
+def test_evasive_spellings_are_masked(text: str, masked: str) -> None:
+    """An agent hiding an address or a number behind compatibility characters, invisible
+    characters, other scripts or spelled-out punctuation gets it masked all the same, and the
+    mask covers the whole original spelling."""
+    assert R.redact(text).text == masked
+
+
+# Ordinary text (prose, code, numbers, other scripts) must come through byte for byte.
+UNTOUCHED = [
+    "Meet me at 12:30 (at the usual place), then lunch at 13.45.",
+    "Released 1.2.3 and v10.4.0-rc.1; see section 4.2.1.",
+    "Prices: $1,299.99, €15.50, ¥1200 and £3.",
+    "Tickets 10 - 20 are done; 3 - 4 more to go.",
+    "thanks @bob and @alice.smith for the review",  # mentions are not addresses
+    "see you (at) noon, or later [dot your i's]",
+    "y = x @ W.T  # a matrix product",
+    "ratio 3 . 5 and a . b",
+    "Straße, naïve café, Ελληνικά, 日本語のテキスト。次の文。",
+    "It costs ４２ yen; call it twenty.",
+    "a\u200bzero-width\u200djoined word with a soft\u00adhyphen",
+    "user@localhost and root@host stay: no dotted domain",
+    "a@b.c has no real top-level domain",
+    "e.g. i.e. etc. Mr. Smith @ 5pm",
+    "coordinates 48.8566, 2.3522 at 09:41:07",
+]
+
+
+@pytest.mark.parametrize("text", UNTOUCHED)
+def test_normalising_leaves_ordinary_text_alone(text: str) -> None:
+    """Normalisation is only what the detectors see: text without PII comes back as it was,
+    invisible characters and fullwidth forms included."""
+    r = R.redact(text)
+    assert r.text == text and r.findings == []
+
+
+def test_findings_of_evasions_point_into_the_original_text() -> None:
+    """Offsets are into the text as written, so the mask takes the invisible characters and
+    spelled-out punctuation with it, and nothing around it."""
+    text = f"x a{ZW}b＠c．io y john (at) ex (dot) org z"
+    r = R.redact(text)
+    assert [text[f.start : f.end] for f in r.findings] == [
+        f"a{ZW}b＠c．io",
+        "john (at) ex (dot) org",
+    ]
+    assert r.text == "x [email] y [email] z"
+
+
+def test_redaction_never_echoes_the_original_in_errors() -> None:
+    """When masking makes an event too large, the refusal names the field, never the text."""
+    content = "q@z.io " * 2340  # under the limit; each mask is longer than its address
+    e = Event.build(tenant="acme", scope="team/a", agent="alice", content=content)
+    with pytest.raises(InvalidInput) as refused:
+        redact_event(e, R)
+    message = str(refused.value) + repr(refused.value.problems)
+    assert "content" in message and "q@z" not in message and "z.io" not in message
 
 
 # -- properties --------------------------------------------------------------------------------

@@ -37,9 +37,17 @@ FAST = WorkerConfig(
 )
 ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
 ZED, OPS = "zed-key-0123456789", "ops-key-0123456789"
+PROM = "prometheus-key-0123456789"
 KEYS = ApiKeys.from_keys(
-    {ALICE: ("acme", "alice"), BOB: ("acme", "bob"), ZED: ("other", "zed"), OPS: ("acme", "ops")},
+    {
+        ALICE: ("acme", "alice"),
+        BOB: ("acme", "bob"),
+        ZED: ("other", "zed"),
+        OPS: ("acme", "ops"),
+        PROM: ("acme", "prometheus"),
+    },
     operators=[OPS],
+    scrapers=[PROM],
 )
 
 
@@ -287,7 +295,7 @@ async def test_gate_denial_is_403_and_counted(tmp_path: Path, redis_url: str) ->
         assert r.status_code == 403
         r = await http.post("/v1/admin/policy/reload", headers=auth(OPS))
         assert r.status_code == 200 and r.json()["version"] >= 1
-        text = (await http.get("/metrics")).text
+        text = (await http.get("/metrics", headers=auth(OPS))).text
         assert 'membus_permission_denials_total{action="publish",tenant="acme"} 1.0' in text
         # the audit trail over HTTP: admin on the scope, and both refusals are on it
         r = await http.get("/v1/audit", params={"scope": "team"}, headers=auth(ALICE))
@@ -312,7 +320,7 @@ async def test_health_ready_and_metrics(tmp_path: Path, redis_url: str) -> None:
         )
         await bus.drain(10)
         await http.post("/v1/recall", json={"query": "x"}, headers=auth(ALICE))
-        r = await http.get("/metrics")
+        r = await http.get("/metrics", headers=auth(OPS))
         assert r.status_code == 200
         for name in (
             'membus_stream_lag{group="writers",stream="events",tenant="acme"} 0.0',
@@ -332,6 +340,70 @@ async def test_health_ready_and_metrics(tmp_path: Path, redis_url: str) -> None:
             "membus_redis_up 1.0",
         ):
             assert name in r.text, name
+
+
+async def test_metrics_need_an_operator_key(tmp_path: Path, redis_url: str) -> None:
+    """/metrics names every tenant and its activity, so it is for operator keys only: no key,
+    a wrong key, a key in the wrong header scheme and an ordinary agent's key (of this tenant or
+    another) all get an error body that names no tenant; failed attempts are counted."""
+    async with service(tmp_path, redis_url) as (_bus, http):
+        await http.post("/v1/publish", json={"content": "x", "scope": "team/a"}, headers=auth(ZED))
+        attempts: list[dict[str, str]] = [
+            {},
+            auth("not-a-key-0123456789"),
+            {"Authorization": f"Basic {OPS}"},
+            {"Authorization": "Bearer "},
+            {"X-API-Key": OPS[:-1]},
+        ]
+        for headers in attempts:
+            r = await http.get("/metrics", headers=headers)
+            assert r.status_code == 401, headers
+            assert error(r)["code"] == "unauthenticated"
+            assert "membus_" not in r.text and "other" not in r.text
+        for key in (ALICE, ZED):
+            for headers in (auth(key), {"X-API-Key": key}):
+                r = await http.get("/metrics", headers=headers)
+                assert r.status_code == 403, key
+                assert error(r)["code"] == "permission_denied"
+                assert "membus_" not in r.text and 'tenant="other"' not in r.text
+        # the operator scrapes, with either header, and sees every tenant
+        for headers in (auth(OPS), {"X-API-Key": OPS}):
+            r = await http.get("/metrics", headers=headers)
+            assert r.status_code == 200
+            assert 'membus_published_events_total{tenant="other"} 1.0' in r.text
+            assert "membus_auth_failures_total 5.0" in r.text
+            assert 'membus_permission_denials_total{action="admin",tenant="acme"} 2.0' in r.text
+
+
+async def test_a_metrics_only_key_scrapes_and_does_nothing_else(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The key a Prometheus server holds (``keys new --metrics-only``) reads /metrics; a thief
+    who takes it from the scraper's config can neither act as an agent (publish, recall, feed,
+    forget, access stats, whoami) nor use an operator's or admin's routes."""
+    async with service(tmp_path, redis_url) as (bus, http):
+        r = await http.get("/metrics", headers=auth(PROM))
+        assert r.status_code == 200 and "membus_redis_up 1.0" in r.text
+        attempts = [
+            ("POST", "/v1/publish", {"content": "x", "scope": "agent/prometheus"}),
+            ("POST", "/v1/publish/batch", {"drafts": [{"content": "x", "scope": "team/a"}]}),
+            ("POST", "/v1/recall", {"query": "x"}),
+            ("POST", "/v1/access", {"memory_ids": []}),
+            ("POST", "/v1/forget", {"subject": "customer:1"}),
+            ("POST", "/v1/admin/policy/reload", None),
+            ("GET", "/v1/changes", None),
+            ("GET", "/v1/audit?scope=team", None),
+            ("GET", "/v1/whoami", None),
+        ]
+        for method, path, body in attempts:
+            for headers in (auth(PROM), {"X-API-Key": PROM}):
+                r = await http.request(method, path, json=body, headers=headers)
+                if path == "/v1/admin/policy/reload" and r.status_code == 404:
+                    continue  # the open gate has no reload route
+                assert r.status_code == 403, (path, r.text)
+                assert error(r)["code"] == "permission_denied"
+                assert "metrics-only" in error(r)["message"]
+        assert await bus.redis.xlen(TenantKeys("acme").events) == 0
 
 
 async def test_errors_are_typed_json(tmp_path: Path, redis_url: str) -> None:

@@ -349,11 +349,12 @@ class CasbinGate:
         return await self._changed()
 
     async def _changed(self) -> int:
-        version = await self.reload()
+        # Announce as soon as the change is stored, before reloading here: every other process
+        # reads the source itself, so making it wait for this one's reload only delays a
+        # revocation everywhere else (by a reload, ~0.1 s on a busy host).
         if self.watcher is not None:
-            assert self._snap is not None
-            await self.watcher.announce(self._snap.revision)
-        return version
+            await self.watcher.announce(await self.source.revision())
+        return await self.reload()
 
     async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follow changes from other processes until cancelled (``await tg.start(gate.watch)``)."""

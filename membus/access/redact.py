@@ -5,6 +5,19 @@ errs towards leaving ordinary text alone: dates, versions, IPs, ticket numbers a
 numbers must pass the Luhn check and look like a card (issuer digit, usual grouping), and phone
 numbers must have a phone's shape (``+`` international, NANP, or a trunk ``0`` prefix).
 
+Detectors never see the raw text: they run on a normalised view of it, so the spellings people
+(and evasive agents) use to slip an address or a number past a pattern are matched like the
+plain ones. The view is NFKC (fullwidth at signs and digits, compatibility dots and spaces),
+without invisible characters (Unicode format characters such as zero-width spaces and joiners,
+soft hyphens and BOMs; combining marks; variation selectors and fillers), with every script's
+digits as ASCII digits, dashes as ``-``, ideographic full stops and middle dots as ``.``, runs of
+spaces as one, and the obfuscated ``(at)``/``[dot]`` spellings and a spaced ``a @ b.com`` as
+``@`` and ``.``. Each view character remembers the original characters it came from, so the mask
+covers the original span (invisible characters inside it included) and everything outside it is
+left byte for byte. Addresses may be internationalised (``用户@例子.广告``, ``josé@café.fr``).
+No off-the-shelf PII detector fit: the maintained ones need a language model (Presidio: spaCy)
+or heavy dependencies (scrubadub: scikit-learn, textblob, faker).
+
 Every pattern is linear-time (possessive quantifiers, starts anchored by look-behind) because the
 text is untrusted and up to 16 KiB.
 """
@@ -12,6 +25,7 @@ text is untrusted and up to 16 KiB.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, Protocol, runtime_checkable
@@ -41,17 +55,131 @@ class Redactor(Protocol):
     def redact(self, text: str) -> Redaction: ...
 
 
+# -- the normalised view -----------------------------------------------------------------------
+
+# Invisible but not Cf: combining grapheme joiner, Hangul fillers, Khmer inherent vowels,
+# Mongolian variation selectors, variation selectors (the Default_Ignorable_Code_Point extras).
+_IGNORABLE: Final = frozenset(
+    [
+        *(0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x3164, 0xFFA0),
+        *range(0x180B, 0x1810),
+        *range(0xFE00, 0xFE10),
+        *range(0xE0100, 0xE01F0),
+    ]
+)
+_DROP: Final = frozenset({"Cf", "Mn", "Me", "Cs", "Co", "Cn"})
+# ideographic full stops (IDNA label separators) and the middle dots written for "dot"
+_STOPS: Final = frozenset("\u3002\uff61\ufe12\u00b7\u2027\u2219\u22c5\u30fb")
+_DASHES: Final = frozenset("\u2212\u2796\ufe63\uff0d")  # minus signs that are not Pd
+
+_OPEN, _CLOSE = r"[(\[{<]", r"[)\]}>]"
+# obfuscated spellings, with the spaces around them: "a (at) b [dot] com", "a @ b.com"
+_REWRITES: Final = [
+    (re.compile(rf"(?<!\s)\s*+{_OPEN}\s*+(?:at|@)\s*+{_CLOSE}\s*+", re.IGNORECASE), "@"),
+    (re.compile(rf"(?<!\s)\s*+{_OPEN}\s*+(?:dot|\.)\s*+{_CLOSE}\s*+", re.IGNORECASE), "."),
+    # spaces on both sides only: "thanks @bob" stays
+    (re.compile(r"(?<=\w) @ (?=\w)"), "@"),
+    (re.compile(r"(?<=\w) \. (?=\w)"), "."),
+    (re.compile(r"(?<=\d) - (?=\d)"), "-"),
+    (re.compile(r"  ++"), " "),
+]
+
+
+def _fold_char(ch: str) -> str:
+    """What one character is to the detectors: NFKC, invisible ones dropped, digits, dashes,
+    stops and spaces in their ASCII spelling."""
+    out = []
+    for c in unicodedata.normalize("NFKC", ch):
+        if ord(c) in _IGNORABLE or unicodedata.category(c) in _DROP:
+            continue
+        if c in _STOPS:
+            c = "."
+        elif c in _DASHES or unicodedata.category(c) == "Pd":
+            c = "-"
+        elif c.isspace():
+            c = "\n" if c in "\n\r\u2028\u2029\x85\x0b\x0c" else " "
+        elif (d := unicodedata.decimal(c, None)) is not None:
+            c = chr(48 + d)  # Arabic-Indic, Devanagari, ... digits count as digits
+        out.append(c)
+    return "".join(out)
+
+
+class _View:
+    """The text detectors see; ``span`` maps a view span back to the original text."""
+
+    __slots__ = ("ends", "starts", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        # None: the view is the text itself (the common, ASCII case costs no index lists)
+        self.starts: list[int] | None = None
+        self.ends: list[int] | None = None
+        if not text.isascii():
+            self._fold(text)
+        for pattern, repl in _REWRITES:
+            if pattern.search(self.text) is not None:
+                self._rewrite(pattern, repl)
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        if self.starts is None or self.ends is None:
+            return start, end
+        return self.starts[start], self.ends[end - 1]
+
+    def _fold(self, text: str) -> None:
+        # per distinct character, not per position: a long text has few distinct ones
+        table = {ch: f for ch in set(text) if not ch.isascii() and (f := _fold_char(ch)) != ch}
+        if not table:
+            return  # already what detectors should see (most accented and CJK text)
+        if all(len(f) == 1 for f in table.values()):
+            # same positions: no index lists
+            self.text = text.translate({ord(ch): f for ch, f in table.items()})
+            return
+        out: list[str] = []
+        starts: list[int] = []
+        ends: list[int] = []
+        for i, ch in enumerate(text):
+            for c in table.get(ch, ch):
+                out.append(c)
+                starts.append(i)
+                ends.append(i + 1)
+        self.text, self.starts, self.ends = "".join(out), starts, ends
+
+    def _rewrite(self, pattern: re.Pattern[str], repl: str) -> None:
+        n = len(self.text)
+        starts = self.starts if self.starts is not None else list(range(n))
+        ends = self.ends if self.ends is not None else list(range(1, n + 1))
+        out: list[str] = []
+        new_starts: list[int] = []
+        new_ends: list[int] = []
+        pos = 0
+        for m in pattern.finditer(self.text):
+            out.append(self.text[pos : m.start()])
+            new_starts += starts[pos : m.start()]
+            new_ends += ends[pos : m.start()]
+            out.append(repl)  # one character standing for the whole spelling
+            new_starts.append(starts[m.start()])
+            new_ends.append(ends[m.end() - 1])
+            pos = m.end()
+        out.append(self.text[pos:])
+        new_starts += starts[pos:]
+        new_ends += ends[pos:]
+        self.text, self.starts, self.ends = "".join(out), new_starts, new_ends
+
+
 # -- detectors ---------------------------------------------------------------------------------
 
-# RFC 5322 atext (plus '.'): a start is only tried where such a run begins, so a long run not
-# followed by '@' costs one pass, not one per position.
-_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~.-"
+# RFC 5322 atext (plus '.') and, for internationalised addresses (RFC 6531), any letter or digit:
+# a start is only tried where such a run begins, so a long run not followed by '@' costs one
+# pass, not one per position. Domain labels are letters, digits and '-' in any script (IDN).
+_ATEXT = r"\w!#$%&'*+/=?^`{|}~.-"
+_LABEL = r"(?>[^\W_][\w-]*+)(?<![-_])"  # atomic: a label matches one way or not at all
+# a quoted local part ("john doe"@example.com) too; top-level domains have two characters or more
 _EMAIL = re.compile(
-    rf"(?<![{_ATEXT}])[{_ATEXT}]++@(?:[A-Za-z0-9-]++\.)+[A-Za-z][A-Za-z0-9-]*(?<!-)"
+    rf'(?:"[^"\n]{{1,64}}+"|(?<![{_ATEXT}])[{_ATEXT}]++)@(?:{_LABEL}\.)+[^\W\d_][\w-]++(?<![-_])'
 )
 
-# Maximal runs of digit groups joined by one space or dash; card windows are chosen inside.
-_DIGIT_RUN = re.compile(r"\d++(?:[ -]\d++)*+")
+# Maximal runs of digit groups joined by one space, dash or dot; card windows are chosen inside.
+_DIGIT_RUN = re.compile(r"\d++(?:[ .-]\d++)*+")
 _GROUP = re.compile(r"\d++")
 
 _PHONES = [
@@ -190,14 +318,24 @@ class PiiRedactor:
         self.kinds = [k for k in _DETECTORS if enabled[k]]
 
     def findings(self, text: str) -> list[Finding]:
-        if "@" not in text and not any(c.isdigit() for c in text):
+        """Spans of ``text`` (the original, not the normalised view) to mask, in order."""
+        view = _View(text)
+        seen = view.text
+        if "@" not in seen and not any(c.isdigit() for c in seen):
             return []  # the common case: nothing any detector could match
-        taken: list[Finding] = []
+        taken: list[tuple[str, int, int]] = []
         for kind in self.kinds:
-            for start, end in _DETECTORS[kind](text):
-                if all(end <= f.start or start >= f.end for f in taken):
-                    taken.append(Finding(kind, start, end))
-        return sorted(taken, key=lambda f: f.start)
+            for start, end in _DETECTORS[kind](seen):
+                if all(end <= s or start >= e for _, s, e in taken):
+                    taken.append((kind, start, end))
+        out: list[Finding] = []
+        for kind, start, end in sorted(taken, key=lambda t: t[1]):
+            a, b = view.span(start, end)
+            if out and a < out[-1].end:  # one original character expanded into both spans
+                a = out[-1].end
+            if a < b:
+                out.append(Finding(kind, a, b))
+        return out
 
     def redact(self, text: str) -> Redaction:
         found = self.findings(text)

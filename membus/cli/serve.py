@@ -129,7 +129,16 @@ def keys_new(
     agent: AgentOpt,
     tenant: TenantOpt,
     operator: Annotated[
-        bool, typer.Option("--operator", help="May also call service-wide operations.")
+        bool,
+        typer.Option(
+            "--operator", help="May also call service-wide operations (policy reload, /metrics)."
+        ),
+    ] = False,
+    metrics_only: Annotated[
+        bool,
+        typer.Option(
+            "--metrics-only", help="May scrape /metrics and nothing else (for Prometheus)."
+        ),
     ] = False,
     file: Annotated[
         Path | None,
@@ -145,7 +154,13 @@ def keys_new(
     key = new_key()
     try:
         try:
-            entry = KeyEntry(sha256=hash_key(key), agent=agent, tenant=tenant, operator=operator)
+            entry = KeyEntry(
+                sha256=hash_key(key),
+                agent=agent,
+                tenant=tenant,
+                operator=operator,
+                metrics_only=metrics_only,
+            )
         except ValidationError as exc:
             raise invalid_from(exc, "api key") from None
         _append(path, entry)
@@ -156,7 +171,7 @@ def keys_new(
     else:
         typer.echo(key)
         typer.echo(
-            f"API key for {agent} in {tenant}{' (operator)' if operator else ''} added to "
+            f"API key for {agent} in {tenant}{_role(operator, metrics_only)} added to "
             f"{path}; it is shown only this once",
             err=True,
         )
@@ -179,6 +194,10 @@ def keys_authority(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
         emit_json({"authority": authority, "master_file": str(path)})
     else:
         typer.echo(authority)
+
+
+def _role(operator: bool, metrics_only: bool) -> str:
+    return " (operator)" if operator else " (metrics only)" if metrics_only else ""
 
 
 def _append(path: Path, entry: KeyEntry) -> None:

@@ -8,7 +8,10 @@ bus asks its gate at every door with the key's identity. Errors are ``{"error": 
 "message", ...}}`` with the statuses in ``membus.service.wire.STATUS``.
 
 Hooks for more endpoints: a route is one function below taking ``who: Caller``; admin routes
-check ``"admin"`` on the scope they touch (or require an operator key for service-wide ones).
+check ``"admin"`` on the scope they touch (or require an operator key for service-wide ones:
+policy reload, and ``/metrics``, which names every tenant; a metrics-only key may scrape it and
+do nothing else). Only ``/healthz`` and ``/readyz`` answer without a key, and they say nothing
+about tenants.
 """
 
 from __future__ import annotations
@@ -89,8 +92,9 @@ class Service:
         self.guard = BacklogGuard(bus.redis, bus.config.worker.group, limits)
         self.log = get_logger("membus.service")
 
-    def caller(self, request: Request) -> Principal:
-        """Authenticate, then charge the agent's rate limit (before any work is done)."""
+    def caller(self, request: Request, *, scrape: bool = False) -> Principal:
+        """Authenticate, then charge the agent's rate limit (before any work is done).
+        A metrics-only key is refused everywhere but the scrape (``scrape=True``)."""
         headers = request.headers
         try:
             who = self.auth.authenticate(
@@ -99,6 +103,8 @@ class Service:
         except Unauthenticated:
             self.metrics.auth_failures.inc()
             raise
+        if who.metrics_only and not scrape:
+            raise PermissionDenied(who.agent, "use a metrics-only key on", request.url.path)
         try:
             self.rate.take(who.tenant, who.agent)
         except RateLimited:
@@ -139,8 +145,19 @@ async def _caller(  # async: a sync dependency would hop to a worker thread
     return svc.caller(request)
 
 
+async def _scraper(
+    request: Request,
+    _b: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
+    _k: Annotated[str | None, Security(_api_key)] = None,
+) -> Principal:
+    """The principal of a ``/metrics`` scrape: metrics-only keys are accepted here too."""
+    svc: Service = request.app.state.membus
+    return svc.caller(request, scrape=True)
+
+
 # module level: routes are annotated with it, and FastAPI resolves names in this module
 Caller = Annotated[Principal, Depends(_caller)]
+Scraper = Annotated[Principal, Depends(_scraper)]
 
 
 def _install_errors(app: FastAPI, svc: Service) -> None:
@@ -360,9 +377,17 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
             raise Unavailable(f"redis unavailable: {exc}") from None
         return {"status": "ready"}
 
-    @app.get("/metrics", response_class=Response, tags=["meta"])
-    async def metrics() -> Response:
-        """Prometheus text format: request rates and latencies, stream lag/pending, DLQ."""
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={s: ERRORS[s] for s in (401, 403, 429)},
+        tags=["meta"],
+    )
+    async def metrics(who: Scraper) -> Response:
+        """Prometheus text format: request rates and latencies, stream lag/pending, DLQ.
+        Operator and metrics-only keys only: the figures name every tenant and its activity."""
+        if not (who.operator or who.metrics_only):
+            raise PermissionDenied(who.agent, "admin", "metrics", who.tenant)
         await svc.metrics.refresh(bus.redis)
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 

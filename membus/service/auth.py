@@ -6,8 +6,10 @@ touches the disk of the service)::
     {"keys": [{"sha256": "<64 hex>", "agent": "alice", "tenant": "acme"},
               {"sha256": "<64 hex>", "agent": "ops", "tenant": "acme", "operator": true}]}
 
-``operator`` keys may also call service-wide operations (policy reload); everything else an
-operator does still goes through the gate as its agent.
+``operator`` keys may also call service-wide operations (policy reload, scraping ``/metrics``);
+everything else an operator does still goes through the gate as its agent. ``metrics_only`` keys
+(for a Prometheus scraper) may scrape ``/metrics`` and nothing else: the secret a monitoring
+system holds can neither act as an agent nor reload the policy.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Annotated
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from membus.access.gate import Identity
 from membus.core.envelope import Name, invalid_from
@@ -45,6 +47,7 @@ class Principal(BaseModel):
     model_config = ConfigDict(frozen=True)
     identity: Identity
     operator: bool = False
+    metrics_only: bool = False
 
     @property
     def agent(self) -> str:
@@ -61,6 +64,13 @@ class KeyEntry(BaseModel):
     agent: Name
     tenant: Name
     operator: bool = False
+    metrics_only: bool = False
+
+    @model_validator(mode="after")
+    def _one_role(self) -> KeyEntry:
+        if self.operator and self.metrics_only:
+            raise ValueError("a key is either operator or metrics_only, not both")
+        return self
 
 
 class KeysFile(BaseModel):
@@ -78,7 +88,9 @@ class ApiKeys:
             if e.sha256 in self._by_digest:
                 raise InvalidInput("the same API key is listed twice")
             principal = Principal(
-                identity=Identity(tenant=e.tenant, agent=e.agent), operator=e.operator
+                identity=Identity(tenant=e.tenant, agent=e.agent),
+                operator=e.operator,
+                metrics_only=e.metrics_only,
             )
             self._by_digest[e.sha256] = (bytes.fromhex(e.sha256), principal)
 
@@ -87,10 +99,14 @@ class ApiKeys:
 
     @classmethod
     def from_keys(
-        cls, keys: Mapping[str, Identity | tuple[str, str]], operators: Iterable[str] = ()
+        cls,
+        keys: Mapping[str, Identity | tuple[str, str]],
+        operators: Iterable[str] = (),
+        scrapers: Iterable[str] = (),
     ) -> ApiKeys:
-        """Keys given in code: ``{secret: Identity(...) or (tenant, agent)}``; hashed at once."""
-        ops = set(operators)
+        """Keys given in code: ``{secret: Identity(...) or (tenant, agent)}``; hashed at once.
+        Secrets listed in ``operators`` are operator keys, in ``scrapers`` metrics-only keys."""
+        ops, scrape = set(operators), set(scrapers)
         entries = []
         for secret, who in keys.items():
             if len(secret) < 16:
@@ -99,7 +115,11 @@ class ApiKeys:
             try:
                 entries.append(
                     KeyEntry(
-                        sha256=hash_key(secret), agent=agent, tenant=tenant, operator=secret in ops
+                        sha256=hash_key(secret),
+                        agent=agent,
+                        tenant=tenant,
+                        operator=secret in ops,
+                        metrics_only=secret in scrape,
                     )
                 )
             except ValidationError as exc:
