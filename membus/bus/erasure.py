@@ -41,6 +41,7 @@ from membus.core.redis import REDIS_DOWN, Redis, decode_fields, unavailable
 from membus.errors import InvalidInput
 from membus.recall.heat import forget_access
 from membus.store.port import Memory, Store, check_ids, point_id
+from membus.store.sealed import Shredder
 from membus.stream.feed import Change
 from membus.stream.tombstones import erased as erased
 from membus.stream.tombstones import is_tombstoned as is_tombstoned
@@ -73,6 +74,7 @@ class ErasureReport(BaseModel):
     ledger: int = 0  # consolidation ledger entries deleted
     tombstones: int = 0  # new tombstones written
     notices: int = 0  # "delete" changes published for subscribers
+    keys: int = 0  # data keys destroyed (``membus.store.sealed``): store copies unreadable
     memory_ids: list[str] = Field(default_factory=list)
     event_ids: list[str] = Field(default_factory=list)
     aof_rewrite: str = "off"  # started | in_progress | off | failed
@@ -373,6 +375,8 @@ async def forget(
         for _ in range(_PASSES):
             await _pass(redis, store, crit, st, group)
         await forget_access(redis, tenant, sorted(st.memories))  # recall statistics too
+        if isinstance(store, Shredder):  # after the tombstones: no key can be minted again
+            st.add("keys", await store.shred(tenant, sorted(st.memories)))
         notices = await _notify(redis, tenant, st.deleted.values()) if notify else 0
         aof = await _rewrite_aof(redis, tenant)
     except REDIS_DOWN as exc:
@@ -387,7 +391,9 @@ async def forget(
     )
     log.info(
         "erasure.done",
-        **report.model_dump(include={"memories", "events", "pending", "dlq", "changes", "errors"}),
+        **report.model_dump(
+            include={"memories", "events", "pending", "dlq", "changes", "errors", "keys"}
+        ),
     )
     return report
 
