@@ -5,8 +5,8 @@ undelivered and pending; parked in the DLQ; redelivered after the forget; in wor
 published over HTTP and MCP) are forgotten by each criterion (ids, subject, agent, scope). Then
 we scan, and find none of their bytes in: ``DUMP`` of every Redis key of every type (and every
 key name), every file under the data directory once the AOF rewrite that forget starts is done
-(AOF base and increments, Redis's log, the Edge shard's WAL and segments), every store point, and
-the change feed from 0 over Python, SSE and MCP.
+(AOF base and increments, Redis's log, the Edge shard's WAL and segments), every store point, the
+change feed from 0 over Python, SSE and MCP, working memory, the metrics page, and the logs.
 
 What makes it hold: streams with one entry per node (``stream-node-max-entries 1``: XDEL frees
 the entry's bytes), the AOF rewrite, and crypto-shredding in the store (``SealedStore``: what the
@@ -149,7 +149,9 @@ def absent(where: str, haystack: str | bytes, needles: list[str]) -> list[str]:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[tuple[World, Client, str]]:
+async def world(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> AsyncIterator[tuple[World, Client, str]]:
     """An embedded bus (its own redis-server and Edge shard under ``tmp_path``) and one writer we
     step by hand, so that some canaries can stay uncommitted; HTTP and MCP doors open on it."""
     root = tmp_path / "bus"
@@ -244,7 +246,7 @@ async def canary_memories(w: World) -> list[str]:
 
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))
 async def test_no_byte_of_an_erased_canary_is_left_anywhere(
-    world: tuple[World, Client, str], criterion: str
+    world: tuple[World, Client, str], criterion: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Forget by ``criterion``; a replay of an erased entry arrives after it and is dropped. Then
     no canary's bytes in DUMP of any key, any file of the data directory after the AOF rewrite,
@@ -278,6 +280,8 @@ async def test_no_byte_of_an_erased_canary_is_left_anywhere(
     leaks += absent("feed", await feed_from_zero(bus), needles)
     leaks += absent("sse", await sse_from_zero(url), needles)
     leaks += absent("mcp", await mcp_changes(client), needles)
+    async with httpx.AsyncClient(base_url=url) as http:
+        leaks += absent("metrics", (await http.get("/metrics")).text, needles)
     working = await bus.agent("leaky", TENANT).recall(w.needles["late"], k=20, working=True)
     leaks += absent("working", "\n".join(h.memory.model_dump_json() for h in working), needles)
     # what was not erased still reads back, opened from its sealed payload
@@ -290,4 +294,10 @@ async def test_no_byte_of_an_erased_canary_is_left_anywhere(
             break
         await anyio.sleep(0.1)
     leaks += on_disk
+    # the logs of the whole run (structlog writes to stdout): no content, subject or key, ever
+    logged = capsys.readouterr()
+    assert (
+        "erasure.done" in logged.out + logged.err
+    )  # the logs were captured, so it means something
+    leaks += absent("logs", logged.out + logged.err, list(w.needles.values()))
     assert not leaks, "; ".join(leaks)
