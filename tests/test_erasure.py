@@ -190,6 +190,9 @@ async def test_forget_leaves_no_trace_of_the_canary_anywhere(world: World, crite
     assert set(report.memory_ids) == {point_id(TENANT, e) for e in world.canary_events}
     assert report.tombstones == 14  # 7 event ids + 7 memory ids
     assert report.aof_rewrite in ("started", "in_progress")
+    assert report.keys == 4  # the committed memories' data keys: their store copies are shredded
+    # this test server shares stream nodes (Redis's default, 100): the report says so
+    assert report.stream_node_entries == 100
     # survivors untouched
     assert await bus.store.count(TENANT) == before - 4
     kept = await bus.store.get(TENANT, [point_id(TENANT, e) for e in world.keeper_events])

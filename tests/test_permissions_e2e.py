@@ -508,8 +508,8 @@ async def test_evasively_spelled_pii_never_reaches_redis_or_the_store(
     """An agent that spells an address with a fullwidth at, spelled-out (at)/(dot), an IDN
     domain, or a card number with zero-width spaces into a redacted scope: the event in the
     stream, the change feed and the memory hold masks, and no Redis key or value holds the
-    address parts; neither do the store's files on disk (while alice's private note, which is
-    not redacted, is found there: the scan can see payloads)."""
+    address parts (while alice's private note, which is not redacted, is found there: the scan
+    can see content); neither do the store's files on disk."""
     needles = ("zqevader", "evasion-corp", "zqdodger", "hidden-mail", "\u4f8b\u5b50")
     async with membus.open(tmp_path / "bus", config(redis_url, redact=["team"])) as bus:
         alice = bus.agent("alice", TENANT)
@@ -518,11 +518,11 @@ async def test_evasively_spelled_pii_never_reaches_redis_or_the_store(
         await bus.drain(timeout_s=15)
         [memory] = await bus.store.get(TENANT, [point_id(TENANT, receipt.event_id)])
         assert memory.content == "Reach [email] or [email]; card [card], [email]."
+        assert await redis_traces(bus.redis, "zqcontrol")  # the scan sees unredacted content
         for needle in needles:
             assert await redis_traces(bus.redis, needle) == [], needle
             assert await store_traces(bus, needle) == [], needle
     files = [f for f in (tmp_path / "bus").rglob("*") if f.is_file()]
-    assert any(b"zqcontrol" in f.read_bytes() for f in files)
     for needle in needles:
         assert not [f for f in files if needle.encode() in f.read_bytes()], needle
 

@@ -28,6 +28,7 @@ from membus.store.edge import EdgeStore
 from membus.store.edge_query import filter_of
 from membus.store.filters import spec
 from membus.store.port import Memory, RecallFilter, StoreMeta
+from membus.store.sealed import SealedStore
 from membus.stream.feed import Change
 
 TENANT = "bench"
@@ -147,6 +148,8 @@ def percentiles(samples_s: Sequence[float]) -> tuple[float, float]:
 
 def edge_shard(store: object) -> Any:
     """The Qdrant Edge shard behind an ``EdgeStore``: raw search must see the same indexed state."""
+    if isinstance(store, SealedStore):  # a bus's store: the engine is inside
+        store = store.inner
     if not isinstance(store, EdgeStore) or store._shard is None:
         raise InvalidInput("the benchmark needs the embedded Qdrant Edge store (store.engine=edge)")
     return store._shard

@@ -23,11 +23,15 @@ anything a writer committed while the first pass ran is caught.
 Tombstones (``membus:{tenant}:tombstones``, id -> erased-at) are kept forever: a redelivered or
 replayed event with an erased id is dropped rather than written again.
 
-Not covered here: Redis's append-only file still holds deleted entries on disk until it is
-rewritten, so ``forget`` asks for ``BGREWRITEAOF`` (best effort; skipped when AOF is off); RDB
-snapshots and replicas follow their own schedules. A store engine may keep deleted payloads in
-its segment files until it compacts (Qdrant: the vacuum optimizer). Entries that are not valid
-JSON cannot be attributed to a subject or agent and are left to ``membus dlq drop``.
+On disk: XDEL frees an entry's bytes only when its stream node holds no other entry, so membus's
+Redis runs with ``stream-node-max-entries 1`` (the report says what the server has); the AOF
+still holds deleted entries until it is rewritten, so ``forget`` asks for ``BGREWRITEAOF`` (best
+effort; skipped when AOF is off). The store cannot be trusted to drop bytes (Qdrant keeps deleted
+payloads in its WAL and segments), so what it persists is sealed under per-memory data keys
+(``membus.store.sealed``) and ``forget`` destroys them once the ids are tombstoned: every copy of
+the payload, backups included, becomes unreadable. RDB snapshots and replicas follow their own
+schedules. Entries that are not valid JSON cannot be attributed to a subject or agent and are
+left to ``membus dlq drop``.
 """
 
 from __future__ import annotations
@@ -45,10 +49,11 @@ from redis.exceptions import ResponseError
 from membus.core.envelope import LABELS, validate_name, validate_scope
 from membus.core.keys import TenantKeys
 from membus.core.logs import get_logger
-from membus.core.redis import REDIS_DOWN, Redis, decode_fields, unavailable
+from membus.core.redis import REDIS_DOWN, Redis, decode_fields, rewrite_aof, unavailable
 from membus.errors import InvalidInput
 from membus.recall.heat import forget_access
 from membus.store.port import Memory, Store, check_ids, point_id
+from membus.store.sealed import Shredder
 from membus.stream.feed import Change
 from membus.stream.tombstones import erased as erased
 from membus.stream.tombstones import is_tombstoned as is_tombstoned
@@ -84,9 +89,13 @@ class ErasureReport(BaseModel):
     ledger: int = 0  # consolidation ledger entries deleted
     tombstones: int = 0  # new tombstones written
     notices: int = 0  # "delete" changes published for subscribers
+    keys: int = 0  # data keys destroyed (``membus.store.sealed``): store copies unreadable
     memory_ids: list[str] = Field(default_factory=list)
     event_ids: list[str] = Field(default_factory=list)
     aof_rewrite: str = "off"  # started | in_progress | off | failed | skipped (nothing erased)
+    # the server's stream-node-max-entries: 1 frees deleted entries' bytes; anything else keeps
+    # them in their node (memory, DUMP, AOF base) until its last entry goes; None: CONFIG refused
+    stream_node_entries: int | None = None
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -412,24 +421,22 @@ async def _notify(redis: Redis, tenant: str, memories: Iterable[Memory]) -> int:
 
 
 async def _rewrite_aof(redis: Redis, tenant: str) -> str:
-    """Best effort: the AOF on disk still holds what was just deleted until it is rewritten.
+    return await rewrite_aof(redis, tombstones_key(tenant))
 
-    On a cluster only the master owning the tenant's slot held its keys, so only it rewrites.
-    """
-    target: dict[str, Any] = {}
+
+def _target(redis: Redis, tenant: str) -> dict[str, Any]:
     if isinstance(redis, RedisCluster):
-        target["target_nodes"] = redis.get_node_from_key(tombstones_key(tenant))
+        return {"target_nodes": redis.get_node_from_key(tombstones_key(tenant))}
+    return {}
+
+
+async def _stream_node_entries(redis: Redis, tenant: str) -> int | None:
     try:
-        conf = await redis.config_get("appendonly", **target)
-        if conf.get("appendonly") == "no":
-            return "off"
-    except ResponseError:
-        pass  # CONFIG disabled (managed Redis): try anyway
-    try:
-        await redis.execute_command("BGREWRITEAOF", **target)
-        return "started"
-    except ResponseError as exc:
-        return "in_progress" if "in progress" in str(exc) else "failed"
+        conf = await redis.config_get("stream-node-max-entries", **_target(redis, tenant))
+        value: Any = conf.get("stream-node-max-entries")
+        return int(value) if value is not None else None
+    except (ResponseError, ValueError):
+        return None  # CONFIG refused (the compose ACL users, managed Redis): unknown
 
 
 async def forget(
@@ -483,10 +490,13 @@ async def forget(
             if rewrite is not None and st.slots:
                 await rewrite(tenant, sorted(st.slots))
             await forget_access(redis, tenant, sorted(st.memories))  # recall statistics too
+            if isinstance(store, Shredder):  # after the tombstones: no key can be minted again
+                st.add("keys", await store.shred(tenant, sorted(st.memories)))
             notices = await _notify(redis, tenant, st.deleted.values()) if notify else 0
             aof = await _rewrite_aof(redis, tenant)
         else:
             notices, aof = 0, "skipped"
+        node_entries = await _stream_node_entries(redis, tenant)
     except REDIS_DOWN as exc:
         raise unavailable(exc) from exc
     report = ErasureReport(
@@ -496,10 +506,19 @@ async def forget(
         memory_ids=sorted(st.memories),
         event_ids=sorted(st.events),
         aof_rewrite=aof,
+        stream_node_entries=node_entries,
     )
+    if node_entries is not None and node_entries != 1:
+        log.warning(
+            "erasure.stream_nodes_shared",
+            stream_node_entries=node_entries,
+            hint="set stream-node-max-entries 1: deleted entries keep their bytes until then",
+        )
     log.info(
         "erasure.done",
-        **report.model_dump(include={"memories", "events", "pending", "dlq", "changes", "errors"}),
+        **report.model_dump(
+            include={"memories", "events", "pending", "dlq", "changes", "errors", "keys"}
+        ),
     )
     return report
 

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 import redis.asyncio.cluster as aiocluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
-from redis.exceptions import ClusterDownError
+from redis.exceptions import ClusterDownError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -107,3 +107,26 @@ def decode_fields(fields: dict[Any, Any]) -> dict[str, str]:
         )
         for k, v in fields.items()
     }
+
+
+async def rewrite_aof(redis: Redis, key: str) -> str:
+    """Ask Redis to rewrite its AOF, so what was just deleted leaves the disk too (best effort).
+
+    Until the rewrite, the AOF on disk still holds every command since the last one, deleted
+    data included. On a cluster only the master owning ``key``'s slot held the tenant's keys, so
+    only it rewrites. Returns started | in_progress | off (AOF disabled) | failed.
+    """
+    target: dict[str, Any] = (
+        {"target_nodes": redis.get_node_from_key(key)} if isinstance(redis, RedisCluster) else {}
+    )
+    try:
+        conf = await redis.config_get("appendonly", **target)
+        if conf.get("appendonly") == "no":
+            return "off"
+    except ResponseError:
+        pass  # CONFIG disabled (managed Redis, an ACL user): try anyway
+    try:
+        await redis.execute_command("BGREWRITEAOF", **target)
+        return "started"
+    except ResponseError as exc:
+        return "in_progress" if "in progress" in str(exc) else "failed"

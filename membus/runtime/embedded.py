@@ -101,6 +101,11 @@ class EmbeddedRedis:
             "everysec",
             "--save",
             "",
+            # one entry per stream node: XDEL then frees the entry's whole listpack, so erased
+            # text leaves memory (DUMP) and the next AOF rewrite, instead of lingering flagged
+            # as deleted beside its neighbours until the whole node goes
+            "--stream-node-max-entries",
+            "1",
             "--daemonize",
             "no",
             "--logfile",

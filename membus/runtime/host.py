@@ -43,6 +43,8 @@ from membus.store import remote as store_remote
 from membus.store.edge import EdgeStore
 from membus.store.port import Store, StoreMeta
 from membus.store.remote import RemoteStore
+from membus.store.sealed import SealedStore
+from membus.stream.datakeys import RedisKeyStore
 from membus.stream.ops import tenants
 from membus.writer import expiry
 from membus.writer.llm import make_consolidator
@@ -147,7 +149,8 @@ async def connect(
                 await client.initialize()
             except (RedisClusterException, *REDIS_DOWN) as exc:
                 raise unavailable(exc) from exc
-        yield client, store, embedder
+        # what the store persists is sealed under data keys kept in Redis: forget destroys them
+        yield client, SealedStore(store, RedisKeyStore(client)), embedder
 
 
 async def maintain_loop(
@@ -199,7 +202,8 @@ async def open(
             config = config.model_copy(update={"signing": signing})
         bus = Bus(client, store, emb, config, gate, audit, keys)
         stop = anyio.Event()
-        apart = config.writer_processes if isinstance(store, EdgeStore) else 0
+        engine = store.inner if isinstance(store, SealedStore) else store
+        apart = config.writer_processes if isinstance(engine, EdgeStore) else 0
         if config.writer_processes and not apart:  # processes of their own: `membus worker`
             log.warning("bus.writer_processes_ignored", reason="only for the embedded Edge store")
         writers = (
@@ -218,14 +222,15 @@ async def open(
             if writers:
                 tg.start_soon(maintain_loop, store, writers, stop)
             if apart:  # the shard stays here; writers run in child processes
-                assert isinstance(store, EdgeStore)
+                # the children's rows arrive sealed: the shard is served as it is
+                assert isinstance(engine, EdgeStore)
                 sock = store_socket(root)
                 meta = StoreMeta(embedder=emb.name, dim=emb.dim)
-                await tg.start(store_remote.serve, store, meta, sock)
+                await tg.start(store_remote.serve, engine, meta, sock)
                 url = config.redis.url or EmbeddedRedis(root / "redis").url
                 children = WriterProcesses(config, url, sock, apart)
                 await tg.start(children.run)
-                tg.start_soon(maintain_loop, store, [], stop, lambda: store.writes)
+                tg.start_soon(maintain_loop, store, [], stop, lambda: engine.writes)
             log.info("bus.open", path=str(root), writers=len(writers), processes=apart)
             raised: Exception | None = None
             try:

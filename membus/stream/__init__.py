@@ -3,6 +3,6 @@
 the dead-letter stream, replay detection and erasure tombstones.
 
 Owns: ``ops`` (publish, groups, trim, retention, stats), ``reading``, ``feed``, ``dlq``,
-``replay``, ``tombstones``.
+``replay``, ``tombstones``, ``datakeys`` (the store's data keys in Redis, which erasure destroys).
 May import: ``membus.store``, ``membus.access`` and the layers below them.
 """

@@ -27,7 +27,7 @@ from membus.core.config import ConsolidationConfig, RetentionConfig, WorkerConfi
 from membus.core.envelope import Event
 from membus.core.keys import TenantKeys, tenant_of
 from membus.core.logs import get_logger
-from membus.core.redis import REDIS_DOWN, NodeClients, Redis
+from membus.core.redis import REDIS_DOWN, NodeClients, Redis, rewrite_aof
 from membus.embed.hashing import HashingEmbedder
 from membus.embed.port import Embedder, Vectors
 from membus.errors import InvalidInput, Unavailable
@@ -115,6 +115,8 @@ class Writer:
         self._log = get_logger("membus.worker").bind(consumer=self.consumer)
         self.processed = 0
         self.parked = 0
+        # tenants whose AOF still holds a dropped copy of erased content (see _purge_disk)
+        self._aof_due: set[str] = set()
 
     # -- loop ---------------------------------------------------------------------------------
 
@@ -145,6 +147,8 @@ class Writer:
         handled = 0
         for prepared in await self._read_stage():
             handled += await self._write(prepared)
+        if self._aof_due:
+            await self._purge_disk()
         if not handled and self._queue and self._reader.quiet:  # idle: merge near-duplicates
             await self.neardup.sweep([tenant_of(s) for s in self._streams])
         return handled
@@ -219,6 +223,7 @@ class Writer:
                 pipe.xack(stream, self.config.group, *screened.erased)
                 pipe.xdel(stream, *screened.erased)
                 await pipe.execute()
+            self._aof_due.add(tenant)  # the copy's XADD is still in the AOF on disk
         if gone:
             await self.redis.xack(stream, self.config.group, *gone)
         events, items = await self._items(keys, stream, screened.admitted)
@@ -325,6 +330,17 @@ class Writer:
             )
 
     # -- recovery -----------------------------------------------------------------------------
+
+    async def _purge_disk(self) -> None:
+        """A copy of erased content that arrived after its forget (a replay, a redelivery) was
+        dropped, but the AOF on disk still holds the XADD that brought it: ask for a rewrite, and
+        ask again later while another rewrite (which may have started before the drop) runs."""
+        for tenant in sorted(self._aof_due):
+            outcome = await rewrite_aof(self.redis, TenantKeys(tenant).events)
+            if outcome != "in_progress":
+                self._aof_due.discard(tenant)
+            if outcome == "failed":
+                self._log.warning("writer.aof_rewrite_refused", tenant=tenant)
 
     async def reclaim(self) -> int:
         """Take over entries idle on dead consumers; park those delivered too often."""
