@@ -241,6 +241,17 @@ def _next_count(lines: queue.Queue[str], timeout_s: float) -> tuple[int, float]:
             return int(m[1]), float(m[2])
 
 
+def stop_process_a(proc: subprocess.Popen[bytes]) -> int:
+    """Close process A's stdin (its signal to finish) and wait for its exit code."""
+    assert proc.stdin is not None
+    proc.stdin.close()
+    try:
+        return proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
 def start_process_a(
     url: str, path: Path, seed: Path, *, load: bool = False
 ) -> tuple[subprocess.Popen[bytes], queue.Queue[str]]:
@@ -281,13 +292,7 @@ async def test_revocation_in_one_process_is_obeyed_by_a_recall_in_another_within
         assert delay < PROPAGATION_BOUND_S
     finally:
         await redis.aclose()
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        code = stop_process_a(proc)
     assert code == 0
 
 
@@ -321,13 +326,7 @@ async def test_revocation_under_load_is_obeyed_within_the_documented_bound(
             assert back == 1, "the re-grant was not obeyed"
     finally:
         await redis.aclose()
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        code = stop_process_a(proc)
     assert code == 0
     published, committed = _load_report(lines)
     print(
