@@ -125,3 +125,18 @@ def test_embedder_config_is_public() -> None:
     from membus.core.config import EmbedderConfig
 
     assert membus.EmbedderConfig is EmbedderConfig
+
+
+@pytest.mark.anyio
+async def test_a_custom_config_keeps_the_embedded_writer_defaults(tmp_path: Path) -> None:
+    """``membus.open(path, MembusConfig(writers=2))`` used to drop the embedded default's fast
+    retry and parking (WorkerConfig's server defaults instead); saying nothing of the worker
+    keeps them, and an explicit worker config is kept as given."""
+    import membus
+    from membus.core.config import EMBEDDED_WORKER, MembusConfig, WorkerConfig
+
+    async with membus.open(tmp_path / "a", MembusConfig(writers=2)) as bus:
+        assert bus.config.worker == EMBEDDED_WORKER and bus.config.writers == 2
+    mine = WorkerConfig(max_deliveries=7)
+    async with membus.open(tmp_path / "b", MembusConfig(worker=mine)) as bus:
+        assert bus.config.worker == mine

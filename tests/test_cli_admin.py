@@ -6,6 +6,7 @@ on, and the exit codes (2 fix the call, 3 denied, 4 try later) that tell them ap
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from membus.access.watch import DEFAULT_CHANNEL
 from membus.cli.app import app
 from membus.cli.output import unconfigure_logging
 from membus.cli.settings import Settings
+from membus.core.keys import TenantKeys, tenants_key
 from membus.service.auth import ApiKeys
 from tests.redis_proc import free_port
 
@@ -445,3 +447,41 @@ def test_mcp_command_binds_identity_from_flags_or_refuses(tmp_path: Path) -> Non
         env=env,
     )
     assert refused.returncode == 2 and "--agent and --tenant" in refused.stderr
+
+
+@pytest.mark.slow
+def test_serve_says_where_it_listens_once_ready(redis_url: str, tmp_path: Path) -> None:
+    """With --port 0 the only way to find the server is to be told: the first line is the URL,
+    printed once connections are accepted (JSON on stdout with --json)."""
+    keys = tmp_path / "keys.json"
+    CliRunner().invoke(app, ["keys", "new", *ALICE, "--file", str(keys)])
+    exe = [sys.executable, "-m", "membus.cli", "--path", str(tmp_path / "bus")]
+    proc = subprocess.Popen(
+        [*exe, "--redis-url", redis_url, "serve", "--port", "0", "--api-keys", str(keys), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MEMBUS_")},
+    )
+    try:
+        assert proc.stdout is not None
+        url = json.loads(proc.stdout.readline())["listening"]
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
+        assert httpx.get(f"{url}/healthz", timeout=5).json() == {"status": "ok"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, proc.communicate()
+
+
+def test_dlq_list_shows_whole_ids_on_a_narrow_terminal(redis_url: str) -> None:
+    """`dlq list` must show ids that `dlq drop --id` accepts: never folded or cut with '…'."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    entry = client.xadd(TenantKeys("acme").dlq, {"e": "{not json", "reason": "invalid"})
+    client.sadd(tenants_key(), "acme")
+    out = CliRunner().invoke(
+        app,
+        ["--redis-url", redis_url, "dlq", "list", "--tenant", "acme"],
+        env={"COLUMNS": "40"},
+    )
+    assert out.exit_code == 0, out.output
+    assert entry in out.stdout

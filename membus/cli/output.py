@@ -15,7 +15,7 @@ import orjson
 import structlog
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from membus.cli.settings import Settings
 from membus.errors import MembusError, PermissionDenied, Unavailable
@@ -191,7 +191,11 @@ def print_stats(out: dict[str, Any]) -> None:
 
 
 def print_dead_letters(letters: Sequence[DeadLetter]) -> None:
-    table = Table("id", "reason", "tries", "parked", "error", "content")
+    # the id whole, never folded or cut: it is what `dlq replay|drop --id` takes
+    width = max((len(d.id) for d in letters), default=2)
+    table = Table(Column("id", no_wrap=True, min_width=width), "reason", "tries", "parked")
+    table.add_column("error")
+    table.add_column("content")
     for d in letters:
         content = str((d.event or {}).get("content", d.fields.get("e", "")))
         table.add_row(

@@ -20,7 +20,7 @@ import typer
 from pydantic import ValidationError
 
 from membus.cli.context import AgentOpt, JsonFlag, TenantOpt, command_state, run
-from membus.cli.output import emit_json, fail
+from membus.cli.output import emit_json, fail, say
 from membus.core.envelope import invalid_from
 from membus.errors import Conflict, InvalidInput, MembusError
 
@@ -95,12 +95,18 @@ def serve(
 
     where = (host or settings.host, settings.port if port is None else port)
 
+    def ready(url: str) -> None:  # once it accepts connections, so a script can wait for it
+        if state.json:
+            emit_json({"listening": url})
+        else:
+            say(False, f"membus serve: listening on {url}")
+
     async def go() -> None:
         config = settings.to_config()
         _can_listen(*where)  # before the bus opens: a taken port is a one-line error
         async with anyio.create_task_group() as tg:
             tg.start_soon(signals.forward)
-            await serve_http(config, *where, keys_file, path=settings.data_dir)
+            await serve_http(config, *where, keys_file, path=settings.data_dir, on_ready=ready)
             tg.cancel_scope.cancel()
 
     with _Deferred() as signals:

@@ -189,7 +189,11 @@ async def open(
     gate: Gate | None = None,
 ) -> AsyncIterator[Bus]:
     """Open a bus; on the embedded default, everything lives under ``path``."""
-    config = config or MembusConfig(worker=EMBEDDED_WORKER)
+    config = config or MembusConfig()
+    if config.redis.url is None and "worker" not in config.model_fields_set:
+        # the embedded default's writers all live in this process: a custom config that says
+        # nothing of them keeps the embedded defaults (fast retry, quick parking)
+        config = config.model_copy(update={"worker": EMBEDDED_WORKER})
     root = Path(path)
     log = get_logger("membus.runtime")
     async with connect(config, root, embedder) as (client, store, emb):

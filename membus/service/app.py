@@ -16,10 +16,12 @@ about tenants.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Protocol, runtime_checkable
 
+import anyio
 from fastapi import Depends, FastAPI, Header, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -426,8 +428,10 @@ async def serve(
     path: str | Path = DEFAULT_PATH,
     limits: Limits | None = None,
     gate: Gate | None = None,
+    on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Open a bus (embedded or per ``config``) and serve it until cancelled or signalled."""
+    """Open a bus (embedded or per ``config``) and serve it until cancelled or signalled;
+    ``on_ready`` gets the URL once the server accepts connections (the real port for port 0)."""
     import uvicorn
 
     from membus.runtime.host import open as open_bus
@@ -441,4 +445,13 @@ async def serve(
             )
         )
         get_logger("membus.service").info("service.start", host=host, port=port, keys=len(auth))
-        await server.serve()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            while not server.started:
+                if server.should_exit:
+                    return
+                await anyio.sleep(0.02)
+            if on_ready is not None:
+                bound = server.servers[0].sockets[0].getsockname()
+                shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+                on_ready(f"http://{shown}:{bound[1]}")
