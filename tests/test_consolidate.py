@@ -135,6 +135,29 @@ def test_a_predecessors_change_goes_only_to_readers_of_its_successor() -> None:
     assert [(c["memory_id"], c["sensitivity"]) for c in first] == [(point_id("acme", old.id), 0)]
 
 
+def test_a_versions_end_is_told_to_each_clearance_that_sees_it_end() -> None:
+    """Issue 15.11, the feed: a public version followed by a restricted one, then an internal
+    one. For internal readers the internal version ends the public one (the restricted one does
+    not exist for them): they hear of it, labelled internal; the restricted version's end goes
+    to restricted readers only; public readers, for whom nothing ended, hear nothing."""
+    bronze = ev(1, "bronze", subject="c1", key="tier", at=0)
+    gold = ev(2, "gold", subject="c1", key="tier", label="restricted", at=100)
+    silver = ev(3, "silver", subject="c1", key="tier", label="internal", at=200)
+    plan = materialize("acme", state(bronze, gold, silver), CFG)
+    entries = [orjson.loads(f["c"]) for f in changes_for([plan], [], {silver.id})]
+    assert [(c["memory_id"], c["sensitivity"]) for c in entries] == [
+        (point_id("acme", bronze.id), 1),
+        (point_id("acme", gold.id), 3),
+        (point_id("acme", silver.id), 1),
+    ]
+    # and the store's view per clearance agrees: bronze ends at silver for internal readers,
+    # at gold for restricted ones, never for public ones
+    first = plan.upserts[0]
+    assert first.seen_by(0).valid_to is None and not first.seen_by(0).history
+    assert first.seen_by(1).valid_to == first.seen_by(2).valid_to == silver.created_at
+    assert first.seen_by(3).valid_to == first.valid_to == gold.created_at
+
+
 def test_a_tie_in_time_is_broken_by_event_id_and_reported_as_a_conflict() -> None:
     """Two agents, different values, within the window: version order (created_at, then event
     id) picks the winner, whichever order they are given in; the pair is a conflict."""
