@@ -14,6 +14,7 @@ the ledger (HSETNX) and rewrites the same memories under the same ids.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 
 import numpy as np
 from redis.exceptions import WatchError
@@ -101,9 +102,18 @@ def expiry_key(tenant: str) -> str:
 
 
 def expires(plan: Plan) -> float | None:
-    """When the slot's current memory expires (a TTL, not a newer version), if it does."""
-    current = [m for m in plan.upserts if not m.history]
-    return current[-1].valid_to.timestamp() if current and current[-1].valid_to else None
+    """When the slot's current memory expires (a TTL, not a newer version), if it does: for a
+    key, when the current version of every clearance has (the sweep withdraws the whole slot,
+    and a version current to lower readers must not go with a hidden one that expired)."""
+    ends: list[datetime | None] = []
+    for c in range(LEVELS):
+        seen = [m.seen_by(c) for m in plan.upserts if m.sensitivity <= c]
+        current = [m for m in seen if not m.history]
+        if current:
+            ends.append(current[-1].valid_to)
+    if not ends or None in ends:
+        return None
+    return max(e.timestamp() for e in ends if e is not None)
 
 
 class Consolidator:
