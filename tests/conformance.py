@@ -620,7 +620,6 @@ class StoreConformance:
     # --- a key's history per clearance (issue 15, item 11) ------------------------------------
 
     @pytest.mark.anyio
-    @pytest.mark.slow
     async def test_each_clearance_sees_a_keys_history_as_if_hidden_versions_never_existed(
         self, store: Store
     ) -> None:
@@ -635,10 +634,11 @@ class StoreConformance:
             grant = ReadGrant(all_scopes=True, clearance=clearance)
             view = key_versions(clearance)
             for at in KEY_TIMES:
-                hits = await store.search(unit(0), flt(grant=grant, as_of=at), 50)
-                got = sorted(as_seen(h.memory) for h in hits)
                 want = sorted(as_seen(m) for m in view if holds(m, at))
-                assert got == want, (clearance, at)
+                for text in (None, "tier"):  # dense, and hybrid where the engine has it
+                    hits = await store.search(unit(0), flt(grant=grant, as_of=at), 50, text=text)
+                    got = sorted(as_seen(h.memory) for h in hits)
+                    assert got == want, (clearance, at, text)
         # the attack, spelled out: the public reader's current value is the one it may read,
         # open-ended, although two newer versions exist above its clearance
         [now] = await store.search(unit(0), flt(grant=ReadGrant(all_scopes=True, clearance=0)), 50)
