@@ -43,7 +43,6 @@ INDEXED_KEYWORDS = (
     "slot",
     "numbers",
 )
-# float payload fields with a range index; ``sensitivity`` is an integer index of its own
 # Each clearance below the highest sees a key's history as if the versions above it did not
 # exist: ``valid_to_<c>_ts`` is when a version stops holding for a reader of clearance c (the next
 # version at or below c, or its expiry); ``valid_to_ts`` is that for the highest clearance.
@@ -52,6 +51,7 @@ VALID_TO_AT = tuple(f"valid_to_{c}_ts" for c in range(LEVELS - 1))
 # the lowest label among a keyed version's successors (absent: none): a reader of clearance c
 # sees the version as superseded (``history``) only if one of them is at or below c
 SUCCESSOR = "successor"
+# float payload fields with a range index; ``sensitivity`` is an integer index of its own
 INDEXED_FLOATS = ("created_ts", "valid_from_ts", "valid_to_ts", *VALID_TO_AT)
 INDEXED_NUMBERS = (*INDEXED_FLOATS, "sensitivity")
 # ``valid_to_ts`` of a memory that is neither superseded nor expiring: recall's default filter is
