@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 
 from membus.access.gate import ReadGrant
-from membus.core.config import RankingConfig
+from membus.core.config import ConsolidationConfig, RankingConfig
+from membus.core.envelope import LABELS
 from membus.embed.port import Vectors
 from membus.errors import Conflict, InvalidInput, Unavailable
 from membus.recall import ranking
 from membus.store.port import Memory, RecallFilter, Store, StoreMeta, numbers_key, point_id
+from membus.writer.consolidate import SlotState, Variant, keyed_slot, materialize
 
 DIM = 8
 META = StoreMeta(embedder="conformance-v1", dim=DIM)
@@ -90,6 +92,54 @@ async def ids_of(store: Store, vector: Vectors, f: RecallFilter, k: int = 50) ->
 async def fill(store: Store, memories: Sequence[Memory]) -> list[Memory]:
     await store.upsert(memories, rows([ray(i % 6) for i in range(len(memories))]))
     return list(memories)
+
+
+# a key's versions, oldest first: (label, value, hours after T0). The restricted and the
+# confidential ones sit between versions lower clearances may read, so each clearance has its
+# own history of the key; no two versions a clearance reads have one value (they would fold).
+KEY_HISTORY = (
+    ("public", "tier bronze", 0),
+    ("restricted", "tier gold", 1),
+    ("internal", "tier silver", 2),
+    ("confidential", "tier platinum", 3),
+    ("public", "tier copper", 4),
+    ("restricted", "tier diamond", 5),
+)
+# every instant the answers could differ around: before, at and between the versions, and now
+KEY_TIMES = (None, *(T0 + timedelta(minutes=30 * i) for i in range(-1, 13)))
+
+
+def key_versions(clearance: int) -> list[Memory]:
+    """The memories consolidation makes of ``KEY_HISTORY`` as if the versions above
+    ``clearance`` had never been written."""
+    variants = [
+        Variant(
+            f"ev-key-{n}",
+            "alice",
+            "team/support",
+            "fact",
+            value,
+            "c1",
+            "tier",
+            label,
+            {},
+            T0 + timedelta(hours=h),
+        )
+        for n, (label, value, h) in enumerate(KEY_HISTORY)
+        if LABELS[label] <= clearance
+    ]
+    state = SlotState(keyed_slot("team/support", "c1", "tier"), variants)
+    return materialize(TENANT, state, ConsolidationConfig()).upserts
+
+
+def as_seen(m: Memory) -> tuple[Any, ...]:
+    """Everything a reader learns of a version's place in the key's history."""
+    return (m.id, m.content, m.created_at, m.valid_from, m.valid_to, m.history, m.sensitivity)
+
+
+def holds(m: Memory, at: datetime | None) -> bool:
+    when = at or datetime.now(UTC)
+    return (m.valid_from or m.created_at) <= when and (m.valid_to is None or when < m.valid_to)
 
 
 class StoreConformance:
@@ -566,3 +616,56 @@ class StoreConformance:
         hits = await store.search(unit(0), f, 5, text=word)
         assert target.id in {h.memory.id for h in hits}
         assert all(h.memory.scope == "team/support" for h in hits)
+
+    # --- a key's history per clearance (issue 15, item 11) ------------------------------------
+
+    @pytest.mark.anyio
+    async def test_each_clearance_sees_a_keys_history_as_if_hidden_versions_never_existed(
+        self, store: Store
+    ) -> None:
+        """A reader below a version's label must learn nothing of it: not in a plain recall (the
+        version it may read stays current, not superseded by one it cannot see), not through
+        ``as_of`` at any instant (no version of its view ends when a hidden one came), not in
+        ``valid_to`` or ``history``. Every clearance gets exactly what the store would answer
+        had the versions above it never been written; full clearance gets the real history."""
+        written = key_versions(3)
+        await store.upsert(written, rows([unit(0)] * len(written)))
+        for clearance in range(4):
+            grant = ReadGrant(all_scopes=True, clearance=clearance)
+            view = key_versions(clearance)
+            for at in KEY_TIMES:
+                want = sorted(as_seen(m) for m in view if holds(m, at))
+                for text in (None, "tier"):  # dense, and hybrid where the engine has it
+                    hits = await store.search(unit(0), flt(grant=grant, as_of=at), 50, text=text)
+                    got = sorted(as_seen(h.memory) for h in hits)
+                    assert got == want, (clearance, at, text)
+        # the attack, spelled out: the public reader's current value is the one it may read,
+        # open-ended, although two newer versions exist above its clearance
+        [now] = await store.search(unit(0), flt(grant=ReadGrant(all_scopes=True, clearance=0)), 50)
+        assert (now.memory.content, now.memory.valid_to, now.memory.history) == (
+            "tier copper",
+            None,
+            False,
+        )
+
+    @pytest.mark.anyio
+    async def test_points_written_before_per_clearance_validity_stay_found(
+        self, store: Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A store filled by a membus without per-clearance validity holds points with only
+        ``valid_to_ts``: a reader below full clearance must still find the current ones and the
+        ones an ``as_of`` asks for, and never get a superseded one back as current."""
+        old = key_versions(3)
+        with monkeypatch.context() as patch:  # the old code wrote no per-clearance fields
+            patch.setattr(Memory, "_levels_payload", lambda self: {})
+            await store.upsert(old, rows([unit(0)] * len(old)))
+        for clearance in range(4):
+            grant = ReadGrant(all_scopes=True, clearance=clearance)
+            for at in KEY_TIMES:
+                hits = await store.search(unit(0), flt(grant=grant, as_of=at), 50)
+                got = sorted(as_seen(h.memory) for h in hits)
+                # what the old code answered: the full history, capped by the label
+                want = sorted(
+                    as_seen(m) for m in old if holds(m, at) and m.sensitivity <= clearance
+                )
+                assert got == want, (clearance, at)

@@ -13,7 +13,7 @@ from membus.core.config import ConsolidationConfig
 from membus.core.envelope import Event
 from membus.errors import InvalidInput
 from membus.store.port import point_id
-from membus.writer.commit import changes_for
+from membus.writer.commit import changes_for, expires
 from membus.writer.consolidate import (
     RETRACTION,
     SlotState,
@@ -133,6 +133,53 @@ def test_a_predecessors_change_goes_only_to_readers_of_its_successor() -> None:
     # the public version's own arrival stays public
     first = [orjson.loads(f["c"]) for f in changes_for([plan], [], {old.id})]
     assert [(c["memory_id"], c["sensitivity"]) for c in first] == [(point_id("acme", old.id), 0)]
+
+
+def test_a_versions_end_is_told_to_each_clearance_that_sees_it_end() -> None:
+    """Issue 15.11, the feed: a public version followed by a restricted one, then an internal
+    one. For internal readers the internal version ends the public one (the restricted one does
+    not exist for them): they hear of it, labelled internal; the restricted version's end goes
+    to restricted readers only; public readers, for whom nothing ended, hear nothing."""
+    bronze = ev(1, "bronze", subject="c1", key="tier", at=0)
+    gold = ev(2, "gold", subject="c1", key="tier", label="restricted", at=100)
+    silver = ev(3, "silver", subject="c1", key="tier", label="internal", at=200)
+    plan = materialize("acme", state(bronze, gold, silver), CFG)
+    entries = [orjson.loads(f["c"]) for f in changes_for([plan], [], {silver.id})]
+    assert [(c["memory_id"], c["sensitivity"]) for c in entries] == [
+        (point_id("acme", bronze.id), 1),
+        (point_id("acme", gold.id), 3),
+        (point_id("acme", silver.id), 1),
+    ]
+    # and the store's view per clearance agrees: bronze ends at silver for internal readers,
+    # at gold for restricted ones, never for public ones
+    first = plan.upserts[0]
+    assert first.seen_by(0).valid_to is None and not first.seen_by(0).history
+    assert first.seen_by(1).valid_to == first.seen_by(2).valid_to == silver.created_at
+    assert first.seen_by(3).valid_to == first.valid_to == gold.created_at
+
+
+def test_a_hidden_versions_expiry_does_not_withdraw_a_key_still_current_below_it() -> None:
+    """Issue 15.11, the TTL sweep: it withdraws a whole slot once the slot ``expires``. A
+    restricted version with a TTL on top of a public one without: when the restricted one runs
+    out, the public one is still current to public readers (it never ended for them), so the
+    slot must not be withdrawn (that would delete it under them, and tell them when). With both
+    expiring, the slot goes when the last clearance's current version has."""
+    ttl = ConsolidationConfig(ttl_by_kind={"status": 3600})
+    public = ev(1, "silver", subject="c1", key="tier", at=0)
+    hidden = ev(2, "gold", subject="c1", key="tier", label="restricted", kind="status", at=100)
+    plan = materialize("acme", state(public, hidden), ttl)
+    assert plan.upserts[-1].valid_to == hidden.created_at + timedelta(hours=1)
+    assert plan.upserts[0].seen_by(0).valid_to is None
+    assert expires(plan) is None
+    brief = ev(3, "bronze", subject="c1", key="tier", kind="status", at=-1000)
+    plan = materialize("acme", state(brief, hidden), ttl)
+    ends = {m.seen_by(c).valid_to for c in range(4) for m in plan.upserts if m.sensitivity <= c}
+    assert ends == {
+        hidden.created_at,
+        brief.created_at + timedelta(hours=1),
+        plan.upserts[-1].valid_to,
+    }
+    assert expires(plan) == (hidden.created_at + timedelta(hours=1)).timestamp()
 
 
 def test_a_tie_in_time_is_broken_by_event_id_and_reported_as_a_conflict() -> None:

@@ -46,6 +46,8 @@ from membus.core.redis import Redis, redis_client
 from membus.errors import PermissionDenied
 from membus.store.port import Memory, point_id
 from membus.stream.dlq import list_dead
+from membus.stream.feed import Change
+from membus.writer.relevel import LEVELS_LAYOUT, levels_key
 from tests.redis_proc import RedisProcess
 
 pytestmark = pytest.mark.anyio
@@ -742,6 +744,94 @@ async def test_a_current_version_tells_a_reader_nothing_of_a_hidden_earlier_one(
             async for change in curator.subscribe(["team/x"], start="0"):
                 seen.append(change.model_dump_json())
         assert seen and not any(HIDDEN in c or "gold" in c for c in seen)
+
+
+@pytest.mark.slow
+async def test_a_readable_version_replaced_by_a_hidden_one_stays_current_to_its_readers(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Issue 15.11, the rest: a version the curator may read is replaced by a restricted one.
+    Probing as the curator (internal clearance): a plain recall still returns the readable
+    version as current (open-ended, not history), ``as_of`` at every instant around the hidden
+    version answers the same, and the feed read from the beginning holds the readable version's
+    arrival only: nothing says that something replaced it, or when. The writer (restricted)
+    sees the real history."""
+    csv = tmp_path / "policy.csv"
+    csv.write_text(READ_FENCE_POLICY)
+    cfg = MembusConfig(
+        redis=RedisConfig(url=redis_url), worker=FAST, writers=1, policy=PolicyConfig(file=csv)
+    )
+    async with membus.open(tmp_path / "bus", cfg) as bus:
+        writer, curator = bus.agent("writer", TENANT), bus.agent("curator", TENANT)
+        shown = await writer.publish("tier silver", "team/x", subject="c1", key="tier")
+        await bus.drain(timeout_s=15)
+        await anyio.sleep(0.05)
+        await writer.publish(
+            f"tier gold {HIDDEN}", "team/x", subject="c1", key="tier", label="restricted"
+        )
+        await bus.drain(timeout_s=15)
+        [now] = await curator.recall("tier", scopes=["team/x"])
+        assert now.memory.id == point_id(TENANT, shown.event_id)
+        assert (now.memory.valid_to, now.memory.history) == (None, False)
+        [was] = await writer.recall("tier", scopes=["team/x"], as_of=now.memory.created_at)
+        [cur] = await writer.recall("tier", scopes=["team/x"])
+        real, hidden = was.memory, cur.memory
+        assert (real.id, real.history) == (now.memory.id, True)
+        assert real.valid_to == hidden.valid_from  # the writer sees when gold replaced silver
+        assert HIDDEN in hidden.content
+        step = (hidden.valid_from - real.valid_from) / 4
+        for at in [real.valid_from + step * i for i in range(9)] + [None]:
+            hits = await curator.recall("tier", scopes=["team/x"], as_of=at)
+            assert [h.memory for h in hits] == [now.memory], at
+        seen: list[Change] = []
+        async for change in curator.subscribe(["team/x"], start="0", until_now=True):
+            seen.append(change)
+        assert [(c.op, c.memory_id) for c in seen] == [("upsert", now.memory.id)]
+        assert not any(HIDDEN in c.model_dump_json() for c in seen)
+
+
+@pytest.mark.slow
+async def test_a_store_from_before_per_clearance_validity_is_rewritten_once(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15.11, migration: a store whose points an older membus wrote carries no
+    per-clearance validity. Nothing of it vanishes (the writer still recalls its history), and
+    the writers' maintenance rewrites its mixed-label keys from the ledger once, after which
+    the curator's view is its own: the readable version is current again, and the feed told
+    the curator nothing along the way."""
+    csv = tmp_path / "policy.csv"
+    csv.write_text(READ_FENCE_POLICY)
+    cfg = MembusConfig(
+        redis=RedisConfig(url=redis_url), worker=FAST, writers=1, policy=PolicyConfig(file=csv)
+    )
+    with monkeypatch.context() as old_code:  # what a membus before this change wrote
+        old_code.setattr(Memory, "_levels_payload", lambda self: {})
+        async with membus.open(tmp_path / "bus", cfg) as bus:
+            # keep this bus's own maintenance off the store while it plays the old code
+            await bus.redis.set(levels_key(TENANT), LEVELS_LAYOUT)
+            writer, curator = bus.agent("writer", TENANT), bus.agent("curator", TENANT)
+            shown = await writer.publish("tier silver", "team/x", subject="c1", key="tier")
+            await bus.drain(timeout_s=15)
+            await anyio.sleep(0.05)
+            await writer.publish(
+                "tier gold", "team/x", subject="c1", key="tier", label="restricted"
+            )
+            await bus.drain(timeout_s=15)
+            assert await curator.recall("tier", scopes=["team/x"]) == []  # the old trace
+            await bus.redis.delete(levels_key(TENANT))  # the old code kept no marker
+    async with membus.open(tmp_path / "bus", cfg) as bus:
+        writer, curator = bus.agent("writer", TENANT), bus.agent("curator", TENANT)
+        [cur] = await writer.recall("tier", scopes=["team/x"])
+        assert cur.memory.content == "tier gold"
+        for _ in range(75):  # the first maintenance round comes ~2 s after open
+            if hits := await curator.recall("tier", scopes=["team/x"]):
+                break
+            await anyio.sleep(0.2)
+        assert [h.memory.id for h in hits] == [point_id(TENANT, shown.event_id)]
+        assert (hits[0].memory.valid_to, hits[0].memory.history) == (None, False)
+        assert await bus.redis.get(levels_key(TENANT)) == LEVELS_LAYOUT
+        seen = [c async for c in curator.subscribe(["team/x"], start="0", until_now=True)]
+        assert [(c.op, c.memory_id) for c in seen] == [("upsert", hits[0].memory.id)]
 
 
 # -- no policy: private by default ---------------------------------------------------------------

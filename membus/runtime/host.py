@@ -48,6 +48,7 @@ from membus.stream.datakeys import RedisKeyStore
 from membus.stream.ops import tenants
 from membus.writer import expiry
 from membus.writer.llm import make_consolidator
+from membus.writer.relevel import relevel
 from membus.writer.worker import Writer, consumer_name
 
 
@@ -161,12 +162,21 @@ async def maintain_loop(
 ) -> None:
     """Index builds block the process, so run them only after writers have been quiet a while
     (``activity``: a count that moves while they write; by default what they processed); the
-    TTL sweep (cheap, one ZRANGEBYSCORE per tenant when nothing expired) runs every round."""
+    TTL sweep (cheap, one ZRANGEBYSCORE per tenant when nothing expired) runs every round, and
+    each tenant's one-time per-clearance rewrite (``membus.writer.relevel``) in the first."""
     last_total, quiet_since = -1, time.monotonic()
+    levelled: set[str] = set()  # tenants whose keyed slots carry per-clearance validity
     while not stop.is_set():
         with anyio.move_on_after(2.0):
             await stop.wait()
         c = writers[0].consolidator if writers else None
+        if c is not None:
+            try:
+                for tenant in set(await tenants(c.redis)) - levelled:
+                    await relevel(c, tenant)  # once: a store from before per-clearance validity
+                    levelled.add(tenant)
+            except Exception as exc:  # housekeeping: logged, retried next round, never fatal
+                get_logger("membus.relevel").warning("relevel.failed", error=repr(exc))
         if c is not None and (c.config.ttl_by_kind or c.config.ttl_by_scope):
             try:
                 for tenant in await tenants(c.redis):

@@ -202,7 +202,12 @@ class EdgeStore:
             return self._shard.query(ranked(req, boost, where, k) if boost else req)
 
         found = await self._now(find)
-        return [Hit(memory=Memory.from_payload(p.payload or {}), score=p.score) for p in found]
+        # as the caller's clearance sees each key's history (``Memory.seen_by``)
+        seen = flt.grant.clearance
+        return [
+            Hit(memory=Memory.from_payload(p.payload or {}).seen_by(seen), score=p.score)
+            for p in found
+        ]
 
     async def _now(self, fn: Callable[[], T]) -> T:
         """Searches and upserts take about a millisecond, and a worker thread costs a good part
@@ -281,10 +286,11 @@ class EdgeStore:
             []
             if r is None
             else [
-                Hit(memory=Memory.from_payload(p.payload or {}), score=p.score)
+                Hit(memory=Memory.from_payload(p.payload or {}).seen_by(seen), score=p.score)
                 for p in next(answers)
             ]
-            for r in requests
+            for r, (_, flt) in zip(requests, queries, strict=True)
+            for seen in (flt.grant.clearance,)
         ]
 
     def _hybrid(

@@ -36,6 +36,7 @@ def filter_of(fs: FilterSpec) -> q.Filter:
     must = [condition(c) for c in fs.must]
     if fs.should:
         must.append(q.Filter(should=[condition(c) for c in fs.should]))
+    must += [q.Filter(should=[condition(c) for c in group]) for group in fs.either]
     return q.Filter(must=must, must_not=[condition(c) for c in fs.must_not] or None)
 
 

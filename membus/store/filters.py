@@ -57,6 +57,8 @@ class FilterSpec:
     must: list[Cond] = field(default_factory=list)
     should: list[Cond] = field(default_factory=list)  # at least one, when not empty
     must_not: list[Cond] = field(default_factory=list)
+    # more "at least one of" groups, each on top of ``should``
+    either: list[tuple[Cond, ...]] = field(default_factory=list)
     nothing: bool = False  # the grant allows nothing: engines return no hits without asking
 
 
@@ -83,10 +85,23 @@ def spec(flt: RecallFilter) -> FilterSpec:
         )
     # valid_to is exclusive: a version superseded at t no longer holds at t
     at = flt.as_of.timestamp() if flt.as_of is not None else time.time()
-    must.append(Cond("valid_to_ts", gte=at + _EPSILON_S))
+    either: list[tuple[Cond, ...]] = []
+    if flt.grant.clearance < MAX_SENSITIVITY:
+        # the caller's own view of each key's history: a version ends for it only when one it
+        # may read replaces it. A point written before that field existed has only valid_to_ts;
+        # a point with both has valid_to_<c>_ts >= valid_to_ts, so "either" is exactly the
+        # per-clearance field there, and the old validity on an old point (no point drops out)
+        either.append(
+            (
+                Cond(f"valid_to_{flt.grant.clearance}_ts", gte=at + _EPSILON_S),
+                Cond("valid_to_ts", gte=at + _EPSILON_S),
+            )
+        )
+    else:
+        must.append(Cond("valid_to_ts", gte=at + _EPSILON_S))
     if flt.as_of is not None:
         must.append(Cond("valid_from_ts", lte=at))
-    return FilterSpec(must, granted.should, granted.must_not)
+    return FilterSpec(must, granted.should, granted.must_not, either)
 
 
 def corpus_spec(flt: RecallFilter) -> FilterSpec:

@@ -13,6 +13,7 @@ import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -42,12 +43,57 @@ INDEXED_KEYWORDS = (
     "slot",
     "numbers",
 )
+# Each clearance below the highest sees a key's history as if the versions above it did not
+# exist: ``valid_to_<c>_ts`` is when a version stops holding for a reader of clearance c (the next
+# version at or below c, or its expiry); ``valid_to_ts`` is that for the highest clearance.
+LEVELS = len(LABELS)  # clearances 0 .. LEVELS - 1
+VALID_TO_AT = tuple(f"valid_to_{c}_ts" for c in range(LEVELS - 1))
+# the lowest label among a keyed version's successors (absent: none): a reader of clearance c
+# sees the version as superseded (``history``) only if one of them is at or below c
+SUCCESSOR = "successor"
 # float payload fields with a range index; ``sensitivity`` is an integer index of its own
-INDEXED_FLOATS = ("created_ts", "valid_from_ts", "valid_to_ts")
+INDEXED_FLOATS = ("created_ts", "valid_from_ts", "valid_to_ts", *VALID_TO_AT)
 INDEXED_NUMBERS = (*INDEXED_FLOATS, "sensitivity")
 # ``valid_to_ts`` of a memory that is neither superseded nor expiring: recall's default filter is
 # ``valid_to_ts > now``, one range condition for "current and not expired"
 OPEN_END = 1e12
+
+
+@dataclass(frozen=True, slots=True)
+class Levels:
+    """A version's validity per clearance below the highest (see ``VALID_TO_AT``)."""
+
+    valid_to: tuple[datetime | None, ...]  # one per clearance 0 .. LEVELS - 2
+    successor: int | None  # the lowest label of a later version; None: it is the newest
+
+    def payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            f: (t.timestamp() if t else OPEN_END)
+            for f, t in zip(VALID_TO_AT, self.valid_to, strict=True)
+        }
+        if self.successor is not None:
+            out[SUCCESSOR] = self.successor
+        return out
+
+    def matters(self, valid_to: datetime | None) -> bool:
+        """Whether some clearance sees the version otherwise than the highest one does."""
+        return any(t != valid_to for t in self.valid_to) or bool(self.successor)
+
+    @classmethod
+    def of_payload(cls, payload: Mapping[str, Any]) -> Levels | None:
+        """None when every clearance sees the one validity, and for a payload written before
+        per-clearance validity existed (it keeps its ``valid_to``)."""
+        if VALID_TO_AT[0] not in payload:
+            return None
+        ends = [payload.get(f, OPEN_END) for f in VALID_TO_AT]
+        if SUCCESSOR not in payload and all(t == payload.get("valid_to_ts") for t in ends):
+            return None
+        return cls(
+            tuple(None if t >= OPEN_END else datetime.fromtimestamp(t, UTC) for t in ends),
+            payload.get(SUCCESSOR),
+        )
+
+
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 # the numbers of a memory's text, as one keyword: near-duplicates must have the same numbers
 # ("floor 3" and "floor 4" are different facts), so the near-duplicate search filters on it
@@ -119,6 +165,9 @@ class Memory(BaseModel):
     # Read through ``_private``: the writer's fast constructor leaves no private state at all.
     _seal: Seal | None = PrivateAttr(default=None)
     _sealed: str | None = PrivateAttr(default=None)
+    # a keyed version's validity per clearance (set by consolidation, read back from the store):
+    # ``seen_by`` projects the memory to one clearance. Private: never serialised to a caller.
+    _levels: Levels | None = PrivateAttr(default=None)
 
     def _private(self, name: str) -> Any:
         return (self.__pydantic_private__ or {}).get(name)
@@ -127,6 +176,24 @@ class Memory(BaseModel):
         object.__setattr__(
             self, "__pydantic_private__", {**(self.__pydantic_private__ or {}), **values}
         )
+
+    def with_levels(self, levels: Levels | None) -> Memory:
+        if levels is not None:
+            self._with_private(_levels=levels)
+        return self
+
+    def seen_by(self, clearance: int) -> Memory:
+        """The memory as a reader of ``clearance`` sees it: its validity and whether it was
+        superseded computed over the versions at or below that clearance only, so nothing of a
+        version the reader may not read (that it exists, when it came) shows."""
+        levels: Levels | None = self._private("_levels")
+        if levels is None or clearance >= LEVELS - 1:
+            return self
+        valid_to = levels.valid_to[clearance]
+        history = levels.successor is not None and levels.successor <= clearance
+        if valid_to == self.valid_to and history == self.history:
+            return self
+        return self.model_copy(update={"valid_to": valid_to, "history": history})
 
     @property
     def sealed(self) -> bool:
@@ -147,7 +214,7 @@ class Memory(BaseModel):
         plain = unseal(key, sealed, aad_of(self.tenant, self.id))
         if plain is None:
             return None
-        return type(self).model_validate(
+        opened = type(self).model_validate(
             {
                 **orjson.loads(plain),
                 "id": self.id,
@@ -158,6 +225,7 @@ class Memory(BaseModel):
                 "sensitivity": self.sensitivity,
             }
         )
+        return opened.with_levels(self._private("_levels"))
 
     @classmethod
     def from_event(cls, event: Event) -> Memory:
@@ -195,6 +263,7 @@ class Memory(BaseModel):
             "created_ts": self.created_at.timestamp(),
             "valid_from_ts": (self.valid_from or self.created_at).timestamp(),
             "valid_to_ts": self.valid_to.timestamp() if self.valid_to else OPEN_END,
+            **self._levels_payload(),
             NUMBERS: numbers_key(self.content),
             "doc": orjson.dumps(
                 {
@@ -225,6 +294,14 @@ class Memory(BaseModel):
             if rank_by is not None:
                 payload[IMPORTANCE] = rank_by
         return payload
+
+    def _levels_payload(self) -> dict[str, Any]:
+        levels: Levels | None = self._private("_levels")
+        if levels is not None:
+            return levels.payload()
+        # no other version to hide: every clearance sees the one validity
+        end = self.valid_to.timestamp() if self.valid_to else OPEN_END
+        return dict.fromkeys(VALID_TO_AT, end)
 
     def _seal_payload(self, payload: dict[str, Any], seal: Seal) -> None:
         """Everything that can carry personal data goes into the sealed document; the filterable
@@ -263,7 +340,7 @@ class Memory(BaseModel):
                 valid_to=None,
                 history=False,
             )
-            m._with_private(_sealed=doc[SEALED])
+            m._with_private(_sealed=doc[SEALED], _levels=Levels.of_payload(payload))
             return m
         return cls.model_validate(
             {
@@ -277,7 +354,7 @@ class Memory(BaseModel):
                 "sensitivity": payload.get("sensitivity", 0),
                 "slot": payload.get("slot"),
             }
-        )
+        ).with_levels(Levels.of_payload(payload))
 
 
 def point_id(tenant: str, event_id: str) -> str:

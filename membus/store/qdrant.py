@@ -58,6 +58,7 @@ def _filter(fs: FilterSpec) -> m.Filter:
     must: list[m.Condition] = [_cond(c) for c in fs.must]
     if fs.should:
         must.append(m.Filter(should=[_cond(c) for c in fs.should]))
+    must += [m.Filter(should=[_cond(c) for c in group]) for group in fs.either]
     must_not: list[m.Condition] = [_cond(c) for c in fs.must_not]
     return m.Filter(must=must, must_not=must_not or None)
 
@@ -300,8 +301,11 @@ class QdrantStore:
                 limit=k,
                 with_payload=True,
             )
+        # as the caller's clearance sees each key's history (``Memory.seen_by``)
+        seen = flt.grant.clearance
         return [
-            Hit(memory=Memory.from_payload(p.payload or {}), score=p.score) for p in found.points
+            Hit(memory=Memory.from_payload(p.payload or {}).seen_by(seen), score=p.score)
+            for p in found.points
         ]
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]:

@@ -130,10 +130,11 @@ class SealedStore:
             out.append(m.opened(key) if key is not None else None)
         return out
 
-    async def _open_hits(self, tenant: str, hits: Sequence[Hit]) -> list[Hit]:
-        opened = await self._open(tenant, [h.memory for h in hits])
+    async def _open_hits(self, flt: RecallFilter, hits: Sequence[Hit]) -> list[Hit]:
+        opened = await self._open(flt.tenant, [h.memory for h in hits])
         return [
-            h.model_copy(update={"memory": m})
+            # the opened document holds the full-clearance validity: project it again
+            h.model_copy(update={"memory": m.seen_by(flt.grant.clearance)})
             for h, m in zip(hits, opened, strict=True)
             if m is not None
         ]
@@ -161,7 +162,7 @@ class SealedStore:
         boost: Boost | None = None,
     ) -> list[Hit]:
         hits = await self.inner.search(vector, await self._filter(flt), k, text=text, boost=boost)
-        return await self._open_hits(flt.tenant, hits)
+        return await self._open_hits(flt, hits)
 
     async def search_batch(
         self, queries: Sequence[tuple[Vectors, RecallFilter]], k: int, min_score: float
@@ -174,10 +175,7 @@ class SealedStore:
         found: list[list[Hit]] = await inner.search_batch(
             [(v, await self._filter(f)) for v, f in queries], k, min_score
         )
-        return [
-            await self._open_hits(f.tenant, hits)
-            for (_, f), hits in zip(queries, found, strict=True)
-        ]
+        return [await self._open_hits(f, hits) for (_, f), hits in zip(queries, found, strict=True)]
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]:
         return [m for m in await self._open(tenant, await self.inner.get(tenant, ids)) if m]

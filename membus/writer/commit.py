@@ -14,6 +14,7 @@ the ledger (HSETNX) and rewrites the same memories under the same ids.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 
 import numpy as np
 from redis.exceptions import WatchError
@@ -25,7 +26,7 @@ from membus.core.logs import get_logger
 from membus.core.redis import Redis
 from membus.embed.port import Vectors
 from membus.recall.heat import forget_access
-from membus.store.port import Memory, Store
+from membus.store.port import LEVELS, Memory, Store
 from membus.stream.feed import Change, upsert_fields
 from membus.stream.ops import XADD_MANY, xadd_many_args
 from membus.stream.tombstones import tombstones_key
@@ -37,6 +38,22 @@ Embed = Callable[[list[str]], Awaitable[Vectors]]
 _MAX_ROUNDS = 50
 
 
+def _predecessors(upserts: Sequence[Memory], i: int) -> list[int]:
+    """The versions that ``upserts[i]`` (a keyed slot's versions, oldest first) ends for some
+    clearance: going back, each one whose readers (together with ``i``'s) may read no version
+    between the two."""
+    out: list[int] = []
+    level = upserts[i].sensitivity
+    between = LEVELS  # the lowest label seen between j and i: none yet
+    for j in range(i - 1, -1, -1):
+        if between > max(level, upserts[j].sensitivity):
+            out.append(j)
+        between = min(between, upserts[j].sensitivity)
+        if between <= level:  # every earlier version has this one between it and i
+            break
+    return out
+
+
 def changes_for(
     plans: Sequence[Plan], existed: Sequence[Memory], batch: set[str]
 ) -> list[dict[str, bytes]]:
@@ -44,14 +61,19 @@ def changes_for(
     superseded, points that existed and are gone, and conflicts it took part in."""
     out: list[dict[str, bytes]] = []
     for plan in plans:
-        touched = {i for i, m in enumerate(plan.upserts) if not batch.isdisjoint(m.source_events)}
-        fed = set(touched)
-        touched |= {i - 1 for i in fed if i > 0}  # its predecessor got a valid_to
-        for i in sorted(touched):
+        fed = [i for i, m in enumerate(plan.upserts) if not batch.isdisjoint(m.source_events)]
+        # who hears of each memory: a fed one, its readers; a predecessor that got a valid_to,
+        # only the readers of both it and its successor, and only those for whom it is the
+        # predecessor (a version between them that they may read already ended it for them)
+        told: dict[int, int] = {i: plan.upserts[i].sensitivity for i in fed}
+        for i in fed:
+            for j in _predecessors(plan.upserts, i):
+                s = max(plan.upserts[i].sensitivity, plan.upserts[j].sensitivity)
+                told[j] = min(told.get(j, s), s)
+        for i in sorted(told):
             m = plan.upserts[i]
-            if i + 1 in fed and plan.upserts[i + 1].sensitivity > m.sensitivity:
-                # the predecessor's change says a newer version came: only for its readers
-                m = m.model_copy(update={"sensitivity": plan.upserts[i + 1].sensitivity})
+            if told[i] != m.sensitivity:
+                m = m.model_copy(update={"sensitivity": told[i]})
             out.append(upsert_fields(m, m.source_events))
         for c in plan.conflicts:
             if batch.isdisjoint(c.winner.source_events) and batch.isdisjoint(c.loser.source_events):
@@ -80,9 +102,18 @@ def expiry_key(tenant: str) -> str:
 
 
 def expires(plan: Plan) -> float | None:
-    """When the slot's current memory expires (a TTL, not a newer version), if it does."""
-    current = [m for m in plan.upserts if not m.history]
-    return current[-1].valid_to.timestamp() if current and current[-1].valid_to else None
+    """When the slot's current memory expires (a TTL, not a newer version), if it does: for a
+    key, when the current version of every clearance has (the sweep withdraws the whole slot,
+    and a version current to lower readers must not go with a hidden one that expired)."""
+    ends: list[datetime | None] = []
+    for c in range(LEVELS):
+        seen = [m.seen_by(c) for m in plan.upserts if m.sensitivity <= c]
+        current = [m for m in seen if not m.history]
+        if current:
+            ends.append(current[-1].valid_to)
+    if not ends or None in ends:
+        return None
+    return max(e.timestamp() for e in ends if e is not None)
 
 
 class Consolidator:

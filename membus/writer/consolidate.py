@@ -13,6 +13,9 @@ shared memory through a merge.
 - A keyed event (``subject`` + ``key``) lands in the (scope, subject, key) slot: versions ordered
   by (created_at, event id); the last one is current, each earlier one is kept as history with
   its validity interval; consecutive versions with the same normalised value fold into one.
+  Each clearance sees the key's history as if the versions above it did not exist: a version's
+  validity per clearance (``store.port.Levels``) ends at the next version that clearance may
+  read, and its first-recorded time comes from versions at or below its own label only.
 - A retraction (kind ``retraction``) sets the slot's cut-off: every event created at or before it
   is withdrawn (deleted, and a late or redelivered copy stays withdrawn); later ones re-assert.
 - Two agents asserting different values for one key within ``conflict_window_s`` is a conflict:
@@ -32,7 +35,7 @@ import orjson
 from membus.core.config import ConsolidationConfig
 from membus.core.envelope import LABELS, Event, scope_ancestors
 from membus.errors import InvalidInput
-from membus.store.port import Memory, point_id
+from membus.store.port import LEVELS, Levels, Memory, point_id
 
 RETRACTION = "retraction"
 _new, _setattr = object.__new__, object.__setattr__
@@ -191,7 +194,7 @@ def _memory(
 ) -> Memory:
     """One memory from a group of variants that say the same thing: id from the earliest event
     id (stable once written), wording and metadata from the newest, provenance from all.
-    ``since``: when the fact was first recorded (a key's current value: its first version).
+    ``since``: when the fact was first recorded (a key's version: its first readable version).
     ``ids``: point ids already derived, by event id (uuid5 is a few µs each)."""
     if len(group) == 1:  # the common case: one event, one memory
         first = newest = group[0]
@@ -233,7 +236,7 @@ def _trusted(fields: dict[str, Any]) -> Memory:
     _setattr(m, "__dict__", fields)
     _setattr(m, "__pydantic_fields_set__", set(fields))
     _setattr(m, "__pydantic_extra__", None)
-    _setattr(m, "__pydantic_private__", {"_seal": None, "_sealed": None})
+    _setattr(m, "__pydantic_private__", {"_seal": None, "_sealed": None, "_levels": None})
     return m
 
 
@@ -248,6 +251,30 @@ def _groups(live: Sequence[Variant]) -> list[list[Variant]]:
             out[-1].append(v)
         else:
             out.append([v])
+    return out
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _views(groups: Sequence[Sequence[Variant]], config: ConsolidationConfig) -> list[Levels]:
+    """Each version's validity as each clearance below the highest sees the key: as if the
+    versions above that clearance did not exist, so a version ends for a reader only when a
+    version the reader may read replaces it (or it expires). One pass from the newest."""
+    out: list[Levels] = []
+    nxt: list[datetime | None] = [None] * LEVELS  # the next version at or below each clearance
+    successor: int | None = None
+    for g in reversed(groups):
+        level = LABELS[g[0].label]
+        until = expiry(max(g, key=lambda v: v.order), config)
+        # a clearance that cannot read the version never sees it: it keeps the full view
+        ends = (nxt[c if level <= c else LEVELS - 1] for c in range(LEVELS - 1))
+        out.append(Levels(tuple(_earliest(t, until) for t in ends), successor))
+        for c in range(level, LEVELS):
+            nxt[c] = g[0].created_at
+        successor = level if successor is None else min(successor, level)
+    out.reverse()
     return out
 
 
@@ -266,21 +293,24 @@ def materialize(tenant: str, state: SlotState, config: ConsolidationConfig) -> P
         return plan
     if state.keyed:
         groups = _groups(live)
+        views = _views(groups, config)
+        first: list[datetime | None] = [None] * LEVELS  # the earliest version at or below c
         for i, g in enumerate(groups):
             last = i == len(groups) - 1
             until = expiry(max(g, key=lambda v: v.order), config)
             valid_to = until if last else groups[i + 1][0].created_at
             if until is not None and valid_to is not None:
                 valid_to = min(valid_to, until)
-            # first recorded: the earliest version every reader of this one may read too, so
-            # created_at never reveals that a version above the reader's clearance exists
+            # first recorded: the earliest version up to this one that every reader of this one
+            # may read too, so created_at never reveals that a version above the reader's
+            # clearance exists; the same for a superseded version as for the current one, since
+            # a superseded version is current to the readers who cannot read its successors
             level = LABELS[g[0].label]
-            since = (
-                min(h[0].created_at for h in groups if LABELS[h[0].label] <= level)
-                if last
-                else None
-            )
-            plan.upserts.append(_memory(tenant, state.slot, g, valid_to, not last, since, ids))
+            for c in range(level, LEVELS):
+                first[c] = first[c] or g[0].created_at
+            m = _memory(tenant, state.slot, g, valid_to, not last, first[level], ids)
+            # only when a clearance sees it otherwise (the store reads back the same)
+            plan.upserts.append(m.with_levels(views[i]) if views[i].matters(valid_to) else m)
         for i in range(1, len(groups)):
             a, b = groups[i - 1][-1], groups[i][0]
             close = (b.created_at - a.created_at).total_seconds() <= config.conflict_window_s
