@@ -403,10 +403,12 @@ class Doors:
 
 
 @asynccontextmanager
-async def surfaces(bus: Bus, tenant: str) -> AsyncIterator[dict[str, Doors]]:
+async def surfaces(
+    bus: Bus, tenant: str, names: list[str] | None = None
+) -> AsyncIterator[dict[str, Doors]]:
     """Every agent of the example (the curator too) on every surface, with an API key each.
     The app is built per example because its keys name the example's tenant; it is cheap."""
-    names = [*AGENTS, CURATOR]
+    names = names or [*AGENTS, CURATOR]
     keys = ApiKeys.from_keys({api_key(tenant, a): (tenant, a) for a in names})
     transport = httpx.ASGITransport(app=create_app(bus, keys))
     async with AsyncExitStack() as stack:
@@ -649,6 +651,18 @@ async def check_example(
                 "leaked": [published.get(i, "other tenant") for i in got - want_n],
                 "unreachable": [published[i] for i in want_n - got],
             }
+        # recall statistics answer for readable memories only (the rest "do not exist")
+        # (HTTP refuses an empty id list where the in-process call answers {}: not asked here)
+        for surface, stats in (
+            ("agent", await d.agent.access(sorted(stored))),
+            ("http", await d.http.access(sorted(stored)) if stored else {}),
+        ):
+            want_a = {ids[i] for i in want}
+            assert set(stats) == want_a, {
+                "agent": agent,
+                "surface": f"{surface} access",
+                "leaked": [stored.get(i, "other tenant") for i in set(stats) - want_a],
+            }
         # list of scopes: MCP and LangGraph over the in-process port (the service has none)
         want_s = sorted({published[i].scope for i in want})
         assert (await tool(d.mcp, "list_scopes"))["scopes"] == want_s, agent
@@ -781,10 +795,20 @@ async def feeds_match(
 async def run_guarded(bus: Bus, w: World, n: int) -> list[str]:
     # pytest.raises fails with a BaseException, which would take the portal's loop down with it
     # (and hide the message); as an AssertionError it travels back to hypothesis like any other
+    # the MCP sessions nest a task group each: a failure inside them arrives wrapped deeper than
+    # a traceback shows, so it is unwrapped to the first failure itself
     try:
         return await run_example(bus, w, n)
     except pytest.fail.Exception as exc:
         raise AssertionError(str(exc)) from None
+    except BaseExceptionGroup as group:
+        raise AssertionError(str(first_leaf(group))) from first_leaf(group)
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 FAST = WorkerConfig(
@@ -867,27 +891,41 @@ def private_worlds(draw: st.DrawFn) -> tuple[list[Mem], list[str]]:
 
 async def run_private(bus: Bus, memories: list[Mem], asked: list[str], n: int) -> list[str]:
     """One example on a bus without a policy: the doors, the writers, recall (stored and
-    working), the feed alone and in groups all hold each agent to its own ``agent/<self>``."""
-    seen: list[str] = []
+    working), the feed alone and in groups all hold each agent to its own ``agent/<self>``, on
+    every surface."""
     tenant = f"pp{n}"
+    async with surfaces(bus, tenant, PRIVATE_AGENTS) as doors:
+        return await check_private(bus, memories, asked, tenant, doors)
+
+
+async def check_private(
+    bus: Bus, memories: list[Mem], asked: list[str], tenant: str, doors: dict[str, Doors]
+) -> list[str]:
+    seen: list[str] = []
     events = TenantKeys(tenant).events
     stored: dict[str, Mem] = {}
+    at: dict[str, int] = {}  # memory id -> its index in ``memories`` (what surfaces compare)
     for i, m in enumerate(memories):
         author = bus.agent(m.author, tenant)
         content = f"{QUERY} {i} by {m.author} in {m.scope}"
         if own(m.author, m.scope):
             r = await author.publish(content, m.scope, label=m.label)
             stored[point_id(tenant, r.event_id)] = m
+            at[point_id(tenant, r.event_id)] = i
             continue
         before = await bus.redis.xlen(events)
         with pytest.raises(PermissionDenied, match="MEMBUS_POLICY_MODE=open") as denied:
             await author.publish(content, m.scope, label=m.label)
         assert "policies/README.md" in str(denied.value)
+        await refused_everywhere(doors[m.author], i, m, content)
         assert await bus.redis.xlen(events) == before
         seen.append("publish refused" + (" (agent/...)" if m.scope.startswith("agent/") else ""))
     for agent in PRIVATE_AGENTS:  # uncommitted or stored, never another agent's
-        hits = await bus.agent(agent, tenant).recall(QUERY, k=MAX_K, working=True)
-        assert all(own(agent, h.memory.scope) for h in hits), [h.memory.scope for h in hits]
+        for hits in (
+            await bus.agent(agent, tenant).recall(QUERY, k=MAX_K, working=True),
+            await doors[agent].http.recall(QUERY, k=MAX_K, working=True),
+        ):
+            assert all(own(agent, h.memory.scope) for h in hits), [h.memory.scope for h in hits]
     await bus.drain(timeout_s=30)
     assert await bus.redis.xlen(TenantKeys(tenant).dlq) == 0  # writers agree with the doors
     wanted = {a: {i for i, m in stored.items() if own(a, m.scope)} for a in PRIVATE_AGENTS}
@@ -906,6 +944,23 @@ async def run_private(bus: Bus, memories: list[Mem], asked: list[str], n: int) -
             seen.append("narrowed recall refused")
         assert got_n == want_n, {"agent": agent, "asked": ask, "leaked": got_n - want_n}
         assert not (await bus.gate.decision(who.identity, "admin", f"agent/{agent}")).allowed
+        # the same on every other surface, by content
+        for narrowed, ids in ((None, wanted[agent]), (ask, want_n)):
+            for surface, got_s in (await recalled(doors[agent], narrowed)).items():
+                assert got_s == {at[i] for i in ids}, {
+                    "agent": agent,
+                    "surface": surface,
+                    "asked": narrowed,
+                    "leaked": [memories[j] for j in got_s - {at[i] for i in ids} if j >= 0],
+                }
+        scopes = sorted({stored[i].scope for i in wanted[agent]})
+        assert (await tool(doors[agent].mcp, "list_scopes"))["scopes"] == scopes, agent
+        got_f = await sse_delivers(doors[agent])
+        assert got_f == wanted[agent] or (got_f is None and not wanted[agent]), {
+            "agent": agent,
+            "surface": "sse",
+            "leaked": [stored.get(i, "?") for i in (got_f or set()) - wanted[agent]],
+        }
     seen += await feeds_match(bus, tenant, wanted, stored)
     return sorted({s for s in seen if s})
 
