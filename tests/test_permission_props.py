@@ -1000,3 +1000,5 @@ async def private_guarded(bus: Bus, memories: list[Mem], asked: list[str], n: in
         return await run_private(bus, memories, asked, n)
     except pytest.fail.Exception as exc:
         raise AssertionError(str(exc)) from None
+    except BaseExceptionGroup as group:
+        raise AssertionError(str(first_leaf(group))) from first_leaf(group)
