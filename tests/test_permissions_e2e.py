@@ -8,7 +8,8 @@ tasks, casbin gate on policies/example.csv):
   every Redis key and store point, but only within the scopes the caller may forget in;
 - redaction masks PII everywhere it travels outside the author's private scope;
 - a recall of a forbidden scope and a publish into one are refused, and the refused publish
-  leaves Redis untouched.
+  leaves Redis untouched;
+- (expected to fail, a known gap) a retraction by key withdraws only what its author may read.
 
 tests/test_permission_props.py holds the property (zero leaks, full reachability) over random
 policies.
@@ -36,7 +37,7 @@ from membus.access.audit import AuditLog, audit_key
 from membus.access.policy import CasbinGate
 from membus.access.redact import PiiRedactor
 from membus.access.signing import KeyRecord, SigningKey, keys_key, signed_fields
-from membus.access.watch import PROPAGATION_BOUND_S, PolicyWatcher, RedisSource
+from membus.access.watch import PROPAGATION_BOUND_S, MemorySource, PolicyWatcher, RedisSource
 from membus.bus.api import Agent, Bus
 from membus.bus.draft import Draft
 from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
@@ -877,3 +878,41 @@ async def test_without_a_policy_an_agents_own_scopes_are_private(
     opened = MembusConfig(redis=RedisConfig(url=redis_url), policy=PolicyConfig(mode="open"))
     async with membus.open(tmp_path / "bus", opened) as bus:
         assert len(await bus.agent("bob", "acme").recall(q, k=10)) == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="governance gap found while probing (issue 15): a retraction by key withdraws every "
+    "version of the key, also those its author may not read; forget would erase none of them",
+)
+@pytest.mark.parametrize("how", ["Agent.retract", "publish kind=retraction"])
+async def test_a_retraction_withdraws_only_what_its_author_may_read(
+    redis_url: str, tmp_path: Path, how: str
+) -> None:
+    """forget erases, within its scopes, only what the agent may also recall at its clearance
+    (policies/README.md); withdrawing a fact by key must not reach further. Here mallory may
+    publish, recall and forget in ``team/*`` at clearance public: her forget of ``team/x``
+    leaves the owner's restricted fact alone, and so must her retraction of its key."""
+    gate = CasbinGate(
+        MemorySource(
+            "p, owner, acme, team/*, *, allow\n"
+            "p, mallory, acme, team/*, publish|recall|forget, allow\n"
+            "g2, owner, restricted, acme\n"
+        )
+    )
+    async with membus.open(tmp_path / "bus", config(redis_url), gate=gate) as bus:
+        owner, mallory = bus.agent("owner", "acme"), bus.agent("mallory", "acme")
+        fact = {"subject": "vault", "key": "code", "kind": "fact", "label": "restricted"}
+        await owner.publish("the vault code is 1234", "team/x", **fact)
+        await bus.drain(10)
+        assert len(await owner.recall("vault code", k=10)) == 1
+        assert await mallory.recall("vault code", k=10) == []
+        assert (await mallory.forget(scope="team/x")).memories == 0
+        if how == "Agent.retract":
+            await mallory.retract(scope="team/x", subject="vault", key="code")
+        else:
+            await mallory.publish(
+                "retract vault code", "team/x", kind="retraction", subject="vault", key="code"
+            )
+        await bus.drain(10)
+        assert len(await owner.recall("vault code", k=10)) == 1
