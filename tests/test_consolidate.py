@@ -209,6 +209,25 @@ def test_a_retraction_withdraws_what_came_before_it_and_not_after() -> None:
     assert [m.content for m in back.upserts] == ["post"]
 
 
+def test_a_retraction_withdraws_only_versions_its_author_could_read() -> None:
+    """A retraction's cut-off reaches versions labelled at most what its author may read there
+    (ledger ``ret:<level>``); a bare ``ret`` (from before levels) reaches every label."""
+    public = ev(1, "lobby 5678", subject="c1", key="code", at=0)
+    secret = ev(2, "vault 1234", subject="c1", key="code", at=5, label="restricted")
+    cut = T0 + timedelta(seconds=10)
+    slot = slot_of(public)
+    variants = [Variant.of(e) for e in (public, secret)]
+    low = SlotState(slot, variants, retracted_up_to={0: cut})
+    plan = materialize("acme", low, CFG)
+    assert [m.content for m in plan.upserts] == ["vault 1234"]
+    assert plan.withdrawn == [public.id]
+    every = materialize("acme", SlotState(slot, variants, retracted_at=cut), CFG)
+    assert every.upserts == [] and every.withdrawn == sorted([public.id, secret.id])
+    fields = {f"e:{e.id}": Variant.of(e).to_json().decode() for e in (public, secret)}
+    parsed = parse_state(slot, {**fields, "ret:0": cut.isoformat(), "ret:-1": cut.isoformat()})
+    assert parsed.retracted_up_to == {0: cut} and parsed.retracted_at is None
+
+
 def test_retraction_targets_stay_in_their_scope() -> None:
     """A retraction names a key, or a slot of its own scope: never another scope's memory."""
     r = ev(9, "withdraw", kind=RETRACTION, subject="c1", key="contact")

@@ -47,6 +47,15 @@ class Admission:
         self.redis, self.gate, self.keys, self.replay = redis, gate, keys, replay
         self.verify_signatures = verify_signatures
 
+    async def clearance(self, event: Event) -> int:
+        """The highest label ``event``'s author may read in its scope now (-1: none). A
+        retraction withdraws versions up to it, so it reaches no further than a forget."""
+        who = Identity(tenant=event.tenant, agent=event.agent)
+        grant = await self.gate.grant(who, "recall", [event.scope])
+        if grant.empty or not grant.covers(event.scope):
+            return -1
+        return grant.clearance
+
     async def screen(
         self, tenant: str, parsed: Sequence[Parsed], *, record: bool = True
     ) -> Screened:

@@ -40,6 +40,7 @@ from membus.store.port import LEVELS, Levels, Memory, point_id
 RETRACTION = "retraction"
 _new, _setattr = object.__new__, object.__setattr__
 _LABEL_OF = {v: k for k, v in LABELS.items()}
+MAX_LEVEL = max(LABELS.values())  # a clearance that reads every label
 
 
 def normalise(text: str) -> str:
@@ -148,9 +149,20 @@ class Variant:
 class SlotState:
     slot: str
     variants: list[Variant]
-    retracted_at: datetime | None = None
+    retracted_at: datetime | None = None  # reaches every label (a retraction before levels)
     merged_into: str | None = None
     erased: list[str] = field(default_factory=list)  # tombstoned event ids still in the hash
+    # level -> the latest cut-off of a retraction whose author could read labels up to it
+    retracted_up_to: dict[int, datetime] = field(default_factory=dict)
+
+    def cut_for(self, label: str) -> datetime | None:
+        """The cut-off that reaches a version of ``label``: only retractions whose author could
+        read that label withdraw it (a retraction reaches no further than a forget would)."""
+        level = LABELS[label]
+        cuts = [at for lv, at in self.retracted_up_to.items() if lv >= level]
+        if self.retracted_at is not None:
+            cuts.append(self.retracted_at)
+        return max(cuts, default=None)
 
     @property
     def keyed(self) -> bool:
@@ -285,9 +297,14 @@ def materialize(tenant: str, state: SlotState, config: ConsolidationConfig) -> P
     ids = {v.event_id: point_id(tenant, v.event_id) for v in variants}
     every = {point_id(tenant, e) for e in state.erased}
     every.update(ids.values())
-    cut = state.retracted_at
-    live = [v for v in variants if cut is None or v.created_at > cut]
-    plan.withdrawn = sorted(v.event_id for v in variants if cut is not None and v.created_at <= cut)
+    cuts = {label: state.cut_for(label) for label in {v.label for v in variants}}
+
+    def withdrawn(v: Variant) -> bool:
+        cut = cuts[v.label]
+        return cut is not None and v.created_at <= cut
+
+    live = [v for v in variants if not withdrawn(v)]
+    plan.withdrawn = sorted(v.event_id for v in variants if withdrawn(v))
     if state.merged_into is not None or not live:  # merged away, withdrawn or erased
         plan.deletes = sorted(every)
         return plan
@@ -331,12 +348,18 @@ def parse_state(slot: str, fields: Mapping[str, str], dead: Iterable[str] = ()) 
     ids = [f[2:] for f in fields if f.startswith("e:")]
     variants = [Variant.from_json(i, fields["e:" + i]) for i in ids if i not in gone]
     ret = fields.get("ret")
+    levels = {
+        int(f[4:]): datetime.fromisoformat(at)
+        for f, at in fields.items()
+        if f.startswith("ret:") and f[4:].isdigit()
+    }
     return SlotState(
         slot,
         variants,
         retracted_at=datetime.fromisoformat(ret) if ret else None,
         merged_into=fields.get("into"),
         erased=sorted(gone.intersection(ids)),
+        retracted_up_to=levels,
     )
 
 

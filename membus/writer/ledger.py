@@ -25,12 +25,21 @@ from membus.core.keys import PREFIX
 from membus.core.redis import Redis
 from membus.errors import InvalidInput
 from membus.stream.tombstones import tombstones_key
-from membus.writer.consolidate import RETRACTION, SlotState, Variant, parse_state, slot_of
+from membus.writer.consolidate import (
+    MAX_LEVEL,
+    RETRACTION,
+    SlotState,
+    Variant,
+    parse_state,
+    slot_of,
+)
 
 # KEYS: tombstones, dirty set, then one slot key per item; ARGV: the slot-key prefix, then per
 # item (op, event id, value). ``a``: assert (unkeyed, queued for the near-duplicate pass), ``u``:
 # assert unkeyed, ``k``: assert keyed, ``e``: an event of its own (no folding), ``r``: retract
-# with cut-off ``value``. Merged slots are followed.
+# with cut-off ``value`` ("<time>|<level>": versions labelled up to the level the retracting
+# author may read; a bare time, from before levels, reaches every label). Merged slots are
+# followed.
 # Returns per item the slot key written, or false when the event is tombstoned (erased).
 _ADD = """
 local out = {}
@@ -49,8 +58,12 @@ for i = 3, #KEYS do
     out[#out + 1] = false
   else
     if op == 'r' then
-      local cur = redis.call('HGET', key, 'ret')
-      if (not cur) or val > cur then redis.call('HSET', key, 'ret', val) end
+      -- val is "<cut-off>|<level>": the cut-off reaches versions labelled at most that level
+      local bar = string.find(val, '|', 1, true)
+      local at, field = val, 'ret'
+      if bar then at, field = string.sub(val, 1, bar - 1), 'ret:' .. string.sub(val, bar + 1) end
+      local cur = redis.call('HGET', key, field)
+      if (not cur) or at > cur then redis.call('HSET', key, field, at) end
       redis.call('HSETNX', key, 'r:' .. eid, val)
     else
       redis.call('HSETNX', key, 'e:' .. eid, val)
@@ -124,12 +137,15 @@ class Item:
         return self.variant or Variant.from_json(self.event_id, self.value)
 
     @classmethod
-    def of(cls, event: Event, *, fold: bool = True, queue: bool = True) -> Item:
+    def of(
+        cls, event: Event, *, fold: bool = True, queue: bool = True, clearance: int = MAX_LEVEL
+    ) -> Item:
         """Raises ``InvalidInput`` for a retraction that names no target of its own scope.
         ``fold=False``: every event its own slot (one memory per event, nothing merges);
-        ``queue``: an unkeyed slot is queued for the near-duplicate pass."""
+        ``queue``: an unkeyed slot is queued for the near-duplicate pass; ``clearance``: for a
+        retraction, the highest label its author may read there (what it may withdraw)."""
         if event.kind == RETRACTION:
-            return cls(slot_of(event), "r", event.id, cutoff(event.created_at))
+            return cls(slot_of(event), "r", event.id, f"{cutoff(event.created_at)}|{clearance}")
         variant = Variant.of(event)
         value = variant.to_json()
         if not fold:

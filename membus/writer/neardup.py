@@ -223,12 +223,27 @@ class NearDuplicates:
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
                         await self.redis.zrem(dirty_key(tenant), loser)
                         return
-                    cut = gone.retracted_at
-                    moving = [v for v in gone.variants if cut is None or v.created_at > cut]
+                    moving = [
+                        v
+                        for v in gone.variants
+                        if (cut := gone.cut_for(v.label)) is None or v.created_at > cut
+                    ]
                     joined = SlotState(
-                        survivor, keep.variants + moving, keep.retracted_at, None, keep.erased
+                        survivor,
+                        keep.variants + moving,
+                        keep.retracted_at,
+                        None,
+                        keep.erased,
+                        keep.retracted_up_to,
                     )
-                    left = SlotState(loser, gone.variants, cut, survivor, gone.erased)
+                    left = SlotState(
+                        loser,
+                        gone.variants,
+                        gone.retracted_at,
+                        survivor,
+                        gone.erased,
+                        gone.retracted_up_to,
+                    )
                     plans = [materialize(tenant, s, self.config) for s in (joined, left)]
                     existed = await self.c.write(tenant, plans, {})
                     moved = {v.event_id for v in moving}

@@ -38,6 +38,7 @@ from membus.stream.reading import BatchReader
 from membus.writer.admission import Parsed, admission_for
 from membus.writer.advice import Advisor
 from membus.writer.commit import Consolidator
+from membus.writer.consolidate import MAX_LEVEL, RETRACTION
 from membus.writer.ledger import Item, drop_parked
 from membus.writer.llm import FallbackConsolidator
 from membus.writer.neardup import NearDuplicates
@@ -247,7 +248,12 @@ class Writer:
         bad: list[tuple[str, dict[str, str], str]] = []
         for entry_id, event in events:
             try:
-                items.append(Item.of(event, fold=self._fold, queue=self._queue))
+                clearance = MAX_LEVEL
+                if event.kind == RETRACTION:  # it withdraws only what its author may read there
+                    clearance = await self.admission.clearance(event)
+                items.append(
+                    Item.of(event, fold=self._fold, queue=self._queue, clearance=clearance)
+                )
                 kept.append((entry_id, event))
             except InvalidInput as exc:
                 bad.append((entry_id, {"e": event.to_json().decode()}, str(exc)))
