@@ -96,6 +96,7 @@ async def test_the_access_log_writes_off_the_request_path_and_nothing_is_lost(
         await redis.aclose()
 
 
+@pytest.mark.slow
 async def test_recall_bumps_what_it_returns_and_only_that(redis_url: str, tmp_path: Path) -> None:
     async with membus.open(tmp_path, config(redis_url)) as bus:
         alice = bus.agent("alice", "acme")
@@ -135,6 +136,7 @@ async def test_access_answers_only_for_memories_the_caller_may_recall(
             await bob.access(["not-a-uuid"])
 
 
+@pytest.mark.slow
 async def test_recall_survives_a_redis_that_refuses_the_bump(
     fresh_redis: RedisProcess, tmp_path: Path
 ) -> None:
@@ -163,6 +165,7 @@ async def test_recall_survives_a_redis_that_refuses_the_bump(
         assert (await bus.agent("alice", "acme").access([h.memory.id]))[h.memory.id].count == 0
 
 
+@pytest.mark.slow
 async def test_heat_ranks_often_recalled_memories_up_when_weighted(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -185,6 +188,7 @@ async def test_heat_ranks_often_recalled_memories_up_when_weighted(
         assert hits[0].score > hits[1].score
 
 
+@pytest.mark.slow
 async def test_forget_leaves_no_statistics_even_of_a_recall_just_made(
     redis_url: str, tmp_path: Path
 ) -> None:

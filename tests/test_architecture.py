@@ -52,6 +52,7 @@ def test_the_package_root_holds_no_code_but_the_public_api() -> None:
         assert defs == [], f"{old} defines code: it must only re-export"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("old", "new"), sorted(OLD_PATHS.items()))
 def test_old_module_paths_still_import_the_same_objects(old: str, new: str) -> None:
     probe = textwrap.dedent(
@@ -127,6 +128,7 @@ def test_embedder_config_is_public() -> None:
     assert membus.EmbedderConfig is EmbedderConfig
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_a_custom_config_keeps_the_embedded_writer_defaults(tmp_path: Path) -> None:
     """``membus.open(path, MembusConfig(writers=2))`` used to drop the embedded default's fast

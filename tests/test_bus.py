@@ -36,6 +36,7 @@ def config(url: str, writers: int = 1) -> MembusConfig:
     )
 
 
+@pytest.mark.slow
 async def test_published_events_become_memories_acked_with_one_change_each(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -96,6 +97,7 @@ async def test_published_events_become_memories_acked_with_one_change_each(
         assert hits and all(h.memory.scope == "team/billing" for h in hits)
 
 
+@pytest.mark.slow
 async def test_tenants_never_see_each_other(redis_url: str, tmp_path: Path) -> None:
     async with membus.open(tmp_path, config(redis_url)) as bus:
         await bus.agent("a", "acme").publish("acme secret roadmap", scope="team")
@@ -128,6 +130,7 @@ async def test_subscribe_from_start_yields_committed_changes_in_scope(
         assert all(c.position for c in seen)
 
 
+@pytest.mark.slow
 async def test_drain_without_writers_says_so(redis_url: str, tmp_path: Path) -> None:
     """With no writer running drain must fail with Unavailable, not hang or pass."""
     async with membus.open(tmp_path, config(redis_url, writers=0)) as bus:

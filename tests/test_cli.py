@@ -169,6 +169,7 @@ def test_unreachable_redis_exits_4(tmp_path: Path) -> None:
     assert out.exit_code == 4 and out.stderr.startswith("error: redis unavailable")
 
 
+@pytest.mark.slow
 def test_dlq_list_replay_drop_round_trip(cli: Invoke, redis_url: str, tmp_path: Path) -> None:
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = TenantKeys("acme")

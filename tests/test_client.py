@@ -41,6 +41,7 @@ def same_hits(a: list[membus.Hit], b: list[membus.Hit]) -> bool:
     )
 
 
+@pytest.mark.slow
 async def test_async_client_mirrors_the_in_process_agent(tmp_path: Path, redis_url: str) -> None:
     """Publishing through the client or in process yields the same memories; recall through
     either returns equal hits; bad input raises the same InvalidInput, message and all."""

@@ -71,6 +71,7 @@ def test_tenants_land_on_more_than_one_master(cluster: ClusterProcess) -> None:
         assert {cluster.node_of(k) for k in (keys.changes, keys.dlq, keys.dlq_errors)} == {nodes[t]}
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_publish_consolidate_recall_dlq_and_forget_per_tenant(
     cluster: ClusterProcess, tmp_path: Path

@@ -61,6 +61,7 @@ async def changes(bus: membus.Bus, tenant: str) -> list[Change]:
     return [Change.from_entry(i, f) for i, f in raw]
 
 
+@pytest.mark.slow
 async def test_repeats_from_two_agents_fold_into_one_memory(redis_url: str, tmp_path: Path) -> None:
     """The same observation from two agents is one memory listing both agents and events."""
     async with membus.open(tmp_path, config(redis_url)) as bus:
@@ -100,6 +101,7 @@ async def test_keyed_facts_keep_history_recallable_as_of(redis_url: str, tmp_pat
         assert await a.recall("contact", k=5, as_of=now - timedelta(hours=3)) == []
 
 
+@pytest.mark.slow
 async def test_retraction_withdraws_a_key_and_survives_redelivery(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -134,6 +136,7 @@ async def test_retraction_withdraws_a_key_and_survives_redelivery(
         assert [h.memory.content for h in await a.recall("build", k=5)] == ["build is green again"]
 
 
+@pytest.mark.slow
 async def test_retracting_one_memory_by_id(redis_url: str, tmp_path: Path) -> None:
     """``retract(memory_id=…)`` withdraws that memory and its repeats, nothing else."""
     async with membus.open(tmp_path, config(redis_url)) as bus:
@@ -335,6 +338,7 @@ async def test_near_duplicates_merge_within_a_scope_in_the_idle_pass(
         assert r3.event_id in again.source_events
 
 
+@pytest.mark.slow
 async def test_a_near_duplicate_is_found_behind_nearer_texts_with_other_numbers(
     redis_url: str, tmp_path: Path
 ) -> None:

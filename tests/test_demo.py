@@ -45,6 +45,7 @@ async def test_every_agent_publishes_to_team_and_own_notebook(summary: dict[str,
         assert counts["private"] > 0, role.name
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_causation_ids_chain_to_earlier_events(summary: dict[str, Any]) -> None:
     """Provenance: every caused event points at an event published before it in this run."""

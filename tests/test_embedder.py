@@ -109,6 +109,7 @@ def test_any_text_gives_a_finite_unit_or_zero_vector(texts: list[str]) -> None:
 # -- the store remembers its space -------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "other", [StoreMeta(embedder="hashing-v1-128", dim=128), StoreMeta(embedder="minilm", dim=384)]

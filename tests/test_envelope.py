@@ -363,6 +363,7 @@ async def test_unknown_publish_argument_is_invalid_input(redis_url: str, tmp_pat
         assert await bus.redis.exists(TenantKeys("acme").events) == 0
 
 
+@pytest.mark.slow
 def test_fuzzed_publish_through_the_bus_is_atomic(redis_url: str, tmp_path: Path) -> None:
     """Random drafts through ``SyncAgent.publish``: either one complete entry that decodes back to
     the same event, or InvalidInput and an unchanged stream."""

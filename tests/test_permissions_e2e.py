@@ -435,6 +435,7 @@ async def test_forget_by_subject_leaves_no_trace_within_the_callers_scopes(
         assert await bus.store.count(TENANT) == 2
 
 
+@pytest.mark.slow
 async def test_agent_forget_is_the_documented_door(redis_url: str, tmp_path: Path) -> None:
     async with membus.open(tmp_path / "bus", config(redis_url)) as bus:
         carol = bus.agent("carol", TENANT)

@@ -193,6 +193,7 @@ def test_negative_similarity_is_left_alone() -> None:
 pytest_anyio = pytest.mark.anyio
 
 
+@pytest.mark.slow
 @pytest_anyio
 async def test_recall_reranks_by_importance_and_reports_the_final_score(
     redis_url: str, tmp_path: Path
@@ -228,6 +229,7 @@ async def test_recall_reranks_by_importance_and_reports_the_final_score(
         assert not any(h.working for h in ranked)
 
 
+@pytest.mark.slow
 @pytest_anyio
 async def test_recency_is_measured_from_as_of(redis_url: str, tmp_path: Path) -> None:
     """Recall as of a past time ranks what was recent then: the memory observed just before

@@ -270,6 +270,7 @@ def formatted(number: str, sep: str | None) -> str:
     return sep.join(number[i : i + 4] for i in range(0, len(number), 4))
 
 
+@pytest.mark.slow
 @FAST
 @given(TEXT)
 def test_text_without_pii_is_unchanged(text: str) -> None:

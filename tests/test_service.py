@@ -115,6 +115,7 @@ def error(resp: httpx.Response) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.slow
 async def test_publish_drain_recall_over_http(tmp_path: Path, redis_url: str) -> None:
     """A 201 publish becomes a memory that recall over HTTP finds, attributed to the key's agent."""
     async with service(tmp_path, redis_url) as (bus, http):
@@ -157,6 +158,7 @@ async def test_batch_publish_is_all_or_nothing(tmp_path: Path, redis_url: str) -
         assert await bus.redis.xlen(TenantKeys("acme").events) == 3
 
 
+@pytest.mark.slow
 async def test_missing_unknown_or_malformed_key_is_401(tmp_path: Path, redis_url: str) -> None:
     """No key, an unknown key, or a non-Bearer Authorization: 401 unauthenticated, nothing done."""
     async with service(tmp_path, redis_url, writers=0) as (bus, http):
@@ -171,6 +173,7 @@ async def test_missing_unknown_or_malformed_key_is_401(tmp_path: Path, redis_url
         assert r.json() == {"agent": "zed", "tenant": "other", "operator": False}
 
 
+@pytest.mark.slow
 async def test_identity_cannot_be_forged_through_the_body(tmp_path: Path, redis_url: str) -> None:
     """``agent``/``tenant`` in a body are refused; what is stored carries the key's identity,
     and another tenant's key sees none of it."""
@@ -309,6 +312,7 @@ async def test_gate_denial_is_403_and_counted(tmp_path: Path, redis_url: str) ->
         assert {("bob", "publish"), ("bob", "subscribe"), ("alice", "admin")} <= denied
 
 
+@pytest.mark.slow
 async def test_health_ready_and_metrics(tmp_path: Path, redis_url: str) -> None:
     """/healthz and /readyz answer; /metrics has lag/pending per group, DLQ size, rates and
     latency histograms."""
@@ -425,6 +429,7 @@ async def test_errors_are_typed_json(tmp_path: Path, redis_url: str) -> None:
         assert r.status_code == 404 and error(r)["code"] == "not_found"
 
 
+@pytest.mark.slow
 async def test_forget_over_http_within_the_callers_scopes(tmp_path: Path, redis_url: str) -> None:
     """POST /v1/forget erases by subject in the caller's tenant; recall no longer finds it."""
     async with service(tmp_path, redis_url) as (bus, http):
@@ -538,6 +543,7 @@ async def test_sse_follows_changes_and_resumes_from_a_position(
                 ] == ["c1", "c2"]
 
 
+@pytest.mark.slow
 async def test_recall_options_and_access_over_http(tmp_path: Path, redis_url: str) -> None:
     """working and as_of reach the bus; /v1/access answers only for memories the key's agent
     may recall."""

@@ -488,6 +488,7 @@ async def test_destroyed_group_is_recreated_and_processing_continues(
 # -- Redis itself dies ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_events_survive_redis_sigkill_and_restart_with_aof(
     fresh_redis: RedisProcess, tmp_path: Path
 ) -> None:

@@ -140,6 +140,7 @@ def test_calibrate_maps_cosine_onto_the_store_scale() -> None:
 # -- through the bus ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_fresh_events_are_recallable_before_any_writer_ran(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -171,6 +172,7 @@ async def test_fresh_events_are_recallable_before_any_writer_ran(
         assert [(x.memory.content, x.working) for x in hits] == [(text, False)]
 
 
+@pytest.mark.slow
 async def test_working_hits_compete_with_stored_ones_on_the_stores_scale(
     redis_url: str, tmp_path: Path
 ) -> None:
