@@ -43,13 +43,12 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from membus.core.envelope import LABELS, validate_name, validate_scope
 from membus.core.keys import TenantKeys
 from membus.core.logs import get_logger
-from membus.core.redis import REDIS_DOWN, Redis, decode_fields, rewrite_aof, unavailable
+from membus.core.redis import REDIS_DOWN, Redis, decode_fields, node_of, rewrite_aof, unavailable
 from membus.errors import InvalidInput
 from membus.recall.heat import forget_access
 from membus.store.port import Memory, Store, check_ids, point_id
@@ -424,15 +423,11 @@ async def _rewrite_aof(redis: Redis, tenant: str) -> str:
     return await rewrite_aof(redis, tombstones_key(tenant))
 
 
-def _target(redis: Redis, tenant: str) -> dict[str, Any]:
-    if isinstance(redis, RedisCluster):
-        return {"target_nodes": redis.get_node_from_key(tombstones_key(tenant))}
-    return {}
-
-
 async def _stream_node_entries(redis: Redis, tenant: str) -> int | None:
     try:
-        conf = await redis.config_get("stream-node-max-entries", **_target(redis, tenant))
+        conf = await redis.config_get(
+            "stream-node-max-entries", **node_of(redis, tombstones_key(tenant))
+        )
         value: Any = conf.get("stream-node-max-entries")
         return int(value) if value is not None else None
     except (ResponseError, ValueError):

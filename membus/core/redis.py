@@ -109,6 +109,14 @@ def decode_fields(fields: dict[Any, Any]) -> dict[str, str]:
     }
 
 
+def node_of(redis: Redis, key: str) -> dict[str, Any]:
+    """Keyword arguments that send a server command (CONFIG, BGREWRITEAOF) to the node holding
+    ``key``: on a cluster only that master has the tenant's keys; one Redis needs none."""
+    if isinstance(redis, RedisCluster):
+        return {"target_nodes": redis.get_node_from_key(key)}
+    return {}
+
+
 async def rewrite_aof(redis: Redis, key: str) -> str:
     """Ask Redis to rewrite its AOF, so what was just deleted leaves the disk too (best effort).
 
@@ -116,9 +124,7 @@ async def rewrite_aof(redis: Redis, key: str) -> str:
     data included. On a cluster only the master owning ``key``'s slot held the tenant's keys, so
     only it rewrites. Returns started | in_progress | off (AOF disabled) | failed.
     """
-    target: dict[str, Any] = (
-        {"target_nodes": redis.get_node_from_key(key)} if isinstance(redis, RedisCluster) else {}
-    )
+    target = node_of(redis, key)
     try:
         conf = await redis.config_get("appendonly", **target)
         if conf.get("appendonly") == "no":
