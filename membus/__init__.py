@@ -15,13 +15,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from membus.errors import Conflict, InvalidInput, MembusError, PermissionDenied, Unavailable
+from membus.errors import (
+    Conflict,
+    InvalidInput,
+    MembusError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from membus.access.gate import Gate, Identity, OpenGate, PrivateGate, ReadGrant
     from membus.bus.api import Agent, Bus
     from membus.bus.draft import Draft, Receipt
     from membus.bus.erasure import ErasureReport
+    from membus.bus.memories import ImportReport, MemoryPage, parse_jsonl, to_jsonl
     from membus.core.config import (
         EmbedderConfig,
         MembusConfig,
@@ -54,8 +62,10 @@ _LAZY = {
     "HashingEmbedder": "membus.embed.hashing",
     "Hit": "membus.store.port",
     "Identity": "membus.access.gate",
+    "ImportReport": "membus.bus.memories",
     "MembusConfig": "membus.core.config",
     "Memory": "membus.store.port",
+    "MemoryPage": "membus.bus.memories",
     "OpenGate": "membus.access.gate",
     "PrivateGate": "membus.access.gate",
     "PolicyConfig": "membus.core.config",
@@ -71,6 +81,8 @@ _LAZY = {
     "WorkerConfig": "membus.core.config",
     "open": "membus.runtime.host",
     "open_sync": "membus.runtime.sync",
+    "parse_jsonl": "membus.bus.memories",
+    "to_jsonl": "membus.bus.memories",
 }
 
 __all__ = [
@@ -88,10 +100,13 @@ __all__ = [
     "HashingEmbedder",
     "Hit",
     "Identity",
+    "ImportReport",
     "InvalidInput",
     "MembusConfig",
     "MembusError",
     "Memory",
+    "MemoryPage",
+    "NotFound",
     "OpenGate",
     "PermissionDenied",
     "PolicyConfig",
@@ -109,6 +124,8 @@ __all__ = [
     "WorkerConfig",
     "open",
     "open_sync",
+    "parse_jsonl",
+    "to_jsonl",
 ]
 
 

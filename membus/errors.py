@@ -27,6 +27,13 @@ class InvalidInput(MembusError):
         return {**super().to_dict(), "problems": self.problems}
 
 
+class NotFound(InvalidInput):
+    """No such thing that the caller may see: absent and not readable get this same answer, so
+    an id cannot probe what the caller may not read."""
+
+    code = "not_found"
+
+
 class PermissionDenied(MembusError):
     """The acting agent may not do this; names agent, action and scope."""
 

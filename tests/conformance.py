@@ -455,6 +455,42 @@ class StoreConformance:
             await store.scroll(TENANT, limit=0)
 
     @pytest.mark.anyio
+    async def test_browse_lists_newest_first_within_the_filter(self, store: Store) -> None:
+        batch = await fill(store, [mem(i, kind="fact" if i % 2 else "note") for i in range(9)])
+        await fill(store, [mem(i, tenant="other") for i in range(3)])
+        got = await store.browse(flt(), 50)
+        assert [m.id for m in got] == [m.id for m in reversed(batch)]
+        assert got[0] == batch[-1]  # whole memories, provenance included
+        assert [m.id for m in await store.browse(flt(), 3)] == [m.id for m in batch[:5:-1]]
+        facts = await store.browse(flt(kinds=["fact"], until=T0 + timedelta(hours=5)), 50)
+        assert [m.id for m in facts] == [batch[5].id, batch[3].id, batch[1].id]
+        began = await store.browse(flt(began_by=T0 + timedelta(hours=2)), 50)
+        assert [m.id for m in began] == [batch[2].id, batch[1].id, batch[0].id]
+        nothing = ReadGrant(all_scopes=False)
+        assert await store.browse(flt(grant=nothing), 50) == []
+        with pytest.raises(InvalidInput):
+            await store.browse(flt(), 0)
+
+    @pytest.mark.anyio
+    async def test_browse_versions_gives_a_keys_whole_history_per_clearance(
+        self, store: Store
+    ) -> None:
+        written = key_versions(3)
+        await store.upsert(written, rows([unit(0)] * len(written)))
+        slot = keyed_slot("team/support", "c1", "tier")
+        for clearance in range(4):
+            grant = ReadGrant(all_scopes=True, clearance=clearance)
+            want = sorted(as_seen(m) for m in key_versions(clearance))
+            for narrowing in ({"slots": [slot]}, {"subjects": ["c1"], "keys": ["tier"]}):
+                got = await store.browse(flt(grant=grant, versions=True, **narrowing), 50)
+                assert sorted(as_seen(m) for m in got) == want, (clearance, narrowing)
+                began = [m.valid_from or m.created_at for m in got]
+                assert began == sorted(began, reverse=True)
+            current = await store.browse(flt(grant=grant, slots=[slot]), 50)
+            assert [m.history for m in current] == [False]
+        assert await store.browse(flt(versions=True, keys=["other"]), 50) == []
+
+    @pytest.mark.anyio
     async def test_numbers_narrow_to_texts_with_exactly_those_numbers(self, store: Store) -> None:
         """The near-duplicate search's narrowing: the same numbers, in order, or none."""
         texts = ["floor 3 printer", "floor 3, room 12", "floor 4 printer", "no digits", "3 on 3"]

@@ -7,6 +7,7 @@ this API.
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
@@ -16,16 +17,17 @@ import anyio
 from pydantic import ValidationError
 
 from membus.access.audit import AuditLog, AuditRecord
-from membus.access.gate import Decision, Gate, Identity, default_gate
+from membus.access.gate import Decision, Gate, Identity, ReadGrant, default_gate
 from membus.access.redact import PiiRedactor, Redactor, needs_redaction, redact_event
 from membus.access.signing import KeyRegistry, door_keys
-from membus.bus import erasure
+from membus.bus import erasure, memories
 from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
+from membus.bus.memories import ImportReport, MemoryPage
 from membus.bus.retract import retract
 from membus.bus.working import with_working
 from membus.core.config import MembusConfig
-from membus.core.envelope import Event, invalid_from, scope_ancestors, validate_scope
+from membus.core.envelope import Event, Label, invalid_from, scope_ancestors, validate_scope
 from membus.core.keys import TenantKeys
 from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
@@ -34,7 +36,7 @@ from membus.embed.port import Embedder, Vectors
 from membus.errors import InvalidInput, PermissionDenied, Unavailable
 from membus.recall import ranking
 from membus.recall.heat import Access, AccessLog
-from membus.store.port import Hit, RecallFilter, Store, check_ids
+from membus.store.port import Hit, Memory, RecallFilter, Store, check_ids
 from membus.stream.feed import Change, follow, group_name
 from membus.stream.ops import group_stats, idle, publish_signed, tenants
 from membus.writer.admission import admission_for
@@ -356,6 +358,121 @@ class Bus:
         what = "; ".join(waiting) or "events"
         return f"writers did not drain within {timeout_s}s; waiting for {what}; {cause}"
 
+    # -- see and manage memories (membus.bus.memories) --------------------------------------
+
+    async def get(self, who: Identity, memory_id: str) -> Memory:
+        """One memory by id, as ``who`` may see it; ``NotFound`` when absent or not readable."""
+        return await memories.get(self, who, memory_id)
+
+    async def history(
+        self,
+        who: Identity,
+        memory_id: str | None = None,
+        *,
+        scope: str | None = None,
+        subject: str | None = None,
+        key: str | None = None,
+        limit: int = 100,
+    ) -> builtins.list[Memory]:
+        """Every version of a memory's fact (or of ``subject`` + ``key``) that ``who`` may
+        read, newest first, each with its validity (``valid_from``/``valid_to``) and provenance."""
+        return await memories.history(
+            self, who, memory_id, scope=scope, subject=subject, key=key, limit=limit
+        )
+
+    async def update(
+        self,
+        who: Identity,
+        memory_id: str,
+        content: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        label: Label | None = None,
+    ) -> Receipt:
+        """A new version of a memory, through the event log (see ``memories.update``)."""
+        return await memories.update(self, who, memory_id, content, metadata=metadata, label=label)
+
+    async def delete(self, who: Identity, memory_id: str) -> ErasureReport:
+        """Forget one memory by id (``NotFound`` when ``who`` cannot see it)."""
+        return await memories.delete(self, who, memory_id)
+
+    def export(
+        self,
+        who: Identity,
+        *,
+        scopes: Sequence[str] | None = None,
+        as_of: datetime | None = None,
+    ) -> AsyncIterator[Memory]:
+        """Every memory ``who`` may read, every version; ``as_of``: what held then."""
+        return memories.export(self, who, scopes=scopes, as_of=as_of)
+
+    async def import_memories(self, who: Identity, records: Sequence[Memory]) -> ImportReport:
+        """Publish exported memories again as events of ``who`` (idempotent per tenant)."""
+        return await memories.import_memories(self, who, records)
+
+    async def list(
+        self,
+        who: Identity,
+        *,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        as_of: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> MemoryPage:
+        """Memories ``who`` may read, newest first, one page at a time."""
+        return await memories.list_memories(
+            self,
+            who,
+            scopes=scopes,
+            kinds=kinds,
+            subjects=subjects,
+            agents=agents,
+            since=since,
+            until=until,
+            as_of=as_of,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def audit_read(
+        self,
+        who: Identity,
+        scopes: Sequence[str] | None,
+        grant: ReadGrant,
+        memory_ids: Sequence[str],
+        *,
+        count: int | None = None,
+    ) -> None:
+        """One audit record for a read that is not a recall (get, list, history, export)."""
+        rec = _scoped(who, "recall", scopes, not grant.empty, grant.rules)
+        await self.audit.record(
+            rec.model_copy(
+                update={
+                    "result_count": len(memory_ids) if count is None else count,
+                    "memory_ids": builtins.list(memory_ids),
+                }
+            )
+        )
+
+    async def check_publish(self, who: Identity, scopes: Sequence[str]) -> None:
+        """Raise ``PermissionDenied`` (audited) unless ``who`` may publish to every scope: for
+        batches that must be refused whole before any work (an import)."""
+        for scope in dict.fromkeys(scopes):
+            d = await self.gate.decision(who, "publish", validate_scope(scope))
+            if not d.allowed:
+                await self.audit.record(_record(who, "publish", scope, False, d.rule))
+                raise PermissionDenied(who.agent, "publish", scope, who.tenant, d.hint)
+
+    def denied(
+        self, who: Identity, action: str, scopes: Sequence[str], grant: ReadGrant
+    ) -> PermissionDenied:
+        return PermissionDenied(who.agent, action, ", ".join(scopes), who.tenant, grant.hint)
+
     async def stats(self) -> dict[str, Any]:
         """Stream lengths, pending, lag and DLQ size per tenant and group."""
         out: dict[str, Any] = {"tenants": {}, "memories": await self.store.count()}
@@ -458,3 +575,104 @@ class Agent:
         """Withdraw a memory (``memory_id=``) or a key (``scope=, subject=, key=``); see
         ``membus.bus.retract``."""
         return await retract(self.bus, self.identity, **target)
+
+    # -- see and manage memories ----------------------------------------------------------------
+
+    async def get(self, memory_id: str) -> Memory:
+        """One memory by id, with its provenance; ``NotFound`` when it does not exist or this
+        agent may not read it (the same answer for both).
+
+        Example: ``memory = await agent.get(hit.memory.id)``"""
+        return await self.bus.get(self.identity, memory_id)
+
+    async def history(
+        self,
+        memory_id: str | None = None,
+        *,
+        scope: str | None = None,
+        subject: str | None = None,
+        key: str | None = None,
+        limit: int = 100,
+    ) -> builtins.list[Memory]:
+        """Every version of a memory's fact, or of ``subject`` + ``key`` (in ``scope``, or any
+        scope this agent reads), newest first: content, ``valid_from``/``valid_to``, whether it
+        was superseded (``history``), agents and source events.
+
+        Example: ``versions = await agent.history(subject="customer:42", key="tier")``"""
+        return await self.bus.history(
+            self.identity, memory_id, scope=scope, subject=subject, key=key, limit=limit
+        )
+
+    async def update(
+        self,
+        memory_id: str,
+        content: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        label: Label | None = None,
+    ) -> Receipt:
+        """Publish a new version of a memory (never an in-place write): the next version of a
+        keyed fact, or, for any other memory, its withdrawal and the new text in one batch
+        (which takes the forget right on its scope as well). ``metadata``/``label``: None keeps
+        the memory's own.
+
+        Example: ``await agent.update(memory.id, "The customer prefers SMS.")``"""
+        return await self.bus.update(
+            self.identity, memory_id, content, metadata=metadata, label=label
+        )
+
+    async def delete(self, memory_id: str) -> ErasureReport:
+        """Erase one memory by id (a ``forget`` of that id, with its source events and change
+        entries); ``NotFound`` when this agent cannot see it.
+
+        Example: ``report = await agent.delete(memory.id)``"""
+        return await self.bus.delete(self.identity, memory_id)
+
+    def export(
+        self, *, scopes: Sequence[str] | None = None, as_of: datetime | None = None
+    ) -> AsyncIterator[Memory]:
+        """Every memory this agent may read, newest first: every version (current, superseded,
+        expired), or with ``as_of`` what held then. Write ``membus.to_jsonl(m)`` per memory for
+        the JSONL that ``import_memories`` reads back.
+
+        Example: ``async for m in agent.export(scopes=["team/support"]): f.write(to_jsonl(m))``"""
+        return self.bus.export(self.identity, scopes=scopes, as_of=as_of)
+
+    async def import_memories(self, records: Sequence[Memory]) -> ImportReport:
+        """Publish exported memories as this agent's events, dated as they were, so writers
+        rebuild the same values, history and ``as_of`` answers; a memory already imported into
+        this tenant, or erased here since, is skipped (importing twice changes nothing).
+
+        Example: ``await agent.import_memories(parse_jsonl(open("export.jsonl")))``"""
+        return await self.bus.import_memories(self.identity, records)
+
+    async def list(
+        self,
+        *,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        as_of: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> MemoryPage:
+        """Memories this agent may read, newest first (by when each began to hold), filtered
+        like recall but without a query; pass ``page.cursor`` back for the next page (None: no
+        more).
+
+        Example: ``page = await agent.list(scopes=["team/support"], kinds=["fact"], limit=20)``"""
+        return await self.bus.list(
+            self.identity,
+            scopes=scopes,
+            kinds=kinds,
+            subjects=subjects,
+            agents=agents,
+            since=since,
+            until=until,
+            as_of=as_of,
+            limit=limit,
+            cursor=cursor,
+        )

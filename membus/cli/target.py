@@ -57,6 +57,9 @@ class _NoStore:
     ) -> list[Hit]:
         self._no()
 
+    async def browse(self, flt: RecallFilter, limit: int) -> list[Memory]:
+        self._no()
+
     async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]:
         self._no()
 

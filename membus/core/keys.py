@@ -47,6 +47,12 @@ class TenantKeys:
         whole result and erasure drops a memory's fields with one HDEL."""
         return f"{self._base}:access"
 
+    @property
+    def imports(self) -> str:
+        """A hash of exported memory id -> the event that imported it into this tenant: what
+        makes importing one export twice a no-op (ids only, never content)."""
+        return f"{self._base}:imports"
+
 
 def tenants_key() -> str:
     """A set of every tenant that ever published, so workers know which streams to read."""

@@ -38,6 +38,7 @@ from membus.store.filters import FilterSpec, corpus_spec, spec, tenant_spec
 from membus.store.formula import Boost
 from membus.store.idf import IdfWeights, corpus_key
 from membus.store.port import (
+    BROWSE_ORDER,
     INDEXED_FLOATS,
     INDEXED_KEYWORDS,
     Hit,
@@ -325,6 +326,22 @@ class EdgeStore:
         recs = await self._run(lambda: self._shard.retrieve(wanted, True, False))
         out = [Memory.from_payload(r.payload or {}) for r in recs]
         return [m for m in out if m.tenant == tenant]
+
+    async def browse(self, flt: RecallFilter, limit: int) -> list[Memory]:
+        if limit < 1:
+            raise InvalidInput(f"limit must be at least 1, got {limit}")
+        fs = spec(flt)
+        if fs.nothing:
+            return []
+        req = q.ScrollRequest(
+            limit=limit,
+            filter=filter_of(fs),
+            with_payload=True,
+            order_by=q.OrderBy(BROWSE_ORDER, direction=q.Direction.Desc),
+        )
+        recs, _ = await self._run(lambda: self._shard.scroll(req))
+        seen = flt.grant.clearance
+        return [Memory.from_payload(r.payload or {}).seen_by(seen) for r in recs]
 
     async def delete(self, tenant: str, ids: Sequence[str]) -> int:
         existing = await self.get(tenant, ids)

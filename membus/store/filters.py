@@ -39,6 +39,15 @@ class RecallFilter(BaseModel):
     # only memories whose text has exactly these numbers (``store.numbers_key``): the
     # near-duplicate search's narrowing
     numbers: str | None = None
+    # keyed facts' keys, and consolidation slots (every version of one fact): history's narrowing
+    keys: list[str] | None = None
+    slots: list[str] | None = None
+    # every version regardless of validity (current, superseded, expired): history and export;
+    # ``as_of`` is ignored then
+    versions: bool = False
+    # only versions that began to hold (``valid_from``, else ``created_at``) at or before this:
+    # where the previous page of a browse ended
+    began_by: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +79,13 @@ def spec(flt: RecallFilter) -> FilterSpec:
     if flt.scopes is not None:
         field_ = "scope_path" if flt.include_subscopes else "scope"
         must.append(Cond(field_, any=tuple(flt.scopes)))
-    for name, values in (("kind", flt.kinds), ("subject", flt.subjects), ("agents", flt.agents)):
+    for name, values in (
+        ("kind", flt.kinds),
+        ("subject", flt.subjects),
+        ("agents", flt.agents),
+        ("key", flt.keys),
+        ("slot", flt.slots),
+    ):
         if values is not None:
             must.append(Cond(name, any=tuple(values)))
     if flt.numbers is not None:
@@ -83,6 +98,10 @@ def spec(flt: RecallFilter) -> FilterSpec:
                 lte=flt.until.timestamp() if flt.until else None,
             )
         )
+    if flt.began_by is not None:
+        must.append(Cond("valid_from_ts", lte=flt.began_by.timestamp()))
+    if flt.versions:
+        return FilterSpec(must, granted.should, granted.must_not)
     # valid_to is exclusive: a version superseded at t no longer holds at t
     at = flt.as_of.timestamp() if flt.as_of is not None else time.time()
     either: list[tuple[Cond, ...]] = []

@@ -110,6 +110,11 @@ def numbers_key(text: str) -> str:
     return " ".join(numbers(text)) or NO_NUMBERS
 
 
+# the payload field ``Store.browse`` orders by, newest first: when a version began to hold
+# (a keyed fact's ``created_at`` is when its key was first recorded; each version has its own
+# ``valid_from``), a range-indexed float
+BROWSE_ORDER = "valid_from_ts"
+
 # a memory's ``metadata["importance"]`` as a number in [0, 1], top-level so that an engine can rank
 # by it (``membus.store.formula``); absent when the metadata holds none or not a number
 IMPORTANCE = "importance"
@@ -435,6 +440,12 @@ class Store(Protocol):
         ...
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]: ...
+
+    async def browse(self, flt: RecallFilter, limit: int) -> list[Memory]:
+        """Up to ``limit`` memories within ``flt``, newest first by when each began to hold
+        (``valid_from``, else ``created_at``), no query: what list, history and export page
+        through (a page's end narrows ``flt.began_by``)."""
+        ...
 
     async def delete(self, tenant: str, ids: Sequence[str]) -> int:
         """Delete by id within the tenant; returns how many existed."""

@@ -29,6 +29,7 @@ from membus.store import formula, sparse
 from membus.store.filters import Cond, FilterSpec, corpus_spec, spec
 from membus.store.formula import Boost
 from membus.store.port import (
+    BROWSE_ORDER,
     INDEXED_FLOATS,
     INDEXED_KEYWORDS,
     Hit,
@@ -320,6 +321,23 @@ class QdrantStore:
                 with_payload=True,
             )
         return [Memory.from_payload(r.payload or {}) for r in recs]
+
+    async def browse(self, flt: RecallFilter, limit: int) -> list[Memory]:
+        if limit < 1:
+            raise InvalidInput(f"limit must be at least 1, got {limit}")
+        fs = spec(flt)
+        if fs.nothing:
+            return []
+        async with self._guard("browse"):
+            recs, _ = await self._c.scroll(
+                self._collection,
+                scroll_filter=_filter(fs),
+                limit=limit,
+                with_payload=True,
+                order_by=m.OrderBy(key=BROWSE_ORDER, direction=m.Direction.DESC),
+            )
+        seen = flt.grant.clearance
+        return [Memory.from_payload(r.payload or {}).seen_by(seen) for r in recs]
 
     async def delete(self, tenant: str, ids: Sequence[str]) -> int:
         wanted = check_ids(ids)

@@ -142,15 +142,16 @@ class SealedStore:
     async def _filter(self, flt: RecallFilter) -> RecallFilter:
         """Filters on sealed fields compare blind tokens (a payload written before sealing is
         not found by them)."""
-        if flt.subjects is None and flt.numbers is None:
+        lists = {"subjects": flt.subjects, "keys": flt.keys, "slots": flt.slots}
+        if all(v is None for v in lists.values()) and flt.numbers is None:
             return flt
         blind = await self._blind(flt.tenant)
-        return flt.model_copy(
-            update={
-                "subjects": [blind(s) for s in flt.subjects] if flt.subjects is not None else None,
-                "numbers": blind(flt.numbers) if flt.numbers is not None else None,
-            }
-        )
+        update: dict[str, Any] = {
+            name: [blind(v) for v in values] for name, values in lists.items() if values is not None
+        }
+        if flt.numbers is not None:
+            update["numbers"] = blind(flt.numbers)
+        return flt.model_copy(update=update)
 
     async def search(
         self,
@@ -179,6 +180,12 @@ class SealedStore:
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]:
         return [m for m in await self._open(tenant, await self.inner.get(tenant, ids)) if m]
+
+    async def browse(self, flt: RecallFilter, limit: int) -> list[Memory]:
+        found = await self.inner.browse(await self._filter(flt), limit)
+        seen = flt.grant.clearance
+        # the opened document holds the full-clearance validity: project it again
+        return [m.seen_by(seen) for m in await self._open(flt.tenant, found) if m is not None]
 
     async def delete(self, tenant: str, ids: Sequence[str]) -> int:
         return await self.inner.delete(tenant, ids)
