@@ -36,6 +36,28 @@ def test_opening_example_runs_and_is_short(tmp_path: Path) -> None:
     assert "upsert The customer prefers email" in out.stdout
 
 
+@pytest.mark.slow
+def test_the_manage_memories_example_runs(tmp_path: Path) -> None:
+    """The quickstart's second block: list, get, history and export, as written."""
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    [code] = [b for b in blocks if "crm.export()" in b]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "CI": "true"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("Customer 42 is on the gold tier.")
+    assert lines[1].startswith("Customer 42 is on the silver tier.")
+    exported = (tmp_path / "acme.jsonl").read_text().splitlines()
+    assert len(exported) == 2
+
+
 def test_ci_runs_exactly_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     test_cmd = next(line for line in ci.splitlines() if "pytest" in line)
