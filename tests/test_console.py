@@ -257,7 +257,7 @@ async def test_policy_edits_stay_in_the_operators_tenant(tmp_path: Path, redis_u
         r = await http.post(
             "/ui/access/policy", data={"line": REVOKE, "op": "remove", "csrf": csrf}
         )
-        assert r.status_code == 200
+        assert (r.status_code, r.headers["location"]) == (303, "/ui/access")
         alice = bus.agent("alice", "acme").identity
         assert not (await bus.gate.decision(alice, "recall", "team/x")).allowed
 

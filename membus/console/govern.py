@@ -34,6 +34,7 @@ from membus.console.web import (
     instant,
     number,
     param,
+    redirect,
     render,
     words,
 )
@@ -138,6 +139,12 @@ async def _reach(request: Request, who: Identity) -> list[dict[str, Any]]:
 
 @router.get("/access")
 async def access(request: Request, who: Who) -> Response:
+    return await _access_page(request, who)
+
+
+async def _access_page(
+    request: Request, who: Caller, result: dict[str, Any] | None = None
+) -> Response:
     tenant = who.principal.tenant
     view = await policy_view(request, tenant)
     agents = view.agents() if who.operator else []
@@ -147,6 +154,7 @@ async def access(request: Request, who: Who) -> Response:
         for a in agents
     ]
     editable = who.operator and isinstance(console(request).bus.gate, CasbinGate)
+    asked = result or {"agent": who.principal.agent, "action": "recall", "label": "public"}
     return render(
         request,
         "access.html",
@@ -157,8 +165,8 @@ async def access(request: Request, who: Who) -> Response:
         actions=ACTIONS,
         labels=LABELS,
         editable=editable,
-        result=None,
-        values={"agent": who.principal.agent, "action": "recall", "scope": "", "label": "public"},
+        result=result,
+        values={k: asked.get(k, "") for k in ("agent", "action", "scope", "label")},
     )
 
 
@@ -202,7 +210,9 @@ async def what_if(request: Request, who: Who) -> Response:
         "clearance": LABELS[clearance],
         "clearance_line": view.clearance_line(agent, clearance),
     }
-    return render(request, "what_if.html", who, result=result)
+    if request.headers.get("hx-request"):
+        return render(request, "what_if.html", who, result=result)
+    return await _access_page(request, who, result)  # without script: the whole page
 
 
 @router.post("/access/policy")
@@ -226,7 +236,7 @@ async def change_policy(request: Request, who: Who) -> Response:
         await gate.remove_policy(line)
     else:
         await gate.add_policy(line)
-    return await access(request, who)
+    return redirect(request, "/access")  # post/redirect/get: a reload never re-sends the edit
 
 
 # -- audit --------------------------------------------------------------------------------------
