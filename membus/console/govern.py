@@ -13,6 +13,7 @@ import csv
 import io
 from collections.abc import Sequence
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -295,7 +296,7 @@ async def audit(request: Request, who: Who) -> Response:
         k: request.query_params.get(k, "")
         for k in ("scope", "agent", "action", "decision", "since", "until", "limit")
     }
-    query = "&".join(f"{k}={v}" for k, v in request.query_params.items() if k != "format")
+    query = urlencode([(k, v) for k, v in request.query_params.items() if k != "format"])
     return render(
         request,
         "audit.html",
