@@ -204,6 +204,9 @@ def test_memories_appear_and_every_page_renders(browser: Browser, served: Served
 
     between = served.run(publish())
     page = sign_in(browser, served, OPS)
+    asked: list[str] = []  # every URL the pages load: nothing from a CDN or any other origin
+    page.on("request", lambda r: asked.append(r.url))
+    assert "membus_console" not in page.evaluate("document.cookie")  # HttpOnly: no script
     expect(page.get_by_text("Customer 42 upgraded to the premium plan.")).to_be_visible()
     expect(page.get_by_text("Release 2.3 ships on Thursday.")).to_be_visible()
     expect(page.get_by_text("Customer 42 is on the basic plan.")).to_have_count(0)  # superseded
@@ -258,6 +261,7 @@ def test_memories_appear_and_every_page_renders(browser: Browser, served: Served
             assert unlabelled(page) == [], name
             assert page.evaluate("document.documentElement.scrollWidth <= innerWidth + 1"), name
             shot(page, f"{name}-{size}")
+    assert asked and all(url.startswith(served.url + "/") for url in asked), asked
     # keyboard: the skip link is the first stop and lands on the page's content
     page.set_viewport_size(DESKTOP)
     page.goto(served.url + "/ui/memories")
