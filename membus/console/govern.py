@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.responses import Response
@@ -456,7 +455,3 @@ async def health(request: Request, who: Who) -> Response:
     }
     template = "health_figures.html" if request.headers.get("hx-request") else "health.html"
     return render(request, template, who, page="health", stats=mine)
-
-
-def as_json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
