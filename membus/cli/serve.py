@@ -91,6 +91,7 @@ def serve(
             ),
             state.json,
         )
+    from membus.console import mount as console
     from membus.service.app import serve as serve_http
 
     where = (host or settings.host, settings.port if port is None else port)
@@ -106,7 +107,14 @@ def serve(
         _can_listen(*where)  # before the bus opens: a taken port is a one-line error
         async with anyio.create_task_group() as tg:
             tg.start_soon(signals.forward)
-            await serve_http(config, *where, keys_file, path=settings.data_dir, on_ready=ready)
+            await serve_http(
+                config,
+                *where,
+                keys_file,
+                path=settings.data_dir,
+                on_ready=ready,
+                mounts=[console],  # the web console at /ui
+            )
             tg.cancel_scope.cancel()
 
     with _Deferred() as signals:

@@ -3,5 +3,5 @@ metrics and SSE change feed, the wire format, and ``membus.Client`` that speaks 
 
 Owns: ``app``, ``auth``, ``limits``, ``metrics``, ``sse``, ``wire``, ``client``.
 May import: ``membus.runtime`` and the layers below it. FastAPI and uvicorn are imported here
-only.
+only (and by ``membus.console``, which mounts on the app built here).
 """

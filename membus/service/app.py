@@ -16,7 +16,7 @@ about tenants.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Protocol, runtime_checkable
@@ -205,8 +205,15 @@ def _install_errors(app: FastAPI, svc: Service) -> None:
     app.add_exception_handler(Exception, internal)
 
 
-def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI:
-    """The HTTP API over an open ``bus`` (the caller keeps it open while the app serves)."""
+def create_app(
+    bus: Bus,
+    auth: ApiKeys,
+    limits: Limits | None = None,
+    *,
+    mounts: Sequence[Callable[[FastAPI], None]] = (),
+) -> FastAPI:
+    """The HTTP API over an open ``bus`` (the caller keeps it open while the app serves).
+    ``mounts`` add apps that sit above this layer (``membus.console.mount``: the console)."""
     svc = Service(bus, auth, limits or Limits())
     app = FastAPI(
         title="membus",
@@ -393,6 +400,8 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
         await svc.metrics.refresh(bus.redis)
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    for add in mounts:
+        add(app)
     return app
 
 
@@ -429,6 +438,7 @@ async def serve(
     limits: Limits | None = None,
     gate: Gate | None = None,
     on_ready: Callable[[str], None] | None = None,
+    mounts: Sequence[Callable[[FastAPI], None]] = (),
 ) -> None:
     """Open a bus (embedded or per ``config``) and serve it until cancelled or signalled;
     ``on_ready`` gets the URL once the server accepts connections (the real port for port 0)."""
@@ -438,7 +448,7 @@ async def serve(
 
     auth = ApiKeys.from_file(Path(api_keys_file))
     async with open_bus(path, config, gate=gate) as bus:
-        app = create_app(bus, auth, limits)
+        app = create_app(bus, auth, limits, mounts=mounts)
         server = uvicorn.Server(
             uvicorn.Config(
                 app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
