@@ -221,6 +221,17 @@ async def test_another_agent_cannot_see_change_or_probe_private_memories(
             r = await http.get(path, headers=bob)
             assert r.status_code == 403, (path, r.text)
 
+        # identity comes from the key alone: a tenant in the query is ignored, in a body refused
+        r = await http.get("/v1/memories?tenant=restore", headers=bob)
+        assert [m["content"] for m in r.json()["memories"]] == ["bob's own note"]
+        for body in ({"content": "x", "tenant": "acme"}, {"content": "x", "agent": "alice"}):
+            r = await http.patch(f"/v1/memories/{gold.id}", json=body, headers=auth(ALICE))
+            assert r.status_code == 400, r.text
+        r = await http.post(
+            "/v1/retract", json={"memory_id": gold.id, "agent": "alice"}, headers=bob
+        )
+        assert r.status_code == 400, r.text
+
         # the client raises the same NotFound for both
         async with client(http, BOB) as remote:
             with pytest.raises(NotFound) as hidden:
@@ -259,9 +270,16 @@ async def test_sync_client_and_sync_agent_manage_memories(tmp_path: Path, redis_
                     with pytest.raises(NotFound):
                         agent.get(ABSENT)
                     report = agent.import_memories(exported)  # still here: all skipped
-                    return page, one, versions, exported, agent.scopes(), report
+                    changes = list(agent.subscribe(start="0", until_now=True))
+                    return page, one, versions, exported, agent.scopes(), report, changes
 
-            page, one, versions, exported, scopes, report = await anyio.to_thread.run_sync(work)
+            page, one, versions, exported, scopes, report, changes = await anyio.to_thread.run_sync(
+                work
+            )
+        assert len(changes) >= 4 and {c.scope for c in changes} <= {
+            "agent/alice",
+            "agent/alice/crm",
+        }
         assert page == want_page and one == want_page.memories[0]
         assert versions == want_versions
         assert exported == [m async for m in local.export()]
@@ -288,3 +306,20 @@ def test_sync_agent_has_every_memory_operation(tmp_path: Path, redis_url: str) -
         assert [m.content for m in alice.list().memories] == ["a note"]
         assert alice.delete(alice.list().memories[0].id).memories == 1
         assert alice.list().memories == []
+
+
+def test_openapi_documents_the_memory_routes() -> None:
+    """The schema lists every memory route, the 404 of those taking an id, and JSON lines
+    where export writes and import reads them."""
+    from tests.test_parity import http_spec
+
+    spec = http_spec()
+    paths = spec["paths"]
+    for path in ("/v1/memories/{memory_id}", "/v1/memories/{memory_id}/history"):
+        assert "404" in paths[path]["get"]["responses"]
+    assert "404" in paths["/v1/memories/{memory_id}"]["patch"]["responses"]
+    assert "404" in paths["/v1/memories/{memory_id}"]["delete"]["responses"]
+    assert "404" not in paths["/v1/memories"]["get"]["responses"]
+    assert "application/x-ndjson" in paths["/v1/export"]["get"]["responses"]["200"]["content"]
+    assert "application/x-ndjson" in paths["/v1/import"]["post"]["requestBody"]["content"]
+    assert {"/v1/scopes", "/v1/retract", "/v1/history"} <= set(paths)

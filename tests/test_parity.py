@@ -208,8 +208,8 @@ def _detail(p: inspect.Parameter) -> str:
     return f"{kind} {p.annotation} = {default}"
 
 
-def http_surface() -> Surface:
-    """Parameters of every /v1 route (path, query, header, JSON body fields) by operation."""
+def http_spec() -> dict[str, Any]:
+    """The service's OpenAPI schema, every route included, built without a connection."""
     from membus.service.app import create_app
     from membus.service.auth import ApiKeys
 
@@ -219,7 +219,12 @@ def http_surface() -> Surface:
 
     # the schema needs no connection: a stand-in bus with a config and a gate builds the app
     stand_in = SimpleNamespace(redis=None, config=MembusConfig(), gate=Reloadable())
-    spec = create_app(cast(Any, stand_in), ApiKeys.from_keys({})).openapi()
+    return create_app(cast(Any, stand_in), ApiKeys.from_keys({})).openapi()
+
+
+def http_surface() -> Surface:
+    """Parameters of every /v1 route (path, query, header, JSON body fields) by operation."""
+    spec = http_spec()
     schemas = spec["components"]["schemas"]
     out: Surface = {}
     for path, methods in spec["paths"].items():
