@@ -185,9 +185,9 @@ def _retract(
     return _Req("POST", "/v1/retract", body)
 
 
-def _memory_path(memory_id: str, tail: str = "") -> str:
+def _memory_path(memory_id: str) -> str:
     # quoted whole: an id is one path segment whatever it holds ("../forget" stays an id)
-    return f"/v1/memories/{quote(memory_id, safe='')}{tail}"
+    return f"/v1/memories/{quote(memory_id, safe='')}"
 
 
 def _list_memories(
