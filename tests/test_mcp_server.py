@@ -261,9 +261,8 @@ async def test_over_the_service_client(tmp_path: Path, redis_url: str) -> None:
             assert mem["provenance"]["agents"] == ["carol"]
             forged = await call(client, "recall", query="x", agent="alice")
             assert forged.is_error and "carol@acme" in found_text(forged)
-            # no scope listing over HTTP yet: a clear error result, not a crash
-            listed = await call(client, "list_scopes")
-            assert listed.is_error and "Unavailable" in found_text(listed)
+            # scopes over HTTP (GET /v1/scopes), as in process
+            assert ok(await call(client, "list_scopes")) == {"scopes": ["team/ops"]}
 
 
 async def test_api_key_binds_the_identity(tmp_path: Path, redis_url: str) -> None:

@@ -188,7 +188,9 @@ async def test_export_then_import_restores_values_history_and_as_of_once(
         for at in (T0 + timedelta(hours=1), T0 + timedelta(days=1, hours=1), None):
             want = [h.memory.content for h in await alice.recall("where does Ana live", as_of=at)]
             got = [h.memory.content for h in await restorer.recall("where does Ana live", as_of=at)]
-            assert sorted(got) == sorted(want), at  # equal scores tie either way
+            # the two notes tie on the query and rank by id, which differs per tenant: the
+            # same hits, the same fact first, the notes in either order
+            assert got[0] == want[0] and sorted(got) == sorted(want), at
 
         # a forget here wins over a backup taken before it: restoring does not bring it back
         [doomed] = [m for m in records if m.content == "a note to erase"]

@@ -15,7 +15,10 @@ the service port, and the LangGraph store over both ports. The doors:
   recall, LangGraph search and get: exactly the readable memories, by content;
 - subscribe: the in-process feed (alone and in same-named groups), the SSE feed from 0, and the
   MCP changes resource (which may lag, never leak);
-- list of scopes: the MCP tool and LangGraph ``alist_namespaces`` (the service has none yet);
+- list of scopes: ``Agent.scopes``, ``GET /v1/scopes``, the MCP tool and LangGraph
+  ``alist_namespaces`` over both ports;
+- the memory operations: ``list`` in process and over HTTP, ``export`` and ``get`` by every
+  stored id over HTTP (``NotFound`` exactly for the memories the agent may not read);
 - forget, last: aimed on every surface at only what the agent may not erase (nothing may go,
   nothing be counted), then for real, one agent per surface in turn, erasing and reporting
   exactly what it may recall there, or anything within an ``erase`` grant.
@@ -55,7 +58,7 @@ from membus.core.config import (
     WorkerConfig,
 )
 from membus.core.keys import TenantKeys
-from membus.errors import InvalidInput, PermissionDenied
+from membus.errors import InvalidInput, NotFound, PermissionDenied
 from membus.integrations.langgraph import MembusStore
 from membus.integrations.mcp import CHANGES_URI, build_server
 from membus.integrations.port import AgentPort, ClientPort
@@ -663,11 +666,40 @@ async def check_example(
                 "surface": f"{surface} access",
                 "leaked": [stored.get(i, "other tenant") for i in set(stats) - want_a],
             }
-        # list of scopes: MCP and LangGraph over the in-process port (the service has none)
+        # list of scopes on every surface: in process, the service's /v1/scopes, MCP and
+        # LangGraph over either port
         want_s = sorted({published[i].scope for i in want})
-        assert (await tool(d.mcp, "list_scopes"))["scopes"] == want_s, agent
-        spaces = await d.graph.alist_namespaces(limit=MAX_K)
-        assert spaces == sorted({tuple(s.split("/")) for s in want_s}), agent
+        for surface, got_s in (
+            ("agent", await d.agent.scopes()),
+            ("http", await d.http.scopes()),
+            ("mcp", (await tool(d.mcp, "list_scopes"))["scopes"]),
+            ("mcp over http", (await tool(d.mcp_remote, "list_scopes"))["scopes"]),
+        ):
+            assert got_s == want_s, {"agent": agent, "surface": surface, "scopes": got_s}
+        for store in (d.graph, d.graph_remote):
+            spaces = await store.alist_namespaces(limit=MAX_K)
+            assert spaces == sorted({tuple(s.split("/")) for s in want_s}), agent
+        # the memory operations read through recall's gate: list and export hold exactly the
+        # readable memories, get finds exactly those, and the rest are NotFound like an absent id
+        want_m = {ids[i] for i in want}
+        for surface, got_m in (
+            ("agent list", {m.id for m in (await d.agent.list(limit=MAX_K)).memories}),
+            ("http list", {m.id for m in (await d.http.list(limit=MAX_K)).memories}),
+            ("http export", {m.id async for m in d.http.export()}),
+        ):
+            assert got_m == want_m, {
+                "agent": agent,
+                "surface": surface,
+                "leaked": [stored.get(j, "other tenant") for j in got_m - want_m],
+                "unreachable": [stored[j] for j in want_m - got_m],
+            }
+        for j, m in stored.items():
+            try:
+                found = (await d.http.get(j)).id == j
+            except NotFound:
+                found = False
+            assert found == (j in want_m), {"agent": agent, "surface": "http get", "memory": m}
+        seen.append("memory operations" if want_m else "")
         # LangGraph get of every item: there iff readable, on either port
         for i, m in published.items():
             if surface_for(i, m, n) != "graph":
@@ -955,6 +987,23 @@ async def check_private(
                 }
         scopes = sorted({stored[i].scope for i in wanted[agent]})
         assert (await tool(doors[agent].mcp, "list_scopes"))["scopes"] == scopes, agent
+        assert await doors[agent].http.scopes() == scopes, agent
+        # list, export and get over HTTP: its own memories, and not one of a prefix-named agent
+        http = doors[agent].http
+        listed = {m.id for m in (await http.list(limit=MAX_K)).memories}
+        exported = {m.id async for m in http.export()}
+        for surface, got_m in (("http list", listed), ("http export", exported)):
+            assert got_m == wanted[agent], {
+                "agent": agent,
+                "surface": surface,
+                "leaked": [stored.get(i, "?") for i in got_m - wanted[agent]],
+            }
+        for i, m in stored.items():
+            try:
+                found = (await http.get(i)).id == i
+            except NotFound:
+                found = False
+            assert found == (i in wanted[agent]), {"agent": agent, "http get": m}
         got_f = await sse_delivers(doors[agent])
         assert got_f == wanted[agent] or (got_f is None and not wanted[agent]), {
             "agent": agent,
@@ -970,9 +1019,10 @@ def test_without_a_policy_each_agent_reaches_only_its_own_scopes(
     redis_url: str, tmp_path: Path
 ) -> None:
     """No policy configured (the default): every door refuses what is outside the caller's own
-    ``agent/<self>`` subtree, with an error that says how to grant it; recall, working memory
-    and the feed (alone or in same-named groups) deliver exactly the caller's own memories,
-    whatever their label, never those of an agent whose name extends or prefixes its own."""
+    ``agent/<self>`` subtree, with an error that says how to grant it; recall, working memory,
+    the feed (alone or in same-named groups), and list, export, get and scopes over HTTP
+    deliver exactly the caller's own memories, whatever their label, never those of an agent
+    whose name extends or prefixes its own."""
     counter = itertools.count()
     exercised: Counter[str] = Counter()
     folding = ConsolidationConfig(near_duplicate=None)

@@ -439,6 +439,22 @@ class Bus:
             cursor=cursor,
         )
 
+    async def scopes(self, who: Identity) -> builtins.list[str]:
+        """The scopes holding at least one memory ``who`` may read (scope and clearance), sorted:
+        what LangGraph's ``list_namespaces`` and MCP's ``list_scopes`` show."""
+        grant = await self.gate.grant(who, "recall", None)
+        if grant.empty:
+            return []
+        # a scan of the tenant's memories: fine at the sizes an agent browses; a store facet
+        # query belongs here once scopes number in the thousands
+        seen: set[str] = set()
+        offset: str | None = None
+        while True:
+            page, offset = await self.store.scroll(who.tenant, limit=512, offset=offset)
+            seen.update(m.scope for m in page if grant.admits(m.scope, m.sensitivity))
+            if offset is None:
+                return sorted(seen)
+
     async def audit_read(
         self,
         who: Identity,
@@ -540,23 +556,105 @@ class Agent:
     def tenant(self) -> str:
         return self.identity.tenant
 
-    async def publish(self, content: str, scope: str, **fields: Any) -> Receipt:
-        return await self.bus.publish(self.identity, content, scope, **fields)
+    async def publish(
+        self,
+        content: str,
+        scope: str,
+        *,
+        kind: str = "observation",
+        subject: str | None = None,
+        key: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        label: Label = "public",
+        created_at: datetime | None = None,
+        causation_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Receipt:
+        """Publish one observation to ``scope``; a writer turns it into a memory shortly after.
+        ``kind``: observation, fact, preference, …; ``subject`` + ``key`` make it a keyed fact
+        (a later value supersedes it, kept in ``history``); ``label``: its sensitivity;
+        ``created_at``: when it was observed (default now); ``causation_id`` /
+        ``correlation_id``: the event that caused it and the conversation it belongs to.
 
-    async def publish_many(self, drafts: Sequence[Draft]) -> list[Receipt]:
+        Example: ``await agent.publish("Ana prefers SMS", "team/support", subject="ana")``"""
+        return await self.bus.publish(
+            self.identity,
+            content,
+            scope,
+            kind=kind,
+            subject=subject,
+            key=key,
+            metadata=metadata or {},
+            label=label,
+            created_at=created_at,
+            causation_id=causation_id,
+            correlation_id=correlation_id,
+        )
+
+    async def publish_many(self, drafts: Sequence[Draft]) -> builtins.list[Receipt]:
+        """Publish several drafts, all or nothing, in one round trip.
+
+        Example: ``await agent.publish_many([Draft(content="a", scope="team/x")])``"""
         return await self.bus.publish_many(self.identity, drafts)
 
-    async def recall(self, query: str, **kwargs: Any) -> list[Hit]:
-        return await self.bus.recall(self.identity, query, **kwargs)
+    async def recall(
+        self,
+        query: str,
+        *,
+        k: int = 5,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        as_of: datetime | None = None,
+        working: bool = False,
+    ) -> builtins.list[Hit]:
+        """Top-``k`` memories by meaning, within the scopes this agent may read; ``scopes`` are
+        subtree roots (None: all readable); ``kinds``/``subjects``/``agents`` filter;
+        ``since``/``until`` bound when each began to hold; ``as_of``: what held then;
+        ``working``: also what was just published and not consolidated yet.
+
+        Example: ``hits = await agent.recall("how does Ana like to be contacted", k=3)``"""
+        return await self.bus.recall(
+            self.identity,
+            query,
+            k=k,
+            scopes=scopes,
+            kinds=kinds,
+            subjects=subjects,
+            agents=agents,
+            since=since,
+            until=until,
+            as_of=as_of,
+            working=working,
+        )
 
     async def access(self, memory_ids: Sequence[str]) -> dict[str, Access]:
-        """Recall statistics of memories this agent may recall (see ``Bus.access``)."""
+        """Recall statistics (how often, when last) of memories this agent may recall; others
+        are left out, as if they did not exist.
+
+        Example: ``stats = await agent.access([hit.memory.id for hit in hits])``"""
         return await self.bus.access(self.identity, memory_ids)
 
     def subscribe(
-        self, scopes: Sequence[str] | None = None, **kwargs: Any
+        self,
+        scopes: Sequence[str] | None = None,
+        *,
+        start: str = "$",
+        group: str | None = None,
+        consumer: str | None = None,
+        until_now: bool = False,
     ) -> AsyncIterator[Change]:
-        return self.bus.subscribe(self.identity, scopes, **kwargs)
+        """Follow committed changes in ``scopes`` (None: all readable) from ``start`` ("$" now,
+        "0" the beginning, or a position); ``group`` shares the feed among this agent's
+        consumers (``consumer`` names one; default the agent); ``until_now``: stop once caught up.
+
+        Example: ``async for change in agent.subscribe(["team/support"], start="0"): ...``"""
+        return self.bus.subscribe(
+            self.identity, scopes, start=start, group=group, consumer=consumer, until_now=until_now
+        )
 
     async def forget(
         self,
@@ -566,15 +664,43 @@ class Agent:
         agent: str | None = None,
         scope: str | None = None,
     ) -> ErasureReport:
-        """Erase what matches every criterion given, within this agent's forget grant."""
+        """Erase what matches every criterion given, within this agent's forget grant: the
+        memories, their source events and change entries (see ``Bus.forget``).
+
+        Example: ``report = await agent.forget(subject="customer:42", scope="team/support")``"""
         return await self.bus.forget(
             self.identity, memory_ids=memory_ids, subject=subject, agent=agent, scope=scope
         )
 
-    async def retract(self, **target: Any) -> Receipt:
-        """Withdraw a memory (``memory_id=``) or a key (``scope=, subject=, key=``); see
-        ``membus.bus.retract``."""
-        return await retract(self.bus, self.identity, **target)
+    async def retract(
+        self,
+        *,
+        memory_id: str | None = None,
+        scope: str | None = None,
+        subject: str | None = None,
+        key: str | None = None,
+        reason: str | None = None,
+    ) -> Receipt:
+        """Withdraw a memory (``memory_id``) or every version of a key (``scope`` + ``subject``
+        + ``key``) through the event log; the events stay (unlike ``forget``). ``reason``
+        becomes the retraction's text. ``NotFound`` when this agent cannot see the memory.
+
+        Example: ``await agent.retract(scope="team/crm", subject="customer:42", key="tier")``"""
+        return await retract(
+            self.bus,
+            self.identity,
+            memory_id=memory_id,
+            scope=scope,
+            subject=subject,
+            key=key,
+            reason=reason,
+        )
+
+    async def scopes(self) -> builtins.list[str]:
+        """The scopes holding at least one memory this agent may read, sorted.
+
+        Example: ``await agent.scopes()`` -> ``["agent/alice", "team/support"]``"""
+        return await self.bus.scopes(self.identity)
 
     # -- see and manage memories ----------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from membus.access.gate import Identity
 from membus.bus.draft import Draft, Receipt
 from membus.core.envelope import validate_scope
-from membus.errors import InvalidInput
+from membus.errors import InvalidInput, NotFound
 from membus.writer.consolidate import RETRACTION
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ async def retract(
         grant = await bus.gate.grant(who, "recall", [found[0].scope] if found else None)
         if not found or not grant.admits(found[0].scope, found[0].sensitivity):
             # the same answer for "absent" and "not yours": ids must not probe other scopes
-            raise InvalidInput(f"no memory {memory_id!r} that agent {who.agent!r} can see")
+            raise NotFound(f"no memory {memory_id!r} that agent {who.agent!r} can see")
         m = found[0]
         if m.slot is None:
             raise InvalidInput(f"memory {memory_id!r} predates consolidation; forget it instead")

@@ -134,19 +134,7 @@ class AgentPort:
         return self.agent.subscribe(scopes, start=start, until_now=until_now)
 
     async def list_scopes(self) -> list[str]:
-        # A scan of the tenant's memories: fine for the embedded bus this port serves; a store
-        # facet query belongs in Bus once scopes number in the thousands.
-        bus, who = self.agent.bus, self.agent.identity
-        grant = await bus.gate.grant(who, "recall", None)
-        if grant.empty:
-            return []
-        seen: set[str] = set()
-        offset: str | None = None
-        while True:
-            page, offset = await bus.store.scroll(who.tenant, limit=512, offset=offset)
-            seen.update(m.scope for m in page if grant.admits(m.scope, m.sensitivity))
-            if offset is None:
-                return sorted(seen)
+        return await self.agent.scopes()
 
 
 class ClientPort:
@@ -228,7 +216,4 @@ class ClientPort:
         return self.client.subscribe(scopes, start=start, until_now=until_now)
 
     async def list_scopes(self) -> list[str]:
-        raise Unavailable(
-            "listing scopes is not available over the membus service yet (no /v1/scopes "
-            "endpoint); use an embedded bus or pass scopes explicitly"
-        )
+        return await self.client.scopes()

@@ -16,7 +16,7 @@ about tenants.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Protocol, runtime_checkable
@@ -24,7 +24,7 @@ from typing import Annotated, Protocol, runtime_checkable
 import anyio
 from fastapi import Depends, FastAPI, Header, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -34,6 +34,8 @@ from membus.access.gate import Gate
 from membus.bus.api import Bus
 from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
+from membus.bus.memories import MAX_PAGE, ImportReport, MemoryPage, parse_jsonl, to_jsonl
+from membus.bus.retract import retract
 from membus.core.config import DEFAULT_PATH, MembusConfig
 from membus.core.envelope import validate_name, validate_scope
 from membus.core.logs import get_logger
@@ -52,23 +54,30 @@ from membus.service.metrics import Metrics, RequestMetrics
 from membus.service.sse import ChangeStream, check_start, resolve_start
 from membus.service.wire import (
     ERRORS,
+    ERRORS_BY_ID,
     AccessRequest,
     AccessStats,
     Backpressure,
     ForgetRequest,
     Hits,
+    Memories,
     PublishBatch,
     RateLimited,
     RecallRequest,
     Receipts,
+    RetractRequest,
     RetryLater,
+    Scopes,
     TooLarge,
     Unauthenticated,
+    UpdateRequest,
     WhoAmI,
     error_body,
     status_of,
 )
+from membus.store.port import Memory
 
+NDJSON = "application/x-ndjson"
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key")
 
@@ -326,6 +335,157 @@ def create_app(
             agent=req.agent,
             scope=req.scope,
         )
+
+    @app.post("/v1/retract", status_code=201, responses=ERRORS_BY_ID, tags=["write"])
+    async def retract_(req: RetractRequest, who: Caller) -> Receipt:
+        """Withdraw a memory (`memory_id`) or every version of a key (`scope` + `subject` +
+        `key`) through the event log; needs the publish and forget rights on the scope. A
+        memory this agent cannot see is a 404, like one that does not exist."""
+        await svc.admit_publish(who, 1)
+        return await retract(
+            bus,
+            who.identity,
+            memory_id=req.memory_id,
+            scope=req.scope,
+            subject=req.subject,
+            key=req.key,
+            reason=req.reason,
+        )
+
+    @app.get("/v1/scopes", responses=ERRORS, tags=["read"])
+    async def scopes(who: Caller) -> Scopes:
+        """The scopes holding at least one memory this agent may read, sorted."""
+        return Scopes(scopes=await bus.scopes(who.identity))
+
+    @app.get("/v1/memories", responses=ERRORS, tags=["memories"])
+    async def list_memories(
+        who: Caller,
+        scope: Annotated[
+            list[str] | None, Query(description="subtree root; repeatable (none: all readable)")
+        ] = None,
+        kind: Annotated[list[str] | None, Query(description="repeatable")] = None,
+        subject: Annotated[list[str] | None, Query(description="repeatable")] = None,
+        agent: Annotated[
+            list[str] | None, Query(description="contributed by this agent; repeatable")
+        ] = None,
+        since: Annotated[datetime | None, Query(description="began to hold at or after")] = None,
+        until: Annotated[datetime | None, Query(description="began to hold before")] = None,
+        as_of: Annotated[datetime | None, Query(description="what held at this time")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+        cursor: Annotated[
+            str | None, Query(description="the previous page's cursor, for the next page")
+        ] = None,
+    ) -> MemoryPage:
+        """Memories this agent may read, newest first, one page at a time; pass the page's
+        `cursor` back for the next (null: that was the last)."""
+        return await bus.list(
+            who.identity,
+            scopes=scope,
+            kinds=kind,
+            subjects=subject,
+            agents=agent,
+            since=since,
+            until=until,
+            as_of=as_of,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    @app.get("/v1/memories/{memory_id}", responses=ERRORS_BY_ID, tags=["memories"])
+    async def get_memory(memory_id: str, who: Caller) -> Memory:
+        """One memory and its provenance; 404 when absent or not readable (one answer)."""
+        return await bus.get(who.identity, memory_id)
+
+    @app.get("/v1/memories/{memory_id}/history", responses=ERRORS_BY_ID, tags=["memories"])
+    async def memory_history(
+        memory_id: str, who: Caller, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100
+    ) -> Memories:
+        """Every version of this memory's fact, newest first, with validity and provenance."""
+        return Memories(memories=await bus.history(who.identity, memory_id, limit=limit))
+
+    @app.get("/v1/history", responses=ERRORS_BY_ID, tags=["memories"])
+    async def history(
+        who: Caller,
+        memory_id: Annotated[str | None, Query(description="a memory (or subject + key)")] = None,
+        subject: str | None = None,
+        key: str | None = None,
+        scope: Annotated[
+            str | None, Query(description="the key's scope (none: any readable scope)")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    ) -> Memories:
+        """Every version of a memory's fact, or of `subject` + `key`, newest first."""
+        versions = await bus.history(
+            who.identity, memory_id, scope=scope, subject=subject, key=key, limit=limit
+        )
+        return Memories(memories=versions)
+
+    @app.patch(
+        "/v1/memories/{memory_id}", status_code=201, responses=ERRORS_BY_ID, tags=["memories"]
+    )
+    async def update_memory(memory_id: str, req: UpdateRequest, who: Caller) -> Receipt:
+        """A new version of the memory, published through the event log (never an in-place
+        write); a memory without a key is withdrawn and republished, which needs the forget
+        right on its scope too. The receipt is the new version's event."""
+        await svc.admit_publish(who, 2)
+        return await bus.update(
+            who.identity, memory_id, req.content, metadata=req.metadata, label=req.label
+        )
+
+    @app.delete("/v1/memories/{memory_id}", responses=ERRORS_BY_ID, tags=["memories"])
+    async def delete_memory(memory_id: str, who: Caller) -> ErasureReport:
+        """Erase the memory with its source events and change entries (a forget by id)."""
+        return await bus.delete(who.identity, memory_id)
+
+    @app.get(
+        "/v1/export",
+        response_class=StreamingResponse,
+        responses={**ERRORS, 200: {"content": {NDJSON: {}}, "description": "one memory a line"}},
+        tags=["memories"],
+    )
+    async def export(
+        who: Caller,
+        scope: Annotated[
+            list[str] | None, Query(description="subtree root; repeatable (none: all readable)")
+        ] = None,
+        as_of: Annotated[
+            datetime | None, Query(description="what held then (none: every version)")
+        ] = None,
+    ) -> StreamingResponse:
+        """Every memory this agent may read as JSON lines, newest first: every version, or
+        what held `as_of`; `POST /v1/import` reads it back."""
+        memories = bus.export(who.identity, scopes=scope, as_of=as_of)
+        # the first read asks the gate: a refusal is a 403 before the 200 goes out
+        first = await anext(aiter(memories), None)
+
+        async def lines() -> AsyncIterator[bytes]:
+            if first is None:
+                return
+            yield to_jsonl(first)
+            async for m in memories:
+                yield to_jsonl(m)
+
+        return StreamingResponse(lines(), media_type=NDJSON)
+
+    @app.post(
+        "/v1/import",
+        responses=ERRORS,
+        tags=["memories"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "JSON lines as `GET /v1/export` writes them",
+                "content": {NDJSON: {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    async def import_(request: Request, who: Caller) -> ImportReport:
+        """Publish exported memories as this agent's events, dated as they were; memories
+        already imported into this tenant, or erased here since, are skipped (importing twice
+        changes nothing). Needs publish on every record's scope, checked before any is sent."""
+        records = parse_jsonl((await request.body()).splitlines())
+        await svc.admit_publish(who, len(records))
+        return await bus.import_memories(who.identity, records)
 
     @app.get("/v1/audit", responses=ERRORS, tags=["admin"])
     async def audit_query(

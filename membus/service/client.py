@@ -1,7 +1,8 @@
 """``membus.Client``: the bus's agent API over HTTP, for code that talks to a membus service.
 
-The surface mirrors an in-process ``Agent`` (the API key *is* the agent), with the same models
-and the same error types, so moving from embedded to a service is one line::
+The surface mirrors an in-process ``Agent`` (the API key *is* the agent): the same operations,
+parameters, models and error types (tests/test_parity.py holds them to it), so moving from
+embedded to a service is one line::
 
     agent = bus.agent("alice", tenant="acme")                        # embedded
     agent = Client("https://membus.internal", api_key=os.environ["MEMBUS_API_KEY"])  # service
@@ -9,16 +10,21 @@ and the same error types, so moving from embedded to a service is one line::
 ``SyncClient`` is the blocking twin. Neither retries on its own unless ``retries`` is set, and
 then only answers that mean nothing was done (429, 503): a publish is never sent twice after a
 network error, because the first may have reached the stream.
+
+Each operation is built once as a ``_Req`` (method, path, body or query) by a function below and
+sent by either class, so the two cannot drift apart on the wire.
 """
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -27,50 +33,233 @@ from pydantic import ValidationError
 
 from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
-from membus.core.envelope import invalid_from
+from membus.bus.memories import ImportReport, MemoryPage, to_jsonl
+from membus.core.envelope import Label, invalid_from
 from membus.errors import MembusError, Unavailable
 from membus.recall.heat import Access
 from membus.service.wire import (
     AccessStats,
     Hits,
+    Memories,
     Receipts,
+    Scopes,
     WhoAmI,
     error_from_body,
 )
-from membus.store.port import Hit
+from membus.store.port import Hit, Memory
 from membus.stream.feed import Change
 
 DEFAULT_TIMEOUT_S: Final = 30.0
 # the service sends a keepalive every 15 s by default: silence for longer means a dead link
 SSE_READ_TIMEOUT_S: Final = 60.0
 _MAX_BACKOFF_S: Final = 5.0
+# an import is sent in parts well under the service's default body limit (1 MiB)
+_IMPORT_PART_BYTES: Final = 512 * 1024
+NDJSON: Final = "application/x-ndjson"
 
 
-def _draft(content: str, scope: str, fields: dict[str, Any]) -> Draft:
+@dataclass(frozen=True)
+class _Req:
+    """One HTTP call: a JSON ``body``, raw ``content`` (JSON lines), or neither; ``query``."""
+
+    method: str
+    path: str
+    body: Any = None
+    query: list[tuple[str, str]] | None = None
+    content: bytes | None = None
+
+    def httpx_args(self) -> dict[str, Any]:
+        if self.body is not None:
+            return {
+                "content": orjson.dumps(self.body),
+                "headers": {"content-type": "application/json"},
+                "params": self.query,
+            }
+        if self.content is not None:
+            return {"content": self.content, "headers": {"content-type": NDJSON}}
+        return {"params": self.query}
+
+
+def _list(value: str | Sequence[str] | None) -> list[str] | None:
+    """A list parameter; a lone string is a list of one, never a list of characters."""
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _json(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _query(**fields: Any) -> list[tuple[str, str]]:
+    """Query parameters: lists repeated, None left out, times in ISO form."""
+    out: list[tuple[str, str]] = []
+    for name, value in fields.items():
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None:
+                out.append((name, v.isoformat() if isinstance(v, datetime) else str(v)))
+    return out
+
+
+def _publish(
+    content: str,
+    scope: str,
+    kind: str,
+    subject: str | None,
+    key: str | None,
+    metadata: dict[str, Any] | None,
+    label: Label,
+    created_at: datetime | None,
+    causation_id: str | None,
+    correlation_id: str | None,
+) -> _Req:
     try:
-        return Draft(content=content, scope=scope, **fields)
+        draft = Draft(
+            content=content,
+            scope=scope,
+            kind=kind,
+            subject=subject,
+            key=key,
+            metadata=metadata or {},
+            label=label,
+            created_at=created_at,
+            causation_id=causation_id,
+            correlation_id=correlation_id,
+        )
     except ValidationError as exc:  # the same InvalidInput the in-process bus raises
         raise invalid_from(exc, "publish arguments") from None
+    return _Req("POST", "/v1/publish", draft.model_dump(mode="json", exclude_none=True))
 
 
-def _drafts_body(drafts: Sequence[Draft]) -> dict[str, Any]:
-    return {"drafts": [d.model_dump(mode="json", exclude_none=True) for d in drafts]}
+def _publish_many(drafts: Sequence[Draft]) -> _Req:
+    body = {"drafts": [d.model_dump(mode="json", exclude_none=True) for d in drafts]}
+    return _Req("POST", "/v1/publish/batch", body)
 
 
-def _recall_body(query: str, k: int, **filters: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"query": query, "k": k}
-    for name, value in filters.items():
-        if value is None:
-            continue
-        if isinstance(value, datetime):
-            body[name] = value.isoformat()
-        elif isinstance(value, bool):  # working: a flag, not a list
-            body[name] = value
-        elif isinstance(value, str):  # a lone scope is a list of one, never a list of chars
-            body[name] = [value]
-        else:
-            body[name] = list(value)
-    return body
+def _recall(
+    query: str,
+    k: int,
+    scopes: Sequence[str] | None,
+    kinds: Sequence[str] | None,
+    subjects: Sequence[str] | None,
+    agents: Sequence[str] | None,
+    since: datetime | None,
+    until: datetime | None,
+    as_of: datetime | None,
+    working: bool,
+) -> _Req:
+    body = _json(
+        query=query,
+        k=k,
+        scopes=_list(scopes),
+        kinds=_list(kinds),
+        subjects=_list(subjects),
+        agents=_list(agents),
+        since=_iso(since),
+        until=_iso(until),
+        as_of=_iso(as_of),
+        working=working,
+    )
+    return _Req("POST", "/v1/recall", body)
+
+
+def _forget(
+    memory_ids: Sequence[str] | None, subject: str | None, agent: str | None, scope: str | None
+) -> _Req:
+    body = _json(memory_ids=_list(memory_ids), subject=subject, agent=agent, scope=scope)
+    return _Req("POST", "/v1/forget", body)
+
+
+def _retract(
+    memory_id: str | None,
+    scope: str | None,
+    subject: str | None,
+    key: str | None,
+    reason: str | None,
+) -> _Req:
+    body = _json(memory_id=memory_id, scope=scope, subject=subject, key=key, reason=reason)
+    return _Req("POST", "/v1/retract", body)
+
+
+def _memory_path(memory_id: str) -> str:
+    # quoted whole: an id is one path segment whatever it holds ("../forget" stays an id)
+    return f"/v1/memories/{quote(memory_id, safe='')}"
+
+
+def _list_memories(
+    scopes: Sequence[str] | None,
+    kinds: Sequence[str] | None,
+    subjects: Sequence[str] | None,
+    agents: Sequence[str] | None,
+    since: datetime | None,
+    until: datetime | None,
+    as_of: datetime | None,
+    limit: int,
+    cursor: str | None,
+) -> _Req:
+    # query parameters are singular and repeatable: ?scope=a&scope=b
+    query = _query(
+        scope=_list(scopes),
+        kind=_list(kinds),
+        subject=_list(subjects),
+        agent=_list(agents),
+        since=since,
+        until=until,
+        as_of=as_of,
+        limit=limit,
+        cursor=cursor,
+    )
+    return _Req("GET", "/v1/memories", query=query)
+
+
+def _history(
+    memory_id: str | None, scope: str | None, subject: str | None, key: str | None, limit: int
+) -> _Req:
+    query = _query(memory_id=memory_id, scope=scope, subject=subject, key=key, limit=limit)
+    return _Req("GET", "/v1/history", query=query)
+
+
+def _update(
+    memory_id: str, content: str, metadata: dict[str, Any] | None, label: Label | None
+) -> _Req:
+    body = _json(content=content, metadata=metadata, label=label)
+    return _Req("PATCH", _memory_path(memory_id), body)
+
+
+def _export(scopes: Sequence[str] | None, as_of: datetime | None) -> _Req:
+    return _Req("GET", "/v1/export", query=_query(scope=_list(scopes), as_of=as_of))
+
+
+def _import_parts(records: Sequence[Memory]) -> list[_Req]:
+    """JSON lines in parts under the service's default body limit. Each part is refused whole
+    or imported; importing is idempotent per tenant, so after a failure the same records can
+    simply be sent again."""
+    parts: list[bytes] = []
+    part = bytearray()
+    for m in records:
+        line = to_jsonl(m)
+        if part and len(part) + len(line) > _IMPORT_PART_BYTES:
+            parts.append(bytes(part))
+            part = bytearray()
+        part += line
+    if part or not parts:  # nothing to import still answers with a report (and its tenant)
+        parts.append(bytes(part))
+    return [_Req("POST", "/v1/import", content=p) for p in parts]
+
+
+def _merged(raw: Sequence[Any]) -> ImportReport:
+    reports = [ImportReport.model_validate(r) for r in raw]
+    return ImportReport(
+        tenant=reports[0].tenant if reports else "",
+        published=sum(r.published for r in reports),
+        skipped=sum(r.skipped for r in reports),
+        erased=sum(r.erased for r in reports),
+        event_ids=[e for r in reports for e in r.event_ids],
+    )
 
 
 def _error(resp: httpx.Response) -> MembusError:
@@ -181,17 +370,15 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the connections.
+
+        Example: ``await agent.aclose()``"""
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+    async def _call(self, req: _Req) -> Any:
         for attempt in range(self.retries + 1):
             try:
-                resp = await self._http.request(
-                    method,
-                    path,
-                    content=None if body is None else orjson.dumps(body),
-                    headers={"content-type": "application/json"} if body is not None else None,
-                )
+                resp = await self._http.request(req.method, req.path, **req.httpx_args())
             except httpx.HTTPError as exc:
                 raise _unreachable(exc) from exc
             if resp.status_code < 400:
@@ -202,35 +389,201 @@ class Client:
             raise _error(resp)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def publish(self, content: str, scope: str, **fields: Any) -> Receipt:
-        draft = _draft(content, scope, fields)
-        body = draft.model_dump(mode="json", exclude_none=True)
-        return Receipt.model_validate(await self._call("POST", "/v1/publish", body))
+    async def publish(
+        self,
+        content: str,
+        scope: str,
+        *,
+        kind: str = "observation",
+        subject: str | None = None,
+        key: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        label: Label = "public",
+        created_at: datetime | None = None,
+        causation_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Receipt:
+        """Publish one observation (see ``Agent.publish``); a 201 means it is in the stream.
 
-    async def publish_many(self, drafts: Sequence[Draft]) -> list[Receipt]:
+        Example: ``await agent.publish("Ana prefers SMS", "team/support", subject="ana")``"""
+        req = _publish(
+            content,
+            scope,
+            kind,
+            subject,
+            key,
+            metadata,
+            label,
+            created_at,
+            causation_id,
+            correlation_id,
+        )
+        return Receipt.model_validate(await self._call(req))
+
+    async def publish_many(self, drafts: Sequence[Draft]) -> builtins.list[Receipt]:
+        """Publish several drafts, all or nothing, in one request.
+
+        Example: ``await agent.publish_many([Draft(content="a", scope="team/x")])``"""
         if not drafts:
             return []
-        raw = await self._call("POST", "/v1/publish/batch", _drafts_body(drafts))
-        return Receipts.model_validate(raw).receipts
+        return Receipts.model_validate(await self._call(_publish_many(drafts))).receipts
 
-    async def recall(self, query: str, *, k: int = 5, **filters: Any) -> list[Hit]:
-        """Same options as ``Agent.recall``: scopes, kinds, subjects, agents, since, until,
-        as_of, working."""
-        raw = await self._call("POST", "/v1/recall", _recall_body(query, k, **filters))
-        return Hits.model_validate(raw).hits
+    async def recall(
+        self,
+        query: str,
+        *,
+        k: int = 5,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        as_of: datetime | None = None,
+        working: bool = False,
+    ) -> builtins.list[Hit]:
+        """Top-``k`` memories by meaning within what this agent may read (see ``Agent.recall``).
+
+        Example: ``hits = await agent.recall("how does Ana like to be contacted", k=3)``"""
+        req = _recall(query, k, scopes, kinds, subjects, agents, since, until, as_of, working)
+        return Hits.model_validate(await self._call(req)).hits
 
     async def access(self, memory_ids: Sequence[str]) -> dict[str, Access]:
-        """Recall statistics (count, last time) of memories this agent may recall."""
-        raw = await self._call("POST", "/v1/access", {"memory_ids": list(memory_ids)})
-        return AccessStats.model_validate(raw).access
+        """Recall statistics (count, last time) of memories this agent may recall.
 
-    async def forget(self, **criteria: Any) -> ErasureReport:
-        """memory_ids, subject, agent and/or scope; within what this agent may forget."""
-        body = {k: v for k, v in criteria.items() if v is not None}
-        return ErasureReport.model_validate(await self._call("POST", "/v1/forget", body))
+        Example: ``stats = await agent.access([hit.memory.id for hit in hits])``"""
+        req = _Req("POST", "/v1/access", {"memory_ids": list(memory_ids)})
+        return AccessStats.model_validate(await self._call(req)).access
+
+    async def forget(
+        self,
+        *,
+        memory_ids: Sequence[str] | None = None,
+        subject: str | None = None,
+        agent: str | None = None,
+        scope: str | None = None,
+    ) -> ErasureReport:
+        """Erase what matches every criterion given, within what this agent may forget.
+
+        Example: ``await agent.forget(subject="customer:42", scope="team/support")``"""
+        req = _forget(memory_ids, subject, agent, scope)
+        return ErasureReport.model_validate(await self._call(req))
+
+    async def retract(
+        self,
+        *,
+        memory_id: str | None = None,
+        scope: str | None = None,
+        subject: str | None = None,
+        key: str | None = None,
+        reason: str | None = None,
+    ) -> Receipt:
+        """Withdraw a memory or every version of a key through the event log (see
+        ``Agent.retract``); ``NotFound`` when this agent cannot see the memory.
+
+        Example: ``await agent.retract(scope="team/crm", subject="customer:42", key="tier")``"""
+        req = _retract(memory_id, scope, subject, key, reason)
+        return Receipt.model_validate(await self._call(req))
+
+    async def scopes(self) -> builtins.list[str]:
+        """The scopes holding at least one memory this agent may read, sorted.
+
+        Example: ``await agent.scopes()`` -> ``["agent/alice", "team/support"]``"""
+        return Scopes.model_validate(await self._call(_Req("GET", "/v1/scopes"))).scopes
+
+    async def get(self, memory_id: str) -> Memory:
+        """One memory by id; ``NotFound`` when absent or not readable (one answer for both).
+
+        Example: ``memory = await agent.get(hit.memory.id)``"""
+        return Memory.model_validate(await self._call(_Req("GET", _memory_path(memory_id))))
+
+    async def list(
+        self,
+        *,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        as_of: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> MemoryPage:
+        """Memories this agent may read, newest first, a page at a time; pass ``page.cursor``
+        back for the next page (None: no more).
+
+        Example: ``page = await agent.list(scopes=["team/support"], limit=20)``"""
+        req = _list_memories(scopes, kinds, subjects, agents, since, until, as_of, limit, cursor)
+        return MemoryPage.model_validate(await self._call(req))
+
+    async def history(
+        self,
+        memory_id: str | None = None,
+        *,
+        scope: str | None = None,
+        subject: str | None = None,
+        key: str | None = None,
+        limit: int = 100,
+    ) -> builtins.list[Memory]:
+        """Every version of a memory's fact, or of ``subject`` + ``key``, newest first.
+
+        Example: ``versions = await agent.history(subject="customer:42", key="tier")``"""
+        req = _history(memory_id, scope, subject, key, limit)
+        return Memories.model_validate(await self._call(req)).memories
+
+    async def update(
+        self,
+        memory_id: str,
+        content: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        label: Label | None = None,
+    ) -> Receipt:
+        """Publish a new version of a memory (see ``Agent.update``).
+
+        Example: ``await agent.update(memory.id, "The customer prefers SMS.")``"""
+        req = _update(memory_id, content, metadata, label)
+        return Receipt.model_validate(await self._call(req))
+
+    async def delete(self, memory_id: str) -> ErasureReport:
+        """Erase one memory by id; ``NotFound`` when this agent cannot see it.
+
+        Example: ``await agent.delete(memory.id)``"""
+        req = _Req("DELETE", _memory_path(memory_id))
+        return ErasureReport.model_validate(await self._call(req))
+
+    async def import_memories(self, records: Sequence[Memory]) -> ImportReport:
+        """Publish exported memories as this agent's events, idempotently (see
+        ``Agent.import_memories``); sent in parts under the service's body limit.
+
+        Example: ``await agent.import_memories(membus.parse_jsonl(open("export.jsonl")))``"""
+        return _merged([await self._call(req) for req in _import_parts(records)])
 
     async def whoami(self) -> WhoAmI:
-        return WhoAmI.model_validate(await self._call("GET", "/v1/whoami"))
+        """The identity this API key acts as.
+
+        Example: ``(await agent.whoami()).agent``"""
+        return WhoAmI.model_validate(await self._call(_Req("GET", "/v1/whoami")))
+
+    async def export(
+        self, *, scopes: Sequence[str] | None = None, as_of: datetime | None = None
+    ) -> AsyncIterator[Memory]:
+        """Every memory this agent may read, newest first, streamed as JSON lines: every
+        version, or with ``as_of`` what held then.
+
+        Example: ``async for m in agent.export(): f.write(membus.to_jsonl(m))``"""
+        req = _export(scopes, as_of)
+        try:
+            async with self._http.stream(req.method, req.path, **req.httpx_args()) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise _error(resp)
+                async for line in resp.aiter_lines():
+                    if line.strip():
+                        yield Memory.model_validate_json(line)
+        except httpx.HTTPError as exc:
+            raise _unreachable(exc) from exc
 
     async def subscribe(
         self,
@@ -241,9 +594,13 @@ class Client:
         reconnect: bool = True,
         until_now: bool = False,
     ) -> AsyncIterator[Change]:
-        """Follow changes (SSE). With ``reconnect`` a dropped link or a 503 resumes after the
+        """Follow changes (SSE) in ``scopes`` (None: all readable) from ``start`` ("$" now, "0"
+        the beginning, or a position); ``group`` shares the feed among this agent's consumers.
+        With ``reconnect`` a dropped link or a 503 resumes after the
         last position seen, so nothing is missed and nothing is seen twice on our side.
-        ``until_now``: the service ends the stream once caught up, and so does this."""
+        ``until_now``: the service ends the stream once caught up, and so does this.
+
+        Example: ``async for change in agent.subscribe(["team/support"]): ...``"""
         follow = _Follow(start)
         timeout = httpx.Timeout(DEFAULT_TIMEOUT_S, read=SSE_READ_TIMEOUT_S)
         while True:
@@ -299,17 +656,15 @@ class SyncClient:
         self.close()
 
     def close(self) -> None:
+        """Close the connections.
+
+        Example: ``agent.close()``"""
         self._http.close()
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def _call(self, req: _Req) -> Any:
         for attempt in range(self.retries + 1):
             try:
-                resp = self._http.request(
-                    method,
-                    path,
-                    content=None if body is None else orjson.dumps(body),
-                    headers={"content-type": "application/json"} if body is not None else None,
-                )
+                resp = self._http.request(req.method, req.path, **req.httpx_args())
             except httpx.HTTPError as exc:
                 raise _unreachable(exc) from exc
             if resp.status_code < 400:
@@ -320,31 +675,201 @@ class SyncClient:
             raise _error(resp)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def publish(self, content: str, scope: str, **fields: Any) -> Receipt:
-        draft = _draft(content, scope, fields)
-        body = draft.model_dump(mode="json", exclude_none=True)
-        return Receipt.model_validate(self._call("POST", "/v1/publish", body))
+    def publish(
+        self,
+        content: str,
+        scope: str,
+        *,
+        kind: str = "observation",
+        subject: str | None = None,
+        key: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        label: Label = "public",
+        created_at: datetime | None = None,
+        causation_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Receipt:
+        """Publish one observation (see ``Agent.publish``); a 201 means it is in the stream.
 
-    def publish_many(self, drafts: Sequence[Draft]) -> list[Receipt]:
+        Example: ``agent.publish("Ana prefers SMS", "team/support", subject="ana")``"""
+        req = _publish(
+            content,
+            scope,
+            kind,
+            subject,
+            key,
+            metadata,
+            label,
+            created_at,
+            causation_id,
+            correlation_id,
+        )
+        return Receipt.model_validate(self._call(req))
+
+    def publish_many(self, drafts: Sequence[Draft]) -> builtins.list[Receipt]:
+        """Publish several drafts, all or nothing, in one request.
+
+        Example: ``agent.publish_many([Draft(content="a", scope="team/x")])``"""
         if not drafts:
             return []
-        raw = self._call("POST", "/v1/publish/batch", _drafts_body(drafts))
-        return Receipts.model_validate(raw).receipts
+        return Receipts.model_validate(self._call(_publish_many(drafts))).receipts
 
-    def recall(self, query: str, *, k: int = 5, **filters: Any) -> list[Hit]:
-        raw = self._call("POST", "/v1/recall", _recall_body(query, k, **filters))
-        return Hits.model_validate(raw).hits
+    def recall(
+        self,
+        query: str,
+        *,
+        k: int = 5,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        as_of: datetime | None = None,
+        working: bool = False,
+    ) -> builtins.list[Hit]:
+        """Top-``k`` memories by meaning within what this agent may read (see ``Agent.recall``).
+
+        Example: ``hits = agent.recall("how does Ana like to be contacted", k=3)``"""
+        req = _recall(query, k, scopes, kinds, subjects, agents, since, until, as_of, working)
+        return Hits.model_validate(self._call(req)).hits
 
     def access(self, memory_ids: Sequence[str]) -> dict[str, Access]:
-        raw = self._call("POST", "/v1/access", {"memory_ids": list(memory_ids)})
-        return AccessStats.model_validate(raw).access
+        """Recall statistics (count, last time) of memories this agent may recall.
 
-    def forget(self, **criteria: Any) -> ErasureReport:
-        body = {k: v for k, v in criteria.items() if v is not None}
-        return ErasureReport.model_validate(self._call("POST", "/v1/forget", body))
+        Example: ``stats = agent.access([hit.memory.id for hit in hits])``"""
+        req = _Req("POST", "/v1/access", {"memory_ids": list(memory_ids)})
+        return AccessStats.model_validate(self._call(req)).access
+
+    def forget(
+        self,
+        *,
+        memory_ids: Sequence[str] | None = None,
+        subject: str | None = None,
+        agent: str | None = None,
+        scope: str | None = None,
+    ) -> ErasureReport:
+        """Erase what matches every criterion given, within what this agent may forget.
+
+        Example: ``agent.forget(subject="customer:42", scope="team/support")``"""
+        req = _forget(memory_ids, subject, agent, scope)
+        return ErasureReport.model_validate(self._call(req))
+
+    def retract(
+        self,
+        *,
+        memory_id: str | None = None,
+        scope: str | None = None,
+        subject: str | None = None,
+        key: str | None = None,
+        reason: str | None = None,
+    ) -> Receipt:
+        """Withdraw a memory or every version of a key through the event log (see
+        ``Agent.retract``); ``NotFound`` when this agent cannot see the memory.
+
+        Example: ``agent.retract(scope="team/crm", subject="customer:42", key="tier")``"""
+        req = _retract(memory_id, scope, subject, key, reason)
+        return Receipt.model_validate(self._call(req))
+
+    def scopes(self) -> builtins.list[str]:
+        """The scopes holding at least one memory this agent may read, sorted.
+
+        Example: ``agent.scopes()`` -> ``["agent/alice", "team/support"]``"""
+        return Scopes.model_validate(self._call(_Req("GET", "/v1/scopes"))).scopes
+
+    def get(self, memory_id: str) -> Memory:
+        """One memory by id; ``NotFound`` when absent or not readable (one answer for both).
+
+        Example: ``memory = agent.get(hit.memory.id)``"""
+        return Memory.model_validate(self._call(_Req("GET", _memory_path(memory_id))))
+
+    def list(
+        self,
+        *,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        as_of: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> MemoryPage:
+        """Memories this agent may read, newest first, a page at a time; pass ``page.cursor``
+        back for the next page (None: no more).
+
+        Example: ``page = agent.list(scopes=["team/support"], limit=20)``"""
+        req = _list_memories(scopes, kinds, subjects, agents, since, until, as_of, limit, cursor)
+        return MemoryPage.model_validate(self._call(req))
+
+    def history(
+        self,
+        memory_id: str | None = None,
+        *,
+        scope: str | None = None,
+        subject: str | None = None,
+        key: str | None = None,
+        limit: int = 100,
+    ) -> builtins.list[Memory]:
+        """Every version of a memory's fact, or of ``subject`` + ``key``, newest first.
+
+        Example: ``versions = agent.history(subject="customer:42", key="tier")``"""
+        req = _history(memory_id, scope, subject, key, limit)
+        return Memories.model_validate(self._call(req)).memories
+
+    def update(
+        self,
+        memory_id: str,
+        content: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        label: Label | None = None,
+    ) -> Receipt:
+        """Publish a new version of a memory (see ``Agent.update``).
+
+        Example: ``agent.update(memory.id, "The customer prefers SMS.")``"""
+        req = _update(memory_id, content, metadata, label)
+        return Receipt.model_validate(self._call(req))
+
+    def delete(self, memory_id: str) -> ErasureReport:
+        """Erase one memory by id; ``NotFound`` when this agent cannot see it.
+
+        Example: ``agent.delete(memory.id)``"""
+        req = _Req("DELETE", _memory_path(memory_id))
+        return ErasureReport.model_validate(self._call(req))
+
+    def import_memories(self, records: Sequence[Memory]) -> ImportReport:
+        """Publish exported memories as this agent's events, idempotently (see
+        ``Agent.import_memories``); sent in parts under the service's body limit.
+
+        Example: ``agent.import_memories(membus.parse_jsonl(open("export.jsonl")))``"""
+        return _merged([self._call(req) for req in _import_parts(records)])
 
     def whoami(self) -> WhoAmI:
-        return WhoAmI.model_validate(self._call("GET", "/v1/whoami"))
+        """The identity this API key acts as.
+
+        Example: ``(agent.whoami()).agent``"""
+        return WhoAmI.model_validate(self._call(_Req("GET", "/v1/whoami")))
+
+    def export(
+        self, *, scopes: Sequence[str] | None = None, as_of: datetime | None = None
+    ) -> Iterator[Memory]:
+        """Every memory this agent may read, newest first, streamed as JSON lines (see
+        ``Client.export``).
+
+        Example: ``for m in agent.export(): f.write(membus.to_jsonl(m))``"""
+        req = _export(scopes, as_of)
+        try:
+            with self._http.stream(req.method, req.path, **req.httpx_args()) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _error(resp)
+                for line in resp.iter_lines():
+                    if line.strip():
+                        yield Memory.model_validate_json(line)
+        except httpx.HTTPError as exc:
+            raise _unreachable(exc) from exc
 
     def subscribe(
         self,
@@ -353,13 +878,17 @@ class SyncClient:
         start: str = "$",
         group: str | None = None,
         reconnect: bool = True,
+        until_now: bool = False,
     ) -> Iterator[Change]:
-        """Blocking iterator over the change feed; close it (or break) to stop following."""
+        """Blocking iterator over the change feed (see ``Client.subscribe``); close it (or
+        break) to stop following.
+
+        Example: ``for change in agent.subscribe(["team/support"], until_now=True): ...``"""
         follow = _Follow(start)
         timeout = httpx.Timeout(DEFAULT_TIMEOUT_S, read=SSE_READ_TIMEOUT_S)
         while True:
             try:
-                params = _changes_params(scopes, follow.position, group)
+                params = _changes_params(scopes, follow.position, group, until_now)
                 with self._http.stream("GET", "/v1/changes", params=params, timeout=timeout) as r:
                     if r.status_code >= 400:
                         r.read()
@@ -377,6 +906,6 @@ class SyncClient:
                 if not reconnect:
                     raise
             else:
-                if not reconnect:
-                    return  # the service closed the stream (shutting down)
+                if not reconnect or until_now:
+                    return  # caught up, or the service closed the stream (shutting down)
             time.sleep(follow.next_wait())

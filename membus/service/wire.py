@@ -13,16 +13,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from membus.bus.api import MAX_K
 from membus.bus.draft import Draft, Receipt
+from membus.core.envelope import Label
 from membus.errors import (
     Conflict,
     InvalidInput,
     MembusError,
+    NotFound,
     PermissionDenied,
     StoreLocked,
     Unavailable,
 )
 from membus.recall.heat import Access
-from membus.store.port import Hit
+from membus.store.port import Hit, Memory
 
 MAX_BATCH: Final = 1000
 
@@ -120,6 +122,8 @@ def error_from_body(status: int, body: Any) -> MembusError:
     exc: MembusError
     if code == "invalid_input":
         exc = InvalidInput(msg, list(detail.get("problems") or []))
+    elif code == "not_found":
+        exc = NotFound(msg, list(detail.get("problems") or []))
     elif code == "too_large":
         exc = TooLarge(int(detail.get("limit") or 0))
     elif code == "permission_denied":
@@ -220,6 +224,37 @@ class ForgetRequest(_Body):
     scope: str | None = Field(default=None, description="that scope and everything below")
 
 
+class RetractRequest(_Body):
+    """Withdraw a memory (``memory_id``), or every version of a key (``scope`` + ``subject`` +
+    ``key``), through the event log."""
+
+    memory_id: str | None = None
+    scope: str | None = Field(default=None, description="the key's scope")
+    subject: str | None = None
+    key: str | None = None
+    reason: str | None = Field(default=None, description="the retraction's text")
+
+
+class UpdateRequest(_Body):
+    """A new version of a memory; ``metadata``/``label`` left out keep the memory's own."""
+
+    content: str = Field(description="the new text")
+    metadata: dict[str, Any] | None = None
+    label: Label | None = None
+
+
+class Memories(BaseModel):
+    """Memories, newest first (the versions of a history)."""
+
+    memories: list[Memory]
+
+
+class Scopes(BaseModel):
+    """Scopes holding at least one memory the caller may read, sorted."""
+
+    scopes: list[str]
+
+
 class WhoAmI(BaseModel):
     agent: str
     tenant: str
@@ -247,4 +282,13 @@ ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     413: {**_ERR, "description": "too_large: the request body exceeds the limit"},
     429: {**_ERR, "description": "rate_limited: retry after the Retry-After seconds"},
     503: {**_ERR, "description": "unavailable: backpressure or Redis down; see Retry-After"},
+}
+# routes that take a memory id: absent and not readable are the same 404
+ERRORS_BY_ID: Final[dict[int | str, dict[str, Any]]] = {
+    **ERRORS,
+    404: {
+        **_ERR,
+        "description": "not_found: no memory by that id that this agent may see (absent and "
+        "hidden memories get the same answer)",
+    },
 }
