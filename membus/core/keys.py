@@ -53,6 +53,12 @@ def tenants_key() -> str:
     return f"{PREFIX}:tenants"
 
 
+def tenants_added_key() -> str:
+    """A stream of tenants just added to ``tenants_key``: writers block on it with their events
+    streams, so a new tenant's first event is read at once instead of on the next refresh."""
+    return f"{PREFIX}:tenants:added"
+
+
 def tenant_of(stream_key: str) -> str:
     """Inverse of the layout: ``membus:{acme}:events`` -> ``acme``."""
     start, end = stream_key.find("{"), stream_key.find("}")

@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 from membus.access.signing import KeyRegistry, signed_fields
 from membus.core.config import RetentionConfig
 from membus.core.envelope import Event, check_created_at
-from membus.core.keys import TenantKeys, tenants_key
+from membus.core.keys import TenantKeys, tenants_added_key, tenants_key
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
 
 # KEYS: one stream; ARGV: the field count F, the F field names, then each entry's F values.
@@ -67,9 +67,10 @@ async def publish(
     by_stream: dict[str, list[int]] = {}
     for i, e in enumerate(events):
         by_stream.setdefault(TenantKeys(e.tenant).events, []).append(i)
+    named = sorted({e.tenant for e in events})
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            for tenant in {e.tenant for e in events}:
+            for tenant in named:
                 pipe.sadd(tenants_key(), tenant)
             calls = 0
             for stream, idx in by_stream.items():
@@ -78,6 +79,9 @@ async def publish(
                     pipe.eval(XADD_MANY, 1, stream, *args)
                     calls += 1
             res = await pipe.execute()
+        added = [t for t, n in zip(named, res, strict=False) if n]
+        if added:  # a tenant's first event: wake a writer now (after the XADD it is to find)
+            await announce_tenants(redis, added)
     except REDIS_DOWN as exc:
         raise unavailable(exc) from exc
     ids = iter(str(entry_id) for reply in res[-calls:] for entry_id in reply)
@@ -99,6 +103,18 @@ async def publish_signed(redis: Redis, registry: KeyRegistry, events: Sequence[E
     keys = {(t, a): await registry.current(t, a) for t, a in {(e.tenant, e.agent) for e in events}}
     fields = [signed_fields(e, keys[(e.tenant, e.agent)]) for e in events]
     return await publish(redis, events, fields)
+
+
+# Writers only need the latest few announcements: older tenants are in ``tenants_key`` anyway.
+_ANNOUNCED_MAXLEN = 1000
+
+
+async def announce_tenants(redis: Redis, added: Sequence[str]) -> None:
+    """Tell writers of tenants just added to the registry (``tenants_added_key``)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for t in added:
+            pipe.xadd(tenants_added_key(), {"t": t}, maxlen=_ANNOUNCED_MAXLEN, approximate=True)
+        await pipe.execute()
 
 
 async def ensure_group(redis: Redis, stream: str, group: str, start: str = "0") -> None:
