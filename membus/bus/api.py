@@ -16,7 +16,7 @@ import anyio
 from pydantic import ValidationError
 
 from membus.access.audit import AuditLog, AuditRecord
-from membus.access.gate import Decision, Gate, Identity, default_gate
+from membus.access.gate import Decision, Gate, Identity, default_gate, own_root
 from membus.access.redact import PiiRedactor, Redactor, needs_redaction, redact_event
 from membus.access.signing import KeyRegistry, door_keys
 from membus.bus import erasure
@@ -26,6 +26,7 @@ from membus.bus.retract import retract
 from membus.bus.working import with_working
 from membus.core.config import MembusConfig
 from membus.core.envelope import Event, invalid_from, scope_ancestors, validate_scope
+from membus.core.ids import encode_id
 from membus.core.keys import TenantKeys
 from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
@@ -35,6 +36,7 @@ from membus.errors import InvalidInput, PermissionDenied, Unavailable
 from membus.recall import ranking
 from membus.recall.heat import Access, AccessLog
 from membus.store.port import Hit, RecallFilter, Store, check_ids
+from membus.stream.committed import DEFAULT_WAIT_S, wait_committed
 from membus.stream.feed import Change, follow, group_name
 from membus.stream.ops import group_stats, idle, publish_signed, tenants
 from membus.writer.admission import admission_for
@@ -71,18 +73,41 @@ class Bus:
         self._log = get_logger("membus.bus")
 
     def agent(self, name: str, tenant: str) -> Agent:
+        """The agent ``name`` of ``tenant``: any ids (e-mail addresses, UUIDs, mixed case), each
+        encoded into a membus name by ``membus.core.ids.encode_id`` (plain names stay as they
+        are); ``Agent.name`` is the encoded name, ``Agent.id`` the id given."""
         try:
-            identity = Identity.model_validate({"tenant": tenant, "agent": name})
+            identity = Identity.model_validate(
+                {"tenant": encode_id(tenant, "tenant"), "agent": encode_id(name, "agent")}
+            )
         except ValidationError as exc:
             raise invalid_from(exc, "identity") from None
-        return Agent(self, identity)
+        return Agent(self, identity, name)
 
     # -- write path ---------------------------------------------------------------------------
 
-    async def publish_many(self, who: Identity, drafts: Sequence[Draft]) -> list[Receipt]:
-        """Validate all, check all, then XADD all in one pipelined round trip (all or nothing)."""
+    async def publish_many(
+        self,
+        who: Identity,
+        drafts: Sequence[Draft],
+        *,
+        wait: bool = False,
+        timeout_s: float = DEFAULT_WAIT_S,
+    ) -> list[Receipt]:
+        """Validate all, check all, then XADD all in one pipelined round trip (all or nothing).
+        A draft without a scope goes to ``agent/<who>``, the author's private scope.
+
+        ``wait``: return only once writers committed every event (searchable), else raise
+        ``NotCommitted`` after ``timeout_s`` (saying why: no writer, or writers behind) or
+        ``Parked`` if writers dead-lettered one (with its reason); see membus/stream/committed.py.
+        """
+        own = own_root(who)
         events = [
-            Event.build(tenant=who.tenant, agent=who.agent, **d.model_dump(exclude_none=True))
+            Event.build(
+                tenant=who.tenant,
+                agent=who.agent,
+                **{"scope": own, **d.model_dump(exclude_none=True)},
+            )
             for d in drafts
         ]
         # one gate call, and one audit record naming its events, per action and scope
@@ -108,17 +133,48 @@ class Bus:
                 for (a, s), (d, ids) in decided.items()
             ]
         )
-        return [
+        receipts = [
             Receipt(event_id=e.id, position=p, tenant=e.tenant, scope=e.scope)
             for e, p in zip(events, positions, strict=True)
         ]
+        if wait and receipts:
+            await self.committed(receipts, timeout_s=timeout_s)
+        return receipts
 
-    async def publish(self, who: Identity, content: str, scope: str, **fields: Any) -> Receipt:
+    async def publish(
+        self,
+        who: Identity,
+        content: str,
+        scope: str | None = None,
+        *,
+        wait: bool = False,
+        timeout_s: float = DEFAULT_WAIT_S,
+        **fields: Any,
+    ) -> Receipt:
+        """Publish one observation (``scope`` default: ``agent/<who>``); ``wait`` as in
+        ``publish_many``."""
         try:
             draft = Draft(content=content, scope=scope, **fields)
         except Exception as exc:  # pydantic.ValidationError for unknown/ill-typed fields
             raise InvalidInput(f"invalid publish arguments: {exc}") from None
-        return (await self.publish_many(who, [draft]))[0]
+        return (await self.publish_many(who, [draft], wait=wait, timeout_s=timeout_s))[0]
+
+    async def committed(
+        self, receipts: Sequence[Receipt], *, timeout_s: float = DEFAULT_WAIT_S
+    ) -> None:
+        """Wait until writers committed the events of ``receipts`` (see ``publish_many``)."""
+        by_tenant: dict[str, dict[str, str]] = {}
+        for r in receipts:
+            by_tenant.setdefault(r.tenant, {})[r.position] = r.event_id
+        deadline = time.monotonic() + timeout_s
+        for tenant, positions in by_tenant.items():
+            await wait_committed(
+                self.redis,
+                tenant,
+                positions,
+                self.config.worker.group,
+                timeout_s=max(0.0, deadline - time.monotonic()),
+            )
 
     def _redact(self, event: Event) -> Event:
         """Mask PII before it leaves the author's private scope, where policy asks for it."""
@@ -412,22 +468,38 @@ def _scoped(
 class Agent:
     """A bus bound to one identity: what agent code holds."""
 
-    def __init__(self, bus: Bus, identity: Identity) -> None:
+    def __init__(self, bus: Bus, identity: Identity, id: str | None = None) -> None:
         self.bus, self.identity = bus, identity
+        self.id = identity.agent if id is None else id  # as the user gave it: for display
 
     @property
     def name(self) -> str:
+        """The membus name (``encode_id`` of ``id``): what scopes and policies hold."""
         return self.identity.agent
 
     @property
     def tenant(self) -> str:
         return self.identity.tenant
 
-    async def publish(self, content: str, scope: str, **fields: Any) -> Receipt:
-        return await self.bus.publish(self.identity, content, scope, **fields)
+    async def publish(
+        self,
+        content: str,
+        scope: str | None = None,
+        *,
+        wait: bool = False,
+        timeout_s: float = DEFAULT_WAIT_S,
+        **fields: Any,
+    ) -> Receipt:
+        """Publish one observation; ``scope`` default ``agent/<name>`` (private); ``wait``:
+        return once it is searchable (see ``Bus.publish_many``)."""
+        return await self.bus.publish(
+            self.identity, content, scope, wait=wait, timeout_s=timeout_s, **fields
+        )
 
-    async def publish_many(self, drafts: Sequence[Draft]) -> list[Receipt]:
-        return await self.bus.publish_many(self.identity, drafts)
+    async def publish_many(
+        self, drafts: Sequence[Draft], *, wait: bool = False, timeout_s: float = DEFAULT_WAIT_S
+    ) -> list[Receipt]:
+        return await self.bus.publish_many(self.identity, drafts, wait=wait, timeout_s=timeout_s)
 
     async def recall(self, query: str, **kwargs: Any) -> list[Hit]:
         return await self.bus.recall(self.identity, query, **kwargs)

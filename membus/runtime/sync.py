@@ -17,6 +17,7 @@ from membus.core.config import DEFAULT_PATH, MembusConfig
 from membus.embed.port import Embedder
 from membus.runtime.host import open as open_async
 from membus.store.port import Hit
+from membus.stream.committed import DEFAULT_WAIT_S
 from membus.stream.feed import Change
 
 
@@ -28,11 +29,33 @@ class SyncAgent:
     def name(self) -> str:
         return self._agent.name
 
-    def publish(self, content: str, scope: str, **fields: Any) -> Receipt:
-        return self._portal.call(lambda: self._agent.publish(content, scope, **fields))
+    @property
+    def id(self) -> str:
+        return self._agent.id
 
-    def publish_many(self, drafts: Sequence[Draft]) -> list[Receipt]:
-        return self._portal.call(self._agent.publish_many, drafts)
+    def publish(
+        self,
+        content: str,
+        scope: str | None = None,
+        *,
+        wait: bool = True,
+        timeout_s: float = DEFAULT_WAIT_S,
+        **fields: Any,
+    ) -> Receipt:
+        """Publish one observation (``scope`` default ``agent/<name>``) and, unless
+        ``wait=False``, return once it is searchable: a blocking caller reads its writes.
+        Raises ``NotCommitted`` (no writer, or behind) or ``Parked`` (dead-lettered)."""
+        return self._portal.call(
+            lambda: self._agent.publish(content, scope, wait=wait, timeout_s=timeout_s, **fields)
+        )
+
+    def publish_many(
+        self, drafts: Sequence[Draft], *, wait: bool = True, timeout_s: float = DEFAULT_WAIT_S
+    ) -> list[Receipt]:
+        """Publish all or nothing; waits for every one like ``publish``."""
+        return self._portal.call(
+            lambda: self._agent.publish_many(drafts, wait=wait, timeout_s=timeout_s)
+        )
 
     def recall(self, query: str, **kwargs: Any) -> list[Hit]:
         return self._portal.call(lambda: self._agent.recall(query, **kwargs))

@@ -52,12 +52,14 @@ from membus.service.metrics import Metrics, RequestMetrics
 from membus.service.sse import ChangeStream, check_start, resolve_start
 from membus.service.wire import (
     ERRORS,
+    PUBLISH_ERRORS,
     AccessRequest,
     AccessStats,
     Backpressure,
     ForgetRequest,
     Hits,
     PublishBatch,
+    PublishRequest,
     RateLimited,
     RecallRequest,
     Receipts,
@@ -219,16 +221,19 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
     app.add_middleware(BodyLimit, limit=svc.limits.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=svc.metrics)
 
-    @app.post("/v1/publish", status_code=201, responses=ERRORS, tags=["write"])
-    async def publish(draft: Draft, who: Caller) -> Receipt:
-        """Publish one observation. A 201 means it is in the stream; writers turn it into a
-        memory shortly after (see the change feed). Refused with 503 while writers lag."""
-        return (await _publish(svc, who, [draft]))[0]
+    @app.post("/v1/publish", status_code=201, responses=PUBLISH_ERRORS, tags=["write"])
+    async def publish(req: PublishRequest, who: Caller) -> Receipt:
+        """Publish one observation (no scope: the agent's private `agent/<name>`). A 201 means
+        it is in the stream; writers turn it into a memory shortly after (see the change feed),
+        or, with `wait`, before the answer. Refused with 503 while writers lag."""
+        [receipt] = await _publish(svc, who, [req.draft()], req.wait, req.wait_timeout_s)
+        return receipt
 
-    @app.post("/v1/publish/batch", status_code=201, responses=ERRORS, tags=["write"])
+    @app.post("/v1/publish/batch", status_code=201, responses=PUBLISH_ERRORS, tags=["write"])
     async def publish_batch(batch: PublishBatch, who: Caller) -> Receipts:
         """Publish several observations, all or nothing, in one round trip to Redis."""
-        return Receipts(receipts=await _publish(svc, who, batch.drafts))
+        receipts = await _publish(svc, who, batch.drafts, batch.wait, batch.wait_timeout_s)
+        return Receipts(receipts=receipts)
 
     @app.post("/v1/recall", responses=ERRORS, tags=["read"])
     async def recall(req: RecallRequest, who: Caller) -> Hits:
@@ -411,11 +416,15 @@ def _audited(
     )
 
 
-async def _publish(svc: Service, who: Principal, drafts: list[Draft]) -> list[Receipt]:
+async def _publish(
+    svc: Service, who: Principal, drafts: list[Draft], wait: bool, wait_timeout_s: float
+) -> list[Receipt]:
     await svc.admit_publish(who, len(drafts))
     with svc.metrics.publish_seconds.time():
         receipts = await svc.bus.publish_many(who.identity, drafts)
     svc.metrics.published.labels(who.tenant).inc(len(receipts))
+    if wait:  # counted as published first: a wait that times out still published them
+        await svc.bus.committed(receipts, timeout_s=wait_timeout_s)
     return receipts
 
 

@@ -31,6 +31,8 @@ from membus.core.envelope import invalid_from
 from membus.errors import MembusError, Unavailable
 from membus.recall.heat import Access
 from membus.service.wire import (
+    DEFAULT_HTTP_WAIT_S,
+    MAX_WAIT_S,
     AccessStats,
     Hits,
     Receipts,
@@ -44,9 +46,10 @@ DEFAULT_TIMEOUT_S: Final = 30.0
 # the service sends a keepalive every 15 s by default: silence for longer means a dead link
 SSE_READ_TIMEOUT_S: Final = 60.0
 _MAX_BACKOFF_S: Final = 5.0
+_WAIT_MARGIN_S: Final = 10.0  # beyond the service's own wait: its answer must get back
 
 
-def _draft(content: str, scope: str, fields: dict[str, Any]) -> Draft:
+def _draft(content: str, scope: str | None, fields: dict[str, Any]) -> Draft:
     try:
         return Draft(content=content, scope=scope, **fields)
     except ValidationError as exc:  # the same InvalidInput the in-process bus raises
@@ -55,6 +58,14 @@ def _draft(content: str, scope: str, fields: dict[str, Any]) -> Draft:
 
 def _drafts_body(drafts: Sequence[Draft]) -> dict[str, Any]:
     return {"drafts": [d.model_dump(mode="json", exclude_none=True) for d in drafts]}
+
+
+def _waiting(body: dict[str, Any], wait: bool, timeout_s: float) -> float | None:
+    """Ask the service to wait (``wait``); the HTTP timeout this request then needs."""
+    if not wait:
+        return None
+    body.update(wait=True, wait_timeout_s=min(timeout_s, MAX_WAIT_S))
+    return min(timeout_s, MAX_WAIT_S) + _WAIT_MARGIN_S
 
 
 def _recall_body(query: str, k: int, **filters: Any) -> dict[str, Any]:
@@ -183,7 +194,9 @@ class Client:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+    async def _call(
+        self, method: str, path: str, body: Any = None, timeout_s: float | None = None
+    ) -> Any:
         for attempt in range(self.retries + 1):
             try:
                 resp = await self._http.request(
@@ -191,6 +204,7 @@ class Client:
                     path,
                     content=None if body is None else orjson.dumps(body),
                     headers={"content-type": "application/json"} if body is not None else None,
+                    timeout=httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s,
                 )
             except httpx.HTTPError as exc:
                 raise _unreachable(exc) from exc
@@ -202,15 +216,31 @@ class Client:
             raise _error(resp)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def publish(self, content: str, scope: str, **fields: Any) -> Receipt:
+    async def publish(
+        self,
+        content: str,
+        scope: str | None = None,
+        *,
+        wait: bool = False,
+        timeout_s: float = DEFAULT_HTTP_WAIT_S,
+        **fields: Any,
+    ) -> Receipt:
+        """Publish one observation (``scope`` default: this agent's ``agent/<name>``);
+        ``wait``: answer once it is searchable, as ``Agent.publish`` (at most ``MAX_WAIT_S``)."""
         draft = _draft(content, scope, fields)
         body = draft.model_dump(mode="json", exclude_none=True)
-        return Receipt.model_validate(await self._call("POST", "/v1/publish", body))
+        http_timeout = _waiting(body, wait, timeout_s)
+        raw = await self._call("POST", "/v1/publish", body, http_timeout)
+        return Receipt.model_validate(raw)
 
-    async def publish_many(self, drafts: Sequence[Draft]) -> list[Receipt]:
+    async def publish_many(
+        self, drafts: Sequence[Draft], *, wait: bool = False, timeout_s: float = DEFAULT_HTTP_WAIT_S
+    ) -> list[Receipt]:
         if not drafts:
             return []
-        raw = await self._call("POST", "/v1/publish/batch", _drafts_body(drafts))
+        body = _drafts_body(drafts)
+        http_timeout = _waiting(body, wait, timeout_s)
+        raw = await self._call("POST", "/v1/publish/batch", body, http_timeout)
         return Receipts.model_validate(raw).receipts
 
     async def recall(self, query: str, *, k: int = 5, **filters: Any) -> list[Hit]:
@@ -301,7 +331,9 @@ class SyncClient:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def _call(
+        self, method: str, path: str, body: Any = None, timeout_s: float | None = None
+    ) -> Any:
         for attempt in range(self.retries + 1):
             try:
                 resp = self._http.request(
@@ -309,6 +341,7 @@ class SyncClient:
                     path,
                     content=None if body is None else orjson.dumps(body),
                     headers={"content-type": "application/json"} if body is not None else None,
+                    timeout=httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s,
                 )
             except httpx.HTTPError as exc:
                 raise _unreachable(exc) from exc
@@ -320,15 +353,28 @@ class SyncClient:
             raise _error(resp)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def publish(self, content: str, scope: str, **fields: Any) -> Receipt:
+    def publish(
+        self,
+        content: str,
+        scope: str | None = None,
+        *,
+        wait: bool = False,
+        timeout_s: float = DEFAULT_HTTP_WAIT_S,
+        **fields: Any,
+    ) -> Receipt:
         draft = _draft(content, scope, fields)
         body = draft.model_dump(mode="json", exclude_none=True)
-        return Receipt.model_validate(self._call("POST", "/v1/publish", body))
+        http_timeout = _waiting(body, wait, timeout_s)
+        return Receipt.model_validate(self._call("POST", "/v1/publish", body, http_timeout))
 
-    def publish_many(self, drafts: Sequence[Draft]) -> list[Receipt]:
+    def publish_many(
+        self, drafts: Sequence[Draft], *, wait: bool = False, timeout_s: float = DEFAULT_HTTP_WAIT_S
+    ) -> list[Receipt]:
         if not drafts:
             return []
-        raw = self._call("POST", "/v1/publish/batch", _drafts_body(drafts))
+        body = _drafts_body(drafts)
+        http_timeout = _waiting(body, wait, timeout_s)
+        raw = self._call("POST", "/v1/publish/batch", body, http_timeout)
         return Receipts.model_validate(raw).receipts
 
     def recall(self, query: str, *, k: int = 5, **filters: Any) -> list[Hit]:
