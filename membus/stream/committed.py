@@ -8,7 +8,9 @@ no signal: an exact repeat or a near-duplicate folds into an earlier memory, and
 point may never exist.
 
 A poll is one pipelined round trip (XINFO GROUPS + XPENDING over the receipts' range); the DLQ
-is read only for events that became done, from their publish time on.
+is read only for events that became done, from their publish time on. With no writer running at
+all (none refreshed ``writers_alive_key`` lately), a wait gives up after a short grace instead
+of its whole timeout.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from redis.exceptions import ResponseError
 from membus.core.keys import TenantKeys
 from membus.core.redis import REDIS_DOWN, Redis, decode_fields, unavailable
 from membus.errors import NotCommitted, Parked
+from membus.stream.ops import ALIVE_S, writers_alive
 
 DEFAULT_WAIT_S: Final = 30.0
 # polls start fast (a commit takes a few ms) and back off to this
@@ -32,8 +35,8 @@ _PENDING_SLACK: Final = 1000
 _DLQ_PAGE: Final = 500
 # a DLQ id is taken from the server clock at park time: allow for that clock stepping back
 _CLOCK_SLACK_MS: Final = 60_000
-# a consumer that touched the stream this recently is a live writer (blocking reads count)
-_LIVE_MS: Final = 10_000
+# how long a wait gives writers to appear (the embedded runtime starts them beside the door)
+_GRACE_S: Final = 1.0
 
 
 def _id(stream_id: str) -> tuple[int, int]:
@@ -55,7 +58,8 @@ async def wait_committed(
     keys = TenantKeys(tenant)
     todo = dict(receipts)
     done: list[str] = []
-    deadline, poll = time.monotonic() + timeout_s, _POLL_MIN_S
+    started = time.monotonic()
+    deadline, grace, poll = started + timeout_s, started + _GRACE_S, _POLL_MIN_S
     try:
         while todo:
             finished = await _poll(redis, keys.events, group, todo)
@@ -64,9 +68,12 @@ async def wait_committed(
             done += finished
             if not todo:
                 break
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline or (grace <= now and not await writers_alive(redis, group)):
                 await _check_parked(redis, keys, receipts, done)  # a parked one says more
-                raise await _timed_out(redis, keys, group, todo, timeout_s)
+                raise await _timed_out(redis, keys, group, todo, now - started)
+            if grace <= now:
+                grace = now + _GRACE_S  # asked again at most once a grace period
             await anyio.sleep(poll)
             poll = min(poll * 2, _POLL_MAX_S)
         await _check_parked(redis, keys, receipts, done)
@@ -126,21 +133,17 @@ async def _check_parked(
 
 
 async def _timed_out(
-    redis: Redis, keys: TenantKeys, group: str, todo: Mapping[str, str], timeout_s: float
+    redis: Redis, keys: TenantKeys, group: str, todo: Mapping[str, str], waited_s: float
 ) -> NotCommitted:
     """Why the events in ``todo`` are still not committed: no writer, or writers behind (and
     the last error a writer hit on one of them, if any)."""
     ids = [todo[p] for p in sorted(todo, key=_id)]
-    what = f"{len(ids)} event(s) not committed within {timeout_s}s (they are published: do not "
+    what = f"{len(ids)} event(s) not committed after {waited_s:.1f}s (they are published: do not "
     what += f"publish them again): {', '.join(ids[:5])}{' …' if len(ids) > 5 else ''}"
-    try:
-        consumers: list[dict[str, Any]] = await redis.xinfo_consumers(keys.events, group)
-    except ResponseError:
-        consumers = []  # no group: no writer ever read this tenant's stream
-    if not any(int(c.get("idle", _LIVE_MS)) < _LIVE_MS for c in consumers):
+    if not await writers_alive(redis, group):
         return NotCommitted(
-            f"{what}; no writer is running: nothing has read tenant {keys.tenant!r}'s events "
-            f"in group {group!r} (start one: `membus worker`, or open the bus embedded)",
+            f"{what}; no writer is running (none of group {group!r} said so in the last "
+            f"{ALIVE_S:.0f}s): start one (`membus worker`), or open the bus embedded",
             ids,
             "no_writer",
         )

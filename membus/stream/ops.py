@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from redis.exceptions import ResponseError
 
 from membus.access.signing import KeyRegistry, signed_fields
 from membus.core.config import RetentionConfig
 from membus.core.envelope import Event, check_created_at
-from membus.core.keys import TenantKeys, tenants_added_key, tenants_key
+from membus.core.keys import TenantKeys, tenants_added_key, tenants_key, writers_alive_key
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
 
 # KEYS: one stream; ARGV: the field count F, the F field names, then each entry's F values.
@@ -115,6 +115,24 @@ async def announce_tenants(redis: Redis, added: Sequence[str]) -> None:
         for t in added:
             pipe.xadd(tenants_added_key(), {"t": t}, maxlen=_ANNOUNCED_MAXLEN, approximate=True)
         await pipe.execute()
+
+
+# A writer says it runs at least this often; the mark outlives a long batch (an LLM merge).
+BEAT_S: Final = 5.0
+ALIVE_S: Final = 60.0
+
+
+async def beat(redis: Redis, group: str, consumer: str) -> None:
+    """A writer of ``group`` is running (see ``writers_alive_key``)."""
+    await redis.set(writers_alive_key(group), consumer, px=int(ALIVE_S * 1000))
+
+
+async def writers_alive(redis: Redis, group: str) -> bool:
+    """Whether some writer of ``group`` said it runs within the last ``ALIVE_S``."""
+    try:
+        return bool(await redis.exists(writers_alive_key(group)))
+    except REDIS_DOWN as exc:
+        raise unavailable(exc) from exc
 
 
 async def ensure_group(redis: Redis, stream: str, group: str, start: str = "0") -> None:

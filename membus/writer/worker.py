@@ -33,7 +33,7 @@ from membus.embed.port import Embedder, Vectors
 from membus.errors import InvalidInput, Unavailable
 from membus.store.port import Store
 from membus.stream.dlq import park
-from membus.stream.ops import ensure_group, retain, tenants
+from membus.stream.ops import BEAT_S, beat, ensure_group, retain, tenants
 from membus.stream.reading import BatchReader
 from membus.writer.admission import Parsed, admission_for
 from membus.writer.advice import Advisor
@@ -112,6 +112,7 @@ class Writer:
         self._cluster = self._nodes is not None
         self._reader = BatchReader(redis, self.config, self.consumer, cluster=self._cluster)
         self._tenants_at = 0.0
+        self._beat_at = 0.0
         self._reclaim_at = 0.0
         self._trim_at = time.monotonic()
         self._log = get_logger("membus.worker").bind(consumer=self.consumer)
@@ -158,6 +159,9 @@ class Writer:
     async def _read_stage(self) -> list[Prepared]:
         """Housekeeping when due, then one read, parsed and embedded, ready to commit."""
         now = time.monotonic()
+        if now >= self._beat_at:  # waiting publishers tell "no writer" from "behind" by it
+            await beat(self.redis, self.config.group, self.consumer)
+            self._beat_at = now + BEAT_S
         if now >= self._tenants_at:
             await self._refresh_streams()
             self._tenants_at = now + self.config.tenants_refresh_s
