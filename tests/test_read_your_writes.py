@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 import membus
@@ -15,6 +18,10 @@ from membus.core.keys import TenantKeys
 from membus.core.redis import redis_client
 from membus.embed.hashing import HashingEmbedder
 from membus.errors import InvalidInput, NotCommitted, Parked, Unavailable
+from membus.integrations.port import ClientPort
+from membus.service.app import create_app
+from membus.service.auth import ApiKeys
+from membus.service.client import Client
 from membus.store.port import point_id
 from membus.stream.committed import wait_committed
 from membus.stream.ops import beat, ensure_group
@@ -141,3 +148,67 @@ def test_the_sync_facade_waits_by_default(redis_url: str, tmp_path: Path) -> Non
         assert r.event_id in hit.memory.source_events
         quick = alice.publish("not waited for", wait=False)
         assert quick.scope == "agent/alice"
+
+
+# -- over HTTP ------------------------------------------------------------------------------------
+
+KEY = "alice-key-0123456789"
+
+
+@asynccontextmanager
+async def served(tmp_path: Path, redis_url: str, writers: int = 1) -> AsyncIterator[Client]:
+    async with membus.open(tmp_path, config(redis_url, writers=writers)) as bus:
+        app = create_app(bus, ApiKeys.from_keys({KEY: ("acme", "alice")}))
+        transport = httpx.ASGITransport(app=app)
+        async with Client("http://membus", KEY, transport=transport) as client:
+            yield client
+
+
+async def test_http_publish_waits_when_asked_and_says_why_not(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The publish routes take ``wait``: a waited publish is recallable at once; a parked one
+    comes back as ``Parked`` with its reason; the wait is bounded."""
+    async with served(tmp_path, redis_url) as client:
+        r = await client.publish("vendor contract renews in may", "team/x", wait=True)
+        [hit] = await client.recall("contract renews", k=1)
+        assert r.event_id in hit.memory.source_events
+        bad = membus.Draft(content="withdraw nothing", scope="team/x", kind="retraction")
+        with pytest.raises(Parked) as caught:
+            await client.publish_many([bad], wait=True)
+        assert caught.value.parked[0][:2] == (str(caught.value.event_id), "invalid")
+        with pytest.raises(InvalidInput, match="wait_timeout_s"):
+            await client._call("POST", "/v1/publish", {"content": "x", "wait_timeout_s": 1e6})
+        mine = await client.publish("no scope given")  # not waited: the HTTP default
+        assert mine.scope == "agent/alice"
+
+
+async def test_http_wait_without_writers_is_504_not_committed(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Not a 503: a client retrying 503s would publish the event twice."""
+    async with served(tmp_path, redis_url, writers=0) as client:
+        with pytest.raises(NotCommitted) as caught:
+            await client.publish("x", "team/x", wait=True, timeout_s=0.2)
+        assert caught.value.cause == "no_writer" and len(caught.value.event_ids) == 1
+        resp = await client._http.post(
+            "/v1/publish", json={"content": "y", "wait": True, "wait_timeout_s": 0.1}
+        )
+        assert resp.status_code == 504 and resp.json()["error"]["code"] == "not_committed"
+
+
+@pytest.mark.slow
+async def test_langgraph_delete_over_http_is_visible_when_it_returns(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """ClientPort waited by polling recall for kind 'retraction', which never matched, so a
+    delete returned before it was visible; it now waits on the commit signal."""
+    pytest.importorskip("langgraph.store.base")
+    from membus.integrations.langgraph import MembusStore
+
+    async with served(tmp_path, redis_url) as client:
+        store = MembusStore(ClientPort(client))
+        await store.aput(("team", "x"), "pref", {"text": "prefers e-mail"})
+        assert await store.aget(("team", "x"), "pref") is not None
+        await store.adelete(("team", "x"), "pref")
+        assert await store.aget(("team", "x"), "pref") is None
