@@ -15,7 +15,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from membus.errors import Conflict, InvalidInput, MembusError, PermissionDenied, Unavailable
+from membus.errors import (
+    Conflict,
+    InvalidInput,
+    MembusError,
+    NotCommitted,
+    Parked,
+    PermissionDenied,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from membus.access.gate import Gate, Identity, OpenGate, PrivateGate, ReadGrant
@@ -31,6 +39,7 @@ if TYPE_CHECKING:
         WorkerConfig,
     )
     from membus.core.envelope import Event
+    from membus.core.ids import decode_id, encode_id
     from membus.embed.hashing import HashingEmbedder
     from membus.embed.port import Embedder
     from membus.runtime.host import open
@@ -69,6 +78,8 @@ _LAZY = {
     "SyncBus": "membus.runtime.sync",
     "SyncClient": "membus.service.client",
     "WorkerConfig": "membus.core.config",
+    "decode_id": "membus.core.ids",
+    "encode_id": "membus.core.ids",
     "open": "membus.runtime.host",
     "open_sync": "membus.runtime.sync",
 }
@@ -92,7 +103,9 @@ __all__ = [
     "MembusConfig",
     "MembusError",
     "Memory",
+    "NotCommitted",
     "OpenGate",
+    "Parked",
     "PermissionDenied",
     "PolicyConfig",
     "PrivateGate",
@@ -107,6 +120,8 @@ __all__ = [
     "SyncClient",
     "Unavailable",
     "WorkerConfig",
+    "decode_id",
+    "encode_id",
     "open",
     "open_sync",
 ]
