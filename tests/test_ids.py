@@ -134,6 +134,7 @@ async def test_look_alike_ids_cannot_reach_a_private_scope_at_the_door(
             assert await bus.agent(victim_id, "acme corp").recall("safe code") == []
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_policy_lines_name_encoded_ids_and_match_no_look_alike(
     tmp_path: Path, redis_url: str

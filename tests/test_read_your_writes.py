@@ -164,6 +164,7 @@ async def served(tmp_path: Path, redis_url: str, writers: int = 1) -> AsyncItera
             yield client
 
 
+@pytest.mark.slow
 async def test_http_publish_waits_when_asked_and_says_why_not(
     tmp_path: Path, redis_url: str
 ) -> None:
@@ -183,6 +184,7 @@ async def test_http_publish_waits_when_asked_and_says_why_not(
         assert mine.scope == "agent/alice"
 
 
+@pytest.mark.slow
 async def test_http_wait_without_writers_is_504_not_committed(
     tmp_path: Path, redis_url: str
 ) -> None:
