@@ -19,7 +19,9 @@ from membus.errors import (
     Conflict,
     InvalidInput,
     MembusError,
+    NotCommitted,
     NotFound,
+    Parked,
     PermissionDenied,
     Unavailable,
 )
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
         WorkerConfig,
     )
     from membus.core.envelope import Event
+    from membus.core.ids import decode_id, encode_id
     from membus.embed.hashing import HashingEmbedder
     from membus.embed.port import Embedder
     from membus.runtime.host import open
@@ -79,6 +82,8 @@ _LAZY = {
     "SyncBus": "membus.runtime.sync",
     "SyncClient": "membus.service.client",
     "WorkerConfig": "membus.core.config",
+    "decode_id": "membus.core.ids",
+    "encode_id": "membus.core.ids",
     "open": "membus.runtime.host",
     "open_sync": "membus.runtime.sync",
     "parse_jsonl": "membus.bus.memories",
@@ -106,8 +111,10 @@ __all__ = [
     "MembusError",
     "Memory",
     "MemoryPage",
+    "NotCommitted",
     "NotFound",
     "OpenGate",
+    "Parked",
     "PermissionDenied",
     "PolicyConfig",
     "PrivateGate",
@@ -122,6 +129,8 @@ __all__ = [
     "SyncClient",
     "Unavailable",
     "WorkerConfig",
+    "decode_id",
+    "encode_id",
     "open",
     "open_sync",
     "parse_jsonl",

@@ -65,3 +65,47 @@ class StoreLocked(Conflict):
     """An embedded store is owned by another process (Qdrant Edge allows one per store)."""
 
     code = "store_locked"
+
+
+class Parked(InvalidInput):
+    """A published event was not committed: writers parked it in the tenant's dead-letter stream
+    (``membus dlq list``). ``parked`` holds ``(event id, reason, error)`` per parked event."""
+
+    code = "parked"
+
+    def __init__(self, parked: list[tuple[str, str, str]]) -> None:
+        shown = "; ".join(f"{e}: {r} ({err})" if err else f"{e}: {r}" for e, r, err in parked[:5])
+        more = f" and {len(parked) - 5} more" if len(parked) > 5 else ""
+        super().__init__(
+            f"{len(parked)} event(s) parked in the dead-letter stream, not committed: "
+            f"{shown}{more} (see `membus dlq list`)",
+            [{"field": e, "reason": r} for e, r, _ in parked],
+        )
+        self.parked = parked
+
+    @property
+    def event_id(self) -> str:
+        return self.parked[0][0]
+
+    @property
+    def reason(self) -> str:
+        return self.parked[0][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = [{"event_id": e, "reason": r, "error": err} for e, r, err in self.parked]
+        return {**super().to_dict(), "parked": rows}
+
+
+class NotCommitted(Unavailable):
+    """A publish that waited (``wait=True``) timed out before writers committed its events.
+    They are published: do not publish them again. ``cause`` is ``no_writer`` (nobody consumes
+    the tenant's events) or ``behind`` (writers run but have not reached or finished them)."""
+
+    code = "not_committed"
+
+    def __init__(self, message: str, event_ids: list[str], cause: str) -> None:
+        super().__init__(message)
+        self.event_ids, self.cause = event_ids, cause
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "event_ids": self.event_ids, "cause": self.cause}

@@ -89,6 +89,7 @@ def test_publish_worker_recall_round_trip(cli: Invoke, redis_url: str, tmp_path:
         "incident",
         "--meta",
         "ticket=42",
+        "--no-wait",  # no writer yet: drain() below plays `membus worker`
     )
     assert out.exit_code == 0, out.output
     (receipt,) = json_lines(out.stdout)
@@ -99,7 +100,7 @@ def test_publish_worker_recall_round_trip(cli: Invoke, redis_url: str, tmp_path:
         '{"content": "VPN drops every hour on macOS", "scope": "team/it"}\n\n'
         '{"content": "refunds over 500 need a manager", "scope": "team/support/billing"}\n'
     )
-    out = cli("publish", *WHO, "--file", str(batch), "--json")
+    out = cli("publish", *WHO, "--file", str(batch), "--json", "--no-wait")
     assert out.exit_code == 0, out.output
     assert len(json_lines(out.stdout)) == 2
 
@@ -130,7 +131,7 @@ def test_publish_worker_recall_round_trip(cli: Invoke, redis_url: str, tmp_path:
 def test_stats_json_reports_streams_groups_and_memories(
     cli: Invoke, redis_url: str, tmp_path: Path
 ) -> None:
-    assert cli("publish", "hello", "--scope", "s", *WHO).exit_code == 0
+    assert cli("publish", "hello", "--scope", "s", *WHO, "--no-wait").exit_code == 0
     before = orjson.loads(cli("stats", "--json").stdout)
     assert before["tenants"]["acme"]["events"] == 1
     drain(redis_url, tmp_path)
@@ -158,7 +159,7 @@ def test_invalid_input_exits_2_with_a_clear_message(cli: Invoke) -> None:
     bad_line = cli("publish", *WHO, "--file", "-", input='{"content": "x", "scope": "ok"}\n{}\n')
     assert bad_line.exit_code == 2 and "line 2" in bad_line.stderr
     assert cli("recall", "q", *WHO, "--since", "yesterday").exit_code == 2
-    assert cli("publish", "x", "--scope", "s", "--agent", "Alice!", "--tenant", "t").exit_code == 2
+    assert cli("publish", "x", "--scope", "s", "--agent", "alice ", "--tenant", "t").exit_code == 2
 
 
 def test_unreachable_redis_exits_4(tmp_path: Path) -> None:
@@ -278,12 +279,12 @@ def test_a_private_cli_refuses_shared_scopes_saying_how(
     out = cli("publish", "hello", "--scope", "team/a", *WHO)
     assert out.exit_code == 3, out.output
     assert "MEMBUS_POLICY_MODE=open" in out.stderr and "p, alice, acme, team/*" in out.stderr
-    assert cli("publish", "hello", "--scope", "agent/alice", *WHO).exit_code == 0
+    assert cli("publish", "hello", "--scope", "agent/alice", *WHO, "--no-wait").exit_code == 0
 
 
 @pytest.mark.slow
 def test_tail_follows_and_ctrl_c_exits_0(cli: Invoke, redis_url: str, tmp_path: Path) -> None:
-    assert cli("publish", "first", "--scope", "s", *WHO).exit_code == 0
+    assert cli("publish", "first", "--scope", "s", *WHO, "--no-wait").exit_code == 0
     drain(redis_url, tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "membus.cli", "--redis-url", redis_url, "tail", *WHO, "--from", "0"],
@@ -302,3 +303,27 @@ def test_tail_follows_and_ctrl_c_exits_0(cli: Invoke, redis_url: str, tmp_path: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_publish_waits_for_writers_by_default_and_says_when_none_runs(
+    cli: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embedded, the command's own writer commits before it returns: the next command recalls
+    it. On a shared Redis with no `membus worker`, the wait ends soon, saying so (exit 4),
+    though the event is published; --no-wait returns at once."""
+    monkeypatch.setenv("MEMBUS_POLICY_MODE", "open")
+    runner, here = CliRunner(), ["--path", str(tmp_path / "embedded")]
+    out = runner.invoke(app, [*here, "publish", "gate code is 4711", *WHO, "--json"])
+    assert out.exit_code == 0, out.output
+    assert orjson.loads(out.stdout)["scope"] == "agent/alice"  # no --scope: private
+    out = runner.invoke(app, [*here, "recall", "gate code", *WHO, "--json"])
+    assert [h["memory"]["content"] for h in orjson.loads(out.stdout)] == ["gate code is 4711"]
+
+    started = time.monotonic()
+    out = cli("publish", "nobody reads this", "--scope", "s", *WHO)
+    assert out.exit_code == 4 and "no writer is running" in out.stderr
+    assert time.monotonic() - started < 10
+    assert cli("publish", "fire and forget", "--scope", "s", *WHO, "--no-wait").exit_code == 0
+    out = cli("publish", "mixed-case ids", *["--agent", "Alice@Example.com", "--tenant", "acme"])
+    assert out.exit_code == 4  # the id is accepted (encoded); only the writer is missing

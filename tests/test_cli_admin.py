@@ -74,7 +74,10 @@ def _json(out: Result) -> Any:
 
 @pytest.mark.slow
 def test_audit_lists_allowed_calls_and_the_denied_publish(cli: Invoke) -> None:
-    assert cli("publish", "printer jams", "--scope", "team/support", *ALICE).exit_code == 0
+    assert (
+        cli("publish", "printer jams", "--scope", "team/support", *ALICE, "--no-wait").exit_code
+        == 0
+    )
     assert cli("recall", "printer", *ALICE, "--json").exit_code == 0
     denied = cli("publish", "reorg plan", "--scope", "org/plans", *ALICE)
     assert denied.exit_code == 3 and "may not publish" in denied.stderr
@@ -108,7 +111,9 @@ def test_audit_lists_allowed_calls_and_the_denied_publish(cli: Invoke) -> None:
 @pytest.mark.slow
 def test_forget_erases_what_it_reports_and_respects_the_gate(cli: Invoke) -> None:
     for text, subject in (("refund for order 7", "order-7"), ("refund for order 8", "order-8")):
-        out = cli("publish", text, "--scope", "team/support", "--subject", subject, *CAROL)
+        out = cli(
+            "publish", text, "--scope", "team/support", "--subject", subject, *CAROL, "--no-wait"
+        )
         assert out.exit_code == 0, out.output
     hits = _json(cli("recall", "refund", *CAROL, "--json"))
     assert len(hits) == 2
@@ -274,9 +279,15 @@ def test_keys_new_prints_the_key_once_and_stores_only_its_digest(tmp_path: Path)
     assert auth.authenticate(op_key).operator
 
     bad = CliRunner().invoke(
-        app, ["keys", "new", "--agent", "Al!ce", "--tenant", "acme", "--file", str(keys)]
+        app, ["keys", "new", "--agent", "alice\t", "--tenant", "acme", "--file", str(keys)]
     )
     assert bad.exit_code == 2 and len(ApiKeys.from_file(keys)) == 2
+    # an id as users know it is kept as given; the key acts as its encoded name
+    out = CliRunner().invoke(
+        app, ["--json", "keys", "new", "-a", "Al!ce", "-t", "acme", "--file", str(keys)]
+    )
+    assert _json(out)["agent"] == "Al!ce" and _json(out)["name"] == "x--_41_l_21_ce"
+    assert ApiKeys.from_file(keys).authenticate(_json(out)["key"]).agent == "x--_41_l_21_ce"
 
 
 def test_keys_authority_prints_the_public_key_writers_pin(

@@ -87,7 +87,7 @@ config = MembusConfig(policy=PolicyConfig(mode="open"), writers=0)
 with membus.open_sync(sys.argv[1], config) as bus:
     agent = bus.agent("alice", "acme")
     for i in range(int(sys.argv[2])):
-        agent.publish(f"before the crash {i}", scope="team")
+        agent.publish(f"before the crash {i}", scope="team", wait=False)  # writers=0
     print("published", flush=True)
     time.sleep(60)
 """

@@ -386,7 +386,7 @@ def test_fuzzed_publish_through_the_bus_is_atomic(redis_url: str, tmp_path: Path
         def publish_one(content: str, scope: str, meta: dict[str, Any]) -> None:
             before = client.xlen(stream)
             try:
-                receipt = agent.publish(content, scope=scope, metadata=meta)
+                receipt = agent.publish(content, scope=scope, metadata=meta, wait=False)
             except InvalidInput as exc:
                 assert exc.problems
                 assert client.xlen(stream) == before

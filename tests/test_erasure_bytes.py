@@ -204,7 +204,9 @@ async def world(tmp_path: Path) -> AsyncIterator[tuple[World, Client, str]]:
             )
             assert r.status_code == 201, r.text
             remembered = await client.call_tool(
-                "remember", {"content": needles["mcp"], **secret, "metadata": {"via": "mcp"}}
+                "remember",
+                # this test steps the writer by hand: nothing commits while the call waits
+                {"content": needles["mcp"], **secret, "metadata": {"via": "mcp"}, "wait": False},
             )
             assert not remembered.is_error, remembered.content
             w.events += [p.event_id for p in put]

@@ -134,19 +134,26 @@ async def test_list_namespaces_from_scopes(tmp_path: Path, redis_url: str) -> No
         assert await store.alist_namespaces(limit=1, offset=1) == [("team", "sales")]
 
 
-async def test_namespaces_must_be_scopes(tmp_path: Path, redis_url: str) -> None:
-    """Labels follow scope rules; the error is both membus InvalidInput and LangGraph's
-    InvalidNamespaceError, and names the namespace."""
+async def test_namespaces_are_encoded_into_scopes(tmp_path: Path, redis_url: str) -> None:
+    """Labels are ids: plain ones stay, others (mixed case, e-mail, '/', '..') are encoded into
+    one segment each and shown back as given. Refused: empty labels, non-strings, more than 8
+    labels; the error is both membus InvalidInput and LangGraph's InvalidNamespaceError."""
     assert scope_of(("team", "support-2", "t_1")) == "team/support-2/t_1"
-    for bad in [("Team",), ("a/b",), ("a", "..x"), ("ü",), ("x",) * 9]:
+    assert scope_of(("users", "Alice@x.org")) == "users/x--_41_lice_40_x_2e_org"
+    assert scope_of(("a/b",)) == "x--a_2f_b" and scope_of(("a", "..x")) == "a/x--_2e__2e_x"
+    for bad in [("",), ("a", ""), (1,), ("x",) * 9]:
         with pytest.raises(InvalidInput) as err:
-            scope_of(bad)
+            scope_of(bad)  # type: ignore[arg-type]
         assert isinstance(err.value, InvalidNamespaceError)
     async with opened(tmp_path, redis_url) as (_, store):
-        with pytest.raises(InvalidNamespaceError, match="Team"):
-            await store.aput(("Team",), "k", {"text": "x"})
+        user = ("users", "User-123", "alice@example")  # LangGraph itself refuses "."
+        await store.aput(user, "k", {"text": "mixed case and e-mail labels"})
+        got = await store.aget(user, "k")
+        assert got is not None and got.namespace == user
+        assert await store.alist_namespaces(prefix=("users",)) == [user]
+        assert await store.aget(("users", "user-123", "alice@example"), "k") is None
         with pytest.raises(InvalidNamespaceError):
-            await store.asearch(("a/b",))
+            await store.asearch(("x",) * 9)
 
 
 @pytest.mark.slow

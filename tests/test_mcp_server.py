@@ -69,8 +69,9 @@ async def test_tools_declare_no_identity_arguments(tmp_path: Path, redis_url: st
 
 @pytest.mark.slow
 async def test_remember_then_recall_returns_provenance(tmp_path: Path, redis_url: str) -> None:
-    """remember publishes as the bound agent; after drain, recall finds it with its source."""
-    async with connected(tmp_path, redis_url) as (bus, client):
+    """remember publishes as the bound agent and waits by default: recall right after finds
+    it with its source; without a scope it goes to the agent's private scope."""
+    async with connected(tmp_path, redis_url) as (_, client):
         receipt = ok(
             await call(
                 client,
@@ -82,7 +83,7 @@ async def test_remember_then_recall_returns_provenance(tmp_path: Path, redis_url
             )
         )
         assert receipt["tenant"] == TENANT and receipt["scope"] == "team/support"
-        await bus.drain(10)
+        assert receipt["searchable"] is True
         found = ok(await call(client, "recall", query="refund approval", scopes=["team/support"]))
         [mem] = found["memories"]
         assert mem["content"].startswith("Refunds over 500 EUR")
@@ -94,6 +95,8 @@ async def test_remember_then_recall_returns_provenance(tmp_path: Path, redis_url
         res = await call(client, "recall", query="refund")
         assert orjson.loads(found_text(res)) == ok(res)
         assert ok(await call(client, "list_scopes")) == {"scopes": ["team/support"]}
+        mine = ok(await call(client, "remember", content="my own note", wait=False))
+        assert mine["scope"] == "agent/alice" and mine["searchable"] is False
 
 
 def found_text(result: CallToolResult) -> str:

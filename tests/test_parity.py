@@ -108,6 +108,12 @@ DIFFERENCES: dict[tuple[str, str, str | None], Why] = {
         )
         for s in ("Client", "SyncClient", "HTTP")
     },
+    # read your writes: waiting is the default where users expect it (issue 16, item 2)
+    **{
+        ("SyncAgent", op, "wait"): (DELIBERATE, "a blocking caller reads its writes: waits")
+        for op in ("publish", "publish_many")
+    },
+    ("MCP", "publish", "timeout_s"): (DELIBERATE, "remember always waits, with the default"),
     # HTTP
     ("HTTP", "subscribe", "last-event-id"): (DELIBERATE, "SSE's own resume header"),
     ("HTTP", "import_memories", "records"): (
@@ -143,6 +149,8 @@ DIFFERENCES: dict[tuple[str, str, str | None], Why] = {
     ("CLI", "*", "@json"): (DELIBERATE, "output format"),
     ("CLI", "publish", "file"): (DELIBERATE, "publish_many: a file of drafts, one per line"),
     ("CLI", "publish_many", None): (DELIBERATE, "`publish --file`"),
+    ("CLI", "publish", "timeout_s"): (DELIBERATE, "spelled --wait-timeout"),
+    ("CLI", "publish", "wait_timeout"): (DELIBERATE, "timeout_s, as a CLI reads better"),
     ("CLI", "recall", "wait"): (DELIBERATE, "drain pending events first (embedded default)"),
     ("CLI", "subscribe", "count"): (DELIBERATE, "exit after N changes"),
     ("CLI", "subscribe", "consumer"): (DELIBERATE, "a group's consumer is the named agent"),
@@ -164,7 +172,6 @@ DIFFERENCES: dict[tuple[str, str, str | None], Why] = {
         for op in ("update", "retract", "access", "scopes")
     },
     # MCP
-    ("MCP", "publish", "wait"): (PENDING, "read-your-write; Agent.publish gains wait (item 2)"),
     ("MCP", "publish", "label"): (PENDING, "issue #16 item 4: remember has no label"),
     **{
         ("MCP", "publish", p): (DELIBERATE, "a model remembers now, without causal ids")

@@ -139,8 +139,8 @@ async def _open(path: Path, layout: str, emb: EmbedderConfig) -> AsyncIterator[B
         embedder=emb,
     )
     async with runtime.open(path, config) as bus:
-        # Writers find a new tenant's stream on their next refresh (``tenants_refresh_s``): pay
-        # that once here so ingest measures steady state, not discovery.
+        # Writers hear of a new tenant at once (the door announces it); the warm-up still pays
+        # the first use of the store and embedder, so ingest measures steady state.
         await bus.agent("bench-warmup", raw.TENANT).publish(WARMUP_TEXT, raw.LIVE_SCOPE)
         await bus.drain()
         yield bus

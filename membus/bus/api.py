@@ -17,7 +17,7 @@ import anyio
 from pydantic import ValidationError
 
 from membus.access.audit import AuditLog, AuditRecord
-from membus.access.gate import Decision, Gate, Identity, ReadGrant, default_gate
+from membus.access.gate import Decision, Gate, Identity, ReadGrant, default_gate, own_root
 from membus.access.redact import PiiRedactor, Redactor, needs_redaction, redact_event
 from membus.access.signing import KeyRegistry, door_keys
 from membus.bus import erasure, memories
@@ -28,6 +28,7 @@ from membus.bus.retract import retract
 from membus.bus.working import with_working
 from membus.core.config import MembusConfig
 from membus.core.envelope import Event, Label, invalid_from, scope_ancestors, validate_scope
+from membus.core.ids import encode_id
 from membus.core.keys import TenantKeys
 from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
@@ -37,6 +38,7 @@ from membus.errors import InvalidInput, PermissionDenied, Unavailable
 from membus.recall import ranking
 from membus.recall.heat import Access, AccessLog
 from membus.store.port import Hit, Memory, RecallFilter, Store, check_ids
+from membus.stream.committed import DEFAULT_WAIT_S, wait_committed
 from membus.stream.feed import Change, follow, group_name
 from membus.stream.ops import group_stats, idle, publish_signed, tenants
 from membus.writer.admission import admission_for
@@ -73,18 +75,41 @@ class Bus:
         self._log = get_logger("membus.bus")
 
     def agent(self, name: str, tenant: str) -> Agent:
+        """The agent ``name`` of ``tenant``: any ids (e-mail addresses, UUIDs, mixed case), each
+        encoded into a membus name by ``membus.core.ids.encode_id`` (plain names stay as they
+        are); ``Agent.name`` is the encoded name, ``Agent.id`` the id given."""
         try:
-            identity = Identity.model_validate({"tenant": tenant, "agent": name})
+            identity = Identity.model_validate(
+                {"tenant": encode_id(tenant, "tenant"), "agent": encode_id(name, "agent")}
+            )
         except ValidationError as exc:
             raise invalid_from(exc, "identity") from None
-        return Agent(self, identity)
+        return Agent(self, identity, name)
 
     # -- write path ---------------------------------------------------------------------------
 
-    async def publish_many(self, who: Identity, drafts: Sequence[Draft]) -> list[Receipt]:
-        """Validate all, check all, then XADD all in one pipelined round trip (all or nothing)."""
+    async def publish_many(
+        self,
+        who: Identity,
+        drafts: Sequence[Draft],
+        *,
+        wait: bool = False,
+        timeout_s: float = DEFAULT_WAIT_S,
+    ) -> list[Receipt]:
+        """Validate all, check all, then XADD all in one pipelined round trip (all or nothing).
+        A draft without a scope goes to ``agent/<who>``, the author's private scope.
+
+        ``wait``: return only once writers committed every event (searchable), else raise
+        ``NotCommitted`` after ``timeout_s`` (saying why: no writer, or writers behind) or
+        ``Parked`` if writers dead-lettered one (with its reason); see membus/stream/committed.py.
+        """
+        own = own_root(who)
         events = [
-            Event.build(tenant=who.tenant, agent=who.agent, **d.model_dump(exclude_none=True))
+            Event.build(
+                tenant=who.tenant,
+                agent=who.agent,
+                **{"scope": own, **d.model_dump(exclude_none=True)},
+            )
             for d in drafts
         ]
         # one gate call, and one audit record naming its events, per action and scope
@@ -110,17 +135,48 @@ class Bus:
                 for (a, s), (d, ids) in decided.items()
             ]
         )
-        return [
+        receipts = [
             Receipt(event_id=e.id, position=p, tenant=e.tenant, scope=e.scope)
             for e, p in zip(events, positions, strict=True)
         ]
+        if wait and receipts:
+            await self.committed(receipts, timeout_s=timeout_s)
+        return receipts
 
-    async def publish(self, who: Identity, content: str, scope: str, **fields: Any) -> Receipt:
+    async def publish(
+        self,
+        who: Identity,
+        content: str,
+        scope: str | None = None,
+        *,
+        wait: bool = False,
+        timeout_s: float = DEFAULT_WAIT_S,
+        **fields: Any,
+    ) -> Receipt:
+        """Publish one observation (``scope`` default: ``agent/<who>``); ``wait`` as in
+        ``publish_many``."""
         try:
             draft = Draft(content=content, scope=scope, **fields)
         except Exception as exc:  # pydantic.ValidationError for unknown/ill-typed fields
             raise InvalidInput(f"invalid publish arguments: {exc}") from None
-        return (await self.publish_many(who, [draft]))[0]
+        return (await self.publish_many(who, [draft], wait=wait, timeout_s=timeout_s))[0]
+
+    async def committed(
+        self, receipts: Sequence[Receipt], *, timeout_s: float = DEFAULT_WAIT_S
+    ) -> None:
+        """Wait until writers committed the events of ``receipts`` (see ``publish_many``)."""
+        by_tenant: dict[str, dict[str, str]] = {}
+        for r in receipts:
+            by_tenant.setdefault(r.tenant, {})[r.position] = r.event_id
+        deadline = time.monotonic() + timeout_s
+        for tenant, positions in by_tenant.items():
+            await wait_committed(
+                self.redis,
+                tenant,
+                positions,
+                self.config.worker.group,
+                timeout_s=max(0.0, deadline - time.monotonic()),
+            )
 
     def _redact(self, event: Event) -> Event:
         """Mask PII before it leaves the author's private scope, where policy asks for it."""
@@ -545,11 +601,13 @@ def _scoped(
 class Agent:
     """A bus bound to one identity: what agent code holds."""
 
-    def __init__(self, bus: Bus, identity: Identity) -> None:
+    def __init__(self, bus: Bus, identity: Identity, id: str | None = None) -> None:
         self.bus, self.identity = bus, identity
+        self.id = identity.agent if id is None else id  # as the user gave it: for display
 
     @property
     def name(self) -> str:
+        """The membus name (``encode_id`` of ``id``): what scopes and policies hold."""
         return self.identity.agent
 
     @property
@@ -559,7 +617,7 @@ class Agent:
     async def publish(
         self,
         content: str,
-        scope: str,
+        scope: str | None = None,
         *,
         kind: str = "observation",
         subject: str | None = None,
@@ -569,18 +627,24 @@ class Agent:
         created_at: datetime | None = None,
         causation_id: str | None = None,
         correlation_id: str | None = None,
+        wait: bool = False,
+        timeout_s: float = DEFAULT_WAIT_S,
     ) -> Receipt:
-        """Publish one observation to ``scope``; a writer turns it into a memory shortly after.
-        ``kind``: observation, fact, preference, …; ``subject`` + ``key`` make it a keyed fact
-        (a later value supersedes it, kept in ``history``); ``label``: its sensitivity;
-        ``created_at``: when it was observed (default now); ``causation_id`` /
-        ``correlation_id``: the event that caused it and the conversation it belongs to.
+        """Publish one observation to ``scope`` (default ``agent/<name>``, private); a writer
+        turns it into a memory shortly after. ``kind``: observation, fact, preference, …;
+        ``subject`` + ``key`` make it a keyed fact (a later value supersedes it, kept in
+        ``history``); ``label``: its sensitivity; ``created_at``: when it was observed (default
+        now); ``causation_id`` / ``correlation_id``: the event that caused it and the
+        conversation it belongs to; ``wait``: return once it is searchable, or raise ``Parked``
+        / ``NotCommitted`` after ``timeout_s`` (see ``Bus.publish_many``).
 
         Example: ``await agent.publish("Ana prefers SMS", "team/support", subject="ana")``"""
         return await self.bus.publish(
             self.identity,
             content,
             scope,
+            wait=wait,
+            timeout_s=timeout_s,
             kind=kind,
             subject=subject,
             key=key,
@@ -591,11 +655,14 @@ class Agent:
             correlation_id=correlation_id,
         )
 
-    async def publish_many(self, drafts: Sequence[Draft]) -> builtins.list[Receipt]:
-        """Publish several drafts, all or nothing, in one round trip.
+    async def publish_many(
+        self, drafts: Sequence[Draft], *, wait: bool = False, timeout_s: float = DEFAULT_WAIT_S
+    ) -> builtins.list[Receipt]:
+        """Publish several drafts, all or nothing, in one round trip; ``wait`` as in
+        ``publish``.
 
         Example: ``await agent.publish_many([Draft(content="a", scope="team/x")])``"""
-        return await self.bus.publish_many(self.identity, drafts)
+        return await self.bus.publish_many(self.identity, drafts, wait=wait, timeout_s=timeout_s)
 
     async def recall(
         self,

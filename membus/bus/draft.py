@@ -15,7 +15,7 @@ class Draft(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     content: str
-    scope: str
+    scope: str | None = None  # None: the author's private scope, agent/<name>
     kind: str = "observation"
     subject: str | None = None
     key: str | None = None

@@ -15,7 +15,8 @@ from rich.table import Table
 
 from membus.cli.context import AgentOpt, JsonFlag, TenantOpt, command_state, identity, run
 from membus.cli.output import emit_json, exit_code
-from membus.core.envelope import validate_name, validate_scope
+from membus.core.envelope import validate_scope
+from membus.core.ids import encode_id
 from membus.errors import InvalidInput, PermissionDenied
 
 if TYPE_CHECKING:
@@ -54,16 +55,16 @@ def audit(
     state = command_state(ctx, json_flag)
 
     async def go() -> list[AuditRecord]:
-        validate_name(tenant, "tenant")
-        if agent is not None:
-            validate_name(agent, "agent")
+        # ids as users give them, encoded as the door encodes them (membus.core.ids)
+        named = encode_id(tenant, "tenant")
+        who = encode_id(agent, "agent") if agent is not None else None
         if scope is not None:
             validate_scope(scope)
         after, before = parse_when(since, "since"), parse_when(until, "until")
         async with command_bus(state, needs_store=False) as bus:
             return await bus.audit.query(
-                tenant,
-                agent=agent,
+                named,
+                agent=who,
                 scope=scope,
                 action=action,
                 decision=decision,

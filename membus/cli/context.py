@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from membus.cli.output import fail
 from membus.cli.settings import Settings
-from membus.core.envelope import validate_name
+from membus.core.ids import encode_id
 from membus.errors import MembusError
 
 if TYPE_CHECKING:
@@ -27,8 +27,10 @@ _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 T = TypeVar("T")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-AgentOpt = Annotated[str, typer.Option("--agent", "-a", help="Acting agent name.")]
-TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant.")]
+AgentOpt = Annotated[
+    str, typer.Option("--agent", "-a", help="Acting agent id (any text: e-mail, UUID, any case).")
+]
+TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id (any text).")]
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
 
 
 def identity(agent: str, tenant: str) -> Identity:
+    """The identity of ``--agent``/``--tenant`` as given (e-mail, UUID, any case): encoded
+    like every door encodes ids (``membus.core.ids.encode_id``)."""
     from membus.access.gate import Identity
 
-    return Identity(tenant=validate_name(tenant, "tenant"), agent=validate_name(agent, "agent"))
+    return Identity(tenant=encode_id(tenant, "tenant"), agent=encode_id(agent, "agent"))

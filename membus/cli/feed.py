@@ -23,6 +23,7 @@ from membus.cli.context import (
 from membus.cli.output import emit_json, print_change, print_hits
 from membus.core.envelope import Event, invalid_from
 from membus.errors import InvalidInput
+from membus.stream.committed import DEFAULT_WAIT_S
 
 if TYPE_CHECKING:
     from membus.bus.draft import Draft, Receipt
@@ -36,7 +37,10 @@ def publish(
     agent: AgentOpt,
     tenant: TenantOpt,
     content: Annotated[str | None, typer.Argument(help="What to remember.")] = None,
-    scope: Annotated[str | None, typer.Option("--scope", "-s", help="e.g. team/support")] = None,
+    scope: Annotated[
+        str | None,
+        typer.Option("--scope", "-s", help="e.g. team/support (default: agent/<agent>, private)."),
+    ] = None,
     kind: Annotated[str | None, typer.Option("--kind")] = None,
     subject: Annotated[str | None, typer.Option("--subject")] = None,
     key: Annotated[str | None, typer.Option("--key")] = None,
@@ -44,6 +48,17 @@ def publish(
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="JSON lines of drafts ('-': stdin).")
     ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="Return once writers committed it (searchable), or fail saying why "
+            "(no writer running, or dead-lettered).",
+        ),
+    ] = True,
+    wait_timeout: Annotated[
+        float, typer.Option("--wait-timeout", min=0.0, help="Seconds --wait waits.")
+    ] = DEFAULT_WAIT_S,
     json_flag: JsonFlag = False,
 ) -> None:
     """Publish one observation, or a file of them (one Draft JSON object per line)."""
@@ -58,8 +73,8 @@ def publish(
             if content is not None:
                 raise InvalidInput("give CONTENT or --file, not both")
             return read_drafts(file)
-        if content is None or scope is None:
-            raise InvalidInput("CONTENT and --scope are required (or --file)")
+        if content is None:
+            raise InvalidInput("CONTENT is required (or --file)")
         fields = {"kind": kind, "subject": subject, "key": key}
         try:
             return [
@@ -81,7 +96,9 @@ def publish(
         numbered = drafts()
         for line, d in numbered:  # all or nothing: no line goes out if one is bad
             try:
-                Event.build(tenant=who.tenant, agent=who.agent, **d.model_dump(exclude_none=True))
+                # a draft without a scope gets the agent's own, as the bus gives it
+                fields = {"scope": f"agent/{who.agent}", **d.model_dump(exclude_none=True)}
+                Event.build(tenant=who.tenant, agent=who.agent, **fields)
             except InvalidInput as exc:
                 where = f"line {line}: " if file is not None else ""
                 raise InvalidInput(f"{where}{exc}", exc.problems) from None
@@ -96,6 +113,8 @@ def publish(
                     chunk = items[i : i + _PUBLISH_CHUNK]
                     receipts += await bus.publish_many(who, chunk)
                     progress.advance(task, len(chunk))
+            if wait:  # all published first: a slow writer does not hold back the rest
+                await bus.committed(receipts, timeout_s=wait_timeout)
         return receipts
 
     for r in run(state, go):

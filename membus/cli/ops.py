@@ -12,6 +12,7 @@ from rich.console import Console
 
 from membus.cli.context import JsonFlag, State, TenantOpt, command_state, run
 from membus.cli.output import emit_json, print_dead_letters, print_stats, say
+from membus.core.ids import encode_id
 from membus.errors import Conflict, InvalidInput
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ def dlq_list(
 
     async def go() -> list[DeadLetter]:
         async with command_bus(state, needs_store=False) as bus:
-            return await list_dead(bus.redis, tenant, count, start)
+            return await list_dead(bus.redis, encode_id(tenant, "tenant"), count, start)
 
     letters = run(state, go)
     if state.json:
@@ -164,7 +165,7 @@ def _on_dead(
     async def go() -> T:
         chosen = which(ids, everything)
         async with command_bus(state, needs_store=False) as bus:
-            return await act(bus.redis, tenant, chosen)
+            return await act(bus.redis, encode_id(tenant, "tenant"), chosen)
 
     return run(state, go)
 

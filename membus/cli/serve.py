@@ -180,12 +180,14 @@ def keys_new(
         _append(path, entry)
     except MembusError as exc:
         fail(exc, state.json)
+    who = entry.principal().identity  # the names policies and scopes use for these ids
     if state.json:
-        emit_json({"key": key, **entry.model_dump(), "file": str(path)})
+        emit_json({"key": key, **entry.model_dump(), "file": str(path), "name": who.agent})
     else:
         typer.echo(key)
+        named = f" (named {who.agent} in policies)" if who.agent != agent else ""
         typer.echo(
-            f"API key for {agent} in {tenant}{_role(operator, metrics_only)} added to "
+            f"API key for {agent}{named} in {tenant}{_role(operator, metrics_only)} added to "
             f"{path}; it is shown only this once",
             err=True,
         )

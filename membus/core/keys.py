@@ -59,6 +59,19 @@ def tenants_key() -> str:
     return f"{PREFIX}:tenants"
 
 
+def tenants_added_key() -> str:
+    """A stream of tenants just added to ``tenants_key``: writers block on it with their events
+    streams, so a new tenant's first event is read at once instead of on the next refresh."""
+    return f"{PREFIX}:tenants:added"
+
+
+def writers_alive_key(group: str) -> str:
+    """Set, with a short expiry, by every running writer of ``group``: a waiting publisher tells
+    "no writer runs" from "writers are behind" by it (consumer idle times cannot: Redis before
+    7.2 does not refresh them on reads that find nothing)."""
+    return f"{PREFIX}:alive:{group}"
+
+
 def tenant_of(stream_key: str) -> str:
     """Inverse of the layout: ``membus:{acme}:events`` -> ``acme``."""
     start, end = stream_key.find("{"), stream_key.find("}")

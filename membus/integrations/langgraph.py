@@ -24,6 +24,7 @@ import orjson
 from membus.bus.api import MAX_K
 from membus.bus.draft import Draft
 from membus.core.envelope import validate_scope
+from membus.core.ids import display_id, encode_id
 from membus.errors import InvalidInput
 from membus.integrations.port import DEFAULT_WAIT_S, MemoryPort
 from membus.store.port import Hit, Memory
@@ -61,22 +62,27 @@ class InvalidNamespace(InvalidInput, InvalidNamespaceError):
 
 
 def scope_of(namespace: Sequence[str]) -> str:
-    """``("team", "support")`` -> ``team/support``; labels follow scope segment rules."""
+    """``("team", "support")`` -> ``team/support``: each label is an id, encoded into one scope
+    segment as the door encodes agent ids (``("users", "Alice@x.org")`` ->
+    ``users/x--_41_lice_40_x_2e_org``, see membus.core.ids), so any label is safe and two
+    labels never share a segment."""
     if not namespace:
         raise InvalidNamespace("namespace is empty", [{"field": "namespace", "reason": "empty"}])
-    if any(not isinstance(label, str) or "/" in label for label in namespace):
+    if any(not isinstance(label, str) for label in namespace):
         raise InvalidNamespace(
-            f"namespace {tuple(namespace)!r}: labels are strings without '/'",
-            [{"field": "namespace", "reason": "label is not a plain string"}],
+            f"namespace {tuple(namespace)!r}: labels are strings",
+            [{"field": "namespace", "reason": "label is not a string"}],
         )
     try:
-        return validate_scope("/".join(namespace), "namespace")
+        segments = [encode_id(label, "namespace") for label in namespace]
+        return validate_scope("/".join(segments), "namespace")
     except InvalidInput as exc:
         raise InvalidNamespace(f"namespace {tuple(namespace)!r}: {exc}", exc.problems) from None
 
 
 def namespace_of(scope: str) -> tuple[str, ...]:
-    return tuple(scope.split("/"))
+    """The namespace a scope shows as: each segment decoded (a hashed one stays as it is)."""
+    return tuple(display_id(segment) for segment in scope.split("/"))
 
 
 def render(value: Mapping[str, Any], fields: Sequence[str] | None) -> str:

@@ -64,12 +64,18 @@ class RememberArgs(_Args):
     """Publish one memory to a scope (a '/'-path such as team/support)."""
 
     content: str = Field(description="what to remember, in plain text")
-    scope: str = Field(description="where: a '/'-separated lowercase path, e.g. team/support")
+    scope: str | None = Field(
+        default=None,
+        description="where: a '/'-separated lowercase path, e.g. team/support (default: this "
+        "agent's private scope, agent/<name>)",
+    )
     kind: str = Field(default="observation", description="e.g. observation, fact, preference")
     subject: str | None = Field(default=None, description="what or whom it is about")
     key: str | None = Field(default=None, description="a key within the subject")
     metadata: dict[str, Any] = Field(default_factory=dict)
-    wait: bool = Field(default=False, description="return once it is searchable (read-your-write)")
+    wait: bool = Field(
+        default=True, description="return once it is searchable (false: as soon as published)"
+    )
 
 
 class RecallArgs(_Args):

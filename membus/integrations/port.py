@@ -8,22 +8,16 @@ so nothing an adapter's caller sends can change it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol, runtime_checkable
-
-import anyio
+from typing import Protocol, runtime_checkable
 
 from membus.access.gate import Identity
 from membus.bus.api import MAX_K, Agent
 from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
-from membus.core.keys import TenantKeys
-from membus.errors import Unavailable
 from membus.service.client import Client
 from membus.store.port import Hit
 from membus.stream.feed import Change
-from membus.writer.consolidate import RETRACTION
 
 DEFAULT_WAIT_S = 30.0
 _POLL_S = 0.05
@@ -39,7 +33,8 @@ class MemoryPort(Protocol):
         self, drafts: Sequence[Draft], *, wait_s: float | None = None
     ) -> list[Receipt]:
         """Publish ``drafts`` (all or nothing). With ``wait_s``, return only once every one is
-        searchable (read-your-writes), raising ``Unavailable`` if that takes longer."""
+        committed by the writers (read-your-writes), raising ``NotCommitted`` (an ``Unavailable``)
+        if that takes longer, ``Parked`` if writers dead-lettered one."""
         ...
 
     async def recall(
@@ -84,26 +79,10 @@ class AgentPort:
     async def remember(
         self, drafts: Sequence[Draft], *, wait_s: float | None = None
     ) -> list[Receipt]:
-        receipts = await self.agent.publish_many(drafts)
-        if wait_s is not None and receipts:
-            await self._committed(receipts, wait_s)
-        return receipts
-
-    async def _committed(self, receipts: Sequence[Receipt], wait_s: float) -> None:
-        bus = self.agent.bus
-        await bus.drain(timeout_s=wait_s)
-        # drained also means "parked": a write the writers refused (see `membus dlq`) is not
-        # there, and the caller asked to read it back, so say so rather than return silently
-        # a parked entry names its stream position: look only at what was parked since publish
-        since = min(r.position for r in receipts)
-        raw: Any = await bus.redis.xrange(TenantKeys(self.agent.tenant).dlq, min=since)
-        positions = {r.position: r.event_id for r in receipts}
-        missing = [positions[f["origin_id"]] for _, f in raw if f.get("origin_id") in positions]
-        if missing:
-            raise Unavailable(
-                f"{len(missing)} write(s) were not committed (dead-lettered? see `membus dlq`): "
-                + ", ".join(missing[:5])
-            )
+        # committed per the stream (membus/stream/committed.py): Parked if dead-lettered
+        if wait_s is None:
+            return await self.agent.publish_many(drafts)
+        return await self.agent.publish_many(drafts, wait=True, timeout_s=wait_s)
 
     async def recall(
         self,
@@ -153,39 +132,11 @@ class ClientPort:
     async def remember(
         self, drafts: Sequence[Draft], *, wait_s: float | None = None
     ) -> list[Receipt]:
-        receipts = await self.client.publish_many(drafts)
-        if wait_s is not None and receipts:
-            await self._committed(drafts, receipts, wait_s)
-        return receipts
-
-    async def _committed(
-        self, drafts: Sequence[Draft], receipts: Sequence[Receipt], wait_s: float
-    ) -> None:
-        """Poll recall until each memory is found: a memory's id is derived from its event id,
-        and recalling its own content within its scope and subject ranks it first."""
-        deadline = time.monotonic() + wait_s
-        todo = list(zip(drafts, receipts, strict=True))
-        while todo:
-            left = []
-            for draft, r in todo:
-                hits = await self.client.recall(
-                    draft.content,
-                    k=10,
-                    scopes=[draft.scope],
-                    kinds=[draft.kind],
-                    subjects=[draft.subject] if draft.subject is not None else None,
-                )
-                if draft.kind == RETRACTION:  # done when the withdrawn key is gone
-                    done = not any(h.memory.key == draft.key for h in hits)
-                else:  # a repeat folds into an earlier memory: look for it in provenance
-                    done = any(r.event_id in h.memory.source_events for h in hits)
-                if not done:
-                    left.append((draft, r))
-            todo = left
-            if todo and time.monotonic() > deadline:
-                raise Unavailable(f"{len(todo)} write(s) not searchable within {wait_s}s")
-            if todo:
-                await anyio.sleep(_POLL_S)
+        # the service waits on the same commit signal as the embedded bus: a retraction (a
+        # LangGraph delete) counts once writers committed it, which no recall could tell
+        if wait_s is None:
+            return await self.client.publish_many(drafts)
+        return await self.client.publish_many(drafts, wait=True, timeout_s=wait_s)
 
     async def recall(
         self,

@@ -22,6 +22,7 @@ from membus.embed.port import Embedder
 from membus.recall.heat import Access
 from membus.runtime.host import open as open_async
 from membus.store.port import Hit, Memory
+from membus.stream.committed import DEFAULT_WAIT_S
 from membus.stream.feed import Change
 
 T = TypeVar("T")
@@ -44,10 +45,14 @@ class SyncAgent:
     def tenant(self) -> str:
         return self._agent.tenant
 
+    @property
+    def id(self) -> str:
+        return self._agent.id
+
     def publish(
         self,
         content: str,
-        scope: str,
+        scope: str | None = None,
         *,
         kind: str = "observation",
         subject: str | None = None,
@@ -57,8 +62,12 @@ class SyncAgent:
         created_at: datetime | None = None,
         causation_id: str | None = None,
         correlation_id: str | None = None,
+        wait: bool = True,
+        timeout_s: float = DEFAULT_WAIT_S,
     ) -> Receipt:
-        """Publish one observation (see ``Agent.publish``).
+        """Publish one observation (``scope`` default ``agent/<name>``; see ``Agent.publish``)
+        and, unless ``wait=False``, return once it is searchable: a blocking caller reads its
+        writes. Raises ``NotCommitted`` (no writer, or behind) or ``Parked`` (dead-lettered).
 
         Example: ``agent.publish("Ana prefers SMS", "team/support", subject="ana")``"""
         return self._portal.call(
@@ -73,14 +82,20 @@ class SyncAgent:
                 created_at=created_at,
                 causation_id=causation_id,
                 correlation_id=correlation_id,
+                wait=wait,
+                timeout_s=timeout_s,
             )
         )
 
-    def publish_many(self, drafts: Sequence[Draft]) -> builtins.list[Receipt]:
-        """Publish several drafts, all or nothing.
+    def publish_many(
+        self, drafts: Sequence[Draft], *, wait: bool = True, timeout_s: float = DEFAULT_WAIT_S
+    ) -> builtins.list[Receipt]:
+        """Publish several drafts, all or nothing; waits for every one like ``publish``.
 
         Example: ``agent.publish_many([Draft(content="a", scope="team/x")])``"""
-        return self._portal.call(self._agent.publish_many, drafts)
+        return self._portal.call(
+            lambda: self._agent.publish_many(drafts, wait=wait, timeout_s=timeout_s)
+        )
 
     def recall(
         self,

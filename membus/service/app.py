@@ -55,6 +55,7 @@ from membus.service.sse import ChangeStream, check_start, resolve_start
 from membus.service.wire import (
     ERRORS,
     ERRORS_BY_ID,
+    PUBLISH_ERRORS,
     AccessRequest,
     AccessStats,
     Backpressure,
@@ -62,6 +63,7 @@ from membus.service.wire import (
     Hits,
     Memories,
     PublishBatch,
+    PublishRequest,
     RateLimited,
     RecallRequest,
     Receipts,
@@ -235,16 +237,19 @@ def create_app(
     app.add_middleware(BodyLimit, limit=svc.limits.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=svc.metrics)
 
-    @app.post("/v1/publish", status_code=201, responses=ERRORS, tags=["write"])
-    async def publish(draft: Draft, who: Caller) -> Receipt:
-        """Publish one observation. A 201 means it is in the stream; writers turn it into a
-        memory shortly after (see the change feed). Refused with 503 while writers lag."""
-        return (await _publish(svc, who, [draft]))[0]
+    @app.post("/v1/publish", status_code=201, responses=PUBLISH_ERRORS, tags=["write"])
+    async def publish(req: PublishRequest, who: Caller) -> Receipt:
+        """Publish one observation (no scope: the agent's private `agent/<name>`). A 201 means
+        it is in the stream; writers turn it into a memory shortly after (see the change feed),
+        or, with `wait`, before the answer. Refused with 503 while writers lag."""
+        [receipt] = await _publish(svc, who, [req.draft()], req.wait, req.timeout_s)
+        return receipt
 
-    @app.post("/v1/publish/batch", status_code=201, responses=ERRORS, tags=["write"])
+    @app.post("/v1/publish/batch", status_code=201, responses=PUBLISH_ERRORS, tags=["write"])
     async def publish_batch(batch: PublishBatch, who: Caller) -> Receipts:
         """Publish several observations, all or nothing, in one round trip to Redis."""
-        return Receipts(receipts=await _publish(svc, who, batch.drafts))
+        receipts = await _publish(svc, who, batch.drafts, batch.wait, batch.timeout_s)
+        return Receipts(receipts=receipts)
 
     @app.post("/v1/recall", responses=ERRORS, tags=["read"])
     async def recall(req: RecallRequest, who: Caller) -> Hits:
@@ -580,11 +585,15 @@ def _audited(
     )
 
 
-async def _publish(svc: Service, who: Principal, drafts: list[Draft]) -> list[Receipt]:
+async def _publish(
+    svc: Service, who: Principal, drafts: list[Draft], wait: bool, timeout_s: float
+) -> list[Receipt]:
     await svc.admit_publish(who, len(drafts))
     with svc.metrics.publish_seconds.time():
         receipts = await svc.bus.publish_many(who.identity, drafts)
     svc.metrics.published.labels(who.tenant).inc(len(receipts))
+    if wait:  # counted as published first: a wait that times out still published them
+        await svc.bus.committed(receipts, timeout_s=timeout_s)
     return receipts
 
 

@@ -22,10 +22,18 @@ from pathlib import Path
 from typing import Annotated
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from membus.access.gate import Identity
-from membus.core.envelope import Name, invalid_from
+from membus.core.envelope import invalid_from
+from membus.core.ids import encode_id
 from membus.errors import InvalidInput
 from membus.service.wire import Unauthenticated
 
@@ -58,11 +66,23 @@ class Principal(BaseModel):
         return self.identity.tenant
 
 
+def _id(value: str) -> str:
+    try:
+        encode_id(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.problems[0]["reason"] if exc.problems else str(exc)) from None
+    return value
+
+
+# an id as users know it (e-mail, UUID, any case); the identity holds its ``encode_id``
+UserId = Annotated[str, AfterValidator(_id)]
+
+
 class KeyEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    agent: Name
-    tenant: Name
+    agent: UserId
+    tenant: UserId
     operator: bool = False
     metrics_only: bool = False
 
@@ -71,6 +91,15 @@ class KeyEntry(BaseModel):
         if self.operator and self.metrics_only:
             raise ValueError("a key is either operator or metrics_only, not both")
         return self
+
+    def principal(self) -> Principal:
+        """Who the key acts as: its ids encoded as every door encodes them (so the keys file
+        names ``alice@example.com`` and the policy ``x--alice_40_example_2e_com``)."""
+        return Principal(
+            identity=Identity(tenant=encode_id(self.tenant), agent=encode_id(self.agent)),
+            operator=self.operator,
+            metrics_only=self.metrics_only,
+        )
 
 
 class KeysFile(BaseModel):
@@ -82,17 +111,13 @@ class ApiKeys:
     """Digest -> principal. Lookup is by the digest of the presented key, then a constant-time
     compare: an attacker can only learn timings about digests of their own guesses."""
 
-    def __init__(self, entries: Iterable[KeyEntry] = ()) -> None:
+    def __init__(self, entries: Iterable[KeyEntry | tuple[str, Principal]] = ()) -> None:
         self._by_digest: dict[str, tuple[bytes, Principal]] = {}
         for e in entries:
-            if e.sha256 in self._by_digest:
+            digest, principal = (e.sha256, e.principal()) if isinstance(e, KeyEntry) else e
+            if digest in self._by_digest:
                 raise InvalidInput("the same API key is listed twice")
-            principal = Principal(
-                identity=Identity(tenant=e.tenant, agent=e.agent),
-                operator=e.operator,
-                metrics_only=e.metrics_only,
-            )
-            self._by_digest[e.sha256] = (bytes.fromhex(e.sha256), principal)
+            self._by_digest[digest] = (bytes.fromhex(digest), principal)
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -104,26 +129,28 @@ class ApiKeys:
         operators: Iterable[str] = (),
         scrapers: Iterable[str] = (),
     ) -> ApiKeys:
-        """Keys given in code: ``{secret: Identity(...) or (tenant, agent)}``; hashed at once.
-        Secrets listed in ``operators`` are operator keys, in ``scrapers`` metrics-only keys."""
+        """Keys given in code: ``{secret: Identity(...) or (tenant id, agent id)}``; hashed at
+        once. An ``Identity`` holds names already; a tuple holds ids as users give them (encoded
+        here). Secrets in ``operators`` are operator keys, in ``scrapers`` metrics-only keys."""
         ops, scrape = set(operators), set(scrapers)
-        entries = []
+        entries: list[tuple[str, Principal]] = []
         for secret, who in keys.items():
             if len(secret) < 16:
                 raise InvalidInput("API keys must be at least 16 characters")
-            tenant, agent = (who.tenant, who.agent) if isinstance(who, Identity) else who
             try:
-                entries.append(
-                    KeyEntry(
-                        sha256=hash_key(secret),
-                        agent=agent,
-                        tenant=tenant,
-                        operator=secret in ops,
-                        metrics_only=secret in scrape,
-                    )
+                entry = KeyEntry(
+                    sha256=hash_key(secret),
+                    agent="-" if isinstance(who, Identity) else who[1],
+                    tenant="-" if isinstance(who, Identity) else who[0],
+                    operator=secret in ops,
+                    metrics_only=secret in scrape,
                 )
             except ValidationError as exc:
                 raise invalid_from(exc, "api key") from None
+            principal = entry.principal()
+            if isinstance(who, Identity):
+                principal = principal.model_copy(update={"identity": who})
+            entries.append((entry.sha256, principal))
         return cls(entries)
 
     @classmethod

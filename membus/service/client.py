@@ -38,6 +38,8 @@ from membus.core.envelope import Label, invalid_from
 from membus.errors import MembusError, Unavailable
 from membus.recall.heat import Access
 from membus.service.wire import (
+    DEFAULT_HTTP_WAIT_S,
+    MAX_WAIT_S,
     AccessStats,
     Hits,
     Memories,
@@ -67,17 +69,24 @@ class _Req:
     body: Any = None
     query: list[tuple[str, str]] | None = None
     content: bytes | None = None
+    timeout_s: float | None = None  # None: the client's; a waiting publish needs longer
 
     def httpx_args(self) -> dict[str, Any]:
+        timeout = httpx.USE_CLIENT_DEFAULT if self.timeout_s is None else self.timeout_s
         if self.body is not None:
             return {
                 "content": orjson.dumps(self.body),
                 "headers": {"content-type": "application/json"},
                 "params": self.query,
+                "timeout": timeout,
             }
         if self.content is not None:
-            return {"content": self.content, "headers": {"content-type": NDJSON}}
-        return {"params": self.query}
+            return {
+                "content": self.content,
+                "headers": {"content-type": NDJSON},
+                "timeout": timeout,
+            }
+        return {"params": self.query, "timeout": timeout}
 
 
 def _list(value: str | Sequence[str] | None) -> list[str] | None:
@@ -105,9 +114,20 @@ def _query(**fields: Any) -> list[tuple[str, str]]:
     return out
 
 
+_WAIT_MARGIN_S: Final = 10.0  # beyond the service's own wait: its answer must get back
+
+
+def _waiting(body: dict[str, Any], wait: bool, timeout_s: float) -> float | None:
+    """Ask the service to wait (``wait``); the HTTP timeout this request then needs."""
+    if not wait:
+        return None
+    body.update(wait=True, timeout_s=min(timeout_s, MAX_WAIT_S))
+    return min(timeout_s, MAX_WAIT_S) + _WAIT_MARGIN_S
+
+
 def _publish(
     content: str,
-    scope: str,
+    scope: str | None,
     kind: str,
     subject: str | None,
     key: str | None,
@@ -116,6 +136,8 @@ def _publish(
     created_at: datetime | None,
     causation_id: str | None,
     correlation_id: str | None,
+    wait: bool,
+    timeout_s: float,
 ) -> _Req:
     try:
         draft = Draft(
@@ -132,12 +154,15 @@ def _publish(
         )
     except ValidationError as exc:  # the same InvalidInput the in-process bus raises
         raise invalid_from(exc, "publish arguments") from None
-    return _Req("POST", "/v1/publish", draft.model_dump(mode="json", exclude_none=True))
+    body = draft.model_dump(mode="json", exclude_none=True)
+    return _Req("POST", "/v1/publish", body, timeout_s=_waiting(body, wait, timeout_s))
 
 
-def _publish_many(drafts: Sequence[Draft]) -> _Req:
-    body = {"drafts": [d.model_dump(mode="json", exclude_none=True) for d in drafts]}
-    return _Req("POST", "/v1/publish/batch", body)
+def _publish_many(drafts: Sequence[Draft], wait: bool, timeout_s: float) -> _Req:
+    body: dict[str, Any] = {
+        "drafts": [d.model_dump(mode="json", exclude_none=True) for d in drafts]
+    }
+    return _Req("POST", "/v1/publish/batch", body, timeout_s=_waiting(body, wait, timeout_s))
 
 
 def _recall(
@@ -392,7 +417,7 @@ class Client:
     async def publish(
         self,
         content: str,
-        scope: str,
+        scope: str | None = None,
         *,
         kind: str = "observation",
         subject: str | None = None,
@@ -402,8 +427,11 @@ class Client:
         created_at: datetime | None = None,
         causation_id: str | None = None,
         correlation_id: str | None = None,
+        wait: bool = False,
+        timeout_s: float = DEFAULT_HTTP_WAIT_S,
     ) -> Receipt:
-        """Publish one observation (see ``Agent.publish``); a 201 means it is in the stream.
+        """Publish one observation (see ``Agent.publish``); a 201 means it is in the stream, or
+        with ``wait`` that it is searchable (the service waits at most ``MAX_WAIT_S``).
 
         Example: ``await agent.publish("Ana prefers SMS", "team/support", subject="ana")``"""
         req = _publish(
@@ -417,16 +445,22 @@ class Client:
             created_at,
             causation_id,
             correlation_id,
+            wait,
+            timeout_s,
         )
         return Receipt.model_validate(await self._call(req))
 
-    async def publish_many(self, drafts: Sequence[Draft]) -> builtins.list[Receipt]:
+    async def publish_many(
+        self, drafts: Sequence[Draft], *, wait: bool = False, timeout_s: float = DEFAULT_HTTP_WAIT_S
+    ) -> builtins.list[Receipt]:
         """Publish several drafts, all or nothing, in one request.
 
         Example: ``await agent.publish_many([Draft(content="a", scope="team/x")])``"""
         if not drafts:
             return []
-        return Receipts.model_validate(await self._call(_publish_many(drafts))).receipts
+        return Receipts.model_validate(
+            await self._call(_publish_many(drafts, wait, timeout_s))
+        ).receipts
 
     async def recall(
         self,
@@ -678,7 +712,7 @@ class SyncClient:
     def publish(
         self,
         content: str,
-        scope: str,
+        scope: str | None = None,
         *,
         kind: str = "observation",
         subject: str | None = None,
@@ -688,8 +722,11 @@ class SyncClient:
         created_at: datetime | None = None,
         causation_id: str | None = None,
         correlation_id: str | None = None,
+        wait: bool = False,
+        timeout_s: float = DEFAULT_HTTP_WAIT_S,
     ) -> Receipt:
-        """Publish one observation (see ``Agent.publish``); a 201 means it is in the stream.
+        """Publish one observation (see ``Agent.publish``); a 201 means it is in the stream, or
+        with ``wait`` that it is searchable (the service waits at most ``MAX_WAIT_S``).
 
         Example: ``agent.publish("Ana prefers SMS", "team/support", subject="ana")``"""
         req = _publish(
@@ -703,16 +740,21 @@ class SyncClient:
             created_at,
             causation_id,
             correlation_id,
+            wait,
+            timeout_s,
         )
         return Receipt.model_validate(self._call(req))
 
-    def publish_many(self, drafts: Sequence[Draft]) -> builtins.list[Receipt]:
+    def publish_many(
+        self, drafts: Sequence[Draft], *, wait: bool = False, timeout_s: float = DEFAULT_HTTP_WAIT_S
+    ) -> builtins.list[Receipt]:
         """Publish several drafts, all or nothing, in one request.
 
         Example: ``agent.publish_many([Draft(content="a", scope="team/x")])``"""
         if not drafts:
             return []
-        return Receipts.model_validate(self._call(_publish_many(drafts))).receipts
+        raw = self._call(_publish_many(drafts, wait, timeout_s))
+        return Receipts.model_validate(raw).receipts
 
     def recall(
         self,

@@ -18,7 +18,9 @@ from membus.errors import (
     Conflict,
     InvalidInput,
     MembusError,
+    NotCommitted,
     NotFound,
+    Parked,
     PermissionDenied,
     StoreLocked,
     Unavailable,
@@ -27,6 +29,9 @@ from membus.recall.heat import Access
 from membus.store.port import Hit, Memory
 
 MAX_BATCH: Final = 1000
+# how long one request may wait for writers (``wait``); a client's timeout must exceed it
+MAX_WAIT_S: Final = 60.0
+DEFAULT_HTTP_WAIT_S: Final = 30.0  # as Agent.publish (membus.stream.committed)
 
 # -- errors the service adds to membus.errors -----------------------------------------------------
 
@@ -83,6 +88,8 @@ STATUS: Final[dict[str, int]] = {
     "too_large": 413,
     "rate_limited": 429,
     "unavailable": 503,
+    # not 503: that says "nothing was done, retry", and these events are published already
+    "not_committed": 504,
 }
 
 
@@ -140,6 +147,14 @@ def error_from_body(status: int, body: Any) -> MembusError:
         exc = Backpressure(msg, retry, "backpressure")
     elif code == "unavailable":
         exc = Unavailable(msg)
+    elif code == "not_committed":
+        ids = [str(i) for i in detail.get("event_ids") or []]
+        exc = NotCommitted(msg, ids, str(detail.get("cause") or ""))
+    elif code == "parked":
+        rows = [r for r in detail.get("parked") or [] if isinstance(r, dict)]
+        exc = Parked(
+            [(str(r.get("event_id")), str(r.get("reason")), str(r.get("error"))) for r in rows]
+        )
     elif code == "store_locked":
         exc = StoreLocked(msg)
     elif code == "conflict":
@@ -170,10 +185,30 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_WAIT = Field(
+    default=False,
+    description="answer only once writers committed (searchable): 504 not_committed after "
+    "timeout_s (the publish happened: do not resend), 400 parked if dead-lettered",
+)
+_WAIT_TIMEOUT = Field(default=DEFAULT_HTTP_WAIT_S, gt=0, le=MAX_WAIT_S)
+
+
+class PublishRequest(Draft):
+    """One draft; ``wait``: answer once it is searchable (read-your-writes)."""
+
+    wait: bool = _WAIT
+    timeout_s: float = _WAIT_TIMEOUT
+
+    def draft(self) -> Draft:
+        return Draft.model_validate(self.model_dump(exclude={"wait", "timeout_s"}))
+
+
 class PublishBatch(_Body):
     """Several drafts, published all or nothing in one round trip to Redis."""
 
     drafts: list[Draft] = Field(min_length=1, max_length=MAX_BATCH)
+    wait: bool = _WAIT
+    timeout_s: float = _WAIT_TIMEOUT
 
 
 class Receipts(BaseModel):
@@ -291,4 +326,10 @@ ERRORS_BY_ID: Final[dict[int | str, dict[str, Any]]] = {
         "description": "not_found: no memory by that id that this agent may see (absent and "
         "hidden memories get the same answer)",
     },
+}
+# what a waiting publish adds
+PUBLISH_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    **ERRORS,
+    400: {**_ERR, "description": "invalid_input, or parked: writers dead-lettered it (wait)"},
+    504: {**_ERR, "description": "not_committed: published, not committed in time (wait)"},
 }

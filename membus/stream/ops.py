@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from redis.exceptions import ResponseError
 
 from membus.access.signing import KeyRegistry, signed_fields
 from membus.core.config import RetentionConfig
 from membus.core.envelope import Event, check_created_at
-from membus.core.keys import TenantKeys, tenants_key
+from membus.core.keys import TenantKeys, tenants_added_key, tenants_key, writers_alive_key
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
 
 # KEYS: one stream; ARGV: the field count F, the F field names, then each entry's F values.
@@ -67,9 +67,10 @@ async def publish(
     by_stream: dict[str, list[int]] = {}
     for i, e in enumerate(events):
         by_stream.setdefault(TenantKeys(e.tenant).events, []).append(i)
+    named = sorted({e.tenant for e in events})
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            for tenant in {e.tenant for e in events}:
+            for tenant in named:
                 pipe.sadd(tenants_key(), tenant)
             calls = 0
             for stream, idx in by_stream.items():
@@ -78,6 +79,9 @@ async def publish(
                     pipe.eval(XADD_MANY, 1, stream, *args)
                     calls += 1
             res = await pipe.execute()
+        added = [t for t, n in zip(named, res, strict=False) if n]
+        if added:  # a tenant's first event: wake a writer now (after the XADD it is to find)
+            await announce_tenants(redis, added)
     except REDIS_DOWN as exc:
         raise unavailable(exc) from exc
     ids = iter(str(entry_id) for reply in res[-calls:] for entry_id in reply)
@@ -99,6 +103,36 @@ async def publish_signed(redis: Redis, registry: KeyRegistry, events: Sequence[E
     keys = {(t, a): await registry.current(t, a) for t, a in {(e.tenant, e.agent) for e in events}}
     fields = [signed_fields(e, keys[(e.tenant, e.agent)]) for e in events]
     return await publish(redis, events, fields)
+
+
+# Writers only need the latest few announcements: older tenants are in ``tenants_key`` anyway.
+_ANNOUNCED_MAXLEN = 1000
+
+
+async def announce_tenants(redis: Redis, added: Sequence[str]) -> None:
+    """Tell writers of tenants just added to the registry (``tenants_added_key``)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for t in added:
+            pipe.xadd(tenants_added_key(), {"t": t}, maxlen=_ANNOUNCED_MAXLEN, approximate=True)
+        await pipe.execute()
+
+
+# A writer says it runs at least this often; the mark outlives a long batch (an LLM merge).
+BEAT_S: Final = 5.0
+ALIVE_S: Final = 60.0
+
+
+async def beat(redis: Redis, group: str, consumer: str) -> None:
+    """A writer of ``group`` is running (see ``writers_alive_key``)."""
+    await redis.set(writers_alive_key(group), consumer, px=int(ALIVE_S * 1000))
+
+
+async def writers_alive(redis: Redis, group: str) -> bool:
+    """Whether some writer of ``group`` said it runs within the last ``ALIVE_S``."""
+    try:
+        return bool(await redis.exists(writers_alive_key(group)))
+    except REDIS_DOWN as exc:
+        raise unavailable(exc) from exc
 
 
 async def ensure_group(redis: Redis, stream: str, group: str, start: str = "0") -> None:

@@ -25,7 +25,7 @@ from membus.access.gate import Gate, PrivateGate
 from membus.access.signing import KeyRegistry
 from membus.core.config import ConsolidationConfig, RetentionConfig, WorkerConfig
 from membus.core.envelope import Event
-from membus.core.keys import TenantKeys, tenant_of
+from membus.core.keys import TenantKeys, tenant_of, tenants_added_key
 from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, NodeClients, Redis, rewrite_aof
 from membus.embed.hashing import HashingEmbedder
@@ -33,7 +33,7 @@ from membus.embed.port import Embedder, Vectors
 from membus.errors import InvalidInput, Unavailable
 from membus.store.port import Store
 from membus.stream.dlq import park
-from membus.stream.ops import ensure_group, retain, tenants
+from membus.stream.ops import BEAT_S, beat, ensure_group, retain, tenants
 from membus.stream.reading import BatchReader
 from membus.writer.admission import Parsed, admission_for
 from membus.writer.advice import Advisor
@@ -106,11 +106,13 @@ class Writer:
         self.retention = retention
         self.consumer = consumer or consumer_name()
         self._streams: list[str] = []
+        self._announcing = False  # the group on the new-tenant announcements exists
         # on a cluster the commit MULTI goes straight to the slot's master (see NodeClients)
         self._nodes = NodeClients(redis) if isinstance(redis, RedisCluster) else None
         self._cluster = self._nodes is not None
         self._reader = BatchReader(redis, self.config, self.consumer, cluster=self._cluster)
         self._tenants_at = 0.0
+        self._beat_at = 0.0
         self._reclaim_at = 0.0
         self._trim_at = time.monotonic()
         self._log = get_logger("membus.worker").bind(consumer=self.consumer)
@@ -157,6 +159,9 @@ class Writer:
     async def _read_stage(self) -> list[Prepared]:
         """Housekeeping when due, then one read, parsed and embedded, ready to commit."""
         now = time.monotonic()
+        if now >= self._beat_at:  # waiting publishers tell "no writer" from "behind" by it
+            await beat(self.redis, self.config.group, self.consumer)
+            self._beat_at = now + BEAT_S
         if now >= self._tenants_at:
             await self._refresh_streams()
             self._tenants_at = now + self.config.tenants_refresh_s
@@ -166,22 +171,30 @@ class Writer:
         if self.retention is not None and now >= self._trim_at:
             await self.trim()
             self._trim_at = now + self.retention.every_s
-        if not self._streams:
-            await anyio.sleep(self.config.block_ms / 1000)
-            return []
+        announced = tenants_added_key()
         try:
             idle_work = self.neardup.backlog and self._reader.quiet  # then do not wait to read
-            batch = await self._reader.read(self._streams, block=not idle_work)
+            # the announcements stream too: a new tenant's first event wakes this read
+            batch = await self._reader.read([*self._streams, announced], block=not idle_work)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             self._log.warning("writer.group_missing", error=str(exc))
             await self._refresh_streams(recreate=True)
             return []
-        return [await self._prepare(stream, entries) for stream, entries in batch]
+        news = [ids for stream, ids in batch if stream == announced]
+        if news:  # read its events now, not on the next periodic refresh
+            await self.redis.xack(announced, self.config.group, *[i for i, _ in news[0]])
+            await self._refresh_streams()
+            self._tenants_at = time.monotonic() + self.config.tenants_refresh_s
+        return [await self._prepare(s, entries) for s, entries in batch if s != announced]
 
     async def _refresh_streams(self, recreate: bool = False) -> None:
         known = set(self._streams)
+        if recreate or not self._announcing:
+            # from now on: a writer starting later finds older tenants in the registry
+            await ensure_group(self.redis, tenants_added_key(), self.config.group, start="$")
+            self._announcing = True
         streams = [TenantKeys(t).events for t in await tenants(self.redis)]
         for s in streams:
             if recreate or s not in known:
