@@ -27,6 +27,7 @@ from membus.errors import (
 if TYPE_CHECKING:
     from membus.access.gate import Gate, Identity, OpenGate, PrivateGate, ReadGrant
     from membus.bus.api import Agent, Bus
+    from membus.bus.context import Context, ContextItem
     from membus.bus.draft import Draft, Receipt
     from membus.bus.erasure import ErasureReport
     from membus.bus.memories import ImportReport, MemoryPage, parse_jsonl, to_jsonl
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from membus.core.envelope import Event
     from membus.embed.hashing import HashingEmbedder
     from membus.embed.port import Embedder
+    from membus.recall.tokens import estimate_tokens
     from membus.runtime.host import open
     from membus.runtime.sync import SyncAgent, SyncBus, open_sync
     from membus.service.client import Client, SyncClient
@@ -53,6 +55,8 @@ _LAZY = {
     "Bus": "membus.bus.api",
     "Change": "membus.stream.feed",
     "Client": "membus.service.client",
+    "Context": "membus.bus.context",
+    "ContextItem": "membus.bus.context",
     "Draft": "membus.bus.draft",
     "Embedder": "membus.embed.port",
     "EmbedderConfig": "membus.core.config",
@@ -81,6 +85,7 @@ _LAZY = {
     "WorkerConfig": "membus.core.config",
     "open": "membus.runtime.host",
     "open_sync": "membus.runtime.sync",
+    "estimate_tokens": "membus.recall.tokens",
     "parse_jsonl": "membus.bus.memories",
     "to_jsonl": "membus.bus.memories",
 }
@@ -91,6 +96,8 @@ __all__ = [
     "Change",
     "Client",
     "Conflict",
+    "Context",
+    "ContextItem",
     "Draft",
     "Embedder",
     "EmbedderConfig",
@@ -122,6 +129,7 @@ __all__ = [
     "SyncClient",
     "Unavailable",
     "WorkerConfig",
+    "estimate_tokens",
     "open",
     "open_sync",
     "parse_jsonl",

@@ -1,0 +1,215 @@
+"""Context for the prompt (membus/bus/context.py): tiers, one ranking, greedy packing within a
+token budget, provenance on every line, and the gate: only what the caller may read, counted as
+reads, nothing cached past a forget or a revocation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import membus
+from membus.access.audit import AuditLog
+from membus.bus.context import HEADER, Context, ContextItem, render_items
+from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
+from membus.errors import InvalidInput, NotFound, PermissionDenied
+from membus.recall.tokens import estimate_tokens
+from membus.store.port import point_id
+
+FAST = WorkerConfig(
+    min_idle_ms=200, reclaim_every_s=0.2, max_deliveries=2, block_ms=50, tenants_refresh_s=0.1
+)
+TENANT = "acme"
+POLICY = """\
+p, role:staff, acme, team/x/*, publish|recall|subscribe, allow
+p, reader, acme, team/x/*, recall, allow
+p, writer, acme, team/x/*, forget, allow
+g, writer, role:staff, acme
+g, mallory, role:staff, acme
+g2, *, internal, acme
+g2, writer, restricted, acme
+"""
+SECRET = "zq-secret-77a1"  # only in the restricted memory
+
+
+def config(url: str, policy: Path) -> MembusConfig:
+    return MembusConfig(
+        redis=RedisConfig(url=url), worker=FAST, writers=1, policy=PolicyConfig(file=policy)
+    )
+
+
+# -- quick: the token counter and the render, no Redis ---------------------------------------
+
+
+def test_estimate_counts_pieces_with_a_subword_allowance() -> None:
+    assert estimate_tokens("") == estimate_tokens("   ") == 0
+    assert estimate_tokens("Alice prefers SMS.") == 5  # 4 pieces x 1.05, rounded up
+    assert estimate_tokens("a" * 10) == 2  # one word: at least one token
+
+
+def _item(n: int, text: str, **kw: object) -> ContextItem:
+    fields: dict[str, object] = {
+        "id": f"00000000-0000-0000-0000-{n:012d}",
+        "content": text,
+        "scope": "team/x",
+        "kind": "note",
+        "agents": ["alice"],
+        "created_at": "2024-03-01T09:00:00Z",
+        "tier": "recent",
+        "why": ["recent"],
+        "score": 1.0,
+    }
+    return ContextItem.model_validate(fields | kw)
+
+
+def test_render_is_one_line_per_memory_with_provenance() -> None:
+    items = [
+        _item(1, "The customer\nprefers SMS.", tier="pinned"),
+        _item(2, "draft", uncommitted=True, agents=["a", "b", "c"]),
+    ]
+    ctx = Context(budget_tokens=100, items=items)
+    assert ctx.render().splitlines() == [
+        HEADER,
+        "[1|pinned|team/x|alice|2024-03-01] The customer prefers SMS.",
+        "[2|uncommitted|team/x|a,b+|2024-03-01] draft",
+    ]
+    assert ctx.messages() == [{"role": "system", "content": ctx.render()}]
+    assert Context(budget_tokens=10).render() == "" and Context(budget_tokens=10).messages() == []
+    assert render_items([]) == ""
+
+
+# -- end to end, on a real Redis and Qdrant Edge ------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_tiers_rank_pack_and_explain(redis_url: str, tmp_path: Path) -> None:
+    csv = tmp_path / "policy.csv"
+    csv.write_text(POLICY)
+    async with membus.open(tmp_path / "bus", config(redis_url, csv)) as bus:
+        writer = bus.agent("writer", TENANT)
+        await writer.publish("plan: gold", "team/x", kind="fact", subject="customer:42", key="plan")
+        await bus.drain(timeout_s=15)
+        await writer.publish(
+            "plan: platinum", "team/x", kind="fact", subject="customer:42", key="plan"
+        )
+        await writer.publish(
+            "channel: SMS", "team/x", kind="fact", subject="customer:42", key="channel"
+        )
+        pinned = await writer.publish("Refunds above 500 EUR need a manager.", "team/x/policy")
+        for n in range(30):
+            await writer.publish(f"ticket {n}: printer jammed on floor {n}", "team/x/tickets")
+        await writer.publish("refund requested by customer 42 for order 7", "team/x/tickets")
+        await bus.drain(timeout_s=15)
+        pin_id = point_id(TENANT, pinned.event_id)
+        await writer.pin(pin_id)
+        await bus.drain(timeout_s=15)
+        note = await writer.publish("customer 42 is on the phone now about a refund", "team/x")
+
+        reader = bus.agent("reader", TENANT)
+        ctx = await reader.context(
+            "refund for customer 42", budget_tokens=200, subjects=["customer:42"]
+        )
+        assert ctx.tokens_used <= 200 and ctx.tokens_used == estimate_tokens(ctx.render())
+        tiers = [it.tier for it in ctx.items]
+        # pinned first, then the profile, then the rest by score
+        assert tiers[0] == "pinned" and ctx.items[0].id == pin_id
+        assert tiers[1:3] == ["profile", "profile"]
+        contents = [it.content for it in ctx.items]
+        assert "plan: platinum" in contents and "plan: gold" not in contents  # newest version only
+        print(
+            ctx.render(), [(it.tier, it.score, it.tokens, it.why) for it in ctx.items], ctx.left_out
+        )
+        assert "customer 42 is on the phone now about a refund" in contents  # working memory
+        [fresh] = [it for it in ctx.items if it.uncommitted]
+        assert fresh.tier == "working" and fresh.id == point_id(TENANT, note.event_id)
+        assert "[1|pinned|team/x/policy|writer|" in ctx.render()
+        assert "|uncommitted|" in ctx.render()
+        relevant = [it for it in ctx.items if it.relevance is not None]
+        assert relevant and all(any(w.startswith("relevant") for w in it.why) for it in relevant)
+        assert ctx.left_out  # 30 tickets do not fit in 200 tokens
+        ids = [it.id for it in ctx.items]
+        assert len(ids) == len(set(ids)) and not set(ids) & set(ctx.left_out)
+
+        # no query: recent and profile share the budget; a larger budget takes more
+        quiet = await reader.context(budget_tokens=2000, subjects=["customer:42"])
+        assert {it.tier for it in quiet.items} >= {"pinned", "profile", "recent"}
+        assert all(it.relevance is None for it in quiet.items)
+        assert len(quiet.items) > len(ctx.items) and quiet.tokens_used <= 2000
+
+        # any counter: a character count, never exceeded by the render
+        chars = await reader.context("refund", budget_tokens=300, counter=len)
+        assert len(chars.render()) <= 300 and chars.counter == "len"
+
+        # every included memory is a read: one audit record naming them, and their heat
+        await bus.audit.flush()
+        rec, *_ = await AuditLog(bus.redis).query(TENANT, agent="reader", action="recall")
+        assert set(rec.memory_ids) == {it.id for it in chars.items if not it.uncommitted}
+        heat = await reader.access([pin_id])
+        assert heat[pin_id].count >= 3
+
+        await writer.unpin(pin_id)
+        await bus.drain(timeout_s=15)
+        after = await reader.context(budget_tokens=2000)
+        assert all(it.tier != "pinned" for it in after.items)
+
+        with pytest.raises(InvalidInput):
+            await reader.context("x", budget_tokens=0)
+        with pytest.raises(PermissionDenied):  # reader may not publish: it may not pin
+            await reader.pin(pin_id)
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_an_attacker_gets_only_what_it_may_read_and_nothing_outlives_forget_or_revoke(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Mallory (staff, internal clearance) asks for the restricted memory by its words, its
+    subject, by pinning its guessed id, and by working memory; a forget and a revocation take
+    effect at the very next call."""
+    csv = tmp_path / "policy.csv"
+    csv.write_text(POLICY)
+    async with membus.open(tmp_path / "bus", config(redis_url, csv)) as bus:
+        writer, mallory = bus.agent("writer", TENANT), bus.agent("mallory", TENANT)
+        hidden = await writer.publish(
+            f"customer 9 fraud case {SECRET}",
+            "team/x/cases",
+            subject="c9",
+            key="case",
+            kind="fact",
+            label="restricted",
+        )
+        seen = await writer.publish("customer 9 asked for a callback", "team/x", subject="c9")
+        private = await writer.publish(f"writer's own note {SECRET}", "agent/writer")
+        await bus.drain(timeout_s=15)
+        hidden_id = point_id(TENANT, hidden.event_id)
+        await writer.pin(hidden_id)  # the writer may read it: its pin is restricted too
+        await writer.publish(f"uncommitted {SECRET}", "team/x/cases", label="restricted")
+
+        for kwargs in (
+            {"query": f"fraud case {SECRET}", "subjects": ["c9"]},
+            {"query": None, "subjects": ["c9"]},
+            {"query": SECRET, "scopes": ["team/x/cases"]},
+        ):
+            ctx = await mallory.context(budget_tokens=4000, **kwargs)  # type: ignore[arg-type]
+            assert SECRET not in ctx.render()
+            assert hidden_id not in {it.id for it in ctx.items} | set(ctx.left_out)
+        with pytest.raises(NotFound):
+            await mallory.pin(hidden_id)
+        with pytest.raises(PermissionDenied):
+            await mallory.context("x", budget_tokens=100, scopes=["agent/writer"])
+        everything = await mallory.context(SECRET, budget_tokens=4000)
+        assert point_id(TENANT, private.event_id) not in {it.id for it in everything.items}
+        seen_id = point_id(TENANT, seen.event_id)
+        assert seen_id in {it.id for it in everything.items}
+
+        # forget: gone at the next call
+        assert (await writer.forget(memory_ids=[seen_id])).memories == 1
+        again = await mallory.context("callback", budget_tokens=4000, subjects=["c9"])
+        assert seen_id not in {it.id for it in again.items}
+        # revocation: the policy no longer lets mallory read; the next call sees nothing
+        csv.write_text(POLICY.replace("g, mallory, role:staff, acme\n", ""))
+        await bus.gate.reload()  # type: ignore[attr-defined]
+        with pytest.raises(PermissionDenied):
+            await mallory.context("callback", budget_tokens=4000, scopes=["team/x"])
+        assert (await mallory.context("callback", budget_tokens=4000)).items == []
