@@ -191,7 +191,7 @@ async def test_an_attacker_gets_only_what_it_may_read_and_nothing_outlives_forge
             {"query": None, "subjects": ["c9"]},
             {"query": SECRET, "scopes": ["team/x/cases"]},
         ):
-            ctx = await mallory.context(budget_tokens=4000, **kwargs)  # type: ignore[arg-type]
+            ctx = await mallory.context(budget_tokens=4000, **kwargs)
             assert SECRET not in ctx.render()
             assert hidden_id not in {it.id for it in ctx.items} | set(ctx.left_out)
         with pytest.raises(NotFound):
