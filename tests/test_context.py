@@ -213,3 +213,67 @@ async def test_an_attacker_gets_only_what_it_may_read_and_nothing_outlives_forge
         with pytest.raises(PermissionDenied):
             await mallory.context("callback", budget_tokens=4000, scopes=["team/x"])
         assert (await mallory.context("callback", budget_tokens=4000)).items == []
+
+
+def _shape(ctx: Context) -> list[tuple[str, str, list[str]]]:
+    return [(it.id, it.tier, it.why) for it in ctx.items]
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_client_and_http_give_the_agents_context(redis_url: str, tmp_path: Path) -> None:
+    """``POST /v1/context`` through ``Client``: the same items, tiers and reasons as in process;
+    pin and unpin over HTTP; a denial arrives as the same ``PermissionDenied``."""
+    import httpx
+
+    from membus.service.app import create_app
+    from membus.service.client import Client
+    from tests.test_service import ALICE, BOB, KEYS, opened
+
+    async with opened(tmp_path, redis_url, gate=membus.PrivateGate()) as bus:
+        local = bus.agent("alice", "acme")
+        crm = "agent/alice/crm"
+        await local.publish("tier: gold", crm, kind="fact", subject="c42", key="tier")
+        kept = await local.publish("Refunds need a manager above 500 EUR.", crm)
+        await local.publish("private to alice", "agent/alice")
+        await bus.drain(10)
+        transport = httpx.ASGITransport(app=create_app(bus, KEYS))
+        async with Client("http://membus", ALICE, transport=transport) as remote:
+            await remote.pin(point_id("acme", kept.event_id))
+            await bus.drain(10)
+            ask = {"budget_tokens": 400, "subjects": ["c42"], "scopes": [crm]}
+            via_http = await remote.context("refund", **ask)  # type: ignore[arg-type]
+            in_process = await local.context("refund", **ask)  # type: ignore[arg-type]
+            assert _shape(via_http) == _shape(in_process) and via_http.items
+            assert via_http.render() == in_process.render()
+            assert via_http.items[0].tier == "pinned"
+            await remote.unpin(point_id("acme", kept.event_id))
+            await bus.drain(10)
+            assert all(
+                it.tier != "pinned" for it in (await remote.context(budget_tokens=400)).items
+            )
+            with pytest.raises(InvalidInput):
+                await remote.context("x", budget_tokens=0)
+        async with Client("http://membus", BOB, transport=transport) as bob:
+            with pytest.raises(PermissionDenied):
+                await bob.context("x", budget_tokens=100, scopes=["agent/alice"])
+            assert (
+                "private to alice" not in (await bob.context("private", budget_tokens=400)).render()
+            )
+
+
+@pytest.mark.slow
+def test_sync_agent_context(redis_url: str, tmp_path: Path) -> None:
+    cfg = MembusConfig(redis=RedisConfig(url=redis_url), worker=FAST)
+    with membus.open_sync(tmp_path, cfg) as bus:
+        agent = bus.agent("alice", "acme")
+        receipt = agent.publish("The printer on floor 3 is broken.", "agent/alice")
+        bus.drain(10)
+        agent.pin(point_id("acme", receipt.event_id))
+        bus.drain(10)
+        ctx = agent.context("printer", budget_tokens=200)
+        assert [it.tier for it in ctx.items] == ["pinned"]
+        assert "The printer on floor 3 is broken." in ctx.render()
+        agent.unpin(point_id("acme", receipt.event_id))
+        bus.drain(10)
+        assert [it.tier for it in agent.context("printer", budget_tokens=200).items] == ["relevant"]

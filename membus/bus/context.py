@@ -69,10 +69,16 @@ _MAX_POOL = 300  # recall candidates, as recall's own cap
 _PRIORITY: dict[str, float] = {"pinned": 3.0, "profile": 2.0}
 # the tier an item is shown under when several brought it: the one that explains its rank best
 _RANK_OF: dict[str, int] = {"pinned": 0, "profile": 1, "relevant": 2, "working": 3, "recent": 4}
-_FRESH_WEIGHT, _IMPORTANCE_WEIGHT, _HEAT_WEIGHT = 0.15, 0.1, 0.1
+_FRESH_WEIGHT, _IMPORTANCE_WEIGHT, _HEAT_WEIGHT = 0.15, 0.1, 0.05
 _FRESH_HALF_LIFE_S = 3600.0
 # the render's header and line format, documented in the README ("Context for the prompt")
 HEADER = "Shared memory, most useful first [n|source|scope|agent|date]:"
+
+
+def recall_pool(budget_tokens: int) -> int:
+    """How many recall hits a context of ``budget_tokens`` draws on: enough to fill it at 20
+    tokens a line (the long tail of a ranking is cheap to skip, costly to parse)."""
+    return max(10, min(_MAX_POOL, budget_tokens // 20))
 
 
 def _pin_subject(memory_id: str) -> str:
@@ -260,7 +266,7 @@ async def assemble(
     # relevant: recall for the query, a pool large enough to fill the budget
     vector = await bus._embed([query if query is not None else " "])
     if query is not None:
-        pool = max(10, min(_MAX_POOL, budget_tokens // 20))
+        pool = recall_pool(budget_tokens)
         cfg = bus.config.ranking
         boost = ranking.boost(pool, cfg)
         hits = await bus.store.search(vector, flt, pool, text=query, boost=boost)
