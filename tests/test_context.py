@@ -277,3 +277,33 @@ def test_sync_agent_context(redis_url: str, tmp_path: Path) -> None:
         agent.unpin(point_id("acme", receipt.event_id))
         bus.drain(10)
         assert [it.tier for it in agent.context("printer", budget_tokens=200).items] == ["relevant"]
+
+
+@pytest.mark.slow
+def test_cli_context_prints_the_render_and_json_items(redis_url: str, tmp_path: Path) -> None:
+    import orjson
+    from typer.testing import CliRunner
+
+    from membus.cli.app import app
+
+    runner = CliRunner()
+    base = ["--path", str(tmp_path), "--redis-url", redis_url]
+    who = ["--agent", "alice", "--tenant", "acme"]
+    for args in (
+        ["publish", "plan: gold", "--scope", "agent/alice", "--kind", "fact"],
+        ["publish", "printer on floor 3 jams", "--scope", "agent/alice/it"],
+    ):
+        assert runner.invoke(app, [*base, *args, *who]).exit_code == 0
+    out = runner.invoke(app, [*base, "context", "printer", "--budget", "60", *who])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.startswith(HEADER) and "printer on floor 3 jams" in out.stdout
+    assert estimate_tokens(out.stdout.strip()) <= 60
+    out = runner.invoke(app, [*base, "--json", "context", "--budget", "500", *who])
+    assert out.exit_code == 0, out.output
+    got = orjson.loads(out.stdout)
+    # no writer ran: both are just published, shown as such
+    assert {(it["tier"], it["uncommitted"]) for it in got["items"]} == {("working", True)}
+    assert len(got["items"]) == 2
+    assert got["rendered"].startswith(HEADER) and got["tokens_used"] <= 500
+    denied = runner.invoke(app, [*base, "context", "--budget", "50", "-s", "agent/bob", *who])
+    assert denied.exit_code != 0

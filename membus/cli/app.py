@@ -25,6 +25,7 @@ from membus.cli.context import JsonFlag, State
 from membus.cli.feed import publish, recall, tail
 from membus.cli.ops import dlq_drop, dlq_list, dlq_replay, optimize, stats, worker
 from membus.cli.output import configure_logging, fail
+from membus.cli.prompt import context
 from membus.cli.serve import keys_authority, keys_new, mcp, serve
 from membus.cli.settings import Settings
 from membus.cli.showcase import bench, demo, eval_locomo
@@ -113,6 +114,7 @@ def _global(
 app.command()(worker)
 app.command()(publish)
 app.command()(recall)
+app.command()(context)
 app.command()(tail)
 app.command()(stats)
 app.command()(optimize)
