@@ -307,3 +307,32 @@ def test_cli_context_prints_the_render_and_json_items(redis_url: str, tmp_path: 
     assert got["rendered"].startswith(HEADER) and got["tokens_used"] <= 500
     denied = runner.invoke(app, [*base, "context", "--budget", "50", "-s", "agent/bob", *who])
     assert denied.exit_code != 0
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_mcp_get_context_tool_and_context_prompt(redis_url: str, tmp_path: Path) -> None:
+    """The ``get_context`` tool returns the items and their render; the ``context`` prompt
+    returns the render as a message; neither takes an identity."""
+    pytest.importorskip("mcp")
+    from tests.test_mcp_server import call, connected, ok
+
+    async with connected(tmp_path, redis_url) as (bus, client):
+        alice = bus.agent("alice", TENANT)
+        await alice.publish("tier: gold", "team/crm", kind="fact", subject="c42", key="tier")
+        await alice.publish("The VPN drops hourly on macOS.", "team/it")
+        await bus.drain(10)
+        got = ok(
+            await call(client, "get_context", query="vpn", budget_tokens=300, subjects=["c42"])
+        )
+        assert [it["tier"] for it in got["items"]] == ["profile", "relevant"]
+        assert got["rendered"].startswith(HEADER) and got["tokens_used"] <= 300
+        forged = await call(client, "get_context", query="vpn", agent="bob")
+        assert forged.is_error
+        [prompt] = (await client.list_prompts()).prompts
+        assert prompt.name == "context"
+        shown = await client.get_prompt(
+            "context", {"query": "vpn", "budget_tokens": "300", "subjects": "c42"}
+        )
+        [message] = shown.messages
+        assert message.content.type == "text" and message.content.text == got["rendered"]

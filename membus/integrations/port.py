@@ -16,6 +16,7 @@ import anyio
 
 from membus.access.gate import Identity
 from membus.bus.api import MAX_K, Agent
+from membus.bus.context import Context
 from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
 from membus.core.keys import TenantKeys
@@ -69,6 +70,17 @@ class MemoryPort(Protocol):
 
     async def list_scopes(self) -> list[str]:
         """Scopes that hold at least one memory this identity may recall, sorted."""
+        ...
+
+    async def context(
+        self,
+        query: str | None = None,
+        *,
+        budget_tokens: int,
+        subjects: Sequence[str] | None = None,
+        scopes: Sequence[str] | None = None,
+    ) -> Context:
+        """The memories for this identity's prompt within ``budget_tokens`` (``Agent.context``)."""
         ...
 
 
@@ -147,6 +159,18 @@ class AgentPort:
             seen.update(m.scope for m in page if grant.admits(m.scope, m.sensitivity))
             if offset is None:
                 return sorted(seen)
+
+    async def context(
+        self,
+        query: str | None = None,
+        *,
+        budget_tokens: int,
+        subjects: Sequence[str] | None = None,
+        scopes: Sequence[str] | None = None,
+    ) -> Context:
+        return await self.agent.context(
+            query, budget_tokens=budget_tokens, subjects=subjects, scopes=scopes
+        )
 
 
 class ClientPort:
@@ -231,4 +255,16 @@ class ClientPort:
         raise Unavailable(
             "listing scopes is not available over the membus service yet (no /v1/scopes "
             "endpoint); use an embedded bus or pass scopes explicitly"
+        )
+
+    async def context(
+        self,
+        query: str | None = None,
+        *,
+        budget_tokens: int,
+        subjects: Sequence[str] | None = None,
+        scopes: Sequence[str] | None = None,
+    ) -> Context:
+        return await self.client.context(
+            query, budget_tokens=budget_tokens, subjects=subjects, scopes=scopes
         )
