@@ -336,3 +336,22 @@ async def test_mcp_get_context_tool_and_context_prompt(redis_url: str, tmp_path:
         )
         [message] = shown.messages
         assert message.content.type == "text" and message.content.text == got["rendered"]
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_langgraph_node_system_message_from_the_store(redis_url: str, tmp_path: Path) -> None:
+    pytest.importorskip("langgraph.store.base")
+    from membus.integrations.langgraph import context_message
+    from tests.test_langgraph_store import SUPPORT, opened
+
+    async with opened(tmp_path, redis_url) as (bus, store):
+        await store.aput(SUPPORT, "refunds", {"rule": "Refunds above 500 EUR need a manager."})
+        await bus.agent("bob", "acme").publish("printer jammed", "team/it")
+        await bus.drain(10)
+        system = await context_message(store, "refund", budget_tokens=200, namespaces=[SUPPORT])
+        assert system.type == "system"
+        assert isinstance(system.content, str) and system.content.startswith(HEADER)
+        assert "Refunds above 500 EUR" in system.content and "printer" not in system.content
+        ctx = Context.model_validate(system.additional_kwargs["membus_context"])
+        assert ctx.render() == system.content and ctx.tokens_used <= 200
