@@ -18,14 +18,17 @@ They are ranked together, one list, by ``score``::
 ``relevance`` is the recall score divided by the best one of this query (0 when recall did not
 return the memory, or with no query); ``freshness`` halves every hour (the short-term signal);
 ``importance`` is ``metadata["importance"]`` (default 0.5); ``heat`` is how often reads returned
-the memory (``membus.recall.heat``). Pinned memories get a priority of 3 and profile facts 2, so
-an explicit choice comes first; every other candidate competes on the same scale. No tier has a
-quota: a tier's share is what its candidates win on score, so without a query recent memory and
-profiles take the whole budget, and with one, a fresh note still beats a weak match while strong
-matches take the room. Candidates are packed greedily in that order: a line that does not fit is
-left out (``Context.left_out``) and the next one is tried. A memory comes once (the first tier it
-ranks in names it, every tier it came from is in ``why``); a keyed fact comes only in its newest
-version (an uncommitted version replaces the stored one).
+the memory (``membus.recall.heat``), counted only for candidates the query did not rank: a
+relevance already carries recall's own heat term (``RankingConfig.heat_weight``), and a second
+one would reorder recall's ranking by what other questions read. Pinned memories get a priority
+of 3 and profile facts 2, so an explicit choice comes first; every other candidate competes on
+the same scale. No tier has a quota: a tier's share is what its candidates win on score, so
+without a query recent memory and profiles take the whole budget, and with one, a fresh note
+still beats a weak match while strong matches take the room. Candidates are packed greedily in
+that order: a line that does not fit is left out (``Context.left_out``) and the next one is
+tried. A memory comes once (the tier that explains its rank names it, every tier it came from is
+in ``why``); a keyed fact comes only in its newest version (an uncommitted version replaces the
+stored one).
 
 Every included memory is one read: one audit record (memory ids; event ids of uncommitted ones)
 and one access bump, as for recall. Nothing is cached: each call reads through the live grant,
@@ -69,7 +72,7 @@ _MAX_POOL = 300  # recall candidates, as recall's own cap
 _PRIORITY: dict[str, float] = {"pinned": 3.0, "profile": 2.0}
 # the tier an item is shown under when several brought it: the one that explains its rank best
 _RANK_OF: dict[str, int] = {"pinned": 0, "profile": 1, "relevant": 2, "working": 3, "recent": 4}
-_FRESH_WEIGHT, _IMPORTANCE_WEIGHT, _HEAT_WEIGHT = 0.15, 0.1, 0.05
+_FRESH_WEIGHT, _IMPORTANCE_WEIGHT, _HEAT_WEIGHT = 0.15, 0.1, 0.1
 _FRESH_HALF_LIFE_S = 3600.0
 # the render's header and line format, documented in the README ("Context for the prompt")
 HEADER = "Shared memory, most useful first [n|source|scope|agent|date]:"
@@ -401,7 +404,9 @@ def _rank(
         rel = (c.relevance / top) if c.relevance is not None and top > 0 else 0.0
         fresh = ranking.recency(m.created_at, now, _FRESH_HALF_LIFE_S)
         imp = ranking.importance(m.metadata, importance)
-        hot = ranking.heat(heat[m.id].count, 10.0) if m.id in heat else 0.0
+        # heat orders what the query does not rank (module docstring)
+        cold = c.relevance is not None or m.id not in heat
+        hot = 0.0 if cold else ranking.heat(heat[m.id].count, 10.0)
         score = (
             _PRIORITY.get(c.tier, 0.0)
             + max(0.0, rel)

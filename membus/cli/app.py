@@ -28,7 +28,7 @@ from membus.cli.output import configure_logging, fail
 from membus.cli.prompt import context
 from membus.cli.serve import keys_authority, keys_new, mcp, serve
 from membus.cli.settings import Settings
-from membus.cli.showcase import bench, demo, eval_locomo
+from membus.cli.showcase import bench, demo, eval_locomo, eval_tokens
 from membus.errors import MembusError
 
 app = typer.Typer(
@@ -132,6 +132,7 @@ keys_app.command("authority")(keys_authority)
 app.command()(demo)
 app.command()(bench)
 eval_app.command("locomo")(eval_locomo)
+eval_app.command("tokens")(eval_tokens)
 
 
 def main() -> None:

@@ -163,3 +163,34 @@ def _eval_context(
         limit_conversations=limit_conversations,
         near_duplicate=near_duplicate,
     )
+
+
+def eval_tokens(
+    ctx: typer.Context,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset",
+            envvar="MEMBUS_LOCOMO_DATASET",
+            help="locomo10.json (default ../shared/datasets/locomo/locomo10.json).",
+        ),
+    ] = None,
+    limit_conversations: Annotated[
+        int | None, typer.Option("--limit-conversations", min=1, help="Only the first N.")
+    ] = None,
+    json_flag: JsonFlag = False,
+) -> None:
+    """The default token counter's error against the MiniLM tokenizer (the semantic extra) on
+    LoCoMo turns as context lines and whole renders."""
+    state = command_state(ctx, json_flag)
+    from membus.evaluation.locomo import DEFAULT_DATASET
+    from membus.evaluation.tokens import run_token_eval
+
+    try:
+        run_token_eval(
+            dataset or DEFAULT_DATASET,
+            json_output=state.json,
+            limit_conversations=limit_conversations,
+        )
+    except MembusError as exc:
+        fail(exc, state.json)

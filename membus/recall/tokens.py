@@ -20,15 +20,17 @@ TokenCounter = Callable[[str], int]
 
 # word runs and single visible non-word characters: the pieces a tokenizer's pre-splitter makes
 _PIECE = re.compile(r"\w+|[^\w\s]")
-# sub-word allowance on top of the pieces (calibrated: see the module docstring)
-SUBWORD_FACTOR = 1.05
+# sub-word allowance on top of the pieces, calibrated to over-count a little rather than under:
+# on LoCoMo renders of 500-2000 tokens it counts 4.4-4.7 % more than MiniLM's tokenizer and
+# under-counts at most 0.3 % of them, by at most 1.4 % (``membus eval tokens``)
+SUBWORD_FACTOR = 1.1
 
 
 def estimate_tokens(text: str) -> int:
     """Tokens ``text`` takes, estimated without a tokenizer (pieces x ``SUBWORD_FACTOR``,
     rounded up; 0 for blank text).
 
-    Example: ``estimate_tokens("Alice prefers SMS.")  # 5``"""
+    Example: ``estimate_tokens("Alice prefers SMS.")  # 4 pieces -> 5``"""
     pieces = len(_PIECE.findall(text))
     return math.ceil(pieces * SUBWORD_FACTOR) if pieces else 0
 
