@@ -39,10 +39,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import ResponseError
 
 from membus.access.audit import AuditRecord
 from membus.access.gate import Identity, ReadGrant
@@ -50,6 +51,8 @@ from membus.bus import memories
 from membus.bus.draft import Draft, Receipt
 from membus.bus.working import calibrate, working_hits
 from membus.core.envelope import scope_ancestors, validate_scope
+from membus.core.keys import TenantKeys
+from membus.core.redis import REDIS_DOWN
 from membus.errors import InvalidInput, PermissionDenied
 from membus.recall import ranking
 from membus.recall.heat import Access
@@ -280,7 +283,7 @@ async def assemble(
             if c is not None:
                 c.relevance = h.score
     # working: just published, within the same grant and filters; withdrawals hide stored ones
-    if working:
+    if working and not await _all_committed(bus, who.tenant):
         pending = await working_hits(bus.redis, flt, vector, bus._embed, bus.config, bus.admission)
         for mid in [
             i for i, c in found.items() if pending.withdraws(c.memory.slot, c.memory.updated_at)
@@ -330,6 +333,20 @@ async def assemble(
         items=items,
         left_out=left_out,
     )
+
+
+async def _all_committed(bus: Bus, tenant: str) -> bool:
+    """Whether writers have committed every event of the tenant (one XINFO GROUPS): then there
+    is no working memory to read, and the tail read (the larger part of a context's cost when
+    nothing is pending) is skipped. Unsure (no group yet, lag unknown after a trim): False."""
+    try:
+        groups: Any = await bus.redis.xinfo_groups(TenantKeys(tenant).events)
+    except ResponseError:  # no stream: nothing was ever published, nothing is pending
+        return True
+    except REDIS_DOWN:
+        return False  # working_hits raises the outage as Unavailable
+    mine = [g for g in groups if g["name"] == bus.config.worker.group]
+    return bool(mine) and int(mine[0]["pending"]) == 0 and mine[0].get("lag") == 0
 
 
 async def _readable(
