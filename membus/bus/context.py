@@ -254,6 +254,12 @@ async def assemble(
                 c.tier = tier
         return c
 
+    # working memory is read before the store: an event committed between the two reads is
+    # then in the store's answer, where the other order would miss it in both
+    vector = await bus._embed([query if query is not None else " "])
+    pending = None
+    if working and not await _all_committed(bus, who.tenant):
+        pending = await working_hits(bus.redis, flt, vector, bus._embed, bus.config, bus.admission)
     # pinned: the current pin facts this caller may read, then the memories they name
     pins = await bus.store.browse(flt.model_copy(update={"kinds": [PIN_KIND]}), _MAX_PINS)
     pinned_ids = [str(p.metadata.get("memory_id")) for p in pins if p.metadata.get("pinned")]
@@ -270,7 +276,6 @@ async def assemble(
     for m in await bus.store.browse(flt, recent_n):
         add(Hit(memory=m, score=0.0), "recent", "recent")
     # relevant: recall for the query, a pool large enough to fill the budget
-    vector = await bus._embed([query if query is not None else " "])
     if query is not None:
         pool = recall_pool(budget_tokens)
         cfg = bus.config.ranking
@@ -283,8 +288,7 @@ async def assemble(
             if c is not None:
                 c.relevance = h.score
     # working: just published, within the same grant and filters; withdrawals hide stored ones
-    if working and not await _all_committed(bus, who.tenant):
-        pending = await working_hits(bus.redis, flt, vector, bus._embed, bus.config, bus.admission)
+    if pending is not None:
         for mid in [
             i for i, c in found.items() if pending.withdraws(c.memory.slot, c.memory.updated_at)
         ]:
