@@ -521,7 +521,9 @@ class Bus:
         counter: TokenCounter | None = None,
     ) -> Context:
         """What ``who`` should put in front of its model, within ``budget_tokens`` (see
-        ``membus.bus.context``); every included memory counts as a read."""
+        ``membus.bus.context`` and ``Agent.context``); every included memory counts as a read.
+
+        Example: ``ctx = await bus.context(who, "refund?", budget_tokens=1000)``"""
         return await contexts.assemble(
             self,
             who,
@@ -536,11 +538,15 @@ class Bus:
         )
 
     async def pin(self, who: Identity, memory_id: str) -> Receipt:
-        """Pin a memory into every context that may read it (an event; the publish right)."""
+        """Pin a memory into every context that may read it (an event; the publish right).
+
+        Example: ``await bus.pin(who, memory.id)``"""
         return await contexts.pin(self, who, memory_id, True)
 
     async def unpin(self, who: Identity, memory_id: str) -> Receipt:
-        """Undo ``pin`` (an event; the publish right on the memory's scope)."""
+        """Undo ``pin`` (an event; the publish right on the memory's scope).
+
+        Example: ``await bus.unpin(who, memory.id)``"""
         return await contexts.pin(self, who, memory_id, False)
 
 

@@ -83,7 +83,9 @@ HEADER = "Shared memory, most useful first [n|source|scope|agent|date]:"
 
 def recall_pool(budget_tokens: int) -> int:
     """How many recall hits a context of ``budget_tokens`` draws on: enough to fill it at 20
-    tokens a line (the long tail of a ranking is cheap to skip, costly to parse)."""
+    tokens a line (the long tail of a ranking is cheap to skip, costly to parse).
+
+    Example: ``recall_pool(1000)  # 50``"""
     return max(10, min(_MAX_POOL, budget_tokens // 20))
 
 
@@ -112,7 +114,9 @@ class ContextItem(BaseModel):
 
     def line(self, n: int) -> str:
         """``[n|tier|scope|agent|YYYY-MM-DD] content`` on one line (``uncommitted`` as tier for
-        an uncommitted one)."""
+        an uncommitted one).
+
+        Example: ``item.line(1)  # "[1|pinned|team/x|alice|2024-03-01] Refunds need a lead."``"""
         source = "uncommitted" if self.uncommitted else self.tier
         who = ",".join(self.agents[:2]) + ("+" if len(self.agents) > 2 else "")
         text = " ".join(self.content.split())  # one memory, one line
@@ -150,6 +154,9 @@ class Context(BaseModel):
 
 
 def render_items(items: Sequence[ContextItem]) -> str:
+    """The header and one line per item (``Context.render``); empty for no items.
+
+    Example: ``text = render_items(ctx.items[:3])``"""
     if not items:
         return ""
     return "\n".join([HEADER, *(it.line(n) for n, it in enumerate(items, 1))])
@@ -160,7 +167,9 @@ def render_items(items: Sequence[ContextItem]) -> str:
 
 async def pin(bus: Bus, who: Identity, memory_id: str, pinned: bool) -> Receipt:
     """Record (un)pinning ``memory_id`` as a keyed ``pin`` event in the memory's scope, at the
-    memory's label, through ``publish_many`` (the publish right on that scope)."""
+    memory's label, through ``publish_many`` (the publish right on that scope).
+
+    Example: ``await pin(bus, who, memory.id, True)``"""
     memory = await memories.get(bus, who, memory_id)  # NotFound unless ``who`` may read it
     draft = Draft(
         content=f"{'pinned' if pinned else 'unpinned'} memory {memory.id}",
@@ -211,7 +220,9 @@ async def assemble(
     working: bool = True,
     counter: TokenCounter | None = None,
 ) -> Context:
-    """See the module docstring; ``Bus.context`` documents the parameters."""
+    """See the module docstring; ``Agent.context`` documents the parameters.
+
+    Example: ``ctx = await assemble(bus, who, "refund?", budget_tokens=1000)``"""
     count = counter or estimate_tokens
     if not 1 <= budget_tokens <= MAX_BUDGET:
         raise InvalidInput(

@@ -36,7 +36,9 @@ def estimate_tokens(text: str) -> int:
 
 
 def counter_name(counter: TokenCounter) -> str:
-    """A short name for reports: ``estimate`` for the default, else the callable's name."""
+    """A short name for reports: ``estimate`` for the default, else the callable's name.
+
+    Example: ``counter_name(len)  # "len"``"""
     if counter is estimate_tokens:
         return "estimate"
     return str(getattr(counter, "__name__", type(counter).__name__))
