@@ -29,6 +29,7 @@ from membus.errors import (
 if TYPE_CHECKING:
     from membus.access.gate import Gate, Identity, OpenGate, PrivateGate, ReadGrant
     from membus.bus.api import Agent, Bus
+    from membus.bus.context import Context, ContextItem
     from membus.bus.draft import Draft, Receipt
     from membus.bus.erasure import ErasureReport
     from membus.bus.memories import ImportReport, MemoryPage, parse_jsonl, to_jsonl
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from membus.core.ids import decode_id, encode_id
     from membus.embed.hashing import HashingEmbedder
     from membus.embed.port import Embedder
+    from membus.recall.tokens import estimate_tokens
     from membus.runtime.host import open
     from membus.runtime.sync import SyncAgent, SyncBus, open_sync
     from membus.service.client import Client, SyncClient
@@ -56,6 +58,8 @@ _LAZY = {
     "Bus": "membus.bus.api",
     "Change": "membus.stream.feed",
     "Client": "membus.service.client",
+    "Context": "membus.bus.context",
+    "ContextItem": "membus.bus.context",
     "Draft": "membus.bus.draft",
     "Embedder": "membus.embed.port",
     "EmbedderConfig": "membus.core.config",
@@ -86,6 +90,7 @@ _LAZY = {
     "encode_id": "membus.core.ids",
     "open": "membus.runtime.host",
     "open_sync": "membus.runtime.sync",
+    "estimate_tokens": "membus.recall.tokens",
     "parse_jsonl": "membus.bus.memories",
     "to_jsonl": "membus.bus.memories",
 }
@@ -96,6 +101,8 @@ __all__ = [
     "Change",
     "Client",
     "Conflict",
+    "Context",
+    "ContextItem",
     "Draft",
     "Embedder",
     "EmbedderConfig",
@@ -131,6 +138,7 @@ __all__ = [
     "WorkerConfig",
     "decode_id",
     "encode_id",
+    "estimate_tokens",
     "open",
     "open_sync",
     "parse_jsonl",

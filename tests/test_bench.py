@@ -79,3 +79,7 @@ def test_quick_bench_reports_every_figure_as_one_json_object(
     # the policy lets the reader see all of the bench scope; the HTTP door finds the same
     assert result["recall_gated_hits_per_query"] == result["recall_hits_per_query"]
     assert result["http_recall_hits_per_query"] == result["recall_hits_per_query"]
+    # the context door beside recall at the same k, at both sizes (membus/bench/context.py)
+    for key in ("context_10k_p50_ms", "context_p50_ms", "recall_k10_p50_ms", "context_ratio"):
+        assert result[key] > 0, key
+    assert isinstance(result["context_target_p50_le_2x_recall"], bool)

@@ -232,6 +232,9 @@ async def world(tmp_path: Path) -> AsyncIterator[tuple[World, Client, str]]:
             )
             working = await leaky.recall(needles["late"], k=20, working=True)
             assert any(needles["late"] in h.memory.content for h in working), "not in working"
+            # the context door reads them too (its audit record and heat bumps included)
+            ctx = await leaky.context(needles["late"], budget_tokens=5000, subjects=[subject])
+            assert needles["late"] in ctx.render(), "not in the context"
             w.owned = {k: v for k, v in needles.items() if k not in ("subject", "key")}
             yield w, client, url
 
@@ -296,6 +299,11 @@ async def test_no_byte_of_an_erased_canary_is_left_anywhere(
         leaks += absent("metrics", (await http.get("/metrics")).text, needles)
     working = await bus.agent("leaky", TENANT).recall(w.needles["late"], k=20, working=True)
     leaks += absent("working", "\n".join(h.memory.model_dump_json() for h in working), needles)
+    ctx = await bus.agent("leaky", TENANT).context(
+        w.needles["late"], budget_tokens=5000, subjects=[w.needles["subject"]]
+    )
+    # the items and their render (the query field is the caller's own text, echoed back)
+    leaks += absent("context", ctx.model_dump_json(exclude={"query"}), needles)
     # what was not erased still reads back, opened from its sealed payload
     kept = await bus.agent("keeper", TENANT).recall("an ordinary note", k=5)
     assert [h.memory.content for h in kept][:1] == ["an ordinary note"]

@@ -60,7 +60,7 @@ async def test_tools_declare_no_identity_arguments(tmp_path: Path, redis_url: st
     """No tool lets the caller name an agent or tenant, and none accepts undeclared arguments."""
     async with connected(tmp_path, redis_url) as (_, client):
         tools = {t.name: t for t in (await client.list_tools()).tools}
-        assert set(tools) == {"remember", "recall", "forget", "list_scopes"}
+        assert set(tools) == {"remember", "recall", "forget", "list_scopes", "get_context"}
         for tool in tools.values():
             props = tool.input_schema.get("properties", {})
             assert not {"agent", "tenant"} & set(props), tool.name
@@ -295,7 +295,7 @@ async def test_the_example_runs(tmp_path: Path) -> None:
     from agents.mcp_example import run_example
 
     out = await run_example(tmp_path / "example")
-    assert out["tools"] == ["forget", "list_scopes", "recall", "remember"]
+    assert out["tools"] == ["forget", "get_context", "list_scopes", "recall", "remember"]
     assert out["notified"] == CHANGES_URI
     assert out["recall"][0]["provenance"]["agents"] == ["alice"]
     assert out["forged_refused"] is True

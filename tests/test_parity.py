@@ -59,6 +59,9 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/history"): "history",
     ("GET", "/v1/export"): "export",
     ("POST", "/v1/import"): "import_memories",
+    ("POST", "/v1/context"): "context",
+    ("POST", "/v1/pin"): "pin",
+    ("POST", "/v1/unpin"): "unpin",
     ("GET", "/v1/whoami"): "whoami",
     ("GET", "/v1/audit"): "audit",
     ("POST", "/v1/admin/policy/reload"): "policy_reload",
@@ -66,7 +69,7 @@ ROUTES: dict[tuple[str, str], str] = {
 # CLI command (space-separated path) -> operation; operator commands keep their own name
 COMMANDS: dict[str, str] = {"tail": "subscribe"}
 # MCP tool -> operation
-TOOLS: dict[str, str] = {"remember": "publish", "list_scopes": "scopes"}
+TOOLS: dict[str, str] = {"remember": "publish", "list_scopes": "scopes", "get_context": "context"}
 
 # (surface, operation) -> {surface's parameter name: Agent's}; "*": every operation
 RENAMES: dict[tuple[str, str], dict[str, str]] = {
@@ -82,6 +85,12 @@ RENAMES: dict[tuple[str, str], dict[str, str]] = {
     ("CLI", "recall"): {"scope": "scopes", "kind": "kinds", "subject": "subjects"},
     ("CLI", "subscribe"): {"scope": "scopes"},
     ("CLI", "forget"): {"by_agent": "agent"},
+    ("CLI", "context"): {
+        "scope": "scopes",
+        "kind": "kinds",
+        "subject": "subjects",
+        "budget": "budget_tokens",
+    },
 }
 
 OPERATOR = "an operator command, not an agent operation (no Agent method by design)"
@@ -142,6 +151,7 @@ DIFFERENCES: dict[tuple[str, str, str | None], Why] = {
             "demo",
             "bench",
             "eval locomo",
+            "eval tokens",
         )
     },
     ("CLI", "*", "@agent"): (DELIBERATE, "the CLI acts as the agent it names"),
@@ -170,6 +180,23 @@ DIFFERENCES: dict[tuple[str, str, str | None], Why] = {
     **{
         ("CLI", op, None): (GAP, "not asked of the CLI by issue #16")
         for op in ("update", "retract", "access", "scopes")
+    },
+    # context (issue 20): the token counter is a Python callable, which no wire carries
+    **{
+        (s, "context", "counter"): (DELIBERATE, "a callable: the service's default counter")
+        for s in ("Client", "SyncClient", "HTTP", "CLI", "MCP")
+    },
+    ("CLI", "context", "wait"): (DELIBERATE, "drain pending events first (embedded default)"),
+    ("CLI", "context", "agents"): (GAP, "context --by-agent"),
+    ("CLI", "context", "working"): (GAP, "context --no-working"),
+    **{
+        (s, op, None): (GAP, "pinning from the CLI or a model: not asked by issue #20")
+        for s in ("CLI", "MCP")
+        for op in ("pin", "unpin")
+    },
+    **{
+        ("MCP", "context", p): (GAP, "get_context takes query, budget, subjects, scopes")
+        for p in ("agents", "kinds", "working")
     },
     # MCP
     ("MCP", "publish", "label"): (PENDING, "issue #16 item 4: remember has no label"),

@@ -12,7 +12,9 @@ the service port, and the LangGraph store over both ports. The doors:
 - publish: each memory goes in through one surface in turn; a publish the policy forbids must
   raise ``PermissionDenied`` on every surface and leave the stream untouched;
 - recall (plain and narrowed to a scope), working recall (before and after the writers), MCP
-  recall, LangGraph search and get: exactly the readable memories, by content;
+  recall, LangGraph search and get, and the context for the prompt (in process, HTTP, MCP
+  ``get_context`` over either port, with a budget that holds everything): exactly the readable
+  memories, by content;
 - subscribe: the in-process feed (alone and in same-named groups), the SSE feed from 0, and the
   MCP changes resource (which may lag, never leak);
 - list of scopes: ``Agent.scopes``, ``GET /v1/scopes``, the MCP tool and LangGraph
@@ -528,6 +530,19 @@ async def recalled(d: Doors, scope: str | None) -> dict[str, set[int]]:
         found = await store.asearch(ns, query=QUERY, limit=MAX_K)
         return {index(str(it.value.get("text") or it.value.get("content"))) for it in found}
 
+    # a context large enough for everything: its recall tier reaches every readable memory
+    async def context(remote: bool) -> set[int]:
+        src = d.http if remote else d.agent
+        got = await src.context(QUERY, budget_tokens=100_000, scopes=scopes)
+        return {index(it.content) for it in got.items}
+
+    async def mcp_context(client: McpClient) -> set[int]:
+        args: dict[str, Any] = {"query": QUERY, "budget_tokens": 100_000}
+        if scopes:
+            args["scopes"] = scopes
+        body = await tool(client, "get_context", **args)
+        return {index(it["content"]) for it in body["items"]}
+
     return {
         "agent": await refused_as_empty(agent(False)),
         "agent working": await refused_as_empty(agent(True)),
@@ -537,6 +552,10 @@ async def recalled(d: Doors, scope: str | None) -> dict[str, set[int]]:
         "mcp remote": await refused_as_empty(mcp(d.mcp_remote)),
         "langgraph": await refused_as_empty(graph(d.graph)),
         "langgraph remote": await refused_as_empty(graph(d.graph_remote)),
+        "context": await refused_as_empty(context(False)),
+        "context http": await refused_as_empty(context(True)),
+        "mcp get_context": await refused_as_empty(mcp_context(d.mcp)),
+        "mcp remote get_context": await refused_as_empty(mcp_context(d.mcp_remote)),
     }
 
 

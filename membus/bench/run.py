@@ -38,6 +38,7 @@ from rich.progress import (
 )
 
 from membus.bench import raw
+from membus.bench.context import context_doors, context_figures
 from membus.bench.gates import (
     TARGET_GATE_OVERHEAD_MS,
     agent_door,
@@ -294,7 +295,9 @@ async def _bench(
             rate, pass_small = await _ingest(bus, small, progress, f"ingest 0..{sizes.small}")
             t_small = sizes.small / rate
             build_small = await _optimize(bus, progress, f"index build @ {sizes.small}")
-            rec_small = await recall_phase(bus, sizes.queries, progress, f"recall @ {sizes.small}")
+            rec_small = await recall_phase(
+                bus, sizes.queries, progress, f"recall @ {sizes.small}", context_doors(bus)
+            )
             rate, pass_rest = await _ingest(bus, rest, progress, f"ingest ..{sizes.memories}")
             t_rest = len(rest) / rate
             rawf["near_duplicate_pass_s"] = pass_small + pass_rest
@@ -315,6 +318,7 @@ async def _bench(
                 more = {
                     "gated": agent_door(bus, await bench_gate()),
                     "http": recall_door(client, bus, bus.gate),
+                    **context_doors(bus),
                 }
                 label = f"recall @ {sizes.memories}: open/casbin/HTTP"
                 rec = await recall_phase(bus, sizes.queries, progress, label, more)
@@ -386,6 +390,7 @@ def _result(
         "index_build_10k_s": r(build_small),
         **recall,
         **http_figures(rec, pub),
+        **context_figures(rec_small, rec),
         "visible_p50_ms": r(vis["p50"]),
         "visible_p99_ms": r(vis["p99"]),
         "visible_target_rate_per_s": sizes.paced_rate,

@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
+from membus.bench.context import context_rows
 from membus.bench.gates import recall_rows
 from membus.bench.service import http_rows
 
@@ -33,6 +34,7 @@ def report_table(res: dict[str, Any]) -> Table:
         ok(t["ingest_ratio_ge_0_60"]),
     )
     recall_rows(table, res, ok)
+    context_rows(table, res, ok)
     for pct in ("p50", "p99"):
         mine, base = res[f"visible_{pct}_ms"], res[f"raw_visible_floor_{pct}_ms"]
         table.add_row(

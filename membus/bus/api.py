@@ -20,7 +20,9 @@ from membus.access.audit import AuditLog, AuditRecord
 from membus.access.gate import Decision, Gate, Identity, ReadGrant, default_gate, own_root
 from membus.access.redact import PiiRedactor, Redactor, needs_redaction, redact_event
 from membus.access.signing import KeyRegistry, door_keys
+from membus.bus import context as contexts
 from membus.bus import erasure, memories
+from membus.bus.context import Context
 from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
 from membus.bus.memories import ImportReport, MemoryPage
@@ -37,6 +39,7 @@ from membus.embed.port import Embedder, Vectors
 from membus.errors import InvalidInput, PermissionDenied, Unavailable
 from membus.recall import ranking
 from membus.recall.heat import Access, AccessLog
+from membus.recall.tokens import TokenCounter
 from membus.store.port import Hit, Memory, RecallFilter, Store, check_ids
 from membus.stream.committed import DEFAULT_WAIT_S, wait_committed
 from membus.stream.feed import Change, follow, group_name
@@ -574,6 +577,50 @@ class Bus:
             raise unavailable(exc) from exc
         return out
 
+    # -- context for the prompt (membus.bus.context) -------------------------------------------
+
+    async def context(
+        self,
+        who: Identity,
+        query: str | None = None,
+        *,
+        budget_tokens: int,
+        subjects: Sequence[str] | None = None,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        working: bool = True,
+        counter: TokenCounter | None = None,
+    ) -> Context:
+        """What ``who`` should put in front of its model, within ``budget_tokens`` (see
+        ``membus.bus.context`` and ``Agent.context``); every included memory counts as a read.
+
+        Example: ``ctx = await bus.context(who, "refund?", budget_tokens=1000)``"""
+        return await contexts.assemble(
+            self,
+            who,
+            query,
+            budget_tokens=budget_tokens,
+            subjects=subjects,
+            scopes=scopes,
+            kinds=kinds,
+            agents=agents,
+            working=working,
+            counter=counter,
+        )
+
+    async def pin(self, who: Identity, memory_id: str) -> Receipt:
+        """Pin a memory into every context that may read it (an event; the publish right).
+
+        Example: ``await bus.pin(who, memory.id)``"""
+        return await contexts.pin(self, who, memory_id, True)
+
+    async def unpin(self, who: Identity, memory_id: str) -> Receipt:
+        """Undo ``pin`` (an event; the publish right on the memory's scope).
+
+        Example: ``await bus.unpin(who, memory.id)``"""
+        return await contexts.pin(self, who, memory_id, False)
+
 
 def _record(
     who: Identity, action: str, scope: str, allowed: bool, rule: str | None, **extra: Any
@@ -869,3 +916,52 @@ class Agent:
             limit=limit,
             cursor=cursor,
         )
+
+    # -- context for the prompt -----------------------------------------------------------------
+
+    async def context(
+        self,
+        query: str | None = None,
+        *,
+        budget_tokens: int,
+        subjects: Sequence[str] | None = None,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        working: bool = True,
+        counter: TokenCounter | None = None,
+    ) -> Context:
+        """The memories to put in front of this agent's model, ranked and packed into
+        ``budget_tokens``: pinned memories, the current keyed facts about each of ``subjects``
+        (their profile), recent and (``working``) just-published memories, and recall for
+        ``query``, all within this agent's read grant, narrowed by ``scopes``, ``kinds`` and
+        ``agents``. ``counter``: tokens of a text (default ``membus.estimate_tokens``; pass a
+        tokenizer's, e.g. ``lambda s: len(enc.encode(s))``). ``Context.render()`` is the
+        system-prompt text, never over budget by ``counter``; each item says why it is there.
+
+        Example: ``ctx = await agent.context("refund?", budget_tokens=1000)``"""
+        return await self.bus.context(
+            self.identity,
+            query,
+            budget_tokens=budget_tokens,
+            subjects=subjects,
+            scopes=scopes,
+            kinds=kinds,
+            agents=agents,
+            working=working,
+            counter=counter,
+        )
+
+    async def pin(self, memory_id: str) -> Receipt:
+        """Pin a memory: it heads every context of every agent that may read it, until
+        ``unpin``. Recorded as an event in the memory's scope (needs the publish right there);
+        ``NotFound`` when this agent cannot read the memory.
+
+        Example: ``await agent.pin(memory.id)``"""
+        return await self.bus.pin(self.identity, memory_id)
+
+    async def unpin(self, memory_id: str) -> Receipt:
+        """Undo ``pin`` (an event too, needing the publish right on the memory's scope).
+
+        Example: ``await agent.unpin(memory.id)``"""
+        return await self.bus.unpin(self.identity, memory_id)

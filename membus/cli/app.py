@@ -25,9 +25,10 @@ from membus.cli.context import JsonFlag, State
 from membus.cli.feed import publish, recall, tail
 from membus.cli.ops import dlq_drop, dlq_list, dlq_replay, optimize, stats, worker
 from membus.cli.output import configure_logging, fail
+from membus.cli.prompt import context
 from membus.cli.serve import keys_authority, keys_new, mcp, serve
 from membus.cli.settings import Settings
-from membus.cli.showcase import bench, demo, eval_locomo
+from membus.cli.showcase import bench, demo, eval_locomo, eval_tokens
 from membus.errors import MembusError
 
 app = typer.Typer(
@@ -113,6 +114,7 @@ def _global(
 app.command()(worker)
 app.command()(publish)
 app.command()(recall)
+app.command()(context)
 app.command()(tail)
 app.command()(stats)
 app.command()(optimize)
@@ -130,6 +132,7 @@ keys_app.command("authority")(keys_authority)
 app.command()(demo)
 app.command()(bench)
 eval_app.command("locomo")(eval_locomo)
+eval_app.command("tokens")(eval_tokens)
 
 
 def main() -> None:

@@ -88,6 +88,14 @@ def eval_locomo(
         Literal["reply", "none"],
         typer.Option("--context", help="reply: a turn carries what it answers; none: bare."),
     ] = "reply",
+    context_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--context-budget",
+            help="Comma-separated token budgets, e.g. 500,1000,2000: score Agent.context "
+            "instead, beside recent turns and recall cut to each budget.",
+        ),
+    ] = None,
     json_flag: JsonFlag = False,
 ) -> None:
     """Retrieval recall@k on LoCoMo per question category, beside a BM25 baseline
@@ -108,6 +116,16 @@ def eval_locomo(
                 threshold = -1.0
             if not 0 < threshold <= 1:
                 raise InvalidInput("--near-duplicate takes a cosine in (0, 1], 'off' or 'default'")
+        if context_budget is not None:
+            _eval_context(
+                dataset or DEFAULT_DATASET,
+                context_budget,
+                embedder,
+                state.json,
+                limit_conversations,
+                threshold,
+            )
+            return
         run_eval(
             dataset or DEFAULT_DATASET,
             embedder=embedder,
@@ -115,6 +133,64 @@ def eval_locomo(
             limit_conversations=limit_conversations,
             near_duplicate=threshold,
             context=context == "reply",
+        )
+    except MembusError as exc:
+        fail(exc, state.json)
+
+
+def _eval_context(
+    dataset: Path,
+    budgets: str,
+    embedder: str,
+    json_output: bool,
+    limit_conversations: int | None,
+    near_duplicate: float | None,
+) -> None:
+    """``eval locomo --context-budget``: membus.evaluation.locomo_context."""
+    from membus.evaluation.locomo_context import run_context_eval
+
+    try:
+        parsed = [int(b) for b in budgets.split(",") if b.strip()]
+    except ValueError:
+        raise InvalidInput(
+            "--context-budget takes comma-separated integers, e.g. 500,1000"
+        ) from None
+    run_context_eval(
+        dataset,
+        budgets=parsed,
+        embedder=embedder,
+        json_output=json_output,
+        limit_conversations=limit_conversations,
+        near_duplicate=near_duplicate,
+    )
+
+
+def eval_tokens(
+    ctx: typer.Context,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset",
+            envvar="MEMBUS_LOCOMO_DATASET",
+            help="locomo10.json (default ../shared/datasets/locomo/locomo10.json).",
+        ),
+    ] = None,
+    limit_conversations: Annotated[
+        int | None, typer.Option("--limit-conversations", min=1, help="Only the first N.")
+    ] = None,
+    json_flag: JsonFlag = False,
+) -> None:
+    """The default token counter's error against the MiniLM tokenizer (the semantic extra) on
+    LoCoMo turns as context lines and whole renders."""
+    state = command_state(ctx, json_flag)
+    from membus.evaluation.locomo import DEFAULT_DATASET
+    from membus.evaluation.tokens import run_token_eval
+
+    try:
+        run_token_eval(
+            dataset or DEFAULT_DATASET,
+            json_output=state.json,
+            limit_conversations=limit_conversations,
         )
     except MembusError as exc:
         fail(exc, state.json)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import orjson
@@ -49,6 +49,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError(
         "membus.integrations.langgraph needs LangGraph: pip install 'membus[langgraph]'"
     ) from exc
+
+if TYPE_CHECKING:
+    from langchain_core.messages import SystemMessage
 
 ITEM_KIND: Final = "item"
 VALUE_FIELD: Final = "langgraph_value"  # metadata field holding the value as a JSON string
@@ -331,3 +334,36 @@ class MembusStore(AsyncBatchedBaseStore):
         if op.max_depth is not None:
             spaces = [ns[: op.max_depth] for ns in spaces]
         return sorted(set(spaces))[op.offset : op.offset + op.limit]
+
+
+# -- context for a node's prompt ------------------------------------------------------------------
+
+
+async def context_message(
+    store: MembusStore,
+    query: str | None = None,
+    *,
+    budget_tokens: int,
+    subjects: Sequence[str] | None = None,
+    namespaces: Sequence[Sequence[str]] | None = None,
+) -> SystemMessage:
+    """The system message for a node: the context the store's identity would get for ``query``
+    (``Agent.context``: pinned, each subject's profile, recent and relevant memories, packed
+    into ``budget_tokens``, one line each with its provenance), drawn from ``namespaces`` (all
+    readable when None). The ``Context`` itself is in ``additional_kwargs["membus_context"]``.
+
+    Example::
+
+        async def answer(state: MessagesState, *, store: MembusStore) -> dict[str, Any]:
+            system = await context_message(store, state["messages"][-1].text, budget_tokens=1500)
+            return {"messages": [await llm.ainvoke([system, *state["messages"]])]}
+    """
+    from langchain_core.messages import SystemMessage
+
+    scopes = [scope_of(ns) for ns in namespaces] if namespaces is not None else None
+    ctx = await store.port.context(
+        query, budget_tokens=budget_tokens, subjects=subjects, scopes=scopes
+    )
+    return SystemMessage(
+        content=ctx.render(), additional_kwargs={"membus_context": ctx.model_dump(mode="json")}
+    )

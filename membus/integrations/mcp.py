@@ -1,4 +1,5 @@
-"""membus as an MCP server (``membus mcp``): tools remember / recall / forget / list_scopes.
+"""membus as an MCP server (``membus mcp``): tools remember / recall / forget / list_scopes /
+get_context, and the prompt ``context`` (the rendered context for a turn, as messages).
 
 One server process serves ONE identity, fixed when it starts (an API key, or ``--agent/--tenant``
 on an embedded bus) and held by the ``MemoryPort`` it wraps. Tool arguments never carry an agent
@@ -106,6 +107,20 @@ class ListScopesArgs(_Args):
     """The scopes holding memories this agent may read."""
 
 
+class GetContextArgs(_Args):
+    """The memories to keep in mind for this turn, packed into a token budget: pinned ones,
+    what is known about each subject, recent ones, and those relevant to the query; each line
+    says where it came from. Returns the rendered text and every item with why it was chosen."""
+
+    query: str | None = Field(default=None, description="what this turn is about")
+    budget_tokens: int = Field(default=1000, ge=1, le=100_000, description="tokens to fill")
+    subjects: list[str] | None = Field(default=None, description="e.g. customer:42")
+    scopes: list[str] | None = Field(default=None, description="subtrees to draw on (default: all)")
+
+
+CONTEXT_PROMPT: Final = "context"
+
+
 def memory_json(hit: Hit) -> dict[str, Any]:
     """A hit as the structured content a tool returns: the memory with its provenance."""
     m = hit.memory
@@ -148,6 +163,7 @@ class MembusMCP:
             "forget": (ForgetArgs, self.forget),
             "list_scopes": (ListScopesArgs, self.list_scopes),
         }
+        self.tools["get_context"] = (GetContextArgs, self.get_context)
 
     # -- tools --------------------------------------------------------------------------------
 
@@ -173,6 +189,12 @@ class MembusMCP:
 
     async def list_scopes(self, a: ListScopesArgs) -> dict[str, Any]:
         return {"scopes": await self.port.list_scopes()}
+
+    async def get_context(self, a: GetContextArgs) -> dict[str, Any]:
+        got = await self.port.context(
+            a.query, budget_tokens=a.budget_tokens, subjects=a.subjects, scopes=a.scopes
+        )
+        return {**got.model_dump(mode="json"), "rendered": got.render()}
 
     async def call(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """Validate (identity-naming and undeclared arguments refused) and run one tool."""
@@ -229,6 +251,54 @@ class MembusMCP:
         text = orjson.dumps(out).decode()
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=text)], structured_content=out
+        )
+
+    async def on_list_prompts(
+        self, ctx: ServerRequestContext[Feed], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
+        import mcp_types as types
+
+        args = [
+            types.PromptArgument(name="query", description="what this turn is about"),
+            types.PromptArgument(name="budget_tokens", description="tokens to fill (1000)"),
+            types.PromptArgument(name="subjects", description="comma-separated, e.g. customer:42"),
+            types.PromptArgument(name="scopes", description="comma-separated subtrees"),
+        ]
+        prompt = types.Prompt(
+            name=CONTEXT_PROMPT,
+            description="Shared memory for this turn, as a message to put before the model's.",
+            arguments=args,
+        )
+        return types.ListPromptsResult(prompts=[prompt])
+
+    async def on_get_prompt(
+        self, ctx: ServerRequestContext[Feed], params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult:
+        """The rendered context as prompt messages (arguments are strings in MCP prompts)."""
+        import mcp_types as types
+
+        if params.name != CONTEXT_PROMPT:
+            raise InvalidInput(f"unknown prompt {params.name!r}; prompts: {CONTEXT_PROMPT}")
+        raw = dict(params.arguments or {})
+        split = {
+            k: [p.strip() for p in raw[k].split(",") if p.strip()]
+            for k in ("subjects", "scopes")
+            if raw.get(k)
+        }
+        arguments: dict[str, Any] = {**raw, **split}
+        if "budget_tokens" in raw:
+            try:
+                arguments["budget_tokens"] = int(raw["budget_tokens"])
+            except ValueError:
+                raise InvalidInput("budget_tokens must be an integer") from None
+        out = await self.call("get_context", arguments)
+        text = out["rendered"] or "(no shared memory to show)"
+        # the user role: MCP prompt messages have no system role; a client places it
+        return types.GetPromptResult(
+            description=f"{len(out['items'])} memories, {out['tokens_used']} tokens",
+            messages=[
+                types.PromptMessage(role="user", content=types.TextContent(type="text", text=text))
+            ],
         )
 
     async def on_list_resources(
@@ -349,6 +419,8 @@ def build_server(port: MemoryPort, *, name: str = "membus") -> Server[Feed]:
         on_list_tools=h.on_list_tools,
         on_call_tool=h.on_call_tool,
         on_list_resources=h.on_list_resources,
+        on_list_prompts=h.on_list_prompts,
+        on_get_prompt=h.on_get_prompt,
         on_read_resource=h.on_read_resource,
         on_subscribe_resource=h.on_subscribe,
         on_unsubscribe_resource=h.on_unsubscribe,

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from membus.access.gate import Identity
 from membus.bus.api import MAX_K, Agent
+from membus.bus.context import Context
 from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
 from membus.service.client import Client
@@ -66,6 +67,17 @@ class MemoryPort(Protocol):
         """Scopes that hold at least one memory this identity may recall, sorted."""
         ...
 
+    async def context(
+        self,
+        query: str | None = None,
+        *,
+        budget_tokens: int,
+        subjects: Sequence[str] | None = None,
+        scopes: Sequence[str] | None = None,
+    ) -> Context:
+        """The memories for this identity's prompt within ``budget_tokens`` (``Agent.context``)."""
+        ...
+
 
 class AgentPort:
     """The port over an in-process agent (``bus.agent(name, tenant)``)."""
@@ -114,6 +126,18 @@ class AgentPort:
 
     async def list_scopes(self) -> list[str]:
         return await self.agent.scopes()
+
+    async def context(
+        self,
+        query: str | None = None,
+        *,
+        budget_tokens: int,
+        subjects: Sequence[str] | None = None,
+        scopes: Sequence[str] | None = None,
+    ) -> Context:
+        return await self.agent.context(
+            query, budget_tokens=budget_tokens, subjects=subjects, scopes=scopes
+        )
 
 
 class ClientPort:
@@ -168,3 +192,15 @@ class ClientPort:
 
     async def list_scopes(self) -> list[str]:
         return await self.client.scopes()
+
+    async def context(
+        self,
+        query: str | None = None,
+        *,
+        budget_tokens: int,
+        subjects: Sequence[str] | None = None,
+        scopes: Sequence[str] | None = None,
+    ) -> Context:
+        return await self.client.context(
+            query, budget_tokens=budget_tokens, subjects=subjects, scopes=scopes
+        )

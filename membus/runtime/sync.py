@@ -13,6 +13,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from membus.access.gate import Gate
 from membus.bus.api import Agent, Bus
+from membus.bus.context import Context
 from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
 from membus.bus.memories import ImportReport, MemoryPage
@@ -20,6 +21,7 @@ from membus.core.config import DEFAULT_PATH, MembusConfig
 from membus.core.envelope import Label
 from membus.embed.port import Embedder
 from membus.recall.heat import Access
+from membus.recall.tokens import TokenCounter
 from membus.runtime.host import open as open_async
 from membus.store.port import Hit, Memory
 from membus.stream.committed import DEFAULT_WAIT_S
@@ -297,6 +299,49 @@ class SyncAgent:
             aclose = getattr(agen, "aclose", None)
             if aclose is not None:
                 self._portal.call(aclose)
+
+    # -- context for the prompt ---------------------------------------------------------------
+
+    def context(
+        self,
+        query: str | None = None,
+        *,
+        budget_tokens: int,
+        subjects: Sequence[str] | None = None,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        working: bool = True,
+        counter: TokenCounter | None = None,
+    ) -> Context:
+        """``Agent.context``, blocking: the memories for this agent's prompt within
+        ``budget_tokens``, each with why it was chosen; ``render()`` for the system prompt.
+
+        Example: ``system = agent.context("refund?", budget_tokens=800).render()``"""
+        return self._portal.call(
+            lambda: self._agent.context(
+                query,
+                budget_tokens=budget_tokens,
+                subjects=subjects,
+                scopes=scopes,
+                kinds=kinds,
+                agents=agents,
+                working=working,
+                counter=counter,
+            )
+        )
+
+    def pin(self, memory_id: str) -> Receipt:
+        """``Agent.pin``, blocking: the memory heads every context that may read it.
+
+        Example: ``agent.pin(hit.memory.id)``"""
+        return self._portal.call(self._agent.pin, memory_id)
+
+    def unpin(self, memory_id: str) -> Receipt:
+        """``Agent.unpin``, blocking.
+
+        Example: ``agent.unpin(hit.memory.id)``"""
+        return self._portal.call(self._agent.unpin, memory_id)
 
 
 class SyncBus:

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException
 from membus.access.audit import AuditRecord, Decision
 from membus.access.gate import Gate
 from membus.bus.api import Bus
+from membus.bus.context import Context
 from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
 from membus.bus.memories import MAX_PAGE, ImportReport, MemoryPage, parse_jsonl, to_jsonl
@@ -59,9 +60,11 @@ from membus.service.wire import (
     AccessRequest,
     AccessStats,
     Backpressure,
+    ContextRequest,
     ForgetRequest,
     Hits,
     Memories,
+    PinRequest,
     PublishBatch,
     PublishRequest,
     RateLimited,
@@ -565,9 +568,42 @@ def create_app(
         await svc.metrics.refresh(bus.redis)
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    _context_routes(app, bus)
     for add in mounts:
         add(app)
     return app
+
+
+def _context_routes(app: FastAPI, bus: Bus) -> None:
+    """Context for the prompt (``membus.bus.context``): assemble, pin, unpin."""
+
+    @app.post("/v1/context", responses=ERRORS, tags=["read"])
+    async def context(req: ContextRequest, who: Caller) -> Context:
+        """The memories this agent should put in front of its model, ranked and packed into
+        ``budget_tokens``: pinned, the profile of each subject, recent and uncommitted, and
+        recall for the query, each with its provenance and why it was chosen; ``left_out``
+        names what did not fit. Every included memory counts as a read (audit, heat)."""
+        return await bus.context(
+            who.identity,
+            req.query,
+            budget_tokens=req.budget_tokens,
+            subjects=req.subjects,
+            scopes=req.scopes,
+            kinds=req.kinds,
+            agents=req.agents,
+            working=req.working,
+        )
+
+    @app.post("/v1/pin", status_code=201, responses=ERRORS, tags=["write"])
+    async def pin(req: PinRequest, who: Caller) -> Receipt:
+        """Pin a memory this agent may read into every context that may read it (an event in
+        the memory's scope: the publish right there)."""
+        return await bus.pin(who.identity, req.memory_id)
+
+    @app.post("/v1/unpin", status_code=201, responses=ERRORS, tags=["write"])
+    async def unpin(req: PinRequest, who: Caller) -> Receipt:
+        """Undo a pin (an event too)."""
+        return await bus.unpin(who.identity, req.memory_id)
 
 
 def _audited(

@@ -31,6 +31,7 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
+from membus.bus.context import Context
 from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
 from membus.bus.memories import ImportReport, MemoryPage, to_jsonl
@@ -285,6 +286,29 @@ def _merged(raw: Sequence[Any]) -> ImportReport:
         erased=sum(r.erased for r in reports),
         event_ids=[e for r in reports for e in r.event_ids],
     )
+
+
+def _context_body(
+    query: str | None,
+    budget_tokens: int,
+    subjects: Sequence[str] | None,
+    scopes: Sequence[str] | None,
+    kinds: Sequence[str] | None,
+    agents: Sequence[str] | None,
+    working: bool,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"budget_tokens": budget_tokens, "working": working}
+    if query is not None:
+        body["query"] = query
+    for name, value in (
+        ("subjects", subjects),
+        ("scopes", scopes),
+        ("kinds", kinds),
+        ("agents", agents),
+    ):
+        if value is not None:  # a lone string is a list of one, never a list of chars
+            body[name] = [value] if isinstance(value, str) else list(value)
+    return body
 
 
 def _error(resp: httpx.Response) -> MembusError:
@@ -663,6 +687,40 @@ class Client:
                     return  # caught up, or the service closed the stream (shutting down)
             await anyio.sleep(follow.next_wait())
 
+    # -- context for the prompt -----------------------------------------------------------------
+
+    async def context(
+        self,
+        query: str | None = None,
+        *,
+        budget_tokens: int,
+        subjects: Sequence[str] | None = None,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        working: bool = True,
+    ) -> Context:
+        """``Agent.context`` over HTTP (``POST /v1/context``), counted by the service's
+        default token counter.
+
+        Example: ``system = (await client.context("refund?", budget_tokens=800)).render()``"""
+        body = _context_body(query, budget_tokens, subjects, scopes, kinds, agents, working)
+        return Context.model_validate(await self._call(_Req("POST", "/v1/context", body)))
+
+    async def pin(self, memory_id: str) -> Receipt:
+        """``Agent.pin`` over HTTP (``POST /v1/pin``).
+
+        Example: ``await client.pin(hit.memory.id)``"""
+        raw = await self._call(_Req("POST", "/v1/pin", {"memory_id": memory_id}))
+        return Receipt.model_validate(raw)
+
+    async def unpin(self, memory_id: str) -> Receipt:
+        """``Agent.unpin`` over HTTP (``POST /v1/unpin``).
+
+        Example: ``await client.unpin(hit.memory.id)``"""
+        raw = await self._call(_Req("POST", "/v1/unpin", {"memory_id": memory_id}))
+        return Receipt.model_validate(raw)
+
 
 class SyncClient:
     """Blocking twin of ``Client``: ``with SyncClient(url, key) as agent: agent.publish(...)``."""
@@ -951,3 +1009,36 @@ class SyncClient:
                 if not reconnect or until_now:
                     return  # caught up, or the service closed the stream (shutting down)
             time.sleep(follow.next_wait())
+
+    # -- context for the prompt -----------------------------------------------------------------
+
+    def context(
+        self,
+        query: str | None = None,
+        *,
+        budget_tokens: int,
+        subjects: Sequence[str] | None = None,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        working: bool = True,
+    ) -> Context:
+        """``Client.context``, blocking.
+
+        Example: ``system = client.context("refund?", budget_tokens=800).render()``"""
+        body = _context_body(query, budget_tokens, subjects, scopes, kinds, agents, working)
+        return Context.model_validate(self._call(_Req("POST", "/v1/context", body)))
+
+    def pin(self, memory_id: str) -> Receipt:
+        """``Client.pin``, blocking.
+
+        Example: ``client.pin(hit.memory.id)``"""
+        raw = self._call(_Req("POST", "/v1/pin", {"memory_id": memory_id}))
+        return Receipt.model_validate(raw)
+
+    def unpin(self, memory_id: str) -> Receipt:
+        """``Client.unpin``, blocking.
+
+        Example: ``client.unpin(hit.memory.id)``"""
+        raw = self._call(_Req("POST", "/v1/unpin", {"memory_id": memory_id}))
+        return Receipt.model_validate(raw)

@@ -333,3 +333,27 @@ PUBLISH_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     400: {**_ERR, "description": "invalid_input, or parked: writers dead-lettered it (wait)"},
     504: {**_ERR, "description": "not_committed: published, not committed in time (wait)"},
 }
+
+
+# -- context for the prompt ---------------------------------------------------------------------
+
+
+class ContextRequest(_Body):
+    """The memories for this agent's prompt within a token budget (``Agent.context``); tokens
+    are counted by the service's default counter (``membus.estimate_tokens``)."""
+
+    query: str | None = Field(default=None, description="what the turn is about; None: no recall")
+    budget_tokens: int = Field(ge=1, le=1_000_000, description="tokens the render may take")
+    subjects: list[str] | None = Field(
+        default=None, description="subjects whose current keyed facts (profile) to include"
+    )
+    scopes: list[str] | None = Field(default=None, description="subtree roots; None: all readable")
+    kinds: list[str] | None = None
+    agents: list[str] | None = None
+    working: bool = Field(default=True, description="include just-published, uncommitted memory")
+
+
+class PinRequest(_Body):
+    """Pin or unpin one memory (an event in the memory's scope; the publish right there)."""
+
+    memory_id: str
