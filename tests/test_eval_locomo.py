@@ -144,7 +144,7 @@ def test_run_eval_end_to_end_json(tmp_path: Path, capsys: pytest.CaptureFixture[
         "lexical",
         "near_duplicate",
         "context",
-        "fusion",
+        "blend",
     }
     assert set(result["bm25"]) == {"recall@5", "recall@10", "recall@25"}
     for table in (result, result["bm25"]):
@@ -157,7 +157,7 @@ def test_run_eval_end_to_end_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert result["embedder"].startswith("hashing")
     assert result["lexical"] == sparse.NAME  # hybrid retrieval by default
     assert result["context"] == "in reply to"
-    assert result["fusion"] == {"dense_weight": 0.1, "lexical_weight": 2.0, "rrf_k": 2}  # hashing's
+    assert result["blend"] == {"cosine_weight": 0.2, "absent_weight": 3.0}  # hashing's
     for table in (result, result["bm25"]):
         # the single-hop questions repeat their turn's words: both must find them at once
         assert table["recall@5"]["single-hop"] == 100.0

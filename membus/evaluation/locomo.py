@@ -66,7 +66,7 @@ from membus.evaluation.report import recall_table, render
 from membus.runtime import host as runtime
 from membus.store.bm25 import BM25
 from membus.store.port import Memory, StoreMeta
-from membus.store.sparse import fusion_for
+from membus.store.relevance import blend_for
 
 DEFAULT_DATASET = Path("../shared/datasets/locomo/locomo10.json")
 SCOPE = "conv/main"
@@ -361,7 +361,7 @@ def run_eval(
         "lexical": StoreMeta.model_fields["sparse"].default,  # the store's lexical encoder
         "near_duplicate": near_duplicate,  # the merge threshold (None: merging off)
         "context": "in reply to" if context else None,  # a turn ends with what it answers
-        "fusion": asdict(fusion_for(emb_name)),  # the weighted RRF of the two branches
+        "blend": asdict(blend_for(emb_name)),  # how the score weighs the two branches
     }
     if json_output:
         print(json.dumps(result), file=stdout, flush=True)

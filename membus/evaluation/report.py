@@ -44,8 +44,7 @@ def render(result: dict[str, Any], counts: dict[str, int], ks: Sequence[int]) ->
         caption=(
             f"embedder {result['embedder']} · memories {result['memories']} / observations "
             f"{result['observations']} · ingest {result['ingest_s']} s · dropped evidence "
-            f"{result['dropped_evidence']} · RRF weights dense {result['fusion']['dense_weight']} "
-            f"/ lexical {result['fusion']['lexical_weight']}"
+            f"{result['dropped_evidence']} · cosine weight {result['blend']['cosine_weight']}"
         ),
     )
     for col in table.columns:
