@@ -213,13 +213,15 @@ class EdgeStore:
         found, scored = await self._now(find)
         # as the caller's clearance sees each key's history (``Memory.seen_by``)
         seen = flt.grant.clearance
-        return [
-            Hit(
-                memory=Memory.from_payload(p.payload or {}).seen_by(seen),
-                score=relevance.clip(p.score) if scored else 0.0,
-            )
-            for p in found
-        ]
+        return relevance.ranked(
+            [
+                Hit(
+                    memory=Memory.from_payload(p.payload or {}).seen_by(seen),
+                    score=relevance.clip(p.score) if scored else 0.0,
+                )
+                for p in found
+            ]
+        )
 
     async def _now(self, fn: Callable[[], T]) -> T:
         """Searches and upserts take about a millisecond, and a worker thread costs a good part

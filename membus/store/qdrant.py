@@ -324,13 +324,15 @@ class QdrantStore:
         # as the caller's clearance sees each key's history (``Memory.seen_by``)
         seen = flt.grant.clearance
         nothing = terms and (asked is None or asked.coverage <= 0)
-        return [
-            Hit(
-                memory=Memory.from_payload(p.payload or {}).seen_by(seen),
-                score=0.0 if nothing else relevance.clip(p.score),
-            )
-            for p in found.points
-        ]
+        return relevance.ranked(
+            [
+                Hit(
+                    memory=Memory.from_payload(p.payload or {}).seen_by(seen),
+                    score=0.0 if nothing else relevance.clip(p.score),
+                )
+                for p in found.points
+            ]
+        )
 
     async def _asked(self, terms: sparse.SparseVec, corpus: m.Filter) -> relevance.Asked | None:
         """What the query asks of the caller's corpus (``relevance.asked``): each term's corpus

@@ -32,6 +32,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from membus.store.port import Hit
 
 # a query term no readable memory holds weighs this many times a term held once: the topic of a
 # question about something never discussed is usually such a term
@@ -85,7 +89,9 @@ def asked(known: Sequence[float], absent: int, corpus_size: int, blend: Blend) -
     """From the corpus IDF of the query terms some readable memory holds (``known``) and how
     many terms none holds; None when the query has no terms at all."""
     held = sum(known)
-    missing = blend.absent_weight * absent * idf(corpus_size, 0) if absent else 0.0
+    # weighed against a term one memory holds, not against IDF's limit for none: in a small
+    # corpus every held term has a tiny IDF and the limit would drown any query with one new word
+    missing = blend.absent_weight * absent * max(idf(corpus_size, 1), 0.0) if absent else 0.0
     total = held + missing
     if total <= 0:
         return None
@@ -108,3 +114,9 @@ def dense(cosine: float) -> float:
 def clip(value: float) -> float:
     """Into [0, 1]: engines compute in 32-bit floats, so 1 may come back as 1.0000001."""
     return min(1.0, max(0.0, value))
+
+
+def ranked(hits: Sequence[Hit]) -> list[Hit]:
+    """Best first, equal scores by memory id: an engine orders ties as it likes (hits of a query
+    nothing matches all score 0), and two equal recalls must answer alike."""
+    return sorted(hits, key=lambda h: (-h.score, h.memory.id))
