@@ -197,6 +197,7 @@ async def test_a_query_no_memory_knows_scores_0_and_no_terms_score_the_cosine(
         await store.close()
 
 
+@pytest.mark.slow
 def test_random_stores_and_queries_score_in_0_1() -> None:
     """Random contents, vectors and queries (seeded): every hit of either engine in [0, 1],
     best first, and both engines agree."""
