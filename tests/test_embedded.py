@@ -88,7 +88,7 @@ _HOST = """
 import sys, time
 import membus
 from membus.core.config import MembusConfig, PolicyConfig
-config = MembusConfig(policy=PolicyConfig(mode="open"), writers=0, ranking=EVERY_HIT)
+config = MembusConfig(policy=PolicyConfig(mode="open"), writers=0)
 with membus.open_sync(sys.argv[1], config) as bus:
     agent = bus.agent("alice", "acme")
     for i in range(int(sys.argv[2])):

@@ -50,6 +50,7 @@ class MemoryPort(Protocol):
         scopes: Sequence[str] | None = None,
         kinds: Sequence[str] | None = None,
         subjects: Sequence[str] | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]: ...
 
     async def forget(
@@ -113,8 +114,11 @@ class AgentPort:
         scopes: Sequence[str] | None = None,
         kinds: Sequence[str] | None = None,
         subjects: Sequence[str] | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]:
-        return await self.agent.recall(query, k=k, scopes=scopes, kinds=kinds, subjects=subjects)
+        return await self.agent.recall(
+            query, k=k, scopes=scopes, kinds=kinds, subjects=subjects, min_score=min_score
+        )
 
     async def forget(
         self,
@@ -207,9 +211,12 @@ class ClientPort:
         scopes: Sequence[str] | None = None,
         kinds: Sequence[str] | None = None,
         subjects: Sequence[str] | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]:
+        # None leaves the server's default: an older server would refuse the unknown field
+        extra = {} if min_score is None else {"min_score": min_score}
         return await self.client.recall(
-            query, k=min(k, MAX_K), scopes=scopes, kinds=kinds, subjects=subjects
+            query, k=min(k, MAX_K), scopes=scopes, kinds=kinds, subjects=subjects, **extra
         )
 
     async def forget(

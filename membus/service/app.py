@@ -246,6 +246,7 @@ def create_app(bus: Bus, auth: ApiKeys, limits: Limits | None = None) -> FastAPI
                 until=req.until,
                 as_of=req.as_of,
                 working=req.working,
+                min_score=req.min_score,
             )
         svc.metrics.recalls.labels(who.tenant).inc()
         return Hits(hits=hits)
