@@ -64,7 +64,7 @@ def _recall_body(query: str, k: int, **filters: Any) -> dict[str, Any]:
             continue
         if isinstance(value, datetime):
             body[name] = value.isoformat()
-        elif isinstance(value, bool):  # working: a flag, not a list
+        elif isinstance(value, bool | int | float):  # working, min_score: not lists
             body[name] = value
         elif isinstance(value, str):  # a lone scope is a list of one, never a list of chars
             body[name] = [value]
