@@ -193,8 +193,9 @@ async def _recall_all(
             in {e for h in hits for e in h.memory.source_events},
             "hits": [_hit_summary(h, refs) for h in hits],
         }
+        # a listing, not a question: every hit counts, however weakly it matches
         own = await agent.recall(
-            f"{role.name} notes", k=RECALL_ALL_K, scopes=[private_scope(role.name)]
+            f"{role.name} notes", k=RECALL_ALL_K, scopes=[private_scope(role.name)], min_score=0
         )
         notebooks[role.name] = {
             "scope": private_scope(role.name),
@@ -264,7 +265,9 @@ async def _privacy(team: dict[str, Agent]) -> dict[str, dict[str, Any]]:
     """Each agent recalls over everything it may read: whose scopes come back, counted."""
     out: dict[str, dict[str, Any]] = {}
     for name, agent in team.items():
-        scopes = [h.memory.scope for h in await agent.recall(f"{TICKET} notes", k=RECALL_ALL_K)]
+        # a listing, not a question: every hit counts, however weakly it matches
+        hits = await agent.recall(f"{TICKET} notes", k=RECALL_ALL_K, min_score=0)
+        scopes = [h.memory.scope for h in hits]
         notebooks = {private_scope(other) for other in team if other != name}
         out[name] = {
             "memories": len(scopes),

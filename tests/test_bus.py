@@ -14,12 +14,15 @@ from pydantic import ValidationError
 import membus
 from membus.access.policy import CasbinGate
 from membus.access.watch import MemorySource
-from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, RedisConfig, WorkerConfig
 from membus.core.keys import TenantKeys
 from membus.errors import InvalidInput, Unavailable
 from membus.store.port import point_id
 from membus.stream.feed import Change
 from membus.stream.ops import group_stats
+
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +35,11 @@ Entries = list[tuple[str, dict[str, str]]]  # what a decode_responses client ret
 
 def config(url: str, writers: int = 1) -> MembusConfig:
     return MembusConfig(
-        policy=PolicyConfig(mode="open"), redis=RedisConfig(url=url), worker=FAST, writers=writers
+        policy=PolicyConfig(mode="open"),
+        redis=RedisConfig(url=url),
+        worker=FAST,
+        writers=writers,
+        ranking=EVERY_HIT,
     )
 
 

@@ -22,8 +22,17 @@ import membus
 from membus.cli.app import app
 from membus.cli.output import unconfigure_logging
 from membus.cli.settings import Settings
-from membus.core.config import EMBEDDED_WORKER, MembusConfig, PolicyConfig, RedisConfig
+from membus.core.config import (
+    EMBEDDED_WORKER,
+    MembusConfig,
+    PolicyConfig,
+    RankingConfig,
+    RedisConfig,
+)
 from membus.core.keys import TenantKeys, tenants_key
+
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
 
 Invoke = Callable[..., Result]
 WHO = ["--agent", "alice", "--tenant", "acme"]
@@ -47,6 +56,8 @@ def cli(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Invo
     """The CLI on the test Redis, in the open mode (these tests share scopes, not permissions)."""
     for name, value in OPEN_ENV.items():
         monkeypatch.setenv(name, value)
+    # every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+    monkeypatch.setenv("MEMBUS_RANKING__MIN_SCORE", "0")
     runner = CliRunner()
 
     def invoke(*args: str, input: str | None = None) -> Result:
@@ -65,6 +76,7 @@ def drain(redis_url: str, path: Path) -> None:
             redis=RedisConfig(url=redis_url),
             worker=EMBEDDED_WORKER,
             writers=1,
+            ranking=EVERY_HIT,
         )
         async with membus.open(path, config) as bus:
             await bus.drain(timeout_s=20)

@@ -55,6 +55,8 @@ def cli(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Invo
     """The CLI on the test Redis with the example policy; one in-process writer, so ``recall``
     commits what earlier commands published before it searches."""
     monkeypatch.setenv("MEMBUS_WRITERS", "1")
+    # every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+    monkeypatch.setenv("MEMBUS_RANKING__MIN_SCORE", "0")
     runner = CliRunner()
 
     def invoke(*args: str) -> Result:

@@ -19,11 +19,14 @@ from redis.asyncio.cluster import RedisCluster
 import membus
 from membus.access.watch import PolicyWatcher
 from membus.bus.erasure import tombstoned
-from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, RedisConfig, WorkerConfig
 from membus.core.keys import TenantKeys
 from membus.core.redis import is_cluster, redis_client
 from membus.stream import dlq
 from tests.cluster_proc import ClusterProcess, binaries
+
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
 
 pytestmark = pytest.mark.cluster
 
@@ -49,6 +52,7 @@ def config(cluster: ClusterProcess) -> MembusConfig:
         redis=RedisConfig(url=cluster.url, cluster=True),
         worker=FAST,
         writers=2,
+        ranking=EVERY_HIT,
     )
 
 

@@ -26,6 +26,7 @@ from membus.core.config import (
     ConsolidationConfig,
     MembusConfig,
     PolicyConfig,
+    RankingConfig,
     RedisConfig,
     WorkerConfig,
 )
@@ -41,6 +42,9 @@ from membus.writer.consolidate import RETRACTION
 from membus.writer.ledger import dirty_key
 from membus.writer.worker import Writer
 
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
+
 pytestmark = pytest.mark.anyio
 
 FAST = WorkerConfig(
@@ -52,7 +56,11 @@ Entries = list[tuple[str, dict[str, str]]]
 
 def config(url: str, writers: int = 1) -> MembusConfig:
     return MembusConfig(
-        policy=PolicyConfig(mode="open"), redis=RedisConfig(url=url), worker=FAST, writers=writers
+        policy=PolicyConfig(mode="open"),
+        redis=RedisConfig(url=url),
+        worker=FAST,
+        writers=writers,
+        ranking=EVERY_HIT,
     )
 
 

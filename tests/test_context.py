@@ -292,8 +292,9 @@ def test_cli_context_prints_the_render_and_json_items(redis_url: str, tmp_path: 
     base = ["--path", str(tmp_path), "--redis-url", redis_url]
     who = ["--agent", "alice", "--tenant", "acme"]
     for args in (
-        ["publish", "plan: gold", "--scope", "agent/alice", "--kind", "fact"],
-        ["publish", "printer on floor 3 jams", "--scope", "agent/alice/it"],
+        # no writer runs beside an external Redis: `context` drains them itself
+        ["publish", "plan: gold", "--scope", "agent/alice", "--kind", "fact", "--no-wait"],
+        ["publish", "printer on floor 3 jams", "--scope", "agent/alice/it", "--no-wait"],
     ):
         assert runner.invoke(app, [*base, *args, *who]).exit_code == 0
     out = runner.invoke(app, [*base, "context", "printer", "--budget", "60", *who])

@@ -37,6 +37,7 @@ from membus.cli.settings import Settings
 from membus.core.config import (
     MembusConfig,
     PolicyConfig,
+    RankingConfig,
     RedisConfig,
     RetentionConfig,
     SigningConfig,
@@ -50,6 +51,9 @@ from membus.stream import dlq
 from membus.stream.ops import XADD_MANY, xadd_many_args
 from membus.writer.worker import Writer
 from tests.redis_proc import RedisProcess
+
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
@@ -207,6 +211,7 @@ async def test_api_and_worker_users_run_the_whole_flow(
         worker=FAST,
         writers=0,  # the writer below runs as the worker user
         policy=PolicyConfig(file=POLICY, shared=True, resync_s=1.0),
+        ranking=EVERY_HIT,
     )
     worker_redis = redis_client(worker_url)
     stop = anyio.Event()
@@ -286,7 +291,11 @@ async def test_no_shipped_credential_can_forge_an_event_or_replace_a_key(
     worker_url = acl_redis.user_url("worker", PASSWORDS["REDIS_WORKER_PASSWORD"])
     # the open mode: this test is about signatures, not grants (carol writes a shared scope)
     config = MembusConfig(
-        redis=RedisConfig(url=api_url), worker=FAST, writers=0, policy=PolicyConfig(mode="open")
+        redis=RedisConfig(url=api_url),
+        worker=FAST,
+        writers=0,
+        policy=PolicyConfig(mode="open"),
+        ranking=EVERY_HIT,
     )
     worker_redis = redis_client(worker_url)
     attacker = Ed25519PrivateKey.generate()

@@ -14,17 +14,22 @@ import anyio
 import pytest
 
 import membus
-from membus.core.config import MembusConfig, PolicyConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, WorkerConfig
 from membus.errors import Conflict
 from membus.runtime.embedded import socket_path
 from membus.store.port import point_id
+
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
 
 pytestmark = pytest.mark.anyio
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = WorkerConfig(min_idle_ms=200, reclaim_every_s=0.2, max_deliveries=2, block_ms=50)
-NO_WRITERS = MembusConfig(policy=PolicyConfig(mode="open"), writers=0, worker=FAST)
-WRITERS = MembusConfig(policy=PolicyConfig(mode="open"), worker=FAST)
+NO_WRITERS = MembusConfig(
+    policy=PolicyConfig(mode="open"), writers=0, worker=FAST, ranking=EVERY_HIT
+)
+WRITERS = MembusConfig(policy=PolicyConfig(mode="open"), worker=FAST, ranking=EVERY_HIT)
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import membus
-from membus.core.config import MembusConfig, PolicyConfig, RedisConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, RedisConfig
 from membus.core.envelope import (
     MAX_CONTENT_BYTES,
     MAX_FUTURE_SKEW_S,
@@ -25,6 +25,9 @@ from membus.core.envelope import (
 )
 from membus.core.keys import TenantKeys, tenants_key
 from membus.errors import InvalidInput
+
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
 
 NAME_RE = r"[a-z0-9][a-z0-9_-]{0,63}"
 SCOPE_RE = re.compile(rf"{NAME_RE}(/{NAME_RE}){{0,{MAX_SCOPE_SEGMENTS - 1}}}")
@@ -310,7 +313,9 @@ def test_content_size_limit_counts_utf8_bytes() -> None:
 
 
 def bus_config(url: str) -> MembusConfig:
-    return MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=url), writers=0)
+    return MembusConfig(
+        policy=PolicyConfig(mode="open"), redis=RedisConfig(url=url), writers=0, ranking=EVERY_HIT
+    )
 
 
 BAD_PUBLISH: list[tuple[dict[str, Any], str]] = [
@@ -471,7 +476,9 @@ async def test_past_dates_stay_usable_for_backfill(redis_url: str, tmp_path: Pat
     """Backfill is a real use (eval locomo publishes sessions dated 2023; imports restore old
     versions): a created_at years in the past is accepted as given, and the versions of a key
     are ordered by it, so the later of two backfilled values is current."""
-    config = MembusConfig(redis=RedisConfig(url=redis_url), policy=PolicyConfig(mode="open"))
+    config = MembusConfig(
+        redis=RedisConfig(url=redis_url), policy=PolicyConfig(mode="open"), ranking=EVERY_HIT
+    )
     async with membus.open(tmp_path, config) as bus:
         agent = bus.agent("tester", "acme")
         may, june = datetime(2023, 5, 8, 13, 56, tzinfo=UTC), datetime(2023, 6, 1, tzinfo=UTC)

@@ -24,7 +24,7 @@ from membus.bus.erasure import (
     is_tombstoned,
     tombstoned,
 )
-from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, RedisConfig, WorkerConfig
 from membus.core.envelope import Event, new_event_id
 from membus.core.keys import TenantKeys, tenants_key
 from membus.core.redis import Redis, redis_client
@@ -37,6 +37,9 @@ from membus.stream.feed import RECHECK_S, follow, upsert_fields
 from membus.stream.ops import publish_signed
 from membus.writer.worker import Writer
 
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
+
 pytestmark = pytest.mark.anyio
 
 CANARY = "zq-canary-7f3e1d"
@@ -48,7 +51,11 @@ FAST = WorkerConfig(
 
 def config(url: str, writers: int) -> MembusConfig:
     return MembusConfig(
-        policy=PolicyConfig(mode="open"), redis=RedisConfig(url=url), worker=FAST, writers=writers
+        policy=PolicyConfig(mode="open"),
+        redis=RedisConfig(url=url),
+        worker=FAST,
+        writers=writers,
+        ranking=EVERY_HIT,
     )
 
 

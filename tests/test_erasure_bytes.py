@@ -31,7 +31,7 @@ import redis.asyncio as raw_redis
 import membus
 from membus.bus.api import Bus
 from membus.bus.erasure import forget
-from membus.core.config import MembusConfig, PolicyConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, WorkerConfig
 from membus.core.envelope import new_event_id
 from membus.core.keys import TenantKeys
 from membus.core.redis import Redis
@@ -50,6 +50,9 @@ mcp = pytest.importorskip("mcp")
 from mcp import Client  # noqa: E402
 
 from membus.integrations.mcp import CHANGES_URI, build_server  # noqa: E402
+
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -170,7 +173,9 @@ async def world(tmp_path: Path) -> AsyncIterator[tuple[World, Client, str]]:
     needles |= {"subject": subject, "key": key}
     keys = ApiKeys.from_keys({LEAKY_KEY: (TENANT, "leaky")})
     # the open mode: the canaries cross agents and shared scopes; this test is about bytes
-    config = MembusConfig(worker=FAST, writers=0, policy=PolicyConfig(mode="open"))
+    config = MembusConfig(
+        worker=FAST, writers=0, policy=PolicyConfig(mode="open"), ranking=EVERY_HIT
+    )
     async with membus.open(root, config) as bus:
         assert isinstance(bus.store, SealedStore)
         (writer,) = make_writers(

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from membus.core.config import RankingConfig
 from membus.errors import InvalidInput
+from membus.evaluation import noanswer
 from membus.evaluation.locomo import (
     dia_ids,
     first_turns,
@@ -144,10 +146,15 @@ def test_run_eval_end_to_end_json(tmp_path: Path, capsys: pytest.CaptureFixture[
         "lexical",
         "near_duplicate",
         "context",
-        "fusion",
+        "blend",
+        "unfiltered",
+        "min_score",
+        "no_answer",
     }
-    assert set(result["bm25"]) == {"recall@5", "recall@10", "recall@25"}
-    for table in (result, result["bm25"]):
+    assert (
+        set(result["bm25"]) == set(result["unfiltered"]) == {"recall@5", "recall@10", "recall@25"}
+    )
+    for table in (result, result["bm25"], result["unfiltered"]):
         for k in ("recall@5", "recall@10", "recall@25"):
             assert list(table[k]) == list(REPORT_ORDER)
             assert all(isinstance(v, float) for v in table[k].values())
@@ -157,12 +164,34 @@ def test_run_eval_end_to_end_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert result["embedder"].startswith("hashing")
     assert result["lexical"] == sparse.NAME  # hybrid retrieval by default
     assert result["context"] == "in reply to"
-    assert result["fusion"] == {"dense_weight": 0.1, "lexical_weight": 2.0, "rrf_k": 2}  # hashing's
-    for table in (result, result["bm25"]):
-        # the single-hop questions repeat their turn's words: both must find them at once
+    assert result["blend"] == {"cosine_weight": 0.2, "absent_weight": 3.0}  # hashing's
+    assert result["min_score"] == RankingConfig().min_score
+    # the fixture's conversations hold none of the no-answer topics: each one asked twice
+    na = result["no_answer"]
+    assert na["questions"] == na["named"]["questions"] + na["unnamed"]["questions"] > 0
+    assert na["named"]["questions"] == na["unnamed"]["questions"]
+    assert na["empty"] == na["questions"] and na["empty_pct"] == 100.0
+    assert na["best_score"] < result["min_score"]
+    for table in (result, result["unfiltered"], result["bm25"]):
+        # the single-hop questions repeat their turn's words: all must find them at once
         assert table["recall@5"]["single-hop"] == 100.0
+    for table in (result["unfiltered"], result["bm25"]):
         # 10 turns a conversation < 25: everything retrieved, so every (repaired) id maps back
         assert table["recall@25"]["overall"] == 100.0
+    # the default min_score keeps a subset of the same ranking
+    for k in ("recall@5", "recall@10", "recall@25"):
+        assert result[k]["overall"] <= result["unfiltered"][k]["overall"]
+
+
+def test_no_answer_questions_ask_only_about_topics_no_turn_mentions() -> None:
+    turns = ["Ann: my sourdough starter died", "Bob: the wine was great", "Ann: chess tonight?"]
+    asked = noanswer.questions(turns, {"Bob", "Ann"})
+    assert asked == noanswer.questions(turns, ["Ann", "Bob"])  # deterministic
+    assert len(asked) == 2 * noanswer.PER_CONVERSATION
+    assert [q.named for q in asked[:4]] == [True, False, True, False]
+    text = " ".join(q.text for q in asked).lower()
+    assert "sourdough" not in text and "wine" not in text and "chess" not in text  # mentioned
+    assert "Ann" in asked[0].text and "Bob" in asked[2].text  # speakers in turn
 
 
 def test_run_eval_refuses_a_used_directory(tmp_path: Path) -> None:

@@ -23,6 +23,20 @@ def test_weights_are_the_ratio_of_the_best_scores_and_absent_terms_drop_out() ->
     assert out.indices == [1] and math.isclose(out.values[0], 1.5)
 
 
+def test_the_corpus_idf_and_size_are_learnt_for_the_scores() -> None:
+    """Recall's scores (membus.store.relevance) need each term's corpus IDF, whether the corpus
+    holds it at all, and the corpus size; a write forgets them with the weights."""
+    w = IdfWeights()
+    w.learn("c", 1, corpus_best=3.0, store_best=2.0, corpus_tf=1.5)
+    w.learn("c", 2, corpus_best=None, store_best=1.5)  # no point of the corpus holds it
+    w.learn_size("c", 40)
+    known, absent = w.known("c", SparseVec([1, 2, 5], [1.0] * 3))  # 5: never probed
+    assert known == [2.0] and absent == 2
+    assert w.size("c") == 40 and w.size("other") is None
+    w.clear()
+    assert w.size("c") is None and w.known("c", SparseVec([1], [1.0])) == ([], 1)
+
+
 def test_corpora_do_not_share_weights_and_clear_forgets_all() -> None:
     w = IdfWeights()
     w.learn("mine", 1, 2.0, 1.0)

@@ -15,7 +15,7 @@ import membus
 from membus.access.gate import Gate
 from membus.access.policy import CasbinGate
 from membus.access.watch import MemorySource
-from membus.core.config import MembusConfig, PolicyConfig, RedisConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, RedisConfig
 from membus.errors import InvalidInput, PermissionDenied
 from membus.integrations.port import AgentPort
 
@@ -24,6 +24,9 @@ pytest.importorskip("langgraph.store.base")
 from langgraph.store.base import InvalidNamespaceError
 
 from membus.integrations.langgraph import MembusStore, scope_of
+
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
 
 pytestmark = pytest.mark.anyio
 
@@ -34,7 +37,9 @@ SUPPORT = ("team", "support")
 async def opened(
     tmp_path: Path, redis_url: str, *, gate: Gate | None = None, **kw: Any
 ) -> AsyncIterator[tuple[membus.Bus, MembusStore]]:
-    cfg = MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url))
+    cfg = MembusConfig(
+        policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url), ranking=EVERY_HIT
+    )
     async with membus.open(tmp_path / "bus", cfg, gate=gate) as bus:
         yield bus, MembusStore(AgentPort(bus.agent("alice", "acme")), **kw)
 
@@ -200,7 +205,7 @@ async def test_without_a_policy_namespaces_of_other_agents_are_private(
     read or a write is refused; alice's own graph keeps full use of it (per-user isolation out
     of the box, as a Mem0 user expects)."""
     notes = ("agent", "alice", "notes")
-    cfg = MembusConfig(redis=RedisConfig(url=redis_url))
+    cfg = MembusConfig(redis=RedisConfig(url=redis_url), ranking=EVERY_HIT)
     async with membus.open(tmp_path / "bus", cfg) as bus:
         alice = MembusStore(AgentPort(bus.agent("alice", "acme")))
         bob = MembusStore(AgentPort(bus.agent("bob", "acme")))

@@ -17,7 +17,7 @@ import membus
 from membus.access.gate import Gate
 from membus.access.policy import CasbinGate
 from membus.access.watch import MemorySource
-from membus.core.config import MembusConfig, PolicyConfig, RedisConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, RedisConfig
 from membus.integrations.port import AgentPort
 
 mcp = pytest.importorskip("mcp")
@@ -26,6 +26,9 @@ from mcp import Client  # noqa: E402
 from mcp_types import CallToolResult  # noqa: E402
 
 from membus.integrations.mcp import CHANGES_URI, build_server  # noqa: E402
+
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +39,9 @@ TENANT = "acme"
 async def connected(
     tmp_path: Path, redis_url: str, *, gate: Gate | None = None, mode: str = "auto", **kw: Any
 ) -> AsyncIterator[tuple[membus.Bus, Client]]:
-    cfg = MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url))
+    cfg = MembusConfig(
+        policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url), ranking=EVERY_HIT
+    )
     async with membus.open(tmp_path / "bus", cfg, gate=gate) as bus:
         server = build_server(AgentPort(bus.agent("alice", TENANT)))
         async with Client(server, mode=mode, cache=None, **kw) as client:
@@ -249,7 +254,9 @@ async def test_over_the_service_client(tmp_path: Path, redis_url: str) -> None:
     from membus.service.client import Client as HttpClient
 
     key = "mcp-key-0123456789abcdef"
-    cfg = MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url))
+    cfg = MembusConfig(
+        policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url), ranking=EVERY_HIT
+    )
     async with membus.open(tmp_path / "bus", cfg) as bus:
         app = create_app(bus, ApiKeys.from_keys({key: ("acme", "carol")}))
         transport = httpx.ASGITransport(app=app)
@@ -280,7 +287,9 @@ async def test_api_key_binds_the_identity(tmp_path: Path, redis_url: str) -> Non
     keys.write_bytes(
         orjson.dumps({"keys": [{"sha256": hash_key(key), "agent": "dana", "tenant": "acme"}]})
     )
-    cfg = MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url))
+    cfg = MembusConfig(
+        policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url), ranking=EVERY_HIT
+    )
     async with open_port(cfg, key, path=tmp_path / "bus", api_keys_file=keys) as port:
         who = await port.whoami()
         assert (who.agent, who.tenant) == ("dana", "acme")

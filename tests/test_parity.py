@@ -198,6 +198,10 @@ DIFFERENCES: dict[tuple[str, str, str | None], Why] = {
         ("MCP", "context", p): (GAP, "get_context takes query, budget, subjects, scopes")
         for p in ("agents", "kinds", "working")
     },
+    **{
+        (s, "recall", "min_score"): (PENDING, "issue 16 item 3: --min-score / min_score")
+        for s in ("CLI", "MCP")
+    },
     # MCP
     ("MCP", "publish", "label"): (PENDING, "issue #16 item 4: remember has no label"),
     **{

@@ -56,6 +56,7 @@ from membus.core.config import (
     ConsolidationConfig,
     MembusConfig,
     PolicyConfig,
+    RankingConfig,
     RedisConfig,
     WorkerConfig,
 )
@@ -68,6 +69,9 @@ from membus.service.app import create_app
 from membus.service.auth import ApiKeys
 from membus.service.client import Client
 from membus.store.port import RecallFilter, point_id
+
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
 
 AGENTS = ["a", "b", "c", "d", "e"]  # "e" is named by no line: only built-ins and "*" apply
 ROLES = ["role:r1", "role:r2"]
@@ -880,6 +884,7 @@ async def shared_bus(path: Path, url: str) -> AsyncIterator[Bus]:
         worker=FAST,
         policy=PolicyConfig(shared=True),
         consolidation=folding,
+        ranking=EVERY_HIT,
     )
     async with membus.open(path, cfg) as bus:
         yield bus
@@ -1048,7 +1053,9 @@ def test_without_a_policy_each_agent_reaches_only_its_own_scopes(
     counter = itertools.count()
     exercised: Counter[str] = Counter()
     folding = ConsolidationConfig(near_duplicate=None)
-    cfg = MembusConfig(redis=RedisConfig(url=redis_url), worker=FAST, consolidation=folding)
+    cfg = MembusConfig(
+        redis=RedisConfig(url=redis_url), worker=FAST, consolidation=folding, ranking=EVERY_HIT
+    )
     with (
         start_blocking_portal(backend="asyncio") as portal,
         portal.wrap_async_context_manager(membus.open(tmp_path / "bus", cfg)) as bus,

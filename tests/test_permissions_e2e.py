@@ -40,7 +40,7 @@ from membus.access.signing import KeyRecord, SigningKey, keys_key, signed_fields
 from membus.access.watch import PROPAGATION_BOUND_S, MemorySource, PolicyWatcher, RedisSource
 from membus.bus.api import Agent, Bus
 from membus.bus.draft import Draft
-from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, RedisConfig, WorkerConfig
 from membus.core.envelope import Event
 from membus.core.keys import TenantKeys, tenants_key
 from membus.core.redis import Redis, redis_client
@@ -50,6 +50,9 @@ from membus.stream.dlq import list_dead
 from membus.stream.feed import Change
 from membus.writer.relevel import LEVELS_LAYOUT, levels_key
 from tests.redis_proc import RedisProcess
+
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
 
 pytestmark = pytest.mark.anyio
 
@@ -67,6 +70,7 @@ def config(url: str, *, writers: int = 1, redact: list[str] | None = None) -> Me
         worker=FAST,
         writers=writers,
         policy=PolicyConfig(file=EXAMPLE, redact_scopes=redact or []),
+        ranking=EVERY_HIT,
     )
 
 
@@ -660,6 +664,7 @@ async def test_forget_erases_only_what_the_caller_may_read_unless_it_holds_erase
         worker=FAST,
         writers=1,
         policy=PolicyConfig(file=csv),
+        ranking=EVERY_HIT,
     )
     async with membus.open(tmp_path / "bus", cfg) as bus:
         writer = bus.agent("writer", TENANT)
@@ -720,7 +725,11 @@ async def test_a_current_version_tells_a_reader_nothing_of_a_hidden_earlier_one(
     csv = tmp_path / "policy.csv"
     csv.write_text(READ_FENCE_POLICY)
     cfg = MembusConfig(
-        redis=RedisConfig(url=redis_url), worker=FAST, writers=1, policy=PolicyConfig(file=csv)
+        redis=RedisConfig(url=redis_url),
+        worker=FAST,
+        writers=1,
+        policy=PolicyConfig(file=csv),
+        ranking=EVERY_HIT,
     )
     async with membus.open(tmp_path / "bus", cfg) as bus:
         writer, curator = bus.agent("writer", TENANT), bus.agent("curator", TENANT)
@@ -761,7 +770,11 @@ async def test_a_readable_version_replaced_by_a_hidden_one_stays_current_to_its_
     csv = tmp_path / "policy.csv"
     csv.write_text(READ_FENCE_POLICY)
     cfg = MembusConfig(
-        redis=RedisConfig(url=redis_url), worker=FAST, writers=1, policy=PolicyConfig(file=csv)
+        redis=RedisConfig(url=redis_url),
+        worker=FAST,
+        writers=1,
+        policy=PolicyConfig(file=csv),
+        ranking=EVERY_HIT,
     )
     async with membus.open(tmp_path / "bus", cfg) as bus:
         writer, curator = bus.agent("writer", TENANT), bus.agent("curator", TENANT)
@@ -804,7 +817,11 @@ async def test_a_store_from_before_per_clearance_validity_is_rewritten_once(
     csv = tmp_path / "policy.csv"
     csv.write_text(READ_FENCE_POLICY)
     cfg = MembusConfig(
-        redis=RedisConfig(url=redis_url), worker=FAST, writers=1, policy=PolicyConfig(file=csv)
+        redis=RedisConfig(url=redis_url),
+        worker=FAST,
+        writers=1,
+        policy=PolicyConfig(file=csv),
+        ranking=EVERY_HIT,
     )
     with monkeypatch.context() as old_code:  # what a membus before this change wrote
         old_code.setattr(Memory, "_levels_payload", lambda self: {})
@@ -847,7 +864,7 @@ async def test_without_a_policy_an_agents_own_scopes_are_private(
     try every door on alice's ``agent/alice/...`` scopes, and anyone tries a shared scope. Each
     refusal is ``PermissionDenied`` saying how to grant (a policy line, or the open mode); alice
     keeps every right in her own subtree; only an explicit open mode lets bob read her notes."""
-    private = MembusConfig(redis=RedisConfig(url=redis_url), worker=FAST)
+    private = MembusConfig(redis=RedisConfig(url=redis_url), worker=FAST, ranking=EVERY_HIT)
     async with membus.open(tmp_path / "bus", private) as bus:
         alice, bob = bus.agent("alice", "acme"), bus.agent("bob", "acme")
         await alice.publish("alice: the customer prefers e-mail", "agent/alice/notes")
@@ -876,7 +893,9 @@ async def test_without_a_policy_an_agents_own_scopes_are_private(
             msg = str(denied.value)
             assert "p, alice, acme, team/*, publish" in msg and "policies/README.md" in msg
         assert len(await alice.recall(q, k=10)) == 2  # and alice's rights are intact
-    opened = MembusConfig(redis=RedisConfig(url=redis_url), policy=PolicyConfig(mode="open"))
+    opened = MembusConfig(
+        redis=RedisConfig(url=redis_url), policy=PolicyConfig(mode="open"), ranking=EVERY_HIT
+    )
     async with membus.open(tmp_path / "bus", opened) as bus:
         assert len(await bus.agent("bob", "acme").recall(q, k=10)) == 2
 

@@ -238,7 +238,9 @@ async def test_recency_is_measured_from_as_of(redis_url: str, tmp_path: Path) ->
         policy=PolicyConfig(mode="open"),
         redis=RedisConfig(url=redis_url),
         worker=FAST,
-        ranking=RankingConfig(recency_weight=0.8, importance_weight=0, recency_half_life_s=86400),
+        ranking=RankingConfig(
+            recency_weight=0.8, importance_weight=0, recency_half_life_s=86400, min_score=0
+        ),
     )
     as_of = datetime.now(UTC) - 400 * DAY
     async with membus.open(tmp_path, cfg) as bus:

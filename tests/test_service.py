@@ -22,13 +22,16 @@ from membus.access.gate import Gate
 from membus.access.policy import CasbinGate
 from membus.access.watch import MemorySource
 from membus.bus.api import Bus
-from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, RedisConfig, WorkerConfig
 from membus.core.keys import TenantKeys
 from membus.service.app import create_app
 from membus.service.auth import ApiKeys, hash_key, new_key
 from membus.service.limits import Limits
 from membus.service.wire import error_from_body
 from tests.redis_proc import free_port
+
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
 
 pytestmark = pytest.mark.anyio
 
@@ -64,6 +67,7 @@ async def opened(
         redis=RedisConfig(url=redis_url),
         worker=FAST,
         writers=writers,
+        ranking=EVERY_HIT,
     )
     async with membus.open(tmp_path, cfg, gate=gate) as bus:
         yield bus
@@ -626,7 +630,7 @@ async def test_without_a_policy_http_refusals_say_how_to_grant(
 ) -> None:
     """No policy (the default): alice's key may not publish into a shared scope nor read bob's
     private one; the 403 names the way to grant it, and the client's typed error keeps it."""
-    cfg = MembusConfig(redis=RedisConfig(url=redis_url), worker=FAST, writers=0)
+    cfg = MembusConfig(redis=RedisConfig(url=redis_url), worker=FAST, writers=0, ranking=EVERY_HIT)
     async with membus.open(tmp_path, cfg) as bus:
         app = create_app(bus, KEYS)
         transport = httpx.ASGITransport(app=app)

@@ -13,12 +13,15 @@ import anyio
 import pytest
 
 import membus
-from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, RedisConfig, WorkerConfig
 from membus.errors import Conflict, InvalidInput, Unavailable
 from membus.store.edge import EdgeStore
 from membus.store.port import Hit
 from membus.store.remote import RemoteStore, serve
 from tests.conformance import META, flt, mem, ray, rows, unit
+
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
 
 pytestmark = pytest.mark.anyio
 
@@ -111,6 +114,7 @@ def _config(url: str) -> MembusConfig:
         worker=FAST,
         writers=2,
         writer_processes=1,
+        ranking=EVERY_HIT,
     )
 
 
@@ -129,7 +133,10 @@ async def test_writer_processes_commit_and_recall_stays_in_process(
         [hit] = await alice.recall("how does the customer like to be contacted?", k=1)
         assert hit.memory.content == "The customer prefers email over phone."
     async with membus.open(
-        tmp_path, MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url))
+        tmp_path,
+        MembusConfig(
+            policy=PolicyConfig(mode="open"), redis=RedisConfig(url=redis_url), ranking=EVERY_HIT
+        ),
     ) as bus:
         assert await bus.store.count("acme") == 51  # the shard the children wrote persists
 

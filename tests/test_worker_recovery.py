@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 import membus
 from membus.access.gate import OpenGate
 from membus.access.signing import KeyRegistry, signed_fields
-from membus.core.config import MembusConfig, PolicyConfig, RedisConfig, WorkerConfig
+from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, RedisConfig, WorkerConfig
 from membus.core.envelope import MAX_FUTURE_SKEW_S, Event
 from membus.core.keys import TenantKeys, tenants_key
 from membus.embed.hashing import HashingEmbedder
@@ -35,6 +35,9 @@ from membus.store.port import Memory, Store, StoreMeta, point_id
 from membus.stream.ops import ensure_group, group_stats, idle, publish_signed
 from membus.writer.worker import Writer
 from tests.redis_proc import RedisProcess
+
+# every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
+EVERY_HIT = RankingConfig(min_score=0)
 
 REPO = Path(__file__).resolve().parent.parent
 GROUP = "writers"
@@ -145,7 +148,9 @@ async def drain_with(writer: Writer, redis: aioredis.Redis, timeout_s: float = 2
 
 
 def fast_bus_config(url: str) -> MembusConfig:
-    return MembusConfig(policy=PolicyConfig(mode="open"), redis=RedisConfig(url=url), worker=FAST)
+    return MembusConfig(
+        policy=PolicyConfig(mode="open"), redis=RedisConfig(url=url), worker=FAST, ranking=EVERY_HIT
+    )
 
 
 # -- a writer process killed mid-batch -----------------------------------------------------------

@@ -48,7 +48,9 @@ def config(url: str, *, writers: int = 0, **ranking: Any) -> MembusConfig:
         redis=RedisConfig(url=url),
         worker=FAST,
         writers=writers,
-        ranking=RankingConfig(**ranking),
+        # every hit, however weak, unless a test says otherwise: relevance and min_score are
+        # tests/test_relevance.py's subject
+        ranking=RankingConfig(**{"min_score": 0, **ranking}),
     )
 
 
@@ -123,18 +125,22 @@ def test_calibrate_maps_cosine_onto_the_store_scale() -> None:
         Hit(memory=Memory.from_event(event(content=f"w{i}")), score=c, working=True)
         for i, c in enumerate((0.9, 0.5, 0.3, 0.1, -0.2))
     ]
-    # a store that scores by cosine: every cosine maps to itself
+    # a store that scores by cosine: every cosine maps to itself, a negative one to 0
     dense = calibrate([0.8, 0.6, 0.2], [0.8, 0.6, 0.2], w)
-    assert [h.score for h in dense] == pytest.approx([0.9, 0.5, 0.3, 0.1, -0.2])
-    # a fused (RRF-like) scale: placed among stored hits of like similarity, order kept
-    fused = calibrate([1.17, 0.83, 0.65], [0.8, 0.6, 0.2], w)
-    assert [h.score for h in fused] == pytest.approx(
-        [1.17 * 0.9 / 0.8, 0.65 + 0.18 * 0.75, 0.65 + 0.18 * 0.25, 0.65 / 2, -0.2]
+    assert [h.score for h in dense] == pytest.approx([0.9, 0.5, 0.3, 0.1, 0.0])
+    # an evidence scale (membus.store.relevance): placed among stored hits of like cosine,
+    # order kept, never above 1
+    scored = calibrate([0.9, 0.7, 0.5], [0.8, 0.6, 0.2], w)
+    assert [h.score for h in scored] == pytest.approx(
+        [min(1.0, 0.9 * 0.9 / 0.8), 0.5 + 0.2 * 0.75, 0.5 + 0.2 * 0.25, 0.5 / 2, 0.0]
     )
-    assert fused[0].score > 1.17 and 0.83 > fused[1].score > 0.65
+    assert 0.7 > scored[1].score > 0.5
+    assert calibrate([0.95], [0.5], w[:1])[0].score == 1.0  # extended beyond the end: clipped
     # the envelope is monotone: a stored hit that ranks high with a low cosine lifts the rest
-    assert calibrate([1.0, 0.5], [0.2, 0.8], w[:1])[0].score == pytest.approx(1.0 * 0.9 / 0.8)
-    assert calibrate([], [], w) == w
+    assert calibrate([0.6, 0.5], [0.2, 0.8], w[:1])[0].score == pytest.approx(0.6 * 0.9 / 0.8)
+    # nothing to calibrate on: the cosine, clipped to [0, 1] (what a store without lexical
+    # evidence scores)
+    assert [h.score for h in calibrate([], [], w)] == pytest.approx([0.9, 0.5, 0.3, 0.1, 0.0])
 
 
 # -- through the bus ------------------------------------------------------------------------------

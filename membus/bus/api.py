@@ -210,13 +210,20 @@ class Bus:
         until: datetime | None = None,
         as_of: datetime | None = None,
         working: bool = False,
+        min_score: float | None = None,
     ) -> list[Hit]:
         """Top-k memories by meaning, only within scopes ``who`` may read; ``as_of`` recalls
         what held at a past time (superseded versions of keyed facts included); ``working``
         adds what was just published and not yet consolidated (``Hit.working``), within the
-        same grant and filters. Scores are similarity reranked by ``config.ranking``."""
+        same grant and filters. Scores lie in [0, 1] and mean the same on every query
+        (membus/store/relevance.py), reranked by ``config.ranking``; hits below ``min_score``
+        (None: ``config.ranking.min_score``) are dropped, so an empty list says nothing
+        relevant is known."""
         if not 1 <= k <= MAX_K:
             raise InvalidInput(f"k must be between 1 and {MAX_K}")
+        threshold = self.config.ranking.min_score if min_score is None else min_score
+        if not 0.0 <= threshold <= 1.0:  # NaN fails this too
+            raise InvalidInput(f"min_score must be between 0 and 1, got {min_score}")
         if not query.strip():
             raise InvalidInput("query is blank")
         for s in scopes or ():
@@ -251,6 +258,7 @@ class Bus:
             )
         if boost is None:  # heat or working hits: the rerank is ours
             hits = await ranking.rank(self.access_log, who.tenant, hits, k, cfg, as_of)
+        hits = [h for h in hits if h.score >= threshold]
         rec = _scoped(who, "recall", scopes, True, grant.rules)
         await self.audit.record(
             rec.model_copy(
@@ -724,11 +732,14 @@ class Agent:
         until: datetime | None = None,
         as_of: datetime | None = None,
         working: bool = False,
+        min_score: float | None = None,
     ) -> builtins.list[Hit]:
         """Top-``k`` memories by meaning, within the scopes this agent may read; ``scopes`` are
         subtree roots (None: all readable); ``kinds``/``subjects``/``agents`` filter;
         ``since``/``until`` bound when each began to hold; ``as_of``: what held then;
-        ``working``: also what was just published and not consolidated yet.
+        ``working``: also what was just published and not consolidated yet; ``min_score``:
+        drop hits scoring less (scores are evidence in [0, 1]; None: the configured default,
+        so an empty list means nothing relevant is known).
 
         Example: ``hits = await agent.recall("how does Ana like to be contacted", k=3)``"""
         return await self.bus.recall(
@@ -743,6 +754,7 @@ class Agent:
             until=until,
             as_of=as_of,
             working=working,
+            min_score=min_score,
         )
 
     async def access(self, memory_ids: Sequence[str]) -> dict[str, Access]:

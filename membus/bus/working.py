@@ -23,10 +23,13 @@ Survivors are scored by cosine against the query with the bus's embedder and com
 drops a working hit once its consolidated memory is in the results. How far back it reads is
 bounded by ``RankingConfig.working_tail`` entries and ``working_max_age_s``.
 
-A store's scores need not be cosines (the hybrid engines return fused RRF scores), so before
-merging, a working hit's cosine is mapped onto the store's scale (``calibrate``) using the
-stored candidates' own cosines: that costs one embedding of the stored candidates' contents,
-paid only when working memory was asked for and found something.
+A store's scores need not be cosines (the hybrid engines score the evidence a memory carries,
+``membus.store.relevance``), so before merging, a working hit's cosine is mapped onto the store's
+scale (``calibrate``) using the stored candidates' own cosines: that costs one embedding of the
+stored candidates' contents, paid only when working memory was asked for and found something.
+With no stored candidate to calibrate on, a working hit scores its cosine clipped to [0, 1],
+which is what a store scores without lexical evidence. Either way it lies in [0, 1], the scale
+``min_score`` filters on.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from membus.embed.port import Vectors
 from membus.errors import InvalidInput
 from membus.store.filters import RecallFilter
 from membus.store.port import Hit, Memory
+from membus.store.relevance import clip
 from membus.writer.admission import Admission, Parsed
 from membus.writer.consolidate import RETRACTION
 from membus.writer.ledger import Item
@@ -236,12 +240,13 @@ def calibrate(
     (cosine, score) points; their monotone envelope (best score at or below each cosine) is
     interpolated linearly, and extended proportionally beyond its ends. A store that scores by
     cosine maps every cosine to itself; a hybrid one places a working hit where stored hits of
-    like similarity sit. Non-positive cosines, or nothing to calibrate on, stay as they are."""
+    like similarity sit; the result is clipped to [0, 1]. Non-positive cosines score 0; with
+    nothing to calibrate on, a cosine scores itself."""
     points = sorted(
         (c, s) for c, s in zip(stored_cosines, stored_scores, strict=True) if c > 0 and s > 0
     )
     if not points:
-        return list(working)
+        return [h.model_copy(update={"score": clip(h.score)}) for h in working]
     xs: list[float] = []
     ys: list[float] = []
     for c, s in points:
@@ -255,7 +260,7 @@ def calibrate(
     for h in working:
         c = h.score
         if c <= 0:
-            out.append(h)
+            out.append(h.model_copy(update={"score": 0.0}))
             continue
         if c >= xs[-1]:
             score = ys[-1] * c / xs[-1]
@@ -263,7 +268,7 @@ def calibrate(
             score = ys[0] * c / xs[0]
         else:
             score = float(np.interp(c, xs, ys))
-        out.append(h.model_copy(update={"score": score}))
+        out.append(h.model_copy(update={"score": clip(score)}))
     return out
 
 
@@ -283,10 +288,11 @@ async def with_working(
     working = pending.hits
     if not working:
         return list(stored)
+    cosines: list[float] = []
     if stored:
         vectors = await embed([h.memory.content for h in stored])
-        cosines = vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
-        working = calibrate([h.score for h in stored], [float(c) for c in cosines], working)
+        cosines = [float(c) for c in vectors @ np.asarray(query, dtype=np.float32).reshape(-1)]
+    working = calibrate([h.score for h in stored], cosines, working)
     return merge(stored, working)
 
 

@@ -107,8 +107,8 @@ class LlmConsolidatorConfig(_Config):
     api_key: str | None = Field(default=None, repr=False)
     timeout_s: float = Field(default=10.0, gt=0)
     neighbours: int = Field(default=5, ge=1, le=20)  # how many nearest memories to offer
-    # below this search score a memory is not offered (scores are cosines or fused RRF scores,
-    # depending on the store engine: 0 offers every hit)
+    # below this search score a memory is not offered (scores lie in [0, 1], see
+    # membus/store/relevance.py: 0 offers every hit)
     min_score: float = 0.0
     json_mode: bool = True  # send response_format json_object (some servers reject it)
 
@@ -139,11 +139,11 @@ class RankingConfig(_Config):
         R = 0.5 ** (age / recency_half_life_s)   age: created_at to now (or to as_of)
         I = metadata["importance"] clamped to [0, 1], else importance_default
         H = n / (n + heat_saturation)            n: times the memory was returned by recall
-        sim: the engine's score (a cosine, or a hybrid engine's fused RRF score)
+        sim: the engine's score in [0, 1] (membus/store/relevance.py)
 
     Multiplicative on purpose: a signal can only reorder memories whose similarities are close
     (within a factor of ``1 - sum(weights)``), never lift an unrelated one above a relevant one,
-    and it keeps working whatever scale an engine's scores have (cosine, or a hybrid fusion).
+    and a final score stays in [0, 1], on the scale the engine's scores have.
     A weight of 0 turns its signal off; ``enabled=False`` turns the rerank off entirely.
 
     Defaults are gentle: recency can cost a memory at most 10 %, importance 10 % (only when
@@ -151,9 +151,13 @@ class RankingConfig(_Config):
     reorders nothing). On a benchmark whose memories are all old (LoCoMo) every R is ~0 and on
     one ingested all at once every R is ~1: a uniform factor, so similarity order stands. Heat is
     off: it feeds recall's own output back into recall (rich get richer) and would make a
-    benchmark's answers depend on the order its questions were asked. On the hybrid engines the
-    top fused scores are 20-30 % apart rank to rank, so at these weights the signals mostly
-    reorder below the first few hits; overturning a top rank takes weights near 0.5.
+    benchmark's answers depend on the order its questions were asked.
+
+    ``min_score``: recall drops hits scoring below it, after the rerank. Scores are evidence on
+    one scale for every query (membus/store/relevance.py), so a threshold means the same on
+    every query: at the default, questions about what the memories never mention return nothing
+    (LoCoMo's no-answer set, ``membus eval locomo``), at the cost of some weakly matched answers.
+    0 keeps every hit.
     """
 
     enabled: bool = True
@@ -163,6 +167,7 @@ class RankingConfig(_Config):
     importance_default: float = Field(default=0.5, ge=0, le=1)
     heat_weight: float = Field(default=0.0, ge=0, le=1)
     heat_saturation: float = Field(default=10.0, gt=0)
+    min_score: float = Field(default=0.23, ge=0, le=1)
     # the rerank looks at factor * k candidates from the store (at most max_candidates, never
     # fewer than k): enough for a boosted memory just below the top k to move up
     candidate_factor: int = Field(default=3, ge=1, le=10)

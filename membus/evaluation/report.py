@@ -34,6 +34,7 @@ def recall_table(
 
 
 def render(result: dict[str, Any], counts: dict[str, int], ks: Sequence[int]) -> Table:
+    at = 10 if 10 in ks else ks[-1]  # the k the caption quotes
     # short headers: the table must fit an 80-column terminal
     table = Table(
         "category",
@@ -44,8 +45,11 @@ def render(result: dict[str, Any], counts: dict[str, int], ks: Sequence[int]) ->
         caption=(
             f"embedder {result['embedder']} · memories {result['memories']} / observations "
             f"{result['observations']} · ingest {result['ingest_s']} s · dropped evidence "
-            f"{result['dropped_evidence']} · RRF weights dense {result['fusion']['dense_weight']} "
-            f"/ lexical {result['fusion']['lexical_weight']}"
+            f"{result['dropped_evidence']} · cosine weight {result['blend']['cosine_weight']}\n"
+            f"membus keeps hits scoring >= {result['min_score']} (the default); keeping every hit, "
+            f"overall @{at} is {result['unfiltered'][f'recall@{at}']['overall']}"
+            f" · no-answer questions returning nothing: {result['no_answer']['empty']} / "
+            f"{result['no_answer']['questions']} (best score {result['no_answer']['best_score']})"
         ),
     )
     for col in table.columns:

@@ -242,8 +242,9 @@ class MembusStore(AsyncBatchedBaseStore):
 
     async def _versions(self, scope: str, key: str) -> list[Memory]:
         """Every stored version of (scope, key), oldest first."""
+        # a lookup, not a question: every version counts however its text matches the key
         hits = await self.port.recall(
-            key, k=MAX_K, scopes=[scope], kinds=[ITEM_KIND], subjects=[key]
+            key, k=MAX_K, scopes=[scope], kinds=[ITEM_KIND], subjects=[key], min_score=0
         )
         found = [h.memory for h in hits if h.memory.scope == scope and h.memory.key == key]
         return sorted(found, key=_order)
@@ -267,7 +268,11 @@ class MembusStore(AsyncBatchedBaseStore):
         want = max(op.offset + op.limit, 1)
         k = MAX_K if op.query is None or op.filter else min(MAX_K, max(4 * want, 50))
         kinds = None if self.shared_memories else [ITEM_KIND]
-        hits = await self.port.recall(op.query or _LIST_QUERY, k=k, scopes=scopes, kinds=kinds)
+        # a listing (no query) keeps every item; a query keeps what scores min_score or more
+        listing = 0.0 if op.query is None else None
+        hits = await self.port.recall(
+            op.query or _LIST_QUERY, k=k, scopes=scopes, kinds=kinds, min_score=listing
+        )
         out = [self._search_item(h, v) for h, v in await self._current(hits, op.query, scopes)]
         if op.filter:
             out = [
@@ -303,6 +308,7 @@ class MembusStore(AsyncBatchedBaseStore):
                 scopes=scopes,
                 kinds=[ITEM_KIND],
                 subjects=sorted({key for _, key in groups}),
+                min_score=0,  # the other versions of items already found, however they match
             )
             found += [h.memory for h in more]
         versions: dict[tuple[str, str], dict[str, Memory]] = {g: {} for g in groups}

@@ -46,6 +46,7 @@ class MemoryPort(Protocol):
         scopes: Sequence[str] | None = None,
         kinds: Sequence[str] | None = None,
         subjects: Sequence[str] | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]: ...
 
     async def forget(
@@ -104,8 +105,11 @@ class AgentPort:
         scopes: Sequence[str] | None = None,
         kinds: Sequence[str] | None = None,
         subjects: Sequence[str] | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]:
-        return await self.agent.recall(query, k=k, scopes=scopes, kinds=kinds, subjects=subjects)
+        return await self.agent.recall(
+            query, k=k, scopes=scopes, kinds=kinds, subjects=subjects, min_score=min_score
+        )
 
     async def forget(
         self,
@@ -170,9 +174,15 @@ class ClientPort:
         scopes: Sequence[str] | None = None,
         kinds: Sequence[str] | None = None,
         subjects: Sequence[str] | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]:
         return await self.client.recall(
-            query, k=min(k, MAX_K), scopes=scopes, kinds=kinds, subjects=subjects
+            query,
+            k=min(k, MAX_K),
+            scopes=scopes,
+            kinds=kinds,
+            subjects=subjects,
+            min_score=min_score,  # None is left out of the request: the server's default
         )
 
     async def forget(

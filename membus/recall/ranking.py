@@ -6,8 +6,9 @@ The formula and why its defaults are gentle are documented on ``RankingConfig``
     final = sim * (1 - wr - wi - wh + wr*R + wi*I + wh*H)     (sim <= 0 is left as is)
 
 The store returns a somewhat larger candidate set (``candidates``), this module rescores it and
-keeps the top k. ``Hit.score`` becomes the final score; the factor never exceeds 1, so a final
-score is never above the similarity the engine reported. Recall hands the same rerank to the
+keeps the top k. ``Hit.score`` becomes the final score; the factor lies in (0, 1], so a final
+score stays in [0, 1] (the engines' scale, ``membus.store.relevance``) and never rises above the
+score the engine reported. Recall hands the same rerank to the
 engine when it can (``boost``: recency and importance are payload fields, ``membus.store.formula``),
 so only the top k travel; heat and working memory need this module's own pass.
 """
@@ -103,7 +104,7 @@ def rerank(
     stats = access or {}
     scored = []
     for h in hits:
-        if h.score <= 0:  # a factor below 1 would raise a negative similarity: leave it
+        if h.score <= 0:  # 0 stays 0 (and a factor below 1 would raise a negative score)
             scored.append(h)
             continue
         f = factor(h.memory, cfg, now, stats.get(h.memory.id))

@@ -112,6 +112,7 @@ class SyncAgent:
         until: datetime | None = None,
         as_of: datetime | None = None,
         working: bool = False,
+        min_score: float | None = None,
     ) -> builtins.list[Hit]:
         """Top-``k`` memories by meaning within what this agent may read (see ``Agent.recall``).
 
@@ -128,6 +129,7 @@ class SyncAgent:
                 until=until,
                 as_of=as_of,
                 working=working,
+                min_score=min_score,
             )
         )
 

@@ -270,6 +270,7 @@ def create_app(
                 until=req.until,
                 as_of=req.as_of,
                 working=req.working,
+                min_score=req.min_score,
             )
         svc.metrics.recalls.labels(who.tenant).inc()
         return Hits(hits=hits)

@@ -177,6 +177,7 @@ def _recall(
     until: datetime | None,
     as_of: datetime | None,
     working: bool,
+    min_score: float | None,
 ) -> _Req:
     body = _json(
         query=query,
@@ -189,6 +190,7 @@ def _recall(
         until=_iso(until),
         as_of=_iso(as_of),
         working=working,
+        min_score=min_score,  # None left out: the server's default
     )
     return _Req("POST", "/v1/recall", body)
 
@@ -499,11 +501,14 @@ class Client:
         until: datetime | None = None,
         as_of: datetime | None = None,
         working: bool = False,
+        min_score: float | None = None,
     ) -> builtins.list[Hit]:
         """Top-``k`` memories by meaning within what this agent may read (see ``Agent.recall``).
 
         Example: ``hits = await agent.recall("how does Ana like to be contacted", k=3)``"""
-        req = _recall(query, k, scopes, kinds, subjects, agents, since, until, as_of, working)
+        req = _recall(
+            query, k, scopes, kinds, subjects, agents, since, until, as_of, working, min_score
+        )
         return Hits.model_validate(await self._call(req)).hits
 
     async def access(self, memory_ids: Sequence[str]) -> dict[str, Access]:
@@ -827,11 +832,14 @@ class SyncClient:
         until: datetime | None = None,
         as_of: datetime | None = None,
         working: bool = False,
+        min_score: float | None = None,
     ) -> builtins.list[Hit]:
         """Top-``k`` memories by meaning within what this agent may read (see ``Agent.recall``).
 
         Example: ``hits = agent.recall("how does Ana like to be contacted", k=3)``"""
-        req = _recall(query, k, scopes, kinds, subjects, agents, since, until, as_of, working)
+        req = _recall(
+            query, k, scopes, kinds, subjects, agents, since, until, as_of, working, min_score
+        )
         return Hits.model_validate(self._call(req)).hits
 
     def access(self, memory_ids: Sequence[str]) -> dict[str, Access]:

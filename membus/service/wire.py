@@ -234,6 +234,13 @@ class RecallRequest(_Body):
         description="also recall what was just published and is not consolidated yet "
         "(hits flagged working)",
     )
+    min_score: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="drop hits scoring below this (scores lie in [0, 1]); "
+        "None: the server's default (RankingConfig.min_score)",
+    )
 
 
 class Hits(BaseModel):

@@ -10,10 +10,12 @@ time in the embedded runtime, or ``membus optimize``).
 Hybrid recall (``membus.store.sparse``): every point also carries a BM25 sparse vector of its
 content, declared with Edge's IDF modifier. A search with ``text`` runs a dense and a lexical
 prefetch, each under the full filter (the filter carries the read grant: a branch without it would
-leak memories outside the grant), and Edge fuses them with weighted RRF. Hit scores are then fused
-RRF scores, not cosine similarities. Query terms are weighted by IDF over the caller's corpus
-through a cache (``membus.store.idf``) that every write clears. Recall's rerank runs in the engine
-too, as a formula over the candidates (``membus.store.formula``).
+leak memories outside the grant), and scores their union by the evidence each candidate carries
+(``membus.store.relevance``), a formula over both branches' scores (``membus.store.formula``):
+scores in [0, 1] that mean the same on every query. Query terms are weighted by IDF over the
+caller's corpus through a cache (``membus.store.idf``) that every write clears; the same cache
+holds what the scores need of the corpus. Recall's rerank runs in the engine too, as a formula
+over the candidates.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import qdrant_edge as q
 
 from membus.embed.port import Vectors
 from membus.errors import Conflict, InvalidInput, StoreLocked, Unavailable
-from membus.store import sparse
+from membus.store import formula, relevance, sparse
 from membus.store.edge_query import Row, filter_of, ranked, rows
 from membus.store.filters import FilterSpec, corpus_spec, spec, tenant_spec
 from membus.store.formula import Boost
@@ -76,7 +78,7 @@ class EdgeStore:
         self._lock_fd: int | None = None
         self._dim = 0
         self._lexical = False
-        self._fusion = sparse.SEMANTIC  # the embedder's, from open()
+        self._blend = relevance.SEMANTIC  # the embedder's, from open()
         self._idf = IdfWeights()  # cleared by every write (``_update``)
         self.writes = 0  # updates so far: the idle loop builds indexes once they stop
 
@@ -146,7 +148,7 @@ class EdgeStore:
             self._release_file_lock()
             raise
         self._shard, self._dim, self._lexical = shard, meta.dim, meta.sparse is not None
-        self._fusion = sparse.fusion_for(meta.embedder)
+        self._blend = relevance.blend_for(meta.embedder)
 
     async def upsert(self, memories: Sequence[Memory], vectors: Vectors) -> None:
         if not memories:
@@ -195,20 +197,32 @@ class EdgeStore:
         )
         corpus = corpus_spec(flt) if terms else None  # only a lexical branch needs it
 
-        def find() -> Any:  # one locked call: no write between the weights and the search
-            # no terms (no text, a dense-only store, stop words only), or no point the caller
-            # may read holds any of them: the dense ranking alone
-            weighted = self._weigh(corpus, terms) if corpus is not None and terms else None
-            req = self._hybrid(query, weighted, where, pool) if weighted else dense
-            return self._shard.query(ranked(req, boost, where, k) if boost else req)
+        def find() -> tuple[Any, bool]:  # one locked call: no write between weights and search
+            # no terms (no text, a dense-only store, stop words only): the dense ranking alone,
+            # scored by cosine; terms no readable point holds: nothing matches, every score is 0
+            if corpus is None or not terms:
+                return self._shard.query(ranked(dense, boost, where, k) if boost else dense), True
+            weighted, asked = self._weigh(corpus, terms)
+            if not weighted or asked is None:
+                nearest = q.QueryRequest(
+                    limit=k, query=dense.query, filter=where, with_payload=True
+                )
+                return self._shard.query(nearest), False
+            req = self._hybrid(query, weighted, asked, where, pool)
+            return self._shard.query(ranked(req, boost, where, k) if boost else req), True
 
-        found = await self._now(find)
+        found, scored = await self._now(find)
         # as the caller's clearance sees each key's history (``Memory.seen_by``)
         seen = flt.grant.clearance
-        return [
-            Hit(memory=Memory.from_payload(p.payload or {}).seen_by(seen), score=p.score)
-            for p in found
-        ]
+        return relevance.ranked(
+            [
+                Hit(
+                    memory=Memory.from_payload(p.payload or {}).seen_by(seen),
+                    score=relevance.clip(p.score) if scored else 0.0,
+                )
+                for p in found
+            ]
+        )
 
     async def _now(self, fn: Callable[[], T]) -> T:
         """Searches and upserts take about a millisecond, and a worker thread costs a good part
@@ -225,20 +239,28 @@ class EdgeStore:
         finally:
             self._lock.release()
 
-    def _weigh(self, corpus: FilterSpec, terms: sparse.SparseVec) -> sparse.SparseVec:
+    def _weigh(
+        self, corpus: FilterSpec, terms: sparse.SparseVec
+    ) -> tuple[sparse.SparseVec, relevance.Asked | None]:
         """Query terms weighted so that the store-wide IDF scores as the corpus IDF would
-        (``membus.store.idf``); probes the terms not cached yet, all in one batch.
-        Holds ``_lock``."""
+        (``membus.store.idf``), and what the query asks of the corpus (``relevance.asked``);
+        probes the terms not cached yet, all in one batch. Holds ``_lock``."""
         key = corpus_key(corpus)
         missing = self._idf.missing(key, terms.indices)
+        within = filter_of(corpus)
         if missing:
-            within = filter_of(corpus)
             probes: list[Any] = []
             for term in missing:
                 lone = q.Query.Nearest(q.SparseVector([term], [1.0]), using=sparse.VECTOR)
                 corpus_idf = q.SearchParams(idf=q.IdfParams(corpus=within))
                 probes += [
-                    q.QueryRequest(limit=1, query=lone, filter=within, params=corpus_idf),
+                    q.QueryRequest(
+                        limit=1,
+                        query=lone,
+                        filter=within,
+                        params=corpus_idf,
+                        with_vector=[sparse.VECTOR],  # the term's weight there: its IDF
+                    ),
                     q.QueryRequest(limit=1, query=lone, filter=within),
                 ]
             found = self._shard.query_batch(q.QueryBatchRequest(probes))
@@ -249,8 +271,14 @@ class EdgeStore:
                     term,
                     by_corpus[0].score if by_corpus else None,
                     by_store[0].score if by_store else None,
+                    _term_weight(by_corpus[0].vector, term) if by_corpus else None,
                 )
-        return self._idf.weigh(key, terms)
+        size = self._idf.size(key)
+        if size is None:
+            size = int(self._shard.count(q.CountRequest(filter=within, exact=True)))
+            self._idf.learn_size(key, size)
+        known, absent = self._idf.known(key, terms)
+        return self._idf.weigh(key, terms), relevance.asked(known, absent, size, self._blend)
 
     async def search_batch(
         self, queries: Sequence[tuple[Vectors, RecallFilter]], k: int, min_score: float
@@ -295,10 +323,16 @@ class EdgeStore:
         ]
 
     def _hybrid(
-        self, dense: list[float], terms: sparse.SparseVec, where: q.Filter, k: int
+        self,
+        dense: list[float],
+        terms: sparse.SparseVec,
+        asked: relevance.Asked,
+        where: q.Filter,
+        k: int,
     ) -> q.QueryRequest:
         limit = sparse.prefetch_limit(k)
-        # every branch carries the filter, and so does the fusion on top of them
+        # every branch carries the filter, and so does the scoring on top of them; the dense
+        # branch first: the formula reads it as $score[0]
         branches = [
             q.Prefetch(limit=limit, query=q.Query.Nearest(dense, using=_VECTOR), filter=where),
             q.Prefetch(
@@ -309,12 +343,10 @@ class EdgeStore:
                 filter=where,  # the store-wide IDF, which ``terms``' weights correct
             ),
         ]
-        weights = self._fusion.weights
-        fusion: Any = q.Fusion.Rrf(k=self._fusion.rrf_k, weights=weights)  # the stub omits Rrf
         return q.QueryRequest(
             limit=k,
             prefetches=branches,
-            query=fusion,
+            query=formula.evidence_edge(asked, self._blend),
             filter=where,
             with_payload=True,
         )
@@ -407,6 +439,17 @@ class EdgeStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _term_weight(vectors: Any, term: int) -> float | None:
+    """``term``'s value in a point's lexical vector, as a probe returns it."""
+    lex = (vectors or {}).get(sparse.VECTOR)
+    if lex is None:
+        return None
+    for index, value in zip(lex.indices, lex.values, strict=True):
+        if index == term:
+            return float(value)
+    return None
 
 
 def describe(path: Path) -> dict[str, Any]:

@@ -14,6 +14,11 @@ for a positive score the product is the smaller one and for a negative score the
 top-level; a memory without one gets ``importance_default`` from the formula's defaults.
 Heat (access counts) lives in Redis, where no engine can see it: with heat on, recall keeps the
 Python rerank (``ranking.boost`` returns None).
+
+The candidates' own score comes from a formula too (``evidence_edge``, ``evidence_server``): a
+hybrid search scores the union of its dense and lexical branches by ``relevance.score``,
+reading each branch's score as ``$score[0]`` (cosine) and ``$score[1]`` (BM25); a candidate found
+by one branch only counts 0 for the other.
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ import numpy as np
 import qdrant_edge as q
 
 from membus.store.port import IMPORTANCE
+from membus.store.relevance import Asked, Blend
 
 if TYPE_CHECKING:
     from qdrant_client import models as m
 
 CREATED = "created_ts"
 SCORE = "$score"  # the candidate's score from the prefetch below the formula
+# a hybrid search's branches, in the order both engines prefetch them
+DENSE_SCORE, LEXICAL_SCORE = "$score[0]", "$score[1]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +100,31 @@ def server(b: Boost) -> m.FormulaQuery:
         mult=[0.5, m.SumExpression(sum=[scaled, SCORE, m.NegExpression(neg=gap)])]
     )
     return m.FormulaQuery(formula=final, defaults={IMPORTANCE: b.importance_default})
+
+
+def evidence_edge(a: Asked, blend: Blend) -> q.Formula:
+    """``relevance.score`` over a hybrid search's two branches, for Qdrant Edge."""
+    e = q.Expression
+    w = blend.cosine_weight
+    cosine = e.Max([e.Constant(0.0), e.Variable(DENSE_SCORE)])
+    lexical = e.Min([e.Constant(1.0), e.Mult([e.Variable(LEXICAL_SCORE), e.Constant(a.scale)])])
+    match = e.Sum([lexical, e.Mult([e.Constant(w), cosine])])
+    final = e.Sqrt(e.Mult([e.Constant(a.coverage / (1.0 + w)), match]))
+    return q.Formula(final, defaults={DENSE_SCORE: 0.0, LEXICAL_SCORE: 0.0})
+
+
+def evidence_server(a: Asked, blend: Blend) -> m.FormulaQuery:
+    """``evidence_edge`` for a Qdrant server, max and min through abs as in ``server``."""
+    from qdrant_client import models as m
+
+    w = blend.cosine_weight
+    cos: m.Expression = DENSE_SCORE
+    cosine = m.MultExpression(mult=[0.5, m.SumExpression(sum=[cos, m.AbsExpression(abs=cos)])])
+    scaled = m.MultExpression(mult=[LEXICAL_SCORE, a.scale])
+    gap = m.AbsExpression(abs=m.SumExpression(sum=[1.0, m.NegExpression(neg=scaled)]))
+    lexical = m.MultExpression(
+        mult=[0.5, m.SumExpression(sum=[1.0, scaled, m.NegExpression(neg=gap)])]
+    )
+    match = m.SumExpression(sum=[lexical, m.MultExpression(mult=[w, cosine])])
+    final = m.SqrtExpression(sqrt=m.MultExpression(mult=[a.coverage / (1.0 + w), match]))
+    return m.FormulaQuery(formula=final, defaults={DENSE_SCORE: 0.0, LEXICAL_SCORE: 0.0})

@@ -13,6 +13,10 @@ cancels. A query then sends ``w`` as the term's weight under the store-wide IDF,
 scores ``w x IDF_store x tf = IDF_corpus x tf``: what asking for the corpus IDF gives, up to
 float rounding. A term that no point of the corpus holds gets no weight and is left out.
 
+The same probes give what recall's scores need (``membus.store.relevance``): each term's corpus
+IDF (the corpus probe's best score over that point's term weight, which it returns), and the
+corpus size, for the IDF of a term no readable memory holds.
+
 Both IDFs change only when the store's set of points changes, so the cache is exact while nothing
 is written: the engine clears it on every write, under the lock its searches hold, so a search
 never combines weights from before a write with the store after it. Only an engine that sees
@@ -38,7 +42,9 @@ def corpus_key(corpus: FilterSpec) -> str:
 
 class IdfWeights:
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
-        self._weights: dict[tuple[str, int], float] = {}
+        # (corpus, term) -> (weight under the store-wide IDF, corpus IDF); (0, 0): absent
+        self._weights: dict[tuple[str, int], tuple[float, float]] = {}
+        self._sizes: dict[str, int] = {}  # corpus -> how many points it holds
         self._max = max_entries
 
     def __len__(self) -> int:
@@ -47,30 +53,52 @@ class IdfWeights:
     def clear(self) -> None:
         """The store's points changed: every weight may have."""
         self._weights.clear()
+        self._sizes.clear()
 
     def missing(self, corpus: str, terms: Sequence[int]) -> list[int]:
         """The terms to probe before ``weigh``; a full cache starts over here, never between
         ``learn`` and ``weigh``."""
         out = [t for t in terms if (corpus, t) not in self._weights]
         if len(self._weights) + len(out) > self._max:
-            self._weights.clear()
+            self.clear()
             return list(terms)
         return out
 
+    def size(self, corpus: str) -> int | None:
+        """How many points ``corpus`` holds, if learnt since the last write."""
+        return self._sizes.get(corpus)
+
+    def learn_size(self, corpus: str, points: int) -> None:
+        self._sizes[corpus] = points
+
     def learn(
-        self, corpus: str, term: int, corpus_best: float | None, store_best: float | None
+        self,
+        corpus: str,
+        term: int,
+        corpus_best: float | None,
+        store_best: float | None,
+        corpus_tf: float | None = None,
     ) -> None:
-        """Record a term's weight from the best scores of its lone-term probes (None: no hit)."""
-        weight = 0.0
+        """Record a term from the best scores of its lone-term probes (None: no hit) and the
+        term's weight in the corpus probe's best point (its IDF is the score over that)."""
+        weight = idf = 0.0
         if corpus_best is not None and store_best:
             weight = max(0.0, corpus_best / store_best)
-        self._weights[(corpus, term)] = weight
+        if corpus_best is not None and corpus_tf:
+            idf = max(0.0, corpus_best / corpus_tf)
+        self._weights[(corpus, term)] = (weight, idf)
+
+    def known(self, corpus: str, terms: SparseVec) -> tuple[list[float], int]:
+        """The corpus IDF of each query term the corpus holds, and how many it does not."""
+        idfs = [self._weights.get((corpus, t), (0.0, 0.0))[1] for t in terms.indices]
+        held = [i for i in idfs if i > 0]
+        return held, len(idfs) - len(held)
 
     def weigh(self, corpus: str, terms: SparseVec) -> SparseVec:
         """The query's terms with their learnt weights; terms the corpus lacks are left out."""
         out = SparseVec([], [])
         for t, v in zip(terms.indices, terms.values, strict=True):
-            w = self._weights.get((corpus, t), 0.0)
+            w = self._weights.get((corpus, t), (0.0, 0.0))[0]
             if w > 0:
                 out.indices.append(t)
                 out.values.append(v * w)

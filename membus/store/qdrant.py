@@ -8,7 +8,10 @@ from the vectors it describes.
 Hybrid recall (``membus.store.sparse``): each point also carries a BM25 sparse vector declared with
 the IDF modifier; a search with ``text`` prefetches a dense and a lexical branch, each under the
 full filter (it carries the read grant), with IDF computed over that same filter (per-tenant IDF
-needs Qdrant >= 1.19), and the server fuses them with weighted RRF. Hit scores are then RRF scores.
+needs Qdrant >= 1.19), and the server scores their union by the evidence each candidate carries
+(``membus.store.relevance``), a formula over both branches' scores. What those scores need of the
+corpus (each query term's IDF, the corpus size) is probed per search, in one batch beside a
+count: the server's other writers are not ours to watch, so there is no cache to keep exact.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from membus.core.logs import get_logger
 from membus.embed.port import Vectors
 from membus.errors import Conflict, InvalidInput, Unavailable
-from membus.store import formula, sparse
+from membus.store import formula, relevance, sparse
 from membus.store.filters import Cond, FilterSpec, corpus_spec, spec
 from membus.store.formula import Boost
 from membus.store.port import (
@@ -98,6 +101,17 @@ def _branches(
     ]
 
 
+def _term_weight(vectors: object, term: int) -> float | None:
+    """``term``'s value in a point's lexical vector, as a probe returns it."""
+    lex = vectors.get(sparse.VECTOR) if isinstance(vectors, dict) else None
+    if not isinstance(lex, m.SparseVector):
+        return None
+    for index, value in zip(lex.indices, lex.values, strict=True):
+        if index == term:
+            return float(value)
+    return None
+
+
 class QdrantStore:
     def __init__(
         self,
@@ -116,7 +130,7 @@ class QdrantStore:
         self._client: AsyncQdrantClient | None = None
         self._dim = 0
         self._lexical = False
-        self._fusion = sparse.SEMANTIC  # the embedder's, from open()
+        self._blend = relevance.SEMANTIC  # the embedder's, from open()
         self._log = log.bind(collection=collection, url=url if url == ":memory:" else "server")
 
     @asynccontextmanager
@@ -173,7 +187,7 @@ class QdrantStore:
                 await client.close()
             raise
         self._client, self._dim, self._lexical = client, meta.dim, meta.sparse is not None
-        self._fusion = sparse.fusion_for(meta.embedder)
+        self._blend = relevance.blend_for(meta.embedder)
 
     async def _check(self, client: AsyncQdrantClient, meta: StoreMeta) -> None:
         info = await client.get_collection(self._collection)
@@ -283,12 +297,18 @@ class QdrantStore:
         where = _filter(fs)
         terms = sparse.query(text) if text and self._lexical else None
         pool = boost.candidates if boost is not None else k  # what the rerank looks at
+        asked = None
         if terms:
             corpus = _filter(corpus_spec(flt))
-            fused = m.RrfQuery(rrf=m.Rrf(k=self._fusion.rrf_k, weights=self._fusion.weights))
+            asked = await self._asked(terms, corpus)
+        if terms and asked is not None and asked.coverage > 0:
+            scoring = formula.evidence_server(asked, self._blend)
             branches = _branches(query, terms, where, corpus, sparse.prefetch_limit(pool))
-            below = m.Prefetch(prefetch=branches, query=fused, filter=where, limit=pool)
-        else:  # no text, a dense-only store, or a query of stop words only: dense as before
+            below = m.Prefetch(prefetch=branches, query=scoring, filter=where, limit=pool)
+        elif terms:  # terms no readable point holds: nothing matches, every score is 0
+            below = m.Prefetch(query=query, using=_VECTOR, filter=where, limit=k)
+            boost = None
+        else:  # no text, a dense-only store, or a query of stop words only: dense, by cosine
             below = m.Prefetch(query=query, using=_VECTOR, filter=where, limit=pool)
         if boost is not None:  # the rerank formula over the candidates (membus.store.formula)
             below = m.Prefetch(prefetch=[below], query=formula.server(boost), limit=k)
@@ -304,10 +324,40 @@ class QdrantStore:
             )
         # as the caller's clearance sees each key's history (``Memory.seen_by``)
         seen = flt.grant.clearance
-        return [
-            Hit(memory=Memory.from_payload(p.payload or {}).seen_by(seen), score=p.score)
-            for p in found.points
+        nothing = terms and (asked is None or asked.coverage <= 0)
+        return relevance.ranked(
+            [
+                Hit(
+                    memory=Memory.from_payload(p.payload or {}).seen_by(seen),
+                    score=0.0 if nothing else relevance.clip(p.score),
+                )
+                for p in found.points
+            ]
+        )
+
+    async def _asked(self, terms: sparse.SparseVec, corpus: m.Filter) -> relevance.Asked | None:
+        """What the query asks of the caller's corpus (``relevance.asked``): each term's corpus
+        IDF from a lone-term probe (its best score over that point's weight for the term)."""
+        probes = [
+            m.QueryRequest(
+                query=m.SparseVector(indices=[t], values=[1.0]),
+                using=sparse.VECTOR,
+                filter=corpus,
+                limit=1,
+                params=m.SearchParams(idf=m.IdfCorpusParams(corpus=corpus)),
+                with_vector=[sparse.VECTOR],
+            )
+            for t in terms.indices
         ]
+        async with self._guard("search"):
+            found = await self._c.query_batch_points(self._collection, probes)
+            size = (await self._c.count(self._collection, count_filter=corpus, exact=True)).count
+        known: list[float] = []
+        for term, res in zip(terms.indices, found, strict=True):
+            weight = _term_weight(res.points[0].vector, term) if res.points else None
+            if weight:
+                known.append(max(0.0, res.points[0].score / weight))
+        return relevance.asked(known, len(terms.indices) - len(known), size, self._blend)
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]:
         wanted = check_ids(ids)

@@ -39,58 +39,8 @@ K1 = 0.9
 B = 0.4
 AVG_LEN = 20.0
 
-# Fusion of the dense and lexical rankings: weighted reciprocal rank fusion, Qdrant's formula
-# w / (rank + w (k - 1)) = 1 / (rank / w + k - 1), rank from 1. A weight divides its branch's
-# ranks: with dense weight d and lexical weight l, dense rank r counts as lexical rank r l / d.
-# k = 2 is Qdrant's default; a small k lets the top of each list decide, which on LoCoMo beat
-# k = 60 by 5-10 points. How much the dense ranking should count depends on what the embedder
-# knows that BM25 does not, so the weights belong to the embedder (``fusion_for``).
-RRF_K = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Fusion:
-    """The weighted RRF of one embedder's dense ranking with the lexical one (weights >= 0)."""
-
-    dense_weight: float
-    lexical_weight: float
-    rrf_k: int = RRF_K
-
-    def __post_init__(self) -> None:
-        if self.rrf_k < 1 or min(self.dense_weight, self.lexical_weight) < 0:
-            raise ValueError(f"RRF needs k >= 1 and weights >= 0, got {self}")
-        if self.dense_weight + self.lexical_weight <= 0:
-            raise ValueError("at least one branch must weigh something")
-
-    @property
-    def weights(self) -> list[float]:
-        """In the order both engines prefetch the branches: dense, then lexical."""
-        return [self.dense_weight, self.lexical_weight]
-
-
-# A semantic model ranks by meaning, which BM25 cannot: a paraphrase, a topic named by other
-# words. Its ranking is fused as a peer, the lexical one weighing twice (lexical rank 2 counts
-# as dense rank 1): an exact rare term (a name, a product, an error code) is the strongest
-# evidence a query carries. Any embedder but the hashing one is taken to be such a model.
-SEMANTIC = Fusion(dense_weight=1.0, lexical_weight=2.0)
-# The hashing embedder is itself lexical (hashed words, bigrams and character trigrams, no IDF):
-# the evidence the BM25 branch scores, with collisions, a common word counting like a rare one.
-# Fused as a peer it re-ranks BM25's matches worse: on LoCoMo recall@10 moves under 0.7 point
-# for weights up to 0.25 and falls above (72.0 -> 70.1 at 1 in reply context, 66.6 -> 64.8
-# bare), while MiniLM's ranking at weight 1 adds to the lexical one (71.7 -> 74.7). So the
-# hashing one is a tie-breaker and a fallback: its first hit counts as the lexical branch's
-# 20th, enough to order what BM25 barely tells apart or does not match at all (a misspelling),
-# too little to overturn BM25's top. Chosen on LoCoMo, the test set (membus.evaluation.locomo).
-HASHING = Fusion(dense_weight=0.1, lexical_weight=2.0)
-
-
-def fusion_for(embedder: str) -> Fusion:
-    """The fusion for the embedder a store records (``StoreMeta.embedder``: ``hashing-v1-384``)."""
-    return HASHING if embedder.startswith("hashing-") else SEMANTIC
-
-
-# each branch hands this many candidates to the fusion: enough that a memory ranked modestly by
-# both branches can still surface, few enough that the fusion stays cheap
+# each branch hands this many candidates to the scoring (``membus.store.relevance``): enough that
+# a memory ranked modestly by both branches can still surface, few enough to stay cheap
 PREFETCH_MIN = 50
 PREFETCH_FACTOR = 4
 
