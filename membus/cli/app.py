@@ -23,6 +23,7 @@ import typer
 from membus.cli.admin import audit, forget, policy_check, policy_reload
 from membus.cli.context import JsonFlag, State
 from membus.cli.feed import publish, recall, tail
+from membus.cli.memories import delete, export, get, history, import_, list_, update
 from membus.cli.ops import dlq_drop, dlq_list, dlq_replay, optimize, stats, worker
 from membus.cli.output import configure_logging, fail
 from membus.cli.serve import keys_authority, keys_new, mcp, serve
@@ -47,6 +48,11 @@ keys_app = typer.Typer(
     help="API keys for `membus serve`; the signing authority writers pin.", no_args_is_help=True
 )
 eval_app = typer.Typer(help="Retrieval quality on public benchmarks.", no_args_is_help=True)
+memories_app = typer.Typer(
+    help="See and manage memories as an agent: list, get, history, update, delete, export, import.",
+    no_args_is_help=True,
+)
+app.add_typer(memories_app, name="memories")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(policy_app, name="policy")
 app.add_typer(keys_app, name="keys")
@@ -114,6 +120,13 @@ app.command()(worker)
 app.command()(publish)
 app.command()(recall)
 app.command()(tail)
+memories_app.command("list")(list_)
+memories_app.command("get")(get)
+memories_app.command("history")(history)
+memories_app.command("update")(update)
+memories_app.command("delete")(delete)
+memories_app.command("export")(export)
+memories_app.command("import")(import_)
 app.command()(stats)
 app.command()(optimize)
 dlq_app.command("list")(dlq_list)

@@ -20,13 +20,12 @@ from membus.cli.context import (
     identity,
     run,
 )
-from membus.cli.output import emit_json, print_change, print_hits
+from membus.cli.output import emit_json, print_change, print_hits, warn
 from membus.core.envelope import Event, invalid_from
 from membus.errors import InvalidInput
 
 if TYPE_CHECKING:
     from membus.bus.draft import Draft, Receipt
-    from membus.store.port import Hit
 
 _PUBLISH_CHUNK = 500
 
@@ -37,9 +36,23 @@ def publish(
     tenant: TenantOpt,
     content: Annotated[str | None, typer.Argument(help="What to remember.")] = None,
     scope: Annotated[str | None, typer.Option("--scope", "-s", help="e.g. team/support")] = None,
-    kind: Annotated[str | None, typer.Option("--kind")] = None,
-    subject: Annotated[str | None, typer.Option("--subject")] = None,
-    key: Annotated[str | None, typer.Option("--key")] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="observation (default), fact, preference, decision, incident, note, or any "
+            "lowercase word (a-z, 0-9, _). retraction is reserved: it withdraws a memory.",
+        ),
+    ] = None,
+    subject: Annotated[
+        str | None, typer.Option("--subject", help="What or whom it is about, e.g. a customer.")
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key", help="With --subject: a fact; a new value of the key supersedes the old."
+        ),
+    ] = None,
     meta: Annotated[list[str] | None, typer.Option("--meta", help="k=v, repeatable.")] = None,
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="JSON lines of drafts ('-': stdin).")
@@ -123,34 +136,37 @@ def recall(
     json_flag: JsonFlag = False,
 ) -> None:
     """Top-k memories by meaning."""
+    from membus.cli import calls
     from membus.cli.input import parse_when
-    from membus.cli.target import command_bus
 
     state = command_state(ctx, json_flag)
-
-    async def go() -> list[Hit]:
-        who = identity(agent, tenant)
-        after, before = parse_when(since, "since"), parse_when(until, "until")
-        async with command_bus(state, needs_store=True) as bus:
-            # in-process writers (embedded default): commit what earlier commands published
-            if wait if wait is not None else bus.config.writers > 0:
-                await bus.drain()
-            return await bus.recall(
-                who,
-                query,
-                k=k,
-                scopes=scope,
-                kinds=kind,
-                subjects=subject,
-                since=after,
-                until=before,
-            )
-
-    hits = run(state, go)
+    answer = run(
+        state,
+        lambda: calls.perform(
+            state,
+            calls.recall,
+            agent=agent,
+            tenant=tenant,
+            query=query,
+            k=k,
+            scopes=scope,
+            kinds=kind,
+            subjects=subject,
+            since=parse_when(since, "since"),
+            until=parse_when(until, "until"),
+            wait=wait,
+        ),
+    )
+    if answer.unconsumed:
+        warn(
+            state.json,
+            f"{answer.unconsumed} event(s) of tenant {tenant!r} are pending with no writer "
+            "running: this recall does not see them (start `membus worker`)",
+        )
     if state.json:
-        emit_json([h.model_dump(mode="json") for h in hits])
+        emit_json([h.model_dump(mode="json") for h in answer.hits])
     else:
-        print_hits(hits)
+        print_hits(answer.hits)
 
 
 def tail(
@@ -166,17 +182,25 @@ def tail(
     json_flag: JsonFlag = False,
 ) -> None:
     """Follow the change feed, one line per committed change. Ctrl-C exits."""
-    from membus.cli.target import command_bus
+    from membus.cli import calls
     from membus.runtime.signals import on_signals
 
     state = command_state(ctx, json_flag)
 
     async def go() -> None:
-        who = identity(agent, tenant)
-        async with command_bus(state, needs_store=False) as bus, anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as tg:
             await tg.start(on_signals, None, tg.cancel_scope)
             seen = 0
-            async for change in bus.subscribe(who, scope, start=start, group=group):
+            feed = calls.perform_stream(
+                state,
+                calls.subscribe,
+                agent=agent,
+                tenant=tenant,
+                scopes=scope,
+                start=start,
+                group=group,
+            )
+            async for change in feed:
                 if state.json:
                     emit_json(change.model_dump(mode="json"))
                 else:
@@ -184,6 +208,7 @@ def tail(
                 seen += 1
                 if count is not None and seen >= count:
                     break
+            await feed.aclose()
             tg.cancel_scope.cancel()
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C before the receiver was in place
