@@ -23,10 +23,11 @@ import typer
 from membus.cli.admin import audit, forget, policy_check, policy_reload
 from membus.cli.context import JsonFlag, State
 from membus.cli.feed import publish, recall, tail
+from membus.cli.keys import keys_authority, keys_list, keys_new, keys_revoke, keys_rotate
 from membus.cli.memories import delete, export, get, history, import_, list_, update
 from membus.cli.ops import dlq_drop, dlq_list, dlq_replay, optimize, stats, worker
 from membus.cli.output import configure_logging, fail
-from membus.cli.serve import keys_authority, keys_new, mcp, serve
+from membus.cli.serve import mcp, serve
 from membus.cli.settings import Settings
 from membus.cli.showcase import bench, demo, eval_locomo
 from membus.errors import MembusError
@@ -45,7 +46,9 @@ policy_app = typer.Typer(
     help="Permissions: reload the policy, ask what it allows.", no_args_is_help=True
 )
 keys_app = typer.Typer(
-    help="API keys for `membus serve`; the signing authority writers pin.", no_args_is_help=True
+    help="API keys for `membus serve` and agents' signing keys: new, list, revoke, rotate "
+    "(effective without a restart); the signing authority writers pin.",
+    no_args_is_help=True,
 )
 eval_app = typer.Typer(help="Retrieval quality on public benchmarks.", no_args_is_help=True)
 memories_app = typer.Typer(
@@ -139,6 +142,9 @@ policy_app.command("reload")(policy_reload)
 app.command()(serve)
 app.command()(mcp)
 keys_app.command("new")(keys_new)
+keys_app.command("list")(keys_list)
+keys_app.command("revoke")(keys_revoke)
+keys_app.command("rotate")(keys_rotate)
 keys_app.command("authority")(keys_authority)
 app.command()(demo)
 app.command()(bench)

@@ -19,6 +19,7 @@ from pydantic_core import to_jsonable_python
 
 from membus.access.audit import AuditRecord
 from membus.access.gate import Action, Decision, Identity
+from membus.access.signing import KeyInfo
 from membus.bus.api import Bus
 from membus.bus.draft import Receipt
 from membus.bus.erasure import ErasureReport
@@ -142,21 +143,23 @@ def node_handlers(
 
     from membus.core.envelope import invalid_from
 
-    def checked(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-        try:
-            return validate_call(config=_CHECKED)(fn)(bus, **kwargs)
-        except ValidationError as exc:
-            raise invalid_from(exc, fn.__name__) from None
-
     async def call(name: str, kwargs: dict[str, Any]) -> Any:
         fn = _lookup(OPS, name)
-        result = await checked(fn, kwargs)
+        try:
+            # a coroutine function's arguments are validated when it is awaited
+            result = await validate_call(config=_CHECKED)(fn)(bus, **kwargs)
+        except ValidationError as exc:
+            raise invalid_from(exc, name) from None
         return _result_type(fn).dump_python(result, mode="json")
 
     async def stream(name: str, kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         fn = _lookup(STREAMS, name)
         item = _result_type(fn)
-        async for x in checked(fn, kwargs):
+        try:
+            items = validate_call(config=_CHECKED)(fn)(bus, **kwargs)
+        except ValidationError as exc:
+            raise invalid_from(exc, name) from None
+        async for x in items:
             yield item.dump_python(x, mode="json")
 
     return call, stream
@@ -445,3 +448,23 @@ async def memories_import(
     bus: Bus, *, agent: str, tenant: str, records: list[Memory]
 ) -> ImportReport:
     return await bus.import_memories(who(agent, tenant), records)
+
+
+# -- signing keys -----------------------------------------------------------------------------
+
+
+@operation(needs_store=False)
+async def signing_keys(bus: Bus, *, tenant: str, agent: str | None) -> list[KeyInfo]:
+    return await bus.keys.list(tenant, agent)
+
+
+@operation(needs_store=False)
+async def signing_rotate(bus: Bus, *, tenant: str, agent: str, grace_s: float) -> list[KeyInfo]:
+    await bus.keys.rotate(tenant, agent, grace_s)
+    return await bus.keys.list(tenant, agent)
+
+
+@operation(needs_store=False)
+async def signing_revoke(bus: Bus, *, tenant: str, agent: str, kid: str) -> list[KeyInfo]:
+    await bus.keys.revoke(tenant, agent, kid)
+    return await bus.keys.list(tenant, agent)
