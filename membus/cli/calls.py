@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
@@ -25,6 +25,7 @@ from membus.bus.draft import Receipt
 from membus.bus.erasure import ErasureReport
 from membus.bus.memories import ImportReport, MemoryPage
 from membus.cli.context import State
+from membus.cli.settings import Settings
 from membus.core.envelope import Label, validate_name, validate_scope
 from membus.core.keys import TenantKeys
 from membus.errors import Conflict, InvalidInput, Unavailable
@@ -468,3 +469,21 @@ async def signing_rotate(bus: Bus, *, tenant: str, agent: str, grace_s: float) -
 async def signing_revoke(bus: Bus, *, tenant: str, agent: str, kid: str) -> list[KeyInfo]:
     await bus.keys.revoke(tenant, agent, kid)
     return await bus.keys.list(tenant, agent)
+
+
+def node_beside(settings: Settings) -> Callable[[Bus], AbstractAsyncContextManager[object]] | None:
+    """What ``serve`` and ``mcp`` run beside their bus: the node endpoint for the CLI, when
+    they hold the data directory (an embedded Redis or an Edge store lives there)."""
+    if not (settings.embedded or settings.store_engine == "edge"):
+        return None
+    directory = settings.data_dir
+
+    @asynccontextmanager
+    async def beside(bus: Bus) -> AsyncIterator[object]:
+        from membus.cli import node
+
+        call, stream = node_handlers(bus)
+        async with node.hosting(directory, call, stream) as info:
+            yield info
+
+    return beside

@@ -311,4 +311,5 @@ async def hosting(directory: Path, call: Call, stream: Stream) -> AsyncIterator[
             yield info
         finally:
             remove_node_file(directory, info)
-            server.should_exit = True
+            # force: a `tail` streaming through the node must not hold the node's stop
+            server.should_exit = server.force_exit = True

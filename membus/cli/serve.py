@@ -81,6 +81,7 @@ def serve(
             ),
             state.json,
         )
+    from membus.cli.calls import node_beside
     from membus.service.app import serve as serve_http
 
     where = (host or settings.host, settings.port if port is None else port)
@@ -102,6 +103,7 @@ def serve(
                 keys_file,
                 path=settings.data_dir,
                 on_ready=ready,
+                beside=node_beside(settings),
             )
             tg.cancel_scope.cancel()
 
@@ -157,6 +159,8 @@ def mcp(
         who = key
     else:
         fail(InvalidInput("mcp needs --agent and --tenant, or MEMBUS_API_KEY"), state.json)
+    from membus.cli.calls import node_beside
+
     try:
         serve_mcp(
             settings.to_config(),
@@ -164,6 +168,7 @@ def mcp(
             path=settings.data_dir,
             url=url or os.environ.get("MEMBUS_URL"),
             api_keys_file=settings.api_keys,
+            beside=node_beside(settings),
         )
     except MembusError as exc:
         fail(exc, state.json)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +33,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from membus.access.gate import Identity
+from membus.bus.api import Bus
 from membus.bus.draft import Draft
 from membus.core.config import MembusConfig
 from membus.core.envelope import Label, invalid_from
@@ -182,6 +183,8 @@ class Feed:
 
 
 Handler = Callable[[Any], Awaitable[dict[str, Any]]]
+# run beside an embedded bus while it is open (the CLI's node endpoint)
+Beside = Callable[[Bus], AbstractAsyncContextManager[object]]
 
 
 class MembusMCP:
@@ -446,9 +449,12 @@ async def open_port(
     path: str | Path,
     url: str | None = None,
     api_keys_file: Path | None = None,
+    beside: Beside | None = None,
 ) -> AsyncIterator[MemoryPort]:
     """The port ``membus mcp`` serves: over a service (``url`` + API key), else an embedded
-    bus as ``who`` (an identity, or the one an API key maps to in ``api_keys_file``)."""
+    bus as ``who`` (an identity, or the one an API key maps to in ``api_keys_file``);
+    ``beside`` is entered with that bus while it is open (``membus mcp`` runs its node endpoint
+    for the CLI there)."""
     from membus.runtime.host import open as open_bus
     from membus.service.auth import ApiKeys
     from membus.service.client import Client
@@ -466,6 +472,8 @@ async def open_port(
                     )
                 who = ApiKeys.from_file(api_keys_file).authenticate(who).identity
             bus = await stack.enter_async_context(open_bus(path, config))
+            if beside is not None:
+                await stack.enter_async_context(beside(bus))
             port = AgentPort(bus.agent(who.agent, who.tenant))
         yield port
 
@@ -485,12 +493,15 @@ def main(
     path: str | Path = ".membus",
     url: str | None = None,
     api_keys_file: Path | None = None,
+    beside: Beside | None = None,
 ) -> None:
     """Serve MCP over stdio until the client closes it. stdout is the protocol: membus logs
     never go there (they go through stdlib logging, to stderr unless configured otherwise)."""
 
     async def run() -> None:
-        async with open_port(config, who, path=path, url=url, api_keys_file=api_keys_file) as p:
+        async with open_port(
+            config, who, path=path, url=url, api_keys_file=api_keys_file, beside=beside
+        ) as p:
             await serve_stdio(p)
 
     anyio.run(run)
