@@ -113,3 +113,30 @@ def test_every_option_of_every_command_has_help() -> None:
     walk(typer.main.get_command(app), "membus")
     assert not missing, missing
     assert os.environ.get("MEMBUS_PATH") is None
+
+
+def test_bench_without_flags_is_the_quick_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from membus.cli import showcase
+    from membus.cli.app import app
+
+    asked: list[tuple[int, bool]] = []
+
+    def fake_bench(n: int, *, json_output: bool, embedder: str, quick: bool) -> dict[str, Any]:
+        asked.append((n, quick))
+        return {}
+
+    monkeypatch.setattr(showcase, "_load", lambda module, name: fake_bench)
+    monkeypatch.setattr(showcase, "_finish", lambda result: None)
+    for args, wanted in (
+        ([], (2_000, True)),
+        (["--quick"], (2_000, True)),
+        (["--full"], (100_000, False)),
+        (["--memories", "5000"], (5_000, False)),
+    ):
+        out = CliRunner().invoke(app, ["bench", *args])
+        assert out.exit_code == 0, out.output
+        assert asked.pop() == wanted
+    out = CliRunner().invoke(app, ["bench", "--quick", "--full"])
+    assert out.exit_code == 2 and not asked

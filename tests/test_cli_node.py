@@ -273,6 +273,7 @@ async def _no_stream(op: str, kwargs: dict[str, Any]) -> AsyncIterator[Any]:
     yield op
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_the_node_endpoint_answers_only_holders_of_the_token(tmp_path: Path) -> None:
     """Anyone on this machine can reach 127.0.0.1: without the token (0600 file) a caller gets

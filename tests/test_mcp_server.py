@@ -59,6 +59,8 @@ def ok(result: CallToolResult) -> dict[str, Any]:
 async def test_tools_declare_no_identity_arguments(tmp_path: Path, redis_url: str) -> None:
     """No tool lets the caller name an agent or tenant, and none accepts undeclared arguments.
     forget's ``agent`` is a filter (what that agent contributed), never who acts."""
+    from importlib.metadata import version
+
     async with connected(tmp_path, redis_url) as (_, client):
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert set(tools) == {
@@ -76,12 +78,7 @@ async def test_tools_declare_no_identity_arguments(tmp_path: Path, redis_url: st
             assert "agent" not in props or tool.name == "forget", tool.name
             assert tool.input_schema.get("additionalProperties") is False, tool.name
         assert "filter" in tools["forget"].input_schema["properties"]["agent"]["description"]
-
-
-async def test_the_server_reports_membus_version(tmp_path: Path, redis_url: str) -> None:
-    from importlib.metadata import version
-
-    async with connected(tmp_path, redis_url) as (_, client):
+        # and the server says which membus it is (it used to report an empty version)
         info = client.server_info
         assert info is not None and info.version == version("membus") != ""
 
