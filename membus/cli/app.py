@@ -6,11 +6,15 @@ its lifetime, in-process writers included; with a Redis URL, commands that only 
 (publish, tail, dlq, and stats while a worker holds an edge store) do not open the store at all,
 so they run beside ``membus worker``.
 
+While ``membus serve`` or ``membus mcp`` holds an embedded directory, commands on it run at that
+node instead (``calls``, ``node``): what each does on a bus is one registered operation, run here
+or there.
+
 This module is the typer app: global options and the command table. The commands live in
-``cli_feed`` (publish/recall/tail), ``cli_ops`` (worker/stats/optimize/dlq), ``cli_admin``
-(audit/forget/policy), ``cli_serve`` (serve/keys) and ``cli_showcase`` (demo/bench/eval); they
-are registered here, not by decorators there, so ``python -m membus.cli`` and
-``import membus.cli.app`` build the same single app.
+``feed`` (publish/recall/tail), ``memories`` (memories …), ``ops`` (worker/stats/optimize/dlq),
+``admin`` (audit/forget/policy), ``serve`` (serve/mcp), ``keys`` (keys …) and ``showcase``
+(demo/bench/eval); they are registered here, not by decorators there, so
+``python -m membus.cli`` and ``import membus.cli.app`` build the same single app.
 """
 
 from __future__ import annotations

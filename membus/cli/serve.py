@@ -69,7 +69,10 @@ def serve(
     ] = None,
     json_flag: JsonFlag = False,
 ) -> None:
-    """Serve the bus over HTTP until SIGTERM/SIGINT (requests in flight are finished)."""
+    """Serve the bus over HTTP until SIGTERM/SIGINT (requests in flight are finished).
+
+    The CLI keeps working on the same data directory, through this process; the API keys file
+    is re-read when it changes (`membus keys revoke` needs no restart)."""
     state = command_state(ctx, json_flag)
     settings = state.settings
     keys_file = api_keys or settings.api_keys
@@ -138,10 +141,11 @@ def mcp(
         str | None, typer.Option("--url", help="Talk to a membus service instead (env MEMBUS_URL).")
     ] = None,
 ) -> None:
-    """Serve MCP tools (remember, recall, forget, list_scopes) over stdio for ONE identity.
+    """Serve MCP tools (remember, recall, forget, list_memories, …) over stdio for ONE identity.
 
     The identity is bound here, from --agent/--tenant (embedded) or the MEMBUS_API_KEY variable
-    (with --url, or checked against MEMBUS_API_KEYS), never from tool arguments.
+    (with --url, or checked against MEMBUS_API_KEYS), never from tool arguments. On an embedded
+    directory the CLI keeps working beside it, through this process (see `membus.cli.node`).
     """
     state = command_state(ctx)
     settings = state.settings
