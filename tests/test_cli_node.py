@@ -340,7 +340,7 @@ def _probe_as_nobody(path: Path, info: NodeInfo) -> None:
 
 
 def test_a_node_file_that_is_stale_or_not_ours_is_ignored(tmp_path: Path) -> None:
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = subprocess.Popen(["true"])
     dead.wait()  # a pid that is not alive any more
     stale = NodeInfo(pid=dead.pid, url="http://127.0.0.1:9", token=os.urandom(32).hex())
     write_node_file(tmp_path, stale)

@@ -188,7 +188,9 @@ async def test_export_then_import_restores_values_history_and_as_of_once(
         for at in (T0 + timedelta(hours=1), T0 + timedelta(days=1, hours=1), None):
             want = [h.memory.content for h in await alice.recall("where does Ana live", as_of=at)]
             got = [h.memory.content for h in await restorer.recall("where does Ana live", as_of=at)]
-            assert got == want, at
+            # the same answer first and the same hits; the two notes tie on a query about
+            # neither, so their order is arbitrary (it flipped between runs)
+            assert got[0] == want[0] and sorted(got) == sorted(want), at
 
         # a forget here wins over a backup taken before it: restoring does not bring it back
         [doomed] = [m for m in records if m.content == "a note to erase"]
