@@ -62,14 +62,31 @@ def ok(result: CallToolResult) -> dict[str, Any]:
 
 
 async def test_tools_declare_no_identity_arguments(tmp_path: Path, redis_url: str) -> None:
-    """No tool lets the caller name an agent or tenant, and none accepts undeclared arguments."""
+    """No tool lets the caller name an agent or tenant, and none accepts undeclared arguments.
+    forget's ``agent`` is a filter (what that agent contributed), never who acts."""
+    from importlib.metadata import version
+
     async with connected(tmp_path, redis_url) as (_, client):
         tools = {t.name: t for t in (await client.list_tools()).tools}
-        assert set(tools) == {"remember", "recall", "forget", "list_scopes", "get_context"}
+        assert set(tools) == {
+            "remember",
+            "recall",
+            "forget",
+            "list_scopes",
+            "list_memories",
+            "get_memory",
+            "memory_history",
+            "get_context",
+        }
         for tool in tools.values():
             props = tool.input_schema.get("properties", {})
-            assert not {"agent", "tenant"} & set(props), tool.name
+            assert "tenant" not in props, tool.name
+            assert "agent" not in props or tool.name == "forget", tool.name
             assert tool.input_schema.get("additionalProperties") is False, tool.name
+        assert "filter" in tools["forget"].input_schema["properties"]["agent"]["description"]
+        # and the server says which membus it is (it used to report an empty version)
+        info = client.server_info
+        assert info is not None and info.version == version("membus") != ""
 
 
 @pytest.mark.slow
@@ -137,7 +154,7 @@ async def test_forget_erases_a_memory(tmp_path: Path, redis_url: str) -> None:
             )
         )
         [mem] = ok(await call(client, "recall", query="door code"))["memories"]
-        gone = ok(await call(client, "forget", memory_id=mem["id"]))
+        gone = ok(await call(client, "forget", memory_ids=[mem["id"]]))
         assert gone == {"forgotten": 1, "memory_ids": [mem["id"]]}
         assert ok(await call(client, "recall", query="door code"))["memories"] == []
         assert (await call(client, "forget")).is_error
@@ -205,7 +222,7 @@ async def test_the_changes_resource_serves_nothing_erased_or_no_longer_readable(
             await announced(bus, sub)
             assert canary in await resource_text(client)  # served while it exists
             [mem] = ok(await call(client, "recall", query="door code"))["memories"]
-            ok(await call(client, "forget", memory_id=mem["id"]))
+            ok(await call(client, "forget", memory_ids=[mem["id"]]))
             after = orjson.loads(await resource_text(client))["changes"]
             assert canary not in orjson.dumps(after).decode()
             assert [(c["op"], c["memory_id"], c["content"]) for c in after] == [
@@ -304,8 +321,101 @@ async def test_the_example_runs(tmp_path: Path) -> None:
     from agents.mcp_example import run_example
 
     out = await run_example(tmp_path / "example")
-    assert out["tools"] == ["forget", "get_context", "list_scopes", "recall", "remember"]
+    assert out["tools"] == [
+        "forget",
+        "get_context",
+        "get_memory",
+        "list_memories",
+        "list_scopes",
+        "memory_history",
+        "recall",
+        "remember",
+    ]
     assert out["notified"] == CHANGES_URI
     assert out["recall"][0]["provenance"]["agents"] == ["alice"]
     assert out["forged_refused"] is True
     assert out["scopes"] == {"scopes": ["team/ops"]}
+
+
+@pytest.mark.slow
+async def test_list_get_and_history_tools(tmp_path: Path, redis_url: str) -> None:
+    """Browse without a query, read one memory by id and a fact's versions; labels, filters
+    and a forget by ids and contributor, all as the bound agent."""
+    policy = (
+        "p, alice, acme, team/*, publish|recall|forget, allow\n"
+        "p, bob, acme, team/*, publish, allow\n"
+        "p, carol, acme, team/*, recall, allow\n"
+        "g2, alice, internal, acme\n"
+    )
+    async with connected(tmp_path, redis_url, gate=CasbinGate(MemorySource(policy))) as (
+        bus,
+        client,
+    ):
+        for plan in ("basic", "pro"):
+            ok(
+                await call(
+                    client,
+                    "remember",
+                    content=f"acme is on the {plan} plan",
+                    scope="team/crm",
+                    subject="acme",
+                    key="plan",
+                    label="internal",
+                )
+            )
+            await bus.drain(10)
+        ok(await call(client, "remember", content="call acme on monday", scope="team/crm"))
+        await bus.drain(10)
+        # bob's, in a scope alice reads: recall's agents filter leaves it out
+        await bus.agent("bob", TENANT).publish("bob was here", "team/crm")
+        await bus.drain(10)
+
+        page = ok(await call(client, "list_memories", limit=2))
+        assert len(page["memories"]) == 2 and page["cursor"]
+        rest = ok(await call(client, "list_memories", cursor=page["cursor"]))
+        everything = page["memories"] + rest["memories"]
+        assert {m["content"] for m in everything} == {
+            "acme is on the pro plan",
+            "call acme on monday",
+            "bob was here",
+        }
+        mine = ok(await call(client, "list_memories", agents=["alice"], kinds=["observation"]))
+        assert {m["content"] for m in mine["memories"]} == {
+            "acme is on the pro plan",
+            "call acme on monday",
+        }
+        [pro] = [m for m in everything if m["key"] == "plan"]
+        got = ok(await call(client, "get_memory", memory_id=pro["id"]))
+        assert got["content"] == "acme is on the pro plan" and got["valid_to"] is None
+        assert got["provenance"]["agents"] == ["alice"]
+        missing = await call(client, "get_memory", memory_id="00000000-0000-5000-8000-000000000000")
+        assert missing.is_error and "NotFound" in found_text(missing)
+        versions = ok(await call(client, "memory_history", subject="acme", key="plan"))
+        assert [v["content"] for v in versions["versions"]] == [
+            "acme is on the pro plan",
+            "acme is on the basic plan",
+        ]
+        assert versions["versions"][1]["valid_to"] is not None
+        by_id = ok(await call(client, "memory_history", memory_id=pro["id"]))
+        assert len(by_id["versions"]) == 2
+        # the label took: carol, not cleared for internal, does not see the plan
+        carols = await bus.agent("carol", TENANT).list()
+        assert "plan" not in {m.key for m in carols.memories} and carols.memories
+
+        found = ok(await call(client, "recall", query="acme", agents=["bob"]))
+        assert [m["content"] for m in found["memories"]] == ["bob was here"]
+        past = ok(
+            await call(
+                client, "recall", query="acme plan", as_of=versions["versions"][1]["valid_from"]
+            )
+        )
+        assert "acme is on the basic plan" in [m["content"] for m in past["memories"]]
+        later = ok(await call(client, "recall", query="acme", since="2999-01-01T00:00:00Z"))
+        assert later["memories"] == []
+
+        # forget by ids AND contributor: bob's memory is not alice's contribution, so nothing
+        gone = ok(await call(client, "forget", memory_ids=[pro["id"]], agent="bob"))
+        assert gone["forgotten"] == 0
+        bobs = next(m for m in everything if m["content"] == "bob was here")
+        gone = ok(await call(client, "forget", memory_ids=[bobs["id"]], agent="bob"))
+        assert gone == {"forgotten": 1, "memory_ids": [bobs["id"]]}

@@ -67,9 +67,25 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/admin/policy/reload"): "policy_reload",
 }
 # CLI command (space-separated path) -> operation; operator commands keep their own name
-COMMANDS: dict[str, str] = {"tail": "subscribe"}
+COMMANDS: dict[str, str] = {
+    "tail": "subscribe",
+    "memories list": "list",
+    "memories get": "get",
+    "memories history": "history",
+    "memories update": "update",
+    "memories delete": "delete",
+    "memories export": "export",
+    "memories import": "import_memories",
+}
 # MCP tool -> operation
-TOOLS: dict[str, str] = {"remember": "publish", "list_scopes": "scopes", "get_context": "context"}
+TOOLS: dict[str, str] = {
+    "remember": "publish",
+    "list_scopes": "scopes",
+    "get_context": "context",
+    "list_memories": "list",
+    "get_memory": "get",
+    "memory_history": "history",
+}
 
 # (surface, operation) -> {surface's parameter name: Agent's}; "*": every operation
 RENAMES: dict[tuple[str, str], dict[str, str]] = {
@@ -85,6 +101,15 @@ RENAMES: dict[tuple[str, str], dict[str, str]] = {
     ("CLI", "recall"): {"scope": "scopes", "kind": "kinds", "subject": "subjects"},
     ("CLI", "subscribe"): {"scope": "scopes"},
     ("CLI", "forget"): {"by_agent": "agent"},
+    ("CLI", "list"): {
+        "scope": "scopes",
+        "kind": "kinds",
+        "subject": "subjects",
+        "by_agent": "agents",
+    },
+    ("CLI", "export"): {"scope": "scopes", "output": "@output"},
+    ("CLI", "update"): {"meta": "metadata"},
+    ("CLI", "import_memories"): {"file": "records"},
     ("CLI", "context"): {
         "scope": "scopes",
         "kind": "kinds",
@@ -148,6 +173,9 @@ DIFFERENCES: dict[tuple[str, str, str | None], Why] = {
             "mcp",
             "keys new",
             "keys authority",
+            "keys list",
+            "keys revoke",
+            "keys rotate",
             "demo",
             "bench",
             "eval locomo",
@@ -162,6 +190,11 @@ DIFFERENCES: dict[tuple[str, str, str | None], Why] = {
     ("CLI", "publish", "timeout_s"): (DELIBERATE, "spelled --wait-timeout"),
     ("CLI", "publish", "wait_timeout"): (DELIBERATE, "timeout_s, as a CLI reads better"),
     ("CLI", "recall", "wait"): (DELIBERATE, "drain pending events first (embedded default)"),
+    **{
+        ("CLI", op, "wait"): (DELIBERATE, "drain pending events first (embedded default)")
+        for op in ("list", "get", "history", "export")
+    },
+    ("CLI", "export", "@output"): (DELIBERATE, "a file to write the JSON lines to (else stdout)"),
     ("CLI", "subscribe", "count"): (DELIBERATE, "exit after N changes"),
     ("CLI", "subscribe", "consumer"): (DELIBERATE, "a group's consumer is the named agent"),
     ("CLI", "subscribe", "until_now"): (GAP, "tail --until-now"),
@@ -173,13 +206,8 @@ DIFFERENCES: dict[tuple[str, str, str | None], Why] = {
     ("CLI", "recall", "as_of"): (GAP, "recall --as-of"),
     ("CLI", "recall", "working"): (GAP, "recall --working"),
     **{
-        ("CLI", op, None): (PENDING, "`membus memories …` (CLI engineer)")
-        for op in ("list", "get", "history", "export", "import_memories")
-    },
-    ("CLI", "delete", None): (DELIBERATE, "`forget --memory-id`"),
-    **{
         ("CLI", op, None): (GAP, "not asked of the CLI by issue #16")
-        for op in ("update", "retract", "access", "scopes")
+        for op in ("retract", "access", "scopes")
     },
     # context (issue 20): the token counter is a Python callable, which no wire carries
     **{
@@ -198,31 +226,18 @@ DIFFERENCES: dict[tuple[str, str, str | None], Why] = {
         ("MCP", "context", p): (GAP, "get_context takes query, budget, subjects, scopes")
         for p in ("agents", "kinds", "working")
     },
-    **{
-        (s, "recall", "min_score"): (PENDING, "issue 16 item 3: --min-score / min_score")
-        for s in ("CLI", "MCP")
-    },
     # MCP
-    ("MCP", "publish", "label"): (PENDING, "issue #16 item 4: remember has no label"),
     **{
         ("MCP", "publish", p): (DELIBERATE, "a model remembers now, without causal ids")
         for p in ("created_at", "causation_id", "correlation_id")
     },
-    **{
-        ("MCP", "recall", p): (PENDING, "issue #16 item 4: recall has no agents, since, as_of")
-        for p in ("agents", "since", "as_of")
-    },
     ("MCP", "recall", "until"): (GAP, "with since (item 4)"),
     ("MCP", "recall", "working"): (GAP, "recall what is not consolidated yet"),
-    ("MCP", "forget", "memory_id"): (PENDING, "issue #16 item 4: forget takes one memory_id"),
-    ("MCP", "forget", "memory_ids"): (PENDING, "issue #16 item 4: forget takes one memory_id"),
-    ("MCP", "forget", "agent"): (PENDING, "issue #16 item 4: forget has no agent"),
-    **{("MCP", op, None): (PENDING, "MCP list and get tools (item 1)") for op in ("list", "get")},
     ("MCP", "subscribe", None): (DELIBERATE, "the membus://changes resource and its updates"),
     ("MCP", "publish_many", None): (DELIBERATE, "a model remembers one thing at a time"),
     **{
         ("MCP", op, None): (GAP, "not asked of MCP by issue #16")
-        for op in ("history", "update", "delete", "export", "import_memories", "retract", "access")
+        for op in ("update", "delete", "export", "import_memories", "retract", "access")
     },
 }
 

@@ -588,7 +588,7 @@ async def forget_on(d: Doors, surface: str, ids: list[str], scope: str | None) -
             return set((await d.http.forget(memory_ids=ids or None, scope=scope)).memory_ids)
         args: dict[str, Any] = {"scope": scope} if scope else {}
         if ids:
-            [args["memory_id"]] = ids
+            args["memory_ids"] = ids
         body = await tool(getattr(d, surface), "forget", **args)
         assert body["forgotten"] == len(body["memory_ids"]), body
         return set(body["memory_ids"])
@@ -790,11 +790,10 @@ async def forgets_match(
             continue
         scope = stored[out[0]].scope
         in_scope = [i for i in out if stored[i].scope == scope]
-        for surface in FORGETTERS:
-            many = surface in ("agent", "http")
-            gone = await forget_on(doors[agent], surface, out if many else out[:1], None)
+        for surface in FORGETTERS:  # every surface takes a list of ids (MCP too, now)
+            gone = await forget_on(doors[agent], surface, out, None)
             assert not gone, {"agent": agent, "surface": surface, "erased": gone}
-            gone = await forget_on(doors[agent], surface, in_scope[: None if many else 1], scope)
+            gone = await forget_on(doors[agent], surface, in_scope, scope)
             assert not gone, {"agent": agent, "surface": surface, "scope": scope, "erased": gone}
         seen.append("forget aimed at what it may not erase")
     assert await left() == set(stored)  # nothing went

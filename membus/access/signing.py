@@ -29,6 +29,7 @@ seconds of the process that wrote them; grace periods dwarf ordinary clock skew.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import secrets
@@ -45,6 +46,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import BaseModel, ConfigDict
 from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
@@ -271,6 +273,20 @@ class KeyRecord:
         return True
 
 
+class KeyInfo(BaseModel):
+    """A stored signing key as an operator sees it (``KeyRegistry.list``)."""
+
+    model_config = ConfigDict(frozen=True)
+    kid: str
+    agent: str
+    state: Literal["valid", "expired", "revoked"]
+    current: bool  # what the agent's new events are signed with
+    created_at: float  # wall-clock seconds
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    certified: bool | None = None  # by the pinned authority; None: this registry pins none
+
+
 class KeyRegistry:
     """Per-tenant agent public keys in Redis, with a short in-process cache.
 
@@ -345,6 +361,41 @@ class KeyRegistry:
         await self._transact(tenant, lambda pipe: self._revoke_tx(pipe, tenant, agent, kid))
         self._forget(tenant)
         self._log.warning("keys.revoked", tenant=tenant, agent=agent, kid=kid)
+
+    async def list(self, tenant: str, agent: str | None = None) -> builtins.list[KeyInfo]:
+        """Every stored key of ``tenant`` (of ``agent`` only, if given), newest first, with its
+        state now; public parts only (the private keys are derived, never stored)."""
+        validate_name(tenant, "tenant")
+        if agent is not None:
+            validate_name(agent, "agent")
+        try:
+            stored = cast("dict[str, str]", await self.redis.hgetall(keys_key(tenant)))
+        except REDIS_DOWN as exc:
+            raise unavailable(exc) from exc
+        now, out = self._clock(), []
+        for f, raw in stored.items():
+            if not f.startswith("k:"):
+                continue
+            try:
+                rec = KeyRecord.from_json(f[2:], raw)
+            except MembusError:
+                continue  # junk or HMAC-era: no key to show
+            if agent is not None and rec.agent != agent:
+                continue
+            authority = self.authority
+            out.append(
+                KeyInfo(
+                    kid=rec.kid,
+                    agent=rec.agent,
+                    state=rec.state(now),
+                    current=stored.get(f"c:{rec.agent}") == rec.kid,
+                    created_at=rec.created_at,
+                    expires_at=rec.expires_at,
+                    revoked_at=rec.revoked_at,
+                    certified=None if authority is None else rec.certified(tenant, authority),
+                )
+            )
+        return sorted(out, key=lambda k: k.created_at, reverse=True)
 
     # -- verifying side ------------------------------------------------------------------------
 

@@ -45,33 +45,36 @@ def audit(
     ] = None,
     since: Annotated[str | None, typer.Option("--since", help="ISO time or 30m/2h/7d.")] = None,
     until: Annotated[str | None, typer.Option("--until", help="ISO time or 30m/2h/7d.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100_000)] = 100,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=100_000, help="Records at most.")
+    ] = 100,
     json_flag: JsonFlag = False,
 ) -> None:
     """Who did what where, allowed or denied, newest first (ids only, never content)."""
+    from membus.cli import calls
     from membus.cli.input import parse_when
-    from membus.cli.target import command_bus
 
     state = command_state(ctx, json_flag)
 
     async def go() -> list[AuditRecord]:
-        # ids as users give them, encoded as the door encodes them (membus.core.ids)
-        named = encode_id(tenant, "tenant")
-        who = encode_id(agent, "agent") if agent is not None else None
+        # raw ids: the operation encodes them (membus.core.ids), here or at a running node
+        encode_id(tenant, "tenant")  # refused here already when it cannot be an id
+        if agent is not None:
+            encode_id(agent, "agent")
         if scope is not None:
             validate_scope(scope)
-        after, before = parse_when(since, "since"), parse_when(until, "until")
-        async with command_bus(state, needs_store=False) as bus:
-            return await bus.audit.query(
-                named,
-                agent=who,
-                scope=scope,
-                action=action,
-                decision=decision,
-                since=after,
-                until=before,
-                limit=limit,
-            )
+        return await calls.perform(
+            state,
+            calls.audit,
+            tenant=tenant,
+            agent=agent,
+            scope=scope,
+            action=action,
+            decision=decision,
+            since=parse_when(since, "since"),
+            until=parse_when(until, "until"),
+            limit=limit,
+        )
 
     records = run(state, go)
     if state.json:
@@ -118,18 +121,24 @@ def forget(
     json_flag: JsonFlag = False,
 ) -> None:
     """Erase memories matching every criterion given, with their events, as --agent may."""
-    from membus.cli.target import command_bus
+    from membus.cli import calls
 
     state = command_state(ctx, json_flag)
 
     async def go() -> ErasureReport:
-        who = identity(agent, tenant)
+        identity(agent, tenant)
         if not memory_ids and subject is None and by_agent is None and scope is None:
             raise InvalidInput("give at least one of --memory-id, --subject, --by-agent, --scope")
-        async with command_bus(state, needs_store=True) as bus:
-            return await bus.forget(
-                who, memory_ids=memory_ids or None, subject=subject, agent=by_agent, scope=scope
-            )
+        return await calls.perform(
+            state,
+            calls.forget,
+            agent=agent,
+            tenant=tenant,
+            memory_ids=memory_ids or None,
+            subject=subject,
+            by_agent=by_agent,
+            scope=scope,
+        )
 
     report = run(state, go)
     if state.json:
@@ -205,16 +214,17 @@ def policy_check(
 ) -> None:
     """Would --agent be allowed --action on --scope? Prints the decision and the deciding rule;
     exits 0 on allow, 3 on deny (nothing is audited: it is a question, not an act)."""
-    from membus.cli.target import command_bus
+    from membus.cli import calls
 
     state = command_state(ctx, json_flag)
 
     async def go() -> Decision:
-        who = identity(agent, tenant)
+        identity(agent, tenant)
         validate_scope(scope)
         verb: Action = action
-        async with command_bus(state, needs_store=False) as bus:
-            return await bus.gate.decision(who, verb, scope)
+        return await calls.perform(
+            state, calls.policy_decision, agent=agent, tenant=tenant, action=verb, scope=scope
+        )
 
     d = run(state, go)
     verdict = "allow" if d.allowed else "deny"

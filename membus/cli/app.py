@@ -6,11 +6,15 @@ its lifetime, in-process writers included; with a Redis URL, commands that only 
 (publish, tail, dlq, and stats while a worker holds an edge store) do not open the store at all,
 so they run beside ``membus worker``.
 
+While ``membus serve`` or ``membus mcp`` holds an embedded directory, commands on it run at that
+node instead (``calls``, ``node``): what each does on a bus is one registered operation, run here
+or there.
+
 This module is the typer app: global options and the command table. The commands live in
-``cli_feed`` (publish/recall/tail), ``cli_ops`` (worker/stats/optimize/dlq), ``cli_admin``
-(audit/forget/policy), ``cli_serve`` (serve/keys) and ``cli_showcase`` (demo/bench/eval); they
-are registered here, not by decorators there, so ``python -m membus.cli`` and
-``import membus.cli.app`` build the same single app.
+``feed`` (publish/recall/tail), ``memories`` (memories …), ``ops`` (worker/stats/optimize/dlq),
+``admin`` (audit/forget/policy), ``serve`` (serve/mcp), ``keys`` (keys …) and ``showcase``
+(demo/bench/eval); they are registered here, not by decorators there, so
+``python -m membus.cli`` and ``import membus.cli.app`` build the same single app.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import typer
 from membus.cli.admin import audit, forget, policy_check, policy_reload
 from membus.cli.context import JsonFlag, State
 from membus.cli.feed import publish, recall, tail
+from membus.cli.keys import keys_authority, keys_list, keys_new, keys_revoke, keys_rotate
+from membus.cli.memories import delete, export, get, history, import_, list_, update
 from membus.cli.ops import dlq_drop, dlq_list, dlq_replay, optimize, stats, worker
 from membus.cli.output import configure_logging, fail
 from membus.cli.prompt import context
-from membus.cli.serve import keys_authority, keys_new, mcp, serve
+from membus.cli.serve import mcp, serve
 from membus.cli.settings import Settings
 from membus.cli.showcase import bench, demo, eval_locomo, eval_tokens
 from membus.errors import MembusError
@@ -45,9 +51,16 @@ policy_app = typer.Typer(
     help="Permissions: reload the policy, ask what it allows.", no_args_is_help=True
 )
 keys_app = typer.Typer(
-    help="API keys for `membus serve`; the signing authority writers pin.", no_args_is_help=True
+    help="API keys for `membus serve` and agents' signing keys: new, list, revoke, rotate "
+    "(effective without a restart); the signing authority writers pin.",
+    no_args_is_help=True,
 )
 eval_app = typer.Typer(help="Retrieval quality on public benchmarks.", no_args_is_help=True)
+memories_app = typer.Typer(
+    help="See and manage memories as an agent: list, get, history, update, delete, export, import.",
+    no_args_is_help=True,
+)
+app.add_typer(memories_app, name="memories")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(policy_app, name="policy")
 app.add_typer(keys_app, name="keys")
@@ -116,6 +129,13 @@ app.command()(publish)
 app.command()(recall)
 app.command()(context)
 app.command()(tail)
+memories_app.command("list")(list_)
+memories_app.command("get")(get)
+memories_app.command("history")(history)
+memories_app.command("update")(update)
+memories_app.command("delete")(delete)
+memories_app.command("export")(export)
+memories_app.command("import")(import_)
 app.command()(stats)
 app.command()(optimize)
 dlq_app.command("list")(dlq_list)
@@ -128,6 +148,9 @@ policy_app.command("reload")(policy_reload)
 app.command()(serve)
 app.command()(mcp)
 keys_app.command("new")(keys_new)
+keys_app.command("list")(keys_list)
+keys_app.command("revoke")(keys_revoke)
+keys_app.command("rotate")(keys_rotate)
 keys_app.command("authority")(keys_authority)
 app.command()(demo)
 app.command()(bench)

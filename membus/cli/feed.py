@@ -20,14 +20,13 @@ from membus.cli.context import (
     identity,
     run,
 )
-from membus.cli.output import emit_json, print_change, print_hits
+from membus.cli.output import emit_json, print_change, print_hits, warn
 from membus.core.envelope import Event, invalid_from
 from membus.errors import InvalidInput
 from membus.stream.committed import DEFAULT_WAIT_S
 
 if TYPE_CHECKING:
     from membus.bus.draft import Draft, Receipt
-    from membus.store.port import Hit
 
 _PUBLISH_CHUNK = 500
 
@@ -41,9 +40,23 @@ def publish(
         str | None,
         typer.Option("--scope", "-s", help="e.g. team/support (default: agent/<agent>, private)."),
     ] = None,
-    kind: Annotated[str | None, typer.Option("--kind")] = None,
-    subject: Annotated[str | None, typer.Option("--subject")] = None,
-    key: Annotated[str | None, typer.Option("--key")] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="observation (default), fact, preference, decision, incident, note, or any "
+            "lowercase word (a-z, 0-9, _). retraction is reserved: it withdraws a memory.",
+        ),
+    ] = None,
+    subject: Annotated[
+        str | None, typer.Option("--subject", help="What or whom it is about, e.g. a customer.")
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key", help="With --subject: a fact; a new value of the key supersedes the old."
+        ),
+    ] = None,
     meta: Annotated[list[str] | None, typer.Option("--meta", help="k=v, repeatable.")] = None,
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="JSON lines of drafts ('-': stdin).")
@@ -135,6 +148,16 @@ def recall(
     subject: Annotated[list[str] | None, typer.Option("--subject", help="Repeatable.")] = None,
     since: Annotated[str | None, typer.Option("--since", help="ISO time or 30m/2h/7d.")] = None,
     until: Annotated[str | None, typer.Option("--until", help="ISO time or 30m/2h/7d.")] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option(
+            "--min-score",
+            min=0.0,
+            max=1.0,
+            help="Drop hits scoring less (0..1; default: the configured threshold, so no hit "
+            "means nothing relevant is known; 0 keeps every hit).",
+        ),
+    ] = None,
     wait: Annotated[
         bool | None,
         typer.Option("--wait/--no-wait", help="Drain pending events first (default: embedded)."),
@@ -142,34 +165,38 @@ def recall(
     json_flag: JsonFlag = False,
 ) -> None:
     """Top-k memories by meaning."""
+    from membus.cli import calls
     from membus.cli.input import parse_when
-    from membus.cli.target import command_bus
 
     state = command_state(ctx, json_flag)
-
-    async def go() -> list[Hit]:
-        who = identity(agent, tenant)
-        after, before = parse_when(since, "since"), parse_when(until, "until")
-        async with command_bus(state, needs_store=True) as bus:
-            # in-process writers (embedded default): commit what earlier commands published
-            if wait if wait is not None else bus.config.writers > 0:
-                await bus.drain()
-            return await bus.recall(
-                who,
-                query,
-                k=k,
-                scopes=scope,
-                kinds=kind,
-                subjects=subject,
-                since=after,
-                until=before,
-            )
-
-    hits = run(state, go)
+    answer = run(
+        state,
+        lambda: calls.perform(
+            state,
+            calls.recall,
+            agent=agent,
+            tenant=tenant,
+            query=query,
+            k=k,
+            scopes=scope,
+            kinds=kind,
+            subjects=subject,
+            since=parse_when(since, "since"),
+            until=parse_when(until, "until"),
+            min_score=min_score,
+            wait=wait,
+        ),
+    )
+    if answer.unconsumed:
+        warn(
+            state.json,
+            f"{answer.unconsumed} event(s) of tenant {tenant!r} are pending with no writer "
+            "running: this recall does not see them (start `membus worker`)",
+        )
     if state.json:
-        emit_json([h.model_dump(mode="json") for h in hits])
+        emit_json([h.model_dump(mode="json") for h in answer.hits])
     else:
-        print_hits(hits)
+        print_hits(answer.hits)
 
 
 def tail(
@@ -185,17 +212,25 @@ def tail(
     json_flag: JsonFlag = False,
 ) -> None:
     """Follow the change feed, one line per committed change. Ctrl-C exits."""
-    from membus.cli.target import command_bus
+    from membus.cli import calls
     from membus.runtime.signals import on_signals
 
     state = command_state(ctx, json_flag)
 
     async def go() -> None:
-        who = identity(agent, tenant)
-        async with command_bus(state, needs_store=False) as bus, anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as tg:
             await tg.start(on_signals, None, tg.cancel_scope)
             seen = 0
-            async for change in bus.subscribe(who, scope, start=start, group=group):
+            feed = calls.perform_stream(
+                state,
+                calls.subscribe,
+                agent=agent,
+                tenant=tenant,
+                scopes=scope,
+                start=start,
+                group=group,
+            )
+            async for change in feed:
                 if state.json:
                     emit_json(change.model_dump(mode="json"))
                 else:
@@ -203,6 +238,7 @@ def tail(
                 seen += 1
                 if count is not None and seen >= count:
                     break
+            await feed.aclose()
             tg.cancel_scope.cancel()
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C before the receiver was in place

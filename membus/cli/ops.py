@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -10,14 +9,12 @@ import anyio
 import typer
 from rich.console import Console
 
-from membus.cli.context import JsonFlag, State, TenantOpt, command_state, run
+from membus.cli.context import JsonFlag, TenantOpt, command_state, run
 from membus.cli.output import emit_json, print_dead_letters, print_stats, say
-from membus.core.ids import encode_id
 from membus.errors import Conflict, InvalidInput
 
 if TYPE_CHECKING:
-    from membus.core.redis import Redis
-    from membus.stream.dlq import DeadLetter
+    pass
 
 T = TypeVar("T")
 
@@ -72,20 +69,18 @@ def worker(
 
 def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     """Stream lengths, pending, lag and dead letters per tenant and writer group."""
-    from membus.cli.target import command_bus
+    from membus.cli import calls
 
     state = command_state(ctx, json_flag)
 
     async def go() -> dict[str, Any]:
         try:
-            async with command_bus(state, needs_store=True) as bus:
-                return await bus.stats()
+            return await calls.perform(state, calls.stats)
         except Conflict:
             if state.settings.embedded:
                 raise
         # an edge store held by a running worker: report the streams without the memory count
-        async with command_bus(state, needs_store=False) as bus:
-            return {**await bus.stats(), "memories": None}
+        return await calls.perform(state, calls.stream_stats)
 
     out = run(state, go)
     if state.json:
@@ -130,44 +125,22 @@ def optimize(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
 def dlq_list(
     ctx: typer.Context,
     tenant: TenantOpt,
-    count: Annotated[int, typer.Option("--count", "-n", min=1)] = 50,
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many at most.")] = 50,
     start: Annotated[str, typer.Option("--start", help="From this id ('(id': after it).")] = "-",
     json_flag: JsonFlag = False,
 ) -> None:
     """Show parked entries, oldest first."""
-    from membus.cli.target import command_bus
-    from membus.stream.dlq import list_dead
+    from membus.cli import calls
 
     state = command_state(ctx, json_flag)
-
-    async def go() -> list[DeadLetter]:
-        async with command_bus(state, needs_store=False) as bus:
-            return await list_dead(bus.redis, encode_id(tenant, "tenant"), count, start)
-
-    letters = run(state, go)
+    letters = run(
+        state,
+        lambda: calls.perform(state, calls.dlq_list, tenant=tenant, count=count, start=start),
+    )
     if state.json:
         emit_json([d.model_dump(mode="json") for d in letters])
     else:
         print_dead_letters(letters)
-
-
-def _on_dead(
-    state: State,
-    tenant: str,
-    ids: Sequence[str] | None,
-    everything: bool,
-    act: Callable[[Redis, str, list[str] | None], Awaitable[T]],
-) -> T:
-    """Apply ``act`` to the dead letters chosen by ``--id``/``--all``, checked before Redis."""
-    from membus.cli.input import which
-    from membus.cli.target import command_bus
-
-    async def go() -> T:
-        chosen = which(ids, everything)
-        async with command_bus(state, needs_store=False) as bus:
-            return await act(bus.redis, encode_id(tenant, "tenant"), chosen)
-
-    return run(state, go)
 
 
 def dlq_replay(
@@ -178,10 +151,14 @@ def dlq_replay(
     json_flag: JsonFlag = False,
 ) -> None:
     """Put dead letters back on the events stream (e.g. after fixing their cause)."""
-    from membus.stream.dlq import replay
+    from membus.cli import calls
+    from membus.cli.input import which
 
     state = command_state(ctx, json_flag)
-    done = _on_dead(state, tenant, ids, everything, replay)
+    done = run(
+        state,
+        lambda: calls.perform(state, calls.dlq_replay, tenant=tenant, ids=which(ids, everything)),
+    )
     if state.json:
         emit_json({"replayed": [r.model_dump(mode="json") for r in done]})
     else:
@@ -198,10 +175,14 @@ def dlq_drop(
     json_flag: JsonFlag = False,
 ) -> None:
     """Delete dead letters for good."""
-    from membus.stream.dlq import drop
+    from membus.cli import calls
+    from membus.cli.input import which
 
     state = command_state(ctx, json_flag)
-    n = _on_dead(state, tenant, ids, everything, drop)
+    n = run(
+        state,
+        lambda: calls.perform(state, calls.dlq_drop, tenant=tenant, ids=which(ids, everything)),
+    )
     if state.json:
         emit_json({"dropped": n})
     else:

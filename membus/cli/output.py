@@ -78,6 +78,14 @@ def say(as_json: bool, message: str) -> None:
         typer.echo(message, err=True)
 
 
+def warn(as_json: bool, message: str) -> None:
+    """Something the user should know about the result, on stderr in either output mode."""
+    if as_json:
+        typer.echo(orjson.dumps({"warning": message}).decode(), err=True)
+    else:
+        typer.echo(f"warning: {message}", err=True)
+
+
 class _EventFormatter(logging.Formatter):
     """Renders membus's structured records (``record.membus``, see ``membus.core.logs``) with a
     structlog renderer: human lines on a terminal, JSON lines with ``--json``."""

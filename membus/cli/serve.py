@@ -1,34 +1,24 @@
-"""The HTTP service: ``serve`` the bus, and mint API keys for it with ``keys new``.
-
-A key is printed once and only its SHA-256 digest is written to the keys file, so the file can be
-read by the service (and backed up) without handing out credentials.
-"""
+"""The long-running doors: ``serve`` the bus over HTTP, ``mcp`` over stdio (keys: ``keys``)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
-import tempfile
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import anyio
-import orjson
 import typer
 from pydantic import ValidationError
 
-from membus.cli.context import AgentOpt, JsonFlag, TenantOpt, command_state, run
+from membus.cli.context import JsonFlag, command_state, run
 from membus.cli.output import emit_json, fail, say
 from membus.core.envelope import invalid_from
 from membus.errors import Conflict, InvalidInput, MembusError
 
-if TYPE_CHECKING:
-    from membus.service.auth import KeyEntry
-
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
-DEFAULT_KEYS_FILE = Path("keys.json")
 
 
 class _Deferred:
@@ -79,7 +69,10 @@ def serve(
     ] = None,
     json_flag: JsonFlag = False,
 ) -> None:
-    """Serve the bus over HTTP until SIGTERM/SIGINT (requests in flight are finished)."""
+    """Serve the bus over HTTP until SIGTERM/SIGINT (requests in flight are finished).
+
+    The CLI keeps working on the same data directory, through this process; the API keys file
+    is re-read when it changes (`membus keys revoke` needs no restart)."""
     state = command_state(ctx, json_flag)
     settings = state.settings
     keys_file = api_keys or settings.api_keys
@@ -91,6 +84,7 @@ def serve(
             ),
             state.json,
         )
+    from membus.cli.calls import node_beside
     from membus.console import mount as console
     from membus.service.app import serve as serve_http
 
@@ -114,6 +108,7 @@ def serve(
                 path=settings.data_dir,
                 on_ready=ready,
                 mounts=[console],  # the web console at /ui
+                beside=node_beside(settings),
             )
             tg.cancel_scope.cancel()
 
@@ -138,114 +133,6 @@ def _can_listen(host: str, port: int) -> None:
             raise Conflict(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-def keys_new(
-    ctx: typer.Context,
-    agent: AgentOpt,
-    tenant: TenantOpt,
-    operator: Annotated[
-        bool,
-        typer.Option(
-            "--operator", help="May also call service-wide operations (policy reload, /metrics)."
-        ),
-    ] = False,
-    metrics_only: Annotated[
-        bool,
-        typer.Option(
-            "--metrics-only", help="May scrape /metrics and nothing else (for Prometheus)."
-        ),
-    ] = False,
-    file: Annotated[
-        Path | None,
-        typer.Option("--file", "-f", help="Keys file to add to (env MEMBUS_API_KEYS; keys.json)."),
-    ] = None,
-    json_flag: JsonFlag = False,
-) -> None:
-    """Create an API key for --agent in --tenant: prints the key once, stores only its digest."""
-    from membus.service.auth import KeyEntry, hash_key, new_key
-
-    state = command_state(ctx, json_flag)
-    path = file or state.settings.api_keys or DEFAULT_KEYS_FILE
-    key = new_key()
-    try:
-        try:
-            entry = KeyEntry(
-                sha256=hash_key(key),
-                agent=agent,
-                tenant=tenant,
-                operator=operator,
-                metrics_only=metrics_only,
-            )
-        except ValidationError as exc:
-            raise invalid_from(exc, "api key") from None
-        _append(path, entry)
-    except MembusError as exc:
-        fail(exc, state.json)
-    who = entry.principal().identity  # the names policies and scopes use for these ids
-    if state.json:
-        emit_json({"key": key, **entry.model_dump(), "file": str(path), "name": who.agent})
-    else:
-        typer.echo(key)
-        named = f" (named {who.agent} in policies)" if who.agent != agent else ""
-        typer.echo(
-            f"API key for {agent}{named} in {tenant}{_role(operator, metrics_only)} added to "
-            f"{path}; it is shown only this once",
-            err=True,
-        )
-
-
-def keys_authority(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
-    """Print the signing authority's public key (hex): what writers pin (MEMBUS_SIGNING_AUTHORITY).
-
-    It is derived from the door's master secret (MEMBUS_SIGNING_MASTER_FILE, else signing.key in
-    the data directory; created 0600 if missing). Only the public key is printed."""
-    from membus.access.signing import MASTER_FILE, authority_public_key, load_master
-
-    state = command_state(ctx, json_flag)
-    path = state.settings.signing_master_file or state.settings.data_dir / MASTER_FILE
-    try:
-        authority = authority_public_key(load_master(path))
-    except MembusError as exc:
-        fail(exc, state.json)
-    if state.json:
-        emit_json({"authority": authority, "master_file": str(path)})
-    else:
-        typer.echo(authority)
-
-
-def _role(operator: bool, metrics_only: bool) -> str:
-    return " (operator)" if operator else " (metrics only)" if metrics_only else ""
-
-
-def _append(path: Path, entry: KeyEntry) -> None:
-    """Add ``entry`` to the keys file (created if missing), replacing the file atomically."""
-    from membus.service.auth import KeysFile
-
-    keys = KeysFile(keys=[])
-    if path.exists():
-        try:
-            keys = KeysFile.model_validate(orjson.loads(path.read_bytes()))
-        except OSError as exc:
-            raise InvalidInput(f"cannot read API keys file {path}: {exc.strerror}") from None
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"API keys file {path} is not JSON: {exc}") from None
-        except ValidationError as exc:
-            raise invalid_from(exc, f"API keys file {path}") from None
-    keys.keys.append(entry)
-    text = orjson.dumps(keys.model_dump(), option=orjson.OPT_INDENT_2) + b"\n"
-    parent = path.parent if str(path.parent) else Path(".")
-    tmp: str | None = None
-    try:
-        # mkstemp: owner-only. Digests are not secrets, but who holds which identity is private.
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as f:
-            f.write(text)
-        os.replace(tmp, path)  # a reader (a starting service) sees the old file or the new one
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise InvalidInput(f"cannot write API keys file {path}: {exc.strerror}") from None
-
-
 def mcp(
     ctx: typer.Context,
     agent: Annotated[
@@ -256,10 +143,11 @@ def mcp(
         str | None, typer.Option("--url", help="Talk to a membus service instead (env MEMBUS_URL).")
     ] = None,
 ) -> None:
-    """Serve MCP tools (remember, recall, forget, list_scopes) over stdio for ONE identity.
+    """Serve MCP tools (remember, recall, forget, list_memories, …) over stdio for ONE identity.
 
     The identity is bound here, from --agent/--tenant (embedded) or the MEMBUS_API_KEY variable
-    (with --url, or checked against MEMBUS_API_KEYS), never from tool arguments.
+    (with --url, or checked against MEMBUS_API_KEYS), never from tool arguments. On an embedded
+    directory the CLI keeps working beside it, through this process (see `membus.cli.node`).
     """
     state = command_state(ctx)
     settings = state.settings
@@ -277,6 +165,8 @@ def mcp(
         who = key
     else:
         fail(InvalidInput("mcp needs --agent and --tenant, or MEMBUS_API_KEY"), state.json)
+    from membus.cli.calls import node_beside
+
     try:
         serve_mcp(
             settings.to_config(),
@@ -284,6 +174,7 @@ def mcp(
             path=settings.data_dir,
             url=url or os.environ.get("MEMBUS_URL"),
             api_keys_file=settings.api_keys,
+            beside=node_beside(settings),
         )
     except MembusError as exc:
         fail(exc, state.json)

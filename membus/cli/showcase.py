@@ -49,16 +49,30 @@ def demo(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
 
 def bench(
     ctx: typer.Context,
-    memories: Annotated[int, typer.Option("--memories", min=1)] = 100_000,
-    embedder: Annotated[str, typer.Option("--embedder")] = "hashing",
-    quick: Annotated[bool, typer.Option("--quick", help="A small, fast run.")] = False,
+    memories: Annotated[
+        int | None,
+        typer.Option(
+            "--memories", min=1, help="Memories to load (implies --full; full default 100000)."
+        ),
+    ] = None,
+    embedder: Annotated[str, typer.Option("--embedder", help="hashing|minilm.")] = "hashing",
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A small, fast run (2,000 memories): the default.")
+    ] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="The full run (100,000 memories; minutes).")
+    ] = False,
     json_flag: JsonFlag = False,
 ) -> None:
-    """Measure publish-to-recall throughput and latency."""
+    """Measure publish-to-recall throughput and latency (quick unless --full or --memories)."""
     state = command_state(ctx, json_flag)
     try:
+        if quick and (full or memories is not None):
+            raise InvalidInput("--quick is the small run; --full and --memories ask for more")
+        small = not full and memories is None
+        n = memories if memories is not None else 2_000 if small else 100_000
         run_bench = _load("membus.bench.run", "run_bench")
-        result = run_bench(memories, json_output=state.json, embedder=embedder, quick=quick)
+        result = run_bench(n, json_output=state.json, embedder=embedder, quick=small)
         _finish(result)
     except MembusError as exc:
         fail(exc, state.json)

@@ -1,5 +1,6 @@
 """membus as an MCP server (``membus mcp``): tools remember / recall / forget / list_scopes /
-get_context, and the prompt ``context`` (the rendered context for a turn, as messages).
+get_context, and the prompt ``context`` (the rendered context for a turn, as messages);
+list_memories / get_memory / memory_history.
 
 One server process serves ONE identity, fixed when it starts (an API key, or ``--agent/--tenant``
 on an embedded bus) and held by the ``MemoryPort`` it wraps. Tool arguments never carry an agent
@@ -22,23 +23,25 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from membus.access.gate import Identity
+from membus.bus.api import Bus
 from membus.bus.draft import Draft
 from membus.core.config import MembusConfig
-from membus.core.envelope import invalid_from
+from membus.core.envelope import Label, invalid_from
 from membus.core.logs import get_logger
 from membus.errors import InvalidInput, MembusError
 from membus.integrations.port import AgentPort, ClientPort, MemoryPort
-from membus.store.port import Hit
+from membus.store.port import Hit, Memory
 from membus.stream.feed import Change
 
 if TYPE_CHECKING:
@@ -59,6 +62,8 @@ IDENTITY_ARGS: Final = frozenset(
 
 class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # argument names that look like an identity but are filters of this tool (never who acts)
+    filters: ClassVar[frozenset[str]] = frozenset()
 
 
 class RememberArgs(_Args):
@@ -74,6 +79,11 @@ class RememberArgs(_Args):
     subject: str | None = Field(default=None, description="what or whom it is about")
     key: str | None = Field(default=None, description="a key within the subject")
     metadata: dict[str, Any] = Field(default_factory=dict)
+    label: Label = Field(
+        default="public",
+        description="sensitivity: public, internal, confidential or restricted; only agents "
+        "cleared for it recall it",
+    )
     wait: bool = Field(
         default=True, description="return once it is searchable (false: as soon as published)"
     )
@@ -87,20 +97,67 @@ class RecallArgs(_Args):
     scopes: list[str] | None = Field(default=None, description="subtrees to search (default: all)")
     kinds: list[str] | None = None
     subjects: list[str] | None = None
+    agents: list[str] | None = Field(default=None, description="only what these agents said")
+    since: datetime | None = Field(default=None, description="only memories created since")
+    as_of: datetime | None = Field(default=None, description="what held at this past time")
+    min_score: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="drop memories scoring less (scores are evidence in 0..1; default: the "
+        "server's threshold, so no memory means nothing relevant is known)",
+    )
 
 
 class ForgetArgs(_Args):
     """Erase memories (and their source events) matching every criterion given."""
 
-    memory_id: str | None = None
+    filters: ClassVar[frozenset[str]] = frozenset({"agent"})
+    memory_ids: list[str] | None = Field(default=None, description="these memories")
     subject: str | None = None
+    agent: str | None = Field(
+        default=None,
+        description="only what this agent contributed (a filter: the server still acts as "
+        "its own identity)",
+    )
     scope: str | None = Field(default=None, description="that scope and everything below")
 
     @model_validator(mode="after")
     def _some(self) -> ForgetArgs:
-        if self.memory_id is None and self.subject is None and self.scope is None:
-            raise ValueError("give at least one of memory_id, subject, scope")
+        given = (self.memory_ids, self.subject, self.agent, self.scope)
+        if all(v is None for v in given):
+            raise ValueError("give at least one of memory_ids, subject, agent, scope")
         return self
+
+
+class ListMemoriesArgs(_Args):
+    """List memories this agent may read, newest first, a page at a time (no query needed)."""
+
+    scopes: list[str] | None = Field(default=None, description="subtrees (default: all)")
+    kinds: list[str] | None = None
+    subjects: list[str] | None = None
+    agents: list[str] | None = Field(default=None, description="only what these agents said")
+    since: datetime | None = None
+    until: datetime | None = None
+    as_of: datetime | None = Field(default=None, description="what held at this past time")
+    limit: int = Field(default=20, ge=1, le=100, description="memories per page")
+    cursor: str | None = Field(default=None, description="the cursor of the previous page")
+
+
+class GetMemoryArgs(_Args):
+    """One memory by id, with its provenance."""
+
+    memory_id: str
+
+
+class MemoryHistoryArgs(_Args):
+    """Every version of a fact, newest first: by a memory's id, or by subject and key."""
+
+    memory_id: str | None = None
+    subject: str | None = None
+    key: str | None = None
+    scope: str | None = Field(default=None, description="with subject and key: only this scope")
+    limit: int = Field(default=20, ge=1, le=100)
 
 
 class ListScopesArgs(_Args):
@@ -123,11 +180,16 @@ CONTEXT_PROMPT: Final = "context"
 
 def memory_json(hit: Hit) -> dict[str, Any]:
     """A hit as the structured content a tool returns: the memory with its provenance."""
-    m = hit.memory
+    return {**stored_json(hit.memory), "score": hit.score}
+
+
+def stored_json(m: Memory) -> dict[str, Any]:
+    """A memory as a tool returns it: its fields, when it held, and its provenance."""
     shown = ("id", "content", "scope", "kind", "subject", "key", "metadata")
     return {
         **{name: getattr(m, name) for name in shown},
-        "score": hit.score,
+        "valid_from": m.valid_from.isoformat() if m.valid_from else None,
+        "valid_to": m.valid_to.isoformat() if m.valid_to else None,
         "provenance": {
             "agents": m.agents,
             "source_events": m.source_events,
@@ -149,6 +211,8 @@ class Feed:
 
 
 Handler = Callable[[Any], Awaitable[dict[str, Any]]]
+# run beside an embedded bus while it is open (the CLI's node endpoint)
+Beside = Callable[[Bus], AbstractAsyncContextManager[object]]
 
 
 class MembusMCP:
@@ -162,6 +226,9 @@ class MembusMCP:
             "recall": (RecallArgs, self.recall),
             "forget": (ForgetArgs, self.forget),
             "list_scopes": (ListScopesArgs, self.list_scopes),
+            "list_memories": (ListMemoriesArgs, self.list_memories),
+            "get_memory": (GetMemoryArgs, self.get_memory),
+            "memory_history": (MemoryHistoryArgs, self.memory_history),
         }
         self.tools["get_context"] = (GetContextArgs, self.get_context)
 
@@ -177,15 +244,36 @@ class MembusMCP:
 
     async def recall(self, a: RecallArgs) -> dict[str, Any]:
         hits = await self.port.recall(
-            a.query, k=a.k, scopes=a.scopes, kinds=a.kinds, subjects=a.subjects
+            a.query,
+            k=a.k,
+            scopes=a.scopes,
+            kinds=a.kinds,
+            subjects=a.subjects,
+            agents=a.agents,
+            since=a.since,
+            as_of=a.as_of,
+            min_score=a.min_score,
         )
         return {"memories": [memory_json(h) for h in hits]}
 
     async def forget(self, a: ForgetArgs) -> dict[str, Any]:
         report = await self.port.forget(
-            memory_ids=[a.memory_id] if a.memory_id else None, subject=a.subject, scope=a.scope
+            memory_ids=a.memory_ids, subject=a.subject, agent=a.agent, scope=a.scope
         )
         return {"forgotten": report.memories, "memory_ids": report.memory_ids}
+
+    async def list_memories(self, a: ListMemoriesArgs) -> dict[str, Any]:
+        page = await self.port.list_memories(**a.model_dump())
+        return {"memories": [stored_json(m) for m in page.memories], "cursor": page.cursor}
+
+    async def get_memory(self, a: GetMemoryArgs) -> dict[str, Any]:
+        return stored_json(await self.port.get_memory(a.memory_id))
+
+    async def memory_history(self, a: MemoryHistoryArgs) -> dict[str, Any]:
+        versions = await self.port.memory_history(
+            a.memory_id, scope=a.scope, subject=a.subject, key=a.key, limit=a.limit
+        )
+        return {"versions": [stored_json(m) for m in versions]}
 
     async def list_scopes(self, a: ListScopesArgs) -> dict[str, Any]:
         return {"scopes": await self.port.list_scopes()}
@@ -200,14 +288,14 @@ class MembusMCP:
         """Validate (identity-naming and undeclared arguments refused) and run one tool."""
         if name not in self.tools:
             raise InvalidInput(f"unknown tool {name!r}; tools: {', '.join(self.tools)}")
-        forged = sorted(IDENTITY_ARGS & arguments.keys())
+        model, handler = self.tools[name]
+        forged = sorted((IDENTITY_ARGS - model.filters) & arguments.keys())
         if forged:
             who = await self.port.whoami()
             raise InvalidInput(
                 f"argument(s) {', '.join(forged)} refused: this server acts only as "
                 f"{who.agent}@{who.tenant}, bound when it started; tools take no identity"
             )
-        model, handler = self.tools[name]
         try:
             args = model.model_validate(arguments)
         except ValidationError as exc:
@@ -403,6 +491,16 @@ class MembusMCP:
             self.log.warning("mcp.feed_unavailable", error=feed.error)
 
 
+def membus_version() -> str:
+    """The installed membus's version (what MCP clients see in ``serverInfo``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("membus")
+    except PackageNotFoundError:  # a source tree run without installing it
+        return "0+unknown"
+
+
 def build_server(port: MemoryPort, *, name: str = "membus") -> Server[Feed]:
     """An MCP server over ``port``: its tools act as the port's identity, and only as it."""
     from mcp.server import Server
@@ -412,9 +510,10 @@ def build_server(port: MemoryPort, *, name: str = "membus") -> Server[Feed]:
     h = MembusMCP(port, bus)
     return Server(
         name,
+        version=membus_version(),
         instructions="Shared memory for a team of agents. remember publishes to a scope; "
-        "recall searches by meaning within what you may read; forget erases. Your identity "
-        "is fixed by this connection.",
+        "recall searches by meaning within what you may read; list_memories, get_memory and "
+        "memory_history browse it; forget erases. Your identity is fixed by this connection.",
         lifespan=h.lifespan,
         on_list_tools=h.on_list_tools,
         on_call_tool=h.on_call_tool,
@@ -436,9 +535,12 @@ async def open_port(
     path: str | Path,
     url: str | None = None,
     api_keys_file: Path | None = None,
+    beside: Beside | None = None,
 ) -> AsyncIterator[MemoryPort]:
     """The port ``membus mcp`` serves: over a service (``url`` + API key), else an embedded
-    bus as ``who`` (an identity, or the one an API key maps to in ``api_keys_file``)."""
+    bus as ``who`` (an identity, or the one an API key maps to in ``api_keys_file``);
+    ``beside`` is entered with that bus while it is open (``membus mcp`` runs its node endpoint
+    for the CLI there)."""
     from membus.runtime.host import open as open_bus
     from membus.service.auth import ApiKeys
     from membus.service.client import Client
@@ -456,6 +558,8 @@ async def open_port(
                     )
                 who = ApiKeys.from_file(api_keys_file).authenticate(who).identity
             bus = await stack.enter_async_context(open_bus(path, config))
+            if beside is not None:
+                await stack.enter_async_context(beside(bus))
             port = AgentPort(bus.agent(who.agent, who.tenant))
         yield port
 
@@ -475,12 +579,15 @@ def main(
     path: str | Path = ".membus",
     url: str | None = None,
     api_keys_file: Path | None = None,
+    beside: Beside | None = None,
 ) -> None:
     """Serve MCP over stdio until the client closes it. stdout is the protocol: membus logs
     never go there (they go through stdlib logging, to stderr unless configured otherwise)."""
 
     async def run() -> None:
-        async with open_port(config, who, path=path, url=url, api_keys_file=api_keys_file) as p:
+        async with open_port(
+            config, who, path=path, url=url, api_keys_file=api_keys_file, beside=beside
+        ) as p:
             await serve_stdio(p)
 
     anyio.run(run)

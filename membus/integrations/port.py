@@ -9,15 +9,18 @@ so nothing an adapter's caller sends can change it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol, runtime_checkable
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
 
 from membus.access.gate import Identity
 from membus.bus.api import MAX_K, Agent
 from membus.bus.context import Context
 from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
+from membus.bus.memories import MemoryPage
+from membus.errors import Unavailable
 from membus.service.client import Client
-from membus.store.port import Hit
+from membus.store.port import Hit, Memory
 from membus.stream.feed import Change
 
 DEFAULT_WAIT_S = 30.0
@@ -47,6 +50,9 @@ class MemoryPort(Protocol):
         kinds: Sequence[str] | None = None,
         subjects: Sequence[str] | None = None,
         min_score: float | None = None,
+        agents: Sequence[str] | None = None,
+        since: datetime | None = None,
+        as_of: datetime | None = None,
     ) -> list[Hit]: ...
 
     async def forget(
@@ -54,8 +60,41 @@ class MemoryPort(Protocol):
         *,
         memory_ids: Sequence[str] | None = None,
         subject: str | None = None,
+        agent: str | None = None,
         scope: str | None = None,
     ) -> ErasureReport: ...
+
+    async def list_memories(
+        self,
+        *,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        as_of: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> MemoryPage:
+        """Memories this identity may read, newest first, a page at a time."""
+        ...
+
+    async def get_memory(self, memory_id: str) -> Memory:
+        """One memory (``NotFound``: absent or not readable)."""
+        ...
+
+    async def memory_history(
+        self,
+        memory_id: str | None = None,
+        *,
+        scope: str | None = None,
+        subject: str | None = None,
+        key: str | None = None,
+        limit: int = 100,
+    ) -> list[Memory]:
+        """Every version of a fact, newest first."""
+        ...
 
     def subscribe(
         self, scopes: Sequence[str] | None = None, *, start: str = "$", until_now: bool = False
@@ -105,10 +144,21 @@ class AgentPort:
         scopes: Sequence[str] | None = None,
         kinds: Sequence[str] | None = None,
         subjects: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        since: datetime | None = None,
+        as_of: datetime | None = None,
         min_score: float | None = None,
     ) -> list[Hit]:
         return await self.agent.recall(
-            query, k=k, scopes=scopes, kinds=kinds, subjects=subjects, min_score=min_score
+            query,
+            k=k,
+            scopes=scopes,
+            kinds=kinds,
+            subjects=subjects,
+            agents=agents,
+            since=since,
+            as_of=as_of,
+            min_score=min_score,
         )
 
     async def forget(
@@ -116,11 +166,52 @@ class AgentPort:
         *,
         memory_ids: Sequence[str] | None = None,
         subject: str | None = None,
+        agent: str | None = None,
         scope: str | None = None,
     ) -> ErasureReport:
-        # Agent has no forget of its own yet; the bus call with its identity is the same door
-        return await self.agent.bus.forget(
-            self.agent.identity, memory_ids=memory_ids, subject=subject, scope=scope
+        return await self.agent.forget(
+            memory_ids=memory_ids, subject=subject, agent=agent, scope=scope
+        )
+
+    async def list_memories(
+        self,
+        *,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        as_of: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> MemoryPage:
+        return await self.agent.list(
+            scopes=scopes,
+            kinds=kinds,
+            subjects=subjects,
+            agents=agents,
+            since=since,
+            until=until,
+            as_of=as_of,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def get_memory(self, memory_id: str) -> Memory:
+        return await self.agent.get(memory_id)
+
+    async def memory_history(
+        self,
+        memory_id: str | None = None,
+        *,
+        scope: str | None = None,
+        subject: str | None = None,
+        key: str | None = None,
+        limit: int = 100,
+    ) -> list[Memory]:
+        return await self.agent.history(
+            memory_id, scope=scope, subject=subject, key=key, limit=limit
         )
 
     def subscribe(
@@ -175,6 +266,9 @@ class ClientPort:
         kinds: Sequence[str] | None = None,
         subjects: Sequence[str] | None = None,
         min_score: float | None = None,
+        agents: Sequence[str] | None = None,
+        since: datetime | None = None,
+        as_of: datetime | None = None,
     ) -> list[Hit]:
         return await self.client.recall(
             query,
@@ -182,6 +276,9 @@ class ClientPort:
             scopes=scopes,
             kinds=kinds,
             subjects=subjects,
+            agents=agents,
+            since=since,
+            as_of=as_of,
             min_score=min_score,  # None is left out of the request: the server's default
         )
 
@@ -190,10 +287,64 @@ class ClientPort:
         *,
         memory_ids: Sequence[str] | None = None,
         subject: str | None = None,
+        agent: str | None = None,
         scope: str | None = None,
     ) -> ErasureReport:
         ids = list(memory_ids) if memory_ids is not None else None
-        return await self.client.forget(memory_ids=ids, subject=subject, scope=scope)
+        return await self.client.forget(memory_ids=ids, subject=subject, agent=agent, scope=scope)
+
+    async def _client(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        # the memory routes (/v1/memories…) and their Client methods arrive beside this port;
+        # a client without them says so instead of failing with an AttributeError
+        method = getattr(self.client, name, None)
+        if method is None:
+            raise Unavailable(f"this membus.Client has no {name}(): upgrade membus")
+        return await method(*args, **kwargs)
+
+    async def list_memories(
+        self,
+        *,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        as_of: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> MemoryPage:
+        page: MemoryPage = await self._client(
+            "list",
+            scopes=scopes,
+            kinds=kinds,
+            subjects=subjects,
+            agents=agents,
+            since=since,
+            until=until,
+            as_of=as_of,
+            limit=limit,
+            cursor=cursor,
+        )
+        return page
+
+    async def get_memory(self, memory_id: str) -> Memory:
+        memory: Memory = await self._client("get", memory_id)
+        return memory
+
+    async def memory_history(
+        self,
+        memory_id: str | None = None,
+        *,
+        scope: str | None = None,
+        subject: str | None = None,
+        key: str | None = None,
+        limit: int = 100,
+    ) -> list[Memory]:
+        versions: list[Memory] = await self._client(
+            "history", memory_id, scope=scope, subject=subject, key=key, limit=limit
+        )
+        return versions
 
     def subscribe(
         self, scopes: Sequence[str] | None = None, *, start: str = "$", until_now: bool = False

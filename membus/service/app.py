@@ -17,6 +17,7 @@ about tenants.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Protocol, runtime_checkable
@@ -645,15 +646,21 @@ async def serve(
     gate: Gate | None = None,
     on_ready: Callable[[str], None] | None = None,
     mounts: Sequence[Callable[[FastAPI], None]] = (),
+    beside: Callable[[Bus], AbstractAsyncContextManager[object]] | None = None,
 ) -> None:
     """Open a bus (embedded or per ``config``) and serve it until cancelled or signalled;
-    ``on_ready`` gets the URL once the server accepts connections (the real port for port 0)."""
+    ``on_ready`` gets the URL once the server accepts connections (the real port for port 0);
+    ``beside`` is entered with the open bus for as long as it serves (``membus serve`` runs its
+    node endpoint for the CLI there)."""
     import uvicorn
 
     from membus.runtime.host import open as open_bus
 
     auth = ApiKeys.from_file(Path(api_keys_file))
-    async with open_bus(path, config, gate=gate) as bus:
+    async with AsyncExitStack() as stack:
+        bus = await stack.enter_async_context(open_bus(path, config, gate=gate))
+        if beside is not None:
+            await stack.enter_async_context(beside(bus))
         app = create_app(bus, auth, limits, mounts=mounts)
         server = uvicorn.Server(
             uvicorn.Config(

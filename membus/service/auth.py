@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated
@@ -34,10 +35,13 @@ from pydantic import (
 from membus.access.gate import Identity
 from membus.core.envelope import invalid_from
 from membus.core.ids import encode_id
+from membus.core.logs import get_logger
 from membus.errors import InvalidInput
 from membus.service.wire import Unauthenticated
 
 KEY_PREFIX = "mbk_"
+# how often a service looks whether its keys file changed: the bound on a revocation's delay
+RELOAD_S = 1.0
 
 
 def new_key() -> str:
@@ -109,17 +113,37 @@ class KeysFile(BaseModel):
 
 class ApiKeys:
     """Digest -> principal. Lookup is by the digest of the presented key, then a constant-time
-    compare: an attacker can only learn timings about digests of their own guesses."""
+    compare: an attacker can only learn timings about digests of their own guesses.
+
+    Keys read ``from_file`` follow the file: at most every ``reload_s`` seconds an
+    authentication looks whether the file changed (a ``stat``) and, if so, reads it again, so a
+    key revoked with ``membus keys revoke`` is refused by a running service within ``reload_s``
+    without a restart. A file that no longer parses keeps the keys last read (and says so in
+    the log): a half-edited file must not lock everyone out, nor let anyone in.
+    """
 
     def __init__(self, entries: Iterable[KeyEntry | tuple[str, Principal]] = ()) -> None:
-        self._by_digest: dict[str, tuple[bytes, Principal]] = {}
+        self._by_digest = self._index(entries)
+        self._path: Path | None = None
+        self._seen: tuple[int, int, int] | None = None  # inode, size, mtime_ns of what we read
+        self._checked = 0.0
+        self.reload_s = RELOAD_S
+
+    @staticmethod
+    def _index(
+        entries: Iterable[KeyEntry | tuple[str, Principal]],
+    ) -> dict[str, tuple[bytes, Principal]]:
+        by_digest: dict[str, tuple[bytes, Principal]] = {}
         for e in entries:
+            # a file entry holds ids as given: its principal holds them encoded (core.ids)
             digest, principal = (e.sha256, e.principal()) if isinstance(e, KeyEntry) else e
-            if digest in self._by_digest:
+            if digest in by_digest:
                 raise InvalidInput("the same API key is listed twice")
-            self._by_digest[digest] = (bytes.fromhex(digest), principal)
+            by_digest[digest] = (bytes.fromhex(digest), principal)
+        return by_digest
 
     def __len__(self) -> int:
+        self._follow()
         return len(self._by_digest)
 
     @classmethod
@@ -155,19 +179,48 @@ class ApiKeys:
 
     @classmethod
     def from_file(cls, path: Path) -> ApiKeys:
+        keys = cls()
+        keys._path = path
+        keys._load()
+        return keys
+
+    def _load(self) -> None:
+        assert self._path is not None
+        path = self._path
         try:
+            st = path.stat()
             raw = path.read_bytes()
         except OSError as exc:
             raise InvalidInput(f"cannot read API keys file {path}: {exc}") from None
+        self._by_digest = self._index(read_keys_file(raw, path).keys)
+        self._seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        self._checked = time.monotonic()
+
+    def _follow(self) -> None:
+        """Read the file again if it changed since it was last read (checked every reload_s)."""
+        if self._path is None or time.monotonic() - self._checked < self.reload_s:
+            return
+        self._checked = time.monotonic()
         try:
-            parsed = KeysFile.model_validate(orjson.loads(raw))
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"API keys file {path} is not JSON: {exc}") from None
-        except ValidationError as exc:
-            raise invalid_from(exc, f"API keys file {path}") from None
-        return cls(parsed.keys)
+            st = self._path.stat()
+            if (st.st_ino, st.st_size, st.st_mtime_ns) == self._seen:
+                return
+            self._load()
+        except InvalidInput as exc:
+            get_logger("membus.service").warning("keys.reload_failed", error=str(exc))
+            return
+        except OSError as exc:  # deleted or unreadable: keep what we had, say so
+            get_logger("membus.service").warning("keys.reload_failed", error=str(exc))
+            return
+        get_logger("membus.service").info("keys.reloaded", keys=len(self._by_digest))
+
+    def entries(self) -> list[tuple[str, Principal]]:
+        """(digest, principal) of every key, as last read."""
+        self._follow()
+        return [(digest, p) for digest, (_, p) in self._by_digest.items()]
 
     def authenticate(self, key: str | None) -> Principal:
+        self._follow()
         if not key:
             raise Unauthenticated(
                 "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
@@ -177,6 +230,16 @@ class ApiKeys:
         if found is None or not hmac.compare_digest(found[0], digest):
             raise Unauthenticated("unknown API key")
         return found[1]
+
+
+def read_keys_file(raw: bytes, path: Path) -> KeysFile:
+    """Parse a keys file's bytes; ``InvalidInput`` names the file and what is wrong."""
+    try:
+        return KeysFile.model_validate(orjson.loads(raw))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"API keys file {path} is not JSON: {exc}") from None
+    except ValidationError as exc:
+        raise invalid_from(exc, f"API keys file {path}") from None
 
 
 def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
