@@ -37,7 +37,17 @@ from membus.store.edge_query import rows
 from membus.store.port import Hit, Memory, RecallFilter, StoreMeta, check_batch
 
 _SERVED = frozenset(
-    {"meta", "upsert_rows", "search", "search_batch", "get", "delete", "count", "scroll"}
+    {
+        "meta",
+        "upsert_rows",
+        "search",
+        "search_batch",
+        "get",
+        "vectors",
+        "delete",
+        "count",
+        "scroll",
+    }
 )
 
 
@@ -175,6 +185,10 @@ class RemoteStore:
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]:
         found: list[Memory] = await self._call("get", tenant, list(ids))
+        return found
+
+    async def vectors(self, tenant: str, ids: Sequence[str]) -> dict[str, Vectors]:
+        found: dict[str, Vectors] = await self._call("vectors", tenant, list(ids))
         return found
 
     async def delete(self, tenant: str, ids: Sequence[str]) -> int:

@@ -180,6 +180,15 @@ class SealedStore:
     async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]:
         return [m for m in await self._open(tenant, await self.inner.get(tenant, ids)) if m]
 
+    async def vectors(self, tenant: str, ids: Sequence[str]) -> dict[str, Vectors]:
+        """The inner engine's stored vectors (not sealed: the engine searches them), or none
+        when it cannot say: the caller embeds again."""
+        inner: Any = self.inner
+        if not hasattr(inner, "vectors"):
+            return {}
+        found: dict[str, Vectors] = await inner.vectors(tenant, ids)
+        return found
+
     async def delete(self, tenant: str, ids: Sequence[str]) -> int:
         return await self.inner.delete(tenant, ids)
 

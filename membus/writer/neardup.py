@@ -64,6 +64,13 @@ class BatchSearch(Protocol):
     ) -> list[list[Hit]]: ...
 
 
+@runtime_checkable
+class StoredVectors(Protocol):
+    """An engine that returns the dense vectors it stores (``EdgeStore``, over a socket too)."""
+
+    async def vectors(self, tenant: str, ids: Sequence[str]) -> dict[str, Vectors]: ...
+
+
 def _neighbours(tenant: str, m: Memory) -> RecallFilter:
     """Where a near-duplicate of ``m`` may be: its exact scope, kind and subject, and the same
     numbers. In the filter, not only in ``mergeable``: the k nearest are then all candidates
@@ -131,8 +138,10 @@ class NearDuplicates:
         queued = [str(x) for x in raw]
         states = await self.c.ledger.read(tenant, queued)
         current = {s: _current(tenant, states[s], self.config) for s in queued}
-        texts = sorted({m.content for m in current.values() if m is not None})
-        vectors = await self._vectors(tenant, texts)  # one batch: far faster for a model
+        vectors = await self._stored(tenant, [m for m in current.values() if m is not None])
+        texts = sorted({m.content for m in current.values() if m is not None} - vectors.keys())
+        # what the store could not give: one batch, far faster for a model
+        vectors |= await self._vectors(tenant, texts)
         # checked, no neighbour: they leave the queue in one ZREM, always before the next merge
         # (which may queue one of them again as its survivor). A repeat landing meanwhile has
         # the same text: it would find no other neighbour either.
@@ -164,6 +173,16 @@ class NearDuplicates:
     async def _done(self, tenant: str, slots: list[str]) -> None:
         if slots:
             await self.redis.zrem(dirty_key(tenant), *slots)
+
+    async def _stored(self, tenant: str, memories: Sequence[Memory]) -> dict[str, np.ndarray]:
+        """The vectors the writers stored with these memories, by content: each is its
+        content's embedding, so the pass embeds nothing again (with a model, embedding was
+        half the cost of ingest). Engines that cannot say give none."""
+        store = self.c.store
+        if not memories or not isinstance(store, StoredVectors):
+            return {}
+        found = await store.vectors(tenant, [m.id for m in memories])
+        return {m.content: found[m.id] for m in memories if m.id in found}
 
     async def _vectors(self, tenant: str, texts: list[str]) -> dict[str, np.ndarray]:
         """Embed ``texts``; if the batch fails, one by one, leaving out those that fail."""
