@@ -49,16 +49,57 @@ def demo(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
 
 def bench(
     ctx: typer.Context,
-    memories: Annotated[int, typer.Option("--memories", min=1)] = 100_000,
-    embedder: Annotated[str, typer.Option("--embedder")] = "hashing",
-    quick: Annotated[bool, typer.Option("--quick", help="A small, fast run.")] = False,
+    workload: Annotated[
+        Literal["varied", "one-scope", "semantic"],
+        typer.Option(
+            "--workload",
+            help="varied: texts over several scopes; one-scope: a team's notes in one scope "
+            "(Zipf vocabulary); semantic: MiniLM end to end with near-duplicates.",
+        ),
+    ] = "varied",
+    memories: Annotated[
+        int | None,
+        typer.Option("--memories", min=1, help="Default 100,000 (semantic: 10,000)."),
+    ] = None,
+    embedder: Annotated[str, typer.Option("--embedder", help="varied: hashing|minilm.")] = (
+        "hashing"
+    ),
+    runtime: Annotated[
+        Literal["onnx", "torch"], typer.Option("--runtime", help="semantic: MiniLM's runtime.")
+    ] = "onnx",
+    threads: Annotated[
+        int, typer.Option("--threads", min=1, max=64, help="semantic: embedder threads.")
+    ] = 1,
+    peer: Annotated[
+        str | None,
+        typer.Option("--peer", help="semantic: also run this peer (mem0; needs mem0ai)."),
+    ] = None,
+    quick: Annotated[
+        bool | None,
+        typer.Option(
+            "--quick/--full",
+            help="A small, fast run, or the workload's full size; default: quick unless "
+            "--memories is given.",
+        ),
+    ] = None,
     json_flag: JsonFlag = False,
 ) -> None:
-    """Measure publish-to-recall throughput and latency."""
+    """Measure publish-to-recall throughput and latency beside the raw engines."""
     state = command_state(ctx, json_flag)
+    if quick is None:  # `membus bench` alone is a quick look; a size asks for a real run
+        quick = memories is None
     try:
-        run_bench = _load("membus.bench.run", "run_bench")
-        result = run_bench(memories, json_output=state.json, embedder=embedder, quick=quick)
+        run_workload = _load("membus.bench.workloads", "run_workload")
+        result = run_workload(
+            workload,
+            memories,
+            json_output=state.json,
+            quick=quick,
+            embedder=embedder,
+            runtime_name=runtime,
+            threads=threads,
+            peer=peer,
+        )
         _finish(result)
     except MembusError as exc:
         fail(exc, state.json)
