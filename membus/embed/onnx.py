@@ -22,6 +22,7 @@ import importlib.metadata
 import importlib.util
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,10 @@ def export(model: Path, out: Path) -> None:
     ids = torch.ones((2, 8), dtype=torch.long)
     dynamic = {name: {0: "batch", 1: "tokens"} for name in (*_INPUTS, "hidden")}
     tmp = out.with_suffix(f".tmp{os.getpid()}")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer's warnings are about control flow that does not depend on the inputs
+        # here; a library stays quiet
+        warnings.simplefilter("ignore")
         # the TorchScript exporter: the dynamo one needs onnxscript and traces far slower
         torch.onnx.export(
             Hidden(),
