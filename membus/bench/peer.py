@@ -58,7 +58,6 @@ def run_peer(path: Path, plan: Any, progress: Progress) -> dict[str, Any]:
 
 def measure(path: Path, memories: int, n_queries: int) -> dict[str, Any]:
     """Mem0 in this process: add ``memories`` texts, then ``n_queries`` searches."""
-    from membus.bench.workloads import semantic_drafts  # the same texts as membus's run
     from membus.embed.semantic import model_dir
 
     os.environ["MEM0_TELEMETRY"] = "False"  # read by mem0 at import: nothing leaves the machine
@@ -83,7 +82,7 @@ def measure(path: Path, memories: int, n_queries: int) -> dict[str, Any]:
         "llm": {"provider": "openai", "config": {"api_key": "unused-offline"}},
         "history_db_path": str(path / "history.db"),
     }
-    texts = [d.content for d in semantic_drafts(memories)]
+    texts = [d.content for d in raw.semantic_drafts(memories)]  # membus's texts
     queries = raw.queries(n_queries)
     memory = mem0.Memory.from_config(config)
     memory.add("warm-up", user_id="warmup", infer=False)

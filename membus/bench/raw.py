@@ -128,6 +128,19 @@ def drafts(n: int, seed: int = 1) -> list[Draft]:
     return out
 
 
+def semantic_drafts(n: int) -> list[Draft]:
+    """The varied workload with one event in ten a rewording of an earlier one (same scope,
+    kind, subject and numbers): the near-duplicate pass has real merges to make."""
+    base = drafts(n, seed=31)
+    out = []
+    for i, d in enumerate(base):
+        if i % 10 == 9:
+            src = base[i - 5]
+            d = src.model_copy(update={"content": f"Update: {src.content}"})
+        out.append(d)
+    return out
+
+
 def queries(n: int, seed: int = 7) -> list[str]:
     rng = random.Random(seed)
     return [

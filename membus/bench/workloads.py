@@ -47,7 +47,6 @@ from membus.bench.run import (
     run_bench,
 )
 from membus.bus.api import Bus
-from membus.bus.draft import Draft
 from membus.core.config import (
     ConsolidationConfig,
     EmbedderConfig,
@@ -337,19 +336,6 @@ def _about() -> dict[str, Any]:
 # -- semantic -------------------------------------------------------------------------------------
 
 
-def semantic_drafts(n: int) -> list[Draft]:
-    """The varied workload with one event in ten a rewording of an earlier one (same scope,
-    kind, subject and numbers): the near-duplicate pass has real merges to make."""
-    base = raw.drafts(n, seed=31)
-    out = []
-    for i, d in enumerate(base):
-        if i % 10 == 9:
-            src = base[i - 5]
-            d = src.model_copy(update={"content": f"Update: {src.content}"})
-        out.append(d)
-    return out
-
-
 def embedder_throughput(embedder: Embedder, texts: Sequence[str], batch: int) -> float:
     """Sentences per second of ``embedder`` alone, in batches of ``batch`` (after a warm-up)."""
     embedder.embed(list(texts[:8]))
@@ -382,7 +368,7 @@ async def semantic(
     emb = EmbedderConfig.model_validate(
         {"name": "minilm", "runtime": runtime_name, "threads": threads}
     )
-    drafts = semantic_drafts(plan.memories)
+    drafts = raw.semantic_drafts(plan.memories)
     contents = [d.content for d in drafts]
     queries = raw.queries(plan.queries)
     task = progress.add_task(f"embedder alone ({runtime_name}, {threads} thr)", total=None)
