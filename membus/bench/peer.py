@@ -2,7 +2,8 @@
 of membus) on the same texts, the same MiniLM weights and the same machine, in the same run.
 
 Mem0 is configured the way its self-hosted docs describe, offline: the huggingface embedder
-loading the bundled MiniLM directory (sentence-transformers on torch), its local Qdrant on disk,
+loading the bundled MiniLM directory (sentence-transformers on torch, one thread as membus's
+embedder), its local Qdrant on disk,
 ``add(..., infer=False)`` (no LLM: each text stored as it is, as membus stores an event) and
 ``search``. Its telemetry is switched off before import. Without ``mem0ai`` the peer is skipped
 with a message saying how to install it.
@@ -63,6 +64,10 @@ def measure(path: Path, memories: int, n_queries: int) -> dict[str, Any]:
     os.environ["MEM0_TELEMETRY"] = "False"  # read by mem0 at import: nothing leaves the machine
     os.environ["HF_HUB_OFFLINE"] = "1"
     mem0 = importlib.import_module("mem0")
+    # the thread policy membus's embedder uses on two cores (one intra-op thread): torch's
+    # default of one per core stalls whenever a thread is descheduled, and on a shared 2-core
+    # machine that made each of Mem0's adds take half a second, a handicap, not a comparison
+    importlib.import_module("torch").set_num_threads(1)
     path.mkdir(parents=True, exist_ok=True)
     config = {
         "vector_store": {
