@@ -164,7 +164,7 @@ class NearDuplicates:
             await self._done(tenant, looked)
             looked, found = [], {}
             # a slot merged earlier in this pass is re-checked under WATCH by _merge
-            await self._merge(tenant, *sorted((slot, other)))
+            await self._merge(tenant, *sorted((slot, other)), vectors)
             merges += 1
         await self._done(tenant, looked)
         self.merged += merges
@@ -224,8 +224,11 @@ class NearDuplicates:
         )
         return [None if a is None else next(slots) for a in asked]
 
-    async def _merge(self, tenant: str, survivor: str, loser: str) -> None:
-        """Move the loser's live events into the survivor and rewrite both, atomically."""
+    async def _merge(
+        self, tenant: str, survivor: str, loser: str, known: dict[str, np.ndarray]
+    ) -> None:
+        """Move the loser's live events into the survivor and rewrite both, atomically;
+        ``known``: vectors by content, so the survivor's wording is not embedded again."""
         keys = TenantKeys(tenant)
         watched = [slot_key(tenant, survivor), slot_key(tenant, loser)]
         for _ in range(50):
@@ -264,7 +267,7 @@ class NearDuplicates:
                         gone.retracted_up_to,
                     )
                     plans = [materialize(tenant, s, self.config) for s in (joined, left)]
-                    existed = await self.c.write(tenant, plans, {})
+                    existed = await self.c.write(tenant, plans, dict(known))
                     moved = {v.event_id for v in moving}
                     entries = changes_for(plans, existed, moved)
                     pipe.multi()  # type: ignore[no-untyped-call]
