@@ -164,7 +164,8 @@ class NearDuplicates:
             await self._done(tenant, looked)
             looked, found = [], {}
             # a slot merged earlier in this pass is re-checked under WATCH by _merge
-            await self._merge(tenant, *sorted((slot, other)), vectors)
+            survivor, loser = sorted((slot, other))
+            await self._merge(tenant, survivor, loser, vectors)
             merges += 1
         await self._done(tenant, looked)
         self.merged += merges
