@@ -94,9 +94,7 @@ ONE_SCOPE_KEYS = (
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_one_scope_quick_run_reports_every_figure(capfd: pytest.CaptureFixture[str]) -> None:
-    result: dict[str, Any] = workloads.run_workload(
-        "one-scope", 300, json_output=True, quick=True
-    )
+    result: dict[str, Any] = workloads.run_workload("one-scope", 300, json_output=True, quick=True)
     assert json.loads(capfd.readouterr().out) == result  # one JSON object on stdout
     assert result["workload"] == "one-scope" and result["memories"] == 300
     assert result["memories_committed"] == 300
