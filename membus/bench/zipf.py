@@ -13,6 +13,8 @@ drop) and fixed by a seed: runs are comparable across machines and versions.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from membus.bus.draft import Draft
@@ -28,8 +30,9 @@ _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
 _CODAS = ("", "n", "r", "s", "l", "k", "nd", "st")
 
 
-def vocabulary(size: int = VOCABULARY) -> list[str]:
-    """``size`` distinct pronounceable words, the same ones on every run."""
+@functools.cache
+def vocabulary(size: int = VOCABULARY) -> tuple[str, ...]:
+    """``size`` distinct pronounceable words, the same ones on every run (built once)."""
     rng = np.random.default_rng(17)
     seen: dict[str, None] = {}
     while len(seen) < size:
@@ -41,7 +44,7 @@ def vocabulary(size: int = VOCABULARY) -> list[str]:
             for _ in range(syllables)
         )
         seen.setdefault(word, None)
-    return list(seen)
+    return tuple(seen)
 
 
 def _probabilities(size: int) -> np.ndarray:
