@@ -127,22 +127,23 @@ def test_bench_without_flags_is_the_quick_run(monkeypatch: pytest.MonkeyPatch) -
     from membus.cli import showcase
     from membus.cli.app import app
 
-    asked: list[tuple[int, bool]] = []
+    asked: list[tuple[str, int | None, bool]] = []
 
-    def fake_bench(n: int, *, json_output: bool, embedder: str, quick: bool) -> dict[str, Any]:
-        asked.append((n, quick))
+    def fake_workload(
+        workload: str, memories: int | None, *, json_output: bool, quick: bool, **_: Any
+    ) -> dict[str, Any]:
+        asked.append((workload, memories, quick))
         return {}
 
-    monkeypatch.setattr(showcase, "_load", lambda module, name: fake_bench)
+    monkeypatch.setattr(showcase, "_load", lambda module, name: fake_workload)
     monkeypatch.setattr(showcase, "_finish", lambda result: None)
     for args, wanted in (
-        ([], (2_000, True)),
-        (["--quick"], (2_000, True)),
-        (["--full"], (100_000, False)),
-        (["--memories", "5000"], (5_000, False)),
+        ([], ("varied", None, True)),
+        (["--quick"], ("varied", None, True)),
+        (["--full"], ("varied", None, False)),
+        (["--memories", "5000"], ("varied", 5_000, False)),
+        (["--workload", "one-scope"], ("one-scope", None, True)),
     ):
         out = CliRunner().invoke(app, ["bench", *args])
         assert out.exit_code == 0, out.output
         assert asked.pop() == wanted
-    out = CliRunner().invoke(app, ["bench", "--quick", "--full"])
-    assert out.exit_code == 2 and not asked

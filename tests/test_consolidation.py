@@ -430,3 +430,39 @@ async def test_expired_memories_are_hidden_then_swept_out(redis_url: str, tmp_pa
         await a.publish("deploy in progress", "team/ops", kind="status")  # a new, live one
         await bus.drain(10)
         assert "deploy in progress" in [h.memory.content for h in await a.recall("deploy", k=5)]
+
+
+class _CountingEmbedder(HashingEmbedder):
+    """The hashing embedder, remembering every text it was asked to embed."""
+
+    def __init__(self) -> None:
+        super().__init__(384)
+        self.seen: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        self.seen += list(texts)
+        return super().embed(texts)
+
+
+@pytest.mark.slow
+async def test_the_near_duplicate_pass_reuses_stored_vectors(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """With a model, embedding is the cost of ingest: the pass takes each memory's vector from
+    the store, where the writer put it, and embeds nothing again. It still merges."""
+    counting = _CountingEmbedder()
+    async with membus.open(tmp_path, config(redis_url), embedder=counting) as bus:
+        x = bus.agent("x", "acme")
+        await x.publish("The customer prefers email over phone", "team/s")
+        await x.publish("Customer prefers email over the phone", "team/s")
+        await x.publish("the printer on floor 3 is out of toner again", "team/s")
+        await bus.drain(10)
+        assert await bus.store.count("acme") == 2  # the rewording merged
+    published = {
+        "The customer prefers email over phone",
+        "Customer prefers email over the phone",
+        "the printer on floor 3 is out of toner again",
+    }
+    # each text once, by the writer's commit; the merge's rewrite reuses the commit's vectors
+    from_writers = [t for t in counting.seen if t in published]
+    assert sorted(from_writers) == sorted(published), counting.seen

@@ -34,7 +34,8 @@ def context_doors(bus: Bus) -> dict[str, Door]:
         return len(got.items)
 
     async def recall_k(text: str) -> int:
-        return len(await agent.recall(text, k=CONTEXT_K, scopes=[raw.RECALL_SCOPE]))
+        # every hit up to k, as the raw engine returns: no relevance threshold
+        return len(await agent.recall(text, k=CONTEXT_K, scopes=[raw.RECALL_SCOPE], min_score=0.0))
 
     return {"context": context, "recall_k": recall_k}
 

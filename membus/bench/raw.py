@@ -44,7 +44,7 @@ RECALL_SCOPE = "team/eng"  # matches team/eng and team/eng/infra: about a third 
 LIVE_SCOPE = "ops/live"
 RAW_PREFIX = "membus:{bench-raw}"  # own hash tag: never a tenant the writers read
 _VECTOR = "dense"  # the named vector EdgeStore creates
-_POOL = 1024  # distinct vectors/payloads cycled by the raw upsert (memory stays small at 100k)
+POOL = 1024  # distinct vectors/payloads cycled by the raw upsert (memory stays small at 100k)
 
 _PEOPLE = ["Ana", "Bilal", "Chen", "Dara", "Eitan", "Fatima", "Goran", "Hana", "Ivo", "Jun"]
 _COMPONENTS = [
@@ -128,6 +128,19 @@ def drafts(n: int, seed: int = 1) -> list[Draft]:
     return out
 
 
+def semantic_drafts(n: int) -> list[Draft]:
+    """The varied workload with one event in ten a rewording of an earlier one (same scope,
+    kind, subject and numbers): the near-duplicate pass has real merges to make."""
+    base = drafts(n, seed=31)
+    out = []
+    for i, d in enumerate(base):
+        if i % 10 == 9:
+            src = base[i - 5]
+            d = src.model_copy(update={"content": f"Update: {src.content}"})
+        out.append(d)
+    return out
+
+
 def queries(n: int, seed: int = 7) -> list[str]:
     rng = random.Random(seed)
     return [
@@ -156,9 +169,12 @@ def edge_shard(store: object) -> Any:
 
 
 def _events(n: int) -> list[Event]:
+    return _built(drafts(n, seed=3))
+
+
+def _built(source: Sequence[Draft]) -> list[Event]:
     return [
-        Event.build(tenant=TENANT, agent="raw", **d.model_dump(exclude_none=True))
-        for d in drafts(n, seed=3)
+        Event.build(tenant=TENANT, agent="raw", **d.model_dump(exclude_none=True)) for d in source
     ]
 
 
@@ -167,7 +183,7 @@ def _events(n: int) -> list[Event]:
 
 async def raw_xadd(redis: Redis, n: int, batch: int = 100) -> float:
     """Pipelined XADD of real event envelopes, ``batch`` per round trip. Returns events/s."""
-    pool = [{"e": e.to_json()} for e in _events(min(n, _POOL))]
+    pool = [{"e": e.to_json()} for e in _events(min(n, POOL))]
     key = f"{RAW_PREFIX}:events"
     await redis.delete(key)
     t0 = time.perf_counter()
@@ -218,13 +234,18 @@ class RawStore:
     lexical: list[Any]
 
     @classmethod
-    async def open(cls, path: Path, embedder_name: str, dim: int) -> RawStore:
+    async def open(
+        cls, path: Path, embedder_name: str, dim: int, source: Sequence[Draft] | None = None
+    ) -> RawStore:
+        """``source``: the drafts whose payloads and lexical vectors the points cycle through
+        (default: the varied workload's)."""
         store = EdgeStore(path)
         await store.open(StoreMeta(embedder=embedder_name, dim=dim))
         rng = np.random.default_rng(5)
-        vecs = rng.standard_normal((_POOL, dim)).astype(np.float32)
+        vecs = rng.standard_normal((POOL, dim)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        memories = [Memory.from_event(e) for e in _events(_POOL)]
+        events = _events(POOL) if source is None else _built(source[:POOL])
+        memories = [Memory.from_event(e) for e in events]
         lexical = [sparse.document(m.content) for m in memories]
         return cls(
             store,
@@ -236,7 +257,7 @@ class RawStore:
         )
 
     def point(self, i: int, pid: str | None = None) -> Any:
-        j = i % _POOL
+        j = i % POOL
         vectors = {_VECTOR: self.rows[j], sparse.VECTOR: self.lexical[j]}
         return q.Point(pid or str(uuid.uuid4()), vectors, self.payloads[j])
 

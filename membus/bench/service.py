@@ -78,7 +78,8 @@ def recall_door(client: Client, bus: Bus, gate: Gate) -> Door:
 
     async def door(text: str) -> int:
         bus.gate = gate
-        return len(await client.recall(text, k=RECALL_K, scopes=[raw.RECALL_SCOPE]))
+        # every hit up to k, as the raw engine returns: no relevance threshold
+        return len(await client.recall(text, k=RECALL_K, scopes=[raw.RECALL_SCOPE], min_score=0.0))
 
     return door
 

@@ -91,7 +91,7 @@ def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
 
 def optimize(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     """Build the Qdrant Edge HNSW index now (blocks this process while it runs)."""
-    from membus.embed.registry import make_embedder
+    from membus.embed.registry import embedder_for
     from membus.runtime.host import make_store
     from membus.store.port import StoreMeta
 
@@ -104,7 +104,7 @@ def optimize(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
             raise InvalidInput(
                 "optimize builds the Qdrant Edge index; a Qdrant server does its own"
             )
-        embedder = make_embedder(config.embedder.name, config.embedder.dim)
+        embedder = embedder_for(config.embedder)
         store = make_store(config, state.settings.data_dir)
         assert isinstance(store, EdgeStore)
         await store.open(StoreMeta(embedder=embedder.name, dim=embedder.dim))

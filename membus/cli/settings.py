@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     store_optimize_every: int = 20_000
     embedder: Literal["hashing", "minilm"] = "hashing"
     embedder_dim: int = 384
+    embedder_runtime: Literal["onnx", "torch"] = "onnx"  # minilm: what computes it
+    embedder_threads: int | None = None  # minilm: intra-op threads (None: cores - 1)
+    embedder_cache_dir: Path | None = None  # minilm on onnx: the exported graph's cache
     worker: WorkerConfig = WorkerConfig()
     retention: RetentionConfig = RetentionConfig()
     consolidation: ConsolidationConfig = ConsolidationConfig()
@@ -149,7 +152,13 @@ class Settings(BaseSettings):
                     collection=self.store_collection,
                     optimize_every=self.store_optimize_every,
                 ),
-                embedder=EmbedderConfig(name=self.embedder, dim=self.embedder_dim),
+                embedder=EmbedderConfig(
+                    name=self.embedder,
+                    dim=self.embedder_dim,
+                    runtime=self.embedder_runtime,
+                    threads=self.embedder_threads,
+                    cache_dir=self.embedder_cache_dir,
+                ),
                 worker=worker,
                 retention=self.retention,
                 consolidation=self.consolidation,

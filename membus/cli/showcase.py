@@ -49,30 +49,57 @@ def demo(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
 
 def bench(
     ctx: typer.Context,
+    workload: Annotated[
+        Literal["varied", "one-scope", "semantic"],
+        typer.Option(
+            "--workload",
+            help="varied: texts over several scopes; one-scope: a team's notes in one scope "
+            "(Zipf vocabulary); semantic: MiniLM end to end with near-duplicates.",
+        ),
+    ] = "varied",
     memories: Annotated[
         int | None,
+        typer.Option("--memories", min=1, help="Default 100,000 (semantic: 10,000)."),
+    ] = None,
+    embedder: Annotated[str, typer.Option("--embedder", help="varied: hashing|minilm.")] = (
+        "hashing"
+    ),
+    runtime: Annotated[
+        Literal["onnx", "torch"], typer.Option("--runtime", help="semantic: MiniLM's runtime.")
+    ] = "onnx",
+    threads: Annotated[
+        int, typer.Option("--threads", min=1, max=64, help="semantic: embedder threads.")
+    ] = 1,
+    peer: Annotated[
+        str | None,
+        typer.Option("--peer", help="semantic: also run this peer (mem0; needs mem0ai)."),
+    ] = None,
+    quick: Annotated[
+        bool | None,
         typer.Option(
-            "--memories", min=1, help="Memories to load (implies --full; full default 100000)."
+            "--quick/--full",
+            help="A small, fast run, or the workload's full size; default: quick unless "
+            "--memories is given.",
         ),
     ] = None,
-    embedder: Annotated[str, typer.Option("--embedder", help="hashing|minilm.")] = "hashing",
-    quick: Annotated[
-        bool, typer.Option("--quick", help="A small, fast run (2,000 memories): the default.")
-    ] = False,
-    full: Annotated[
-        bool, typer.Option("--full", help="The full run (100,000 memories; minutes).")
-    ] = False,
     json_flag: JsonFlag = False,
 ) -> None:
-    """Measure publish-to-recall throughput and latency (quick unless --full or --memories)."""
+    """Measure publish-to-recall throughput and latency beside the raw engines."""
     state = command_state(ctx, json_flag)
+    if quick is None:  # `membus bench` alone is a quick look; a size asks for a real run
+        quick = memories is None
     try:
-        if quick and (full or memories is not None):
-            raise InvalidInput("--quick is the small run; --full and --memories ask for more")
-        small = not full and memories is None
-        n = memories if memories is not None else 2_000 if small else 100_000
-        run_bench = _load("membus.bench.run", "run_bench")
-        result = run_bench(n, json_output=state.json, embedder=embedder, quick=small)
+        run_workload = _load("membus.bench.workloads", "run_workload")
+        result = run_workload(
+            workload,
+            memories,
+            json_output=state.json,
+            quick=quick,
+            embedder=embedder,
+            runtime_name=runtime,
+            threads=threads,
+            peer=peer,
+        )
         _finish(result)
     except MembusError as exc:
         fail(exc, state.json)

@@ -44,6 +44,14 @@ class StoreConfig(_Config):
 class EmbedderConfig(_Config):
     name: Literal["hashing", "minilm"] = "hashing"
     dim: int = Field(default=384, ge=16, le=4096)
+    # minilm only: what computes it. Both give the same vectors (one store serves either);
+    # onnx embeds one query in about a third of torch's time and needs no torch once its graph
+    # is exported (on first use, into cache_dir, from the bundled weights)
+    runtime: Literal["onnx", "torch"] = "onnx"
+    # minilm only: intra-op threads of the embedder; None: usable cores minus one (1 to 4)
+    threads: int | None = Field(default=None, ge=1, le=64)
+    # minilm on onnx: where the exported graph is cached; None: ~/.cache/membus
+    cache_dir: Path | None = None
 
 
 class WorkerConfig(_Config):

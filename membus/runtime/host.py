@@ -35,7 +35,7 @@ from membus.core.config import (
 from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN, Redis, redis_client, unavailable
 from membus.embed.port import Embedder
-from membus.embed.registry import make_embedder
+from membus.embed.registry import embedder_for
 from membus.errors import InvalidInput
 from membus.runtime.embedded import EmbeddedRedis, socket_path
 from membus.runtime.writers import WriterProcesses
@@ -128,7 +128,7 @@ async def connect(
 ) -> AsyncIterator[tuple[Redis, Store, Embedder]]:
     """Open store, Redis (embedded unless configured) and embedder; close them in reverse."""
     async with AsyncExitStack() as stack:
-        embedder = embedder or make_embedder(config.embedder.name, config.embedder.dim)
+        embedder = embedder or embedder_for(config.embedder)
         store = make_store(config, root)
         # the store first: its lock is what tells a second process this directory is taken
         await store.open(StoreMeta(embedder=embedder.name, dim=embedder.dim))

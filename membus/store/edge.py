@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import numpy as np
 import qdrant_edge as q
 
 from membus.embed.port import Vectors
@@ -374,6 +375,19 @@ class EdgeStore:
         recs, _ = await self._run(lambda: self._shard.scroll(req))
         seen = flt.grant.clearance
         return [Memory.from_payload(r.payload or {}).seen_by(seen) for r in recs]
+
+    async def vectors(self, tenant: str, ids: Sequence[str]) -> dict[str, Vectors]:
+        """The dense vectors stored for ``ids`` of ``tenant`` (absent ids are left out): the
+        near-duplicate pass reuses them instead of embedding the texts again."""
+        wanted = [uuid.UUID(i) for i in check_ids(ids)]
+        if not wanted:
+            return {}
+        recs = await self._run(lambda: self._shard.retrieve(wanted, ["tenant"], [_VECTOR]))
+        return {
+            str(r.id): np.asarray(r.vector[_VECTOR], dtype=np.float32)
+            for r in recs
+            if (r.payload or {}).get("tenant") == tenant and r.vector and _VECTOR in r.vector
+        }
 
     async def delete(self, tenant: str, ids: Sequence[str]) -> int:
         existing = await self.get(tenant, ids)

@@ -37,7 +37,18 @@ from membus.store.edge_query import rows
 from membus.store.port import Hit, Memory, RecallFilter, StoreMeta, check_batch
 
 _SERVED = frozenset(
-    {"meta", "upsert_rows", "search", "search_batch", "get", "browse", "delete", "count", "scroll"}
+    {
+        "meta",
+        "upsert_rows",
+        "search",
+        "search_batch",
+        "get",
+        "vectors",
+        "browse",
+        "delete",
+        "count",
+        "scroll",
+    }
 )
 
 
@@ -179,6 +190,10 @@ class RemoteStore:
 
     async def browse(self, flt: RecallFilter, limit: int) -> list[Memory]:
         found: list[Memory] = await self._call("browse", flt, limit)
+        return found
+
+    async def vectors(self, tenant: str, ids: Sequence[str]) -> dict[str, Vectors]:
+        found: dict[str, Vectors] = await self._call("vectors", tenant, list(ids))
         return found
 
     async def delete(self, tenant: str, ids: Sequence[str]) -> int:

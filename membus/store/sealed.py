@@ -187,6 +187,15 @@ class SealedStore:
         # the opened document holds the full-clearance validity: project it again
         return [m.seen_by(seen) for m in await self._open(flt.tenant, found) if m is not None]
 
+    async def vectors(self, tenant: str, ids: Sequence[str]) -> dict[str, Vectors]:
+        """The inner engine's stored vectors (not sealed: the engine searches them), or none
+        when it cannot say: the caller embeds again."""
+        inner: Any = self.inner
+        if not hasattr(inner, "vectors"):
+            return {}
+        found: dict[str, Vectors] = await inner.vectors(tenant, ids)
+        return found
+
     async def delete(self, tenant: str, ids: Sequence[str]) -> int:
         return await self.inner.delete(tenant, ids)
 

@@ -64,6 +64,13 @@ class BatchSearch(Protocol):
     ) -> list[list[Hit]]: ...
 
 
+@runtime_checkable
+class StoredVectors(Protocol):
+    """An engine that returns the dense vectors it stores (``EdgeStore``, over a socket too)."""
+
+    async def vectors(self, tenant: str, ids: Sequence[str]) -> dict[str, Vectors]: ...
+
+
 def _neighbours(tenant: str, m: Memory) -> RecallFilter:
     """Where a near-duplicate of ``m`` may be: its exact scope, kind and subject, and the same
     numbers. In the filter, not only in ``mergeable``: the k nearest are then all candidates
@@ -131,8 +138,10 @@ class NearDuplicates:
         queued = [str(x) for x in raw]
         states = await self.c.ledger.read(tenant, queued)
         current = {s: _current(tenant, states[s], self.config) for s in queued}
-        texts = sorted({m.content for m in current.values() if m is not None})
-        vectors = await self._vectors(tenant, texts)  # one batch: far faster for a model
+        vectors = await self._stored(tenant, [m for m in current.values() if m is not None])
+        texts = sorted({m.content for m in current.values() if m is not None} - vectors.keys())
+        # what the store could not give: one batch, far faster for a model
+        vectors |= await self._vectors(tenant, texts)
         # checked, no neighbour: they leave the queue in one ZREM, always before the next merge
         # (which may queue one of them again as its survivor). A repeat landing meanwhile has
         # the same text: it would find no other neighbour either.
@@ -155,7 +164,8 @@ class NearDuplicates:
             await self._done(tenant, looked)
             looked, found = [], {}
             # a slot merged earlier in this pass is re-checked under WATCH by _merge
-            await self._merge(tenant, *sorted((slot, other)))
+            survivor, loser = sorted((slot, other))
+            await self._merge(tenant, survivor, loser, vectors)
             merges += 1
         await self._done(tenant, looked)
         self.merged += merges
@@ -164,6 +174,16 @@ class NearDuplicates:
     async def _done(self, tenant: str, slots: list[str]) -> None:
         if slots:
             await self.redis.zrem(dirty_key(tenant), *slots)
+
+    async def _stored(self, tenant: str, memories: Sequence[Memory]) -> dict[str, np.ndarray]:
+        """The vectors the writers stored with these memories, by content: each is its
+        content's embedding, so the pass embeds nothing again (with a model, embedding was
+        half the cost of ingest). Engines that cannot say give none."""
+        store = self.c.store
+        if not memories or not isinstance(store, StoredVectors):
+            return {}
+        found = await store.vectors(tenant, [m.id for m in memories])
+        return {m.content: found[m.id] for m in memories if m.id in found}
 
     async def _vectors(self, tenant: str, texts: list[str]) -> dict[str, np.ndarray]:
         """Embed ``texts``; if the batch fails, one by one, leaving out those that fail."""
@@ -205,8 +225,11 @@ class NearDuplicates:
         )
         return [None if a is None else next(slots) for a in asked]
 
-    async def _merge(self, tenant: str, survivor: str, loser: str) -> None:
-        """Move the loser's live events into the survivor and rewrite both, atomically."""
+    async def _merge(
+        self, tenant: str, survivor: str, loser: str, known: dict[str, np.ndarray]
+    ) -> None:
+        """Move the loser's live events into the survivor and rewrite both, atomically;
+        ``known``: vectors by content, so the survivor's wording is not embedded again."""
         keys = TenantKeys(tenant)
         watched = [slot_key(tenant, survivor), slot_key(tenant, loser)]
         for _ in range(50):
@@ -245,7 +268,7 @@ class NearDuplicates:
                         gone.retracted_up_to,
                     )
                     plans = [materialize(tenant, s, self.config) for s in (joined, left)]
-                    existed = await self.c.write(tenant, plans, {})
+                    existed = await self.c.write(tenant, plans, dict(known))
                     moved = {v.event_id for v in moving}
                     entries = changes_for(plans, existed, moved)
                     pipe.multi()  # type: ignore[no-untyped-call]

