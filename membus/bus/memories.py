@@ -71,11 +71,16 @@ class ImportReport(BaseModel):
 
 
 def _next(page: Sequence[Memory], after: tuple[float, set[str]] | None) -> tuple[float, set[str]]:
-    """The position after ``page``: its last instant and every id returned at that instant, on
-    this page and, when the instant did not move, on the pages before it."""
+    """The position after ``page``: its last instant and every id returned near that instant,
+    on this page and, when the instant barely moved, on the pages before it.
+
+    The next page asks for what began up to ``last + _SAME_INSTANT_S`` (rounded to the
+    microsecond by ``datetime``), so "near" here is twice that: every id that bound can let
+    back in is in the set, whatever the rounding."""
     last = _began(page[-1])
-    same = {m.id for m in page if abs(_began(m) - last) <= _SAME_INSTANT_S}
-    if after is not None and abs(after[0] - last) <= _SAME_INSTANT_S:
+    near = 2 * _SAME_INSTANT_S
+    same = {m.id for m in page if _began(m) - last <= near}
+    if after is not None and after[0] - last <= near:
         same |= after[1]
     return last, same
 
