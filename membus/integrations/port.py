@@ -8,8 +8,10 @@ so nothing an adapter's caller sends can change it.
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
@@ -18,6 +20,7 @@ from membus.access.gate import Identity
 from membus.bus.api import MAX_K, Agent
 from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
+from membus.bus.memories import MemoryPage
 from membus.core.keys import TenantKeys
 from membus.errors import Unavailable
 from membus.service.client import Client
@@ -37,7 +40,7 @@ class MemoryPort(Protocol):
 
     async def remember(
         self, drafts: Sequence[Draft], *, wait_s: float | None = None
-    ) -> list[Receipt]:
+    ) -> builtins.list[Receipt]:
         """Publish ``drafts`` (all or nothing). With ``wait_s``, return only once every one is
         searchable (read-your-writes), raising ``Unavailable`` if that takes longer."""
         ...
@@ -50,7 +53,7 @@ class MemoryPort(Protocol):
         scopes: Sequence[str] | None = None,
         kinds: Sequence[str] | None = None,
         subjects: Sequence[str] | None = None,
-    ) -> list[Hit]: ...
+    ) -> builtins.list[Hit]: ...
 
     async def forget(
         self,
@@ -67,8 +70,21 @@ class MemoryPort(Protocol):
         up instead of following."""
         ...
 
-    async def list_scopes(self) -> list[str]:
+    async def list_scopes(self) -> builtins.list[str]:
         """Scopes that hold at least one memory this identity may recall, sorted."""
+        ...
+
+    async def list(
+        self,
+        *,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        as_of: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> MemoryPage:
+        """Memories this identity may read, newest first, a page at a time (``Agent.list``)."""
         ...
 
 
@@ -83,7 +99,7 @@ class AgentPort:
 
     async def remember(
         self, drafts: Sequence[Draft], *, wait_s: float | None = None
-    ) -> list[Receipt]:
+    ) -> builtins.list[Receipt]:
         receipts = await self.agent.publish_many(drafts)
         if wait_s is not None and receipts:
             await self._committed(receipts, wait_s)
@@ -113,7 +129,7 @@ class AgentPort:
         scopes: Sequence[str] | None = None,
         kinds: Sequence[str] | None = None,
         subjects: Sequence[str] | None = None,
-    ) -> list[Hit]:
+    ) -> builtins.list[Hit]:
         return await self.agent.recall(query, k=k, scopes=scopes, kinds=kinds, subjects=subjects)
 
     async def forget(
@@ -133,7 +149,7 @@ class AgentPort:
     ) -> AsyncIterator[Change]:
         return self.agent.subscribe(scopes, start=start, until_now=until_now)
 
-    async def list_scopes(self) -> list[str]:
+    async def list_scopes(self) -> builtins.list[str]:
         # A scan of the tenant's memories: fine for the embedded bus this port serves; a store
         # facet query belongs in Bus once scopes number in the thousands.
         bus, who = self.agent.bus, self.agent.identity
@@ -147,6 +163,20 @@ class AgentPort:
             seen.update(m.scope for m in page if grant.admits(m.scope, m.sensitivity))
             if offset is None:
                 return sorted(seen)
+
+    async def list(
+        self,
+        *,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        as_of: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> MemoryPage:
+        return await self.agent.list(
+            scopes=scopes, kinds=kinds, subjects=subjects, as_of=as_of, limit=limit, cursor=cursor
+        )
 
 
 class ClientPort:
@@ -164,7 +194,7 @@ class ClientPort:
 
     async def remember(
         self, drafts: Sequence[Draft], *, wait_s: float | None = None
-    ) -> list[Receipt]:
+    ) -> builtins.list[Receipt]:
         receipts = await self.client.publish_many(drafts)
         if wait_s is not None and receipts:
             await self._committed(drafts, receipts, wait_s)
@@ -207,7 +237,7 @@ class ClientPort:
         scopes: Sequence[str] | None = None,
         kinds: Sequence[str] | None = None,
         subjects: Sequence[str] | None = None,
-    ) -> list[Hit]:
+    ) -> builtins.list[Hit]:
         return await self.client.recall(
             query, k=min(k, MAX_K), scopes=scopes, kinds=kinds, subjects=subjects
         )
@@ -227,8 +257,41 @@ class ClientPort:
     ) -> AsyncIterator[Change]:
         return self.client.subscribe(scopes, start=start, until_now=until_now)
 
-    async def list_scopes(self) -> list[str]:
+    async def list_scopes(self) -> builtins.list[str]:
         raise Unavailable(
             "listing scopes is not available over the membus service yet (no /v1/scopes "
             "endpoint); use an embedded bus or pass scopes explicitly"
         )
+
+    async def list(
+        self,
+        *,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        as_of: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> MemoryPage:
+        listing = getattr(self.client, "list", None)
+        if listing is not None:  # GET /v1/memories: paged, no cap
+            page: MemoryPage = await listing(
+                scopes=scopes,
+                kinds=kinds,
+                subjects=subjects,
+                as_of=as_of,
+                limit=limit,
+                cursor=cursor,
+            )
+            return page
+        # A client from before GET /v1/memories: one recall, newest first, so at most MAX_K
+        # memories (no next page). Any query will do: only the filters and the order matter.
+        hits = await self.client.recall(
+            "memory", k=MAX_K, scopes=scopes, kinds=kinds, subjects=subjects, as_of=as_of
+        )
+        found = sorted(
+            (h.memory for h in hits),
+            key=lambda m: (m.valid_from or m.created_at, m.id),
+            reverse=True,
+        )
+        return MemoryPage(memories=found[:limit])
