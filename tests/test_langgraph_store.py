@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import anyio
+import orjson
 import pytest
 
 import membus
@@ -539,3 +540,25 @@ async def test_over_the_service(tmp_path: Path, redis_url: str) -> None:
             assert await store.aget(SUPPORT, "big") is None
             with pytest.raises(PermissionDenied, match=r"item \('org',\) / 'k': agent 'carol'"):
                 await store.aput(("org",), "k", {"text": "x"})
+
+
+@pytest.mark.slow
+async def test_a_read_during_a_large_put_sees_one_whole_value(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A large put writes its parts, then the item: a read between the two (or after a put
+    that failed between them) still gets the earlier value whole, from the parts' history."""
+    first = {"blob": secrets.token_urlsafe(24 * 1024)}
+    second = {"blob": secrets.token_urlsafe(24 * 1024)}
+    async with opened(tmp_path, redis_url) as (bus, store):
+        await store.aput(SUPPORT, "big", first)
+        # the first half of a put of `second`: its parts replace the current ones
+        await store._publish_parts(
+            "team/support", PutOp(SUPPORT, "big", second), orjson.dumps(second).decode()
+        )
+        await bus.drain(10)
+        item = await store.aget(SUPPORT, "big")
+        assert item is not None and item.value == first
+        await store.aput(SUPPORT, "big", second)
+        item = await store.aget(SUPPORT, "big")
+        assert item is not None and item.value == second

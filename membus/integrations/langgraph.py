@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import threading
 import time
 import weakref
@@ -565,15 +566,18 @@ class MembusStore(AsyncBatchedBaseStore):
         return _shared_value(m)
 
     async def _assemble(self, m: Memory, key: str, events: list[str]) -> dict[str, Any]:
-        """A large value from its parts: the current ones, else (a later put has replaced them,
-        or is replacing them now) the versions that held when this item was written."""
+        """A large value from its parts, found by event id: among the current parts, else (a
+        later put has replaced them, or is replacing them now) among those that held when this
+        item's newest write was made; a part still committing is waited for."""
         wanted = set(events)
         deadline = time.monotonic() + self.wait_s
         found: dict[str, Memory] = {}
-        as_of: datetime | None = None
-        while True:
+        for attempt in itertools.count():
             parts = self._memories(
-                scopes=[m.scope], kinds=[PART_KIND], subjects=[_part_subject(key)], as_of=as_of
+                scopes=[m.scope],
+                kinds=[PART_KIND],
+                subjects=[_part_subject(key)],
+                as_of=m.updated_at if attempt % 2 else None,
             )
             async with aclosing(parts):
                 async for p in parts:
@@ -581,15 +585,14 @@ class MembusStore(AsyncBatchedBaseStore):
                         found[e] = p
             if len(found) == len(events):
                 break
-            if as_of is None:
-                as_of = m.valid_from or m.updated_at
-                continue
-            if time.monotonic() > deadline:  # written by another process, still committing
+            if attempt % 2 and time.monotonic() > deadline:
                 raise Unavailable(
                     f"{len(events) - len(found)} of the {len(events)} parts of this value are "
-                    f"not readable after {self.wait_s}s"
+                    f"not readable after {self.wait_s}s (still committing, or replaced by a "
+                    "concurrent put: read it again)"
                 )
-            await anyio.sleep(_POLL_S)
+            if attempt % 2:
+                await anyio.sleep(_POLL_S)
         packed = "".join(str(found[e].metadata.get(PART_FIELD, "")) for e in events)
         value: dict[str, Any] = orjson.loads(zlib.decompress(base64.b64decode(packed)))
         return value
