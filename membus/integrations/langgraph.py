@@ -1,42 +1,81 @@
-"""A LangGraph ``BaseStore`` over membus: ``MembusStore(port)``.
+"""A LangGraph ``BaseStore`` over membus: ``MembusStore.open(path_or_url, ...)`` or
+``MembusStore(port)``.
 
 Namespaces are scopes (``("team", "support")`` is ``team/support``, each label a scope segment),
 so the permission policy on scopes governs what a graph may read and write. An item is a keyed
 memory of kind ``item``: subject and key are the item key, the content is a text rendering of
-the value (what gets embedded), and the value itself rides as JSON in the metadata.
+the value (what gets embedded), and the value itself rides as JSON in the metadata. A value too
+large for one event's metadata is compressed and split over keyed memories of kind
+``item_part``, published before the item, which names them by event id; the item is read back
+whole or not at all.
 
 Keyed facts consolidate: (namespace, key) has one current memory, earlier values are kept as
 history (recallable ``as_of`` a past time), so ``get`` and ``search`` see the current value;
-``delete`` publishes a retraction of the key, which withdraws every version. ``put`` and
-``delete`` return once the change is searchable (read-your-writes). Needs
-``pip install 'membus[langgraph]'``.
+``delete`` publishes a retraction of the key (and of its parts), which withdraws every version.
+``put`` and ``delete`` return once the change is searchable (read-your-writes). ``get`` and a
+search without a query page through ``list`` (no cap); a search with a query is a recall.
+
+Sync and async: the store runs on the event loop that holds its port. ``MembusStore.open``
+starts that loop in a thread of its own, so ``graph.invoke`` (sync) and ``graph.ainvoke`` (any
+loop) both work; a store built with ``MembusStore(port)`` lives on the loop that built it, whose
+sync methods work from other threads (where LangGraph runs sync nodes). Per-item TTLs are
+refused as LangGraph's own stores refuse them (``NotImplementedError``): membus expires memories
+by kind or scope (``consolidation.ttl_by_kind``/``ttl_by_scope``), not per item, and cannot
+refresh a TTL on read. Needs ``pip install 'membus[langgraph]'``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import asyncio
+import base64
+import itertools
+import threading
+import time
+import weakref
+import zlib
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from concurrent.futures import Future
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from uuid import uuid4
 
 import anyio
 import orjson
 
 from membus.bus.api import MAX_K
 from membus.bus.draft import Draft
-from membus.core.envelope import validate_scope
+from membus.bus.memories import MAX_PAGE
+from membus.core.config import DEFAULT_PATH, MembusConfig
+from membus.core.envelope import MAX_CONTENT_BYTES, MAX_METADATA_BYTES, validate_scope
 from membus.core.ids import display_id, encode_id
-from membus.errors import InvalidInput
-from membus.integrations.port import DEFAULT_WAIT_S, MemoryPort
-from membus.store.port import Hit, Memory
+from membus.errors import InvalidInput, MembusError, PermissionDenied, Unavailable
+from membus.integrations.port import DEFAULT_WAIT_S, AgentPort, ClientPort, MemoryPort
+from membus.runtime.host import open as open_bus
+from membus.service.client import Client
+from membus.store.port import Memory
 from membus.writer.consolidate import RETRACTION
 
 try:
     from langgraph.store.base import (
+        NOT_PROVIDED,
         GetOp,
         InvalidNamespaceError,
         Item,
         ListNamespacesOp,
         MatchCondition,
+        NamespacePath,
+        NotProvided,
         Op,
         PutOp,
         Result,
@@ -54,9 +93,20 @@ if TYPE_CHECKING:
     from langchain_core.messages import SystemMessage
 
 ITEM_KIND: Final = "item"
+PART_KIND: Final = "item_part"
 VALUE_FIELD: Final = "langgraph_value"  # metadata field holding the value as a JSON string
-# a no-query search still goes through recall, which ranks by meaning: any fixed text will do
-_LIST_QUERY: Final = "item"
+PARTS_FIELD: Final = "langgraph_parts"  # a large item's metadata: its parts' event ids, in order
+PART_FIELD: Final = "langgraph_part"  # one part's metadata: a slice of the packed value
+MAX_KEY_CHARS: Final = 128  # an event's key
+# a part's slice, in base64 characters: its metadata stays under the event's limit
+_PART_CHARS: Final = MAX_METADATA_BYTES - 1024
+# a large item names each part by event id (a 26-character ULID, 29 bytes as JSON)
+_MAX_PARTS: Final = (MAX_METADATA_BYTES - 256) // 29
+# parts per publish: well under the service's default 1 MiB request body
+_PARTS_PER_PUBLISH: Final = 64
+_POLL_S: Final = 0.05
+
+T = TypeVar("T")
 
 
 class InvalidNamespace(InvalidInput, InvalidNamespaceError):
@@ -100,16 +150,57 @@ def render(value: Mapping[str, Any], fields: Sequence[str] | None) -> str:
     return "\n".join(lines)
 
 
-def _order(m: Memory) -> tuple[datetime, str]:
-    # created_at first; the event id (a ULID) breaks ties within one clock tick
-    return m.created_at, m.source_events[0] if m.source_events else m.id
+def check_key(namespace: Sequence[str], key: str) -> str:
+    """An item key membus can hold: the key of a keyed memory."""
+    problem = None
+    if not isinstance(key, str) or not key.strip():
+        problem = "is blank"
+    elif len(key) > MAX_KEY_CHARS:
+        problem = f"is longer than {MAX_KEY_CHARS} characters"
+    elif any((ord(c) < 32 and c not in "\t\n") or ord(c) == 127 for c in key):
+        problem = "contains control characters"
+    if problem is not None:
+        raise InvalidInput(
+            f"item {tuple(namespace)!r} / {key!r}: the key {problem}",
+            [{"field": "key", "problem": problem}],
+        )
+    return key
 
 
-def _value(m: Memory) -> dict[str, Any]:
-    raw = m.metadata.get(VALUE_FIELD)
-    if isinstance(raw, str):
-        value: dict[str, Any] = orjson.loads(raw)
-        return value
+def item_name(namespace: Sequence[str], key: str | None = None) -> str:
+    where = f"namespace {tuple(namespace)!r}"
+    return where if key is None else f"item {tuple(namespace)!r} / {key!r}"
+
+
+def _name_in(exc: MembusError, what: str) -> MembusError:
+    """The same error (type, fields and all), its message leading with the item at fault: a
+    LangGraph caller knows namespaces and keys, not scopes and events."""
+    if exc.args and isinstance(exc.args[0], str) and not exc.args[0].startswith(what):
+        exc.args = (f"{what}: {exc.args[0]}", *exc.args[1:])
+    return exc
+
+
+def _clip(text: str, limit: int = MAX_CONTENT_BYTES) -> str:
+    """At most ``limit`` bytes of UTF-8: the embedded text of a large value is its start."""
+    raw = text.encode("utf-8", "surrogatepass")
+    return text if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore")
+
+
+def _part_subject(key: str) -> str:
+    # a part's slot (subject "<key>#part", key its index) is never an item's: an item's
+    # subject and key are equal
+    return f"{key}#part"
+
+
+def _refuse_ttl(store: MembusStore, ttl: float | None) -> None:
+    if ttl is not None and not store.supports_ttl:  # LangGraph's own words and error
+        raise NotImplementedError(
+            f"TTL is not supported by {store.__class__.__name__}. "
+            "Use a store implementation that supports TTL or set ttl=None."
+        )
+
+
+def _shared_value(m: Memory) -> dict[str, Any]:
     # a memory some other tool published: shown read-only, its provenance in the value
     return {
         "content": m.content,
@@ -156,12 +247,17 @@ def _does_match(cond: MatchCondition, ns: tuple[str, ...]) -> bool:
 
 
 class MembusStore(AsyncBatchedBaseStore):
-    """LangGraph store over a ``MemoryPort``; create it inside the event loop that runs the bus.
+    """LangGraph store over a ``MemoryPort``. ``MembusStore.open(path_or_url, ...)`` builds one
+    that works from sync and async code alike; ``MembusStore(port)`` must be created inside the
+    event loop that runs the port.
 
     ``index``: value fields to embed (LangGraph path syntax), default the whole value.
     ``shared_memories``: let ``search`` also return memories other tools published into the
     searched scopes (read-only items keyed by memory id).
     """
+
+    # membus expires memories by kind or scope, not per item, and cannot refresh on read
+    supports_ttl: bool = False
 
     def __init__(
         self,
@@ -174,14 +270,155 @@ class MembusStore(AsyncBatchedBaseStore):
         super().__init__()
         self.port, self.index_fields = port, list(index) if index is not None else None
         self.shared_memories, self.wait_s = shared_memories, wait_s
+        self._owned: _LoopThread | None = None  # what ``open`` started, closed by ``close``
+
+    # -- building one -------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        target: str | Path = DEFAULT_PATH,
+        *,
+        agent: str | None = None,
+        tenant: str = "default",
+        api_key: str | None = None,
+        config: MembusConfig | None = None,
+        index: Sequence[str] | None = None,
+        shared_memories: bool = False,
+        wait_s: float = DEFAULT_WAIT_S,
+    ) -> MembusStore:
+        """A store on a bus directory (acting as ``agent`` of ``tenant``) or on a membus service
+        URL (``http(s)://…``, acting as whoever ``api_key`` names), running on an event loop in
+        a thread of its own: use it from ``graph.invoke`` and ``graph.ainvoke`` alike. Close it
+        (``store.close()``, or ``with MembusStore.open(...) as store:``) to stop that loop and
+        the bus; an embedded bus directory is held by one process at a time.
+
+        Example::
+
+            store = MembusStore.open("./.membus", agent="assistant")
+            graph = builder.compile(store=store)
+        """
+        home = _LoopThread(
+            _open_port(target, agent=agent, tenant=tenant, api_key=api_key, config=config)
+        )
+        try:
+            port: MemoryPort = home.value
+            store = home.call(
+                lambda: cls(port, index=index, shared_memories=shared_memories, wait_s=wait_s)
+            )
+        except BaseException:
+            home.close()
+            raise
+        store._owned = home
+        # never closed: closed at exit, while the daemon thread still runs (a thread that is
+        # not a daemon would hold up the interpreter's exit instead)
+        weakref.finalize(store, home.close)
+        return store
+
+    def close(self) -> None:
+        """Stop what ``open`` started (the bus or client, then its loop); a no-op otherwise."""
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            owned.close()
+
+    def __enter__(self) -> MembusStore:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- any loop, any thread -----------------------------------------------------------------
+
+    async def _home(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the store's loop: its port's connections belong to that loop."""
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is self._loop:
+            return await work
+        if self._loop.is_closed():
+            work.close()
+            raise Unavailable(
+                "this MembusStore's event loop has ended (it was built inside a loop that has "
+                "since finished); build it with MembusStore.open(...) to use it across loops"
+            )
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
-        ops = list(ops)
-        for op in ops:  # refuse a bad namespace before anything is written
+        return await self._home(self._abatch(list(ops)))
+
+    async def aget(
+        self, namespace: tuple[str, ...], key: str, *, refresh_ttl: bool | None = None
+    ) -> Item | None:
+        return await self._home(super().aget(namespace, key, refresh_ttl=refresh_ttl))
+
+    async def asearch(
+        self,
+        namespace_prefix: tuple[str, ...],
+        /,
+        *,
+        query: str | None = None,
+        filter: dict[str, Any] | None = None,
+        limit: int = 10,
+        offset: int = 0,
+        refresh_ttl: bool | None = None,
+    ) -> list[SearchItem]:
+        return await self._home(
+            super().asearch(
+                namespace_prefix,
+                query=query,
+                filter=filter,
+                limit=limit,
+                offset=offset,
+                refresh_ttl=refresh_ttl,
+            )
+        )
+
+    async def aput(
+        self,
+        namespace: tuple[str, ...],
+        key: str,
+        value: Mapping[str, Any],
+        index: Literal[False] | list[str] | None = None,
+        *,
+        ttl: float | NotProvided | None = NOT_PROVIDED,
+    ) -> None:
+        if not isinstance(ttl, NotProvided):
+            _refuse_ttl(self, ttl)
+        await self._home(super().aput(namespace, key, value, index, ttl=ttl))
+
+    async def adelete(self, namespace: tuple[str, ...], key: str) -> None:
+        await self._home(super().adelete(namespace, key))
+
+    async def alist_namespaces(
+        self,
+        *,
+        prefix: NamespacePath | None = None,
+        suffix: NamespacePath | None = None,
+        max_depth: int | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[tuple[str, ...]]:
+        return await self._home(
+            super().alist_namespaces(
+                prefix=prefix, suffix=suffix, max_depth=max_depth, limit=limit, offset=offset
+            )
+        )
+
+    # -- one batch, on the store's loop -------------------------------------------------------
+
+    async def _abatch(self, ops: list[Op]) -> list[Result]:
+        for op in ops:  # refuse a bad namespace, key or ttl before anything is written
             if isinstance(op, GetOp | PutOp):
                 scope_of(op.namespace)
+                check_key(op.namespace, op.key)
             elif isinstance(op, SearchOp) and op.namespace_prefix:
                 scope_of(op.namespace_prefix)
+            if isinstance(op, PutOp) and op.value is not None:
+                _refuse_ttl(self, op.ttl)
         results: list[Result] = [None] * len(ops)
         # writes first, so reads batched with them see them (read-your-writes)
         await self._puts([op for op in ops if isinstance(op, PutOp)])
@@ -197,6 +434,8 @@ class MembusStore(AsyncBatchedBaseStore):
                     results[i] = await self._list_namespaces(op)
                 elif not isinstance(op, PutOp):
                     raise InvalidInput(f"unknown store operation {type(op).__name__}")
+            except MembusError as exc:
+                failed.append(_name_in(exc, _op_name(op)))
             except Exception as exc:  # re-raised below as itself, not as an ExceptionGroup
                 failed.append(exc)
 
@@ -210,127 +449,220 @@ class MembusStore(AsyncBatchedBaseStore):
     # -- writes -------------------------------------------------------------------------------
 
     async def _puts(self, puts: list[PutOp]) -> None:
-        drafts, deletes = [], []
+        drafts: list[Draft] = []
+        owners: list[PutOp] = []  # the op each draft comes from, to name it in an error
         for op in puts:
-            scope = scope_of(op.namespace)
-            if op.value is None:
-                deletes.append((scope, op.key))
-                continue
-            fields = self.index_fields if op.index is None else (op.index or None)
-            text = render(op.value, fields) if op.index is not False else ""
-            drafts.append(
-                Draft(
-                    content=text if text.strip() else op.key,
-                    scope=scope,
-                    kind=ITEM_KIND,
-                    subject=op.key,
-                    key=op.key,
-                    metadata={VALUE_FIELD: orjson.dumps(dict(op.value), default=str).decode()},
-                )
-            )
-        for scope, key in deletes:
-            if await self._versions(scope, key):
-                drafts.append(
-                    Draft(
-                        content=f"delete {key}", scope=scope, kind=RETRACTION, subject=key, key=key
-                    )
-                )
-        if drafts:  # in put order: a delete after a put of the same key withdraws it
+            try:
+                made = await self._drafts(op)
+            except MembusError as exc:
+                raise _name_in(exc, item_name(op.namespace, op.key)) from None
+            drafts += made
+            owners += [op] * len(made)
+        if not drafts:
+            return
+        try:  # in put order: a delete after a put of the same key withdraws it
             await self.port.remember(drafts, wait_s=self.wait_s)
+        except MembusError as exc:
+            raise _name_in(exc, _culprits(exc, drafts, owners)) from None
+
+    async def _drafts(self, op: PutOp) -> list[Draft]:
+        scope = scope_of(op.namespace)
+        if op.value is None:
+            return await self._deletion(scope, op.key)
+        try:
+            raw = orjson.dumps(dict(op.value), default=str).decode()
+        except TypeError as exc:  # orjson's error for a value JSON cannot carry
+            raise InvalidInput(f"the value is not JSON: {exc}", [{"field": "value"}]) from None
+        fields = self.index_fields if op.index is None else (op.index or None)
+        text = render(op.value, fields) if op.index is not False else ""
+        metadata: dict[str, Any] = {VALUE_FIELD: raw}
+        if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+            metadata = {PARTS_FIELD: await self._publish_parts(scope, op, raw)}
+        return [
+            Draft(
+                content=_clip(text) if text.strip() else op.key,
+                scope=scope,
+                kind=ITEM_KIND,
+                subject=op.key,
+                key=op.key,
+                metadata=metadata,
+            )
+        ]
+
+    async def _publish_parts(self, scope: str, op: PutOp, raw: str) -> list[str]:
+        """Publish a large value as parts (before the item that names them, so a reader of the
+        item finds them); returns their event ids, in order."""
+        packed = base64.b64encode(zlib.compress(raw.encode(), 6)).decode()
+        slices = [packed[i : i + _PART_CHARS] for i in range(0, len(packed), _PART_CHARS)]
+        if len(slices) > _MAX_PARTS:
+            limit = _MAX_PARTS * _PART_CHARS * 3 // 4 // 1000
+            raise InvalidInput(
+                f"the value is {len(raw) // 1000} kB of JSON, {len(packed) * 3 // 4 // 1000} kB "
+                f"compressed; an item holds up to {limit} kB compressed",
+                [{"field": "value", "problem": "too large"}],
+            )
+        put = uuid4().hex[:12]  # each put's parts are new versions, never folded into old ones
+        drafts = [
+            Draft(
+                content=f"part {i + 1} of {len(slices)} of item {op.key!r} ({put})",
+                scope=scope,
+                kind=PART_KIND,
+                subject=_part_subject(op.key),
+                key=str(i),
+                metadata={PART_FIELD: chunk},
+            )
+            for i, chunk in enumerate(slices)
+        ]
+        ids: list[str] = []
+        for start in range(0, len(drafts), _PARTS_PER_PUBLISH):
+            receipts = await self.port.remember(drafts[start : start + _PARTS_PER_PUBLISH])
+            ids += [r.event_id for r in receipts]
+        return ids
+
+    async def _deletion(self, scope: str, key: str) -> list[Draft]:
+        """Retractions of the key and of its parts; none when there is no such item (deleting
+        a missing key does nothing, as in LangGraph's own stores)."""
+        if await self._find(scope, key) is None:
+            return []
+        out = [Draft(content=f"delete {key}", scope=scope, kind=RETRACTION, subject=key, key=key)]
+        parts = self._memories(scopes=[scope], kinds=[PART_KIND], subjects=[_part_subject(key)])
+        async with aclosing(parts):
+            async for p in parts:
+                if p.scope == scope and p.subject is not None and p.key is not None:
+                    out.append(
+                        Draft(
+                            content=f"delete {key} part {p.key}",
+                            scope=scope,
+                            kind=RETRACTION,
+                            subject=p.subject,
+                            key=p.key,
+                        )
+                    )
+        return out
 
     # -- reads --------------------------------------------------------------------------------
 
-    async def _versions(self, scope: str, key: str) -> list[Memory]:
-        """Every stored version of (scope, key), oldest first."""
-        # a lookup, not a question: every version counts however its text matches the key
-        hits = await self.port.recall(
-            key, k=MAX_K, scopes=[scope], kinds=[ITEM_KIND], subjects=[key], min_score=0
-        )
-        found = [h.memory for h in hits if h.memory.scope == scope and h.memory.key == key]
-        return sorted(found, key=_order)
+    async def _memories(
+        self, *, page: int = MAX_PAGE, as_of: datetime | None = None, **filters: Any
+    ) -> AsyncGenerator[Memory, None]:
+        """Every memory of ``filters`` this identity may read, newest first, page by page."""
+        cursor: str | None = None
+        seen: set[str] = set()
+        while True:
+            got = await self.port.list(limit=page, cursor=cursor, as_of=as_of, **filters)
+            for m in got.memories:
+                # a memory within float rounding of a page boundary can come on both pages
+                if m.id not in seen:
+                    seen.add(m.id)
+                    yield m
+            if got.cursor is None:
+                return
+            cursor = got.cursor
 
-    def _item(self, versions: list[Memory]) -> Item:
-        first, last = versions[0], versions[-1]
+    async def _find(self, scope: str, key: str) -> Memory | None:
+        """The current memory of item (scope, key): exactly that scope, not one below it."""
+        found = self._memories(page=50, scopes=[scope], kinds=[ITEM_KIND], subjects=[key])
+        async with aclosing(found):
+            async for m in found:
+                if m.scope == scope and m.key == key:
+                    return m
+        return None
+
+    async def _value(self, m: Memory) -> dict[str, Any]:
+        raw = m.metadata.get(VALUE_FIELD)
+        if isinstance(raw, str):
+            value: dict[str, Any] = orjson.loads(raw)
+            return value
+        parts = m.metadata.get(PARTS_FIELD)
+        if m.kind == ITEM_KIND and m.key is not None and isinstance(parts, list):
+            return await self._assemble(m, m.key, [str(p) for p in parts])
+        return _shared_value(m)
+
+    async def _assemble(self, m: Memory, key: str, events: list[str]) -> dict[str, Any]:
+        """A large value from its parts, found by event id: among the current parts, else (a
+        later put has replaced them, or is replacing them now) among those that held when this
+        item's newest write was made; a part still committing is waited for."""
+        wanted = set(events)
+        deadline = time.monotonic() + self.wait_s
+        found: dict[str, Memory] = {}
+        for attempt in itertools.count():
+            parts = self._memories(
+                scopes=[m.scope],
+                kinds=[PART_KIND],
+                subjects=[_part_subject(key)],
+                as_of=m.updated_at if attempt % 2 else None,
+            )
+            async with aclosing(parts):
+                async for p in parts:
+                    for e in wanted.intersection(p.source_events):
+                        found[e] = p
+            if len(found) == len(events):
+                break
+            if attempt % 2 and time.monotonic() > deadline:
+                raise Unavailable(
+                    f"{len(events) - len(found)} of the {len(events)} parts of this value are "
+                    f"not readable after {self.wait_s}s (still committing, or replaced by a "
+                    "concurrent put: read it again)"
+                )
+            if attempt % 2:
+                await anyio.sleep(_POLL_S)
+        packed = "".join(str(found[e].metadata.get(PART_FIELD, "")) for e in events)
+        value: dict[str, Any] = orjson.loads(zlib.decompress(base64.b64decode(packed)))
+        return value
+
+    async def _item(self, m: Memory) -> Item:
         return Item(
-            value=_value(last),
-            key=last.key if last.kind == ITEM_KIND and last.key else last.id,
-            namespace=namespace_of(last.scope),
-            created_at=first.created_at,
-            updated_at=last.updated_at,
+            value=await self._value(m),
+            key=m.key if m.kind == ITEM_KIND and m.key else m.id,
+            namespace=namespace_of(m.scope),
+            created_at=m.created_at,
+            updated_at=m.updated_at,
         )
 
     async def _get(self, op: GetOp) -> Item | None:
-        versions = await self._versions(scope_of(op.namespace), op.key)
-        return self._item(versions) if versions else None
+        m = await self._find(scope_of(op.namespace), op.key)
+        return await self._item(m) if m is not None else None
 
     async def _search(self, op: SearchOp) -> list[SearchItem]:
         scopes = [scope_of(op.namespace_prefix)] if op.namespace_prefix else None
         want = max(op.offset + op.limit, 1)
-        k = MAX_K if op.query is None or op.filter else min(MAX_K, max(4 * want, 50))
         kinds = None if self.shared_memories else [ITEM_KIND]
-        # a listing (no query) keeps every item; a query keeps what scores min_score or more
-        listing = 0.0 if op.query is None else None
-        hits = await self.port.recall(
-            op.query or _LIST_QUERY, k=k, scopes=scopes, kinds=kinds, min_score=listing
-        )
-        out = [self._search_item(h, v) for h, v in await self._current(hits, op.query, scopes)]
-        if op.filter:
-            out = [
-                it for it in out if all(matches(it.value.get(f), v) for f, v in op.filter.items())
-            ]
-        if op.query is None:
-            out.sort(key=lambda it: it.updated_at, reverse=True)
+        out: list[SearchItem] = []
+        if op.query is None:  # newest first, every memory: page on until enough match
+            page = MAX_PAGE if op.filter else min(MAX_PAGE, max(2 * want, 20))
+            found = self._memories(page=page, scopes=scopes, kinds=kinds)
+            async with aclosing(found):
+                async for m in found:
+                    if m.kind in (PART_KIND, RETRACTION):
+                        continue
+                    item = await self._search_item(m, None)
+                    if _passes(item, op.filter):
+                        out.append(item)
+                        if len(out) >= want:
+                            break
+            return out[op.offset :]
+        # ranked: one recall (at most MAX_K); a filter is applied to what it returns
+        k = MAX_K if op.filter else min(MAX_K, max(2 * want, 20))
+        seen: set[tuple[str, str]] = set()
+        for h in await self.port.recall(op.query, k=k, scopes=scopes, kinds=kinds):
+            m = h.memory
+            if m.kind in (PART_KIND, RETRACTION) or (m.scope, m.key or m.id) in seen:
+                continue
+            seen.add((m.scope, m.key or m.id))
+            item = await self._search_item(m, h.score)
+            if _passes(item, op.filter):
+                out.append(item)
         return out[op.offset : op.offset + op.limit]
 
-    async def _current(
-        self, hits: list[Hit], query: str | None, scopes: list[str] | None
-    ) -> list[tuple[Hit, list[Memory]]]:
-        """Keep, per item, only the hit on its newest version, in ranked order. A ranked search
-        (``query``) may not have returned every version, so those are fetched in one recall."""
-        groups: dict[tuple[str, str], list[Hit]] = {}
-        out: list[tuple[Hit, list[Memory]] | None] = []
-        slot: dict[tuple[str, str], int] = {}
-        for h in hits:
-            m = h.memory
-            if m.kind != ITEM_KIND or m.key is None:
-                out.append((h, [m]))
-                continue
-            g = (m.scope, m.key)
-            if g not in groups:
-                groups[g], slot[g] = [], len(out)
-                out.append(None)
-            groups[g].append(h)
-        found = [h.memory for hs in groups.values() for h in hs]
-        if query is not None and groups:
-            more = await self.port.recall(
-                query,
-                k=MAX_K,
-                scopes=scopes,
-                kinds=[ITEM_KIND],
-                subjects=sorted({key for _, key in groups}),
-                min_score=0,  # the other versions of items already found, however they match
-            )
-            found += [h.memory for h in more]
-        versions: dict[tuple[str, str], dict[str, Memory]] = {g: {} for g in groups}
-        for m in found:
-            if m.key is not None and (m.scope, m.key) in versions:
-                versions[(m.scope, m.key)][m.id] = m
-        for g, hs in groups.items():
-            vs = sorted(versions[g].values(), key=_order)
-            best = next((h for h in hs if h.memory.id == vs[-1].id), None)
-            if best is not None:  # else only stale versions matched: the item does not
-                out[slot[g]] = (best, vs)
-        return [x for x in out if x is not None]
-
-    def _search_item(self, hit: Hit, versions: list[Memory]) -> SearchItem:
-        item = self._item(versions)
+    async def _search_item(self, m: Memory, score: float | None) -> SearchItem:
+        item = await self._item(m)
         return SearchItem(
             namespace=item.namespace,
             key=item.key,
             value=item.value,
             created_at=item.created_at,
             updated_at=item.updated_at,
-            score=hit.score,
+            score=score,
         )
 
     async def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
@@ -340,6 +672,119 @@ class MembusStore(AsyncBatchedBaseStore):
         if op.max_depth is not None:
             spaces = [ns[: op.max_depth] for ns in spaces]
         return sorted(set(spaces))[op.offset : op.offset + op.limit]
+
+
+def _passes(item: SearchItem, flt: dict[str, Any] | None) -> bool:
+    return not flt or all(matches(item.value.get(f), v) for f, v in flt.items())
+
+
+def _op_name(op: Op) -> str:
+    if isinstance(op, GetOp | PutOp):
+        return item_name(op.namespace, op.key)
+    if isinstance(op, SearchOp):
+        return f"search of {item_name(op.namespace_prefix)}"
+    return "list of namespaces"
+
+
+def _culprits(exc: MembusError, drafts: list[Draft], owners: list[PutOp]) -> str:
+    """The items a failed publish is about: those in the refused scope, else every one."""
+    ops = owners
+    if isinstance(exc, PermissionDenied):
+        ops = [o for d, o in zip(drafts, owners, strict=True) if d.scope == exc.scope] or owners
+    names = list(dict.fromkeys(item_name(o.namespace, o.key) for o in ops))
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return ", ".join(names[:3]) + more
+
+
+class _LoopThread:
+    """An event loop in a daemon thread, holding one async context (the port) open in a task
+    of its own, as anyio requires: the home of a store built outside any loop."""
+
+    def __init__(self, cm: AbstractAsyncContextManager[Any]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="membus-langgraph-store", daemon=True
+        )
+        self._thread.start()
+        self._entered: Future[Any] = Future()
+        self._stop = asyncio.Event()
+        self._held = asyncio.run_coroutine_threadsafe(self._hold(cm), self.loop)
+        try:
+            self.value: Any = self._entered.result()
+        except BaseException:
+            self._halt()
+            raise
+
+    async def _hold(self, cm: AbstractAsyncContextManager[Any]) -> None:
+        try:
+            async with cm as value:
+                self._entered.set_result(value)
+                await self._stop.wait()
+        except BaseException as exc:
+            if self._entered.done():
+                raise
+            self._entered.set_exception(exc)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` run on the loop (where it may create loop-bound objects)."""
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
+
+    def close(self) -> None:
+        if self.loop.is_closed() or threading.current_thread() is self._thread:
+            return
+        self.loop.call_soon_threadsafe(self._stop.set)
+        try:
+            self._held.result()  # the port's context exits: the bus or client closes
+        finally:
+            self._halt()
+
+    def _halt(self) -> None:
+        async def cancel_the_rest() -> None:  # the store's batching task, and any stragglers
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            if rest:
+                await asyncio.wait(rest)
+
+        asyncio.run_coroutine_threadsafe(cancel_the_rest(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+@asynccontextmanager
+async def _open_port(
+    target: str | Path,
+    *,
+    agent: str | None,
+    tenant: str,
+    api_key: str | None,
+    config: MembusConfig | None,
+) -> AsyncIterator[MemoryPort]:
+    text = str(target)
+    if text.startswith(("http://", "https://")):
+        if api_key is None:
+            raise InvalidInput(
+                "a membus service URL needs api_key= (the key is the identity the graph acts as)",
+                [{"field": "api_key", "problem": "missing"}],
+            )
+        async with Client(text, api_key) as client:
+            port = ClientPort(client)
+            await port.whoami()  # a bad key or URL fails here, not on the first store call
+            yield port
+        return
+    if agent is None:
+        raise InvalidInput(
+            "a bus directory needs agent= (the identity the graph acts as)",
+            [{"field": "agent", "problem": "missing"}],
+        )
+    bus_cm: AbstractAsyncContextManager[Any] = open_bus(target, config)
+    async with bus_cm as bus:
+        yield AgentPort(bus.agent(agent, tenant))
 
 
 # -- context for a node's prompt ------------------------------------------------------------------

@@ -8,6 +8,7 @@ so nothing an adapter's caller sends can change it.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -35,7 +36,7 @@ class MemoryPort(Protocol):
 
     async def remember(
         self, drafts: Sequence[Draft], *, wait_s: float | None = None
-    ) -> list[Receipt]:
+    ) -> builtins.list[Receipt]:
         """Publish ``drafts`` (all or nothing). With ``wait_s``, return only once every one is
         committed by the writers (read-your-writes), raising ``NotCommitted`` (an ``Unavailable``)
         if that takes longer, ``Parked`` if writers dead-lettered one."""
@@ -53,7 +54,7 @@ class MemoryPort(Protocol):
         agents: Sequence[str] | None = None,
         since: datetime | None = None,
         as_of: datetime | None = None,
-    ) -> list[Hit]: ...
+    ) -> builtins.list[Hit]: ...
 
     async def forget(
         self,
@@ -92,7 +93,7 @@ class MemoryPort(Protocol):
         subject: str | None = None,
         key: str | None = None,
         limit: int = 100,
-    ) -> list[Memory]:
+    ) -> builtins.list[Memory]:
         """Every version of a fact, newest first."""
         ...
 
@@ -103,7 +104,7 @@ class MemoryPort(Protocol):
         up instead of following."""
         ...
 
-    async def list_scopes(self) -> list[str]:
+    async def list_scopes(self) -> builtins.list[str]:
         """Scopes that hold at least one memory this identity may recall, sorted."""
         ...
 
@@ -118,6 +119,19 @@ class MemoryPort(Protocol):
         """The memories for this identity's prompt within ``budget_tokens`` (``Agent.context``)."""
         ...
 
+    async def list(
+        self,
+        *,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        as_of: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> MemoryPage:
+        """Memories this identity may read, newest first, a page at a time (``Agent.list``)."""
+        ...
+
 
 class AgentPort:
     """The port over an in-process agent (``bus.agent(name, tenant)``)."""
@@ -130,7 +144,7 @@ class AgentPort:
 
     async def remember(
         self, drafts: Sequence[Draft], *, wait_s: float | None = None
-    ) -> list[Receipt]:
+    ) -> builtins.list[Receipt]:
         # committed per the stream (membus/stream/committed.py): Parked if dead-lettered
         if wait_s is None:
             return await self.agent.publish_many(drafts)
@@ -148,7 +162,7 @@ class AgentPort:
         since: datetime | None = None,
         as_of: datetime | None = None,
         min_score: float | None = None,
-    ) -> list[Hit]:
+    ) -> builtins.list[Hit]:
         return await self.agent.recall(
             query,
             k=k,
@@ -209,7 +223,7 @@ class AgentPort:
         subject: str | None = None,
         key: str | None = None,
         limit: int = 100,
-    ) -> list[Memory]:
+    ) -> builtins.list[Memory]:
         return await self.agent.history(
             memory_id, scope=scope, subject=subject, key=key, limit=limit
         )
@@ -219,7 +233,7 @@ class AgentPort:
     ) -> AsyncIterator[Change]:
         return self.agent.subscribe(scopes, start=start, until_now=until_now)
 
-    async def list_scopes(self) -> list[str]:
+    async def list_scopes(self) -> builtins.list[str]:
         return await self.agent.scopes()
 
     async def context(
@@ -232,6 +246,20 @@ class AgentPort:
     ) -> Context:
         return await self.agent.context(
             query, budget_tokens=budget_tokens, subjects=subjects, scopes=scopes
+        )
+
+    async def list(
+        self,
+        *,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        as_of: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> MemoryPage:
+        return await self.agent.list(
+            scopes=scopes, kinds=kinds, subjects=subjects, as_of=as_of, limit=limit, cursor=cursor
         )
 
 
@@ -250,7 +278,7 @@ class ClientPort:
 
     async def remember(
         self, drafts: Sequence[Draft], *, wait_s: float | None = None
-    ) -> list[Receipt]:
+    ) -> builtins.list[Receipt]:
         # the service waits on the same commit signal as the embedded bus: a retraction (a
         # LangGraph delete) counts once writers committed it, which no recall could tell
         if wait_s is None:
@@ -269,7 +297,7 @@ class ClientPort:
         agents: Sequence[str] | None = None,
         since: datetime | None = None,
         as_of: datetime | None = None,
-    ) -> list[Hit]:
+    ) -> builtins.list[Hit]:
         return await self.client.recall(
             query,
             k=min(k, MAX_K),
@@ -340,7 +368,7 @@ class ClientPort:
         subject: str | None = None,
         key: str | None = None,
         limit: int = 100,
-    ) -> list[Memory]:
+    ) -> builtins.list[Memory]:
         versions: list[Memory] = await self._client(
             "history", memory_id, scope=scope, subject=subject, key=key, limit=limit
         )
@@ -351,7 +379,7 @@ class ClientPort:
     ) -> AsyncIterator[Change]:
         return self.client.subscribe(scopes, start=start, until_now=until_now)
 
-    async def list_scopes(self) -> list[str]:
+    async def list_scopes(self) -> builtins.list[str]:
         return await self.client.scopes()
 
     async def context(
@@ -364,4 +392,18 @@ class ClientPort:
     ) -> Context:
         return await self.client.context(
             query, budget_tokens=budget_tokens, subjects=subjects, scopes=scopes
+        )
+
+    async def list(
+        self,
+        *,
+        scopes: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        as_of: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> MemoryPage:
+        return await self.client.list(  # GET /v1/memories: paged, no cap
+            scopes=scopes, kinds=kinds, subjects=subjects, as_of=as_of, limit=limit, cursor=cursor
         )
