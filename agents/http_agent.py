@@ -1,7 +1,7 @@
 """An agent in its own process, talking to membus over HTTP: ``python -m agents.http_agent``.
 
 Runs against ``membus serve`` or the compose stack. It publishes a few observations into its own
-scope, waits until the writers have turned them into memories, and recalls them with provenance.
+scope, each answered once the writers have committed it, and recalls them with provenance.
 
     MEMBUS_URL      the service (default http://127.0.0.1:8080)
     MEMBUS_API_KEY  a key from ``membus keys new --agent carol --tenant acme``
@@ -28,17 +28,12 @@ async def main(url: str, key: str) -> None:
     async with membus.Client(url, key, retries=3) as agent:
         me = await agent.whoami()
         scope = f"agent/{me.agent}/notes"  # every agent may write its own scope under any policy
+        # wait=True: each publish answers once the writers committed that very event (or says
+        # why not: no writer running, or parked in the dead-letter stream with the reason)
         for text in NOTES:
-            receipt = await agent.publish(text, scope, kind="observation")
-            print(f"published {receipt.event_id} at {receipt.position}")
-        # writers commit asynchronously: poll until recall sees what we just published
-        for _ in range(60):
-            hits = await agent.recall("who covers the weekend rota", k=3)
-            if hits:
-                break
-            await anyio.sleep(0.5)
-        else:
-            raise TimeoutError
+            receipt = await agent.publish(text, scope, kind="observation", wait=True)
+            print(f"published and committed {receipt.event_id} at {receipt.position}")
+        hits = await agent.recall("who covers the weekend rota", k=3, scopes=[scope])
         for hit in hits:
             m = hit.memory
             print(f"{hit.score:.2f}  {m.content}  (by {', '.join(m.agents)}, {m.scope})")
@@ -54,9 +49,6 @@ def run() -> int:
         anyio.run(main, url, key)
     except MembusError as exc:
         print(f"membus: {exc}", file=sys.stderr)
-        return 1
-    except TimeoutError:
-        print("no memory after 30 s: are the writers running?", file=sys.stderr)
         return 1
     return 0
 

@@ -214,3 +214,28 @@ async def test_langgraph_delete_over_http_is_visible_when_it_returns(
         assert await store.aget(("team", "x"), "pref") is not None
         await store.adelete(("team", "x"), "pref")
         assert await store.aget(("team", "x"), "pref") is None
+
+
+@pytest.mark.slow
+async def test_the_http_agent_example_reads_its_own_writes(
+    tmp_path: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``agents/http_agent.py`` waits for its own events (``wait=True``), not for any hit."""
+    import agents.http_agent as example
+
+    async with membus.open(tmp_path, config(redis_url)) as bus:
+        app = create_app(bus, ApiKeys.from_keys({KEY: ("acme", "alice")}))
+        transport = httpx.ASGITransport(app=app)
+        real = Client
+
+        def through_app(url: str, key: str, retries: int) -> Client:
+            return real(url, key, retries=retries, transport=transport)
+
+        monkeypatch.setattr(example.membus, "Client", through_app)
+        await example.main("http://membus", KEY)
+    out = capsys.readouterr().out
+    assert out.count("published and committed") == 3
+    assert "dana covers the weekend" in out
