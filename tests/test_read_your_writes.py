@@ -234,7 +234,7 @@ async def test_the_http_agent_example_reads_its_own_writes(
         def through_app(url: str, key: str, retries: int) -> Client:
             return real(url, key, retries=retries, transport=transport)
 
-        monkeypatch.setattr(example.membus, "Client", through_app)
+        monkeypatch.setattr(membus, "Client", through_app)  # what the example constructs
         await example.main("http://membus", KEY)
     out = capsys.readouterr().out
     assert out.count("published and committed") == 3
