@@ -190,6 +190,11 @@ async def test_agent_key_sees_nothing_of_another_agents_private_scope(
             "as_of=2100-01-01T00:00",
             "kind=fact&agent=bob&since=2000-01-01T00:00",
             f"cursor={'A' * 40}",
+            # the context panel (issue 20): the same gate, whatever the tiers look for
+            "budget=500",
+            "q=locker+code&budget=500",
+            "subject=locker&budget=500",
+            "budget=500&scope=agent/bob",
         ):
             gets += [f"/ui/memories?{q}", f"/ui/feed?{q}"]
         for q in ("scope=agent/bob", "scope=agent", "agent=bob&scope=team", "format=csv"):
@@ -234,6 +239,9 @@ async def test_agent_key_sees_nothing_of_another_agents_private_scope(
         # what alice may see she does see (the test would pass on an empty console otherwise)
         page = await http.get("/ui/memories")
         assert "team note" in page.text
+        ctx = await http.get("/ui/memories?q=team+note&budget=300")
+        assert "The context alice would get for this query" in ctx.text
+        assert ctx.text.count("team note") >= 2  # in the list and in the context panel
 
 
 @pytest.mark.slow

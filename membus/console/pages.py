@@ -114,6 +114,20 @@ async def memories(request: Request, who: Who) -> Response:
         "as_of": instant(param(request, "as_of"), "as_of"),
     }
     limit = number(param(request, "limit"), "limit", PAGE, 1, 200)
+    # "the context this identity would get": assembled through the same gate, every memory in
+    # it an audited read, as Agent.context (issue 20)
+    context = None
+    if param(request, "budget") is not None:
+        budget = number(param(request, "budget"), "budget", CONTEXT_BUDGET, 1, 100_000)
+        context = await bus.context(
+            who.identity,
+            q,
+            budget_tokens=budget,
+            subjects=filters["subjects"],
+            scopes=filters["scopes"],
+            kinds=filters["kinds"],
+            agents=filters["agents"],
+        )
     cursor, found, scores = None, [], {}
     if q is not None:
         hits = await bus.recall(who.identity, q, k=limit, **filters)
@@ -133,10 +147,12 @@ async def memories(request: Request, who: Who) -> Response:
         cursor=cursor,
         values=values,
         next_query=_with(request, cursor=cursor) if cursor else None,
+        context=context,
     )
 
 
-_FILTERS = ("q", "scope", "kind", "subject", "agent", "since", "until", "as_of", "limit")
+CONTEXT_BUDGET = 1000  # tokens, when the form leaves the budget empty
+_FILTERS = ("q", "scope", "kind", "subject", "agent", "since", "until", "as_of", "limit", "budget")
 
 
 def _with(request: Request, **changes: str) -> str:
