@@ -12,7 +12,8 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -24,15 +25,110 @@ from schemathesis import GenerationMode
 from schemathesis.core.parameters import ParameterLocation
 
 import membus
+from membus.access.gate import OpenGate
 from membus.core.config import MembusConfig, PolicyConfig, RedisConfig
 from membus.service.app import create_app
 from membus.service.auth import ApiKeys
+from membus.service.wire import SCOPE_PATTERN
 from tests.redis_proc import RedisProcess, free_port
-from tests.test_service import FAST
+from tests.test_service import ALICE, FAST, auth, service
+
+pytestmark = pytest.mark.anyio
 
 OPS = "ops-key-0123456789"
 KEYS = ApiKeys.from_keys({OPS: ("acme", "ops")}, operators=[OPS])
 HEADERS = {"Authorization": f"Bearer {OPS}"}
+
+
+def open_gate_spec() -> dict[str, Any]:
+    """The schema of a deployment with no policy to reload (an open gate), built offline."""
+    stand_in = SimpleNamespace(redis=None, config=MembusConfig(), gate=OpenGate())
+    return create_app(cast(Any, stand_in), ApiKeys.from_keys({})).openapi()
+
+
+def test_the_schema_documents_400_never_422() -> None:
+    spec = open_gate_spec()
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            codes = set(op["responses"])
+            assert "422" not in codes, (method, path)
+            if op.get("parameters") or op.get("requestBody"):
+                assert "400" in codes, (method, path)
+            for code, response in op["responses"].items():
+                if int(code) >= 400:  # errors are JSON, streaming routes included
+                    assert set(response["content"]) == {"application/json"}, (path, code)
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+def test_the_schema_states_the_real_validation() -> None:
+    spec = open_gate_spec()
+    schemas = spec["components"]["schemas"]
+    draft = schemas["WireDraft"]["properties"]
+    assert draft["scope"]["anyOf"][0]["pattern"] == SCOPE_PATTERN
+    assert draft["content"]["minLength"] == 1 and "pattern" in draft["content"]
+    assert draft["metadata"]["propertyNames"] == {"maxLength": 64}
+    recall = schemas["RecallRequest"]["properties"]
+    assert recall["query"]["minLength"] == 1
+    assert recall["since"]["anyOf"][0]["format"] == "date-time"
+    listing = {p["name"]: p["schema"] for p in spec["paths"]["/v1/memories"]["get"]["parameters"]}
+    assert listing["since"]["anyOf"][0]["format"] == "date-time"
+    assert listing["scope"]["anyOf"][0]["items"]["pattern"] == SCOPE_PATTERN
+    by_id = spec["paths"]["/v1/memories/{memory_id}"]["get"]["parameters"]
+    assert by_id[0]["schema"]["format"] == "uuid"
+
+
+def test_admin_routes_are_in_every_deployments_schema() -> None:
+    spec = open_gate_spec()
+    reload_ = spec["paths"]["/v1/admin/policy/reload"]["post"]
+    assert {"403", "409"} <= set(reload_["responses"])
+    assert "/v1/audit" in spec["paths"]
+
+
+async def test_errors_name_the_field_at_fault(tmp_path: Path, redis_url: str) -> None:
+    async with service(tmp_path, redis_url, writers=0) as (_bus, http):
+
+        async def fields(method: str, path: str, **kw: Any) -> list[str]:
+            r = await http.request(
+                method, path, headers={**auth(ALICE), **kw.pop("headers", {})}, **kw
+            )
+            assert r.status_code == 400, r.text
+            return [p["field"] for p in r.json()["error"]["problems"]]
+
+        assert await fields("POST", "/v1/recall") == ["query"]  # no body at all
+        assert await fields("POST", "/v1/recall", json={}) == ["query"]
+        assert await fields("POST", "/v1/recall", json={"query": "x", "scopes": ["a/../b"]}) == [
+            "scopes.0"
+        ]
+        assert await fields("GET", "/v1/memories/not-an-id") == ["memory_id"]
+        assert await fields("GET", "/v1/memories?since=yesterday") == ["since"]
+        assert await fields("GET", "/v1/memories?since=1700000000") == ["since"]
+        assert await fields("GET", "/v1/changes?from=soon") == ["from"]
+        assert await fields("GET", "/v1/changes", headers={"Last-Event-ID": "x"}) == [
+            "last-event-id"
+        ]
+        twice = "/v1/memories?as_of=2026-01-01T00:00:00Z&as_of=2020-01-01T00:00:00Z"
+        assert await fields("GET", twice) == ["as_of"]
+        assert await fields("POST", "/v1/pin", json={"memory_id": "7"}) == ["memory_id"]
+
+
+async def test_policy_reload_without_a_policy_is_a_typed_conflict(
+    tmp_path: Path, redis_url: str
+) -> None:
+    async with service(tmp_path, redis_url, writers=0) as (_bus, http):
+        r = await http.post("/v1/admin/policy/reload", headers=auth(ALICE))
+        assert r.status_code == 403  # operators only, whatever the gate
+        r = await http.post("/v1/admin/policy/reload", headers=HEADERS)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
+        assert "no policy source" in r.json()["error"]["message"]
+
+
+async def test_audit_before_1970_is_an_empty_range_not_a_500(
+    tmp_path: Path, redis_url: str
+) -> None:
+    async with service(tmp_path, redis_url, writers=0) as (_bus, http):
+        params = {"scope": "team", "until": "0087-07-11T10:14:24Z"}
+        r = await http.get("/v1/audit", params=params, headers=HEADERS)
+        assert r.status_code == 200 and r.json() == {"records": []}
 
 
 def _serve(
@@ -90,7 +186,7 @@ def api_schema(
 # schemathesis's own pytest loader (``from_fixture``) fails under pytest 9: one test walks
 # every operation itself, with a bounded, derandomized Hypothesis run per operation and mode
 BOUND = settings(
-    max_examples=8,
+    max_examples=25,
     deadline=None,
     derandomize=True,
     database=None,

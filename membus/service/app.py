@@ -204,21 +204,33 @@ Caller = Annotated[Principal, Depends(_caller)]
 Scraper = Annotated[Principal, Depends(_scraper)]
 
 
+def _required_body_fields(request: Request) -> list[str]:
+    """The required fields of the route's JSON body model (none: not a model body)."""
+    route = request.scope.get("route")
+    body = route.body_field if isinstance(route, APIRoute) else None
+    model = body.field_info.annotation if body is not None else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return [f.alias or name for name, f in model.model_fields.items() if f.is_required()]
+
+
 def _install_errors(app: FastAPI, svc: Service) -> None:
     async def membus_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, MembusError)
         return svc.error_response(exc)
 
-    async def invalid_request(_: Request, exc: Exception) -> Response:
+    async def invalid_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        problems = [
-            {
-                # the field itself: where it travels (body, query, path, header) is not its name
-                "field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]),
-                "reason": str(e["msg"]),
-            }
-            for e in exc.errors()
-        ]
+        problems: list[dict[str, str]] = []
+        for e in exc.errors():
+            loc, reason = tuple(e["loc"]), str(e["msg"]).removeprefix("Value error, ")
+            missing = _required_body_fields(request) if loc == ("body",) else []
+            if e["type"] == "missing" and missing:  # no body at all: name what it must hold
+                problems += [{"field": f, "reason": reason} for f in missing]
+                continue
+            # the field itself: where it travels (body, query, path, header) is not its name
+            field = ".".join(str(p) for p in loc[1:]) or str(loc[0])
+            problems.append({"field": field, "reason": reason})
         summary = "; ".join(f"{p['field']}: {p['reason']}" for p in problems)
         body = {
             "error": {

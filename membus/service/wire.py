@@ -22,7 +22,6 @@ from membus.core.envelope import (
     MAX_SCOPE_SEGMENTS,
     Label,
     Name,
-    Ref,
     Scope,
 )
 from membus.errors import (
@@ -192,6 +191,11 @@ def _by_status(status: int, msg: str) -> MembusError:
 
 _SEGMENT = "[a-z0-9][a-z0-9_-]{0,63}"
 SCOPE_PATTERN: Final = rf"^{_SEGMENT}(/{_SEGMENT}){{0,{MAX_SCOPE_SEGMENTS - 1}}}$"
+_SCOPE_SCHEMA: Final[dict[str, Any]] = {
+    "type": "string",
+    "pattern": SCOPE_PATTERN,
+    "maxLength": 65 * MAX_SCOPE_SEGMENTS - 1,
+}
 # control characters other than tab and newline are refused in agent text (core.envelope)
 _NO_CONTROL = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"
 _NON_BLANK_TEXT = r"^[^\x00-\x08\x0b-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x08\x0b-\x1f\x7f]*$"
@@ -225,12 +229,7 @@ def _non_blank(value: str) -> str:
 
 
 DateTime = Annotated[datetime, BeforeValidator(_date_time)]
-WireScope = Annotated[
-    Scope,
-    WithJsonSchema(
-        {"type": "string", "pattern": SCOPE_PATTERN, "maxLength": 65 * MAX_SCOPE_SEGMENTS - 1}
-    ),
-]
+WireScope = Annotated[Scope, WithJsonSchema(_SCOPE_SCHEMA)]
 MemoryId = Annotated[
     str, AfterValidator(_uuid), WithJsonSchema({"type": "string", "format": "uuid"})
 ]
@@ -257,8 +256,11 @@ Subject = Annotated[
     str, WithJsonSchema({"type": "string", "maxLength": 256, "pattern": _NO_CONTROL})
 ]
 Key = Annotated[str, WithJsonSchema({"type": "string", "maxLength": 128, "pattern": _NO_CONTROL})]
-WireRef = Annotated[
-    Ref, WithJsonSchema({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"})
+# a draft's fields are stated here but checked by the bus, so a remote publish fails with the
+# very error an in-process one does (tests/test_client.py)
+DraftScope = Annotated[str, WithJsonSchema(_SCOPE_SCHEMA)]
+DraftRef = Annotated[
+    str, WithJsonSchema({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"})
 ]
 
 
@@ -324,7 +326,7 @@ class WireDraft(Draft):
     checks the draft again, so in-process callers get the same answers)."""
 
     content: Content
-    scope: WireScope | None = None
+    scope: DraftScope | None = None
     kind: Kind = "observation"
     subject: Subject | None = None
     key: Key | None = None
@@ -333,8 +335,8 @@ class WireDraft(Draft):
         default=None,
         description="when it was observed (default: now); at most 120 s ahead of the server",
     )
-    causation_id: WireRef | None = None
-    correlation_id: WireRef | None = None
+    causation_id: DraftRef | None = None
+    correlation_id: DraftRef | None = None
 
 
 # -- request and response bodies ------------------------------------------------------------------
