@@ -284,16 +284,36 @@ Position = Annotated[
 ]
 
 
+METADATA_NUMBER_BOUND: Final = 2**63
+
+
+def _bounded_numbers(value: Any) -> Any:
+    """Refuse metadata numbers beyond ±2**63, as the schema states: past that, a number is an
+    integer by value, which the event's JSON cannot carry when it is written as one."""
+    if isinstance(value, dict):
+        for x in value.values():
+            _bounded_numbers(x)
+    elif isinstance(value, list):
+        for x in value:
+            _bounded_numbers(x)
+    elif (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and abs(value) > METADATA_NUMBER_BOUND
+    ):
+        raise ValueError(f"holds a number beyond ±2**63: {value!r:.40}")
+    return value
+
+
 def _json_value(depth: int) -> dict[str, Any]:
     """A metadata value nesting at most ``depth`` more containers (core.envelope's limits)."""
     scalars: list[dict[str, Any]] = [
         {"type": "string"},
         {"type": "boolean"},
         {"type": "null"},
-        # orjson carries 64-bit integers (the schema renders these bounds as floats: 2**63
-        # and -2**63, both exact, both carried)
-        {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
-        {"type": "number", "not": {"type": "integer"}},
+        # JSON Schema tells 1e300 from an integer by value only, and orjson carries 64-bit
+        # integers: one bound for every number (``_bounded_numbers`` checks it at the door)
+        {"type": "number", "minimum": -METADATA_NUMBER_BOUND, "maximum": METADATA_NUMBER_BOUND},
     ]
     if depth == 0:
         return {"anyOf": scalars}
@@ -309,6 +329,7 @@ def _json_value(depth: int) -> dict[str, Any]:
 
 Metadata = Annotated[
     dict[str, Any],
+    AfterValidator(_bounded_numbers),
     WithJsonSchema(
         {
             "type": "object",
