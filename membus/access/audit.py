@@ -279,8 +279,9 @@ class AuditLog(Flusher):
         validate_name(tenant, "tenant")
         if limit < 1 or scan_cap < 1:
             raise InvalidInput("limit and scan_cap must be at least 1")
-        lo = "-" if since is None else str(_ms(since))
-        hi = "+" if until is None else str(_ms(until) + int(self.late_s * 1000))
+        # stream ids start at 0: a time before 1970 is the stream's start, not a Redis error
+        lo = "-" if since is None else str(max(0, _ms(since)))
+        hi = "+" if until is None else str(max(0, _ms(until) + int(self.late_s * 1000)))
 
         def keep(r: AuditRecord) -> bool:
             return (

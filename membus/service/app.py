@@ -18,16 +18,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Protocol, runtime_checkable
+from types import UnionType
+from typing import Annotated, Any, Protocol, Union, get_args, get_origin, runtime_checkable
 
 import anyio
 from fastapi import Depends, FastAPI, Header, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from starlette.exceptions import HTTPException
 
 from membus.access.audit import AuditRecord, Decision
@@ -42,7 +43,7 @@ from membus.core.config import DEFAULT_PATH, MembusConfig
 from membus.core.envelope import validate_name, validate_scope
 from membus.core.logs import get_logger
 from membus.core.redis import REDIS_DOWN
-from membus.errors import MembusError, PermissionDenied, Unavailable
+from membus.errors import Conflict, InvalidInput, MembusError, PermissionDenied, Unavailable
 from membus.service.auth import ApiKeys, Principal, presented_key
 from membus.service.limits import (
     BacklogGuard,
@@ -62,10 +63,14 @@ from membus.service.wire import (
     AccessStats,
     Backpressure,
     ContextRequest,
+    DateTime,
+    ErrorResponse,
     ForgetRequest,
     Hits,
     Memories,
+    MemoryId,
     PinRequest,
+    Position,
     PublishBatch,
     PublishRequest,
     RateLimited,
@@ -78,6 +83,8 @@ from membus.service.wire import (
     Unauthenticated,
     UpdateRequest,
     WhoAmI,
+    WireName,
+    WireScope,
     error_body,
     status_of,
 )
@@ -86,6 +93,20 @@ from membus.store.port import Memory
 NDJSON = "application/x-ndjson"
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key")
+
+
+# one Server-Sent Event as received: `open` (data: the position), `change` (a Change), or
+# `error` (the error JSON, then the stream ends); data is JSON text
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"enum": ["open", "change", "error"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["event", "data"],
+}
 
 
 @runtime_checkable
@@ -97,6 +118,12 @@ class Reloadable(Protocol):
 
 class AuditPage(BaseModel):
     records: list[AuditRecord]
+
+
+class PolicyVersion(BaseModel):
+    """The policy's version after a reload."""
+
+    version: int
 
 
 class Service:
@@ -177,20 +204,33 @@ Caller = Annotated[Principal, Depends(_caller)]
 Scraper = Annotated[Principal, Depends(_scraper)]
 
 
+def _required_body_fields(request: Request) -> list[str]:
+    """The required fields of the route's JSON body model (none: not a model body)."""
+    route = request.scope.get("route")
+    body = route.body_field if isinstance(route, APIRoute) else None
+    model = body.field_info.annotation if body is not None else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return [f.alias or name for name, f in model.model_fields.items() if f.is_required()]
+
+
 def _install_errors(app: FastAPI, svc: Service) -> None:
     async def membus_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, MembusError)
         return svc.error_response(exc)
 
-    async def invalid_request(_: Request, exc: Exception) -> Response:
+    async def invalid_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        problems = [
-            {
-                "field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query")) or "body",
-                "reason": str(e["msg"]),
-            }
-            for e in exc.errors()
-        ]
+        problems: list[dict[str, str]] = []
+        for e in exc.errors():
+            loc, reason = tuple(e["loc"]), str(e["msg"]).removeprefix("Value error, ")
+            missing = _required_body_fields(request) if loc == ("body",) else []
+            if e["type"] == "missing" and missing:  # no body at all: name what it must hold
+                problems += [{"field": f, "reason": reason} for f in missing]
+                continue
+            # the field itself: where it travels (body, query, path, header) is not its name
+            field = ".".join(str(p) for p in loc[1:]) or str(loc[0])
+            problems.append({"field": field, "reason": reason})
         summary = "; ".join(f"{p['field']}: {p['reason']}" for p in problems)
         body = {
             "error": {
@@ -220,6 +260,65 @@ def _install_errors(app: FastAPI, svc: Service) -> None:
     app.add_exception_handler(Exception, internal)
 
 
+def _is_list(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin in (list, tuple, set, frozenset):
+        return True
+    if origin in (Union, UnionType, Annotated):
+        return any(_is_list(a) for a in get_args(annotation))
+    return False
+
+
+async def _one_value_each(request: Request) -> None:
+    """A query parameter of one value given twice is refused: FastAPI would keep the last one,
+    so ``?as_of=x&as_of=y`` would pass a check that ``?as_of=y`` alone fails."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    params = route.dependant.query_params  # the routes take theirs directly, not in deps
+    single = {f.alias for f in params if not _is_list(f.field_info.annotation)}
+    seen = [k for k, _ in request.query_params.multi_items()]
+    twice = sorted({k for k in seen if k in single and seen.count(k) > 1})
+    if twice:
+        raise InvalidInput(
+            f"{', '.join(twice)}: given more than once; each takes one value",
+            [{"field": k, "reason": "given more than once; it takes one value"} for k in twice],
+        )
+
+
+def _install_schema(app: FastAPI) -> None:
+    """FastAPI documents a 422 on every route with parameters, which this service never sends:
+    an invalid request is a 400 with ``problems`` (``_install_errors``). State that instead."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = build()
+        bad_request = {
+            "description": ERRORS[400]["description"],
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+            },
+        }
+        error_content = bad_request["content"]
+        for operations in spec.get("paths", {}).values():
+            for op in operations.values():
+                responses = op.get("responses", {})
+                if responses.pop("422", None) is not None:
+                    responses.setdefault("400", bad_request)
+                for status, response in responses.items():
+                    if int(status) >= 400:  # JSON errors, also on streaming routes (SSE, NDJSON)
+                        response["content"] = error_content
+        schemas = spec.get("components", {}).get("schemas", {})
+        schemas.setdefault("ErrorResponse", TypeAdapter(ErrorResponse).json_schema())
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(
     bus: Bus,
     auth: ApiKeys,
@@ -231,6 +330,7 @@ def create_app(
     ``mounts`` add apps that sit above this layer (``membus.console.mount``: the console)."""
     svc = Service(bus, auth, limits or Limits())
     app = FastAPI(
+        dependencies=[Depends(_one_value_each)],
         title="membus",
         version="1",
         description="Shared memory for teams of AI agents: publish observations, recall by "
@@ -238,6 +338,7 @@ def create_app(
     )
     app.state.membus = svc
     _install_errors(app, svc)
+    _install_schema(app)
     app.add_middleware(BodyLimit, limit=svc.limits.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=svc.metrics)
 
@@ -289,7 +390,7 @@ def create_app(
         responses={
             **ERRORS,
             200: {
-                "content": {"text/event-stream": {}},
+                "content": {"text/event-stream": {"schema": SSE_EVENT}},
                 "description": "SSE: `open`, then one `change` per change",
             },
         },
@@ -297,17 +398,19 @@ def create_app(
     )
     async def changes(
         who: Caller,
-        scopes: Annotated[list[str] | None, Query(description="subtree roots")] = None,
+        scopes: Annotated[list[WireScope] | None, Query(description="subtree roots")] = None,
         start: Annotated[
-            str, Query(alias="from", description="'$' now, '0' beginning, or a position")
+            Position, Query(alias="from", description="'$' now, '0' beginning, or a position")
         ] = "$",
         group: Annotated[
-            str | None,
+            WireName | None,
             Query(
                 description="share the feed across this agent's consumers (groups are per agent)"
             ),
         ] = None,
-        last_event_id: Annotated[str | None, Header(description="resume after this id")] = None,
+        last_event_id: Annotated[
+            Position | None, Header(description="resume after this id")
+        ] = None,
         until_now: Annotated[
             bool, Query(description="end the stream once caught up (no following)")
         ] = False,
@@ -371,16 +474,17 @@ def create_app(
     async def list_memories(
         who: Caller,
         scope: Annotated[
-            list[str] | None, Query(description="subtree root; repeatable (none: all readable)")
+            list[WireScope] | None,
+            Query(description="subtree root; repeatable (none: all readable)"),
         ] = None,
         kind: Annotated[list[str] | None, Query(description="repeatable")] = None,
         subject: Annotated[list[str] | None, Query(description="repeatable")] = None,
         agent: Annotated[
             list[str] | None, Query(description="contributed by this agent; repeatable")
         ] = None,
-        since: Annotated[datetime | None, Query(description="began to hold at or after")] = None,
-        until: Annotated[datetime | None, Query(description="began to hold before")] = None,
-        as_of: Annotated[datetime | None, Query(description="what held at this time")] = None,
+        since: Annotated[DateTime | None, Query(description="began to hold at or after")] = None,
+        until: Annotated[DateTime | None, Query(description="began to hold before")] = None,
+        as_of: Annotated[DateTime | None, Query(description="what held at this time")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
         cursor: Annotated[
             str | None, Query(description="the previous page's cursor, for the next page")
@@ -402,13 +506,13 @@ def create_app(
         )
 
     @app.get("/v1/memories/{memory_id}", responses=ERRORS_BY_ID, tags=["memories"])
-    async def get_memory(memory_id: str, who: Caller) -> Memory:
+    async def get_memory(memory_id: MemoryId, who: Caller) -> Memory:
         """One memory and its provenance; 404 when absent or not readable (one answer)."""
         return await bus.get(who.identity, memory_id)
 
     @app.get("/v1/memories/{memory_id}/history", responses=ERRORS_BY_ID, tags=["memories"])
     async def memory_history(
-        memory_id: str, who: Caller, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100
+        memory_id: MemoryId, who: Caller, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100
     ) -> Memories:
         """Every version of this memory's fact, newest first, with validity and provenance."""
         return Memories(memories=await bus.history(who.identity, memory_id, limit=limit))
@@ -416,11 +520,13 @@ def create_app(
     @app.get("/v1/history", responses=ERRORS_BY_ID, tags=["memories"])
     async def history(
         who: Caller,
-        memory_id: Annotated[str | None, Query(description="a memory (or subject + key)")] = None,
+        memory_id: Annotated[
+            MemoryId | None, Query(description="a memory (or subject + key)")
+        ] = None,
         subject: str | None = None,
         key: str | None = None,
         scope: Annotated[
-            str | None, Query(description="the key's scope (none: any readable scope)")
+            WireScope | None, Query(description="the key's scope (none: any readable scope)")
         ] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     ) -> Memories:
@@ -433,7 +539,7 @@ def create_app(
     @app.patch(
         "/v1/memories/{memory_id}", status_code=201, responses=ERRORS_BY_ID, tags=["memories"]
     )
-    async def update_memory(memory_id: str, req: UpdateRequest, who: Caller) -> Receipt:
+    async def update_memory(memory_id: MemoryId, req: UpdateRequest, who: Caller) -> Receipt:
         """A new version of the memory, published through the event log (never an in-place
         write); a memory without a key is withdrawn and republished, which needs the forget
         right on its scope too. The receipt is the new version's event."""
@@ -443,7 +549,7 @@ def create_app(
         )
 
     @app.delete("/v1/memories/{memory_id}", responses=ERRORS_BY_ID, tags=["memories"])
-    async def delete_memory(memory_id: str, who: Caller) -> ErasureReport:
+    async def delete_memory(memory_id: MemoryId, who: Caller) -> ErasureReport:
         """Erase the memory with its source events and change entries (a forget by id)."""
         return await bus.delete(who.identity, memory_id)
 
@@ -456,10 +562,11 @@ def create_app(
     async def export(
         who: Caller,
         scope: Annotated[
-            list[str] | None, Query(description="subtree root; repeatable (none: all readable)")
+            list[WireScope] | None,
+            Query(description="subtree root; repeatable (none: all readable)"),
         ] = None,
         as_of: Annotated[
-            datetime | None, Query(description="what held then (none: every version)")
+            DateTime | None, Query(description="what held then (none: every version)")
         ] = None,
     ) -> StreamingResponse:
         """Every memory this agent may read as JSON lines, newest first: every version, or
@@ -500,12 +607,12 @@ def create_app(
     @app.get("/v1/audit", responses=ERRORS, tags=["admin"])
     async def audit_query(
         who: Caller,
-        scope: Annotated[str, Query(description="records in this scope or below")],
+        scope: Annotated[WireScope, Query(description="records in this scope or below")],
         agent: str | None = None,
         action: str | None = None,
         decision: Decision | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: DateTime | None = None,
+        until: DateTime | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> AuditPage:
         """The tenant's audit trail under `scope`; needs `admin` on that scope."""
@@ -526,16 +633,30 @@ def create_app(
         )
         return AuditPage(records=records)
 
-    gate: Gate = bus.gate
-    if isinstance(gate, Reloadable):
-        reloadable = gate
-
-        @app.post("/v1/admin/policy/reload", responses=ERRORS, tags=["admin"])
-        async def policy_reload(who: Caller) -> dict[str, int]:
-            """Reload the permission policy from its source now (operator keys only)."""
-            if not who.operator:
-                raise PermissionDenied(who.agent, "admin", "policy", who.tenant)
-            return {"version": await reloadable.reload()}
+    # in the schema of every deployment: a gate without a policy source answers a typed 409
+    @app.post(
+        "/v1/admin/policy/reload",
+        responses={
+            **ERRORS,
+            409: {
+                **ERRORS[400],
+                "description": "conflict: this service's gate has no policy to reload "
+                "(an open or fixed gate)",
+            },
+        },
+        tags=["admin"],
+    )
+    async def policy_reload(who: Caller) -> PolicyVersion:
+        """Reload the permission policy from its source now (operator keys only)."""
+        if not who.operator:
+            raise PermissionDenied(who.agent, "admin", "policy", who.tenant)
+        gate: Gate = bus.gate
+        if not isinstance(gate, Reloadable):
+            raise Conflict(
+                f"policy reload is unavailable: the gate ({type(gate).__name__}) has no policy "
+                "source to reload; run the service with a casbin policy (policy.mode)"
+            )
+        return PolicyVersion(version=await gate.reload())
 
     @app.get("/v1/whoami", responses=ERRORS, tags=["meta"])
     async def whoami(who: Caller) -> WhoAmI:
@@ -596,13 +717,13 @@ def _context_routes(app: FastAPI, bus: Bus) -> None:
             working=req.working,
         )
 
-    @app.post("/v1/pin", status_code=201, responses=ERRORS, tags=["write"])
+    @app.post("/v1/pin", status_code=201, responses=ERRORS_BY_ID, tags=["write"])
     async def pin(req: PinRequest, who: Caller) -> Receipt:
         """Pin a memory this agent may read into every context that may read it (an event in
         the memory's scope: the publish right there)."""
         return await bus.pin(who.identity, req.memory_id)
 
-    @app.post("/v1/unpin", status_code=201, responses=ERRORS, tags=["write"])
+    @app.post("/v1/unpin", status_code=201, responses=ERRORS_BY_ID, tags=["write"])
     async def unpin(req: PinRequest, who: Caller) -> Receipt:
         """Undo a pin (an event too)."""
         return await bus.unpin(who.identity, req.memory_id)
@@ -624,7 +745,7 @@ def _audited(
 
 
 async def _publish(
-    svc: Service, who: Principal, drafts: list[Draft], wait: bool, timeout_s: float
+    svc: Service, who: Principal, drafts: Sequence[Draft], wait: bool, timeout_s: float
 ) -> list[Receipt]:
     await svc.admit_publish(who, len(drafts))
     with svc.metrics.publish_seconds.time():

@@ -6,14 +6,24 @@ service reaches a remote caller as the same ``membus.errors`` type it would get 
 
 from __future__ import annotations
 
+import re
+import uuid
 from datetime import datetime
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from membus.bus.api import MAX_K
 from membus.bus.draft import Draft, Receipt
-from membus.core.envelope import Label
+from membus.core.envelope import (
+    MAX_CONTENT_BYTES,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_SCOPE_SEGMENTS,
+    Label,
+    Name,
+    Scope,
+)
 from membus.errors import (
     Conflict,
     InvalidInput,
@@ -177,6 +187,179 @@ def _by_status(status: int, msg: str) -> MembusError:
     return MembusError(msg)
 
 
+# -- what the schema states: each type validates as the bus does and says so in OpenAPI ----------
+
+_SEGMENT = "[a-z0-9][a-z0-9_-]{0,63}"
+SCOPE_PATTERN: Final = rf"^{_SEGMENT}(/{_SEGMENT}){{0,{MAX_SCOPE_SEGMENTS - 1}}}$"
+_SCOPE_SCHEMA: Final[dict[str, Any]] = {
+    "type": "string",
+    "pattern": SCOPE_PATTERN,
+    "maxLength": 65 * MAX_SCOPE_SEGMENTS - 1,
+}
+# control characters other than tab and newline are refused in agent text (core.envelope)
+_NO_CONTROL = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"
+_NON_BLANK_TEXT = r"^[^\x00-\x08\x0b-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x08\x0b-\x1f\x7f]*$"
+# RFC 3339 as OpenAPI's date-time means it; a missing offset is read as the bus reads it (UTC)
+_DATE_TIME = re.compile(
+    r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)?", re.ASCII
+)
+
+
+def _date_time(value: Any) -> Any:
+    # pydantic alone also takes numbers (epoch seconds) and bare dates: not what the schema says
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _DATE_TIME.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+def _uuid(value: str) -> str:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        raise ValueError("is not a memory id (a UUID)") from None
+    return value
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is blank")
+    return value
+
+
+DateTime = Annotated[datetime, BeforeValidator(_date_time)]
+WireScope = Annotated[Scope, WithJsonSchema(_SCOPE_SCHEMA)]
+MemoryId = Annotated[
+    str, AfterValidator(_uuid), WithJsonSchema({"type": "string", "format": "uuid"})
+]
+QueryText = Annotated[
+    str,
+    AfterValidator(_non_blank),
+    WithJsonSchema({"type": "string", "pattern": r"\S", "minLength": 1}),
+]
+Content = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_CONTENT_BYTES,
+            "pattern": _NON_BLANK_TEXT,
+            "description": f"non-blank text, at most {MAX_CONTENT_BYTES} bytes as UTF-8, "
+            "no control characters but tab and newline",
+        }
+    ),
+]
+Kind = Annotated[str, WithJsonSchema({"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"})]
+Subject = Annotated[
+    str, WithJsonSchema({"type": "string", "maxLength": 256, "pattern": _NO_CONTROL})
+]
+Key = Annotated[str, WithJsonSchema({"type": "string", "maxLength": 128, "pattern": _NO_CONTROL})]
+# a draft's fields are stated here but checked by the bus, so a remote publish fails with the
+# very error an in-process one does (tests/test_client.py)
+DraftScope = Annotated[str, WithJsonSchema(_SCOPE_SCHEMA)]
+DraftRef = Annotated[
+    str, WithJsonSchema({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"})
+]
+
+
+WireName = Annotated[
+    Name, WithJsonSchema({"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"})
+]
+POSITION_PATTERN: Final = r"^(0|\$|\d{1,20}(-\d{1,20})?)$"
+
+
+def _position(value: str) -> str:
+    if not re.fullmatch(POSITION_PATTERN, value):
+        raise ValueError(
+            "must be '$' (now), '0' (the beginning) or a stream id like 1700000000000-0"
+        )
+    return value
+
+
+# where a change feed starts: after this position
+Position = Annotated[
+    str, AfterValidator(_position), WithJsonSchema({"type": "string", "pattern": POSITION_PATTERN})
+]
+
+
+METADATA_NUMBER_BOUND: Final = 2**63
+
+
+def _bounded_numbers(value: Any) -> Any:
+    """Refuse metadata numbers beyond ±2**63, as the schema states: past that, a number is an
+    integer by value, which the event's JSON cannot carry when it is written as one."""
+    if isinstance(value, dict):
+        for x in value.values():
+            _bounded_numbers(x)
+    elif isinstance(value, list):
+        for x in value:
+            _bounded_numbers(x)
+    elif (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and abs(value) > METADATA_NUMBER_BOUND
+    ):
+        raise ValueError(f"holds a number beyond ±2**63: {value!r:.40}")
+    return value
+
+
+def _json_value(depth: int) -> dict[str, Any]:
+    """A metadata value nesting at most ``depth`` more containers (core.envelope's limits)."""
+    scalars: list[dict[str, Any]] = [
+        {"type": "string"},
+        {"type": "boolean"},
+        {"type": "null"},
+        # JSON Schema tells 1e300 from an integer by value only, and orjson carries 64-bit
+        # integers: one bound for every number (``_bounded_numbers`` checks it at the door)
+        {"type": "number", "minimum": -METADATA_NUMBER_BOUND, "maximum": METADATA_NUMBER_BOUND},
+    ]
+    if depth == 0:
+        return {"anyOf": scalars}
+    inner = _json_value(depth - 1)
+    return {
+        "anyOf": [
+            *scalars,
+            {"type": "array", "items": inner},
+            {"type": "object", "additionalProperties": inner},
+        ]
+    }
+
+
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(_bounded_numbers),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"maxLength": 64},
+            "additionalProperties": _json_value(MAX_METADATA_DEPTH - 1),
+            "description": f"JSON, at most {MAX_METADATA_BYTES} bytes, nesting at most "
+            f"{MAX_METADATA_DEPTH} levels, keys at most 64 characters",
+        }
+    ),
+]
+
+
+class WireDraft(Draft):
+    """A ``Draft`` as the HTTP API takes it: the schema states what the bus validates (the bus
+    checks the draft again, so in-process callers get the same answers)."""
+
+    content: Content
+    scope: DraftScope | None = None
+    kind: Kind = "observation"
+    subject: Subject | None = None
+    key: Key | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    created_at: DateTime | None = Field(
+        default=None,
+        description="when it was observed (default: now); at most 120 s ahead of the server",
+    )
+    causation_id: DraftRef | None = None
+    correlation_id: DraftRef | None = None
+
+
 # -- request and response bodies ------------------------------------------------------------------
 
 
@@ -193,7 +376,7 @@ _WAIT = Field(
 _WAIT_TIMEOUT = Field(default=DEFAULT_HTTP_WAIT_S, gt=0, le=MAX_WAIT_S)
 
 
-class PublishRequest(Draft):
+class PublishRequest(WireDraft):
     """One draft; ``wait``: answer once it is searchable (read-your-writes)."""
 
     wait: bool = _WAIT
@@ -206,7 +389,7 @@ class PublishRequest(Draft):
 class PublishBatch(_Body):
     """Several drafts, published all or nothing in one round trip to Redis."""
 
-    drafts: list[Draft] = Field(min_length=1, max_length=MAX_BATCH)
+    drafts: list[WireDraft] = Field(min_length=1, max_length=MAX_BATCH)
     wait: bool = _WAIT
     timeout_s: float = _WAIT_TIMEOUT
 
@@ -218,15 +401,17 @@ class Receipts(BaseModel):
 class RecallRequest(_Body):
     """Top-k memories by meaning, within the scopes the caller may read."""
 
-    query: str = Field(description="natural-language query; embedded like the memories")
+    query: QueryText = Field(description="natural-language query; embedded like the memories")
     k: int = Field(default=5, ge=1, le=MAX_K)
-    scopes: list[str] | None = Field(default=None, description="subtree roots; None: all readable")
+    scopes: list[WireScope] | None = Field(
+        default=None, description="subtree roots; None: all readable"
+    )
     kinds: list[str] | None = None
     subjects: list[str] | None = None
     agents: list[str] | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    as_of: datetime | None = Field(
+    since: DateTime | None = None
+    until: DateTime | None = None
+    as_of: DateTime | None = Field(
         default=None, description="what held at this past time (superseded versions included)"
     )
     working: bool = Field(
@@ -250,7 +435,7 @@ class Hits(BaseModel):
 class AccessRequest(_Body):
     """Recall statistics of these memories (only those the caller may recall are answered)."""
 
-    memory_ids: list[str] = Field(min_length=1, max_length=MAX_K)
+    memory_ids: list[MemoryId] = Field(min_length=1, max_length=MAX_K)
 
 
 class AccessStats(BaseModel):
@@ -258,30 +443,64 @@ class AccessStats(BaseModel):
 
 
 class ForgetRequest(_Body):
-    """Erase what matches every criterion given, within the scopes the caller may forget in."""
+    """Erase what matches every criterion given (at least one), within the scopes the caller
+    may forget in."""
 
-    memory_ids: list[str] | None = None
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": [f], "properties": {f: {"not": {"type": "null"}}}}
+                for f in ("memory_ids", "subject", "agent", "scope")
+            ]
+        },
+    )
+    memory_ids: list[MemoryId] | None = Field(default=None, min_length=1)
     subject: str | None = None
-    agent: str | None = Field(default=None, description="erase what this agent contributed")
-    scope: str | None = Field(default=None, description="that scope and everything below")
+    agent: WireName | None = Field(default=None, description="erase what this agent contributed")
+    scope: WireScope | None = Field(default=None, description="that scope and everything below")
 
 
 class RetractRequest(_Body):
     """Withdraw a memory (``memory_id``), or every version of a key (``scope`` + ``subject`` +
     ``key``), through the event log."""
 
-    memory_id: str | None = None
-    scope: str | None = Field(default=None, description="the key's scope")
-    subject: str | None = None
-    key: str | None = None
-    reason: str | None = Field(default=None, description="the retraction's text")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={  # either a memory or a key, as retract() checks
+            "oneOf": [
+                {
+                    "required": ["memory_id"],
+                    "properties": {
+                        "memory_id": {"not": {"type": "null"}},
+                        "subject": {"type": "null"},
+                        "key": {"type": "null"},
+                    },
+                },
+                {
+                    "required": ["scope", "subject", "key"],
+                    "properties": {
+                        "scope": {"not": {"type": "null"}},
+                        "subject": {"not": {"type": "null"}},
+                        "key": {"not": {"type": "null"}},
+                        "memory_id": {"type": "null"},
+                    },
+                },
+            ]
+        },
+    )
+    memory_id: MemoryId | None = None
+    scope: WireScope | None = Field(default=None, description="the key's scope")
+    subject: Subject | None = None
+    key: Key | None = None
+    reason: Content | None = Field(default=None, description="the retraction's text")
 
 
 class UpdateRequest(_Body):
     """A new version of a memory; ``metadata``/``label`` left out keep the memory's own."""
 
-    content: str = Field(description="the new text")
-    metadata: dict[str, Any] | None = None
+    content: Content = Field(description="the new text")
+    metadata: Metadata | None = None
     label: Label | None = None
 
 
@@ -354,7 +573,9 @@ class ContextRequest(_Body):
     subjects: list[str] | None = Field(
         default=None, description="subjects whose current keyed facts (profile) to include"
     )
-    scopes: list[str] | None = Field(default=None, description="subtree roots; None: all readable")
+    scopes: list[WireScope] | None = Field(
+        default=None, description="subtree roots; None: all readable"
+    )
     kinds: list[str] | None = None
     agents: list[str] | None = None
     working: bool = Field(default=True, description="include just-published, uncommitted memory")
@@ -363,4 +584,4 @@ class ContextRequest(_Body):
 class PinRequest(_Body):
     """Pin or unpin one memory (an event in the memory's scope; the publish right there)."""
 
-    memory_id: str
+    memory_id: MemoryId
