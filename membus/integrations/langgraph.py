@@ -549,7 +549,7 @@ class MembusStore(AsyncBatchedBaseStore):
         cursor: str | None = None
         seen: set[str] = set()
         while True:
-            got = await self.port.list(limit=page, cursor=cursor, as_of=as_of, **filters)
+            got = await self.port.list_memories(limit=page, cursor=cursor, as_of=as_of, **filters)
             for m in got.memories:
                 # a memory within float rounding of a page boundary can come on both pages
                 if m.id not in seen:

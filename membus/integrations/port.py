@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from membus.access.gate import Identity
 from membus.bus.api import MAX_K, Agent
@@ -19,7 +19,6 @@ from membus.bus.context import Context
 from membus.bus.draft import Draft, Receipt
 from membus.bus.erasure import ErasureReport
 from membus.bus.memories import MemoryPage
-from membus.errors import Unavailable
 from membus.service.client import Client
 from membus.store.port import Hit, Memory
 from membus.stream.feed import Change
@@ -117,19 +116,6 @@ class MemoryPort(Protocol):
         scopes: Sequence[str] | None = None,
     ) -> Context:
         """The memories for this identity's prompt within ``budget_tokens`` (``Agent.context``)."""
-        ...
-
-    async def list(
-        self,
-        *,
-        scopes: Sequence[str] | None = None,
-        kinds: Sequence[str] | None = None,
-        subjects: Sequence[str] | None = None,
-        as_of: datetime | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> MemoryPage:
-        """Memories this identity may read, newest first, a page at a time (``Agent.list``)."""
         ...
 
 
@@ -248,20 +234,6 @@ class AgentPort:
             query, budget_tokens=budget_tokens, subjects=subjects, scopes=scopes
         )
 
-    async def list(
-        self,
-        *,
-        scopes: Sequence[str] | None = None,
-        kinds: Sequence[str] | None = None,
-        subjects: Sequence[str] | None = None,
-        as_of: datetime | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> MemoryPage:
-        return await self.agent.list(
-            scopes=scopes, kinds=kinds, subjects=subjects, as_of=as_of, limit=limit, cursor=cursor
-        )
-
 
 class ClientPort:
     """The port over a membus service; the API key inside ``client`` is the identity."""
@@ -321,14 +293,6 @@ class ClientPort:
         ids = list(memory_ids) if memory_ids is not None else None
         return await self.client.forget(memory_ids=ids, subject=subject, agent=agent, scope=scope)
 
-    async def _client(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        # the memory routes (/v1/memories…) and their Client methods arrive beside this port;
-        # a client without them says so instead of failing with an AttributeError
-        method = getattr(self.client, name, None)
-        if method is None:
-            raise Unavailable(f"this membus.Client has no {name}(): upgrade membus")
-        return await method(*args, **kwargs)
-
     async def list_memories(
         self,
         *,
@@ -342,8 +306,7 @@ class ClientPort:
         limit: int = 50,
         cursor: str | None = None,
     ) -> MemoryPage:
-        page: MemoryPage = await self._client(
-            "list",
+        return await self.client.list(
             scopes=scopes,
             kinds=kinds,
             subjects=subjects,
@@ -354,11 +317,9 @@ class ClientPort:
             limit=limit,
             cursor=cursor,
         )
-        return page
 
     async def get_memory(self, memory_id: str) -> Memory:
-        memory: Memory = await self._client("get", memory_id)
-        return memory
+        return await self.client.get(memory_id)
 
     async def memory_history(
         self,
@@ -369,10 +330,9 @@ class ClientPort:
         key: str | None = None,
         limit: int = 100,
     ) -> builtins.list[Memory]:
-        versions: list[Memory] = await self._client(
-            "history", memory_id, scope=scope, subject=subject, key=key, limit=limit
+        return await self.client.history(
+            memory_id, scope=scope, subject=subject, key=key, limit=limit
         )
-        return versions
 
     def subscribe(
         self, scopes: Sequence[str] | None = None, *, start: str = "$", until_now: bool = False
@@ -392,18 +352,4 @@ class ClientPort:
     ) -> Context:
         return await self.client.context(
             query, budget_tokens=budget_tokens, subjects=subjects, scopes=scopes
-        )
-
-    async def list(
-        self,
-        *,
-        scopes: Sequence[str] | None = None,
-        kinds: Sequence[str] | None = None,
-        subjects: Sequence[str] | None = None,
-        as_of: datetime | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> MemoryPage:
-        return await self.client.list(  # GET /v1/memories: paged, no cap
-            scopes=scopes, kinds=kinds, subjects=subjects, as_of=as_of, limit=limit, cursor=cursor
         )
