@@ -547,14 +547,10 @@ class MembusStore(AsyncBatchedBaseStore):
     ) -> AsyncGenerator[Memory, None]:
         """Every memory of ``filters`` this identity may read, newest first, page by page."""
         cursor: str | None = None
-        seen: set[str] = set()
         while True:
             got = await self.port.list_memories(limit=page, cursor=cursor, as_of=as_of, **filters)
-            for m in got.memories:
-                # a memory within float rounding of a page boundary can come on both pages
-                if m.id not in seen:
-                    seen.add(m.id)
-                    yield m
+            for m in got.memories:  # the cursor returns each memory once (bus.memories)
+                yield m
             if got.cursor is None:
                 return
             cursor = got.cursor
