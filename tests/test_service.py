@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import httpx
+import orjson
 import pytest
 import uvicorn
 from starlette.types import ASGIApp
@@ -543,6 +544,64 @@ async def test_sse_follows_changes_and_resumes_from_a_position(
                     for e, _, d in events
                     if e == "change"
                 ] == ["c1", "c2"]
+
+
+async def sse_events(resp: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+    """(event, data) of each SSE event with data, until the stream ends."""
+    cur: dict[str, str] = {}
+    async for line in resp.aiter_lines():
+        if line:
+            name, _, value = line.partition(": ")
+            cur[name] = value
+            continue
+        if "data" in cur:
+            yield cur.get("event", "message"), cur["data"]
+        cur = {}
+
+
+@pytest.mark.slow
+async def test_a_revoked_key_loses_the_change_stream_it_opened(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Attack: a key is revoked while its stream is open. Its next request is refused (the keys
+    file is read again), and the stream it opened must not go on carrying changes: it ends with
+    an ``unauthenticated`` error event, and nothing published afterwards reaches it, whether the
+    stream was idle or busy when the key went."""
+    keys_file = tmp_path / "keys.json"
+    entries = [
+        {"sha256": hash_key(ALICE), "agent": "alice", "tenant": "acme"},
+        {"sha256": hash_key(BOB), "agent": "bob", "tenant": "acme"},
+    ]
+    keys_file.write_text(orjson.dumps({"keys": entries}).decode())
+    keys = ApiKeys.from_file(keys_file)
+    keys.reload_s = 0.05
+    async with opened(tmp_path / "bus", redis_url) as bus:
+        app = create_app(bus, keys, Limits(sse_keepalive_s=30))  # no keepalive in the window
+        async with running(app) as url, httpx.AsyncClient(base_url=url) as h:
+            events: list[tuple[str, str]] = []
+            async with h.stream(
+                "GET", "/v1/changes", params={"scopes": "team/a"}, headers=auth(BOB)
+            ) as resp:
+                body = {"content": "before the revocation", "scope": "team/a"}
+                await h.post("/v1/publish", json=body, headers=auth(ALICE))
+                stream = sse_events(resp)
+                with anyio.fail_after(20):
+                    async for event in stream:
+                        events.append(event)
+                        if event[0] == "change":
+                            break
+                    # bob's key goes while his stream is idle
+                    keys_file.write_text(orjson.dumps({"keys": entries[:1]}).decode())
+                    await anyio.sleep(0.2)
+                    r = await h.get("/v1/whoami", headers=auth(BOB))
+                    assert r.status_code == 401
+                    body = {"content": "after the revocation", "scope": "team/a"}
+                    await h.post("/v1/publish", json=body, headers=auth(ALICE))
+                    events += [e async for e in stream]  # to its end: the stream must end
+    contents = [orjson.loads(d)["content"] for e, d in events if e == "change"]
+    assert contents == ["before the revocation"]
+    assert events[-1][0] == "error"
+    assert orjson.loads(events[-1][1])["error"]["code"] == "unauthenticated"
 
 
 @pytest.mark.slow

@@ -397,6 +397,7 @@ def create_app(
         tags=["read"],
     )
     async def changes(
+        request: Request,
         who: Caller,
         scopes: Annotated[list[WireScope] | None, Query(description="subtree roots")] = None,
         start: Annotated[
@@ -434,7 +435,22 @@ def create_app(
         feed = bus.subscribe(who.identity, scopes, start=start, group=group, until_now=until_now)
         gauge = svc.metrics.subscribers.labels(who.tenant)
         gauge.inc()
-        return ChangeStream(feed, start, svc.limits.sse_keepalive_s, on_close=gauge.dec)
+        key = presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+        def still_valid() -> None:
+            # the key is read again from the keys file (at most every reload_s): a revoked or
+            # rotated key ends the stream it opened, as it would fail its next request
+            if svc.auth.authenticate(key).identity != who.identity:
+                raise Unauthenticated("the API key now names another agent")
+
+        return ChangeStream(
+            feed,
+            start,
+            svc.limits.sse_keepalive_s,
+            on_close=gauge.dec,
+            still_valid=still_valid,
+            recheck_s=svc.auth.reload_s,
+        )
 
     @app.post("/v1/forget", responses=ERRORS, tags=["write"])
     async def forget_(req: ForgetRequest, who: Caller) -> ErasureReport:

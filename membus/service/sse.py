@@ -10,7 +10,10 @@ The stream opens with ``event: open`` whose ``id`` is the concrete position it s
 ``$`` start is resolved to the current end first), so a client that reconnects with the last id it
 saw, even before any change arrived, misses nothing. Comments (``: keepalive``) keep idle
 connections open through proxies. If Redis fails mid-stream, the status is already sent, so the
-error arrives as ``event: error`` with the usual error JSON, and the stream ends.
+error arrives as ``event: error`` with the usual error JSON, and the stream ends. The same happens
+when the key that opened the stream stops being valid (``membus keys revoke`` or ``rotate``): the
+key is checked again before every change and every ``recheck_s`` while idle, so a revoked key's
+open stream ends within about that long, like its next request would be refused.
 """
 
 from __future__ import annotations
@@ -77,7 +80,11 @@ class ChangeStream(Response):
         start: str,
         keepalive_s: float,
         on_close: Callable[[], None] = lambda: None,
+        still_valid: Callable[[], None] = lambda: None,
+        recheck_s: float = 1.0,
     ) -> None:
+        """``still_valid`` raises a ``MembusError`` once the caller may no longer read the
+        stream (its key revoked); it is called before each change and every ``recheck_s``."""
         # not Response.__init__: it would declare "content-length: 0" for a body-less response
         self.status_code, self.background = 200, None
         self.raw_headers = [
@@ -91,6 +98,7 @@ class ChangeStream(Response):
             keepalive_s,
             on_close,
         )
+        self.still_valid, self.recheck_s = still_valid, recheck_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         lock = anyio.Lock()
@@ -103,6 +111,7 @@ class ChangeStream(Response):
         async def pump(cancel: anyio.CancelScope) -> None:
             try:
                 async for change in self.changes:
+                    self.still_valid()  # a change never goes out on a revoked key
                     await emit(sse("change", change.model_dump_json().encode(), change.position))
             except MembusError as exc:
                 await emit(sse("error", orjson.dumps(error_body(exc))))
@@ -117,6 +126,17 @@ class ChangeStream(Response):
             while True:
                 await anyio.sleep(self.keepalive_s)
                 await emit(b": keepalive\n\n")
+
+        async def recheck(cancel: anyio.CancelScope) -> None:
+            # an idle stream on a revoked key must end too, not only a busy one
+            while True:
+                await anyio.sleep(self.recheck_s)
+                try:
+                    self.still_valid()
+                except MembusError as exc:
+                    await emit(sse("error", orjson.dumps(error_body(exc))))
+                    cancel.cancel()
+                    return
 
         async def disconnect(cancel: anyio.CancelScope) -> None:
             nonlocal gone
@@ -133,6 +153,7 @@ class ChangeStream(Response):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(pump, tg.cancel_scope)
                 tg.start_soon(keepalive)
+                tg.start_soon(recheck, tg.cancel_scope)
                 tg.start_soon(disconnect, tg.cancel_scope)
             if not gone:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
