@@ -4,9 +4,12 @@ under one directory; closing and reopening (even after the host is SIGKILLed) lo
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import pytest
 
 import membus
 from membus.core.config import MembusConfig, PolicyConfig, RankingConfig, WorkerConfig
-from membus.errors import Conflict
+from membus.errors import Conflict, Unavailable
 from membus.runtime.embedded import socket_path
 from membus.store.port import point_id
 
@@ -82,6 +85,30 @@ async def test_long_paths_fall_back_to_a_short_socket(tmp_path: Path) -> None:
     assert not sock.exists()
     async with membus.open(root, NO_WRITERS) as bus:
         assert await bus.store.count("acme") == 1
+
+
+def test_a_squatted_socket_directory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: another local user creates the short socket's directory first (world-writable,
+    or a link to a place they control) to put their own server at the predictable socket name.
+    A long data directory's socket only goes into a directory that is this user's, 0700, and
+    not a link; anything else is refused with a typed error before a socket is used."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "redis"
+    private = tmp_path / f"membus-{os.getuid()}"
+    sock = socket_path(deep)
+    assert sock.parent == private and stat.S_IMODE(private.stat().st_mode) == 0o700
+
+    private.chmod(0o777)  # opened up to everyone
+    with pytest.raises(Unavailable, match="0700"):
+        socket_path(deep)
+    private.rmdir()
+    elsewhere = tmp_path / "attacker"
+    elsewhere.mkdir(mode=0o700)
+    private.symlink_to(elsewhere)  # a link, even to a 0700 directory
+    with pytest.raises(Unavailable, match="0700"):
+        socket_path(deep)
 
 
 _HOST = """

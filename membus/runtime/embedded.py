@@ -8,10 +8,13 @@ process does not leave an orphan; if one survives anyway, the next open adopts i
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -48,12 +51,33 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 
 def socket_path(directory: Path, name: str = "redis.sock") -> Path:
-    """``directory/name``, or a short path in the temp dir when that is too long for a socket."""
+    """``directory/name``, or a short path in this user's private directory under the temp dir
+    when that is too long for a socket (see ``private_socket_dir``)."""
     sock = directory / name
     if len(str(sock)) <= _MAX_SOCKET_PATH:
         return sock
     digest = hashlib.sha1(str(sock).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"membus-{digest}.sock"
+    return private_socket_dir() / f"membus-{digest}.sock"
+
+
+def private_socket_dir() -> Path:
+    """``<tmp>/membus-<uid>``, created 0700, for sockets whose own path would be too long.
+
+    The socket's name there is predictable (a digest of the data directory), so in a shared
+    temp dir another local user could create it first and have a bus talk to their server:
+    the directory must be this user's own, with no access for anyone else, and not a link.
+    """
+    where = Path(tempfile.gettempdir()) / f"membus-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        where.mkdir(mode=0o700)
+    st = os.lstat(where)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise Unavailable(
+            f"{where} must be a directory owned by this user with mode 0700 (it holds the "
+            "sockets of data directories whose paths are too long for a socket); remove it "
+            "or use a shorter data directory path"
+        )
+    return where
 
 
 class EmbeddedRedis:
