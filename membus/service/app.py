@@ -811,7 +811,12 @@ async def serve(
                 if server.should_exit:
                     return
                 await anyio.sleep(0.02)
+            # a SIGTERM during start-up (a supervisor stopping the whole process group) can
+            # close the listening sockets between "started" and here: nothing is ready then
+            sockets = [sock for srv in server.servers for sock in srv.sockets]
+            if server.should_exit or not sockets:
+                return
             if on_ready is not None:
-                bound = server.servers[0].sockets[0].getsockname()
+                bound = sockets[0].getsockname()
                 shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
                 on_ready(f"http://{shown}:{bound[1]}")
