@@ -71,6 +71,27 @@ def test_mem0_peer_is_skipped_with_a_message_when_not_installed(
     assert "mem0ai is not installed" in capsys.readouterr().err
 
 
+def test_peer_ratios_put_membus_beside_mem0_from_the_same_run() -> None:
+    """The README's Mem0 rows are ratios of figures from one run: ingest over Mem0's add rate,
+    Mem0's search p50 over membus's recall p50, RSS against RSS; no ratio without a peer run."""
+    res = {
+        "ingest_events_per_s": 120.0,
+        "recall_p50_ms": 10.0,
+        "rss_mb": 700.0,
+        "targets": {"query_embed_p50_le_8ms": True},
+        "peer": {"ran": True, "add_per_s": 30.0, "search_p50_ms": 150.0, "rss_mb": 800.0},
+    }
+    out = workloads.peer_ratios(res)
+    assert (out["peer_ingest_ratio"], out["peer_search_p50_speedup"]) == (4.0, 15.0)
+    assert out["targets"] == {
+        "query_embed_p50_le_8ms": True,
+        "ingest_ge_3x_mem0": True,
+        "search_p50_ge_10x_faster_than_mem0": True,
+        "rss_le_mem0": True,
+    }
+    assert workloads.peer_ratios({**res, "peer": {"ran": False, "skipped": "no"}}) == {}
+
+
 ONE_SCOPE_KEYS = (
     "ingest_events_per_s",
     "raw_upsert_points_per_s",

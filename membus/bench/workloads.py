@@ -69,6 +69,8 @@ TARGET_BUILD_RECALL_MAX_MS = 100.0
 TARGET_CPU_RATIO = 2.5
 TARGET_SEMANTIC_INGEST_RATIO = 0.85
 TARGET_QUERY_EMBED_P50_MS = 8.0
+TARGET_PEER_INGEST_RATIO = 3.0  # membus ingest over Mem0 add(infer=False), consolidation included
+TARGET_PEER_SEARCH_SPEEDUP = 10.0  # Mem0 search p50 over membus recall p50
 READER = "bench-reader"
 _VECTOR = "dense"
 
@@ -444,6 +446,27 @@ async def semantic(
     }
 
 
+def peer_ratios(res: dict[str, Any]) -> dict[str, Any]:
+    """membus beside Mem0 from the same run: ingest over Mem0's add rate, Mem0's search p50
+    over membus's recall p50 (how many times faster membus answers), and the targets."""
+    peer = res.get("peer") or {}
+    if not peer.get("ran") or not peer.get("add_per_s") or not res.get("recall_p50_ms"):
+        return {}
+    ingest = res["ingest_events_per_s"] / peer["add_per_s"]
+    speedup = peer["search_p50_ms"] / res["recall_p50_ms"]
+    targets = dict(res.get("targets") or {})
+    targets["ingest_ge_3x_mem0"] = ingest >= TARGET_PEER_INGEST_RATIO
+    targets["search_p50_ge_10x_faster_than_mem0"] = speedup >= TARGET_PEER_SEARCH_SPEEDUP
+    if peer.get("rss_mb"):
+        targets["rss_le_mem0"] = res["rss_mb"] <= peer["rss_mb"]
+    return {
+        "peer_ingest_ratio": _r(ingest),
+        "peer_search_p50_speedup": _r(speedup),
+        "peer_rss_ratio": _r(res["rss_mb"] / peer["rss_mb"]) if peer.get("rss_mb") else 0.0,
+        "targets": targets,
+    }
+
+
 # -- the command ----------------------------------------------------------------------------------
 
 WORKLOADS = ("varied", "one-scope", "semantic")
@@ -490,6 +513,7 @@ def run_workload(
             result = anyio.run(semantic, root, plan, progress, runtime_name, threads, embedder_for)
             if peer == "mem0":
                 result["peer"] = run_peer(root / "mem0", plan, progress)
+                result.update(peer_ratios(result))
     if json_output:
         print(json.dumps(result), file=stdout, flush=True)
     else:
@@ -562,8 +586,13 @@ def workload_table(res: dict[str, Any]) -> Table:
                 peer["add_per_s"],
                 ">= 3x",
             )
-            row("peer: mem0 search p50, ms", res["recall_p50_ms"], peer["search_p50_ms"])
-            row("peer: RSS, MB", res["rss_mb"], peer["rss_mb"])
+            row(
+                "peer: mem0 search p50, ms (ratio: membus / mem0)",
+                res["recall_p50_ms"],
+                peer["search_p50_ms"],
+                "<= 0.1x",
+            )
+            row("peer: RSS, MB", res["rss_mb"], peer["rss_mb"], "<= 1x")
     row("RSS, all processes, MB", res["rss_mb"], None)
     row("disk, allocated MB (apparent)", res["disk_mb"], res["disk_apparent_mb"])
     return table
