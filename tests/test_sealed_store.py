@@ -4,6 +4,7 @@ shredded no copy of the payload opens, whatever an attacker holding the files tr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -156,3 +157,33 @@ async def test_redis_keys_refuse_tombstoned_ids_and_destroy_leaves_no_copy(redis
         assert await keys.index_key("acme") != await keys.index_key("beta")
     finally:
         await redis.aclose()
+
+
+class CountingKeyStore(MemoryKeyStore):
+    """The in-memory key store, counting the fetches of existing keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetches = 0
+
+    async def data_keys(self, tenant: str, ids: Sequence[str], *, create: bool) -> dict[str, bytes]:
+        self.fetches += not create
+        return await super().data_keys(tenant, ids, create=create)
+
+
+@pytest.mark.slow
+async def test_a_batch_search_opens_every_hit_with_one_key_fetch(tmp_path: Path) -> None:
+    """The near-duplicate pass searches once per queued slot: the hits of the whole batch are
+    opened with one key fetch (not one each), and each query still gets its own hits, opened,
+    with a shredded memory dropped from its query alone."""
+    keys = CountingKeyStore()
+    store = SealedStore(EdgeStore(tmp_path / "store"), keys)
+    await store.open(META)
+    ms = [secret_memory(n) for n in range(3)]
+    await store.upsert(ms, rows([unit(n) for n in range(3)]))
+    await store.shred(TENANT, [ms[1].id])
+    keys.fetches = 0
+    found = await store.search_batch([(unit(n), flt()) for n in range(3)], 1, 0.5)
+    assert keys.fetches == 1
+    assert [[h.memory for h in hits] for hits in found] == [[ms[0]], [], [ms[2]]]
+    await store.close()

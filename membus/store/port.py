@@ -270,20 +270,17 @@ class Memory(BaseModel):
             "valid_to_ts": self.valid_to.timestamp() if self.valid_to else OPEN_END,
             **self._levels_payload(),
             NUMBERS: numbers_key(self.content),
-            "doc": orjson.dumps(
-                {
-                    "id": self.id,
-                    "content": self.content,
-                    "source_events": self.source_events,
-                    "created_at": self.created_at,
-                    "updated_at": self.updated_at,
-                    "metadata": self.metadata,
-                    "valid_from": self.valid_from,
-                    "valid_to": self.valid_to,
-                    "history": self.history,
-                },
-                option=orjson.OPT_UTC_Z,
-            ).decode(),
+        }
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "content": self.content,
+            "source_events": self.source_events,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "metadata": self.metadata,
+            "valid_from": self.valid_from,
+            "valid_to": self.valid_to,
+            "history": self.history,
         }
         if self.subject is not None:
             payload["subject"] = self.subject
@@ -293,7 +290,9 @@ class Memory(BaseModel):
             payload["slot"] = self.slot
         seal: Seal | None = self._private("_seal")
         if seal is not None:
-            self._seal_payload(payload, seal)
+            self._seal_payload(payload, doc, seal)
+        else:
+            payload["doc"] = orjson.dumps(doc, option=orjson.OPT_UTC_Z).decode()
         if self.metadata:
             rank_by = importance_of(self.metadata)
             if rank_by is not None:
@@ -308,12 +307,12 @@ class Memory(BaseModel):
         end = self.valid_to.timestamp() if self.valid_to else OPEN_END
         return dict.fromkeys(VALID_TO_AT, end)
 
-    def _seal_payload(self, payload: dict[str, Any], seal: Seal) -> None:
+    def _seal_payload(self, payload: dict[str, Any], doc: dict[str, Any], seal: Seal) -> None:
         """Everything that can carry personal data goes into the sealed document; the filterable
         copies become blind tokens (equal values stay equal, so filters still match)."""
-        doc = orjson.loads(payload["doc"])
-        doc |= {"subject": self.subject, "key": self.key, "slot": self.slot}
-        sealed = seal.seal(orjson.dumps(doc), aad_of(self.tenant, self.id))
+        # the document dumped once, sealed as it is (a write path step: no dump-load-dump)
+        doc = doc | {"subject": self.subject, "key": self.key, "slot": self.slot}
+        sealed = seal.seal(orjson.dumps(doc, option=orjson.OPT_UTC_Z), aad_of(self.tenant, self.id))
         payload["doc"] = orjson.dumps({"id": self.id, SEALED: sealed}).decode()
         payload[NUMBERS] = seal.blind(payload[NUMBERS])
         for name in ("subject", "key", "slot"):

@@ -176,7 +176,24 @@ class SealedStore:
         found: list[list[Hit]] = await inner.search_batch(
             [(v, await self._filter(f)) for v, f in queries], k, min_score
         )
-        return [await self._open_hits(f, hits) for (_, f), hits in zip(queries, found, strict=True)]
+        # the keys of every hit of a tenant in one fetch: a sweep asks one query per queued
+        # slot, and a key round trip each cost the near-duplicate pass more than its searches
+        by_tenant: dict[str, list[Memory]] = {}
+        for (_, f), hits in zip(queries, found, strict=True):
+            by_tenant.setdefault(f.tenant, []).extend(h.memory for h in hits)
+        opened = {t: iter(await self._open(t, ms)) for t, ms in by_tenant.items()}
+        out: list[list[Hit]] = []
+        for (_, f), hits in zip(queries, found, strict=True):
+            mine = opened[f.tenant]
+            out.append(
+                [
+                    # the opened document holds the full-clearance validity: project it again
+                    h.model_copy(update={"memory": m.seen_by(f.grant.clearance)})
+                    for h in hits
+                    if (m := next(mine)) is not None
+                ]
+            )
+        return out
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]:
         return [m for m in await self._open(tenant, await self.inner.get(tenant, ids)) if m]
