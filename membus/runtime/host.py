@@ -161,7 +161,8 @@ async def maintain_loop(
     activity: Callable[[], int] | None = None,
 ) -> None:
     """Index builds block the process, so run them only after writers have been quiet a while
-    (``activity``: a count that moves while they write; by default what they processed); the
+    (``activity``: a count that moves while they write; by default what they processed and the
+    near-duplicate slots they looked at); the
     TTL sweep (cheap, one ZRANGEBYSCORE per tenant when nothing expired) runs every round, and
     each tenant's one-time per-clearance rewrite (``membus.writer.relevel``) in the first."""
     last_total, quiet_since = -1, time.monotonic()
@@ -183,7 +184,9 @@ async def maintain_loop(
                     await expiry.sweep(c, tenant)
             except Exception as exc:  # housekeeping: logged, retried next round, never fatal
                 get_logger("membus.expiry").warning("expiry.failed", error=repr(exc))
-        total = activity() if activity else sum(w.processed for w in writers)
+        # the near-duplicate pass after a bulk ingest is writer work too: an index build
+        # started under it would compete with it for the cores
+        total = activity() if activity else sum(w.processed + w.neardup.swept for w in writers)
         if total != last_total:
             last_total, quiet_since = total, time.monotonic()
         elif time.monotonic() - quiet_since > 5.0:

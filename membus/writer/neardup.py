@@ -101,6 +101,7 @@ class NearDuplicates:
         # (block_ms, 200 ms by default) before the next sweep, or a backlog of n slots costs
         # n / limit of those waits: 20k queued slots after a bulk ingest spent a minute idle
         self.backlog = False
+        self.swept = 0  # slots looked at so far: housekeeping waits until this stops moving
         self._token = secrets.token_hex(8)
         self._log = get_logger("membus.neardup")
 
@@ -136,6 +137,7 @@ class NearDuplicates:
         merges = 0
         raw: Any = await self.redis.zrange(dirty_key(tenant), 0, limit - 1)
         queued = [str(x) for x in raw]
+        self.swept += len(queued)
         states = await self.c.ledger.read(tenant, queued)
         current = {s: _current(tenant, states[s], self.config) for s in queued}
         vectors = await self._stored(tenant, [m for m in current.values() if m is not None])
