@@ -4,6 +4,9 @@ build leaves the served shard as it was. Real Qdrant Edge; the build's child is 
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -193,3 +196,43 @@ async def test_a_failed_build_leaves_the_served_shard_intact(
     await store.optimize()
     assert edge_build.current(root).name == "shard-1"  # the failed one's name, freed again
     assert await store.count(TENANT) == len(saved) + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["copy", "build", "switch", "discard"])
+async def test_a_process_killed_at_each_step_loses_no_acknowledged_write(
+    tmp_path: Path, anyio_backend: str, step: str
+) -> None:
+    """Protects: SIGKILL of the store's process at each step of a build, with writes going on,
+    reopens on one complete generation holding every write it acknowledged (tests/edge_build_proc
+    halts there, so the kill lands exactly at the step)."""
+    root = tmp_path / "store"
+    acked = await anyio.to_thread.run_sync(_killed_at, root, step)
+    assert len(acked) >= 200
+    s = EdgeStore(root)
+    await s.open(META)
+    try:
+        got = {m.id for m in await s.get(TENANT, acked)}
+        assert got == set(acked)
+        assert await s.count(TENANT) >= len(acked)  # writes in flight at the kill may be there
+    finally:
+        await s.close()
+    assert len(_generations(root)) == 1
+
+
+def _killed_at(root: Path, step: str) -> list[str]:
+    """Run tests/edge_build_proc until it halts at ``step``, SIGKILL it; the ids it acknowledged."""
+    cmd = [sys.executable, "-m", "tests.edge_build_proc", str(root), step]
+    acked: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            word, _, rest = line.strip().partition(" ")
+            if word == "ack":
+                acked.append(rest)
+            elif word == "at":
+                assert rest == step
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return acked

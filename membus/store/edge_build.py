@@ -15,8 +15,10 @@ happens under the store's lock after the replay, and later writes go to the new 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from membus.errors import Unavailable
 POINTER = "current"
 FIRST = "shard"  # the generation of a store created before out-of-process builds, and of a new one
 _PREFIX = "shard-"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def current(root: Path) -> Path:
@@ -94,7 +97,7 @@ def _remove(path: Path) -> None:
 async def build(path: Path) -> None:
     """Build the index of the shard copy at ``path`` in a child process; ``Unavailable`` when
     the child fails (killed, out of disk): the copy is then worthless, the served shard intact."""
-    cmd = [sys.executable, "-m", "membus.store.edge_build", str(path)]
+    cmd = [sys.executable, "-m", "membus.store.edge_build", str(path), str(os.getpid())]
     result = await anyio.run_process(cmd, check=False)
     if result.returncode != 0:
         tail = result.stderr.decode(errors="replace").strip().splitlines()[-3:]
@@ -110,15 +113,26 @@ def main(argv: list[str]) -> int:
     process shares the cores and its recalls come first."""
     import qdrant_edge as q
 
-    if len(argv) != 1:
-        sys.stderr.write("usage: python -m membus.store.edge_build SHARD_DIR\n")
+    if len(argv) != 2:
+        sys.stderr.write("usage: python -m membus.store.edge_build SHARD_DIR PARENT_PID\n")
         return 2
+    _die_with_parent(int(argv[1]))
     os.nice(10)
     shard = q.EdgeShard.load(argv[0])
     shard.optimize()
     shard.flush()
     shard.close()
     return 0
+
+
+def _die_with_parent(parent: int) -> None:
+    """A build that outlives its store's process would go on writing into a generation the next
+    open removes, and a later build may name anew: the kernel kills it with its parent."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
