@@ -6,8 +6,9 @@ of the time and run behind one lock: searches and upserts on the caller's thread
 free, anything else in a worker thread. ``optimize()`` (the HNSW build) holds the GIL for its
 whole run, so it is never called on a request path: ``maintain()`` runs it only when asked (idle
 time in the embedded runtime, or ``membus optimize``), and it runs in a child process on a copy of
-the shard that then replaces the served one (``membus.store.edge_build``): reads go on throughout,
-writes pause only while the shard is copied and while the built copy catches up.
+the shard that then replaces the served one (``membus.store.edge_build``): reads go on throughout
+but for loading the built shard (that too holds the GIL: ~0.3 s at 20k points), writes pause only
+while the shard is copied and while the built copy catches up.
 
 Hybrid recall (``membus.store.sparse``): every point also carries a BM25 sparse vector of its
 content, declared with Edge's IDF modifier. A search with ``text`` runs a dense and a lexical
@@ -485,7 +486,7 @@ class EdgeStore:
             finally:
                 await anyio.to_thread.run_sync(self._resume)
             await edge_build.build(target)
-            # loading a built shard holds the GIL too (~0.2 s at 20k points), but not the lock
+            # loading a built shard holds the GIL too (~0.3 s at 20k points), but not the lock
             built = await anyio.to_thread.run_sync(q.EdgeShard.load, str(target))
         except BaseException as exc:
             self._replay = None
