@@ -503,8 +503,9 @@ class EdgeStore:
                 await anyio.to_thread.run_sync(_close_quietly, built)
                 await anyio.to_thread.run_sync(edge_build.discard, target)
             raise
-        with anyio.CancelScope(shield=True):  # the new shard is served: tidy up the old one
-            await anyio.to_thread.run_sync(_close_quietly, old)
+        with anyio.CancelScope(shield=True):  # the new shard is current: tidy up the old one
+            if old is not None:
+                await anyio.to_thread.run_sync(_close_quietly, old)
             await anyio.to_thread.run_sync(edge_build.discard, served)
         self._log.info("edge.index_built", path=str(root), generation=target.name)
 
@@ -517,9 +518,10 @@ class EdgeStore:
         self._gate.notify_all()
 
     def _catch_up_and_swap(self, built: Any, target: Path) -> Any:
-        """Replay onto ``built`` the updates made since the copy: most of them outside the lock
-        (reads and writes go on), the last few under it, then switch to it. Returns the shard it
-        replaced, to close."""
+        """Replay onto ``built`` the updates made since the copy (most while writes go on, the
+        last few with writes paused), switch to it and serve it; reads go on, on the old shard,
+        until the swap itself. Returns the shard it replaced, to close (None if the store was
+        closed meanwhile)."""
         done = 0
         while True:
             replay = self._replay
@@ -535,12 +537,26 @@ class EdgeStore:
         with self._lock:
             if self._shard is None or self._replay is None:
                 raise Unavailable("edge store is closed")
-            for op in self._replay[done:]:
+            self._paused = True  # no write is in flight: each holds the lock through _update
+            rest = self._replay[done:]
+        try:
+            for op in rest:
                 built.update(op)
             built.flush()  # the switch below must name a shard with every acknowledged write
             edge_build.switch(self._path, target)
-            old, self._shard, self._replay = self._shard, built, None
-            self._idf.clear()  # merging segments may drop deleted points from the statistics
+        except BaseException:
+            if edge_build.current(self._path) != target:  # else the switch is made: serve it
+                self._resume()
+                raise
+        with self._lock:
+            old = self._shard
+            if old is None:  # closed meanwhile: ``built`` is current on disk, flushed
+                built.close()
+            else:
+                self._shard = built
+                self._idf.clear()  # merging segments may drop deleted points from statistics
+            self._replay = None
+            self._resume_locked()
         return old
 
     async def flush(self) -> None:
