@@ -4,6 +4,7 @@ build leaves the served shard as it was. Real Qdrant Edge; the build's child is 
 
 from __future__ import annotations
 
+import errno
 import signal
 import subprocess
 import sys
@@ -166,10 +167,11 @@ async def test_crash_after_the_switch_reopens_on_the_new_shard(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("failure", ["child", "disk"])
 async def test_a_failed_build_leaves_the_served_shard_intact(
-    store: EdgeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: EdgeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
-    """Protects: when the child fails (here its copy vanished, as after running out of disk)
+    """Protects: when the child fails (its copy vanished under it) or the copy runs out of disk,
     optimize raises Unavailable, maintain logs it, the store serves and takes writes as before,
     nothing is left on disk, and the next build succeeds."""
     saved = await fill(store, [mem(i) for i in range(40)])
@@ -178,6 +180,8 @@ async def test_a_failed_build_leaves_the_served_shard_intact(
 
     def copy_then_lose(src: Path, dst: Path) -> None:
         real_copy(src, dst)
+        if failure == "disk":
+            raise OSError(errno.ENOSPC, "No space left on device")
         edge_build.discard(dst)
 
     monkeypatch.setattr(edge_build, "copy", copy_then_lose)

@@ -30,7 +30,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import numpy as np
@@ -38,7 +38,7 @@ import qdrant_edge as q
 
 from membus.core.logs import get_logger
 from membus.embed.port import Vectors
-from membus.errors import Conflict, InvalidInput, StoreLocked, Unavailable
+from membus.errors import Conflict, InvalidInput, MembusError, StoreLocked, Unavailable
 from membus.store import edge_build, formula, relevance, sparse
 from membus.store.edge_query import Row, filter_of, ranked, rows
 from membus.store.filters import FilterSpec, corpus_spec, spec, tenant_spec
@@ -492,17 +492,15 @@ class EdgeStore:
             self._replay = None
             with anyio.CancelScope(shield=True):  # else the next open removes it
                 await anyio.to_thread.run_sync(edge_build.discard, target)
-            if isinstance(exc, OSError):  # the copy: out of disk, most likely
-                raise Unavailable(f"index build could not copy {served}: {exc}") from exc
-            raise
+            _raise_build_failed(exc, served)
         try:
             old = await anyio.to_thread.run_sync(self._catch_up_and_swap, built, target)
-        except BaseException:
+        except BaseException as exc:
             self._replay = None
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_close_quietly, built)
                 await anyio.to_thread.run_sync(edge_build.discard, target)
-            raise
+            _raise_build_failed(exc, served)
         with anyio.CancelScope(shield=True):  # the new shard is current: tidy up the old one
             if old is not None:
                 await anyio.to_thread.run_sync(_close_quietly, old)
@@ -580,6 +578,17 @@ class EdgeStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _raise_build_failed(exc: BaseException, served: Path) -> NoReturn:
+    """Raise what a failed build tells its caller: ``Unavailable`` (the served shard is intact,
+    a later build may work) unless it is ours already or a cancellation."""
+    if isinstance(exc, MembusError) or not isinstance(exc, Exception):
+        raise exc
+    raise Unavailable(
+        f"index build of {served} failed ({exc}); the store keeps serving it; check free disk, "
+        "then run `membus optimize` again"
+    ) from exc
 
 
 def _close_quietly(shard: Any) -> None:
