@@ -7,8 +7,9 @@ free, anything else in a worker thread. ``optimize()`` (the HNSW build) holds th
 whole run, so it is never called on a request path: ``maintain()`` runs it only when asked (idle
 time in the embedded runtime, or ``membus optimize``), and it runs in a child process on a copy of
 the shard that then replaces the served one (``membus.store.edge_build``): reads go on throughout
-but for loading the built shard (that too holds the GIL: ~0.3 s at 20k points), writes pause only
-while the shard is copied and while the built copy catches up.
+but for loading the built shard and closing the old one (both hold the GIL: ~0.3 s at 20k points,
+about a second each at 100k), writes pause only while the shard is copied and while the built copy
+catches up.
 
 Hybrid recall (``membus.store.sparse``): every point also carries a BM25 sparse vector of its
 content, declared with Edge's IDF modifier. A search with ``text`` runs a dense and a lexical
