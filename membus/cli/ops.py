@@ -90,7 +90,7 @@ def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
 
 
 def optimize(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
-    """Build the Qdrant Edge HNSW index now (blocks this process while it runs)."""
+    """Build the Qdrant Edge HNSW index now (in a child process, on a copy of the shard)."""
     from membus.embed.registry import embedder_for
     from membus.runtime.host import make_store
     from membus.store.port import StoreMeta

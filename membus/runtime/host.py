@@ -160,11 +160,11 @@ async def maintain_loop(
     stop: anyio.Event,
     activity: Callable[[], int] | None = None,
 ) -> None:
-    """Index builds block the process, so run them only after writers have been quiet a while
-    (``activity``: a count that moves while they write; by default what they processed and the
-    near-duplicate slots they looked at); the
-    TTL sweep (cheap, one ZRANGEBYSCORE per tenant when nothing expired) runs every round, and
-    each tenant's one-time per-clearance rewrite (``membus.writer.relevel``) in the first."""
+    """Index builds take the cores and pause writes while they copy the shard, so run them only
+    after writers have been quiet a while (``activity``: a count that moves while they write; by
+    default what they processed and the near-duplicate slots they looked at); the TTL sweep
+    (cheap, one ZRANGEBYSCORE per tenant when nothing expired) runs every round, and each
+    tenant's one-time per-clearance rewrite (``membus.writer.relevel``) in the first."""
     last_total, quiet_since = -1, time.monotonic()
     levelled: set[str] = set()  # tenants whose keyed slots carry per-clearance validity
     while not stop.is_set():

@@ -1,0 +1,139 @@
+"""The Edge HNSW build, out of process: the files of a store's shard generations and the child.
+
+``EdgeShard.optimize()`` holds the GIL for its whole run (seconds at 20k points, a minute at
+100k), so a build in the serving process answers nothing meanwhile. ``EdgeStore.optimize``
+instead copies the shard into a new generation directory (``shard-<n>``) while writes are
+paused (reads go on: they change no file), has a child process (this module's ``main``) build
+the index there, loads the result, replays onto it the updates made since the copy, and makes it
+current. Which directory is current is the one name in the ``current`` file, replaced atomically
+(tmp + rename); a store without that file is on ``shard``, as every store was before builds moved
+out. A crash at any instant leaves the pointer naming a complete shard that holds every
+acknowledged write: before the switch the old shard is current and took every write; the switch
+happens under the store's lock after the replay, and later writes go to the new shard only.
+``clean`` removes what a crash left (a half-built generation, the old one) at the next open.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+
+from membus.errors import Unavailable
+
+POINTER = "current"
+FIRST = "shard"  # the generation of a store created before out-of-process builds, and of a new one
+_PREFIX = "shard-"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def current(root: Path) -> Path:
+    """The shard directory the store serves."""
+    pointer = root / POINTER
+    return root / (pointer.read_text().strip() if pointer.exists() else FIRST)
+
+
+def clean(root: Path) -> list[str]:
+    """Remove every shard generation but the current one (a build a crash interrupted, an old
+    generation not yet deleted) and a pointer left half-written; the names removed."""
+    keep = current(root).name
+    gone: list[str] = []
+    for entry in root.iterdir():
+        stale_gen = entry.is_dir() and (entry.name == FIRST or entry.name.startswith(_PREFIX))
+        if (stale_gen and entry.name != keep) or entry.name == f"{POINTER}.tmp":
+            _remove(entry)
+            gone.append(entry.name)
+    return gone
+
+
+def next_generation(root: Path) -> Path:
+    """A fresh directory name for the next build, after every generation on disk."""
+    gens = [int(p.name[len(_PREFIX) :]) for p in root.glob(f"{_PREFIX}*") if _numbered(p.name)]
+    return root / f"{_PREFIX}{max(gens, default=0) + 1}"
+
+
+def _numbered(name: str) -> bool:
+    return name[len(_PREFIX) :].isdigit()
+
+
+def copy(src: Path, dst: Path) -> None:
+    """Copy a closed or flushed shard with no write in flight (the caller pauses writes)."""
+    _remove(dst)
+    shutil.copytree(src, dst)
+
+
+def switch(root: Path, generation: Path) -> None:
+    """Make ``generation`` current, atomically and durably: a crash leaves the old or the new."""
+    tmp = root / f"{POINTER}.tmp"
+    with tmp.open("w") as f:
+        f.write(generation.name)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(root / POINTER)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself
+    finally:
+        os.close(fd)
+
+
+def discard(path: Path) -> None:
+    """Delete a generation no longer served (a failed build, the one a switch replaced)."""
+    _remove(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+async def build(path: Path) -> None:
+    """Build the index of the shard copy at ``path`` in a child process; ``Unavailable`` when
+    the child fails (killed, out of disk): the copy is then worthless, the served shard intact."""
+    cmd = [sys.executable, "-m", "membus.store.edge_build", str(path), str(os.getpid())]
+    result = await anyio.run_process(cmd, check=False)
+    if result.returncode != 0:
+        tail = result.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise Unavailable(
+            f"index build of {path} failed (exit {result.returncode}): {' | '.join(tail)}; "
+            "the store keeps serving its current shard; check free disk and memory, then run "
+            "`membus optimize` again"
+        )
+
+
+def main(argv: list[str]) -> int:
+    """The child: load the copy, build its indexes, flush, close. Runs niced: the serving
+    process shares the cores and its recalls come first."""
+    import qdrant_edge as q
+
+    if len(argv) != 2:
+        sys.stderr.write("usage: python -m membus.store.edge_build SHARD_DIR PARENT_PID\n")
+        return 2
+    _die_with_parent(int(argv[1]))
+    os.nice(10)
+    shard = q.EdgeShard.load(argv[0])
+    shard.optimize()
+    shard.flush()
+    shard.close()
+    return 0
+
+
+def _die_with_parent(parent: int) -> None:
+    """A build that outlives its store's process would go on writing into a generation the next
+    open removes, and a later build may name anew: the kernel kills it with its parent."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,242 @@
+"""The Edge index build out of process (membus.store.edge_build): the served shard keeps every
+acknowledged write through a build, a crash at any step reopens on a complete shard, and a failed
+build leaves the served shard as it was. Real Qdrant Edge; the build's child is a real process."""
+
+from __future__ import annotations
+
+import errno
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from membus.errors import Unavailable
+from membus.store import edge_build
+from membus.store.edge import EdgeStore
+from membus.store.port import Memory
+from tests.conformance import META, TENANT, fill, flt, mem, ray, rows, unit
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def store(tmp_path: Path, anyio_backend: str) -> AsyncIterator[EdgeStore]:
+    s = EdgeStore(tmp_path / "store")
+    await s.open(META)
+    yield s
+    await s.close()
+
+
+async def _answers(store: EdgeStore, ids: list[str]) -> tuple[Any, ...]:
+    """What search, get, count and browse say: equal before and after a build."""
+    found = []
+    for i in range(6):
+        hits = await store.search(ray(i), flt(), 20)
+        found.append([(h.memory.id, round(h.score, 5)) for h in hits])
+    got = sorted(await store.get(TENANT, ids), key=lambda m: m.id)
+    browsed = [m.id for m in await store.browse(flt(), 50)]
+    return found, got, await store.count(), await store.count(TENANT), browsed
+
+
+def _generations(root: Path) -> set[str]:
+    return {p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("shard")}
+
+
+@pytest.mark.slow
+async def test_build_swaps_in_an_equal_shard(store: EdgeStore, tmp_path: Path) -> None:
+    """Protects: after a build the store answers every read as before, from the new generation,
+    and the old one is gone."""
+    saved = await fill(store, [mem(i) for i in range(200)])
+    ids = [m.id for m in saved]
+    before = await _answers(store, ids)
+    await store.optimize()
+    root = tmp_path / "store"
+    assert edge_build.current(root).name == "shard-1"
+    assert _generations(root) == {"shard-1"}
+    assert await _answers(store, ids) == before
+
+
+@pytest.mark.slow
+async def test_writes_during_the_build_are_in_the_shard_after_the_swap(
+    store: EdgeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Protects: upserts and deletes acknowledged while the child builds (after the copy) are
+    replayed onto the built shard, more of them than the lock-free catch-up leaves for the swap,
+    and survive a reopen."""
+    first = await fill(store, [mem(i) for i in range(100)])
+    real_build = edge_build.build
+    during: list[Memory] = []
+
+    async def build_with_writes(path: Path) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(real_build, path)
+            for start in range(1000, 1150, 30):  # 150 new memories in batches
+                batch = [
+                    mem(i, content=f"written during the build {i}")
+                    for i in range(start, start + 30)
+                ]
+                await store.upsert(batch, rows([unit(i % 8) for i in range(len(batch))]))
+                during.extend(batch)
+            assert await store.delete(TENANT, [m.id for m in first[:20]]) == 20
+            assert await store.delete(TENANT, [m.id for m in during[:5]]) == 5
+            changed = mem(50, content="memory 50, changed during the build")
+            await store.upsert([changed], rows([unit(3)]))
+
+    monkeypatch.setattr(edge_build, "build", build_with_writes)
+    await store.optimize()
+
+    kept = first[20:50] + first[51:] + during[5:]
+    expected = {m.id: m for m in kept} | {
+        first[50].id: mem(50, content="memory 50, changed during the build")
+    }
+    everyone = [m.id for m in first + during]
+    ids = sorted(everyone)
+
+    async def check(s: EdgeStore) -> None:
+        got = {m.id: m for m in await s.get(TENANT, ids)}
+        assert got == expected
+        assert await s.count(TENANT) == len(expected)
+
+    await check(store)
+    assert edge_build.current(tmp_path / "store").name == "shard-1"
+    await store.close()
+    again = EdgeStore(tmp_path / "store")
+    await again.open(META)
+    try:
+        await check(again)
+    finally:
+        await again.close()
+
+
+async def _filled_and_closed(root: Path) -> list[Memory]:
+    s = EdgeStore(root)
+    await s.open(META)
+    saved = await fill(s, [mem(i) for i in range(30)])
+    await s.close()
+    return saved
+
+
+async def _reopened_holds(root: Path, saved: list[Memory]) -> None:
+    s = EdgeStore(root)
+    await s.open(META)
+    try:
+        assert await s.count(TENANT) == len(saved)
+        got = await s.get(TENANT, [m.id for m in saved])
+        assert sorted(got, key=lambda m: m.id) == sorted(saved, key=lambda m: m.id)
+        await fill(s, [mem(99)])  # and it takes writes
+        assert await s.count(TENANT) == len(saved) + 1
+    finally:
+        await s.close()
+
+
+@pytest.mark.slow
+async def test_crash_before_the_switch_reopens_on_the_old_shard(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """Protects: a crash after the copy (or mid-copy) but before the switch leaves the old shard
+    current, with every write, and the half-built copy is removed at open."""
+    root = tmp_path / "store"
+    saved = await _filled_and_closed(root)
+    edge_build.copy(root / "shard", root / "shard-1")
+    (root / "shard-2").mkdir()  # a copy cut short
+    (root / "shard-2" / "segments").mkdir()
+    (root / "current.tmp").write_text("shard-")  # a pointer write cut short
+    await _reopened_holds(root, saved)
+    assert _generations(root) == {"shard"}
+    assert not (root / "current.tmp").exists()
+
+
+@pytest.mark.slow
+async def test_crash_after_the_switch_reopens_on_the_new_shard(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """Protects: a crash after the switch but before the old generation is deleted reopens on
+    the new one, and the old one is removed at open."""
+    root = tmp_path / "store"
+    saved = await _filled_and_closed(root)
+    edge_build.copy(root / "shard", root / "shard-1")
+    edge_build.switch(root, root / "shard-1")
+    await _reopened_holds(root, saved)
+    assert _generations(root) == {"shard-1"}
+    assert edge_build.next_generation(root).name == "shard-2"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["child", "disk"])
+async def test_a_failed_build_leaves_the_served_shard_intact(
+    store: EdgeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """Protects: when the child fails (its copy vanished under it) or the copy runs out of disk,
+    optimize raises Unavailable, maintain logs it, the store serves and takes writes as before,
+    nothing is left on disk, and the next build succeeds."""
+    saved = await fill(store, [mem(i) for i in range(40)])
+    root = tmp_path / "store"
+    real_copy = edge_build.copy
+
+    def copy_then_lose(src: Path, dst: Path) -> None:
+        real_copy(src, dst)
+        if failure == "disk":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        edge_build.discard(dst)
+
+    monkeypatch.setattr(edge_build, "copy", copy_then_lose)
+    with pytest.raises(Unavailable, match="index build"):
+        await store.optimize()
+    monkeypatch.setattr(store, "_optimize_every", 1)
+    await store.maintain()  # logged, not raised
+    assert _generations(root) == {"shard"}
+    assert edge_build.current(root).name == "shard"
+    await fill(store, [mem(100)])
+    assert await store.count(TENANT) == len(saved) + 1
+    got = await store.get(TENANT, [m.id for m in saved])
+    assert sorted(got, key=lambda m: m.id) == sorted(saved, key=lambda m: m.id)
+
+    monkeypatch.setattr(edge_build, "copy", real_copy)
+    await store.optimize()
+    assert edge_build.current(root).name == "shard-1"  # the failed one's name, freed again
+    assert await store.count(TENANT) == len(saved) + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["copy", "build", "switch", "discard"])
+async def test_a_process_killed_at_each_step_loses_no_acknowledged_write(
+    tmp_path: Path, anyio_backend: str, step: str
+) -> None:
+    """Protects: SIGKILL of the store's process at each step of a build, with writes going on,
+    reopens on one complete generation holding every write it acknowledged (tests/edge_build_proc
+    halts there, so the kill lands exactly at the step)."""
+    root = tmp_path / "store"
+    acked = await anyio.to_thread.run_sync(_killed_at, root, step)
+    assert len(acked) >= 200
+    s = EdgeStore(root)
+    await s.open(META)
+    try:
+        got = {m.id for m in await s.get(TENANT, acked)}
+        assert got == set(acked)
+        assert await s.count(TENANT) >= len(acked)  # writes in flight at the kill may be there
+    finally:
+        await s.close()
+    assert len(_generations(root)) == 1
+
+
+def _killed_at(root: Path, step: str) -> list[str]:
+    """Run tests/edge_build_proc until it halts at ``step``, SIGKILL it; the ids it acknowledged."""
+    cmd = [sys.executable, "-m", "tests.edge_build_proc", str(root), step]
+    acked: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            word, _, rest = line.strip().partition(" ")
+            if word == "ack":
+                acked.append(rest)
+            elif word == "at":
+                assert rest == step
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return acked
