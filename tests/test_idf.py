@@ -5,11 +5,19 @@ after a write) is in the store conformance suite."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
+import anyio
+import pytest
+import qdrant_edge as q
 
 from membus.access.gate import ReadGrant
+from membus.store.edge import EdgeStore
+from membus.store.edge_query import filter_of
 from membus.store.filters import Cond, FilterSpec, RecallFilter, corpus_spec
 from membus.store.idf import IdfWeights, corpus_key
 from membus.store.sparse import SparseVec
+from tests.conformance import META, fill, flt, mem
 
 
 def test_weights_are_the_ratio_of_the_best_scores_and_absent_terms_drop_out() -> None:
@@ -73,3 +81,39 @@ def test_the_corpus_is_the_grant_not_the_request() -> None:
     assert corpus_spec(RecallFilter(tenant="t", grant=ReadGrant(all_scopes=False))) == FilterSpec(
         nothing=True
     )
+
+
+@pytest.mark.slow  # an Edge shard: about 2 s
+def test_the_probes_lean_corpus_filter_selects_the_same_memories(tmp_path: Path) -> None:
+    """The IDF probes filter the corpus with one-value matches where the grant names one scope
+    (``filter_of(lean=True)``, about twice as fast in Edge); it must hold exactly the points the
+    plain filter holds, or the corpus IDF (and every score) would change."""
+
+    async def run() -> None:
+        store = EdgeStore(tmp_path / "store")
+        await store.open(META)
+        scopes = ["team/a", "team/a/x", "team/ab", "team/b", "agent/c"]
+        others = [mem(i, scope=s, tenant="other") for i, s in enumerate(scopes)]
+        await fill(store, [mem(i, scope=s) for i, s in enumerate(scopes * 2)] + others)
+        grants = [
+            ReadGrant(include=["team/a"]),
+            ReadGrant(include=["team/a", "team/b"]),
+            ReadGrant(include=["team"], exclude=["team/a"]),
+            ReadGrant(exact=["team/ab"]),
+            ReadGrant(include=["team"], exclude_exact=["team/b"], clearance=1),
+            ReadGrant(all_scopes=True),
+        ]
+        shard = store._shard
+        for grant in grants:
+            corpus = corpus_spec(flt(grant=grant))
+            plain, lean = filter_of(corpus), filter_of(corpus, lean=True)
+            got = [
+                {str(r.id) for r in shard.scroll(q.ScrollRequest(limit=100, filter=f))[0]}
+                for f in (plain, lean)
+            ]
+            assert got[0] == got[1] and got[0], grant
+        one = corpus_spec(flt(grant=grants[0]))
+        assert repr(filter_of(one, lean=True)) != repr(filter_of(one))  # the lean form is used
+        await store.close()
+
+    anyio.run(run)

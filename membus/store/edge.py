@@ -248,7 +248,7 @@ class EdgeStore:
         probes the terms not cached yet, all in one batch. Holds ``_lock``."""
         key = corpus_key(corpus)
         missing = self._idf.missing(key, terms.indices)
-        within = filter_of(corpus)
+        within = filter_of(corpus, lean=True)
         if missing:
             probes: list[Any] = []
             for term in missing:
