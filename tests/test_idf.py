@@ -142,6 +142,7 @@ def test_idf_from_holder_counts_equals_the_engines_corpus_idf(
         got = []
         for holders in (4, 1):  # 4: rare terms counted, common ones asked; 1: all asked
             monkeypatch.setattr(edge, "_HOLDERS", holders)
+            monkeypatch.setattr(edge, "_HOLDERS_SHARE", 10**9)  # the corpus is tiny anyway
             store._idf.clear()
             got.append(store._weigh(corpus, query))
         (counted, asked_counted), (engine, asked_engine) = got

@@ -55,9 +55,12 @@ from membus.store.port import (
 
 T = TypeVar("T")
 _VECTOR = "dense"
-# a term fewer memories of the corpus hold gets its corpus IDF from their count (``_probe``):
-# finding them all costs ~0.1 ms, far below Edge's own corpus IDF
+# a term fewer memories of the corpus hold than this, or than the corpus size over
+# ``_HOLDERS_SHARE``, gets its corpus IDF from their count (``_probe``). Finding the holders costs
+# ~1 µs each, Edge's corpus IDF ~40 ns per memory of the corpus (20k, one-scope bench): a count
+# pays below about a 25th of the corpus; a 50th leaves a margin.
 _HOLDERS = 128
+_HOLDERS_SHARE = 50
 _META_FILE = "membus-store.json"
 
 
@@ -264,16 +267,17 @@ class EdgeStore:
     def _probe(self, key: str, terms: Sequence[int], within: q.Filter, size: int) -> None:
         """Learn each term's store-wide and corpus IDF. Asking Edge for a corpus IDF walks the
         whole corpus filter (~0.7 ms a batch at 20k memories, growing with the corpus), so it is
-        asked only for common terms: a term fewer than ``_HOLDERS`` readable memories hold gets
+        asked only for common terms: a term few readable memories hold (``_HOLDERS``) gets
         its corpus IDF from that count and the corpus size, by the formula Edge uses
         (``relevance.idf``), from two cheap searches under the corpus filter: its best point
         (the store-wide IDF times that point's term weight) and its holders. Holds ``_lock``."""
+        limit = max(_HOLDERS, size // _HOLDERS_SHARE)
         probes: list[Any] = []
         for term in terms:
             lone = q.Query.Nearest(q.SparseVector([term], [1.0]), using=sparse.VECTOR)
             probes += [
                 q.QueryRequest(limit=1, query=lone, filter=within, with_vector=[sparse.VECTOR]),
-                q.QueryRequest(limit=_HOLDERS, query=lone, filter=within),
+                q.QueryRequest(limit=limit, query=lone, filter=within),
             ]
         found = self._shard.query_batch(q.QueryBatchRequest(probes))
         common: list[tuple[int, float]] = []
@@ -283,7 +287,7 @@ class EdgeStore:
                 self._idf.learn(key, term, None, None)
                 continue
             tf = _term_weight(best[0].vector, term)
-            if len(holders) >= _HOLDERS or not tf:
+            if len(holders) >= limit or not tf:
                 common.append((term, best[0].score))
                 continue
             idf = relevance.idf(size, len(holders))
