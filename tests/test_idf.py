@@ -5,11 +5,20 @@ after a write) is in the store conformance suite."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
+import anyio
+import pytest
+import qdrant_edge as q
 
 from membus.access.gate import ReadGrant
+from membus.store import edge, sparse
+from membus.store.edge import EdgeStore
+from membus.store.edge_query import filter_of
 from membus.store.filters import Cond, FilterSpec, RecallFilter, corpus_spec
 from membus.store.idf import IdfWeights, corpus_key
 from membus.store.sparse import SparseVec
+from tests.conformance import META, fill, flt, mem
 
 
 def test_weights_are_the_ratio_of_the_best_scores_and_absent_terms_drop_out() -> None:
@@ -73,3 +82,75 @@ def test_the_corpus_is_the_grant_not_the_request() -> None:
     assert corpus_spec(RecallFilter(tenant="t", grant=ReadGrant(all_scopes=False))) == FilterSpec(
         nothing=True
     )
+
+
+@pytest.mark.slow  # an Edge shard: about 2 s
+def test_the_probes_lean_corpus_filter_selects_the_same_memories(tmp_path: Path) -> None:
+    """The IDF probes filter the corpus with one-value matches where the grant names one scope
+    (``filter_of(lean=True)``, about twice as fast in Edge); it must hold exactly the points the
+    plain filter holds, or the corpus IDF (and every score) would change."""
+
+    async def run() -> None:
+        store = EdgeStore(tmp_path / "store")
+        await store.open(META)
+        scopes = ["team/a", "team/a/x", "team/ab", "team/b", "agent/c"]
+        others = [mem(i, scope=s, tenant="other") for i, s in enumerate(scopes)]
+        await fill(store, [mem(i, scope=s) for i, s in enumerate(scopes * 2)] + others)
+        grants = [
+            ReadGrant(include=["team/a"]),
+            ReadGrant(include=["team/a", "team/b"]),
+            ReadGrant(include=["team"], exclude=["team/a"]),
+            ReadGrant(exact=["team/ab"]),
+            ReadGrant(include=["team"], exclude_exact=["team/b"], clearance=1),
+            ReadGrant(all_scopes=True),
+        ]
+        shard = store._shard
+        for grant in grants:
+            corpus = corpus_spec(flt(grant=grant))
+            plain, lean = filter_of(corpus), filter_of(corpus, lean=True)
+            got = [
+                {str(r.id) for r in shard.scroll(q.ScrollRequest(limit=100, filter=f))[0]}
+                for f in (plain, lean)
+            ]
+            assert got[0] == got[1] and got[0], grant
+        one = corpus_spec(flt(grant=grants[0]))
+        assert repr(filter_of(one, lean=True)) != repr(filter_of(one))  # the lean form is used
+        await store.close()
+
+    anyio.run(run)
+
+
+@pytest.mark.slow  # an Edge shard: about 2 s
+def test_idf_from_holder_counts_equals_the_engines_corpus_idf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Edge's own corpus IDF walks the whole corpus filter, so the probes count the holders of
+    a rare term instead and apply the engine's formula (``EdgeStore._probe``). Both ways must
+    give the same weights and the same ``asked`` (so the same scores), with memories outside the
+    grant and in another tenant holding the terms too, and memories of stop words only."""
+    words = ["lisbon office", "lisbon tram", "porto office", "the and of", "lisbon port wine"]
+
+    async def run() -> None:
+        store = EdgeStore(tmp_path / "store")
+        await store.open(META)
+        mine = [mem(i, scope="team/a", content=c) for i, c in enumerate(words * 3)]
+        outside = [mem(100 + i, scope="team/b", content=c) for i, c in enumerate(words[:2] * 4)]
+        other = [mem(200 + i, tenant="other", scope="team/a", content="lisbon") for i in range(9)]
+        await fill(store, mine + outside + other)
+        corpus = corpus_spec(flt(grant=ReadGrant(include=["team/a"])))
+        query = sparse.query("lisbon office wine tram zebra")
+        got = []
+        for holders in (4, 1):  # 4: rare terms counted, common ones asked; 1: all asked
+            monkeypatch.setattr(edge, "_HOLDERS", holders)
+            monkeypatch.setattr(edge, "_HOLDERS_SHARE", 10**9)  # the corpus is tiny anyway
+            store._idf.clear()
+            got.append(store._weigh(corpus, query))
+        (counted, asked_counted), (engine, asked_engine) = got
+        assert counted.indices == engine.indices and len(counted.indices) == 4  # zebra: absent
+        assert counted.values == pytest.approx(engine.values, rel=1e-6)
+        assert asked_counted is not None and asked_engine is not None
+        assert asked_counted.scale == pytest.approx(asked_engine.scale, rel=1e-6)
+        assert asked_counted.coverage == pytest.approx(asked_engine.coverage, rel=1e-6)
+        await store.close()
+
+    anyio.run(run)

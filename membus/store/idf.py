@@ -17,6 +17,12 @@ The same probes give what recall's scores need (``membus.store.relevance``): eac
 IDF (the corpus probe's best score over that point's term weight, which it returns), and the
 corpus size, for the IDF of a term no readable memory holds.
 
+Asking Edge for a corpus IDF walks the whole corpus filter once per batch, however few terms it
+asks about, and a fresh cache meets a new term on most queries. So only a common term is asked
+that way: a term fewer than a hundred-odd readable memories hold is found in all of them (a cheap
+search under the corpus filter) and its corpus IDF computed from that count and the corpus size
+by the engine's own formula (``relevance.idf``); the two agree to float rounding.
+
 Both IDFs change only when the store's set of points changes, so the cache is exact while nothing
 is written: the engine clears it on every write, under the lock its searches hold, so a search
 never combines weights from before a write with the store after it. Only an engine that sees
