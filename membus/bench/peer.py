@@ -2,7 +2,7 @@
 of membus) on the same texts, the same MiniLM weights and the same machine, in the same run.
 
 Mem0 is configured the way its self-hosted docs describe, offline: the huggingface embedder
-loading the bundled MiniLM directory (sentence-transformers on torch, one thread as membus's
+loading the bundled MiniLM directory (sentence-transformers on torch, as many threads as membus's
 embedder), its local Qdrant on disk,
 ``add(..., infer=False)`` (no LLM: each text stored as it is, as membus stores an event) and
 ``search``. Its telemetry is switched off before import. Without ``mem0ai`` the peer is skipped
@@ -33,8 +33,9 @@ def available() -> bool:
     return importlib.util.find_spec("mem0") is not None
 
 
-def run_peer(path: Path, plan: Any, progress: Progress) -> dict[str, Any]:
-    """Mem0's add throughput, search latency and memory on ``plan``'s workload, or why not.
+def run_peer(path: Path, plan: Any, progress: Progress, threads: int = 1) -> dict[str, Any]:
+    """Mem0's add throughput, search latency and memory on ``plan``'s workload, or why not,
+    with torch on ``threads`` intra-op threads (membus's embedder's count in the same run).
     In a process of its own, so that its memory is its own."""
     if not available():
         why = "mem0ai is not installed (pip install mem0ai==2.2.1): the Mem0 peer was skipped"
@@ -43,7 +44,7 @@ def run_peer(path: Path, plan: Any, progress: Progress) -> dict[str, Any]:
     task = progress.add_task("peer: mem0 add(infer=False) + search", total=None)
     path.mkdir(parents=True, exist_ok=True)
     out = path / "result.json"
-    args = [str(path), str(plan.memories), str(plan.queries), str(out)]
+    args = [str(path), str(plan.memories), str(plan.queries), str(out), str(threads)]
     done = subprocess.run(
         [sys.executable, "-m", "membus.bench.peer", *args],
         stdin=subprocess.DEVNULL,
@@ -57,17 +58,17 @@ def run_peer(path: Path, plan: Any, progress: Progress) -> dict[str, Any]:
     return result
 
 
-def measure(path: Path, memories: int, n_queries: int) -> dict[str, Any]:
+def measure(path: Path, memories: int, n_queries: int, threads: int = 1) -> dict[str, Any]:
     """Mem0 in this process: add ``memories`` texts, then ``n_queries`` searches."""
     from membus.embed.semantic import model_dir
 
     os.environ["MEM0_TELEMETRY"] = "False"  # read by mem0 at import: nothing leaves the machine
     os.environ["HF_HUB_OFFLINE"] = "1"
     mem0 = importlib.import_module("mem0")
-    # the thread policy membus's embedder uses on two cores (one intra-op thread): torch's
-    # default of one per core stalls whenever a thread is descheduled, and on a shared 2-core
-    # machine that made each of Mem0's adds take half a second, a handicap, not a comparison
-    importlib.import_module("torch").set_num_threads(1)
+    # the thread count membus's embedder has in the same run: torch's own default can differ
+    # (and on a shared 2-core machine made each of Mem0's adds take half a second), which
+    # would be a handicap or a head start, not a comparison
+    importlib.import_module("torch").set_num_threads(threads)
     path.mkdir(parents=True, exist_ok=True)
     config = {
         "vector_store": {
@@ -109,6 +110,7 @@ def measure(path: Path, memories: int, n_queries: int) -> dict[str, Any]:
         "add_per_s": round(len(texts) / add_s, 1),
         "search_p50_ms": round(p50, 3),
         "search_p99_ms": round(p99, 3),
+        "torch_threads": threads,
         "rss_mb": usage.mb(after.rss_bytes),  # Mem0's process and any it started
         "disk_mb": usage.mb(real),
         "disk_apparent_mb": usage.mb(apparent),
@@ -116,5 +118,5 @@ def measure(path: Path, memories: int, n_queries: int) -> dict[str, Any]:
 
 
 if __name__ == "__main__":  # run_peer's child: path, memories, queries, result file
-    where, n, nq, result_file = sys.argv[1:5]
-    Path(result_file).write_text(json.dumps(measure(Path(where), int(n), int(nq))))
+    where, n, nq, result_file, threads = sys.argv[1:6]
+    Path(result_file).write_text(json.dumps(measure(Path(where), int(n), int(nq), int(threads))))

@@ -56,6 +56,7 @@ from membus.core.config import (
 from membus.core.logs import warnings_to_stderr
 from membus.embed.port import Embedder
 from membus.embed.registry import embedder_for
+from membus.embed.semantic import default_threads
 from membus.errors import InvalidInput, MembusError
 from membus.runtime import host as runtime
 from membus.store import sparse
@@ -480,11 +481,12 @@ def run_workload(
     quick: bool = False,
     embedder: str = "hashing",
     runtime_name: str = "onnx",
-    threads: int = 1,
+    threads: int | None = None,
     peer: str | None = None,
 ) -> dict[str, Any]:
     """Run one workload; print a table (or exactly one JSON object) to stdout; return the dict.
-    ``memories`` None: the workload's full size (100k; semantic 10k)."""
+    ``memories`` None: the workload's full size (100k; semantic 10k); ``threads`` None: the
+    embedder's default policy (``membus.embed.semantic.default_threads``)."""
     if workload not in WORKLOADS:
         raise InvalidInput(f"unknown workload {workload!r}: choose {', '.join(WORKLOADS)}")
     if peer is not None and peer != "mem0":
@@ -510,9 +512,10 @@ def run_workload(
             result = anyio.run(one_scope, root, plan, progress)
         else:
             plan = semantic_plan(memories or 10_000, quick)
-            result = anyio.run(semantic, root, plan, progress, runtime_name, threads, embedder_for)
+            count = threads or default_threads()
+            result = anyio.run(semantic, root, plan, progress, runtime_name, count, embedder_for)
             if peer == "mem0":
-                result["peer"] = run_peer(root / "mem0", plan, progress)
+                result["peer"] = run_peer(root / "mem0", plan, progress, count)
                 result.update(peer_ratios(result))
     if json_output:
         print(json.dumps(result), file=stdout, flush=True)

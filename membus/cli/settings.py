@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     embedder: Literal["hashing", "minilm"] = "hashing"
     embedder_dim: int = 384
     embedder_runtime: Literal["onnx", "torch"] = "onnx"  # minilm: what computes it
-    embedder_threads: int | None = None  # minilm: intra-op threads (None: cores - 1)
+    embedder_threads: int | None = None  # minilm: intra-op threads (None: usable cores, 1 to 4)
     embedder_cache_dir: Path | None = None  # minilm on onnx: the exported graph's cache
     worker: WorkerConfig = WorkerConfig()
     retention: RetentionConfig = RetentionConfig()

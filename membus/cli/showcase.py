@@ -68,8 +68,14 @@ def bench(
         Literal["onnx", "torch"], typer.Option("--runtime", help="semantic: MiniLM's runtime.")
     ] = "onnx",
     threads: Annotated[
-        int, typer.Option("--threads", min=1, max=64, help="semantic: embedder threads.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            max=64,
+            help="semantic: embedder threads (default: the library's, one per usable core).",
+        ),
+    ] = None,
     peer: Annotated[
         str | None,
         typer.Option("--peer", help="semantic: also run this peer (mem0; needs mem0ai)."),

@@ -48,7 +48,7 @@ class EmbedderConfig(_Config):
     # onnx embeds one query in about a third of torch's time and needs no torch once its graph
     # is exported (on first use, into cache_dir, from the bundled weights)
     runtime: Literal["onnx", "torch"] = "onnx"
-    # minilm only: intra-op threads of the embedder; None: usable cores minus one (1 to 4)
+    # minilm only: intra-op threads of the embedder; None: one per usable core (1 to 4)
     threads: int | None = Field(default=None, ge=1, le=64)
     # minilm on onnx: where the exported graph is cached; None: ~/.cache/membus
     cache_dir: Path | None = None

@@ -33,17 +33,20 @@ _DIM = DIM
 
 
 def default_threads() -> int:
-    """The thread policy of both runtimes: one embedding thread per process on two cores.
+    """The thread policy of both runtimes: one embedding thread per usable core, at most 4.
 
-    Leave one core to the event loop, redis-server and the store, cap at 4 (a 6-layer model
-    gains little beyond). Measured on the shared 2-core box: a second intra-op thread made
-    torch and ONNX Runtime slower, not faster (OpenMP and ORT stall whenever one of their
-    threads is descheduled): see ``membus bench --workload semantic --threads``."""
+    Measured on this project's 2-core machine with nothing else running (``membus bench
+    --workload semantic --memories 1000 --runtime onnx|torch --threads 1|2``, three runs for
+    ONNX): a second intra-op thread embeds ~1.8x as fast alone and ingests ~1.4x as fast end
+    to end (ONNX: 133-142 events/s against 95-100), and embeds one query in 3-4 ms against 5;
+    ONNX Runtime beats torch at both counts. On a machine shared with other busy processes,
+    ``threads=1`` avoids the stalls of a descheduled intra-op thread. A 6-layer model gains
+    little beyond 4 threads."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores - 1, 4))
+    return max(1, min(cores, 4))
 
 
 def model_dir(need_torch: bool = True) -> Path:
