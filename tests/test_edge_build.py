@@ -172,8 +172,9 @@ async def test_a_failed_build_leaves_the_served_shard_intact(
     store: EdgeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
     """Protects: when the child fails (its copy vanished under it) or the copy runs out of disk,
-    optimize raises Unavailable, maintain logs it, the store serves and takes writes as before,
-    nothing is left on disk, and the next build succeeds."""
+    optimize raises Unavailable, maintain logs it and backs off before copying the shard again,
+    the store serves and takes writes as before, nothing is left on disk, and the next build
+    succeeds."""
     saved = await fill(store, [mem(i) for i in range(40)])
     root = tmp_path / "store"
     real_copy = edge_build.copy
@@ -188,7 +189,21 @@ async def test_a_failed_build_leaves_the_served_shard_intact(
     with pytest.raises(Unavailable, match="index build"):
         await store.optimize()
     monkeypatch.setattr(store, "_optimize_every", 1)
+    monkeypatch.setattr(store, "unindexed", lambda: 1)  # Edge counts a small shard as indexed
+    copies = 0
+
+    def counted(src: Path, dst: Path) -> None:
+        nonlocal copies
+        copies += 1
+        copy_then_lose(src, dst)
+
+    monkeypatch.setattr(edge_build, "copy", counted)
     await store.maintain()  # logged, not raised
+    await store.maintain()  # backing off: no second copy of the shard two seconds later
+    assert copies == 1
+    monkeypatch.setattr(store, "_retry_at", 0.0)  # the backoff is over
+    await store.maintain()
+    assert copies == 2
     assert _generations(root) == {"shard"}
     assert edge_build.current(root).name == "shard"
     await fill(store, [mem(100)])

@@ -28,6 +28,7 @@ import fcntl
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,6 +68,7 @@ _VECTOR = "dense"
 _HOLDERS = 128
 _HOLDERS_SHARE = 50
 _META_FILE = "membus-store.json"
+_RETRY_FIRST_S, _RETRY_MAX_S = 30.0, 600.0  # maintain's backoff after a failed index build
 
 
 def _ensure_indexes(shard: Any) -> None:
@@ -92,6 +94,7 @@ class EdgeStore:
         self._paused = False
         self._replay: list[Any] | None = None  # updates since a build's copy, to replay onto it
         self._building = anyio.Lock()
+        self._retry_s, self._retry_at = 0.0, 0.0  # maintain's backoff after a failed build
         self._log = get_logger("membus.store.edge")
         self._lock_fd: int | None = None
         self._dim = 0
@@ -483,14 +486,24 @@ class EdgeStore:
         return int(info.points_count - info.indexed_vectors_count)
 
     async def maintain(self) -> None:
-        """Build HNSW for what arrived since the last build. A failed build is logged and the
-        next round tries again: the served shard is untouched by it."""
-        if self._shard is None or self.unindexed() < self._optimize_every:
+        """Build HNSW for what arrived since the last build. A failed build is logged and tried
+        again after a backoff (30 s doubling to 10 min: each try copies the whole shard, and a
+        full disk does not empty itself in two seconds); the served shard is untouched by it.
+        ``optimize`` (``membus optimize``) ignores the backoff."""
+        if self._shard is None or time.monotonic() < self._retry_at:
+            return
+        if self.unindexed() < self._optimize_every:
             return
         try:
             await self.optimize()
         except Unavailable as exc:
-            self._log.warning("edge.build_failed", path=str(self._path), error=str(exc))
+            self._retry_s = min(max(2 * self._retry_s, _RETRY_FIRST_S), _RETRY_MAX_S)
+            self._retry_at = time.monotonic() + self._retry_s
+            self._log.warning(
+                "edge.build_failed", path=str(self._path), error=str(exc), retry_s=self._retry_s
+            )
+        else:
+            self._retry_s, self._retry_at = 0.0, 0.0
 
     async def optimize(self) -> None:
         """Build the indexes in a child process on a copy of the shard, then serve the copy
