@@ -498,6 +498,15 @@ class StoreConformance:
         for i, t in enumerate(texts):
             assert await ids_of(store, unit(0), flt(numbers=numbers_key(t))) == {batch[i].id}
 
+    @pytest.mark.anyio
+    async def test_exclude_slots_leaves_those_slots_out(self, store: Store) -> None:
+        """The near-duplicate search's own slot is left out by the filter; memories of other
+        slots, or of none, stay found."""
+        slotted = [mem(i).model_copy(update={"slot": f"slot-{i}"}) for i in range(3)]
+        batch = await fill(store, [*slotted, mem(3)])
+        found = await ids_of(store, unit(0), flt(exclude_slots=["slot-0", "slot-2"]))
+        assert found == {batch[1].id, batch[3].id}
+
     # --- hybrid recall (dense + lexical, fused in the engine) --------------------------------
 
     @pytest.mark.anyio

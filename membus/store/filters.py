@@ -42,6 +42,9 @@ class RecallFilter(BaseModel):
     # keyed facts' keys, and consolidation slots (every version of one fact): history's narrowing
     keys: list[str] | None = None
     slots: list[str] | None = None
+    # slots left out: the near-duplicate search's own slot, which would otherwise be every
+    # search's first hit, fetched and opened only to be dropped
+    exclude_slots: list[str] | None = None
     # every version regardless of validity (current, superseded, expired): history and export;
     # ``as_of`` is ignored then
     versions: bool = False
@@ -100,8 +103,11 @@ def spec(flt: RecallFilter) -> FilterSpec:
         )
     if flt.began_by is not None:
         must.append(Cond("valid_from_ts", lte=flt.began_by.timestamp()))
+    must_not = list(granted.must_not)
+    if flt.exclude_slots:
+        must_not.append(Cond("slot", any=tuple(flt.exclude_slots)))
     if flt.versions:
-        return FilterSpec(must, granted.should, granted.must_not)
+        return FilterSpec(must, granted.should, must_not)
     # valid_to is exclusive: a version superseded at t no longer holds at t
     at = flt.as_of.timestamp() if flt.as_of is not None else time.time()
     either: list[tuple[Cond, ...]] = []
@@ -120,7 +126,7 @@ def spec(flt: RecallFilter) -> FilterSpec:
         must.append(Cond("valid_to_ts", gte=at + _EPSILON_S))
     if flt.as_of is not None:
         must.append(Cond("valid_from_ts", lte=at))
-    return FilterSpec(must, granted.should, granted.must_not, either)
+    return FilterSpec(must, granted.should, must_not, either)
 
 
 def corpus_spec(flt: RecallFilter) -> FilterSpec:

@@ -142,7 +142,12 @@ class SealedStore:
     async def _filter(self, flt: RecallFilter) -> RecallFilter:
         """Filters on sealed fields compare blind tokens (a payload written before sealing is
         not found by them)."""
-        lists = {"subjects": flt.subjects, "keys": flt.keys, "slots": flt.slots}
+        lists = {
+            "subjects": flt.subjects,
+            "keys": flt.keys,
+            "slots": flt.slots,
+            "exclude_slots": flt.exclude_slots,
+        }
         if all(v is None for v in lists.values()) and flt.numbers is None:
             return flt
         blind = await self._blind(flt.tenant)

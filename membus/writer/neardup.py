@@ -1,17 +1,18 @@
 """Near-duplicate merging: a background pass over slots written since it last looked.
 
 Writers queue every unkeyed slot they write (``membus:{tenant}:slots:dirty``). When a writer is
-idle it takes the tenant's lease and, slot by slot in id order, searches the store for the
-nearest current memory of the same scope (exactly), kind, subject and label. At cosine >= the
-threshold the two slots merge: every live event of one moves into the other (the slot with the
-smaller id survives, whichever came first), the moved one points ``into`` the survivor so later
-repeats follow it, and the survivor is rewritten with the newer wording and the union of
-provenance. Numbers are facts: texts whose numbers differ never merge, however close.
+idle, or with a model while the model embeds its next batch, it takes the tenant's lease and,
+slot by slot in id order, searches the store for the nearest current memory of the same scope
+(exactly), kind, subject and label. At cosine >= the threshold the two slots merge: every live
+event of one moves into the other (the slot with the smaller id survives, whichever came first),
+the moved one points ``into`` the survivor so later repeats follow it, and the survivor is
+rewritten with the newer wording and the union of provenance. Numbers are facts: texts whose
+numbers differ never merge, however close.
 
 Why a pass and not the writer's commit: a search per event would cost the ingest path a store
-query each; batched here, merges wait for idle time. Near-duplicates are not an equivalence (a
-~ b and b ~ c do not give a ~ c), so with chains the grouping can depend on arrival order; with
-clusters whose members are all similar to each other it does not.
+query each; batched here, it fills idle time and the model's. Near-duplicates are not an
+equivalence (a ~ b and b ~ c do not give a ~ c), so with chains the grouping can depend on
+arrival order; with clusters whose members are all similar to each other it does not.
 """
 
 from __future__ import annotations
@@ -72,10 +73,11 @@ class StoredVectors(Protocol):
 
 
 def _neighbours(tenant: str, m: Memory) -> RecallFilter:
-    """Where a near-duplicate of ``m`` may be: its exact scope, kind and subject, and the same
-    numbers. In the filter, not only in ``mergeable``: the k nearest are then all candidates
-    (a nearer text with other numbers cannot crowd out a true near-duplicate), and a text with
-    numbers searches only the memories that share them, not its whole group."""
+    """Where a near-duplicate of ``m`` may be: its exact scope, kind and subject, the same
+    numbers, and not its own slot (else every search's first hit). In the filter, not only in
+    ``mergeable``: the k nearest are then all candidates (a nearer text with other numbers
+    cannot crowd out a true near-duplicate), and a text with numbers searches only the
+    memories that share them, not its whole group."""
     return RecallFilter(
         tenant=tenant,
         scopes=[m.scope],
@@ -83,6 +85,7 @@ def _neighbours(tenant: str, m: Memory) -> RecallFilter:
         kinds=[m.kind],
         subjects=[m.subject] if m.subject is not None else None,
         numbers=numbers_key(m.content),
+        exclude_slots=[m.slot] if m.slot is not None else None,
     )
 
 
@@ -90,6 +93,19 @@ def _current(tenant: str, state: SlotState, config: ConsolidationConfig) -> Memo
     """The one current memory of an unkeyed slot, or None (keyed, merged away, withdrawn)."""
     plan = materialize(tenant, state, config)
     return plan.upserts[0] if len(plan.upserts) == 1 and not state.keyed else None
+
+
+def _stale(found: dict[str, str | None], survivor: str, loser: str) -> list[str]:
+    """The answers a merge of ``loser`` into ``survivor`` changed, to search again: those that
+    name either (the loser's memory is gone, the survivor's reworded).
+
+    Every other memory is as it was, so every other answer stands: one naming a third slot
+    still names a neighbour at or above the threshold (the survivor's new wording may be
+    nearer, but the survivor is queued again by the merge and its own search finds that
+    pair); one of "no neighbour" could change only by the survivor's wording, likewise.
+    Searching every slot still ahead again instead made the pass search each queued slot
+    about four times (3k MiniLM texts, one merge in ten), when its searches cost most of it."""
+    return [s for s, other in found.items() if other in (survivor, loser)]
 
 
 class NearDuplicates:
@@ -149,26 +165,34 @@ class NearDuplicates:
         # the same text: it would find no other neighbour either.
         looked: list[str] = []
         found: dict[str, str | None] = {}
+        # a merge's two slots: the loser left the queue in the merge, the survivor is queued
+        # again by it; what this pass read of either is stale, so it leaves them to the next
+        merged: set[str] = set()
         for n, slot in enumerate(queued):
+            if slot in merged:
+                continue
             if slot not in found:
-                # the rest of the pass searched at once; a merge changes the store, so after
-                # one the searches still ahead run again (as one-by-one searching would see it)
-                ahead = [(s, current[s]) for s in queued[n:]]
+                # searched in one batch: the first slot, then after each merge the slots still
+                # ahead that it may have changed (see _stale)
+                redo = [s for s in queued[n:] if s not in found and s not in merged]
                 asked = [
-                    (m, vectors[m.content]) if m and m.content in vectors else None
-                    for _, m in ahead
+                    (m, vectors[m.content]) if (m := current[s]) and m.content in vectors else None
+                    for s in redo
                 ]
-                found = dict(zip(queued[n:], await self._nearest(tenant, asked), strict=True))
+                found |= dict(zip(redo, await self._nearest(tenant, asked), strict=True))
             other = found[slot]
             if other is None:
                 looked.append(slot)
                 continue
             await self._done(tenant, looked)
-            looked, found = [], {}
+            looked = []
             # a slot merged earlier in this pass is re-checked under WATCH by _merge
             survivor, loser = sorted((slot, other))
             await self._merge(tenant, survivor, loser, vectors)
             merges += 1
+            merged |= {survivor, loser}
+            for s in _stale(found, survivor, loser):
+                del found[s]
         await self._done(tenant, looked)
         self.merged += merges
         return merges
@@ -270,7 +294,14 @@ class NearDuplicates:
                         gone.retracted_up_to,
                     )
                     plans = [materialize(tenant, s, self.config) for s in (joined, left)]
-                    existed = await self.c.write(tenant, plans, dict(known))
+                    # the survivor's new wording may be the neighbour's, which this pass did not
+                    # queue: its stored vector, not a model call (~10 ms with MiniLM)
+                    vectors = dict(known)
+                    stored = [_current(tenant, s, self.config) for s in (keep, gone)]
+                    vectors |= await self._stored(
+                        tenant, [m for m in stored if m is not None and m.content not in vectors]
+                    )
+                    existed = await self.c.write(tenant, plans, vectors)
                     moved = {v.event_id for v in moving}
                     entries = changes_for(plans, existed, moved)
                     pipe.multi()  # type: ignore[no-untyped-call]
