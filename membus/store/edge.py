@@ -448,11 +448,13 @@ class EdgeStore:
         if not wanted:
             return {}
         recs = await self._run(lambda: self._shard.retrieve(wanted, ["tenant"], [_VECTOR]))
-        return {
-            str(r.id): np.asarray(r.vector[_VECTOR], dtype=np.float32)
-            for r in recs
-            if (r.payload or {}).get("tenant") == tenant and r.vector and _VECTOR in r.vector
-        }
+        out: dict[str, Vectors] = {}
+        for r in recs:
+            # each read of ``vector`` converts the point's vectors to Python lists again
+            vectors = r.vector
+            if (r.payload or {}).get("tenant") == tenant and vectors and _VECTOR in vectors:
+                out[str(r.id)] = np.asarray(vectors[_VECTOR], dtype=np.float32)
+        return out
 
     async def delete(self, tenant: str, ids: Sequence[str]) -> int:
         existing = await self.get(tenant, ids)
