@@ -76,6 +76,8 @@ def export(model: Path, out: Path) -> None:
     _require("torch", "transformers", "onnx")
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    # transformers draws a "Loading weights" bar on stderr otherwise; respect an explicit choice
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     torch = importlib.import_module("torch")
     transformers = importlib.import_module("transformers")
     bert = transformers.AutoModel.from_pretrained(str(model), local_files_only=True).eval()
