@@ -34,7 +34,7 @@ from membus.core.config import (
 from membus.core.envelope import Event, new_event_id
 from membus.core.keys import TenantKeys
 from membus.embed.hashing import HashingEmbedder
-from membus.errors import PermissionDenied
+from membus.errors import PermissionDenied, Unavailable
 from membus.store.edge import EdgeStore
 from membus.store.port import StoreMeta, point_id
 from membus.stream.feed import Change
@@ -578,3 +578,24 @@ async def test_with_a_model_near_duplicates_merge_under_sustained_load(
                 break
             await anyio.sleep(0.02)
         assert merged, "the rewording did not merge while events kept arriving"
+
+
+class _DownModel(_SlowModel):
+    """A model that is unavailable (a remote embedder's outage, a failed load)."""
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        raise Unavailable("the model is down")
+
+
+async def test_a_model_outage_reaches_the_writer_as_itself_while_it_sweeps(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The pass runs beside the model in a task group, which would wrap the model's error in an
+    ExceptionGroup: the writer must still see ``Unavailable`` (it backs off and retries) and
+    never a group it does not handle."""
+    redis = await _client(redis_url)
+    async with edge(tmp_path / "store") as store:
+        writer = Writer(redis, store, _DownModel(), FAST, gate=OpenGate(), consumer="w")
+        with pytest.raises(Unavailable, match="model is down"):
+            await writer._embed_and_sweep(["a text"])
+    await redis.aclose()

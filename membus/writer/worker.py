@@ -267,15 +267,20 @@ class Writer:
                     await self.neardup.sweep([tenant_of(s) for s in self._streams])
                     if not self.neardup.backlog:
                         return
-            except (Unavailable, *REDIS_DOWN) as exc:  # the batch's own calls report it
-                self._log.warning("writer.sweep_unavailable", error=str(exc))
+            except Exception as exc:  # housekeeping; Redis down reaches the batch's own calls
+                self._log.warning("writer.sweep_failed", error=repr(exc))
 
+        failed: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(sweep)
             try:
                 vectors = await self._embed(texts)
+            except Exception as exc:  # raised below: the task group would wrap it in a group
+                failed = exc
             finally:
                 embedded.set()  # the sweep in hand finishes (one pass: <= 64 slots a tenant)
+        if failed is not None:
+            raise failed
         return vectors
 
     async def _items(
