@@ -489,9 +489,8 @@ async def test_a_merge_with_an_earlier_pass_s_memory_embeds_nothing(
         await x.publish("The customer prefers email over phone", "team/s", created_at=now - HOUR)
         await bus.drain(10)
         [kept] = await bus.agent("r", "acme").recall("customer email", scopes=["team/s"])
-        assert (
-            kept.memory.content == newer
-        )  # the merge kept the newer wording, from the earlier pass
+        # the merge kept the newer wording, the one the earlier pass had looked at
+        assert kept.memory.content == newer
     assert counting.seen.count(newer) == 1, counting.seen
 
 
@@ -522,8 +521,8 @@ class _SearchCounter:
 async def test_the_pass_searches_each_slot_about_once_and_never_finds_itself(
     redis_url: str, tmp_path: Path
 ) -> None:
-    """After a merge the pass searches again only the answers the merge may have changed (those
-    naming a neighbour), not every slot still ahead: it used to search each queued slot about
+    """After a merge the pass searches again only the answers the merge changed (those naming
+    either merged slot), not every slot still ahead: it used to search each queued slot about
     four times with one merge in ten. A slot's own memory is left out by the filter."""
     async with membus.open(tmp_path, config(redis_url)) as bus:
         counter = _SearchCounter(bus.store)
