@@ -297,10 +297,12 @@ class NearDuplicates:
                     # the survivor's new wording may be the neighbour's, which this pass did not
                     # queue: its stored vector, not a model call (~10 ms with MiniLM)
                     vectors = dict(known)
-                    stored = [_current(tenant, s, self.config) for s in (keep, gone)]
-                    vectors |= await self._stored(
-                        tenant, [m for m in stored if m is not None and m.content not in vectors]
-                    )
+                    missing = {m.content for p in plans for m in p.upserts} - vectors.keys()
+                    if missing:
+                        stored = [_current(tenant, s, self.config) for s in (keep, gone)]
+                        vectors |= await self._stored(
+                            tenant, [m for m in stored if m is not None and m.content in missing]
+                        )
                     existed = await self.c.write(tenant, plans, vectors)
                     moved = {v.event_id for v in moving}
                     entries = changes_for(plans, existed, moved)
