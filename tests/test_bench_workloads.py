@@ -46,10 +46,13 @@ def test_usage_counts_this_process_and_real_disk(tmp_path: Path) -> None:
 
 
 def test_hybrid_request_prefetches_both_branches_under_the_filter() -> None:
+    """The filter sits on the request, which the engine merges into both branches, and only
+    there: a copy on a branch too would make the raw baseline check it twice per candidate."""
     where = filter_of(spec(RecallFilter(tenant="bench", scopes=[zipf.SCOPE])))
     req = workloads.hybrid_request("hashing-v1-384", [0.1] * 384, "kalos bandu", where)
     assert len(req.prefetches) == 2 and req.limit == workloads.RECALL_K
-    assert all(p.filter is not None for p in req.prefetches)
+    assert req.filter is not None
+    assert all(p.filter is None for p in req.prefetches)
 
 
 def test_unknown_workload_or_peer_is_refused() -> None:

@@ -125,16 +125,16 @@ RRF_K = 60  # the usual reciprocal-rank constant (Qdrant's default)
 def hybrid_request(embedder_name: str, vector: Sequence[float], text: str, where: Any) -> Any:
     """The raw engine's hybrid query: a dense and a lexical prefetch under ``where``, fused by
     Qdrant's reciprocal rank fusion, top ``RECALL_K`` with payloads. No corpus IDF correction,
-    no calibrated score and no rerank formula: what a caller of Edge writes by hand.
+    no calibrated score and no rerank formula: what a caller of Edge writes by hand, with the
+    filter once on the request (Qdrant merges it into both branches; ``edge_query.ranked``).
     (``embedder_name`` is kept for the callers: the raw query does not depend on it.)"""
     terms = sparse.query(text)
     limit = sparse.prefetch_limit(RECALL_K)
     branches = [
-        q.Prefetch(limit=limit, query=q.Query.Nearest(list(vector), using=_VECTOR), filter=where),
+        q.Prefetch(limit=limit, query=q.Query.Nearest(list(vector), using=_VECTOR)),
         q.Prefetch(
             limit=limit,
             query=q.Query.Nearest(q.SparseVector(terms.indices, terms.values), using=sparse.VECTOR),
-            filter=where,
         ),
     ]
     rrf: Any = q.Fusion.Rrf(k=RRF_K)

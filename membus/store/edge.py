@@ -403,16 +403,17 @@ class EdgeStore:
         k: int,
     ) -> q.QueryRequest:
         limit = sparse.prefetch_limit(k)
-        # every branch carries the filter, and so does the scoring on top of them; the dense
-        # branch first: the formula reads it as $score[0]
+        # the filter goes once, on the request: the engine merges it into every branch before
+        # the branch is searched and cut to its limit (``edge_query.ranked``); the dense branch
+        # first: the formula reads it as $score[0]
         branches = [
-            q.Prefetch(limit=limit, query=q.Query.Nearest(dense, using=_VECTOR), filter=where),
+            q.Prefetch(limit=limit, query=q.Query.Nearest(dense, using=_VECTOR)),
             q.Prefetch(
                 limit=limit,
+                # the store-wide IDF, which ``terms``' weights correct
                 query=q.Query.Nearest(
                     q.SparseVector(terms.indices, terms.values), using=sparse.VECTOR
                 ),
-                filter=where,  # the store-wide IDF, which ``terms``' weights correct
             ),
         ]
         return q.QueryRequest(

@@ -50,10 +50,15 @@ def filter_of(fs: FilterSpec, *, lean: bool = False) -> q.Filter:
 
 
 def ranked(req: q.QueryRequest, boost: Boost, where: q.Filter, k: int) -> q.QueryRequest:
-    """``req``'s hits (its limit: the rerank's candidates) rescored by the rerank formula."""
-    below = q.Prefetch(
-        limit=req.limit, query=req.query, prefetches=req.prefetches or None, filter=where
-    )
+    """``req``'s hits (its limit: the rerank's candidates) rescored by the rerank formula.
+
+    ``where`` goes on the outermost request only. Qdrant filters at the leaves: a request's
+    filter is merged into every prefetch under it, down to the searches that are cut to their
+    limits (``recurse_prefetches`` in Qdrant's ``lib/shard/src/query/planned_query.rs``). A
+    filter repeated on each level reaches a leaf two or three times over and is checked that
+    often per candidate: at 10k memories that was a third of the engine's time per recall, for
+    the same points (``membus bench --workload semantic``)."""
+    below = q.Prefetch(limit=req.limit, query=req.query, prefetches=req.prefetches or None)
     return q.QueryRequest(
         limit=k, query=formula.edge(boost), prefetches=[below], filter=where, with_payload=True
     )
