@@ -663,6 +663,27 @@ class StoreConformance:
         assert target.id in {h.memory.id for h in hits}
         assert all(h.memory.scope == "team/support" for h in hits)
 
+    @pytest.mark.anyio
+    async def test_hidden_exact_copies_of_the_query_never_surface_on_any_path(
+        self, store: Store
+    ) -> None:
+        """The attack: flood a scope the reader cannot see with exact copies of the query, its
+        vector and its words, far more than any branch keeps, then recall from a scope it may
+        read. Every request the engine builds (dense alone, hybrid, either with the rerank on
+        top) must filter each branch before cutting it to its limit: only the readable memories
+        come back, all of them, however weak. Edge gets the filter once, on the request, and
+        merges it into every branch; this pins that behaviour."""
+        hidden = [mem(200 + i, scope="team/secret", content="basilisk ledger") for i in range(300)]
+        readable = [mem(i, content=f"basilisk note {i}") for i in range(3)]
+        vectors = [*(unit(0) for _ in hidden), *(ray(2 + i) for i in range(3))]
+        await store.upsert([*hidden, *readable], rows(vectors))
+        f = flt(grant=ReadGrant(include=["team/support"]))
+        cfg = RankingConfig(recency_weight=0.3, importance_weight=0.2)
+        for text in (None, "basilisk ledger"):
+            for boost in (None, ranking.boost(3, cfg, T0)):
+                hits = await store.search(unit(0), f, 3, text=text, boost=boost)
+                assert {h.memory.id for h in hits} == {m.id for m in readable}, (text, boost)
+
     # --- a key's history per clearance (issue 15, item 11) ------------------------------------
 
     @pytest.mark.anyio
