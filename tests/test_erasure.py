@@ -323,7 +323,8 @@ async def test_a_writer_mid_commit_cannot_bring_an_erased_memory_back(
         ]
         keep = Event.build(tenant=TENANT, agent="keeper", scope="team/open", content="fine")
         await publish_signed(redis, KeyRegistry(redis), [*secret, keep])
-        (prepared,) = await writer._read_stage()
+        ((stream, entries),) = await writer._read()
+        prepared = await writer._prepare(stream, entries)
         paused.pause = pause
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer._write, prepared)

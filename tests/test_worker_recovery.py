@@ -326,6 +326,70 @@ async def test_slow_writer_committing_after_reclaim_duplicates_changes_not_memor
         await redis.aclose()
 
 
+class SlowCountingEmbedder:
+    """A model's pace: each batch takes ``seconds`` in a worker thread (the GIL released, as
+    ONNX Runtime and torch release it); counts how often each text was embedded."""
+
+    def __init__(self, seconds: float) -> None:
+        self.inner, self.seconds = HashingEmbedder(), seconds
+        self.seen: dict[str, int] = {}
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        time.sleep(self.seconds)
+        for t in texts:
+            self.seen[t] = self.seen.get(t, 0) + 1
+        return self.inner.embed(texts)
+
+
+@pytest.mark.slow
+async def test_a_live_writer_slower_than_min_idle_keeps_its_batch(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Reclaiming is for dead writers' entries. Two live writers whose model takes three times
+    ``min_idle_ms`` a batch: neither takes the batch the other holds, so every event is
+    embedded once and committed once, and none is parked for having been delivered too often
+    (before, the other writer took such batches, embedded and committed them again, and each
+    take counted towards ``max_deliveries``: 2 here)."""
+    tenant, n = "patient", 40
+    keys = TenantKeys(tenant)
+    redis = client_for(redis_url)
+    store = await open_store(tmp_path / "store")
+    model = SlowCountingEmbedder(3 * FAST.min_idle_ms / 1000)
+    config = FAST.model_copy(update={"batch_size": 10})
+    try:
+        events = make_events(tenant, n)
+        await publish_signed(redis, KeyRegistry(redis), events)
+        await ensure_group(redis, keys.events, GROUP)
+        crew = [
+            Writer(redis, store, model, config, gate=OpenGate(), consumer=f"w{i}") for i in range(2)
+        ]
+        stop = anyio.Event()
+
+        async def drained() -> bool:
+            return await pending_and_lag(redis, keys.events) == (0, 0)
+
+        async with anyio.create_task_group() as tg:
+            for w in crew:
+                tg.start_soon(w.run, stop)
+            await wait_until(drained, 60, "both writers to drain", poll_s=0.1)
+            stop.set()
+        await assert_exactly_once(store, tenant, events)
+        assert sorted(model.seen) == sorted(e.content for e in events)
+        assert set(model.seen.values()) == {1}  # nothing embedded twice: nothing taken over
+        assert await redis.xlen(keys.dlq) == 0
+    finally:
+        await store.close()
+        await redis.aclose()
+
+
 # -- poison and malformed entries -----------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AskError, MovedError, ResponseError
+from redis.typing import StreamIdT
 
 from membus.access.audit import AuditLog, AuditRecord
 from membus.access.gate import Gate, PrivateGate
@@ -148,16 +149,17 @@ class Writer:
         Sequential: to overlap store writes, run more writer tasks (with Edge, in a writer process,
         whose Python then runs beside the shard owner's point building: membus/store/remote.py)."""
         handled = 0
-        for prepared in await self._read_stage():
-            handled += await self._write(prepared)
+        batch = await self._read()
+        if batch:
+            handled = await self._holding(batch)
         if self._aof_due:
             await self._purge_disk()
         if not handled and self._queue and self._reader.quiet:  # idle: merge near-duplicates
             await self.neardup.sweep([tenant_of(s) for s in self._streams])
         return handled
 
-    async def _read_stage(self) -> list[Prepared]:
-        """Housekeeping when due, then one read, parsed and embedded, ready to commit."""
+    async def _read(self) -> list[tuple[str, list[Entry]]]:
+        """Housekeeping when due, then one read: each stream's new entries."""
         now = time.monotonic()
         if now >= self._beat_at:  # waiting publishers tell "no writer" from "behind" by it
             await beat(self.redis, self.config.group, self.consumer)
@@ -187,7 +189,7 @@ class Writer:
             await self.redis.xack(announced, self.config.group, *[i for i, _ in news[0]])
             await self._refresh_streams()
             self._tenants_at = time.monotonic() + self.config.tenants_refresh_s
-        return [await self._prepare(s, entries) for s, entries in batch if s != announced]
+        return [(s, list(entries)) for s, entries in batch if s != announced and entries]
 
     async def _refresh_streams(self, recreate: bool = False) -> None:
         known = set(self._streams)
@@ -205,7 +207,51 @@ class Writer:
 
     async def process(self, stream: str, entries: Sequence[Entry]) -> int:
         """Parse, embed and commit ``entries`` of ``stream``; returns how many were handled."""
-        return await self._write(await self._prepare(stream, entries))
+        return await self._holding([(stream, list(entries))])
+
+    async def _holding(self, batch: list[tuple[str, list[Entry]]]) -> int:
+        """Prepare and write each stream's entries, keeping them claimed by this writer from
+        the read to the commit (``_keep``); returns how many entries were handled."""
+        held: dict[str, list[StreamIdT]] = {s: [i for i, _ in entries] for s, entries in batch}
+        done = anyio.Event()
+        handled = 0
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep, held, done)
+                try:
+                    for stream, entries in batch:
+                        handled += await self._write(await self._prepare(stream, entries))
+                finally:
+                    done.set()
+        except BaseExceptionGroup as group:
+            # a task group wraps what its body raises; ``_keep`` raises nothing, so this is the
+            # body's one error, raised as it was: the writer's back-off expects Unavailable
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        return handled
+
+    async def _keep(self, held: dict[str, list[StreamIdT]], done: anyio.Event) -> None:
+        """While batches are in hand, claim their entries for this writer again every third of
+        ``min_idle_ms``: XCLAIM with JUSTID restarts an entry's idle time and leaves its
+        delivery count alone. Another writer reclaims entries idle that long, to recover a dead
+        writer's; a live but slow writer's were taken too (a model embeds a batch of 256 in
+        about a second, the embedded default reclaims after one): a third of the events of two
+        writers with such a model were embedded and committed twice, and each time counted
+        towards ``max_deliveries``, past which a healthy event is parked as poison."""
+        every = self.config.min_idle_ms / 3000
+        while True:
+            with anyio.move_on_after(every):
+                await done.wait()
+            if done.is_set():
+                return
+            for stream, ids in held.items():
+                try:
+                    await self.redis.xclaim(
+                        stream, self.config.group, self.consumer, 0, ids, justid=True
+                    )
+                except Exception as exc:  # best effort: the batch's own calls report an outage
+                    self._log.warning("writer.keep_failed", stream=stream, error=repr(exc))
 
     async def _prepare(self, stream: str, entries: Sequence[Entry]) -> Prepared:
         """Validate (parking what cannot be parsed) and embed; nothing is acknowledged yet."""
