@@ -326,13 +326,11 @@ async def test_slow_writer_committing_after_reclaim_duplicates_changes_not_memor
         await redis.aclose()
 
 
-class SlowCountingEmbedder:
-    """A model's pace: each batch takes ``seconds`` in a worker thread (the GIL released, as
-    ONNX Runtime and torch release it); counts how often each text was embedded."""
+class HashingDouble:
+    """A test embedder over the hashing embedder: its name and size, its vectors."""
 
-    def __init__(self, seconds: float) -> None:
-        self.inner, self.seconds = HashingEmbedder(), seconds
-        self.seen: dict[str, int] = {}
+    def __init__(self) -> None:
+        self.inner = HashingEmbedder()
 
     @property
     def name(self) -> str:
@@ -341,6 +339,16 @@ class SlowCountingEmbedder:
     @property
     def dim(self) -> int:
         return self.inner.dim
+
+
+class SlowCountingEmbedder(HashingDouble):
+    """A model's pace: each batch takes ``seconds`` in a worker thread (the GIL released, as
+    ONNX Runtime and torch release it); counts how often each text was embedded."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.seen: dict[str, int] = {}
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         time.sleep(self.seconds)
@@ -393,19 +401,8 @@ async def test_a_live_writer_slower_than_min_idle_keeps_its_batch(
 # -- poison and malformed entries -----------------------------------------------------------------
 
 
-class PoisonEmbedder:
+class PoisonEmbedder(HashingDouble):
     """Fails every time it sees 'POISON', like a model that chokes on one input."""
-
-    def __init__(self) -> None:
-        self.inner = HashingEmbedder()
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def dim(self) -> int:
-        return self.inner.dim
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         for t in texts:
