@@ -3,8 +3,10 @@
 One batch goes: read -> validate -> embed -> consolidate (membus/writer/commit.py: ledger, store
 upsert, then XADD change events + XACK in one MULTI). Store before ack, deterministic ids: a writer
 killed at any instant leaves its entries pending, another reclaims them (XAUTOCLAIM after
-``min_idle_ms``) and rewrites the same memories. An entry that fails ``max_deliveries`` times, or
-cannot be parsed, is parked in the tenant's dead-letter stream with the reason; the writer goes on.
+``min_idle_ms``) and rewrites the same memories; a live writer claims what it holds again
+meanwhile, so a slow batch is not taken from it (``Writer._keep``). An entry that fails
+``max_deliveries`` times, or cannot be parsed, is parked in the tenant's dead-letter stream with
+the reason; the writer goes on.
 """
 
 from __future__ import annotations
