@@ -20,7 +20,12 @@ term scores ``lexical`` 1; a query about things the memories never mention has a
 match of a well-covered query apart from a query the store knows nothing about.
 
 Without lexical evidence (no text, a dense-only store, a query of stop words only) the score is
-the cosine clipped to [0, 1]. A query whose terms no readable memory holds scores 0 throughout.
+the cosine clipped to [0, 1]. A query whose terms no readable memory holds scores 0 throughout,
+with a semantic model too: its cosine alone does not tell a paraphrase that shares no word with
+a memory from a question about a topic never discussed (with MiniLM on LoCoMo, scoring such
+queries by their cosine made some of the no-answer set return hits at the default
+``min_score``, while the paraphrase of ``tests/test_semantic.py`` scored barely above them).
+Ranking alone (``min_score=0``) still orders them by meaning.
 
 Weights and the default ``min_score`` (``RankingConfig``) were chosen on LoCoMo with its
 no-answer set (``membus.evaluation.noanswer``): ordering by this score kept evidence recall@10
