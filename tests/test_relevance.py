@@ -190,6 +190,9 @@ async def test_a_query_no_memory_knows_scores_0_and_no_terms_score_the_cosine(
         await store.upsert(memories, rows(list(vecs)))
         hits = await store.search(vecs[0], flt(), 3, text="quantum telescope budget")
         assert len(hits) == 3 and {h.score for h in hits} == {0.0}
+        # all 0, yet nearest first: min_score=0 still ranks such a query by meaning
+        nearest = sorted(range(len(memories)), key=lambda i: -float(vecs[i] @ vecs[0]))[:3]
+        assert [h.memory.id for h in hits] == [memories[i].id for i in nearest]
         hits = await store.search(vecs[0], flt(), 3, text="what is it?")  # stop words only
         assert hits[0].memory.id == memories[0].id and hits[0].score == pytest.approx(1.0)
         assert all(0.0 <= h.score <= 1.0 for h in hits)

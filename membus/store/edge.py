@@ -259,7 +259,8 @@ class EdgeStore:
                     score=relevance.clip(p.score) if scored else 0.0,
                 )
                 for p in found
-            ]
+            ],
+            None if scored else [p.score for p in found],  # all 0: still nearest first
         )
 
     async def _now(self, fn: Callable[[], T]) -> T:

@@ -332,7 +332,8 @@ class QdrantStore:
                     score=0.0 if nothing else relevance.clip(p.score),
                 )
                 for p in found.points
-            ]
+            ],
+            [p.score for p in found.points] if nothing else None,  # all 0: still nearest first
         )
 
     async def _asked(self, terms: sparse.SparseVec, corpus: m.Filter) -> relevance.Asked | None:

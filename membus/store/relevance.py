@@ -20,7 +20,8 @@ term scores ``lexical`` 1; a query about things the memories never mention has a
 match of a well-covered query apart from a query the store knows nothing about.
 
 Without lexical evidence (no text, a dense-only store, a query of stop words only) the score is
-the cosine clipped to [0, 1]. A query whose terms no readable memory holds scores 0 throughout,
+the cosine clipped to [0, 1]. A query whose terms no readable memory holds scores 0 throughout
+(its hits are the nearest by cosine, in that order),
 with a semantic model too: its cosine alone does not tell a paraphrase that shares no word with
 a memory from a question about a topic never discussed (with MiniLM on LoCoMo, scoring such
 queries by their cosine made some of the no-answer set return hits at the default
@@ -122,7 +123,13 @@ def clip(value: float) -> float:
     return min(1.0, max(0.0, value))
 
 
-def ranked(hits: Sequence[Hit]) -> list[Hit]:
-    """Best first, equal scores by memory id: an engine orders ties as it likes (hits of a query
-    nothing matches all score 0), and two equal recalls must answer alike."""
-    return sorted(hits, key=lambda h: (-h.score, h.memory.id))
+def ranked(hits: Sequence[Hit], cosines: Sequence[float] | None = None) -> list[Hit]:
+    """Best first, equal scores by memory id: an engine orders ties as it likes, and two equal
+    recalls must answer alike. ``cosines`` (one per hit) break ties before the id: the hits of
+    a query no memory knows all score 0, and ``min_score=0`` still wants them by meaning."""
+    if cosines is None:
+        return sorted(hits, key=lambda h: (-h.score, h.memory.id))
+    keyed = sorted(
+        zip(hits, cosines, strict=True), key=lambda x: (-x[0].score, -x[1], x[0].memory.id)
+    )
+    return [h for h, _ in keyed]
