@@ -109,3 +109,11 @@ def test_config_picks_the_runtime_and_refuses_an_unknown_one() -> None:
     assert embedder_for(EmbedderConfig()).name.startswith("hashing-")
     with pytest.raises(InvalidInput, match="runtime"):
         make_embedder("minilm", runtime="tensorflow")
+
+
+def test_the_pool_stops_spinning_when_a_run_returns(onnx_minilm: Any) -> None:
+    """Idle threads spinning after a run took the cores the writer needed between batches
+    (the option's measurement is in ``membus/embed/onnx.py``)."""
+    options = onnx_minilm._session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert options.intra_op_num_threads == 1  # the fixture's; spinning within a run stays on
