@@ -133,8 +133,8 @@ def test_paraphrase_is_closer_than_unrelated(minilm: Any) -> None:
 async def test_bus_recalls_by_paraphrase(tmp_path: Path, minilm: Any) -> None:
     """End to end on the embedded bus: publish, drain, recall by a paraphrase sharing no words.
 
-    Ranking alone (``min_score=0``): a query no memory shares a word with scores 0 at the
-    default threshold whatever the embedder (``membus/store/relevance.py`` says why)."""
+    Ranking alone (``min_score=0``): a query no memory shares a word with scores 0 whatever the
+    embedder, so the default threshold drops it (``membus/store/relevance.py`` says why)."""
     async with membus.open(tmp_path / "bus", embedder=minilm) as bus:
         agent = bus.agent("billing-bot", tenant="acme")
         target = await agent.publish(

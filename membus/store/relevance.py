@@ -20,13 +20,13 @@ term scores ``lexical`` 1; a query about things the memories never mention has a
 match of a well-covered query apart from a query the store knows nothing about.
 
 Without lexical evidence (no text, a dense-only store, a query of stop words only) the score is
-the cosine clipped to [0, 1]. A query whose terms no readable memory holds scores 0 throughout
-(its hits are the nearest by cosine, in that order),
+the cosine clipped to [0, 1]. A query whose terms no readable memory holds scores 0 throughout,
 with a semantic model too: its cosine alone does not tell a paraphrase that shares no word with
 a memory from a question about a topic never discussed (with MiniLM on LoCoMo, scoring such
 queries by their cosine made some of the no-answer set return hits at the default
 ``min_score``, while the paraphrase of ``tests/test_semantic.py`` scored barely above them).
-Ranking alone (``min_score=0``) still orders them by meaning.
+Its hits come nearest first all the same (``ranked``), so ranking alone (``min_score=0``) still
+orders them by meaning.
 
 Weights and the default ``min_score`` (``RankingConfig``) were chosen on LoCoMo with its
 no-answer set (``membus.evaluation.noanswer``): ordering by this score kept evidence recall@10
@@ -127,9 +127,6 @@ def ranked(hits: Sequence[Hit], cosines: Sequence[float] | None = None) -> list[
     """Best first, equal scores by memory id: an engine orders ties as it likes, and two equal
     recalls must answer alike. ``cosines`` (one per hit) break ties before the id: the hits of
     a query no memory knows all score 0, and ``min_score=0`` still wants them by meaning."""
-    if cosines is None:
-        return sorted(hits, key=lambda h: (-h.score, h.memory.id))
-    keyed = sorted(
-        zip(hits, cosines, strict=True), key=lambda x: (-x[0].score, -x[1], x[0].memory.id)
-    )
+    ties = [0.0] * len(hits) if cosines is None else cosines
+    keyed = sorted(zip(hits, ties, strict=True), key=lambda x: (-x[0].score, -x[1], x[0].memory.id))
     return [h for h, _ in keyed]
