@@ -254,8 +254,10 @@ def test_env_settings_and_flags_override_env(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("MEMBUS_WORKER__BATCH_SIZE", "7")
     monkeypatch.setenv("MEMBUS_STORE_ENGINE", "qdrant")
     monkeypatch.setenv("MEMBUS_PATH", "/data/membus")
+    monkeypatch.setenv("MEMBUS_STORE_BUILD_UNDER_LOAD_S", "42")
     config = Settings.load(redis_url="redis://flag:6379/0").to_config()
     assert config.redis.url == "redis://flag:6379/0"
+    assert config.store.build_under_load_s == 42.0
     assert config.worker.batch_size == 7 and config.worker.min_idle_ms == 30_000
     assert config.store.engine == "qdrant" and config.writers == 0
     assert Settings.load().data_dir == Path("/data/membus")

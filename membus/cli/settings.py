@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     store_api_key: str | None = None
     store_collection: str = "membus_memories"
     store_optimize_every: int = 20_000
+    store_build_under_load_s: float = 300.0  # edge: build after this long of unpaused writing
     embedder: Literal["hashing", "minilm"] = "hashing"
     embedder_dim: int = 384
     embedder_runtime: Literal["onnx", "torch"] = "onnx"  # minilm: what computes it
@@ -151,6 +152,7 @@ class Settings(BaseSettings):
                     api_key=self.store_api_key,
                     collection=self.store_collection,
                     optimize_every=self.store_optimize_every,
+                    build_under_load_s=self.store_build_under_load_s,
                 ),
                 embedder=EmbedderConfig(
                     name=self.embedder,

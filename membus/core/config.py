@@ -37,8 +37,11 @@ class StoreConfig(_Config):
     url: str | None = None  # qdrant: server URL, or ":memory:" for tests
     api_key: str | None = None
     collection: str = "membus_memories"
-    # HNSW is built off the request path once this many points arrived unindexed (edge only).
+    # HNSW is built off the request path once this many points arrived unindexed (edge only),
+    # when the writers pause for a few seconds, or after this long of writing without a pause:
+    # unindexed points are searched exactly, so recall slows as they pile up
     optimize_every: int = 20_000
+    build_under_load_s: float = Field(default=300.0, gt=0)
 
 
 class EmbedderConfig(_Config):

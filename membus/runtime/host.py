@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -159,16 +160,24 @@ async def maintain_loop(
     writers: list[Writer],
     stop: anyio.Event,
     activity: Callable[[], int] | None = None,
+    *,
+    build_under_load_s: float = 300.0,
+    every_s: float = 2.0,
+    quiet_s: float = 5.0,
 ) -> None:
-    """Index builds take the cores and pause writes while they copy the shard, so run them only
-    after writers have been quiet a while (``activity``: a count that moves while they write; by
-    default what they processed and the near-duplicate slots they looked at); the TTL sweep
-    (cheap, one ZRANGEBYSCORE per tenant when nothing expired) runs every round, and each
-    tenant's one-time per-clearance rewrite (``membus.writer.relevel``) in the first."""
+    """Index builds take the cores and pause writes while they copy the shard, so run them
+    after writers have been quiet ``quiet_s`` (``activity``: a count that moves while they
+    write; by default what they processed and the near-duplicate slots they looked at) or, under
+    writing that never pauses that long, once every ``build_under_load_s``: the points not yet
+    indexed are searched exactly, so waiting for a pause that never comes would slow every
+    recall without bound. The TTL sweep (cheap, one ZRANGEBYSCORE per tenant when nothing
+    expired) runs every round, and each tenant's one-time per-clearance rewrite
+    (``membus.writer.relevel``) in the first."""
     last_total, quiet_since = -1, time.monotonic()
+    tried_at = time.monotonic()  # the last round that let the store build
     levelled: set[str] = set()  # tenants whose keyed slots carry per-clearance validity
     while not stop.is_set():
-        with anyio.move_on_after(2.0):
+        with anyio.move_on_after(every_s):
             await stop.wait()
         c = writers[0].consolidator if writers else None
         if c is not None:
@@ -187,10 +196,15 @@ async def maintain_loop(
         # the near-duplicate pass after a bulk ingest is writer work too: an index build
         # started under it would compete with it for the cores
         total = activity() if activity else sum(w.processed + w.neardup.swept for w in writers)
+        now = time.monotonic()
         if total != last_total:
-            last_total, quiet_since = total, time.monotonic()
-        elif time.monotonic() - quiet_since > 5.0:
-            await store.maintain()
+            last_total, quiet_since = total, now
+            if now - tried_at < build_under_load_s:
+                continue
+        elif now - quiet_since <= quiet_s:
+            continue
+        await store.maintain()  # builds only past ``StoreConfig.optimize_every`` unindexed
+        tried_at = time.monotonic()
 
 
 @asynccontextmanager
@@ -237,7 +251,15 @@ async def open(
             for w in writers:
                 tg.start_soon(w.run, stop)
             if writers:
-                tg.start_soon(maintain_loop, store, writers, stop)
+                tg.start_soon(
+                    partial(
+                        maintain_loop,
+                        store,
+                        writers,
+                        stop,
+                        build_under_load_s=config.store.build_under_load_s,
+                    )
+                )
             if apart:  # the shard stays here; writers run in child processes
                 # the children's rows arrive sealed: the shard is served as it is
                 assert isinstance(engine, EdgeStore)
@@ -247,7 +269,16 @@ async def open(
                 url = config.redis.url or EmbeddedRedis(root / "redis").url
                 children = WriterProcesses(config, url, sock, apart)
                 await tg.start(children.run)
-                tg.start_soon(maintain_loop, store, [], stop, lambda: engine.writes)
+                tg.start_soon(
+                    partial(
+                        maintain_loop,
+                        store,
+                        [],
+                        stop,
+                        lambda: engine.writes,
+                        build_under_load_s=config.store.build_under_load_s,
+                    )
+                )
             log.info("bus.open", path=str(root), writers=len(writers), processes=apart)
             raised: Exception | None = None
             try:
@@ -290,6 +321,14 @@ async def run_writers(
         async with anyio.create_task_group() as tg:
             for w in writers:
                 tg.start_soon(w.run, stop)
-            tg.start_soon(maintain_loop, store, writers, stop)
+            tg.start_soon(
+                partial(
+                    maintain_loop,
+                    store,
+                    writers,
+                    stop,
+                    build_under_load_s=config.store.build_under_load_s,
+                )
+            )
         outer.cancel_scope.cancel()
     return writers

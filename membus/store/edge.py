@@ -4,8 +4,9 @@ Edge allows one process per shard, and a second opener breaks the first one's ne
 take our own exclusive file lock before opening. Edge calls are synchronous, hold the GIL most
 of the time and run behind one lock: searches and upserts on the caller's thread when the lock is
 free, anything else in a worker thread. ``optimize()`` (the HNSW build) holds the GIL for its
-whole run, so it is never called on a request path: ``maintain()`` runs it only when asked (idle
-time in the embedded runtime, or ``membus optimize``), and it runs in a child process on a copy of
+whole run, so it is never called on a request path: ``maintain()`` runs it only when asked (by
+the embedded runtime when writers pause, or after minutes of writing without a pause:
+``runtime.host.maintain_loop``; or ``membus optimize``), and it runs in a child process on a copy of
 the shard that then replaces the served one (``membus.store.edge_build``): reads go on throughout
 but for loading the built shard and closing the old one (both hold the GIL: ~0.3 s at 20k points,
 about a second each at 100k), writes pause only while the shard is copied and while the built copy

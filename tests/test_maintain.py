@@ -1,0 +1,71 @@
+"""The runtime's housekeeping loop (``membus.runtime.host.maintain_loop``): when it lets the store
+build its index. Builds wait for the writers to pause, but not forever: under writing that never
+pauses, the points not yet indexed are searched exactly and every recall slows with their number.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from functools import partial
+from typing import cast
+
+import anyio
+import pytest
+
+from membus.core.config import StoreConfig
+from membus.runtime.host import maintain_loop
+from membus.store.port import Store
+
+
+class CountingStore:
+    """The one store call the loop makes, counted."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def maintain(self) -> None:
+        self.calls += 1
+
+
+async def _run_for(seconds: float, activity: Callable[[], int], **timing: float) -> CountingStore:
+    store = CountingStore()
+    stop = anyio.Event()
+    loop = partial(maintain_loop, cast(Store, store), [], stop, activity, **timing)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(loop)
+        await anyio.sleep(seconds)
+        stop.set()
+    return store
+
+
+def _always_writing() -> Callable[[], int]:
+    count = itertools.count()
+    return lambda: next(count)
+
+
+@pytest.mark.anyio
+async def test_writing_without_a_pause_still_gets_a_build_once_due() -> None:
+    store = await _run_for(1.0, _always_writing(), every_s=0.01, build_under_load_s=0.3)
+    assert 1 <= store.calls <= 4  # about every 0.3 s, not every round
+
+
+@pytest.mark.anyio
+async def test_writing_does_not_trigger_a_build_before_it_is_due() -> None:
+    store = await _run_for(0.5, _always_writing(), every_s=0.01, build_under_load_s=60.0)
+    assert store.calls == 0
+
+
+@pytest.mark.anyio
+async def test_quiet_writers_get_a_build_after_the_pause() -> None:
+    def quiet() -> int:
+        return 7
+
+    store = await _run_for(0.5, quiet, every_s=0.01, quiet_s=0.2, build_under_load_s=60.0)
+    assert store.calls >= 1
+
+
+def test_the_load_interval_is_configured_and_checked() -> None:
+    assert StoreConfig().build_under_load_s == 300.0
+    with pytest.raises(ValueError, match="build_under_load_s"):
+        StoreConfig(build_under_load_s=0)
