@@ -8,10 +8,11 @@ or ``config.store`` elsewhere connects to external services instead.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 from redis.asyncio.cluster import RedisCluster
@@ -207,6 +208,24 @@ async def maintain_loop(
         tried_at = time.monotonic()
 
 
+def _maintenance(
+    store: Store,
+    writers: list[Writer],
+    stop: anyio.Event,
+    config: MembusConfig,
+    activity: Callable[[], int] | None = None,
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """``maintain_loop`` as configured, for a task group to start."""
+    return partial(
+        maintain_loop,
+        store,
+        writers,
+        stop,
+        activity,
+        build_under_load_s=config.store.build_under_load_s,
+    )
+
+
 @asynccontextmanager
 async def open(
     path: str | Path = DEFAULT_PATH,
@@ -251,15 +270,7 @@ async def open(
             for w in writers:
                 tg.start_soon(w.run, stop)
             if writers:
-                tg.start_soon(
-                    partial(
-                        maintain_loop,
-                        store,
-                        writers,
-                        stop,
-                        build_under_load_s=config.store.build_under_load_s,
-                    )
-                )
+                tg.start_soon(_maintenance(store, writers, stop, config))
             if apart:  # the shard stays here; writers run in child processes
                 # the children's rows arrive sealed: the shard is served as it is
                 assert isinstance(engine, EdgeStore)
@@ -269,16 +280,7 @@ async def open(
                 url = config.redis.url or EmbeddedRedis(root / "redis").url
                 children = WriterProcesses(config, url, sock, apart)
                 await tg.start(children.run)
-                tg.start_soon(
-                    partial(
-                        maintain_loop,
-                        store,
-                        [],
-                        stop,
-                        lambda: engine.writes,
-                        build_under_load_s=config.store.build_under_load_s,
-                    )
-                )
+                tg.start_soon(_maintenance(store, [], stop, config, lambda: engine.writes))
             log.info("bus.open", path=str(root), writers=len(writers), processes=apart)
             raised: Exception | None = None
             try:
@@ -321,14 +323,6 @@ async def run_writers(
         async with anyio.create_task_group() as tg:
             for w in writers:
                 tg.start_soon(w.run, stop)
-            tg.start_soon(
-                partial(
-                    maintain_loop,
-                    store,
-                    writers,
-                    stop,
-                    build_under_load_s=config.store.build_under_load_s,
-                )
-            )
+            tg.start_soon(_maintenance(store, writers, stop, config))
         outer.cancel_scope.cancel()
     return writers
