@@ -38,6 +38,7 @@ from membus.bench import raw, usage, zipf
 from membus.bench.gates import RECALL_K, Door, time_doors
 from membus.bench.peer import run_peer
 from membus.bench.run import (
+    MANUAL_BUILDS,
     PUBLISH_BATCH,
     WARMUP_TEXT,
     _ingest,
@@ -111,6 +112,7 @@ async def bench_bus(
         writer_processes=processes,
         embedder=emb,
         consolidation=ConsolidationConfig(),
+        store=MANUAL_BUILDS,
     )
     async with runtime.open(path, config) as bus:
         # writers find a new tenant on their next refresh: pay that before anything is timed
