@@ -6,15 +6,19 @@ pauses, the points not yet indexed are searched exactly and every recall slows w
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import cast
 
 import anyio
 import pytest
 
-from membus.core.config import StoreConfig
+import membus
+from membus.core.config import MembusConfig, PolicyConfig, StoreConfig
 from membus.runtime.host import maintain_loop
+from membus.store import edge_build
 from membus.store.port import Store
 
 
@@ -69,3 +73,26 @@ def test_the_load_interval_is_configured_and_checked() -> None:
     assert StoreConfig().build_under_load_s == 300.0
     with pytest.raises(ValueError, match="build_under_load_s"):
         StoreConfig(build_under_load_s=0)
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_an_embedded_bus_under_steady_writing_builds_its_index(tmp_path: Path) -> None:
+    """End to end, with a real Redis and Edge: writing that never pauses for the quiet period
+    still gets its points indexed once ``build_under_load_s`` has passed."""
+    config = MembusConfig(
+        policy=PolicyConfig(mode="open"),
+        store=StoreConfig(optimize_every=50, build_under_load_s=1.0),
+    )
+    async with membus.open(tmp_path, config) as bus:
+        agent = bus.agent("steady", tenant="acme")
+        first = edge_build.current(tmp_path / "store")
+        deadline = time.monotonic() + 30
+        n = 0
+        # a steady trickle, never quiet for the runtime's five seconds, until a build switches
+        # the store to a new generation of its shard
+        while n < 100 or edge_build.current(tmp_path / "store") == first:
+            await agent.publish(f"steady note {n} about build {n % 7}", scope="agent/steady")
+            n += 1
+            await anyio.sleep(0.02)
+            assert time.monotonic() < deadline, "no index build under steady writing"
