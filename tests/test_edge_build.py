@@ -188,6 +188,22 @@ async def test_a_hybrid_store_counts_its_points_unindexed_until_a_build(
     monkeypatch.setattr(store, "_optimize_every", 40)
     await store.maintain()
     assert builds == 1
+    counts = 0
+    real = store.unindexed
+
+    def counted_unindexed() -> int:
+        nonlocal counts
+        counts += 1
+        return real()
+
+    monkeypatch.setattr(store, "unindexed", counted_unindexed)
+    monkeypatch.setattr(store, "_optimize_every", 100)
+    await store.maintain()
+    await store.maintain()  # nothing written since a count that found too few: not counted
+    assert counts == 1 and builds == 1
+    await fill(store, [mem(40)])
+    await store.maintain()
+    assert counts == 2
 
 
 @pytest.mark.slow
