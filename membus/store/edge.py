@@ -564,7 +564,9 @@ class EdgeStore:
             finally:
                 await anyio.to_thread.run_sync(self._resume)
             await edge_build.build(target)
-            # loading a built shard holds the GIL too (~0.3 s at 20k points), but not the lock
+            # loading a built shard holds the GIL too, but not the lock; what it reads from
+            # disk, a thread reads first without holding the GIL (``warm``)
+            await anyio.to_thread.run_sync(edge_build.warm, target)
             built = await anyio.to_thread.run_sync(q.EdgeShard.load, str(target))
         except BaseException as exc:
             self._replay = None

@@ -15,10 +15,12 @@ happens under the store's lock after the replay, and later writes go to the new 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -29,6 +31,7 @@ from membus.errors import Unavailable
 POINTER = "current"
 FIRST = "shard"  # the generation of a store created before out-of-process builds, and of a new one
 _PREFIX = "shard-"
+_CHUNK = 1 << 20  # bytes a copy or a warm-up reads at once
 
 
 def current(root: Path) -> Path:
@@ -61,9 +64,73 @@ def _numbered(name: str) -> bool:
 
 
 def copy(src: Path, dst: Path) -> None:
-    """Copy a closed or flushed shard with no write in flight (the caller pauses writes)."""
+    """Copy a closed or flushed shard with no write in flight (the caller pauses writes),
+    keeping its files sparse. Edge preallocates files (WAL segments, vector chunks) as holes; a
+    plain copy writes every hole out as zeros, and the copy of a 20k-point shard then took
+    412 MB of disk against 159, and loading it with its pages out of the cache read all of that
+    holding the GIL (1.8 s against 0.35; a script outside the repo)."""
     _remove(dst)
-    shutil.copytree(src, dst)
+    shutil.copytree(src, dst, copy_function=_copy_sparse)
+
+
+def _copy_sparse(src: str, dst: str) -> str:
+    """``shutil.copy2`` that copies the data of ``src`` and leaves its holes holes."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        for start, end in _data(fin.fileno(), size):
+            _copy_range(fin.fileno(), fout.fileno(), start, end)
+        os.ftruncate(fout.fileno(), size)  # a hole at the end, too
+    shutil.copystat(src, dst)
+    return dst
+
+
+def _data(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """The (start, end) of each run of data in a file, its holes left out; the whole file where
+    the file system cannot tell them apart."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # SEEK_DATA unsupported: copy every byte
+                yield pos, size
+            return  # ENXIO: a hole from ``pos`` to the end
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, end
+        pos = end
+
+
+def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
+    while start < end:
+        chunk = os.pread(fin, min(end - start, _CHUNK), start)
+        if not chunk:  # the file shrank meanwhile: writes are paused, so never
+            return
+        os.pwrite(fout, chunk, start)
+        start += len(chunk)
+
+
+def warm(path: Path) -> int:
+    """Read a shard's data into the page cache; the bytes read. A build's child closes the
+    shard it built, and Edge's close drops the shard's pages from the cache: ``EdgeShard.load``
+    then reads them from disk holding the GIL, when a worker thread reading them first holds it
+    only between reads (20k points: load 350-390 ms cold, 150-230 warm; a script outside the
+    repo)."""
+    total = 0
+    buf = bytearray(_CHUNK)
+    for entry in sorted(path.rglob("*")):
+        if not entry.is_file():
+            continue
+        with entry.open("rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            for start, end in _data(f.fileno(), size):
+                f.seek(start)
+                while start < end:
+                    n = f.readinto(memoryview(buf)[: min(_CHUNK, end - start)])
+                    if not n:
+                        break
+                    start += n
+                    total += n
+    return total
 
 
 def switch(root: Path, generation: Path) -> None:
