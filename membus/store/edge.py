@@ -549,7 +549,10 @@ class EdgeStore:
                     raise Unavailable("edge store is closed")
                 self._paused = True
                 try:
-                    self._shard.flush()  # the copy must hold every acknowledged write
+                    # the copy must hold every acknowledged write. A flush holds the GIL (1.5 s
+                    # for 100k points written since the last one), but not flushing here only
+                    # moves it: closing the old shard at the end flushes it just the same
+                    self._shard.flush()
                 except BaseException:
                     self._resume_locked()
                     raise
@@ -611,7 +614,6 @@ class EdgeStore:
             for op in pending:
                 built.update(op)
             done += len(pending)
-        built.flush()
         with self._lock:
             if self._shard is None or self._replay is None:
                 raise Unavailable("edge store is closed")
@@ -620,7 +622,9 @@ class EdgeStore:
         try:
             for op in rest:
                 built.update(op)
-            built.flush()  # the switch below must name a shard with every acknowledged write
+            # not flushed (a flush costs 0.1-0.3 s of GIL at 100k points however little
+            # it writes): ``built`` holds every acknowledged write, the replayed ones in its
+            # WAL, which an open after a crash replays
             edge_build.switch(self._path, target)
         except BaseException:
             if edge_build.current(self._path) != target:  # else the switch is made: serve it
@@ -628,7 +632,7 @@ class EdgeStore:
                 raise
         with self._lock:
             old = self._shard
-            if old is None:  # closed meanwhile: ``built`` is current on disk, flushed
+            if old is None:  # closed meanwhile: ``built`` is current on disk
                 built.close()
             else:
                 self._shard = built
