@@ -324,7 +324,6 @@ def test_the_build_copy_keeps_holes_and_every_byte(tmp_path: Path) -> None:
     assert copied.read_bytes() == content
     assert copied.stat().st_blocks * 512 < 1 << 20
     assert (dst / "small").read_bytes() == b"x" * 100
-    assert edge_build.warm(dst) < 1 << 20  # the data, not the holes
 
 
 def test_the_build_copy_copies_every_byte_where_holes_are_unknown(

@@ -31,7 +31,7 @@ from membus.errors import Unavailable
 POINTER = "current"
 FIRST = "shard"  # the generation of a store created before out-of-process builds, and of a new one
 _PREFIX = "shard-"
-_CHUNK = 1 << 20  # bytes a copy or a warm-up reads at once
+_CHUNK = 1 << 20  # bytes a copy reads at once
 
 
 def current(root: Path) -> Path:
@@ -66,9 +66,10 @@ def _numbered(name: str) -> bool:
 def copy(src: Path, dst: Path) -> None:
     """Copy a closed or flushed shard with no write in flight (the caller pauses writes),
     keeping its files sparse. Edge preallocates files (WAL segments, vector chunks) as holes; a
-    plain copy writes every hole out as zeros, and the copy of a 20k-point shard then took
-    412 MB of disk against 159, and loading it with its pages out of the cache read all of that
-    holding the GIL (1.8 s against 0.35; a script outside the repo)."""
+    plain copy wrote every hole out as zeros, which took longer while writes waited (an unbuilt
+    20k-point shard: 801 ms against 543, a script outside the repo) and stayed on disk in the
+    generation served next (``membus bench --workload one-scope``: 225 MB allocated after the
+    20k run against 178, 655 against 621 at 100k)."""
     _remove(dst)
     shutil.copytree(src, dst, copy_function=_copy_sparse)
 
@@ -107,30 +108,6 @@ def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
             return
         os.pwrite(fout, chunk, start)
         start += len(chunk)
-
-
-def warm(path: Path) -> int:
-    """Read a shard's data into the page cache; the bytes read. A build's child closes the
-    shard it built, and Edge's close drops the shard's pages from the cache: ``EdgeShard.load``
-    then reads them from disk holding the GIL, when a worker thread reading them first holds it
-    only between reads (20k points: load 350-390 ms cold, 150-230 warm; a script outside the
-    repo)."""
-    total = 0
-    buf = bytearray(_CHUNK)
-    for entry in sorted(path.rglob("*")):
-        if not entry.is_file():
-            continue
-        with entry.open("rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
-            for start, end in _data(f.fileno(), size):
-                f.seek(start)
-                while start < end:
-                    n = f.readinto(memoryview(buf)[: min(_CHUNK, end - start)])
-                    if not n:
-                        break
-                    start += n
-                    total += n
-    return total
 
 
 def switch(root: Path, generation: Path) -> None:
