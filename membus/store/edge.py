@@ -568,10 +568,8 @@ class EdgeStore:
             finally:
                 await anyio.to_thread.run_sync(self._resume)
             await edge_build.build(target)
-            # loading a built shard holds the GIL too (~0.3 s at 20k points), but not the lock.
-            # Reading its files into the page cache first, in a thread, shortened a load from
-            # disk (1.16 s against 0.75-0.9 at 100k points, a script outside the repo) but
-            # not the bench's worst recall during a build, and added 95 MB to its RSS: not done
+            # loading a built shard holds the GIL too (~0.3 s at 20k points), but not the lock;
+            # reading it into the page cache first did not shorten the bench's stall (README)
             built = await anyio.to_thread.run_sync(q.EdgeShard.load, str(target))
         except BaseException as exc:
             self._replay = None
