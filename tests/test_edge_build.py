@@ -201,11 +201,38 @@ async def test_a_hybrid_store_counts_its_points_unindexed_until_a_build(
     monkeypatch.setattr(store, "unindexed", counted_unindexed)
     monkeypatch.setattr(store, "_optimize_every", 100)
     await store.maintain()
-    await store.maintain()  # nothing written since a count that found too few: not counted
-    assert counts == 1 and builds == 1
+    await store.maintain()  # the last count (40), nothing written since: short, not counted
+    assert counts == 0 and builds == 1
     await fill(store, [mem(40)])
+    await store.maintain()  # 40 counted + 1 written since: still short of 100, not counted
+    assert counts == 0
+    monkeypatch.setattr(store, "_optimize_every", 41)
     await store.maintain()
-    assert counts == 2
+    assert counts == 1 and builds == 2
+
+
+async def test_writers_that_never_pause_get_a_build_at_twice_the_bound(
+    store: EdgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Protects: under writing that never paused, the store built only when the runtime's
+    five-minute interval came, whatever had piled up unindexed meanwhile. ``busy`` builds wait
+    for twice ``optimize_every`` (a build then competes with the writers), never longer."""
+    builds = 0
+
+    async def counted() -> None:
+        nonlocal builds
+        builds += 1
+
+    monkeypatch.setattr(store, "optimize", counted)
+    monkeypatch.setattr(store, "_optimize_every", 20)
+    await fill(store, [mem(i) for i in range(30)])
+    await store.maintain(busy=True)
+    assert builds == 0  # 30 wait: enough when quiet, not yet while busy
+    await store.maintain()
+    assert builds == 1
+    await fill(store, [mem(i) for i in range(30, 40)])
+    await store.maintain(busy=True)
+    assert builds == 2  # 40 wait: twice the bound
 
 
 @pytest.mark.slow

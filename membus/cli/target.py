@@ -74,7 +74,7 @@ class _NoStore:
     ) -> tuple[list[Memory], str | None]:
         self._no()
 
-    async def maintain(self) -> None:
+    async def maintain(self, *, busy: bool = False) -> None:
         return None
 
     async def close(self) -> None:

@@ -38,8 +38,9 @@ class StoreConfig(_Config):
     api_key: str | None = None
     collection: str = "membus_memories"
     # HNSW is built off the request path once this many points arrived unindexed (edge only),
-    # when the writers pause for a few seconds, or after this long of writing without a pause:
-    # unindexed points are searched exactly, so recall slows as they pile up
+    # when the writers pause for a few seconds, or after this long of writing without a pause,
+    # or once twice as many wait: unindexed points are searched exactly, so recall slows as
+    # they pile up
     optimize_every: int = 20_000
     build_under_load_s: float = Field(default=300.0, gt=0)
 

@@ -168,11 +168,13 @@ async def maintain_loop(
 ) -> None:
     """Index builds take the cores and pause writes while they copy the shard, so run them
     after writers have been quiet ``quiet_s`` (``activity``: a count that moves while they
-    write; by default what they processed and the near-duplicate slots they looked at) or, under
-    writing that never pauses that long, once every ``build_under_load_s``: the points not yet
-    indexed are searched exactly, so waiting for a pause that never comes would slow every
-    recall without bound. The TTL sweep (cheap, one ZRANGEBYSCORE per tenant when nothing
-    expired) runs every round, and each tenant's one-time per-clearance rewrite
+    write; by default what they processed and the near-duplicate slots they looked at). Under
+    writing that never pauses that long the points not yet indexed are searched exactly, and
+    every recall slows with their number, so builds also come once every
+    ``build_under_load_s`` and, every round, as soon as the store finds one due while busy
+    (``Store.maintain(busy=True)``; Edge: twice ``optimize_every`` unindexed), which bounds
+    them whatever the write rate. The TTL sweep (cheap, one ZRANGEBYSCORE per tenant when
+    nothing expired) runs every round, and each tenant's one-time per-clearance rewrite
     (``membus.writer.relevel``) in the first."""
     last_total, quiet_since = -1, time.monotonic()
     tried_at = time.monotonic()  # the last round that let the store build
@@ -201,6 +203,7 @@ async def maintain_loop(
         if total != last_total:
             last_total, quiet_since = total, now
             if now - tried_at < build_under_load_s:
+                await store.maintain(busy=True)  # cheap unless a build is due (see above)
                 continue
         elif now - quiet_since <= quiet_s:
             continue

@@ -110,7 +110,9 @@ class EdgeStore:
         self._blend = relevance.SEMANTIC  # the embedder's, from open()
         self._idf = IdfWeights()  # cleared by every write (``_update``)
         self.writes = 0  # updates so far: the idle loop builds indexes once they stop
-        self._too_few: tuple[int, int, int] | None = None  # ``maintain``'s last count, when short
+        self.points_written = 0  # points upserted so far (``maintain`` bounds its counts by it)
+        # ``maintain``'s last count: (points_written then, unindexed); None once a build swaps
+        self._counted: tuple[int, int] | None = None
 
     async def _run(self, fn: Callable[[], T]) -> T:
         def locked() -> T:
@@ -211,6 +213,7 @@ class EdgeStore:
             for i, (pid, payload, lex) in enumerate(batch)
         ]
         await self._now(lambda: self._update(q.UpdateOperation.upsert_points(points)))
+        self.points_written += len(points)
 
     def _vectors(self, dense: list[float], lex: sparse.SparseVec | None) -> dict[str, Any]:
         if lex is None:
@@ -507,20 +510,29 @@ class EdgeStore:
             lexical = int(self._shard.count(q.CountRequest(filter=has, exact=True)))
         return max(0, int(info.points_count - (info.indexed_vectors_count - lexical)))
 
-    async def maintain(self) -> None:
-        """Build HNSW for what arrived since the last build. A failed build is logged and tried
-        again after a backoff (30 s doubling to 10 min: each try copies the whole shard, and a
-        full disk does not empty itself in two seconds); the served shard is untouched by it.
-        ``optimize`` (``membus optimize``) ignores the backoff."""
+    async def maintain(self, *, busy: bool = False) -> None:
+        """Build HNSW for what arrived since the last build, once ``optimize_every`` points wait
+        unindexed, or twice that when ``busy`` (writers are writing: a build competes with them
+        for the cores and pauses their writes while it copies the shard, so under writing that
+        never pauses it waits for more, but not without bound). A failed build is logged and
+        tried again after a backoff (30 s doubling to 10 min: each try copies the whole shard,
+        and a full disk does not empty itself in two seconds); the served shard is untouched by
+        it. ``optimize`` (``membus optimize``) ignores the backoff.
+
+        Example: ``await store.maintain(busy=True)``"""
         if self._shard is None or time.monotonic() < self._retry_at:
             return
-        # nothing written since a count that found too few: counting again would block the
-        # event loop every idle round for nothing (16 ms at 100k points, 6.6 ms once built)
-        seen = (self.writes, id(self._shard), self._optimize_every)
-        if seen == self._too_few:
-            return
-        if self.unindexed() < self._optimize_every:
-            self._too_few = seen
+        due = self._optimize_every * (2 if busy else 1)
+        # a count blocks the event loop (16 ms at 100k points, 6.6 ms once built), and a round
+        # may come every two seconds: no count while the last one plus every point upserted
+        # since (each may have left an index) stays short
+        if self._counted is not None:
+            at, unindexed = self._counted
+            if unindexed + self.points_written - at < due:
+                return
+        unindexed = self.unindexed()
+        self._counted = (self.points_written, unindexed)
+        if unindexed < due:
             return
         try:
             await self.optimize()
@@ -637,6 +649,7 @@ class EdgeStore:
             else:
                 self._shard = built
                 self._idf.clear()  # merging segments may drop deleted points from statistics
+                self._counted = None  # the built shard has its own count
             self._replay = None
             self._resume_locked()
         return old

@@ -458,8 +458,12 @@ class Store(Protocol):
         """Page through a tenant's memories in id order; returns (page, next offset)."""
         ...
 
-    async def maintain(self) -> None:
-        """Background housekeeping (index builds); never call on a request path."""
+    async def maintain(self, *, busy: bool = False) -> None:
+        """Background housekeeping (index builds); never call on a request path. ``busy``:
+        writers are writing now, so an engine may wait for more work before competing with
+        them for the cores.
+
+        Example: ``await store.maintain(busy=True)``"""
         ...
 
     async def close(self) -> None: ...

@@ -429,7 +429,7 @@ class QdrantStore:
         page = [Memory.from_payload(r.payload or {}) for r in recs]
         return page, (str(nxt) if nxt is not None else None)
 
-    async def maintain(self) -> None:
+    async def maintain(self, *, busy: bool = False) -> None:
         """Nothing to do: the server's optimizers build indexes on their own schedule."""
 
     async def close(self) -> None:

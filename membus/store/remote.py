@@ -208,7 +208,7 @@ class RemoteStore:
         page: tuple[list[Memory], str | None] = await self._call("scroll", tenant, limit, offset)
         return page
 
-    async def maintain(self) -> None:
+    async def maintain(self, *, busy: bool = False) -> None:
         """Index builds are the shard owner's (its idle loop)."""
 
     async def close(self) -> None:

@@ -235,8 +235,8 @@ class SealedStore:
         page, nxt = await self.inner.scroll(tenant, limit, offset)
         return [m for m in await self._open(tenant, page) if m], nxt
 
-    async def maintain(self) -> None:
-        await self.inner.maintain()
+    async def maintain(self, *, busy: bool = False) -> None:
+        await self.inner.maintain(busy=busy)
 
     async def close(self) -> None:
         await self.inner.close()
