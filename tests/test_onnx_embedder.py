@@ -117,3 +117,24 @@ def test_the_pool_stops_spinning_when_a_run_returns(onnx_minilm: Any) -> None:
     options = onnx_minilm._session.get_session_options()
     assert options.get_session_config_entry("session.force_spinning_stop") == "1"
     assert options.intra_op_num_threads == 1  # the fixture's; spinning within a run stays on
+
+
+@pytest.mark.slow
+def test_a_batch_runs_in_parallel_with_the_vectors_of_one_run(
+    onnx_minilm: Any, cache: Path
+) -> None:
+    """Protects: with two threads, a call of several runs (a writer's batch) goes to
+    single-threaded runs side by side, where one intra-op run of two threads stalled at every
+    operator behind a descheduled thread. Each text keeps its place and its vector; a call of
+    one run (a query) uses the intra-op session and never opens the second one."""
+    two = make_embedder("minilm", runtime="onnx", threads=2, cache_dir=cache)
+    query = two.embed(["how does Ana like to be contacted"])
+    assert two._runs is None and two._session.get_session_options().intra_op_num_threads == 2
+    texts = [f"{t} ({i})" for i, t in enumerate(TEXTS * 12)]  # 72 texts: five runs of 16
+    many = two.embed(texts)
+    assert two._runs.get_session_options().intra_op_num_threads == 1
+    ref = onnx_minilm.embed(texts)  # one thread, one run after another
+    np.testing.assert_allclose(many, ref, atol=1e-4)
+    np.testing.assert_allclose(
+        query, onnx_minilm.embed(["how does Ana like to be contacted"]), atol=1e-4
+    )

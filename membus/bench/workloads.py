@@ -358,8 +358,9 @@ def _about() -> dict[str, Any]:
 
 
 def embedder_throughput(embedder: Embedder, texts: Sequence[str], batch: int) -> float:
-    """Sentences per second of ``embedder`` alone, in batches of ``batch`` (after a warm-up)."""
-    embedder.embed(list(texts[:8]))
+    """Sentences per second of ``embedder`` alone, in batches of ``batch`` (after a warm-up of
+    one whole batch: ONNX opens the session for a batch's parallel runs on the first)."""
+    embedder.embed(list(texts[:batch]))
     t0 = time.perf_counter()
     for start in range(0, len(texts), batch):
         embedder.embed(list(texts[start : start + batch]))

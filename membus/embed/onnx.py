@@ -24,6 +24,7 @@ import os
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -119,12 +120,20 @@ class OnnxMiniLMEmbedder:
     """all-MiniLM-L6-v2 on ONNX Runtime's CPU provider: 384-d unit vectors, the name and
     vector space of ``MiniLMEmbedder`` (a store written by one is read by the other).
 
-    ``threads``: ONNX Runtime's intra-op threads for this session (not process-wide, unlike
-    torch's); ``None``: ``default_threads()``, one per usable core up to 4. ``batch_size``:
-    texts per run, taken longest first so a run pads little. 16 on 2 cores embedded the
-    semantic bench's texts at 250-265 a second where 64 managed 190-225 (the bench's
-    embedder-alone step, calls of 64 and 256 texts; a script outside the repo), and took
-    end-to-end ingest from 168-174 to 182-184 events/s (5k events).
+    ``threads``: how many cores one call may use (``None``: ``default_threads()``, one per
+    usable core up to 4). A call of one run (one text, a query) runs on a session with that
+    many intra-op threads: the fastest for one text. A call of several runs (a writer's batch)
+    runs ``threads`` of them at once, each on one thread of a second session: an intra-op run
+    waits at every operator for its slowest thread, so a thread descheduled by the writer's own
+    Python, Redis or the engine stalls both; single-threaded runs lose only that thread's time.
+    Measured on 2 cores (a script outside the repo, 2,000 of the semantic bench's texts in
+    calls of 64): 243-247 texts/s against 204-212 alone, and beside a Python thread busy 40% of
+    the time 188-198 against 131-163. The second session holds its own copy of the weights
+    (~110 MB RSS); with ``threads=1`` there is one session. ``batch_size``: texts per run, taken
+    longest first so a run pads little. 16 on 2 cores embedded the semantic bench's texts at
+    250-265 a second where 64 managed 190-225 (the bench's embedder-alone step, calls of 64 and
+    256 texts; a script outside the repo), and took end-to-end ingest from 168-174 to 182-184
+    events/s (5k events).
     """
 
     def __init__(
@@ -137,7 +146,9 @@ class OnnxMiniLMEmbedder:
         self._threads = threads if threads is not None else default_threads()
         self._model = model_dir(need_torch=False)
         self._cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self._session: Any = None
+        self._session: Any = None  # ``threads`` intra-op threads: one run at a time
+        self._runs: Any = None  # one intra-op thread: ``threads`` runs at once
+        self._pool: ThreadPoolExecutor | None = None  # the runs beside the caller's
         self._tokenizer: Any = None
         self._lock = threading.Lock()
         self._log = get_logger("membus.semantic")
@@ -169,10 +180,19 @@ class OnnxMiniLMEmbedder:
                     except Exception as exc:
                         raise Unavailable(f"could not export MiniLM to ONNX: {exc!r}") from exc
                     self._log.info("semantic.exported", path=str(graph))
-        ort = importlib.import_module("onnxruntime")
         tokenizers = importlib.import_module("tokenizers")
+        session = self._open(graph, self._threads)
+        tokenizer = tokenizers.Tokenizer.from_file(str(self._model / "tokenizer.json"))
+        tokenizer.enable_truncation(MAX_TOKENS)
+        tokenizer.enable_padding()
+        self._log.info("semantic.loaded", path=str(graph), threads=self._threads, runtime="onnx")
+        self._session, self._tokenizer = session, tokenizer
+        return session, tokenizer
+
+    def _open(self, graph: Path, threads: int) -> Any:
+        ort = importlib.import_module("onnxruntime")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self._threads
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # warnings about unused initialisers are noise
@@ -185,16 +205,19 @@ class OnnxMiniLMEmbedder:
         # (``session.intra_op.allow_spinning`` 0) one query took 4.7 ms, not 3.4.
         options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
-            session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # a truncated or foreign file: export again next time
             graph.unlink(missing_ok=True)
             raise Unavailable(f"could not load {graph}: {exc!r}") from exc
-        tokenizer = tokenizers.Tokenizer.from_file(str(self._model / "tokenizer.json"))
-        tokenizer.enable_truncation(MAX_TOKENS)
-        tokenizer.enable_padding()
-        self._log.info("semantic.loaded", path=str(graph), threads=self._threads, runtime="onnx")
-        self._session, self._tokenizer = session, tokenizer
-        return session, tokenizer
+
+    def _parallel_runs(self) -> tuple[Any, ThreadPoolExecutor]:
+        """The single-threaded session and the pool for the runs beside the caller's, opened
+        on the first call of several runs (a process that only embeds queries never holds a
+        second copy of the weights). Caller holds ``_lock``, after ``_load``."""
+        if self._runs is None or self._pool is None:
+            self._runs = self._open(self.graph, 1)
+            self._pool = ThreadPoolExecutor(self._threads - 1, thread_name_prefix="membus-embed")
+        return self._runs, self._pool
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:
@@ -202,11 +225,31 @@ class OnnxMiniLMEmbedder:
         out = np.empty((len(texts), DIM), dtype=np.float32)
         # longest first, batched by length: padding to a batch's longest text is wasted work
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        chunks = [order[i : i + self._batch_size] for i in range(0, len(order), self._batch_size)]
         with self._lock:
             session, tokenizer = self._load()
-            for start in range(0, len(order), self._batch_size):
-                chunk = order[start : start + self._batch_size]
-                out[chunk] = self._batch(session, tokenizer, [texts[i] for i in chunk])
+            if len(chunks) == 1 or self._threads == 1:
+                for chunk in chunks:
+                    out[chunk] = self._batch(session, tokenizer, [texts[i] for i in chunk])
+                return out
+            runs, pool = self._parallel_runs()
+            todo = iter(chunks)
+            taking = threading.Lock()
+
+            def work() -> None:  # takes the next run until none is left: longest go first
+                while True:
+                    with taking:
+                        chunk = next(todo, None)
+                    if chunk is None:
+                        return
+                    out[chunk] = self._batch(runs, tokenizer, [texts[i] for i in chunk])
+
+            beside = [pool.submit(work) for _ in range(min(self._threads, len(chunks)) - 1)]
+            try:
+                work()
+            finally:
+                for done in beside:
+                    done.result()  # waits for the runs beside; raises a failure of one
         return out
 
     @staticmethod

@@ -40,8 +40,9 @@ def default_threads() -> int:
     ONNX): a second intra-op thread embeds ~1.8x as fast alone and ingests ~1.4x as fast end
     to end (ONNX: 133-142 events/s against 95-100), and embeds one query in 3-4 ms against 5;
     ONNX Runtime beats torch at both counts. On a machine shared with other busy processes,
-    ``threads=1`` avoids the stalls of a descheduled intra-op thread. A 6-layer model gains
-    little beyond 4 threads."""
+    ``threads=1`` avoids the stalls of a descheduled intra-op thread (ONNX avoids them for a
+    batch at any count: its runs go side by side, one thread each, see
+    ``membus.embed.onnx``). A 6-layer model gains little beyond 4 threads."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
