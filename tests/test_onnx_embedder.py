@@ -129,7 +129,8 @@ def test_a_batch_runs_in_parallel_with_the_vectors_of_one_run(
     one run (a query) uses the intra-op session and never opens the second one."""
     two = make_embedder("minilm", runtime="onnx", threads=2, cache_dir=cache)
     query = two.embed(["how does Ana like to be contacted"])
-    assert two._runs is None and two._session.get_session_options().intra_op_num_threads == 2
+    assert two._runs is None
+    assert two._session.get_session_options().intra_op_num_threads == 2
     texts = [f"{t} ({i})" for i, t in enumerate(TEXTS * 12)]  # 72 texts: five runs of 16
     many = two.embed(texts)
     runs = two._runs.get_session_options()
@@ -140,3 +141,6 @@ def test_a_batch_runs_in_parallel_with_the_vectors_of_one_run(
     np.testing.assert_allclose(
         query, onnx_minilm.embed(["how does Ana like to be contacted"]), atol=1e-4
     )
+    # the query session still embeds one text, as before
+    assert two._session.get_session_options().intra_op_num_threads == 2
+    np.testing.assert_allclose(two.embed(["how does Ana like to be contacted"]), query, atol=1e-4)

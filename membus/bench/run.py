@@ -149,6 +149,8 @@ async def _open(path: Path, layout: str, emb: EmbedderConfig) -> AsyncIterator[B
         # the first use of the store and embedder, so ingest measures steady state.
         await bus.agent("bench-warmup", raw.TENANT).publish(WARMUP_TEXT, raw.LIVE_SCOPE)
         await bus.drain()
+        # and a batch's first embedding (ONNX opens its parallel runs' session then)
+        await anyio.to_thread.run_sync(bus.embedder.embed, [WARMUP_TEXT] * 64)
         yield bus
 
 

@@ -118,6 +118,8 @@ async def bench_bus(
         # writers find a new tenant on their next refresh: pay that before anything is timed
         await bus.agent("bench-warmup", raw.TENANT).publish(WARMUP_TEXT, raw.LIVE_SCOPE)
         await bus.drain()
+        # and a batch's first embedding (ONNX opens its parallel runs' session then)
+        await anyio.to_thread.run_sync(bus.embedder.embed, [WARMUP_TEXT] * 64)
         yield bus
 
 

