@@ -168,6 +168,20 @@ async def test_crash_after_the_switch_reopens_on_the_new_shard(
     assert edge_build.next_generation(root).name == "shard-2"
 
 
+class Builds:
+    """The store's ``optimize`` replaced by a count: what ``maintain`` decides, no build."""
+
+    def __init__(
+        self, store: EdgeStore, monkeypatch: pytest.MonkeyPatch, optimize_every: int
+    ) -> None:
+        self.n = 0
+        monkeypatch.setattr(store, "optimize", self._build)
+        monkeypatch.setattr(store, "_optimize_every", optimize_every)
+
+    async def _build(self) -> None:
+        self.n += 1
+
+
 async def test_a_hybrid_store_counts_its_points_unindexed_until_a_build(
     store: EdgeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -177,19 +191,12 @@ async def test_a_hybrid_store_counts_its_points_unindexed_until_a_build(
     HNSW index; ``maintain`` builds once ``optimize_every`` of them wait."""
     await fill(store, [mem(i) for i in range(40)])
     assert store.unindexed() == 40
-    builds = 0
-
-    async def counted() -> None:
-        nonlocal builds
-        builds += 1
-
-    monkeypatch.setattr(store, "optimize", counted)
-    monkeypatch.setattr(store, "_optimize_every", 41)
+    builds = Builds(store, monkeypatch, optimize_every=41)
     await store.maintain()
-    assert builds == 0
+    assert builds.n == 0
     monkeypatch.setattr(store, "_optimize_every", 40)
     await store.maintain()
-    assert builds == 1
+    assert builds.n == 1
     counts = 0
     real = store.unindexed
 
@@ -202,13 +209,13 @@ async def test_a_hybrid_store_counts_its_points_unindexed_until_a_build(
     monkeypatch.setattr(store, "_optimize_every", 100)
     await store.maintain()
     await store.maintain()  # the last count (40), nothing written since: short, not counted
-    assert counts == 0 and builds == 1
+    assert counts == 0 and builds.n == 1
     await fill(store, [mem(40)])
     await store.maintain()  # 40 counted + 1 written since: still short of 100, not counted
     assert counts == 0
     monkeypatch.setattr(store, "_optimize_every", 41)
     await store.maintain()
-    assert counts == 1 and builds == 2
+    assert counts == 1 and builds.n == 2
 
 
 async def test_writers_that_never_pause_get_a_build_at_twice_the_bound(
@@ -217,22 +224,15 @@ async def test_writers_that_never_pause_get_a_build_at_twice_the_bound(
     """Protects: under writing that never paused, the store built only when the runtime's
     five-minute interval came, whatever had piled up unindexed meanwhile. ``busy`` builds wait
     for twice ``optimize_every`` (a build then competes with the writers), never longer."""
-    builds = 0
-
-    async def counted() -> None:
-        nonlocal builds
-        builds += 1
-
-    monkeypatch.setattr(store, "optimize", counted)
-    monkeypatch.setattr(store, "_optimize_every", 20)
+    builds = Builds(store, monkeypatch, optimize_every=20)
     await fill(store, [mem(i) for i in range(30)])
     await store.maintain(busy=True)
-    assert builds == 0  # 30 wait: enough when quiet, not yet while busy
+    assert builds.n == 0  # 30 wait: enough when quiet, not yet while busy
     await store.maintain()
-    assert builds == 1
+    assert builds.n == 1
     await fill(store, [mem(i) for i in range(30, 40)])
     await store.maintain(busy=True)
-    assert builds == 2  # 40 wait: twice the bound
+    assert builds.n == 2  # 40 wait: twice the bound
 
 
 @pytest.mark.slow
