@@ -145,13 +145,17 @@ async def _open(path: Path, layout: str, emb: EmbedderConfig) -> AsyncIterator[B
         store=MANUAL_BUILDS,
     )
     async with runtime.open(path, config) as bus:
-        # Writers hear of a new tenant at once (the door announces it); the warm-up still pays
-        # the first use of the store and embedder, so ingest measures steady state.
-        await bus.agent("bench-warmup", raw.TENANT).publish(WARMUP_TEXT, raw.LIVE_SCOPE)
-        await bus.drain()
-        # and a batch's first embedding (ONNX opens its parallel runs' session then)
-        await anyio.to_thread.run_sync(bus.embedder.embed, [WARMUP_TEXT] * 64)
+        await warm_up(bus)
         yield bus
+
+
+async def warm_up(bus: Bus) -> None:
+    """Pay first uses before anything is timed, so ingest measures steady state: the store's,
+    the embedder's for one text and for a batch (ONNX opens its parallel runs' session then).
+    Writers hear of a new tenant at once (the door announces it)."""
+    await bus.agent("bench-warmup", raw.TENANT).publish(WARMUP_TEXT, raw.LIVE_SCOPE)
+    await bus.drain()
+    await anyio.to_thread.run_sync(bus.embedder.embed, [WARMUP_TEXT] * 64)
 
 
 # -- phases ---------------------------------------------------------------------------------------

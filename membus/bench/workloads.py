@@ -40,12 +40,12 @@ from membus.bench.peer import run_peer
 from membus.bench.run import (
     MANUAL_BUILDS,
     PUBLISH_BATCH,
-    WARMUP_TEXT,
     _ingest,
     _optimize,
     _progress,
     _version,
     run_bench,
+    warm_up,
 )
 from membus.bus.api import Bus
 from membus.core.config import (
@@ -115,11 +115,7 @@ async def bench_bus(
         store=MANUAL_BUILDS,
     )
     async with runtime.open(path, config) as bus:
-        # writers find a new tenant on their next refresh: pay that before anything is timed
-        await bus.agent("bench-warmup", raw.TENANT).publish(WARMUP_TEXT, raw.LIVE_SCOPE)
-        await bus.drain()
-        # and a batch's first embedding (ONNX opens its parallel runs' session then)
-        await anyio.to_thread.run_sync(bus.embedder.embed, [WARMUP_TEXT] * 64)
+        await warm_up(bus)
         yield bus
 
 
