@@ -5,13 +5,14 @@ take our own exclusive file lock before opening. Edge calls are synchronous, hol
 of the time and run behind one lock: searches and upserts on the caller's thread when the lock is
 free, anything else in a worker thread. ``optimize()`` (the HNSW build) holds the GIL for its
 whole run, so it is never called on a request path: ``maintain()`` runs it only when asked (by
-the embedded runtime when writers pause, or after minutes of writing without a pause:
-``runtime.host.maintain_loop``; or ``membus optimize``), and it runs in a child process on a copy of
-the shard that then replaces the served one (``membus.store.edge_build``): reads go on throughout
-but for flushing the served shard before the copy, loading the built shard and closing the old one
-(all three hold the GIL: ~0.15-0.45 s each at 20k points; at 100k the flush 1.5 s with every point
-written since the last one, the load 0.7-1.2 s, the close 0.6 s), writes pause only while the shard
-is copied and while the built copy catches up.
+the embedded runtime when writers pause, or under writing without a pause after minutes of it or
+once twice ``optimize_every`` points wait: ``runtime.host.maintain_loop``; or ``membus
+optimize``), and it runs in a child process on a copy of the shard that then replaces the served
+one (``membus.store.edge_build``): reads go on throughout but for flushing the served shard
+before the copy, loading the built shard and closing the old one (all three hold the GIL:
+~0.15-0.45 s each at 20k points; at 100k the flush 1.5 s with every point written since the last
+one, the load 0.7-1.2 s, the close 0.6 s), writes pause only while the shard is copied and while
+the built copy catches up.
 
 Hybrid recall (``membus.store.sparse``): every point also carries a BM25 sparse vector of its
 content, declared with Edge's IDF modifier. A search with ``text`` runs a dense and a lexical
