@@ -53,6 +53,7 @@ from membus.core.config import (
     EmbedderConfig,
     MembusConfig,
     PolicyConfig,
+    default_writers,
 )
 from membus.core.logs import warnings_to_stderr
 from membus.embed.port import Embedder
@@ -103,12 +104,12 @@ def semantic_plan(memories: int, quick: bool) -> Plan:
 
 @contextlib.asynccontextmanager
 async def bench_bus(
-    path: Path, emb: EmbedderConfig, writers: int = 1, processes: int = 0
+    path: Path, emb: EmbedderConfig, writers: int | None = None, processes: int = 0
 ) -> AsyncIterator[Bus]:
     config = MembusConfig(
         policy=PolicyConfig(mode="open"),
         worker=runtime.EMBEDDED_WORKER,
-        writers=writers,
+        writers=default_writers(emb.name) if writers is None else writers,
         writer_processes=processes,
         embedder=emb,
         consolidation=ConsolidationConfig(),
@@ -419,6 +420,7 @@ async def semantic(
         committed = await bus.store.count(raw.TENANT) - 1
         await bus.store.flush()  # type: ignore[attr-defined]
         real, apparent = usage.disk(root / "bus")
+        writers = bus.config.writers
     ingest = plan.memories / elapsed
     return {
         "workload": "semantic",
@@ -428,6 +430,7 @@ async def semantic(
         "embedder": "minilm",
         "embedder_runtime": runtime_name,
         "embedder_threads": threads,
+        "writers": writers,
         "embedder_load_s": _r(load_s),
         "embedder_batched_per_s": _r(own, 1),
         "ingest_events_per_s": _r(ingest, 1),
@@ -575,7 +578,7 @@ def workload_table(res: dict[str, Any]) -> Table:
         row("index build, s", res["index_build_s"], None)
     else:
         row(
-            f"ingest to searchable, events/s (raw: embedder alone, "
+            f"ingest to searchable, {res['writers']} writers, events/s (raw: embedder alone, "
             f"{res['embedder_runtime']} x{res['embedder_threads']})",
             res["ingest_events_per_s"],
             res["embedder_batched_per_s"],

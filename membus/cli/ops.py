@@ -25,12 +25,20 @@ AllOpt = Annotated[bool, typer.Option("--all", help="Every dead letter of the te
 def worker(
     ctx: typer.Context,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", min=1, max=64, help="Writer tasks.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--concurrency",
+            "-c",
+            min=1,
+            max=64,
+            help="Writer tasks (default: 1 with the hashing embedder, 2 with a model).",
+        ),
+    ] = None,
     json_flag: JsonFlag = False,
 ) -> None:
     """Run writers until SIGTERM/SIGINT; the batch in hand is finished before exiting."""
     from membus.cli.target import claim
+    from membus.core.config import default_writers
     from membus.runtime.host import connect, run_writers
     from membus.runtime.signals import on_signals
 
@@ -44,8 +52,9 @@ def worker(
                 stack, connect(config, settings.data_dir), settings
             )
             stop = anyio.Event()
-            running = f"membus worker: {concurrency} writer(s) running; SIGTERM/Ctrl-C stops"
-            config = config.model_copy(update={"writers": concurrency})
+            tasks = concurrency or default_writers(config.embedder.name)
+            running = f"membus worker: {tasks} writer(s) running; SIGTERM/Ctrl-C stops"
+            config = config.model_copy(update={"writers": tasks})
             async with anyio.create_task_group() as outer:
                 await outer.start(on_signals, stop, outer.cancel_scope)
                 writers = await run_writers(

@@ -26,6 +26,7 @@ from membus.core.config import (
     SigningConfig,
     StoreConfig,
     WorkerConfig,
+    default_writers,
 )
 from membus.core.envelope import invalid_from, validate_scope
 from membus.errors import InvalidInput
@@ -62,7 +63,8 @@ class Settings(BaseSettings):
     retention: RetentionConfig = RetentionConfig()
     consolidation: ConsolidationConfig = ConsolidationConfig()
     ranking: RankingConfig = RankingConfig()
-    # In-process writers for CLI commands; None: 1 on embedded Redis, 0 when workers run apart.
+    # In-process writers for CLI commands; None: on embedded Redis 1, 2 with a model
+    # (``default_writers``); 0 when workers run apart.
     writers: int | None = None
     # embedded Edge store: run the writers in this many child processes (see MembusConfig)
     writer_processes: int = 0
@@ -127,6 +129,10 @@ class Settings(BaseSettings):
         for scope in self.policy_redact_scopes:
             validate_scope(scope)
 
+    def _writers(self) -> int:
+        """In-process writers when ``writers`` is not set: none when workers run apart."""
+        return default_writers(self.embedder) if self.embedded else 0
+
     def to_config(self) -> MembusConfig:
         self._checked_policy()
         # With embedded Redis every writer lives in one process, so start from the embedded
@@ -172,7 +178,7 @@ class Settings(BaseSettings):
                     resync_s=self.policy_resync_s,
                     redact_scopes=self.policy_redact_scopes,
                 ),
-                writers=self.writers if self.writers is not None else int(self.embedded),
+                writers=self.writers if self.writers is not None else self._writers(),
                 writer_processes=self.writer_processes,
             )
         except ValidationError as exc:

@@ -221,12 +221,37 @@ class MembusConfig(_Config):
     policy: PolicyConfig = PolicyConfig()
     consolidation: ConsolidationConfig = ConsolidationConfig()
     ranking: RankingConfig = RankingConfig()
-    # In-process writer tasks (embedded default); 0 when separate worker processes run.
+    # In-process writer tasks (embedded default); 0 when separate worker processes run. Not
+    # given: ``default_writers(embedder.name)``, 1 with hashing and 2 with a model
     writers: int = Field(default=1, ge=0, le=64)
     # Edge store: run the writers in this many child processes instead (each with ``writers``
     # tasks), reaching the shard this process keeps through a socket (membus/store/remote.py),
     # so ingest uses more than one core; recall stays in process
     writer_processes: int = Field(default=0, ge=0, le=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _writers_default(cls, data: object) -> object:
+        """``writers`` not given: ``default_writers`` for the embedder given."""
+        if not isinstance(data, dict) or data.get("writers") is not None:
+            return data
+        embedder = data.get("embedder")
+        name = embedder.get("name") if isinstance(embedder, dict) else getattr(embedder, "name", "")
+        return {**data, "writers": default_writers(name or "hashing")}
+
+
+# writer tasks when the embedder is a model and ``MembusConfig.writers`` is not given
+MODEL_WRITERS = 2
+
+
+def default_writers(embedder: str) -> int:
+    """In-process writer tasks when none are asked for: one with the hashing embedder, two with
+    a model. One writer leaves the model idle while it verifies, merges and commits a batch
+    (about a tenth of a semantic ingest's time, every batch); a second embeds its own batch
+    meanwhile (``membus bench --workload semantic``, README).
+
+    Example: ``default_writers("minilm")`` is 2"""
+    return 1 if embedder == "hashing" else MODEL_WRITERS
 
 
 # where ``membus.open()`` and the CLI keep an embedded bus unless told otherwise
