@@ -62,6 +62,8 @@ def test_unknown_workload_or_peer_is_refused() -> None:
         workloads.run_workload("semantic", json_output=True, peer="zep")
     with pytest.raises(InvalidInput, match="hashing"):
         workloads.run_workload("one-scope", json_output=True, embedder="minilm")
+    with pytest.raises(InvalidInput, match="--writers"):
+        workloads.run_workload("one-scope", json_output=True, writers=2)
 
 
 def test_mem0_peer_is_skipped_with_a_message_when_not_installed(

@@ -385,6 +385,7 @@ async def semantic(
     runtime_name: str,
     threads: int,
     make: Callable[[EmbedderConfig], Embedder],
+    writers: int | None = None,
 ) -> dict[str, Any]:
     emb = EmbedderConfig.model_validate(
         {"name": "minilm", "runtime": runtime_name, "threads": threads}
@@ -401,7 +402,7 @@ async def semantic(
     q50, q99 = one_query_ms(alone, queries)
     del alone
     progress.remove_task(task)
-    async with bench_bus(root / "bus", emb) as bus:
+    async with bench_bus(root / "bus", emb, writers) as bus:
         before = usage.snapshot()
         t0 = time.perf_counter()
         agent = bus.agent("bench-writer", raw.TENANT)
@@ -488,11 +489,13 @@ def run_workload(
     embedder: str = "hashing",
     runtime_name: str = "onnx",
     threads: int | None = None,
+    writers: int | None = None,
     peer: str | None = None,
 ) -> dict[str, Any]:
     """Run one workload; print a table (or exactly one JSON object) to stdout; return the dict.
     ``memories`` None: the workload's full size (100k; semantic 10k); ``threads`` None: the
-    embedder's default policy (``membus.embed.semantic.default_threads``)."""
+    embedder's default policy (``membus.embed.semantic.default_threads``); ``writers`` None:
+    the library's (``membus.core.config.default_writers``)."""
     if workload not in WORKLOADS:
         raise InvalidInput(f"unknown workload {workload!r}: choose {', '.join(WORKLOADS)}")
     if peer is not None and peer != "mem0":
@@ -505,6 +508,8 @@ def run_workload(
         )
     if workload == "one-scope" and embedder != "hashing":
         raise InvalidInput("the one-scope workload measures the hashing embedder")
+    if writers is not None and workload != "semantic":
+        raise InvalidInput("--writers sets the semantic workload's writer tasks")
     stdout = sys.stdout
     with (
         warnings_to_stderr(),
@@ -519,7 +524,9 @@ def run_workload(
         else:
             plan = semantic_plan(memories or 10_000, quick)
             count = threads or default_threads()
-            result = anyio.run(semantic, root, plan, progress, runtime_name, count, embedder_for)
+            result = anyio.run(
+                semantic, root, plan, progress, runtime_name, count, embedder_for, writers
+            )
             if peer == "mem0":
                 result["peer"] = run_peer(root / "mem0", plan, progress, count)
                 result.update(peer_ratios(result))

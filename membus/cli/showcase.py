@@ -76,6 +76,15 @@ def bench(
             help="semantic: embedder threads (default: the library's, one per usable core).",
         ),
     ] = None,
+    writers: Annotated[
+        int | None,
+        typer.Option(
+            "--writers",
+            min=1,
+            max=64,
+            help="semantic: writer tasks (default: the library's, two with a model).",
+        ),
+    ] = None,
     peer: Annotated[
         str | None,
         typer.Option("--peer", help="semantic: also run this peer (mem0; needs mem0ai)."),
@@ -104,6 +113,7 @@ def bench(
             embedder=embedder,
             runtime_name=runtime,
             threads=threads,
+            writers=writers,
             peer=peer,
         )
         _finish(result)
