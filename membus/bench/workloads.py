@@ -398,7 +398,7 @@ async def semantic(
     t_load = time.perf_counter()
     alone.embed(["load"])
     load_s = time.perf_counter() - t_load
-    own = embedder_throughput(alone, contents, runtime.EMBEDDED_WORKER.batch_size)
+    own_before = embedder_throughput(alone, contents, runtime.EMBEDDED_WORKER.batch_size)
     q50, q99 = one_query_ms(alone, queries)
     del alone
     progress.remove_task(task)
@@ -422,6 +422,14 @@ async def semantic(
         await bus.store.flush()  # type: ignore[attr-defined]
         real, apparent = usage.disk(root / "bus")
         writers = bus.config.writers
+    # the embedder alone again, after: this machine's speed drifts within a run (the rate alone
+    # read 151 to 193 texts/s in adjacent 3k runs of one code), and the ingest sits between
+    task = progress.add_task(f"embedder alone again ({runtime_name}, {threads} thr)", total=None)
+    alone = make(emb)
+    own_after = embedder_throughput(alone, contents, runtime.EMBEDDED_WORKER.batch_size)
+    del alone
+    progress.remove_task(task)
+    own = (own_before + own_after) / 2
     ingest = plan.memories / elapsed
     return {
         "workload": "semantic",
@@ -433,7 +441,9 @@ async def semantic(
         "embedder_threads": threads,
         "writers": writers,
         "embedder_load_s": _r(load_s),
-        "embedder_batched_per_s": _r(own, 1),
+        "embedder_batched_per_s": _r(own, 1),  # the mean of before and after the ingest
+        "embedder_batched_before_per_s": _r(own_before, 1),
+        "embedder_batched_after_per_s": _r(own_after, 1),
         "ingest_events_per_s": _r(ingest, 1),
         "ingest_ratio": _r(ingest / own),
         "cpu_ms_per_event": _r(cpu / plan.memories * 1000, 3),
