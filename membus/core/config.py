@@ -246,9 +246,9 @@ MODEL_WRITERS = 2
 
 def default_writers(embedder: str) -> int:
     """In-process writer tasks when none are asked for: one with the hashing embedder, two with
-    a model. One writer leaves the model idle while it verifies, merges and commits a batch
-    (about a tenth of a semantic ingest's time, every batch); a second embeds its own batch
-    meanwhile (``membus bench --workload semantic``, README).
+    a model. One writer leaves the model idle while it verifies, merges and commits each batch;
+    a second embeds its own batch meanwhile (the README's Numbers: ``membus bench --workload
+    semantic`` with and without ``--writers 1``).
 
     Example: ``default_writers("minilm")`` is 2"""
     return 1 if embedder == "hashing" else MODEL_WRITERS
