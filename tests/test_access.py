@@ -162,7 +162,7 @@ async def test_recall_survives_a_redis_that_refuses_the_bump(
         finally:
             await limited.redis.aclose()
         assert h.memory.content == "the wifi password changed"
-        # not a transaction: what Redis accepted (the last time) stays, the count did not move
+        # the bump script stopped at its first refused command: the count did not move
         assert (await bus.agent("alice", "acme").access([h.memory.id]))[h.memory.id].count == 0
 
 
