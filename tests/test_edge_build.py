@@ -5,9 +5,11 @@ build leaves the served shard as it was. Real Qdrant Edge; the build's child is 
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -283,6 +285,60 @@ async def test_a_failed_build_leaves_the_served_shard_intact(
     await store.optimize()
     assert edge_build.current(root).name == "shard-1"  # the failed one's name, freed again
     assert await store.count(TENANT) == len(saved) + 1
+
+
+async def test_close_during_a_build_stops_it_before_letting_go_of_the_store(
+    store: EdgeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Protects: ``close`` while the child builds kills the child and removes its copy before
+    the file lock goes (another process may open the store the moment it is free, and a build
+    left running could switch generations under it); ``optimize`` says the store closed; the
+    next open serves the old generation with every write."""
+    saved = await fill(store, [mem(i) for i in range(40)])
+    root = tmp_path / "store"
+    pid_file = tmp_path / "child.pid"
+    started = anyio.Event()
+
+    async def hanging_build(path: Path) -> None:  # a child that would build for ten minutes
+        started.set()
+        code = (
+            "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)"
+        )
+        await anyio.run_process([sys.executable, "-c", code, str(pid_file)], check=False)
+
+    monkeypatch.setattr(edge_build, "build", hanging_build)
+    failed: list[BaseException] = []
+
+    async def build() -> None:
+        try:
+            await store.optimize()
+        except Unavailable as exc:
+            failed.append(exc)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(build)
+            await started.wait()
+            await anyio.to_thread.run_sync(_written, pid_file)
+            await store.close()
+            assert _generations(root) == {"shard"}  # the copy is gone before close returns
+            with pytest.raises(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), 0)
+    assert len(failed) == 1 and "closed during an index build" in str(failed[0])
+    again = EdgeStore(root)
+    await again.open(META)  # the file lock is free
+    try:
+        got = await again.get(TENANT, [m.id for m in saved])
+        assert sorted(got, key=lambda m: m.id) == sorted(saved, key=lambda m: m.id)
+        assert edge_build.current(root).name == "shard"
+    finally:
+        await again.close()
+
+
+def _written(path: Path) -> None:
+    """Wait until a child process has written ``path``."""
+    while not path.exists() or not path.read_text():
+        time.sleep(0.01)
 
 
 @pytest.mark.slow

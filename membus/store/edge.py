@@ -103,6 +103,7 @@ class EdgeStore:
         self._paused = False
         self._replay: list[Any] | None = None  # updates since a build's copy, to replay onto it
         self._building = anyio.Lock()
+        self._build_scope: anyio.CancelScope | None = None  # the build in flight: close stops it
         self._retry_s, self._retry_at = 0.0, 0.0  # maintain's backoff after a failed build
         self._log = get_logger("membus.store.edge")
         self._lock_fd: int | None = None
@@ -562,7 +563,16 @@ class EdgeStore:
         (``membus.store.edge_build``). ``Unavailable`` if the build fails; the store then goes
         on serving the shard it had."""
         async with self._building:
-            await self._build()
+            if self._shard is None:
+                raise Unavailable("edge store is closed")
+            with anyio.CancelScope() as scope:
+                self._build_scope = scope
+                try:
+                    await self._build()
+                finally:
+                    self._build_scope = None
+        if scope.cancelled_caught:  # ``close`` stopped it: the served shard is as it was
+            raise Unavailable(f"edge store {self._path} was closed during an index build")
 
     async def _build(self) -> None:
         root = self._path
@@ -670,18 +680,26 @@ class EdgeStore:
         await self._run(lambda: self._shard.flush())
 
     async def close(self) -> None:
-        if self._shard is not None:
-            shard = self._shard
+        """Stop a build in flight (its child is killed and its copy removed, or, past the
+        switch, it finishes), then flush and close the shard and let go of the store. Waiting
+        for the build before the file lock goes matters: another process may open the store
+        as soon as it is free, and a build still running could switch generations under it."""
+        if self._build_scope is not None:
+            self._build_scope.cancel()
+        async with self._building:
+            if self._shard is not None:
+                shard = self._shard
 
-            def shut() -> None:
-                with self._lock:
-                    shard.flush()
-                    shard.close()
-                    # under the lock: a write the build's gate held finds the store closed
-                    self._shard, self._replay = None, None
+                def shut() -> None:
+                    with self._lock:
+                        shard.flush()
+                        shard.close()
+                        # under the lock: a write the build's gate held finds the store closed
+                        self._shard, self._replay = None, None
+                        self._resume_locked()
 
-            await anyio.to_thread.run_sync(shut)
-        self._release_file_lock()
+                await anyio.to_thread.run_sync(shut)
+            self._release_file_lock()
 
     def _release_file_lock(self) -> None:
         if self._lock_fd is not None:
