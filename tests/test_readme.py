@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,23 @@ def test_opening_example_runs_and_is_short(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "customer prefers email" in out.stdout
     assert "upsert The customer prefers email" in out.stdout
+
+
+def test_python_blocks_are_as_ruff_formats_them() -> None:
+    """ruff decides layout in the README's code as in the package's: each Python block
+    (dedented where it sits in a list) is left unchanged by ``ruff format``."""
+    blocks = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", README, re.S)]
+    assert blocks
+    for block in blocks:
+        out = subprocess.run(
+            [sys.executable, "-m", "ruff", "format", "--config", str(ROOT / "pyproject.toml"), "-"],
+            input=block,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == block, f"ruff formats this block differently:\n{block}"
 
 
 @pytest.mark.slow
