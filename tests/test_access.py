@@ -3,6 +3,7 @@ read them only for memories they may recall, heat can rank by them, erasure drop
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -61,6 +62,24 @@ async def test_bump_read_and_forget_round_trip(redis_url: str) -> None:
             TenantKeys("other").access,
         }
         assert TenantKeys("acme").access == "membus:{acme}:access"
+    finally:
+        await redis.aclose()
+
+
+async def test_a_flush_larger_than_one_script_call_counts_every_memory(redis_url: str) -> None:
+    """The flusher writes a tenant's bumps in script calls of at most 1,000 memories each (so
+    one call cannot hold Redis long): a buffer of 2,500 counts each of them, with its time."""
+    redis = redis_client(redis_url)
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(2_500)]
+    at = int(datetime(2026, 1, 3, tzinfo=UTC).timestamp() * 1000)
+    try:
+        await redis.delete(TenantKeys("many").access)
+        assert await bump_access(redis, "many", ids, at)
+        assert await bump_access(redis, "many", ids[::2], at + 1000)
+        got = await read_access(redis, "many", ids)
+        assert [got[i].count for i in ids] == [2 - n % 2 for n in range(len(ids))]
+        assert got[ids[-1]].last_at == datetime(2026, 1, 3, tzinfo=UTC)
+        assert got[ids[0]].last_at == datetime(2026, 1, 3, 0, 0, 1, tzinfo=UTC)
     finally:
         await redis.aclose()
 
