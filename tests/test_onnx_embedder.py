@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 
 from membus.core.config import EmbedderConfig
+from membus.embed.onnx import OnnxMiniLMEmbedder
 from membus.embed.port import Embedder
 from membus.embed.registry import embedder_for, make_embedder
 from membus.errors import InvalidInput
@@ -144,3 +147,41 @@ def test_a_batch_runs_in_parallel_with_the_vectors_of_one_run(
     # the query session still embeds one text, as before
     assert two._session.get_session_options().intra_op_num_threads == 2
     np.testing.assert_allclose(two.embed(["how does Ana like to be contacted"]), query, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_query_is_not_kept_waiting_by_a_batch_and_concurrent_batches_keep_their_vectors(
+    onnx_minilm: Any, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Protects: with a model, two writers' batches and a recall's query call the embedder at
+    once. A query runs while a batch's runs are held (behind a lock per call it waited for the
+    whole batch, about a second at 256 texts); the runs of calls made together share one pool
+    and each text still gets its own vector."""
+    two = make_embedder("minilm", runtime="onnx", threads=2, cache_dir=cache)
+    two.embed(["open", "both sessions"] * 9)  # two runs: the pool and its session exist
+    texts = [f"{t} ({i})" for i, t in enumerate(TEXTS * 6)]  # 36 texts: three runs of 16
+    ref = onnx_minilm.embed(texts)
+    held, release = threading.Event(), threading.Event()
+    real = OnnxMiniLMEmbedder._batch
+
+    def held_batch(session: Any, tokenizer: Any, chunk: list[str]) -> Any:
+        if session is two._runs:  # a batch's run: wait until the test lets it go
+            held.set()
+            assert release.wait(60)
+        return real(session, tokenizer, chunk)
+
+    monkeypatch.setattr(OnnxMiniLMEmbedder, "_batch", staticmethod(held_batch))
+    with ThreadPoolExecutor(3) as callers:
+        batches = [callers.submit(two.embed, texts), callers.submit(two.embed, texts[::-1])]
+        assert held.wait(60)
+        query = callers.submit(two.embed, ["how does Ana like to be contacted"])
+        got = query.result(timeout=60)  # the batches' runs are still held
+        assert not any(b.done() for b in batches)
+        release.set()
+        first, second = (b.result(timeout=120) for b in batches)
+    monkeypatch.undo()
+    np.testing.assert_allclose(
+        got, onnx_minilm.embed(["how does Ana like to be contacted"]), atol=1e-4
+    )
+    np.testing.assert_allclose(first, ref, atol=1e-4)
+    np.testing.assert_allclose(second, ref[::-1], atol=1e-4)

@@ -132,6 +132,8 @@ class OnnxMiniLMEmbedder:
     before: 194-202 events/s against 177-193, CPU per event 8.9-9.3 ms against 9.6-10.4. The
     cost is memory, the second session's weights and buffers: a process held 335 MB after a
     query and a batch against 209-231 with one session; with ``threads=1`` there is one.
+    Calls do not wait for each other: the runs of calls made at once (two writers' batches)
+    queue on one pool of ``threads`` workers, and a query runs beside them.
 
     ``batch_size``: texts per run, taken longest first so a run pads little. 16 on 2 cores
     embedded the semantic bench's texts at 250-265 a second where 64 managed 190-225 (the
@@ -216,7 +218,7 @@ class OnnxMiniLMEmbedder:
             raise Unavailable(f"could not load {graph}: {exc!r}") from exc
 
     def _parallel_runs(self) -> tuple[Any, ThreadPoolExecutor]:
-        """The single-threaded session and the pool for the runs beside the caller's, opened
+        """The single-threaded session and the pool of ``threads`` workers that run it, opened
         on the first call of several runs (a process that only embeds queries never holds a
         second session). Caller holds ``_lock``."""
         if self._runs is None or self._pool is None:
@@ -226,7 +228,7 @@ class OnnxMiniLMEmbedder:
             # both sessions one copy of the weights (``add_initializer``) saved nothing more
             # and needs ``import onnx`` (0.7 s)
             self._runs = self._open(self.graph, 1, prepack=False)
-            self._pool = ThreadPoolExecutor(self._threads - 1, thread_name_prefix="membus-embed")
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="membus-embed")
         return self._runs, self._pool
 
     def embed(self, texts: Sequence[str]) -> Vectors:
@@ -236,30 +238,30 @@ class OnnxMiniLMEmbedder:
         # longest first, batched by length: padding to a batch's longest text is wasted work
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         chunks = [order[i : i + self._batch_size] for i in range(0, len(order), self._batch_size)]
-        with self._lock:
-            session, tokenizer = self._load()
-            if len(chunks) == 1 or self._threads == 1:
+        if self._threads == 1:  # one core: one run at a time, whoever calls
+            with self._lock:
+                session, tokenizer = self._load()
                 for chunk in chunks:
                     out[chunk] = self._batch(session, tokenizer, [texts[i] for i in chunk])
-                return out
-            runs, pool = self._parallel_runs()
-            todo = iter(chunks)
-            taking = threading.Lock()
+            return out
+        with self._lock:  # only to open the sessions once: runs go on without it
+            session, tokenizer = self._load()
+            runs, pool = self._parallel_runs() if len(chunks) > 1 else (None, None)
+        if runs is None or pool is None:
+            # one run (a query): its own intra-op threads, now, beside any batch's runs. Behind
+            # a lock held for a whole call it waited for the batch in hand (~1 s at 256 texts)
+            out[chunks[0]] = self._batch(session, tokenizer, [texts[i] for i in chunks[0]])
+            return out
 
-            def work() -> None:  # takes the next run until none is left: longest go first
-                while True:
-                    with taking:
-                        chunk = next(todo, None)
-                    if chunk is None:
-                        return
-                    out[chunk] = self._batch(runs, tokenizer, [texts[i] for i in chunk])
+        def run(chunk: list[int]) -> None:
+            out[chunk] = self._batch(runs, tokenizer, [texts[i] for i in chunk])
 
-            beside = [pool.submit(work) for _ in range(min(self._threads, len(chunks)) - 1)]
-            try:
-                work()
-            finally:
-                for done in beside:
-                    done.result()  # waits for the runs beside; raises a failure of one
+        # every call's runs queue on one pool of ``threads`` workers, in order: while the last
+        # run of one writer's batch finishes, the other core starts the next writer's batch
+        # (with a lock per call, one core idled at the end of every batch)
+        done = [pool.submit(run, chunk) for chunk in chunks]
+        for each in done:
+            each.result()  # raises a failure of any run
         return out
 
     @staticmethod
