@@ -297,7 +297,7 @@ class EdgeStore:
         probes the terms not cached yet (``_probe``). Holds ``_lock``."""
         key = corpus_key(corpus)
         missing = self._idf.missing(key, terms.indices)  # may start the cache over: size after
-        within = filter_of(corpus, lean=True)
+        within = filter_of(corpus)
         size = self._idf.size(key)
         if size is None:
             size = int(self._shard.count(q.CountRequest(filter=within, exact=True)))
