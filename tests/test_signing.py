@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ulid import ULID
 
+from membus.access import merkle, signing
 from membus.access.signing import (
     KeyRecord,
     KeyRegistry,
@@ -30,6 +31,7 @@ from membus.access.signing import (
     keys_key,
     load_master,
     sign,
+    signed_entries,
     signed_fields,
     verify,
 )
@@ -159,6 +161,72 @@ async def test_each_failure_names_its_reason(redis: Redis, registry: KeyRegistry
         "hmac_sized_sig": "bad_signature",
         "revoked": "key_revoked",
     }
+
+
+async def batch_from_the_stream(redis: Redis, key: SigningKey, n: int) -> list[dict[str, str]]:
+    return [await roundtrip(redis, f) for f in signed_entries([event() for _ in range(n)], key)]
+
+
+async def test_a_batch_verifies_entry_by_entry_with_one_signature_check(
+    redis: Redis, registry: KeyRegistry, master: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events published together share one signature per ``BATCH_MAX``; each entry verifies
+    alone (a writer may see any part of a batch, in any order, after a redrive), and a writer
+    checks each batch's signature once."""
+    alice = await registry.current(TENANT, "alice")
+    stored = await batch_from_the_stream(redis, alice, merkle.BATCH_MAX + 1)
+    assert all("mp" in f for f in stored[:-1]) and "mp" not in stored[-1]  # the lone last one
+    assert len({f["sig"] for f in stored}) == 2
+    checks = []
+    real = signing.Ed25519PublicKey
+
+    class Counting:
+        @staticmethod
+        def from_public_bytes(public: bytes) -> Any:
+            checks.append(public)
+            return real.from_public_bytes(public)
+
+    monkeypatch.setattr(signing, "Ed25519PublicKey", Counting)
+    writer = KeyRegistry(redis, authority=bytes.fromhex(authority_public_key(master)))
+    for fields in reversed(stored):
+        await verify(fields, Event.from_json(fields["e"]), writer)
+    # the batch of 16 once, the lone event once (the key record's certificate aside)
+    assert checks.count(alice.public) == 2
+    for fields in stored[3:5]:  # a writer that sees two entries of the batch, nothing else
+        await verify(fields, Event.from_json(fields["e"]), KeyRegistry(redis))
+
+
+async def test_a_batch_entry_tampered_with_is_refused_even_once_its_batch_verified(
+    redis: Redis, registry: KeyRegistry
+) -> None:
+    """An attacker with Redis write access holds a valid batch: the remembered signature must
+    not vouch for a changed event, another entry's proof, a proof dropped or junk, another
+    batch's proof, or a key revoked since."""
+    alice = await registry.current(TENANT, "alice")
+    first = await batch_from_the_stream(redis, alice, 4)
+    other = await batch_from_the_stream(redis, alice, 4)
+    for fields in first + other:  # every signature now verified and remembered here
+        await verify(fields, Event.from_json(fields["e"]), registry)
+    good = first[1]
+    cases = {
+        "content": {**good, "e": good["e"].replace("green", "red")},
+        "another entry's proof": {**good, "mp": first[2]["mp"]},
+        "another batch's proof": {**good, "mp": other[1]["mp"]},
+        "another batch's signature": {**good, "sig": other[1]["sig"]},
+        "proof dropped": {k: v for k, v in good.items() if k != "mp"},
+        "junk proof": {**good, "mp": "1.4.x.y"},
+        "empty proof": {**good, "mp": ""},
+    }
+    reasons = {name: await reason_of(fields, registry) for name, fields in cases.items()}
+    assert set(reasons.values()) == {"bad_signature"}, reasons
+    await registry.revoke(TENANT, "alice", alice.kid)
+    assert await reason_of(good, registry) == "key_revoked"
+
+
+async def test_a_batch_holds_one_agents_events_only(registry: KeyRegistry) -> None:
+    alice = await registry.current(TENANT, "alice")
+    with pytest.raises(InvalidInput, match="cannot sign"):
+        signed_entries([event(), event(agent="bob")], alice)
 
 
 async def test_signing_with_another_agents_key_is_refused(registry: KeyRegistry) -> None:

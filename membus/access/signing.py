@@ -2,7 +2,9 @@
 
 The events stream is not trusted: anything that can XADD to Redis could write there. So the bus
 signs each event with its agent's private key (Ed25519 over the exact bytes stored in the ``"e"``
-field) and a writer re-checks the signature with the public key before consolidating.
+field) and a writer re-checks the signature with the public key before consolidating. Events
+published together are signed up to ``merkle.BATCH_MAX`` at a time: the signature covers a
+Merkle root and each entry carries its proof (``"mp"``, see ``membus/access/merkle.py``).
 
 Private keys never reach Redis: each is derived (HKDF-SHA256) from a 32-byte master secret that
 only the door (the process publishing for agents) holds, plus tenant, agent and kid, so the door
@@ -35,7 +37,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
@@ -50,6 +52,7 @@ from pydantic import BaseModel, ConfigDict
 from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
+from membus.access import merkle
 from membus.core.config import SigningConfig
 from membus.core.envelope import Event, validate_name
 from membus.core.keys import PREFIX
@@ -77,6 +80,7 @@ MASTER_FILE: Final = "signing.key"  # in the data directory of ``membus.open``
 _SALT: Final = b"membus/signing/v1"
 _WATCH_RETRIES: Final = 20
 _CACHE_MAX: Final = 10_000
+_BATCHES_MAX: Final = 4096  # a writer reads a batch's entries together: a few suffice
 
 
 def keys_key(tenant: str) -> str:
@@ -321,7 +325,20 @@ class KeyRegistry:
         self._clock = clock
         self._records: dict[tuple[str, str], tuple[float, KeyRecord | None]] = {}
         self._current: dict[tuple[str, str], tuple[float, SigningKey]] = {}
+        # batch signatures checked here, oldest first (``verify``): key state is still checked
+        # on every entry, before this
+        self._batches: dict[tuple[str, str, str, bytes], None] = {}
         self._log = get_logger("membus.signing")
+
+    def checked_batch(self, tenant: str, kid: str, sig: str, message: bytes) -> bool:
+        """Whether ``sig`` by ``kid`` over the batch ``message`` verified here already."""
+        return (tenant, kid, sig, message) in self._batches
+
+    def learn_batch(self, tenant: str, kid: str, sig: str, message: bytes) -> None:
+        """Remember a batch signature that verified (``verify`` calls it after checking)."""
+        self._batches[(tenant, kid, sig, message)] = None
+        if len(self._batches) > _BATCHES_MAX:
+            del self._batches[next(iter(self._batches))]
 
     # -- signing side --------------------------------------------------------------------------
 
@@ -599,6 +616,35 @@ def signed_fields(event: Event, key: SigningKey) -> dict[FieldT, EncodableT]:
     return {"e": raw, "kid": sig["kid"], "sig": sig["sig"]}
 
 
+def signed_entries(events: Sequence[Event], key: SigningKey) -> list[dict[FieldT, EncodableT]]:
+    """The stream entries of ``events`` (all ``key``'s agent's), one signature per
+    ``merkle.BATCH_MAX`` of them: each entry carries the batch's signature and its own
+    inclusion proof (``"mp"``), so it verifies alone. A lone event is signed as by
+    ``signed_fields``.
+
+    Example: ``signed_entries(events, await registry.current(tenant, agent))``
+    """
+    out: list[dict[FieldT, EncodableT]] = []
+    for start in range(0, len(events), merkle.BATCH_MAX):
+        chunk = events[start : start + merkle.BATCH_MAX]
+        if len(chunk) == 1:
+            out.append(signed_fields(chunk[0], key))
+            continue
+        for e in chunk:
+            if key.tenant != e.tenant or key.agent != e.agent:
+                raise InvalidInput(
+                    f"key of {key.tenant}/{key.agent} cannot sign an event of {e.tenant}/{e.agent}"
+                )
+        raws = [e.to_json() for e in chunk]
+        tree = merkle.batch(raws)
+        sig = key.sign_bytes(tree.message)
+        out += [
+            {"e": raw, "kid": key.kid, "sig": sig, "mp": proof}
+            for raw, proof in zip(raws, tree.proofs, strict=True)
+        ]
+    return out
+
+
 async def verify(fields: dict[str, str], event: Event, registry: KeyRegistry) -> None:
     """Raise ``SignatureInvalid`` unless ``fields`` carry a valid signature of ``event.agent``.
 
@@ -631,11 +677,20 @@ async def verify(fields: dict[str, str], event: Event, registry: KeyRegistry) ->
     if state == "expired":
         raise fail("key_expired")
     raw = fields.get("e", "").encode("utf-8", "surrogateescape")
+    proof = fields.get("mp")
+    signed = raw if proof is None else merkle.signed_message(raw, proof)
+    if signed is None:  # a proof that places the event in no tree
+        raise fail("bad_signature")
+    # a batch's signature, checked once per writer: the entries after the first cost hashes
+    if proof is not None and registry.checked_batch(event.tenant, kid, sig, signed):
+        return
     try:
         signature = bytes.fromhex(sig)
-        Ed25519PublicKey.from_public_bytes(rec.public).verify(signature, raw)
+        Ed25519PublicKey.from_public_bytes(rec.public).verify(signature, signed)
     except (ValueError, InvalidSignature):
         raise fail("bad_signature") from None
+    if proof is not None:
+        registry.learn_batch(event.tenant, kid, sig, signed)
 
 
 def door_keys(

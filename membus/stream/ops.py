@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from redis.exceptions import ResponseError
 
-from membus.access.signing import KeyRegistry, signed_fields
+from membus.access.signing import KeyRegistry, signed_entries
 from membus.core.config import RetentionConfig
 from membus.core.envelope import Event, check_created_at
 from membus.core.keys import TenantKeys, tenants_added_key, tenants_key, writers_alive_key
@@ -59,7 +59,8 @@ async def publish(
     written although this raises ``Unavailable``; a retry's copies carry the same event ids, so
     writers park them as replays instead of writing them twice.
 
-    ``fields``: the stream entry per event (e.g. signed: ``{"e", "kid", "sig"}``); default
+    ``fields``: the stream entry per event (e.g. signed: ``{"e", "kid", "sig"}``, and ``"mp"``
+    for an event signed in a batch); default
     ``{"e": event JSON}``.
     """
     if not events:
@@ -100,8 +101,15 @@ async def publish_signed(redis: Redis, registry: KeyRegistry, events: Sequence[E
     now = time.time()
     for e in events:
         check_created_at(e, now)
-    keys = {(t, a): await registry.current(t, a) for t, a in {(e.tenant, e.agent) for e in events}}
-    fields = [signed_fields(e, keys[(e.tenant, e.agent)]) for e in events]
+    by_agent: dict[tuple[str, str], list[int]] = {}
+    for i, e in enumerate(events):
+        by_agent.setdefault((e.tenant, e.agent), []).append(i)
+    fields: list[dict[Any, Any]] = [{} for _ in events]
+    for (tenant, agent), idx in by_agent.items():
+        key = await registry.current(tenant, agent)
+        # one signature per batch of an agent's events (``signing.signed_entries``)
+        for i, entry in zip(idx, signed_entries([events[i] for i in idx], key), strict=True):
+            fields[i] = entry
     return await publish(redis, events, fields)
 
 
