@@ -4,15 +4,18 @@ events, so each rule is checked without Redis or a store."""
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from membus.core.config import ConsolidationConfig
 from membus.core.envelope import Event
 from membus.errors import InvalidInput
-from membus.store.port import point_id
+from membus.store.port import POINT_NAMESPACE, point_id
 from membus.writer.commit import changes_for, expires
 from membus.writer.consolidate import (
     RETRACTION,
@@ -288,3 +291,19 @@ def test_materialized_memories_are_what_model_construct_makes(n: int) -> None:
     assert m == ref and m.model_fields_set == ref.model_fields_set
     assert m.model_dump() == ref.model_dump() and m.to_payload() == ref.to_payload()
     assert m.model_copy(update={"content": "x"}).content == "x"
+
+
+@settings(max_examples=200, deadline=None)
+@given(tenant=st.text(max_size=40), event_id=st.text(max_size=40))
+def test_point_ids_are_the_uuid5_every_stored_memory_is_keyed_by(
+    tenant: str, event_id: str
+) -> None:
+    """``point_id`` is built by hand for speed; a different id for the same event would write a
+    second copy of every memory already stored, and leave the first undeletable."""
+    try:
+        expected = str(uuid.uuid5(POINT_NAMESPACE, f"{tenant}/{event_id}"))
+    except UnicodeEncodeError:  # a lone surrogate: neither can encode it
+        with pytest.raises(UnicodeEncodeError):
+            point_id(tenant, event_id)
+        return
+    assert point_id(tenant, event_id) == expected

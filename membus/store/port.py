@@ -9,6 +9,7 @@ or scopes therefore cost payload-index entries, not collections.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import uuid
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 # Fixed namespace: point ids are uuid5(namespace, tenant/event id), identical in every process,
 # which is what makes redelivered events overwrite rather than duplicate.
 POINT_NAMESPACE = uuid.UUID("5b0f7a52-4c8e-4c59-9d6b-6d1f0c7f3a10")
+_POINT_NS = POINT_NAMESPACE.bytes
 
 INDEXED_KEYWORDS = (
     "scope",
@@ -362,7 +364,16 @@ class Memory(BaseModel):
 
 
 def point_id(tenant: str, event_id: str) -> str:
-    return str(uuid.uuid5(POINT_NAMESPACE, f"{tenant}/{event_id}"))
+    """``str(uuid.uuid5(POINT_NAMESPACE, f"{tenant}/{event_id}"))``, built without the UUID
+    object (a third of the cost): consolidation computes one per event of a slot, every time
+    it materialises the slot.
+
+    Example: ``point_id("acme", "01J...")`` is the id of the memory that event's slot makes"""
+    h = bytearray(hashlib.sha1(_POINT_NS + f"{tenant}/{event_id}".encode()).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50  # version 5
+    h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 # Input checks shared by every engine, so they all refuse the same things the same way.
