@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -132,6 +132,22 @@ async def test_idle_and_lag_follow_delivery_and_acks(r: aioredis.Redis) -> None:
     await r.xack(STREAM, "g1", *await read(r, "g1", 10))
     assert await idle(r, [STREAM], "g1")
     assert await idle(r, ["membus:{nobody}:events"], "g1")  # a stream that does not exist
+
+
+async def test_idle_counts_what_deletions_hide_from_redis_lag(r: aioredis.Redis) -> None:
+    """Redis reports no lag once an entry the group has not read is deleted (an erasure's
+    XDEL): ``idle`` must then count the unread entries itself, not take "no lag" for none."""
+    entries = await add(r, 5)
+    await ensure_group(r, STREAM, "g1")
+    await r.xack(STREAM, "g1", *await read(r, "g1", 2))
+    await r.xdel(STREAM, entries[3])  # unread by g1: its lag becomes unknown
+    groups = cast(list[dict[str, Any]], await r.xinfo_groups(STREAM))
+    assert groups[0]["lag"] is None
+    assert not await idle(r, [STREAM], "g1")  # entries 2 and 4 are still unread
+    await r.xack(STREAM, "g1", *await read(r, "g1", 10))
+    assert await idle(r, [STREAM, "membus:{nobody}:events"], "g1")
+    await r.xadd("membus:{other}:events", {"e": "x"})  # a stream no group has read yet
+    assert not await idle(r, [STREAM, "membus:{other}:events"], "g1")
 
 
 async def test_a_reader_is_quiet_only_after_a_blocking_read_found_nothing(

@@ -395,12 +395,19 @@ class Bus:
         while True:
             names = await tenants(self.redis)
             if await idle(self.redis, [TenantKeys(t).events for t in names], group) and not (
-                merging and any([await self.redis.zcard(dirty_key(t)) for t in names])
+                merging and await self._awaiting_merges(names)
             ):
                 return
             if time.monotonic() > deadline:
                 raise Unavailable(await self._drain_blocked(names, timeout_s, merging))
             await anyio.sleep(poll_s)
+
+    async def _awaiting_merges(self, names: list[str]) -> bool:
+        """Whether a slot of these tenants still waits for the near-duplicate pass."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for t in names:
+                pipe.zcard(dirty_key(t))
+            return any(await pipe.execute())
 
     async def _drain_blocked(self, names: list[str], timeout_s: float, merging: bool) -> str:
         """What a timed-out ``drain`` was still waiting for, per tenant, and the likely cause."""
