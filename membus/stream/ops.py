@@ -269,7 +269,7 @@ async def idle(redis: Redis, streams: Sequence[str], group: str) -> bool:
         if isinstance(groups, ResponseError):
             if "no such key" in str(groups).lower():
                 continue  # nothing was ever published there
-            raise groups
+            groups = []  # anything else: the long way, which says what it is
         mine = [g for g in groups if g["name"] == group]
         if mine and int(mine[0]["pending"]):
             return False
