@@ -92,19 +92,19 @@ def signed_message(raw: bytes, proof: str) -> bytes | None:
     """The message a batch signature must cover for ``raw`` to be in it, from ``proof``; None
     when the proof is malformed or cannot place a leaf (an index outside the tree, a path of
     the wrong length). RFC 9162, 2.1.3.2, with the salted leaf."""
+    parts = proof.split(".")
+    if len(parts) != 4 or not (parts[0].isdecimal() and parts[1].isdecimal()):
+        return None
+    index, size = int(parts[0]), int(parts[1])
     try:
-        index_s, size_s, salt_s, path_s = proof.split(".")
-        index, size = int(index_s), int(size_s)
-        salt, joined = _unb64(salt_s), _unb64(path_s)
+        salt, joined = _unb64(parts[2]), _unb64(parts[3])
     except ValueError:
         return None
     if (
         not 2 <= size <= BATCH_MAX
-        or not 0 <= index < size
+        or not index < size
         or len(salt) != _SALT_BYTES
         or len(joined) % _HASH_BYTES
-        or not index_s.isdigit()
-        or not size_s.isdigit()
     ):
         return None
     path = [joined[i : i + _HASH_BYTES] for i in range(0, len(joined), _HASH_BYTES)]

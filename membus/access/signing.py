@@ -600,12 +600,17 @@ def sign(event: Event, key: SigningKey) -> dict[str, str]:
     return sign_raw(event, event.to_json(), key)
 
 
-def sign_raw(event: Event, raw: bytes, key: SigningKey) -> dict[str, str]:
-    """As ``sign`` when the caller already holds ``raw = event.to_json()`` (saves a dump)."""
+def _own(key: SigningKey, event: Event) -> None:
+    """Refuse to sign another agent's event with ``key``."""
     if key.tenant != event.tenant or key.agent != event.agent:
         raise InvalidInput(
             f"key of {key.tenant}/{key.agent} cannot sign an event of {event.tenant}/{event.agent}"
         )
+
+
+def sign_raw(event: Event, raw: bytes, key: SigningKey) -> dict[str, str]:
+    """As ``sign`` when the caller already holds ``raw = event.to_json()`` (saves a dump)."""
+    _own(key, event)
     return {"kid": key.kid, "sig": key.sign_bytes(raw)}
 
 
@@ -631,10 +636,7 @@ def signed_entries(events: Sequence[Event], key: SigningKey) -> list[dict[FieldT
             out.append(signed_fields(chunk[0], key))
             continue
         for e in chunk:
-            if key.tenant != e.tenant or key.agent != e.agent:
-                raise InvalidInput(
-                    f"key of {key.tenant}/{key.agent} cannot sign an event of {e.tenant}/{e.agent}"
-                )
+            _own(key, e)
         raws = [e.to_json() for e in chunk]
         tree = merkle.batch(raws)
         sig = key.sign_bytes(tree.message)
