@@ -83,6 +83,7 @@ def test_proofs_bent_out_of_shape_place_nothing() -> None:
         "too few parts": f"4.5.{path}",
         "too many parts": f"4.5.{salt}.{path}.x",
         "empty": "",
+        "an index of thousands of digits": f"{'4' * 5000}.5.{salt}.{path}",
     }
     for why, proof in bent.items():
         assert merkle.signed_message(events[4], proof) is None, why

@@ -93,7 +93,9 @@ def signed_message(raw: bytes, proof: str) -> bytes | None:
     when the proof is malformed or cannot place a leaf (an index outside the tree, a path of
     the wrong length). RFC 9162, 2.1.3.2, with the salted leaf."""
     parts = proof.split(".")
-    if len(parts) != 4 or not (parts[0].isdecimal() and parts[1].isdecimal()):
+    # two digits at most: BATCH_MAX has two, and a number of thousands of digits would make
+    # int() raise (Python's limit on converting long digit strings)
+    if len(parts) != 4 or not all(p.isdecimal() and len(p) <= 2 for p in parts[:2]):
         return None
     index, size = int(parts[0]), int(parts[1])
     try:
@@ -114,9 +116,8 @@ def signed_message(raw: bytes, proof: str) -> bytes | None:
             return None
         if fn & 1 or fn == sn:
             r = _node(p, r)
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn, sn = fn >> 1, sn >> 1
+            while fn and not fn & 1:  # the last node of a level without a sibling: it rises
+                fn, sn = fn >> 1, sn >> 1
         else:
             r = _node(r, p)
         fn, sn = fn >> 1, sn >> 1
