@@ -111,6 +111,9 @@ ONE_SCOPE_KEYS = (
     "raw_hybrid_p99_ms",
     "recall_ratio_p50",
     "recall_during_build_max_ms",
+    "recall_unbuilt_p50_ms",
+    "unindexed_before_build",
+    "index_build_stalled_s",
     "rss_mb",
     "disk_mb",
     "disk_apparent_mb",
@@ -127,4 +130,9 @@ def test_one_scope_quick_run_reports_every_figure(capfd: pytest.CaptureFixture[s
     for key in ONE_SCOPE_KEYS:
         assert result[key] > 0, key
     assert result["recall_hits_per_query"] == workloads.RECALL_K
+    steps = result["index_build_phases_s"]
+    assert set(steps) == {"flush", "copy", "child", "load", "swap", "close"}
+    assert result["index_build_stalled_s"] == pytest.approx(
+        steps["flush"] + steps["load"] + steps["close"], abs=0.002
+    )
     assert all(isinstance(v, bool) for v in result["targets"].values())

@@ -22,6 +22,7 @@ from membus.store import edge_build
 from membus.store.edge import EdgeStore
 from membus.store.port import Memory
 from tests.conformance import META, TENANT, fill, flt, mem, ray, rows, unit
+from tests.log_capture import capture_logs
 
 pytestmark = pytest.mark.anyio
 
@@ -63,6 +64,25 @@ async def test_build_swaps_in_an_equal_shard(store: EdgeStore, tmp_path: Path) -
     assert edge_build.current(root).name == "shard-1"
     assert _generations(root) == {"shard-1"}
     assert await _answers(store, ids) == before
+
+
+@pytest.mark.slow
+async def test_a_build_reports_how_long_each_step_held_the_process(store: EdgeStore) -> None:
+    """Protects: an operator (and ``membus bench``) can tell how long recall stood still in a
+    build: the steps that hold the GIL in the serving process are timed and logged apart from
+    the child's build."""
+    await fill(store, [mem(i) for i in range(200)])
+    assert store.last_build is None
+    with capture_logs() as logs:
+        await store.optimize()
+    phases = store.last_build
+    assert phases is not None
+    steps = (phases.flush, phases.copy, phases.child, phases.load, phases.swap, phases.close)
+    assert all(s >= 0 for s in steps) and phases.child > 0
+    assert phases.stalled_s == pytest.approx(phases.flush + phases.load + phases.close)
+    [built] = [e for e in logs if e["event"] == "edge.index_built"]
+    assert built["stalled_s"] == round(phases.stalled_s, 3)
+    assert {f"{k}_s" for k in ("flush", "copy", "child", "load", "swap", "close")} <= built.keys()
 
 
 @pytest.mark.slow

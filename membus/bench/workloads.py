@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +237,27 @@ async def recall_while_building(
     return {"build_s": build_s, "max": top, "p50": p50, "n": len(lat), "failed": failed}
 
 
+async def recall_unbuilt(
+    bus: Bus, scope: str, texts: Sequence[str], progress: Progress, n: int = 40
+) -> dict[str, float]:
+    """Recall just before a build, one at a time (closed loop): what a recall costs on the
+    points not indexed yet, exact search over them. When that nears the 50 ms between the
+    open-loop recalls of ``recall_while_building``, a queue forms there whatever the stalls.
+    Returns the points waiting unindexed and the p50 and max (ms)."""
+    agent = bus.agent(READER, raw.TENANT)
+    unindexed = bus.store.unindexed()  # type: ignore[attr-defined]
+    task = progress.add_task("recall before the index build", total=n)
+    lat: list[float] = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        await agent.recall(texts[i % len(texts)], k=RECALL_K, scopes=[scope], min_score=0.0)
+        lat.append(time.perf_counter() - t0)
+        progress.advance(task)
+    progress.remove_task(task)
+    p50, _ = raw.percentiles(lat)
+    return {"unindexed": unindexed, "p50": p50, "max": max(lat) * 1000}
+
+
 def raw_upsert_cpu(store: raw.RawStore, n: int, batch: int) -> tuple[float, float]:
     """(points/s, CPU seconds per point) of a raw Edge upsert of ``n`` points, in this process
     with nothing else running (``process_time`` counts every thread of the process)."""
@@ -281,7 +302,9 @@ async def one_scope(root: Path, plan: Plan, progress: Progress) -> dict[str, Any
         _, pass_rest = await _ingest(bus, rest, progress, f"ingest ..{plan.memories}")
         t_rest = time.perf_counter() - t1
         cpu_rest = usage.snapshot().cpu_s - mid.cpu_s
+        unbuilt = await recall_unbuilt(bus, zipf.SCOPE, texts, progress)
         during = await recall_while_building(bus, zipf.SCOPE, texts, progress)
+        phases = bus.store.last_build  # type: ignore[attr-defined]
         rec = await recall_pair(bus, zipf.SCOPE, texts, progress, f"recall @ {plan.memories}")
         mem = usage.snapshot()
         committed = await bus.store.count(raw.TENANT) - 1  # minus the warm-up event
@@ -316,6 +339,13 @@ async def one_scope(root: Path, plan: Plan, progress: Progress) -> dict[str, Any
         "recall_during_build_p50_ms": _r(during["p50"]),
         "recall_during_build_count": int(during["n"]),
         "recall_during_build_failed": int(during["failed"]),
+        # recall one at a time just before the build, on the points waiting unindexed
+        "unindexed_before_build": int(unbuilt["unindexed"]),
+        "recall_unbuilt_p50_ms": _r(unbuilt["p50"]),
+        "recall_unbuilt_max_ms": _r(unbuilt["max"]),
+        # the build's steps (``BuildPhases``): flush, load and close hold the GIL in this process
+        "index_build_phases_s": {k: _r(v) for k, v in asdict(phases).items()},
+        "index_build_stalled_s": _r(phases.stalled_s),
         "rss_mb": usage.mb(mem.rss_bytes),
         "host_rss_mb": usage.mb(mem.host_rss_bytes),
         "disk_mb": usage.mb(real),
@@ -593,6 +623,18 @@ def workload_table(res: dict[str, Any]) -> Table:
             "<= 100 ms",
         )
         row("index build, s", res["index_build_s"], None)
+        steps = res["index_build_phases_s"]
+        row(
+            f"GIL held by the build here, s: flush {steps['flush']} + load {steps['load']} "
+            f"+ close {steps['close']}",
+            res["index_build_stalled_s"],
+            None,
+        )
+        row(
+            f"recall p50 before the build, {res['unindexed_before_build']:,} points unindexed, ms",
+            res["recall_unbuilt_p50_ms"],
+            None,
+        )
     else:
         row(
             f"ingest to searchable, {res['writers']} writers, events/s (raw: embedder alone, "

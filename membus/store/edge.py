@@ -11,8 +11,9 @@ optimize``), and it runs in a child process on a copy of the shard that then rep
 one (``membus.store.edge_build``): reads go on throughout but for flushing the served shard
 before the copy, loading the built shard and closing the old one (all three hold the GIL:
 ~0.15-0.45 s each at 20k points; at 100k the flush 1.5 s with every point written since the last
-one, the load 0.7-1.2 s, the close 0.6 s), writes pause only while the shard is copied and while
-the built copy catches up.
+one, the load 0.7-1.2 s, the close 0.6 s; ``last_build`` times each step and ``membus bench
+--workload one-scope`` reports them), writes pause only while the shard is copied and while the
+built copy catches up.
 
 Hybrid recall (``membus.store.sparse``): every point also carries a BM25 sparse vector of its
 content, declared with Edge's IDF modifier. A search with ``text`` runs a dense and a lexical
@@ -34,6 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -92,6 +94,30 @@ def _ensure_indexes(shard: Any) -> None:
             shard.update(q.UpdateOperation.create_field_index(field, schema))
 
 
+@dataclass(frozen=True, slots=True)
+class BuildPhases:
+    """Seconds each step of the last index build took (``EdgeStore.last_build``). ``flush``,
+    ``load`` and ``close`` run in the serving process and hold the GIL throughout (Edge's
+    binding does not release it): nothing else in the process runs meanwhile, recall included.
+    ``copy`` (writes wait, reads go on), ``child`` (the build itself, in a child process) and
+    ``swap`` (replaying the writes made meanwhile onto the built copy, then switching) leave
+    reads free.
+
+    Example: ``store.last_build.stalled_s`` is how long recall stood still in the last build"""
+
+    flush: float
+    copy: float
+    child: float
+    load: float
+    swap: float
+    close: float
+
+    @property
+    def stalled_s(self) -> float:
+        """The steps that hold the GIL in the serving process, summed."""
+        return self.flush + self.load + self.close
+
+
 class EdgeStore:
     def __init__(self, path: Path, optimize_every: int = 20_000) -> None:
         self._path = Path(path)
@@ -115,6 +141,7 @@ class EdgeStore:
         self.points_written = 0  # points upserted so far (``maintain`` bounds its counts by it)
         # ``maintain``'s last count: (points_written then, unindexed); None once a build swaps
         self._counted: tuple[int, int] | None = None
+        self.last_build: BuildPhases | None = None  # the steps of the last build that worked
 
     async def _run(self, fn: Callable[[], T]) -> T:
         def locked() -> T:
@@ -577,12 +604,15 @@ class EdgeStore:
     async def _build(self) -> None:
         root = self._path
         target = edge_build.next_generation(root)
+        took: dict[str, float] = {}
+        clock = time.perf_counter
 
         def pause() -> Path:
             with self._lock:
                 if self._shard is None:
                     raise Unavailable("edge store is closed")
                 self._paused = True
+                t0 = clock()
                 try:
                     # the copy must hold every acknowledged write. A flush holds the GIL (1.5 s
                     # for 100k points written since the last one), but not flushing here only
@@ -591,27 +621,35 @@ class EdgeStore:
                 except BaseException:
                     self._resume_locked()
                     raise
+                took["flush"] = clock() - t0
                 self._replay = []
                 return edge_build.current(root)
 
         served = await anyio.to_thread.run_sync(pause)
         try:
+            t0 = clock()
             try:
                 # reads go on meanwhile: they change no file of the shard
                 await anyio.to_thread.run_sync(edge_build.copy, served, target)
             finally:
                 await anyio.to_thread.run_sync(self._resume)
+            t1 = clock()
             await edge_build.build(target)
+            t2 = clock()
             # loading a built shard holds the GIL too (~0.3 s at 20k points), but not the lock;
             # reading it into the page cache first did not shorten the bench's stall (README)
             built = await anyio.to_thread.run_sync(q.EdgeShard.load, str(target))
+            t3 = clock()
+            took |= {"copy": t1 - t0, "child": t2 - t1, "load": t3 - t2}
         except BaseException as exc:
             self._replay = None
             with anyio.CancelScope(shield=True):  # else the next open removes it
                 await anyio.to_thread.run_sync(edge_build.discard, target)
             _raise_build_failed(exc, served)
         try:
+            t0 = clock()
             old = await anyio.to_thread.run_sync(self._catch_up_and_swap, built, target)
+            took["swap"] = clock() - t0
         except BaseException as exc:
             self._replay = None
             with anyio.CancelScope(shield=True):
@@ -619,10 +657,20 @@ class EdgeStore:
                 await anyio.to_thread.run_sync(edge_build.discard, target)
             _raise_build_failed(exc, served)
         with anyio.CancelScope(shield=True):  # the new shard is current: tidy up the old one
+            t0 = clock()
             if old is not None:
                 await anyio.to_thread.run_sync(_close_quietly, old)
+            took["close"] = clock() - t0
             await anyio.to_thread.run_sync(edge_build.discard, served)
-        self._log.info("edge.index_built", path=str(root), generation=target.name)
+        phases = BuildPhases(**took)
+        self.last_build = phases
+        self._log.info(
+            "edge.index_built",
+            path=str(root),
+            generation=target.name,
+            stalled_s=round(phases.stalled_s, 3),
+            **{f"{k}_s": round(v, 3) for k, v in took.items()},
+        )
 
     def _resume(self) -> None:
         with self._lock:
