@@ -445,3 +445,20 @@ def test_the_build_copy_copies_every_byte_where_holes_are_unknown(
     monkeypatch.setattr(edge_build.os, "lseek", lseek)
     edge_build.copy(src, dst)
     assert (dst / "chunk").read_bytes() == content
+
+
+def test_the_build_copy_reads_and_writes_where_the_kernel_cannot_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Protects: where ``copy_file_range`` refuses (across file systems on older kernels, or
+    not offered), the copy falls back to reading and writing, with every byte and the holes."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    content = _sparse_file(src / "chunk")
+
+    def refuse(*args: object) -> int:
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(edge_build.os, "copy_file_range", refuse)
+    edge_build.copy(src, dst)
+    assert (dst / "chunk").read_bytes() == content
+    assert (dst / "chunk").stat().st_blocks * 512 < 1 << 20
