@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from membus.core.config import EmbedderConfig
-from membus.embed.onnx import OnnxMiniLMEmbedder
+from membus.embed.onnx import OnnxMiniLMEmbedder, export
 from membus.embed.port import Embedder
 from membus.embed.registry import embedder_for, make_embedder
-from membus.errors import InvalidInput
+from membus.errors import InvalidInput, Unavailable
 
 TEXTS = [
     "The customer prefers email over phone.",
@@ -90,6 +90,65 @@ LOAD_CACHED = textwrap.dedent(
     assert not heavy, heavy
     """
 )
+
+
+EXPORT_FRESH = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from membus.embed.registry import make_embedder
+    emb = make_embedder("minilm", runtime="onnx", threads=1, cache_dir=Path(sys.argv[1]))
+    assert emb.embed(["hello"]).shape == (1, 384)
+    assert emb.graph.is_file()
+    heavy = [m for m in ("torch", "sentence_transformers", "transformers") if m in sys.modules]
+    assert not heavy, heavy
+    """
+)
+
+
+@pytest.mark.slow
+def test_the_export_keeps_torch_out_of_the_callers_process(tmp_path: Path) -> None:
+    """Protects: exporting the graph on first use (a child process) leaves the caller without
+    torch, whose import stayed for the process's life (~400 MB of RSS)."""
+    _need_extra()
+    proc = subprocess.run(
+        [sys.executable, "-c", EXPORT_FRESH, str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_export_child_cannot_reach_the_network() -> None:
+    """Protects: "nothing is fetched from a hub" holds in the export child by construction: it
+    refuses every connection, so a library reaching out fails the export instead."""
+    probe = (
+        "import socket\n"
+        "from membus.embed.onnx import _refuse_network\n"
+        "_refuse_network()\n"
+        "for attempt in (lambda: socket.create_connection(('127.0.0.1', 9)),\n"
+        "                lambda: socket.socket().connect(('127.0.0.1', 9))):\n"
+        "    try:\n"
+        "        attempt()\n"
+        "    except OSError as exc:\n"
+        "        assert 'offline' in str(exc), exc\n"
+        "    else:\n"
+        "        raise SystemExit('connected')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_failed_export_is_unavailable_and_says_why(tmp_path: Path) -> None:
+    """Protects: an export that fails in its child (here: no model where it looks) is a typed
+    error naming the cause, not a crash of the caller."""
+    for mod in ("torch", "transformers", "onnx"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"{mod} not installed (membus[semantic])")
+    with pytest.raises(Unavailable, match="could not export MiniLM to ONNX"):
+        export(tmp_path / "no-model", tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
 
 
 @pytest.mark.slow
