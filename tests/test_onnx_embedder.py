@@ -44,6 +44,13 @@ def _no_network(*args: object, **kwargs: object) -> Any:
     raise AssertionError(f"network access while exporting the model: {args!r}")
 
 
+def _python(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter: what a first use does to a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("onnx-cache")
@@ -111,12 +118,7 @@ def test_the_export_keeps_torch_out_of_the_callers_process(tmp_path: Path) -> No
     """Protects: exporting the graph on first use (a child process) leaves the caller without
     torch, whose import stayed for the process's life (~400 MB of RSS)."""
     _need_extra()
-    proc = subprocess.run(
-        [sys.executable, "-c", EXPORT_FRESH, str(tmp_path / "cache")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = _python(EXPORT_FRESH, str(tmp_path / "cache"), timeout=600)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -136,7 +138,7 @@ def test_the_export_child_cannot_reach_the_network() -> None:
         "    else:\n"
         "        raise SystemExit('connected')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    proc = _python(probe, timeout=60)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -156,12 +158,7 @@ def test_the_cached_graph_loads_without_torch(onnx_minilm: Any, cache: Path) -> 
     graph = onnx_minilm.graph
     assert graph.parent == cache and graph.is_file()
     stamp = graph.stat().st_mtime_ns
-    proc = subprocess.run(
-        [sys.executable, "-c", LOAD_CACHED, str(cache)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _python(LOAD_CACHED, str(cache))
     assert proc.returncode == 0, proc.stderr
     assert graph.stat().st_mtime_ns == stamp  # reused, not exported again
 
