@@ -306,9 +306,9 @@ def _refuse_network() -> None:
     def refuse(*args: object, **kwargs: object) -> Any:
         raise OSError("membus: the ONNX export runs offline; no network access")
 
+    # ``socket.create_connection`` and every client library connect through these
     socket.socket.connect = refuse  # type: ignore[method-assign]
     socket.socket.connect_ex = refuse  # type: ignore[method-assign]
-    socket.create_connection = refuse
 
 
 def main(argv: list[str]) -> int:

@@ -107,9 +107,9 @@ def _data(fd: int, size: int) -> Iterator[tuple[int, int]]:
 
 def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
     """Copy bytes ``start:end`` of ``fin`` to the same offsets of ``fout``, in the kernel where
-    it can (``copy_file_range``): one call per run of data releases the GIL for the whole run,
-    where a read and a write per MiB each waited for it behind recalls holding it (Edge holds
-    the GIL through a query): the one-scope bench's 100k copy took 14-27 s with writes paused."""
+    it can (``copy_file_range``): one call per run of data, with the GIL released throughout,
+    instead of a read and a write per MiB through user space, each taking the GIL back from
+    recalls that hold it (Edge holds it through a query). Writes wait while the shard copies."""
     while start < end:
         try:
             done = os.copy_file_range(fin, fout, end - start, start, start)
