@@ -4,7 +4,9 @@ proof, not an inner node passed off as a leaf, not a proof bent out of shape."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import string
 
 import pytest
 from hypothesis import given, settings
@@ -64,11 +66,20 @@ def test_an_inner_node_cannot_pass_for_a_leaf() -> None:
     )
 
 
+def _low_bits_set(last: str) -> str:
+    """The character after ``last`` in the URL-safe alphabet: a 16-byte salt's last character
+    carries two bits of data and four unused ones, so this decodes to the same bytes."""
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    return alphabet[alphabet.index(last) + 1]
+
+
 def test_proofs_bent_out_of_shape_place_nothing() -> None:
     events = raws(5)
     batch = merkle.batch(events)
     _, _, salt, path = batch.proofs[4].split(".")
     hashes = merkle._unb64(path)
+    loose = f"{salt[:-1]}{_low_bits_set(salt[-1])}"
+    assert base64.urlsafe_b64decode(loose + "==") == base64.urlsafe_b64decode(salt + "==")
     bent = {
         "index past the end": f"5.5.{salt}.{path}",
         "negative index": f"-1.5.{salt}.{path}",
@@ -84,6 +95,11 @@ def test_proofs_bent_out_of_shape_place_nothing() -> None:
         "too many parts": f"4.5.{salt}.{path}.x",
         "empty": "",
         "an index of thousands of digits": f"{'4' * 5000}.5.{salt}.{path}",
+        # one proof, one spelling: int() reads these as 4 and 5 too
+        "a leading zero": f"04.5.{salt}.{path}",
+        "Arabic-Indic digits": f"\u0664.\u0665.{salt}.{path}",
+        "fullwidth digits": f"\uff14.\uff15.{salt}.{path}",
+        "the salt's unused low bits set": f"4.5.{loose}.{path}",
     }
     for why, proof in bent.items():
         assert merkle.signed_message(events[4], proof) is None, why

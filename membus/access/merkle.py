@@ -34,6 +34,10 @@ DOMAIN: Final = b"membus-batch/v1"
 _SALT_BYTES: Final = 16
 _HASH_BYTES: Final = 32
 _B64: Final = re.compile(r"[A-Za-z0-9_-]*")
+# an index or a size as ``batch`` writes it: ASCII digits, no leading zero, two at most (BATCH_MAX
+# has two; thousands of digits would make int() raise). ``str.isdecimal`` also took other
+# scripts' digits and leading zeros: one proof could be written several ways
+_NUMBER: Final = re.compile(r"0|[1-9][0-9]?")
 
 
 def _h(data: bytes) -> bytes:
@@ -93,9 +97,7 @@ def signed_message(raw: bytes, proof: str) -> bytes | None:
     when the proof is malformed or cannot place a leaf (an index outside the tree, a path of
     the wrong length). RFC 9162, 2.1.3.2, with the salted leaf."""
     parts = proof.split(".")
-    # two digits at most: BATCH_MAX has two, and a number of thousands of digits would make
-    # int() raise (Python's limit on converting long digit strings)
-    if len(parts) != 4 or not all(p.isdecimal() and len(p) <= 2 for p in parts[:2]):
+    if len(parts) != 4 or not all(_NUMBER.fullmatch(p) for p in parts[:2]):
         return None
     index, size = int(parts[0]), int(parts[1])
     try:
@@ -131,7 +133,11 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    """Strict: a character outside the URL-safe alphabet raises instead of being skipped."""
+    """Strict: a character outside the URL-safe alphabet raises instead of being skipped, and
+    so does a spelling ``_b64`` would not write (unused low bits set in the last character)."""
     if not _B64.fullmatch(text):
         raise ValueError("not URL-safe base64")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not the canonical base64 of its bytes")
+    return data
