@@ -131,7 +131,7 @@ def test_one_scope_quick_run_reports_every_figure(capfd: pytest.CaptureFixture[s
         assert result[key] > 0, key
     assert result["recall_hits_per_query"] == workloads.RECALL_K
     steps = result["index_build_phases_s"]
-    assert set(steps) == {"flush", "copy", "child", "load", "swap", "close"}
+    assert set(steps) == {"flush", "copy", "child", "load", "swap", "close", "trim"}
     assert result["index_build_stalled_s"] == pytest.approx(
         steps["flush"] + steps["load"] + steps["close"], abs=0.002
     )

@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from membus.errors import Unavailable
-from membus.store import edge_build
+from membus.store import edge, edge_build
 from membus.store.edge import EdgeStore
 from membus.store.port import Memory
 from tests.conformance import META, TENANT, fill, flt, mem, ray, rows, unit
@@ -67,22 +67,42 @@ async def test_build_swaps_in_an_equal_shard(store: EdgeStore, tmp_path: Path) -
 
 
 @pytest.mark.slow
-async def test_a_build_reports_how_long_each_step_held_the_process(store: EdgeStore) -> None:
+async def test_a_build_reports_how_long_each_step_held_the_process(
+    store: EdgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Protects: an operator (and ``membus bench``) can tell how long recall stood still in a
     build: the steps that hold the GIL in the serving process are timed and logged apart from
-    the child's build."""
+    the child's build. And the old shard's freed memory is handed back to the system once it
+    is closed, not kept resident until reused."""
+    trims: list[bool] = []
+
+    def trim() -> bool:
+        trims.append(True)
+        return True
+
+    monkeypatch.setattr(edge, "release_free_memory", trim)
     await fill(store, [mem(i) for i in range(200)])
     assert store.last_build is None
     with capture_logs() as logs:
         await store.optimize()
+    assert trims == [True]
     phases = store.last_build
     assert phases is not None
-    steps = (phases.flush, phases.copy, phases.child, phases.load, phases.swap, phases.close)
+    steps = (
+        phases.flush,
+        phases.copy,
+        phases.child,
+        phases.load,
+        phases.swap,
+        phases.close,
+        phases.trim,
+    )
     assert all(s >= 0 for s in steps) and phases.child > 0
     assert phases.stalled_s == pytest.approx(phases.flush + phases.load + phases.close)
     [built] = [e for e in logs if e["event"] == "edge.index_built"]
     assert built["stalled_s"] == round(phases.stalled_s, 3)
-    assert {f"{k}_s" for k in ("flush", "copy", "child", "load", "swap", "close")} <= built.keys()
+    steps_logged = ("flush", "copy", "child", "load", "swap", "close", "trim")
+    assert {f"{k}_s" for k in steps_logged} <= built.keys()
 
 
 @pytest.mark.slow

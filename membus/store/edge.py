@@ -43,6 +43,7 @@ import anyio
 import numpy as np
 import qdrant_edge as q
 
+from membus.core.heap import release_free_memory
 from membus.core.logs import get_logger
 from membus.embed.port import Vectors
 from membus.errors import Conflict, InvalidInput, MembusError, StoreLocked, Unavailable
@@ -111,6 +112,7 @@ class BuildPhases:
     load: float
     swap: float
     close: float
+    trim: float = 0.0  # giving the freed old shard back to the system (no GIL held)
 
     @property
     def stalled_s(self) -> float:
@@ -662,6 +664,10 @@ class EdgeStore:
                 await anyio.to_thread.run_sync(_close_quietly, old)
             took["close"] = clock() - t0
             await anyio.to_thread.run_sync(edge_build.discard, served)
+            # the old shard's structures, freed, would otherwise stay resident until reused
+            t0 = clock()
+            await anyio.to_thread.run_sync(release_free_memory)
+            took["trim"] = clock() - t0
         phases = BuildPhases(**took)
         self.last_build = phases
         self._log.info(
