@@ -226,9 +226,8 @@ class OnnxMiniLMEmbedder:
         # for a while after it returns, burning the cores the writer's Python, Redis and the
         # engine need between batches. Stopped at the return: semantic ingest 163-180 against
         # 149-160 events/s, ~1.3 ms less CPU per event, the embedder alone and one query's
-        # latency unchanged (alternating 3k-event runs, a script outside the repo; the README
-        # gives `membus bench --workload semantic` before and after). With no spinning at all
-        # (``session.intra_op.allow_spinning`` 0) one query took 4.7 ms, not 3.4.
+        # latency unchanged (alternating 3k-event runs, a script outside the repo). With no
+        # spinning at all (``session.intra_op.allow_spinning`` 0) one query took 4.7 ms, not 3.4.
         options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
