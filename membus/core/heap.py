@@ -9,7 +9,6 @@ pages of every arena. Elsewhere (musl, macOS, Windows) this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 from functools import cache
 from typing import Any
@@ -19,10 +18,7 @@ from typing import Any
 def _libc() -> Any:
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
+    libc = ctypes.CDLL(None)  # the process's own symbols, the C library's among them
     return libc if hasattr(libc, "malloc_trim") else None  # glibc only
 
 

@@ -100,8 +100,9 @@ class BuildPhases:
     """Seconds each step of the last index build took (``EdgeStore.last_build``). ``flush``,
     ``load`` and ``close`` run in the serving process and hold the GIL throughout (Edge's
     binding does not release it): nothing else in the process runs meanwhile, recall included.
-    ``copy`` (writes wait, reads go on), ``child`` (the build itself, in a child process) and
-    ``swap`` (replaying the writes made meanwhile onto the built copy, then switching) leave
+    ``copy`` (writes wait, reads go on), ``child`` (the build itself, in a child process),
+    ``swap`` (replaying the writes made meanwhile onto the built copy, then switching) and
+    ``trim`` (handing the old shard's freed memory back to the system, without the GIL) leave
     reads free.
 
     Example: ``store.last_build.stalled_s`` is how long recall stood still in the last build"""
@@ -112,7 +113,7 @@ class BuildPhases:
     load: float
     swap: float
     close: float
-    trim: float = 0.0  # giving the freed old shard back to the system (no GIL held)
+    trim: float
 
     @property
     def stalled_s(self) -> float:
