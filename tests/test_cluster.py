@@ -120,6 +120,16 @@ async def test_publish_consolidate_recall_dlq_and_forget_per_tenant(
         # the rest of the cluster is untouched
         assert len(await bus.agent("reader", TENANTS[2]).recall("launch", k=50)) == PER_TENANT
 
+        # a retraction: the writer's delete change goes out before the point (its own script
+        # on the tenant's master, outside the commit's MULTI)
+        other = bus.agent(f"scribe-{TENANTS[4]}", TENANTS[4])
+        withdrawn = (await other.recall("launch note rollout", k=1))[0].memory
+        await other.retract(memory_id=withdrawn.id, reason="cancelled")
+        await bus.drain(timeout_s=30)
+        feed = await bus.redis.xrange(TenantKeys(TENANTS[4]).changes)
+        deletes = [f["c"] for _, f in feed if '"op":"delete"' in f["c"]]
+        assert len(deletes) == 1 and withdrawn.id in deletes[0]
+
         await bus.audit.flush()
         recalls = await bus.audit.query(victim, action="recall")
         assert recalls and all(r.tenant == victim for r in recalls)

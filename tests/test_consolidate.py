@@ -128,13 +128,13 @@ def test_a_predecessors_change_goes_only_to_readers_of_its_successor() -> None:
     old = ev(1, "silver", subject="c1", key="tier", at=0)
     new = ev(2, "gold", subject="c1", key="tier", label="restricted", at=100)
     plan = materialize("acme", state(old, new), CFG)
-    entries = [orjson.loads(f["c"]) for f in changes_for([plan], [], {new.id})]
+    entries = [orjson.loads(f["c"]) for f in changes_for([plan], {new.id})]
     assert [(c["memory_id"], c["sensitivity"]) for c in entries] == [
         (point_id("acme", old.id), 3),
         (point_id("acme", new.id), 3),
     ]
     # the public version's own arrival stays public
-    first = [orjson.loads(f["c"]) for f in changes_for([plan], [], {old.id})]
+    first = [orjson.loads(f["c"]) for f in changes_for([plan], {old.id})]
     assert [(c["memory_id"], c["sensitivity"]) for c in first] == [(point_id("acme", old.id), 0)]
 
 
@@ -147,7 +147,7 @@ def test_a_versions_end_is_told_to_each_clearance_that_sees_it_end() -> None:
     gold = ev(2, "gold", subject="c1", key="tier", label="restricted", at=100)
     silver = ev(3, "silver", subject="c1", key="tier", label="internal", at=200)
     plan = materialize("acme", state(bronze, gold, silver), CFG)
-    entries = [orjson.loads(f["c"]) for f in changes_for([plan], [], {silver.id})]
+    entries = [orjson.loads(f["c"]) for f in changes_for([plan], {silver.id})]
     assert [(c["memory_id"], c["sensitivity"]) for c in entries] == [
         (point_id("acme", bronze.id), 1),
         (point_id("acme", gold.id), 3),

@@ -40,7 +40,7 @@ from membus.store.port import StoreMeta, point_id
 from membus.stream.feed import Change
 from membus.writer import expiry
 from membus.writer.consolidate import RETRACTION
-from membus.writer.ledger import dirty_key
+from membus.writer.ledger import dirty_key, slot_key
 from membus.writer.worker import Writer
 
 # every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
@@ -598,3 +598,37 @@ async def test_a_model_outage_reaches_the_writer_as_itself_while_it_sweeps(
         with pytest.raises(Unavailable, match="model is down"):
             await writer._embed_and_sweep(["a text"])
     await redis.aclose()
+
+
+async def test_a_retried_commit_still_tells_the_feed_what_it_deleted(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A commit whose slot moves between its store write and its EXEC runs again; the points
+    the first round deleted are gone from the store by then, and the feed must still get their
+    delete change (subscribers would otherwise keep a withdrawn memory forever)."""
+    async with membus.open(tmp_path, config(redis_url)) as bus:
+        a = bus.agent("a", "acme")
+        await a.publish("the printer is on floor 3", "team/s")
+        await bus.drain(10)
+        [printer] = await a.recall("printer", k=1)
+        store: Any = bus.store
+        engine_delete = store.delete
+        moved: list[str] = []
+
+        async def delete_then_race(tenant: str, ids: Sequence[str]) -> int:
+            n = await engine_delete(tenant, ids)
+            if not moved:  # another writer touches the slot before this EXEC: WatchError
+                slot = printer.memory.slot
+                assert slot is not None
+                key = slot_key("acme", slot)
+                field, value = next(iter((await bus.redis.hgetall(key)).items()))
+                await bus.redis.hset(key, field, value)
+                moved.append(key)
+            return n
+
+        store.delete = delete_then_race
+        await a.retract(memory_id=printer.memory.id, reason="it moved")
+        await bus.drain(10)
+        assert moved and await a.recall("printer", k=5) == []
+        deleted = [c for c in await changes(bus, "acme") if c.op == "delete"]
+        assert [c.memory_id for c in deleted] == [printer.memory.id]

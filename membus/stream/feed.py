@@ -2,7 +2,8 @@
 
 Delivery is at-least-once: a writer that dies after its store write but before its transaction
 (XADD change + XACK event) redoes both, so a subscriber may see one change twice; ``memory_id``
-plus ``event_ids`` identify it.
+plus ``event_ids`` identify it. A deleted memory's change goes out before the point is deleted
+(``announce_deletes``): once the point is gone, a redo could no longer tell that it existed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from membus.core.keys import TenantKeys
 from membus.core.redis import REDIS_DOWN, Redis, unavailable
 from membus.store.port import Memory
 from membus.stream.ops import ensure_group
-from membus.stream.tombstones import tombstoned
+from membus.stream.tombstones import tombstoned, tombstones_key
 
 # a batch read ahead is re-checked against erasure when it is older than this on delivery
 RECHECK_S = 0.1
@@ -99,6 +100,39 @@ def upsert_fields(memory: Memory, event_ids: Sequence[str]) -> dict[str, bytes]:
             }
         )
     }
+
+
+# one delete change, unless erasure has tombstoned the memory or one of its events: a forget
+# that ran before this script leaves no change naming what it erased (its own notice, without
+# subject or key, stands for it); one that runs after finds this entry in its scan of the feed.
+# KEYS: changes, tombstones; ARGV: n, n ids, the entry's ``c``. Plain EVAL (no SCRIPT for the
+# ACL users) and HGET, which both users hold.
+_NOTICE = """
+local n = tonumber(ARGV[1])
+for i = 2, n + 1 do
+  if redis.call('HGET', KEYS[2], ARGV[i]) then return false end
+end
+return redis.call('XADD', KEYS[1], '*', 'c', ARGV[n + 2])
+"""
+
+
+async def announce_deletes(
+    redis: Redis, tenant: str, memories: Sequence[Memory], caused: Sequence[str]
+) -> int:
+    """Tell subscribers that ``memories`` are about to be deleted by the events ``caused``,
+    before the store deletes them; returns how many changes went out (erased ones do not).
+
+    Example: ``await announce_deletes(redis, "acme", existed, [retraction.id])``"""
+    if not memories:
+        return 0
+    keys = [TenantKeys(tenant).changes, tombstones_key(tenant)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for m in memories:
+            ids = [m.id, *m.source_events]
+            entry = Change.of("delete", m, list(caused)).to_fields()["c"]
+            pipe.eval(_NOTICE, 2, *keys, len(ids), *ids, entry)
+        added = await pipe.execute()
+    return sum(a is not None for a in added)
 
 
 def carried_ids(change: Change) -> list[str]:

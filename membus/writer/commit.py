@@ -27,7 +27,7 @@ from membus.core.redis import Redis
 from membus.embed.port import Vectors
 from membus.recall.heat import forget_access
 from membus.store.port import LEVELS, Memory, Store
-from membus.stream.feed import Change, upsert_fields
+from membus.stream.feed import Change, announce_deletes, upsert_fields
 from membus.stream.ops import XADD_MANY, xadd_many_args
 from membus.stream.tombstones import tombstones_key
 from membus.writer.consolidate import Plan, materialize
@@ -54,11 +54,10 @@ def _predecessors(upserts: Sequence[Memory], i: int) -> list[int]:
     return out
 
 
-def changes_for(
-    plans: Sequence[Plan], existed: Sequence[Memory], batch: set[str]
-) -> list[dict[str, bytes]]:
+def changes_for(plans: Sequence[Plan], batch: set[str]) -> list[dict[str, bytes]]:
     """Change entries for what this batch changed: memories it fed, the versions they
-    superseded, points that existed and are gone, and conflicts it took part in."""
+    superseded, and conflicts it took part in. Points that existed and are gone have theirs
+    from ``Consolidator.write``, before they go."""
     out: list[dict[str, bytes]] = []
     for plan in plans:
         fed = [i for i, m in enumerate(plan.upserts) if not batch.isdisjoint(m.source_events)]
@@ -90,8 +89,6 @@ def changes_for(
             change = Change.of("conflict", c.winner, c.winner.source_events, detail=detail)
             sens = max(c.winner.sensitivity, c.loser.sensitivity)
             out.append(change.model_copy(update={"sensitivity": sens}).to_fields())
-    caused = sorted(batch)
-    out += [Change.of("delete", m, caused).to_fields() for m in existed]
     return out
 
 
@@ -162,8 +159,8 @@ class Consolidator:
                     await pipe.watch(*watched)
                     states = await self.ledger.read(tenant, slots, alone)
                     plans = [materialize(tenant, states[s], self.config) for s in slots]
-                    existed = await self.write(tenant, plans, known)
-                    entries = changes_for(plans, existed, batch - refused)
+                    await self.write(tenant, plans, known, sorted(batch - refused))
+                    entries = changes_for(plans, batch - refused)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     for args in xadd_many_args(entries):  # one call, not an XADD each
                         pipe.eval(XADD_MANY, 1, keys.changes, *args)
@@ -194,9 +191,9 @@ class Consolidator:
                         await pipe.watch(tombstones_key(tenant), slot_key(tenant, slot))
                         states = await self.ledger.read(tenant, [slot])
                         plan = materialize(tenant, states[slot], self.config)
-                        existed = await self.write(tenant, [plan], {})
+                        await self.write(tenant, [plan], {})
                         pipe.multi()  # type: ignore[no-untyped-call]
-                        for fields in changes_for([plan], existed, set()):
+                        for fields in changes_for([plan], set()):
                             pipe.xadd(keys.changes, fields)  # type: ignore[arg-type]
                         await pipe.execute()
                         done += 1
@@ -206,9 +203,19 @@ class Consolidator:
         return done
 
     async def write(
-        self, tenant: str, plans: Sequence[Plan], known: dict[str, np.ndarray]
+        self,
+        tenant: str,
+        plans: Sequence[Plan],
+        known: dict[str, np.ndarray],
+        caused: Sequence[str] = (),
     ) -> list[Memory]:
-        """Upsert what the plans keep, delete what they drop; returns the deleted that existed."""
+        """Upsert what the plans keep, delete what they drop; returns the deleted that existed.
+
+        Each deleted memory's change (naming the events in ``caused``) reaches the feed before
+        the point goes, not in the caller's MULTI after it: a caller that runs again (a slot
+        moved before its EXEC) or a redelivery (the writer died after the delete) found the
+        point gone and no longer told subscribers, who kept a withdrawn memory. A death between
+        the two tells them twice, which a delete bears (``stream.feed.announce_deletes``)."""
         upserts = [m for p in plans for m in p.upserts]
         if upserts:
             missing = sorted({m.content for m in upserts} - known.keys())
@@ -223,6 +230,7 @@ class Consolidator:
             return []
         existed = await self.store.get(tenant, deletes)
         if existed:
+            await announce_deletes(self.redis, tenant, existed, caused)
             gone = [m.id for m in existed]
             await self.store.delete(tenant, gone)
             await forget_access(self.redis, tenant, gone)  # its recall statistics go with it

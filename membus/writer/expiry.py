@@ -57,7 +57,7 @@ async def _expire(c: Consolidator, tenant: str, slot: str, at: float) -> int:
                 if plan.withdrawn:
                     pipe.hdel(key, *[f"e:{w}" for w in plan.withdrawn])
                 pipe.zrem(expiry_key(tenant), slot)
-                for fields in changes_for([plan], existed, set()):
+                for fields in changes_for([plan], set()):
                     pipe.xadd(keys.changes, fields)  # type: ignore[arg-type]
                 await pipe.execute()
                 get_logger("membus.expiry").info(

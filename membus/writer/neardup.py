@@ -303,9 +303,9 @@ class NearDuplicates:
                         vectors |= await self._stored(
                             tenant, [m for m in stored if m is not None and m.content in missing]
                         )
-                    existed = await self.c.write(tenant, plans, vectors)
                     moved = {v.event_id for v in moving}
-                    entries = changes_for(plans, existed, moved)
+                    await self.c.write(tenant, plans, vectors, sorted(moved))
+                    entries = changes_for(plans, moved)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     for v in moving:
                         pipe.hset(watched[0], f"e:{v.event_id}", v.to_json())
