@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,8 +34,9 @@ from membus.embed.port import Vectors
 from membus.errors import InvalidInput
 from membus.store.edge import EdgeStore
 from membus.store.port import Memory, Store, StoreMeta, point_id
-from membus.stream.feed import RECHECK_S, follow, upsert_fields
+from membus.stream.feed import RECHECK_S, announce_deletes, follow, upsert_fields
 from membus.stream.ops import publish_signed
+from membus.stream.tombstones import tombstones_key
 from membus.writer.worker import Writer
 
 # every hit, however weak: relevance and min_score are tests/test_relevance.py's subject
@@ -44,6 +46,7 @@ pytestmark = pytest.mark.anyio
 
 CANARY = "zq-canary-7f3e1d"
 TENANT = "acme"
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 FAST = WorkerConfig(
     min_idle_ms=200, reclaim_every_s=0.2, max_deliveries=2, block_ms=50, tenants_refresh_s=0.1
 )
@@ -576,3 +579,43 @@ async def test_a_surviving_version_carries_no_time_of_an_erased_one(
         assert hit.memory.created_at == before.valid_from
         assert await reader.recall("tier", scopes=["team/acct"], as_of=before.created_at) == []
         assert await traces(bus.redis, CANARY) == []
+
+
+async def test_a_delete_notice_never_names_what_a_forget_tombstoned(redis_url: str) -> None:
+    """A writer announces a deleted memory (its subject and key included) before deleting the
+    point, outside its MULTI; a forget's feed scan may already have run. Once the memory, or any
+    of its events, is tombstoned, the announcement adds nothing: a notice carrying the erased
+    subject would otherwise outlive the forget."""
+    redis = redis_client(redis_url)
+    keys = TenantKeys(TENANT)
+    try:
+        await redis.delete(keys.changes, tombstones_key(TENANT))
+        events = [new_event_id(), new_event_id()]
+
+        def memory(n: int) -> Memory:
+            return Memory(
+                id=point_id(TENANT, events[n]),
+                tenant=TENANT,
+                scope="team/acct",
+                kind="fact",
+                content=f"{CANARY} owes 40",
+                created_at=T0,
+                updated_at=T0,
+                subject=f"s-{CANARY}",
+                key="balance",
+                source_events=[events[n]],
+            )
+
+        # erased by the memory's id, then by its event's id: no notice either time
+        await redis.hset(tombstones_key(TENANT), memory(0).id, "erased")
+        assert await announce_deletes(redis, TENANT, [memory(0)], ["r-1"]) == 0
+        await redis.hdel(tombstones_key(TENANT), memory(0).id)
+        await redis.hset(tombstones_key(TENANT), events[0], "erased")
+        assert await announce_deletes(redis, TENANT, [memory(0), memory(1)], ["r-1"]) == 1
+        [(_, fields)] = cast(list[tuple[str, dict[str, str]]], await redis.xrange(keys.changes))
+        notice = orjson.loads(fields["c"])
+        assert notice["op"] == "delete" and notice["memory_id"] == memory(1).id
+        assert notice["event_ids"] == ["r-1"] and notice["content"] is None
+    finally:
+        await redis.delete(keys.changes, tombstones_key(TENANT))
+        await redis.aclose()
