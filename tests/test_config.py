@@ -17,6 +17,19 @@ def test_writers_default_to_two_with_a_model_and_one_with_hashing() -> None:
     assert MembusConfig.model_validate({"embedder": {"name": "minilm"}}).writers == 2
     assert MembusConfig.model_validate_json('{"embedder": {"name": "minilm"}}').writers == 2
     assert MembusConfig(embedder=EmbedderConfig(name="minilm"), writers=1).writers == 1
+    assert MembusConfig.model_validate({"writers": None}).writers == 1
+
+
+def test_a_copy_with_another_embedder_derives_writers_again() -> None:
+    """pydantic's ``model_copy`` validates nothing: a copy that swapped hashing for a model kept
+    the one writer derived for hashing. Never given, ``writers`` follows the copy's embedder;
+    given, on the original or in the update, it stays."""
+    minilm = {"embedder": EmbedderConfig(name="minilm")}
+    assert MembusConfig().model_copy(update=minilm).writers == 2
+    assert MembusConfig(**minilm).model_copy(update={"embedder": EmbedderConfig()}).writers == 1
+    assert MembusConfig(writers=1).model_copy(update=minilm).writers == 1
+    assert MembusConfig().model_copy(update={**minilm, "writers": 3}).writers == 3
+    assert MembusConfig().model_copy(update={"writers": 0}).model_copy(update=minilm).writers == 0
     assert MembusConfig(embedder=EmbedderConfig(name="minilm"), writers=0).writers == 0
 
 

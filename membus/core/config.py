@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -231,13 +232,31 @@ class MembusConfig(_Config):
 
     @model_validator(mode="before")
     @classmethod
-    def _writers_default(cls, data: object) -> object:
-        """``writers`` not given: ``default_writers`` for the embedder given."""
-        if not isinstance(data, dict) or data.get("writers") is not None:
-            return data
-        embedder = data.get("embedder")
-        name = embedder.get("name") if isinstance(embedder, dict) else getattr(embedder, "name", "")
-        return {**data, "writers": default_writers(name or "hashing")}
+    def _writers_none(cls, data: object) -> object:
+        """``writers=None`` is ``writers`` not given."""
+        if isinstance(data, dict) and "writers" in data and data["writers"] is None:
+            return {k: v for k, v in data.items() if k != "writers"}
+        return data
+
+    @model_validator(mode="after")
+    def _writers_default(self) -> MembusConfig:
+        """``writers`` not given: ``default_writers`` for the embedder, left out of
+        ``model_fields_set`` so that a copy with another embedder derives it again."""
+        if "writers" not in self.model_fields_set:
+            self.__dict__["writers"] = default_writers(self.embedder.name)  # frozen: set once
+        return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """pydantic's copy (no validation), with ``writers``, when it was never given, derived
+        again from the copy's embedder: a copy that swaps hashing for a model runs two writer
+        tasks, as the same configuration built directly would.
+
+        Example: ``MembusConfig().model_copy(update={"embedder": EmbedderConfig(name="minilm")})``
+        has ``writers == 2``"""
+        copy = super().model_copy(update=update, deep=deep)
+        if "writers" not in copy.model_fields_set:
+            copy.__dict__["writers"] = default_writers(copy.embedder.name)
+        return copy
 
 
 # writer tasks when the embedder is a model and ``MembusConfig.writers`` is not given
