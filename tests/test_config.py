@@ -17,6 +17,7 @@ def test_writers_default_to_two_with_a_model_and_one_with_hashing() -> None:
     assert MembusConfig.model_validate({"embedder": {"name": "minilm"}}).writers == 2
     assert MembusConfig.model_validate_json('{"embedder": {"name": "minilm"}}').writers == 2
     assert MembusConfig(embedder=EmbedderConfig(name="minilm"), writers=1).writers == 1
+    assert MembusConfig(embedder=EmbedderConfig(name="minilm"), writers=0).writers == 0
     assert MembusConfig.model_validate({"writers": None}).writers == 1
 
 
@@ -30,7 +31,6 @@ def test_a_copy_with_another_embedder_derives_writers_again() -> None:
     assert MembusConfig(writers=1).model_copy(update=minilm).writers == 1
     assert MembusConfig().model_copy(update={**minilm, "writers": 3}).writers == 3
     assert MembusConfig().model_copy(update={"writers": 0}).model_copy(update=minilm).writers == 0
-    assert MembusConfig(embedder=EmbedderConfig(name="minilm"), writers=0).writers == 0
 
 
 def test_cli_settings_follow_the_same_default(monkeypatch: pytest.MonkeyPatch) -> None:
